@@ -1,0 +1,264 @@
+"""The dual-write adapter: write the primary (with the outbox), then apply the row images to the other side.
+
+    dw = DualWriter(settings)
+    with dw.begin() as tx:
+        rows = tx.execute(insert(items).values(...))        # full row images back
+    # committed on the primary with its events; applied to the secondary; the relay publishes to Redis
+
+The primary is the truth: if the secondary apply still fails after a brief retry, the write succeeds,
+the failure is counted, and the replayer heals it from the stream (Settings.strict raises instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from dualwrite import metrics
+from dualwrite.apply import apply_events, pk_columns
+from dualwrite.capture import (
+    PrimaryMovedError,
+    check_primary,
+    events_from_rows,
+    op_of,
+    statement_table,
+    with_returning,
+    write_outbox,
+)
+from dualwrite.db import postgres_engine, sqlite_engine, sqlite_read_engine
+from dualwrite.events import ChangeEvent
+from dualwrite.internal import dialect_insert
+from dualwrite.phase import Phase, PhaseStore
+from dualwrite.settings import Settings
+
+log = logging.getLogger("dualwrite.adapter")
+T = TypeVar("T")
+# How long a writer waits for a primary switch to finish before giving up.
+SWITCH_WAIT_SECONDS = 15.0
+
+
+class SecondaryApplyError(RuntimeError):
+    """Raised in strict mode when the other backend could not be written."""
+
+
+class TableCatalog:
+    """Resolves event table names to Table objects and their store (for metric labels)."""
+
+    def __init__(self, tables: dict[str, tuple[Table, str]] | None = None) -> None:
+        self._tables = dict(tables or {})
+
+    def add(self, table: Table, store: str = "app") -> None:
+        self._tables[table.name] = (table, store)
+
+    def table(self, name: str) -> Table:
+        from dualwrite.errors import UnknownTableError
+
+        try:
+            return self._tables[name][0]
+        except KeyError:
+            raise UnknownTableError(f"table {name!r} is not in the registry") from None
+
+    def store(self, name: str) -> str:
+        entry = self._tables.get(name)
+        return entry[1] if entry else "app"
+
+    @classmethod
+    def default(cls) -> TableCatalog:
+        from dualwrite.registry import default_registry
+
+        reg = default_registry()
+        return cls({s.name: (s.table, s.store) for s in reg.tables()})
+
+
+class WriteTx:
+    """One transaction on the primary. Every statement's row images become change events."""
+
+    def __init__(self, dw: DualWriter, conn: Connection, phase: Phase) -> None:
+        self.dw, self.connection, self.phase = dw, conn, phase
+        self.events: list[ChangeEvent] = []
+        self.ops: set[str] = set()
+
+    def execute(self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
+                ) -> list[RowMapping]:
+        table = statement_table(stmt)
+        self.dw.catalog_check(table)
+        result = self.connection.execute(with_returning(stmt), params) if params else self.connection.execute(
+            with_returning(stmt))
+        rows = list(result.mappings())
+        self.events.extend(events_from_rows(table, op_of(stmt), rows))
+        self.ops.add(stmt.__visit_name__)
+        return rows
+
+    def upsert(self, table: Table, values: dict[str, Any] | list[dict[str, Any]], conflict: list[str],
+               update: list[str] | None = None) -> list[RowMapping]:
+        """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update (default: every other column)."""
+        ins = dialect_insert(self.connection, table).values(values)
+        cols = update if update is not None else [c.name for c in table.columns
+                                                  if c.name not in conflict and c.name not in pk_columns(table)]
+        stmt = (ins.on_conflict_do_update(index_elements=conflict, set_={c: ins.excluded[c] for c in cols})
+                if cols else ins.on_conflict_do_nothing(index_elements=conflict))
+        rows = self.execute(stmt)
+        self.ops.discard("insert")
+        self.ops.add("upsert")
+        return rows
+
+
+class DualWriter:
+    def __init__(self, settings: Settings, *, catalog: TableCatalog | None = None,
+                 redis_client: redis.Redis | None = None, phases: PhaseStore | None = None,
+                 relay: bool = False) -> None:
+        self.settings = settings
+        self.catalog = catalog or TableCatalog.default()
+        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                                          socket_connect_timeout=2)
+        self.phases = phases or PhaseStore(self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds)
+        self.sqlite = sqlite_engine(settings.sqlite_url)
+        self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
+        self.sqlite_read = sqlite_read_engine(settings.sqlite_url)
+        self.postgres = postgres_engine(settings.postgres_url, settings.pg_schema)
+        self.postgres_apply = postgres_engine(settings.postgres_url, settings.pg_schema, replica=True)
+        self.reader: Any = None  # a shadow reader may be installed (shadow/ package); see read()
+        self.committed = threading.Condition()  # notified after every commit (wakes the relay)
+        self._relay: Any = None
+        if relay:
+            self.start_relay()
+
+    # -- engines ---------------------------------------------------------------------------------
+    def write_engine(self, backend: str) -> Engine:
+        return self.sqlite if backend == "sqlite" else self.postgres
+
+    def read_engine(self, backend: str) -> Engine:
+        return self.sqlite_read if backend == "sqlite" else self.postgres
+
+    def catalog_check(self, table: Table) -> None:
+        self.catalog.table(table.name)  # raises UnknownTableError: uncaptured tables would be lost on replay
+
+    # -- writes ----------------------------------------------------------------------------------
+    @contextmanager
+    def begin(self) -> Iterator[WriteTx]:
+        conn, phase = self._open_primary()
+        tx = WriteTx(self, conn, phase)
+        start = time.perf_counter()
+        try:
+            yield tx
+            write_outbox(conn, tx.events)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            conn.close()
+            raise
+        conn.close()
+        primary_s = time.perf_counter() - start
+        store = self.catalog.store(tx.events[0].table) if tx.events else "none"
+        op = next(iter(tx.ops)) if len(tx.ops) == 1 else "tx"
+        metrics.WRITE_DURATION.labels(phase.primary, store, op).observe(primary_s)
+        if tx.events:
+            metrics.EVENTS_WRITTEN.labels(phase.primary).inc(len(tx.events))
+            if phase.secondary:
+                self._apply_secondary(phase.secondary, tx.events, store, op)
+            with self.committed:
+                self.committed.notify_all()
+        metrics.WRITE_DURATION.labels("dual", store, op).observe(time.perf_counter() - start)
+
+    def execute(self, stmt: Insert | Update | Delete, params: Any = None) -> list[RowMapping]:
+        with self.begin() as tx:
+            return tx.execute(stmt, params)
+
+    def _open_primary(self) -> tuple[Connection, Phase]:
+        deadline = time.monotonic() + SWITCH_WAIT_SECONDS
+        fresh = False
+        while True:
+            phase = self.phases.current(fresh=fresh)
+            metrics.set_phase(phase.name)
+            conn = self.write_engine(phase.primary).connect()
+            try:
+                conn.begin()
+                if check_primary(conn):
+                    return conn, phase
+            except BaseException:
+                conn.close()
+                raise
+            conn.rollback()
+            conn.close()
+            if time.monotonic() > deadline:
+                raise PrimaryMovedError(
+                    f"{phase.primary} is not the primary and no switch completed in {SWITCH_WAIT_SECONDS:.0f}s"
+                )
+            fresh = True
+            time.sleep(0.02)
+
+    def _apply_secondary(self, backend: str, events: list[ChangeEvent], store: str, op: str) -> None:
+        start = time.perf_counter()
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.01, max=0.1),
+                                    retry=retry_if_exception_type(DBAPIError), reraise=True):
+                with attempt:
+                    self.apply(backend, events)
+        except Exception as exc:
+            metrics.SECONDARY_FAILURES.labels(store).inc()
+            log.warning("secondary apply to %s failed for %d event(s) (seq %d-%d); the replayer will heal: %s",
+                        backend, len(events), events[0].seq, events[-1].seq, str(exc).splitlines()[0][:300])
+            if self.settings.strict:
+                raise SecondaryApplyError(f"apply to {backend} failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            metrics.WRITE_DURATION.labels(backend, store, op).observe(time.perf_counter() - start)
+
+    def apply(self, backend: str, events: list[ChangeEvent]) -> None:
+        """Apply events to `backend` in one transaction with the ordered, idempotent rule."""
+        engine = self.sqlite_apply if backend == "sqlite" else self.postgres_apply
+        with engine.begin() as conn:
+            apply_events(conn, self.catalog.table, events)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def read(self, store: str, query: str, fn: Callable[[Connection], T], *, params: dict[str, Any] | None = None,
+             ordered: bool = True) -> T:
+        """Run a read on the backend the phase names; a shadow reader (if installed) may compare it."""
+        phase = self.phases.current()
+        if self.reader is not None:
+            return self.reader.read(self, phase, store, query, fn, params=params, ordered=ordered)
+        return self.timed_read(phase.reads, store, query, fn)
+
+    def timed_read(self, backend: str, store: str, query: str, fn: Callable[[Connection], T]) -> T:
+        start = time.perf_counter()
+        try:
+            with self.read_engine(backend).connect() as conn:
+                result = fn(conn)
+                conn.rollback()
+                return result
+        finally:
+            metrics.READ_DURATION.labels(backend, store, query).observe(time.perf_counter() - start)
+
+    # -- relay and lifecycle ---------------------------------------------------------------------
+    def start_relay(self) -> None:
+        from dualwrite.relay import Relay
+
+        if self._relay is None:
+            self._relay = Relay.for_writer(self)
+            self._relay.start()
+
+    def stop_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None
+
+    def close(self) -> None:
+        self.stop_relay()
+        for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read, self.postgres, self.postgres_apply):
+            engine.dispose()
+        self.redis.close()
+
+    def __enter__(self) -> DualWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

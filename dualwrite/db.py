@@ -1,0 +1,109 @@
+"""Engines for both backends, configured the same way everywhere (pragmas, search_path, pool)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
+
+from dualwrite.errors import ConfigError
+from dualwrite.settings import Settings, mask_url
+
+# How long a SQLite writer waits for the file lock before failing (busy_timeout).
+SQLITE_BUSY_MS = 10_000
+
+
+def sqlite_engine(url: str, *, must_exist: bool = False, busy_ms: int = SQLITE_BUSY_MS,
+                  foreign_keys: bool = True) -> Engine:
+    """A write engine (BEGIN IMMEDIATE, WAL). foreign_keys=False for applying replicated row images."""
+    path = url.removeprefix("sqlite:///")
+    if must_exist:
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            raise ConfigError(f"sqlite: file {path!r} does not exist")
+    engine = create_engine(url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN IMMEDIATE works.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: object) -> None:
+        # IMMEDIATE takes the write lock up front: no deadlock when a reader upgrades to a writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+
+    return engine
+
+
+def sqlite_read_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
+    """An engine whose transactions are deferred (readers never take the write lock)."""
+    engine = create_engine(url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: object) -> None:
+        conn.exec_driver_sql("BEGIN")  # type: ignore[attr-defined]
+
+    return engine
+
+
+def postgres_engine(url: str, schema: str = "public", *, pool_size: int = 10, replica: bool = False) -> Engine:
+    """replica=True: sessions run with session_replication_role=replica, so foreign-key triggers do not
+    fire while replicated row images are applied (the primary enforced them; events of different tables
+    may arrive before the history they refer to is copied). Needs a superuser; otherwise FKs stay on."""
+    options = f"-csearch_path={schema}"
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"options": options, "connect_timeout": 5},
+    )
+    if replica:
+
+        @event.listens_for(engine, "connect")
+        def _replica(dbapi_conn: object, _record: object) -> None:
+            cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            try:
+                cur.execute("SET session_replication_role = replica")
+            except Exception:  # noqa: BLE001 - not a superuser: keep FKs, apply order then matters
+                dbapi_conn.rollback()  # type: ignore[attr-defined]
+            else:
+                dbapi_conn.commit()  # type: ignore[attr-defined]
+            cur.close()
+
+    return engine
+
+
+def check_postgres(settings: Settings) -> str:
+    """Connect once; return the server version or raise a one-line ConfigError."""
+    engine = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("show server_version")).scalar())
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigError(
+            f"postgres: cannot connect to {mask_url(settings.postgres_url)} ({mask_text_safe(reason, settings)})"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def mask_text_safe(text_: str, settings: Settings) -> str:
+    from dualwrite.settings import mask_text
+
+    return mask_text(text_, [settings.password] if settings.password else None)

@@ -1,0 +1,180 @@
+"""The change event: its fields, its versioned JSON format and a lossless value codec.
+
+Format version 1 (one JSON document per event, the stream entry's field `e`):
+
+    {"v": 1, "id": "<uuid hex>", "seq": 42, "table": "memory_items", "op": "upsert" | "delete",
+     "key": {"id": 7}, "image": {...all columns...} | null, "tenant": "acme" | null,
+     "ts": "2026-11-24T12:00:00.000000+00:00"}
+
+Column values are JSON scalars where JSON is exact (null, bool, int of any size, finite float, str);
+everything else is a one-key object whose key starts with `$`:
+`{"$dt": iso-8601 with offset}` (aware datetime), `{"$ndt": iso}` (naive datetime), `{"$d": "YYYY-MM-DD"}`,
+`{"$t": "HH:MM:SS.ffffff"}`, `{"$b64": base64}` (bytes), `{"$dec": "123.450"}` (Decimal, exact),
+`{"$f": "nan" | "inf" | "-inf"}`, `{"$json": <any JSON value>}` (a JSON column's value, kept apart so
+a user dict can never be mistaken for a tag), `{"$uuid": "..."}`. Text is kept verbatim (NUL and
+non-ASCII included); lone surrogates are escaped by JSON as \\udXXX and come back unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from dualwrite.errors import EventDecodeError
+
+FORMAT_VERSION = 1
+OPS = ("upsert", "delete")
+# An event larger than this is refused by the decoder (a stream entry of this size is an attack or a bug).
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+
+
+def encode_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {"$f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return {"$ndt": value.isoformat()}
+        return {"$dt": value.isoformat()}
+    if isinstance(value, date):
+        return {"$d": value.isoformat()}
+    if isinstance(value, time):
+        return {"$t": value.isoformat()}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Decimal):
+        return {"$dec": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, dict | list | tuple):
+        return {"$json": value}
+    raise TypeError(f"cannot encode a {type(value).__name__} value in a change event")
+
+
+_DECODERS = {
+    "$dt": datetime.fromisoformat,
+    "$ndt": datetime.fromisoformat,
+    "$d": date.fromisoformat,
+    "$t": time.fromisoformat,
+    "$b64": lambda s: base64.b64decode(s.encode("ascii"), validate=True),
+    "$dec": Decimal,
+    "$f": float,
+    "$json": lambda v: v,
+    "$uuid": uuid.UUID,
+}
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise EventDecodeError(f"malformed tagged value {str(value)[:80]!r}")
+        (tag, raw), = value.items()
+        decoder = _DECODERS.get(tag)
+        if decoder is None:
+            raise EventDecodeError(f"unknown value tag {tag!r}")
+        try:
+            return decoder(raw)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise EventDecodeError(f"bad {tag} value {str(raw)[:80]!r}: {exc}") from None
+    if isinstance(value, list):
+        raise EventDecodeError("a bare list is not a column value (JSON values are tagged $json)")
+    return value
+
+
+def encode_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: encode_value(v) for k, v in row.items()}
+
+
+def decode_row(row: Any) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise EventDecodeError(f"row image must be an object, got {type(row).__name__}")
+    return {str(k): decode_value(v) for k, v in row.items()}
+
+
+def key_text(pk_values: list[Any] | tuple[Any, ...]) -> str:
+    """Canonical text of a primary key (the version/tombstone key on both backends)."""
+    return json.dumps([encode_value(v) for v in pk_values], separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class ChangeEvent:
+    table: str
+    op: str
+    key: dict[str, Any]
+    image: dict[str, Any] | None
+    tenant: str | None = None
+    seq: int = 0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def key_text(self, pk: tuple[str, ...]) -> str:
+        return key_text([self.key[c] for c in pk])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "id": self.id,
+                "seq": self.seq,
+                "table": self.table,
+                "op": self.op,
+                "key": encode_row(self.key),
+                "image": None if self.image is None else encode_row(self.image),
+                "tenant": self.tenant,
+                "ts": self.ts.isoformat(),
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ChangeEvent:
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventDecodeError(f"event of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EventDecodeError(f"event is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise EventDecodeError("event is not a JSON object")
+        if doc.get("v") != FORMAT_VERSION:
+            raise EventDecodeError(f"unsupported event format version {doc.get('v')!r}")
+        missing = [f for f in ("id", "seq", "table", "op", "key") if f not in doc]
+        if missing:
+            raise EventDecodeError(f"event lacks field(s) {', '.join(missing)}")
+        op, seq, table = doc["op"], doc["seq"], doc["table"]
+        if op not in OPS:
+            raise EventDecodeError(f"unknown op {op!r}")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
+            raise EventDecodeError(f"seq {seq!r} is not a positive integer")
+        if not isinstance(table, str) or not table:
+            raise EventDecodeError("table is not a non-empty string")
+        image = doc.get("image")
+        if op == "upsert" and not isinstance(image, dict):
+            raise EventDecodeError("an upsert event needs a row image")
+        try:
+            ts = datetime.fromisoformat(doc["ts"]) if doc.get("ts") else datetime.now(UTC)
+        except (TypeError, ValueError):
+            raise EventDecodeError(f"bad ts {doc.get('ts')!r}") from None
+        tenant = doc.get("tenant")
+        return cls(
+            table=table,
+            op=op,
+            key=decode_row(doc["key"]),
+            image=None if image is None else decode_row(image),
+            tenant=None if tenant is None else str(tenant),
+            seq=seq,
+            id=str(doc["id"]),
+            ts=ts,
+        )

@@ -1,0 +1,105 @@
+"""Every metric dualwrite exports, defined once (names from DESIGN-NOTES §5).
+
+Base units, `_total` counters, low-cardinality labels only: never a key, tenant id or URL as a label.
+All live in prometheus_client's default registry so `serve_metrics` exposes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Fine enough for sub-millisecond SQLite writes, wide enough for a stalled server.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+PHASE = Gauge("dualwrite_phase", "1 for the current cutover phase, 0 for the others", ["phase"])
+WRITE_DURATION = Histogram(
+    "dualwrite_write_duration_seconds", "Write latency per backend (and the adapter's whole write as 'dual')",
+    ["backend", "store", "op"], buckets=LATENCY_BUCKETS,
+)
+READ_DURATION = Histogram(
+    "dualwrite_read_duration_seconds", "Read latency per backend", ["backend", "store", "query"],
+    buckets=LATENCY_BUCKETS,
+)
+SECONDARY_FAILURES = Counter(
+    "dualwrite_secondary_failures_total", "Writes whose inline apply to the other backend failed", ["store"]
+)
+EVENTS_WRITTEN = Counter("dualwrite_events_written_total", "Change events written to an outbox", ["backend"])
+EVENTS_PUBLISHED = Counter("dualwrite_events_published_total", "Change events published to the stream")
+PUBLISH_FAILURES = Counter("dualwrite_publish_failures_total", "Relay batches that failed to publish")
+OUTBOX_BACKLOG = Gauge("dualwrite_outbox_backlog", "Outbox events not yet published to the stream")
+RELAY_LAG = Gauge("dualwrite_relay_lag_seconds", "Age of the oldest unpublished outbox event")
+STREAM_RESETS = Counter(
+    "dualwrite_stream_resets_total", "Times the relay found the stream gone and republished the outbox"
+)
+
+SHADOW_COMPARISONS = Counter(
+    "dualwrite_shadow_comparisons_total", "Shadow read comparisons by result", ["store", "query", "result"]
+)
+BACKFILL_ROWS = Counter("dualwrite_backfill_rows_total", "Rows copied by the backfill", ["table"])
+BACKFILL_EXPECTED = Gauge("dualwrite_backfill_rows_expected", "Rows the backfill expects to copy", ["table"])
+BACKFILL_CHUNK = Histogram(
+    "dualwrite_backfill_chunk_duration_seconds", "Duration of one backfill chunk", ["table"],
+    buckets=CHUNK_BUCKETS,
+)
+BACKFILL_REJECTS = Counter("dualwrite_backfill_rejected_rows_total", "Rows sent to the reject file", ["table"])
+REPLAY_LAG_EVENTS = Gauge("dualwrite_replay_lag_events", "Stream events not yet applied by the replay group")
+REPLAY_LAG_SECONDS = Gauge("dualwrite_replay_lag_seconds", "Age of the oldest stream event not yet applied")
+REPLAY_APPLIED = Counter("dualwrite_replay_events_total", "Stream events processed by the replayer", ["result"])
+REPLAY_PENDING = Gauge("dualwrite_replay_pending", "Events delivered to a consumer but not yet acknowledged")
+DEAD_LETTERS = Counter("dualwrite_dead_letters_total", "Events sent to the dead-letter stream", ["reason"])
+THROTTLE_ACTIVE = Gauge("dualwrite_throttle_active", "1 while the backfill is throttled", ["reason"])
+GATE_CONDITION = Gauge("dualwrite_gate_condition", "1 if a cutover gate condition holds", ["condition"])
+
+_PHASE_NAMES = ("sqlite", "dual_write", "shadow", "postgres_reads", "postgres_primary", "postgres")
+for _p in _PHASE_NAMES:
+    PHASE.labels(phase=_p).set(0)
+
+
+def set_phase(name: str) -> None:
+    for p in _PHASE_NAMES:
+        PHASE.labels(phase=p).set(1 if p == name else 0)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of a sample in the default registry (0.0 if absent): for status and tests."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    health: Callable[[], tuple[bool, str]] = staticmethod(lambda: (True, "ok"))
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.startswith("/metrics"):
+            body, ctype, code = generate_latest(REGISTRY), CONTENT_TYPE_LATEST, 200
+        elif self.path.startswith("/health"):
+            ok, why = type(self).health()
+            body, ctype, code = why.encode(), "text/plain", 200 if ok else 503
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:  # quiet: the daemon logs its own lines
+        return
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1",
+                  health: Callable[[], tuple[bool, str]] | None = None) -> ThreadingHTTPServer:
+    """Serve /metrics and /health on loopback (unless told otherwise) in a daemon thread."""
+    handler = type("Handler", (_Handler,), {"health": staticmethod(health or (lambda: (True, "ok")))})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,195 @@
+"""One settings object: flags override DUALWRITE_* environment variables, which override defaults.
+
+Every problem is raised as ConfigError with one line that names the setting and what is wrong; a
+URL is never printed with its password (see `mask_url`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from dualwrite.errors import ConfigError
+
+DEFAULT_SQLITE = "dualwrite.db"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_NAMESPACE = "dualwrite"
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with its password replaced by ***; safe to print or log."""
+    if not url:
+        return ""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(url))
+
+
+def mask_text(text: str, secrets: list[str] | None = None) -> str:
+    """Mask every URL password in free text, and any literal secret given."""
+    out = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
+    for secret in secrets or []:
+        if secret:
+            out = out.replace(secret, "***")
+    return out
+
+
+def _sqlite_url(value: str, setting: str) -> str:
+    """Accept a file path or a sqlite:/// URL; return a SQLAlchemy URL string."""
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{setting}: empty value; give a file path or a sqlite:/// URL")
+    if "://" in value:
+        if not value.startswith("sqlite"):
+            raise ConfigError(f"{setting}: {mask_url(value)!r} is not a sqlite:/// URL or a file path")
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ConfigError(f"{setting}: malformed URL {mask_url(value)!r} ({exc})") from None
+        if url.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise ConfigError(f"{setting}: driver {url.drivername!r} is not supported; use sqlite:///PATH")
+        if not url.database or url.database == ":memory:":
+            raise ConfigError(f"{setting}: needs a database file (sqlite:///PATH); in-memory is not shared")
+        return f"sqlite:///{url.database}"
+    return f"sqlite:///{Path(value).expanduser()}"
+
+
+def _postgres_url(value: str, setting: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        raise ConfigError(f"{setting}: {mask_url(value)!r} is not a postgresql:// URL")
+    try:
+        url = make_url(value.replace("postgres://", "postgresql://", 1))
+        _ = parts.port  # raises ValueError on a non-numeric port
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{setting}: malformed URL {mask_url(value)!r} ({exc})") from None
+    if not url.host and "host" not in url.query:
+        raise ConfigError(f"{setting}: {mask_url(value)!r} names no host")
+    if not url.database:
+        raise ConfigError(f"{setting}: {mask_url(value)!r} names no database")
+    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def _redis_url(value: str, setting: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{setting}: {mask_url(value)!r} is not a redis:// URL")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: malformed URL {mask_url(value)!r} ({exc})") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"{setting}: {mask_url(value)!r} names no host")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError(f"{setting}: database {path!r} in {mask_url(value)!r} is not a number")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    sqlite_url: str = f"sqlite:///{DEFAULT_SQLITE}"
+    postgres_url: str = DEFAULT_POSTGRES
+    redis_url: str = DEFAULT_REDIS
+    namespace: str = DEFAULT_NAMESPACE
+    # Postgres schema the store tables live in (tests give each test its own).
+    pg_schema: str = "public"
+    # strict: a failed secondary apply raises instead of being left to the replayer.
+    strict: bool = False
+    phase_cache_seconds: float = 0.5
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.sqlite_url.removeprefix("sqlite:///"))
+
+    def masked(self) -> dict[str, str]:
+        return {
+            "sqlite": self.sqlite_url,
+            "postgres": mask_url(self.postgres_url),
+            "redis": mask_url(self.redis_url),
+            "namespace": self.namespace,
+            "pg_schema": self.pg_schema,
+        }
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this namespace."""
+        return ":".join((self.namespace, *parts))
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def password(self) -> str | None:
+        secrets = [make_url(self.postgres_url).password, urlsplit(self.redis_url).password]
+        return next((s for s in secrets if s), None)
+
+
+_ENV = {
+    "sqlite_url": "DUALWRITE_SQLITE_URL",
+    "postgres_url": "DUALWRITE_POSTGRES_URL",
+    "redis_url": "DUALWRITE_REDIS_URL",
+    "namespace": "DUALWRITE_NAMESPACE",
+    "pg_schema": "DUALWRITE_PG_SCHEMA",
+    "strict": "DUALWRITE_STRICT",
+}
+_FLAGS = {
+    "sqlite_url": "--sqlite",
+    "postgres_url": "--postgres",
+    "redis_url": "--redis",
+    "namespace": "--namespace",
+    "pg_schema": "--pg-schema",
+    "strict": "--strict",
+}
+
+
+def load_settings(env: dict[str, str] | None = None, **flags: object) -> Settings:
+    """Settings from flags (non-None values win), then the environment, then defaults."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name, var in _ENV.items():
+        if flags.get(name) is not None:
+            raw[name], sources[name] = flags[name], _FLAGS[name]
+        elif env.get(var):
+            raw[name], sources[name] = env[var], var
+    values: dict[str, object] = {}
+    if "sqlite_url" in raw:
+        values["sqlite_url"] = _sqlite_url(str(raw["sqlite_url"]), sources["sqlite_url"])
+    if "postgres_url" in raw:
+        values["postgres_url"] = _postgres_url(str(raw["postgres_url"]), sources["postgres_url"])
+    else:
+        values["postgres_url"] = _postgres_url(DEFAULT_POSTGRES, "default postgres URL")
+    if "redis_url" in raw:
+        values["redis_url"] = _redis_url(str(raw["redis_url"]), sources["redis_url"])
+    if "namespace" in raw:
+        ns = str(raw["namespace"])
+        if not _NAMESPACE_RE.match(ns):
+            raise ConfigError(
+                f"{sources['namespace']}: namespace {ns!r} must be 1-64 characters of letters, digits, _ . : -"
+            )
+        values["namespace"] = ns
+    if "pg_schema" in raw:
+        schema = str(raw["pg_schema"])
+        if not _SCHEMA_RE.match(schema):
+            raise ConfigError(f"{sources['pg_schema']}: schema {schema!r} is not a plain identifier")
+        values["pg_schema"] = schema
+    if "strict" in raw:
+        strict = raw["strict"]
+        if isinstance(strict, str):
+            if strict.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigError(f"{sources['strict']}: {strict!r} is not a boolean")
+            strict = strict.lower() in ("1", "true", "yes", "on")
+        values["strict"] = bool(strict)
+    return Settings(**values, sources=sources)  # type: ignore[arg-type]

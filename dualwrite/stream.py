@@ -1,0 +1,66 @@
+"""The Redis stream of change events: key names, entry ids and reply shapes shared by relay and replayer.
+
+Entry ids are `<seq>-0`: the stream itself refuses a second copy of an event (XADD with an id not above
+the top fails), so any number of relays may publish the same outbox and the stream still holds each
+event once, in seq order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+EVENT_FIELD = b"e"
+
+
+def stream_key(namespace: str) -> str:
+    return f"{namespace}:changes"
+
+
+def dead_letter_key(namespace: str) -> str:
+    return f"{namespace}:changes:dead"
+
+
+def entry_id(seq: int) -> str:
+    return f"{seq}-0"
+
+
+def seq_of(entry: bytes | str) -> int:
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    return int(text.split("-", 1)[0])
+
+
+def top_seq(client: redis.Redis, key: str) -> int | None:
+    """The seq of the last id ever added to the stream (kept by Redis even after trimming);
+    None if the stream does not exist (never created, or lost with a Redis restart)."""
+    try:
+        info = client.xinfo_stream(key)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    return seq_of(info["last-generated-id"])
+
+
+def parse_autoclaim(reply: Any) -> tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]], list[bytes]]:
+    """XAUTOCLAIM's reply: Redis 6.2 gives [next, entries]; Redis 7 adds a third list of deleted ids.
+    redis-py may or may not have parsed it; accept every shape."""
+    if isinstance(reply, dict):
+        return reply.get("next", b"0-0"), list(reply.get("claimed", [])), list(reply.get("deleted", []))
+    items = list(reply)
+    next_id = items[0] if items else b"0-0"
+    raw_entries = items[1] if len(items) > 1 else []
+    deleted = list(items[2]) if len(items) > 2 and items[2] else []
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry in raw_entries or []:
+        if entry is None:
+            continue
+        eid, fields = entry[0], entry[1]
+        if fields is None:  # Redis 6.2: an entry deleted while pending comes back with nil fields
+            deleted.append(eid)
+            continue
+        if isinstance(fields, list | tuple):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        entries.append((eid, fields))
+    return next_id, entries, deleted

@@ -1,0 +1,72 @@
+"""Per-test isolation on the real local servers: a fresh SQLite file, a fresh Postgres schema and a
+unique Redis key prefix, all removed afterwards."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from dualwrite.settings import Settings, load_settings
+
+PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("DUALWRITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False, help="run long soak tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def pg_schema(uid: str) -> Iterator[str]:
+    """A fresh Postgres schema for this test, dropped afterwards."""
+    name = f"t_{uid}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_prefix(uid: str) -> Iterator[str]:
+    """A unique Redis namespace for this test; every key under it is deleted afterwards."""
+    ns = f"dwtest:{uid}"
+    yield ns
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path, pg_schema: str, redis_prefix: str) -> Settings:  # type: ignore[no-untyped-def]
+    return load_settings(
+        env={},
+        sqlite_url=str(tmp_path / "app.db"),
+        postgres_url=PG_ADMIN_URL,
+        redis_url=REDIS_TEST_URL,
+        namespace=redis_prefix,
+        pg_schema=pg_schema,
+    )
