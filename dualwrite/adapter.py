@@ -88,25 +88,40 @@ class WriteTx:
         self.events: list[ChangeEvent] = []
         self.ops: set[str] = set()
 
-    def execute(self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
-                ) -> list[RowMapping]:
+    def execute(
+        self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
+    ) -> list[RowMapping]:
         table = statement_table(stmt)
         self.dw.catalog_check(table)
-        result = self.connection.execute(with_returning(stmt), params) if params else self.connection.execute(
-            with_returning(stmt))
+        result = (
+            self.connection.execute(with_returning(stmt), params)
+            if params
+            else self.connection.execute(with_returning(stmt))
+        )
         rows = list(result.mappings())
         self.events.extend(events_from_rows(table, op_of(stmt), rows))
         self.ops.add(stmt.__visit_name__)
         return rows
 
-    def upsert(self, table: Table, values: dict[str, Any] | list[dict[str, Any]], conflict: list[str],
-               update: list[str] | None = None) -> list[RowMapping]:
+    def upsert(
+        self,
+        table: Table,
+        values: dict[str, Any] | list[dict[str, Any]],
+        conflict: list[str],
+        update: list[str] | None = None,
+    ) -> list[RowMapping]:
         """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update (default: every other column)."""
         ins = dialect_insert(self.connection, table).values(values)
-        cols = update if update is not None else [c.name for c in table.columns
-                                                  if c.name not in conflict and c.name not in pk_columns(table)]
-        stmt = (ins.on_conflict_do_update(index_elements=conflict, set_={c: ins.excluded[c] for c in cols})
-                if cols else ins.on_conflict_do_nothing(index_elements=conflict))
+        cols = (
+            update
+            if update is not None
+            else [c.name for c in table.columns if c.name not in conflict and c.name not in pk_columns(table)]
+        )
+        stmt = (
+            ins.on_conflict_do_update(index_elements=conflict, set_={c: ins.excluded[c] for c in cols})
+            if cols
+            else ins.on_conflict_do_nothing(index_elements=conflict)
+        )
         rows = self.execute(stmt)
         self.ops.discard("insert")
         self.ops.add("upsert")
@@ -114,13 +129,20 @@ class WriteTx:
 
 
 class DualWriter:
-    def __init__(self, settings: Settings, *, catalog: TableCatalog | None = None,
-                 redis_client: redis.Redis | None = None, phases: PhaseStore | None = None,
-                 relay: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: TableCatalog | None = None,
+        redis_client: redis.Redis | None = None,
+        phases: PhaseStore | None = None,
+        relay: bool = False,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog or TableCatalog.default()
-        self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                                          socket_connect_timeout=2)
+        self.redis = redis_client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         self.phases = phases or PhaseStore(self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds)
         self.sqlite = sqlite_engine(settings.sqlite_url)
         self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
@@ -200,14 +222,24 @@ class DualWriter:
     def _apply_secondary(self, backend: str, events: list[ChangeEvent], store: str, op: str) -> None:
         start = time.perf_counter()
         try:
-            for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.01, max=0.1),
-                                    retry=retry_if_exception_type(DBAPIError), reraise=True):
+            for attempt in Retrying(
+                stop=stop_after_attempt(3),
+                wait=wait_exponential(multiplier=0.01, max=0.1),
+                retry=retry_if_exception_type(DBAPIError),
+                reraise=True,
+            ):
                 with attempt:
                     self.apply(backend, events)
         except Exception as exc:
             metrics.SECONDARY_FAILURES.labels(store).inc()
-            log.warning("secondary apply to %s failed for %d event(s) (seq %d-%d); the replayer will heal: %s",
-                        backend, len(events), events[0].seq, events[-1].seq, str(exc).splitlines()[0][:300])
+            log.warning(
+                "secondary apply to %s failed for %d event(s) (seq %d-%d); the replayer will heal: %s",
+                backend,
+                len(events),
+                events[0].seq,
+                events[-1].seq,
+                str(exc).splitlines()[0][:300],
+            )
             if self.settings.strict:
                 raise SecondaryApplyError(f"apply to {backend} failed: {str(exc).splitlines()[0]}") from exc
         finally:
@@ -220,8 +252,15 @@ class DualWriter:
             apply_events(conn, self.catalog.table, events)
 
     # -- reads -----------------------------------------------------------------------------------
-    def read(self, store: str, query: str, fn: Callable[[Connection], T], *, params: dict[str, Any] | None = None,
-             ordered: bool = True) -> T:
+    def read(
+        self,
+        store: str,
+        query: str,
+        fn: Callable[[Connection], T],
+        *,
+        params: dict[str, Any] | None = None,
+        ordered: bool = True,
+    ) -> T:
         """Run a read on the backend the phase names; a shadow reader (if installed) may compare it."""
         phase = self.phases.current()
         if self.reader is not None:

@@ -14,8 +14,9 @@ from dualwrite.settings import Settings, mask_url
 SQLITE_BUSY_MS = 10_000
 
 
-def sqlite_engine(url: str, *, must_exist: bool = False, busy_ms: int = SQLITE_BUSY_MS,
-                  foreign_keys: bool = True) -> Engine:
+def sqlite_engine(
+    url: str, *, must_exist: bool = False, busy_ms: int = SQLITE_BUSY_MS, foreign_keys: bool = True
+) -> Engine:
     """A write engine (BEGIN IMMEDIATE, WAL). foreign_keys=False for applying replicated row images."""
     path = url.removeprefix("sqlite:///")
     if must_exist:

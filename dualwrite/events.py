@@ -79,7 +79,7 @@ def decode_value(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) != 1:
             raise EventDecodeError(f"malformed tagged value {str(value)[:80]!r}")
-        (tag, raw), = value.items()
+        ((tag, raw),) = value.items()
         decoder = _DECODERS.get(tag)
         if decoder is None:
             raise EventDecodeError(f"unknown value tag {tag!r}")

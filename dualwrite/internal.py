@@ -69,9 +69,7 @@ def create_internal(conn: Connection, *, primary: bool) -> None:
     ins = dialect_insert(conn, meta)
     conn.execute(ins.values(name="last_seq", value=0).on_conflict_do_nothing(index_elements=["name"]))
     conn.execute(
-        ins.values(name="is_primary", value=1 if primary else 0).on_conflict_do_nothing(
-            index_elements=["name"]
-        )
+        ins.values(name="is_primary", value=1 if primary else 0).on_conflict_do_nothing(index_elements=["name"])
     )
 
 

@@ -15,18 +15,40 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Fine enough for sub-millisecond SQLite writes, wide enough for a stalled server.
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 PHASE = Gauge("dualwrite_phase", "1 for the current cutover phase, 0 for the others", ["phase"])
 WRITE_DURATION = Histogram(
-    "dualwrite_write_duration_seconds", "Write latency per backend (and the adapter's whole write as 'dual')",
-    ["backend", "store", "op"], buckets=LATENCY_BUCKETS,
+    "dualwrite_write_duration_seconds",
+    "Write latency per backend (and the adapter's whole write as 'dual')",
+    ["backend", "store", "op"],
+    buckets=LATENCY_BUCKETS,
 )
 READ_DURATION = Histogram(
-    "dualwrite_read_duration_seconds", "Read latency per backend", ["backend", "store", "query"],
+    "dualwrite_read_duration_seconds",
+    "Read latency per backend",
+    ["backend", "store", "query"],
     buckets=LATENCY_BUCKETS,
 )
 SECONDARY_FAILURES = Counter(
@@ -47,7 +69,9 @@ SHADOW_COMPARISONS = Counter(
 BACKFILL_ROWS = Counter("dualwrite_backfill_rows_total", "Rows copied by the backfill", ["table"])
 BACKFILL_EXPECTED = Gauge("dualwrite_backfill_rows_expected", "Rows the backfill expects to copy", ["table"])
 BACKFILL_CHUNK = Histogram(
-    "dualwrite_backfill_chunk_duration_seconds", "Duration of one backfill chunk", ["table"],
+    "dualwrite_backfill_chunk_duration_seconds",
+    "Duration of one backfill chunk",
+    ["table"],
     buckets=CHUNK_BUCKETS,
 )
 BACKFILL_REJECTS = Counter("dualwrite_backfill_rejected_rows_total", "Rows sent to the reject file", ["table"])
@@ -95,8 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1",
-                  health: Callable[[], tuple[bool, str]] | None = None) -> ThreadingHTTPServer:
+def serve_metrics(
+    port: int, host: str = "127.0.0.1", health: Callable[[], tuple[bool, str]] | None = None
+) -> ThreadingHTTPServer:
     """Serve /metrics and /health on loopback (unless told otherwise) in a daemon thread."""
     handler = type("Handler", (_Handler,), {"health": staticmethod(health or (lambda: (True, "ok")))})
     server = ThreadingHTTPServer((host, port), handler)

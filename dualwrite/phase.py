@@ -76,8 +76,9 @@ def check_transition(current: str, target: str) -> None:
 class PhaseStore:
     """Reads and writes the shared phase. Thread-safe; one per process is enough."""
 
-    def __init__(self, client: redis.Redis, namespace: str, *, cache_seconds: float = 0.5,
-                 default: str | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, *, cache_seconds: float = 0.5, default: str | None = None
+    ) -> None:
         self.client = client
         self.key = f"{namespace}:phase"
         self.history_key = f"{namespace}:phase:history"

@@ -32,9 +32,18 @@ log = logging.getLogger("dualwrite.relay")
 
 
 class Relay:
-    def __init__(self, client: redis.Redis, namespace: str, sources: list[tuple[str, Engine]], *,
-                 batch: int = 1000, retention: timedelta = timedelta(hours=24), maxlen: int | None = None,
-                 wakeup: threading.Condition | None = None, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        sources: list[tuple[str, Engine]],
+        *,
+        batch: int = 1000,
+        retention: timedelta = timedelta(hours=24),
+        maxlen: int | None = None,
+        wakeup: threading.Condition | None = None,
+        interval: float = 0.2,
+    ) -> None:
         self.client, self.key = client, stream_key(namespace)
         self.sources = sources  # (backend name, engine) in publishing order
         self.batch, self.retention, self.maxlen = batch, retention, maxlen
@@ -49,8 +58,13 @@ class Relay:
 
     @classmethod
     def for_writer(cls, dw: DualWriter, **kw: object) -> Relay:
-        return cls(dw.redis, dw.settings.namespace, [("sqlite", dw.sqlite_read), ("postgres", dw.postgres)],
-                   wakeup=dw.committed, **kw)  # type: ignore[arg-type]
+        return cls(
+            dw.redis,
+            dw.settings.namespace,
+            [("sqlite", dw.sqlite_read), ("postgres", dw.postgres)],
+            wakeup=dw.committed,
+            **kw,
+        )  # type: ignore[arg-type]
 
     def run_once(self) -> int:
         """Publish what is pending; return how many events were added to the stream."""
@@ -84,7 +98,9 @@ class Relay:
         while True:
             with engine.connect() as conn:
                 rows = conn.execute(
-                    select(outbox.c.seq, outbox.c.payload).where(outbox.c.seq > top).order_by(outbox.c.seq)
+                    select(outbox.c.seq, outbox.c.payload)
+                    .where(outbox.c.seq > top)
+                    .order_by(outbox.c.seq)
                     .limit(self.batch)
                 ).all()
             if not rows:
@@ -123,9 +139,12 @@ class Relay:
                 write = engine if engine.dialect.name == "postgresql" else _writable(engine)
                 try:
                     with write.begin() as conn:
-                        pruned += conn.execute(
-                            delete(outbox).where(outbox.c.seq <= top, outbox.c.created_at < cutoff)
-                        ).rowcount or 0
+                        pruned += (
+                            conn.execute(
+                                delete(outbox).where(outbox.c.seq <= top, outbox.c.created_at < cutoff)
+                            ).rowcount
+                            or 0
+                        )
                 finally:
                     if write is not engine:
                         write.dispose()

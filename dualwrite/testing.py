@@ -9,8 +9,14 @@ from dualwrite.schema import create_schema
 from dualwrite.settings import Settings
 
 
-def prepared_writer(settings: Settings, *, metadata: MetaData | None = None, catalog: TableCatalog | None = None,
-                    phase: str = "sqlite", relay: bool = False) -> DualWriter:
+def prepared_writer(
+    settings: Settings,
+    *,
+    metadata: MetaData | None = None,
+    catalog: TableCatalog | None = None,
+    phase: str = "sqlite",
+    relay: bool = False,
+) -> DualWriter:
     """Create the schema on both backends (SQLite primary), set the phase (forced) and return a writer.
     With phase postgres_primary/postgres, Postgres is made the primary."""
     if metadata is None:
