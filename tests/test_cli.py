@@ -1,0 +1,69 @@
+"""The CLI front: init and doctor against the real servers, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+from conftest import PG_ADMIN_URL
+
+from dualwrite.cli import main
+
+
+def _args(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "--sqlite",
+        str(settings.sqlite_path),
+        "--postgres",
+        PG_ADMIN_URL,
+        "--redis",
+        settings.redis_url,
+        "--namespace",
+        settings.namespace,
+        "--pg-schema",
+        settings.pg_schema,
+    ]
+
+
+def test_init_is_idempotent_and_doctor_passes(settings) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    first = runner.invoke(main, ["init", *_args(settings)])
+    assert first.exit_code == 0, first.output
+    assert "created" in first.output and "_dw_outbox" in first.output
+    second = runner.invoke(main, ["init", *_args(settings)])
+    assert second.exit_code == 0 and second.output.count("schema already complete") == 2
+    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    assert doctor.exit_code == 0, doctor.output
+    assert [line.split()[1] for line in doctor.output.splitlines()] == ["ok", "ok", "ok"]
+
+
+def test_doctor_reports_each_failure_on_one_line(tmp_path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "doctor",
+            "--sqlite",
+            str(tmp_path / "missing.db"),
+            "--postgres",
+            "postgresql://u:hunter2@127.0.0.1:1/db",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 3 and all("FAIL" in line for line in lines)
+    assert "hunter2" not in result.output and "***" in result.output
+
+
+def test_config_error_is_one_line_exit_2_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualwrite", "init", "--postgres", "postgresql://a:hunter2@h:x/db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --postgres") and "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
