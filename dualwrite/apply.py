@@ -11,8 +11,9 @@ backfill chunk, or two replayers) meet on that unique index: the second waits fo
 and then sees its version, so an older image can never land after a newer one, nor resurrect a delete.
 
 Foreign keys are not enforced while applying (the apply engines of db.py: Postgres sessions run with
-session_replication_role = replica, as logical replication does; SQLite's has foreign_keys off): the primary already enforced them, and
-events of different tables may arrive before the history they refer to has been copied.
+session_replication_role = replica, as logical replication does; SQLite's has foreign_keys off): the
+primary already enforced them, and events of different tables may arrive before the history they refer
+to has been copied.
 """
 
 from __future__ import annotations
