@@ -196,6 +196,12 @@ class DualWriter:
         with self.begin() as tx:
             return tx.execute(stmt, params)
 
+    def session(self, **session_kw: Any) -> Any:
+        """An ORM Session whose flushes are captured (see orm.py); commits when the block ends."""
+        from dualwrite.orm import capture_session
+
+        return capture_session(self, **session_kw)
+
     def _open_primary(self) -> tuple[Connection, Phase]:
         deadline = time.monotonic() + SWITCH_WAIT_SECONDS
         fresh = False
