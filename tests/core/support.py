@@ -1,0 +1,72 @@
+"""Shared tables and helpers for the core (issue 3) tests: a small table set of every column type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData, Numeric, String, Table, select, text
+
+from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.events import ChangeEvent
+from dualwrite.settings import Settings
+from dualwrite.stores.base import JSONType, UTCDateTime
+from dualwrite.stream import stream_key
+
+md = MetaData()
+items = Table(
+    "items",
+    md,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("tenant_id", String(20)),
+    Column("name", String(60)),
+    Column("qty", BigInteger),
+    Column("price", Numeric(14, 3)),
+    Column("ratio", Float),
+    Column("blob", LargeBinary),
+    Column("doc", JSONType),
+    Column("at", UTCDateTime),
+)
+pairs = Table(
+    "pairs",
+    md,
+    Column("a", Integer, primary_key=True, autoincrement=False),
+    Column("b", String(10), primary_key=True),
+    Column("v", Integer),
+)
+TABLES = (items, pairs)
+
+
+def catalog() -> TableCatalog:
+    cat = TableCatalog()
+    for t in TABLES:
+        cat.add(t, "toy")
+    return cat
+
+
+def snapshot(engine: Any, table: Table = items) -> list[tuple[Any, ...]]:
+    order = [c for c in table.primary_key.columns]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(*order)).all()]
+
+
+def both_sides(dw: DualWriter) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    return (
+        {t.name: snapshot(dw.sqlite_read, t) for t in TABLES},
+        {t.name: snapshot(dw.postgres, t) for t in TABLES},
+    )
+
+
+def stream_events(client: redis.Redis, settings: Settings) -> list[tuple[bytes, ChangeEvent]]:
+    return [(eid, ChangeEvent.from_json(f[b"e"])) for eid, f in client.xrange(stream_key(settings.namespace))]
+
+
+def reset_all(dw: DualWriter) -> None:
+    """Empty the tables and the bookkeeping on both sides (between hypothesis examples)."""
+    for engine in (dw.sqlite, dw.postgres):
+        with engine.begin() as conn:
+            for t in TABLES:
+                conn.execute(t.delete())
+            conn.execute(text("DELETE FROM _dw_versions"))
+            conn.execute(text("DELETE FROM _dw_outbox"))
+    dw.redis.delete(stream_key(dw.settings.namespace))
