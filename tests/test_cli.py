@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-from conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL
 
 from dualwrite.cli import main
 
