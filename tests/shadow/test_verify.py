@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import time
+
+from click.testing import CliRunner
+from sqlalchemy import delete, insert, update
+
+from dualwrite.internal import write_meta
+from shadow.verify import load_last, verify_writer
+from tests.shadow.helpers import TABLES, item_rows, items, pair_rows, pairs, seed, writer
+
+N = 100_000
+
+
+def _plant(dw):
+    with dw.postgres.begin() as conn:
+        conn.execute(update(items).where(items.c.id == 4242).values(name="changed"))
+        conn.execute(delete(items).where(items.c.id == 77_777))
+        conn.execute(insert(items).values(id=N + 5, name="extra", amount=1.0, note=None))
+        conn.execute(update(pairs).where(pairs.c.tenant == "émile", pairs.c.n == 3).values(value="x"))
+    with dw.sqlite.begin() as conn:
+        write_meta(conn, "last_seq", 10)  # as if changes had been captured since the copy
+
+
+def test_verify_finds_exactly_the_planted_keys_and_fix_cleans(settings):
+    dw = writer(settings)
+    try:
+        seed(dw, items, item_rows(N))
+        seed(dw, pairs, pair_rows(2_000))
+        start = time.perf_counter()
+        clean = verify_writer(dw, TABLES)
+        assert clean.clean, clean.to_dict()
+        _plant(dw)
+        report = verify_writer(dw, TABLES)
+        elapsed = time.perf_counter() - start
+        it, pa = report.tables
+        assert it.missing == ["[77777]"]
+        assert it.extra == [f"[{N + 5}]"]
+        assert it.differing == ["[4242]"]
+        assert it.sqlite_rows == N and it.postgres_rows == N
+        assert it.queries < 200, it.queries  # far fewer than rows
+        assert pa.differing == ['["émile",3]'] and not pa.missing and not pa.extra
+        assert not report.clean
+        last = load_last(dw.redis, settings.namespace)
+        assert last and last["clean"] is False and last["tables"]["sh_items"]["missing"] == 1
+        fixed = verify_writer(dw, TABLES, fix=True)
+        assert fixed.tables[0].fixed == 3 and fixed.tables[1].fixed == 1
+        again = verify_writer(dw, TABLES)
+        assert again.clean, again.to_dict()
+        assert load_last(dw.redis, settings.namespace)["clean"] is True
+        assert elapsed < 60
+    finally:
+        dw.close()
+
+
+def test_verify_cli_exit_codes_and_report(settings, tmp_path, monkeypatch):
+    from dualwrite.adapter import TableCatalog
+    from shadow import cli as shadow_cli
+    from tests.shadow.helpers import catalog
+
+    monkeypatch.setattr(TableCatalog, "default", classmethod(lambda cls: catalog()))
+    monkeypatch.setattr(shadow_cli, "_registry_tables", lambda: list(TABLES))
+    dw = writer(settings)
+    try:
+        seed(dw, items, item_rows(500))
+        with dw.postgres.begin() as conn:
+            conn.execute(delete(items).where(items.c.id == 5))
+        with dw.sqlite.begin() as conn:
+            write_meta(conn, "last_seq", 3)
+    finally:
+        dw.close()
+    args = [
+        "--sqlite",
+        settings.sqlite_url,
+        "--postgres",
+        settings.postgres_url,
+        "--redis",
+        settings.redis_url,
+        "--namespace",
+        settings.namespace,
+        "--pg-schema",
+        settings.pg_schema,
+    ]
+    from dualwrite.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    res = runner.invoke(main, ["verify", *args, "--tables", "sh_items", "--report", str(out)])
+    assert res.exit_code == 1, res.output
+    assert json.loads(out.read_text())["tables"][0]["missing"] == ["[5]"]
+    res = runner.invoke(main, ["verify", *args, "--tables", "sh_items", "--fix"])
+    assert res.exit_code == 1, res.output  # differences were found (and fixed)
+    res = runner.invoke(main, ["verify", *args, "--tables", "sh_items"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["verify", *args, "--tables", "nope"])
+    assert res.exit_code == 2, res.output
