@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import redis
@@ -35,6 +37,20 @@ pairs = Table(
     Column("v", Integer),
 )
 TABLES = (items, pairs)
+
+
+def row(i: int, n: int) -> dict[str, Any]:
+    return {
+        "id": i,
+        "tenant_id": f"t{i % 3}",
+        "name": f"r{i}-{n} é\u6f22",
+        "qty": 2**62 + n,
+        "price": Decimal(f"{n}.125"),
+        "ratio": n / 7,
+        "blob": bytes([n % 256, 0, 255]),
+        "doc": {"n": n, "$dt": "x", "l": [1, None, "z"]},
+        "at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=n * 1_000_003),
+    }
 
 
 def catalog() -> TableCatalog:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from dualwrite.internal import outbox
 from dualwrite.relay import Relay
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from tests.core.support import both_sides, catalog, items, md, pairs, reset_all, stream_events
+from tests.core.support import both_sides, catalog, items, md, pairs, reset_all, row, stream_events
 
 THREADS = 5
 PER_THREAD = 50  # thread t inserts ids t*PER_THREAD + n
@@ -38,20 +36,6 @@ op = st.one_of(
     st.tuples(st.just("tx"), ids),  # several statements in one transaction
 )
 plans = st.lists(st.lists(op, max_size=8), min_size=THREADS, max_size=THREADS)
-
-
-def row(i: int, n: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "tenant_id": f"t{i % 3}",
-        "name": f"r{i}-{n} é\u6f22",
-        "qty": 2**62 + n,
-        "price": Decimal(f"{n}.125"),
-        "ratio": n / 7,
-        "blob": bytes([n % 256, 0, 255]),
-        "doc": {"n": n, "$dt": "x", "l": [1, None, "z"]},
-        "at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=n * 1_000_003),
-    }
 
 
 def secondary_failures() -> float:
