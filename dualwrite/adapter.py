@@ -68,6 +68,9 @@ class TableCatalog:
         except KeyError:
             raise UnknownTableError(f"table {name!r} is not in the registry") from None
 
+    def tables(self) -> list[Table]:
+        return [t for t, _ in self._tables.values()]
+
     def store(self, name: str) -> str:
         entry = self._tables.get(name)
         return entry[1] if entry else "app"
