@@ -63,6 +63,9 @@ class TableReport:
     def clean(self) -> bool:
         return self.error is None and not (self.missing or self.extra or self.differing)
 
+    def counts(self) -> dict[str, int]:
+        return {k: len(self._keys.get(k, getattr(self, k))) for k in ("missing", "extra", "differing")}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("_keys", None)

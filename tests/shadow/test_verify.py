@@ -55,6 +55,7 @@ def test_verify_finds_exactly_the_planted_keys_and_fix_cleans(settings):
 
 
 def test_verify_cli_exit_codes_and_report(settings, tmp_path, monkeypatch):
+    import dualwrite.cli  # noqa: F401  (first: it loads shadow.cli through the entry point)
     from dualwrite.adapter import TableCatalog
     from shadow import cli as shadow_cli
     from tests.shadow.helpers import catalog
