@@ -77,6 +77,7 @@ def write_outbox(conn: Connection, events: list[ChangeEvent]) -> None:
     for i, ev in enumerate(events):
         ev.seq = top - len(events) + 1 + i
         ev.ts = now
+        ev.origin = conn.dialect.name.replace("postgresql", "postgres")
         rows.append(
             {"seq": ev.seq, "id": ev.id, "tbl": ev.table, "op": ev.op, "payload": ev.to_json(), "created_at": now}
         )

@@ -4,7 +4,10 @@ Format version 1 (one JSON document per event, the stream entry's field `e`):
 
     {"v": 1, "id": "<uuid hex>", "seq": 42, "table": "memory_items", "op": "upsert" | "delete",
      "key": {"id": 7}, "image": {...all columns...} | null, "tenant": "acme" | null,
-     "ts": "2026-11-24T12:00:00.000000+00:00"}
+     "ts": "2026-11-24T12:00:00.000000+00:00", "src": "sqlite" | "postgres"}
+
+`src` is the primary that committed the change (the replayer applies it to the other side); it may be
+absent in events written by other producers, which are then applied to Postgres.
 
 Column values are JSON scalars where JSON is exact (null, bool, int of any size, finite float, str);
 everything else is a one-key object whose key starts with `$`:
@@ -117,6 +120,12 @@ class ChangeEvent:
     seq: int = 0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    origin: str | None = None  # the backend whose outbox holds the event
+
+    @property
+    def target(self) -> str:
+        """The side this event must be applied to."""
+        return "sqlite" if self.origin == "postgres" else "postgres"
 
     def key_text(self, pk: tuple[str, ...]) -> str:
         return key_text([self.key[c] for c in pk])
@@ -133,6 +142,7 @@ class ChangeEvent:
                 "image": None if self.image is None else encode_row(self.image),
                 "tenant": self.tenant,
                 "ts": self.ts.isoformat(),
+                **({"src": self.origin} if self.origin else {}),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -168,6 +178,9 @@ class ChangeEvent:
         except (TypeError, ValueError):
             raise EventDecodeError(f"bad ts {doc.get('ts')!r}") from None
         tenant = doc.get("tenant")
+        origin = doc.get("src")
+        if origin not in (None, "sqlite", "postgres"):
+            raise EventDecodeError(f"unknown src {origin!r}")
         return cls(
             table=table,
             op=op,
@@ -177,4 +190,5 @@ class ChangeEvent:
             seq=seq,
             id=str(doc["id"]),
             ts=ts,
+            origin=origin,
         )
