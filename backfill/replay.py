@@ -160,9 +160,18 @@ class Replayer:
     def _apply(self, events: list[ChangeEvent]) -> None:
         from dualwrite.apply import apply_events
 
-        engine = self.dw.postgres_apply if self.target == "postgres" else self.dw.sqlite_apply
-        with engine.begin() as conn:
-            result = apply_events(conn, self.dw.catalog.table, events)
+        # Each event goes to the side opposite the primary that committed it (ev.origin); events
+        # without an origin go to self.target. After a primary switch both kinds can be in flight.
+        by_target: dict[str, list[ChangeEvent]] = {}
+        for ev in events:
+            by_target.setdefault(ev.target if ev.origin else self.target, []).append(ev)
+        for target, evs in by_target.items():
+            engine = self.dw.postgres_apply if target == "postgres" else self.dw.sqlite_apply
+            with engine.begin() as conn:
+                result = apply_events(conn, self.dw.catalog.table, evs)
+            self._count(result)
+
+    def _count(self, result: Any) -> None:
         self.stats.applied += result.applied
         self.stats.stale += result.stale
         metrics.REPLAY_APPLIED.labels("applied").inc(result.applied)
