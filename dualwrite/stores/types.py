@@ -1,0 +1,74 @@
+"""Portable column types that behave the same on SQLite and Postgres (beyond those in base.py).
+
+- `OrderedString(n)`: text whose ORDER BY, range comparison and uniqueness go by code point on both
+  backends (SQLite's BINARY collation; `COLLATE "C"` on Postgres, whatever the database's locale), so a
+  sorted read or a prefix range returns the same rows in the same order on either side.
+- `ExactDecimal(p, s)`: NUMERIC(p, s) on Postgres; on SQLite an integer count of 10**-s units, so values,
+  comparisons and SUM stay exact there too (SQLite's NUMERIC affinity stores floats). Both sides refuse
+  the same values: more than `s` decimal places (never silently rounded), more than p-s integer digits,
+  NaN/infinity. Anything that reads SQLite rows must read them through these Table types, not raw SQL.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import BigInteger, Dialect, Numeric, String, TypeDecorator
+from sqlalchemy.types import TypeEngine
+
+
+def OrderedString(length: int) -> TypeEngine[str]:  # noqa: N802 - reads like a type in column definitions
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        if not 0 <= scale < precision <= 18:
+            # 18 digits keep every SQLite value inside a signed 64-bit integer.
+            raise ValueError(f"ExactDecimal({precision}, {scale}): need 0 <= scale < precision <= 18")
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+        self._unit = Decimal(1).scaleb(-scale)
+        self._limit = Decimal(10) ** (precision - scale)
+
+    def coerce(self, value: Any) -> Decimal:
+        """The exact Decimal stored for `value`, or ValueError naming the problem."""
+        if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+            raise ValueError(f"expected a decimal number, got {type(value).__name__}")
+        try:
+            number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+        if not number.is_finite():
+            raise ValueError(f"{value!r} is not a finite number")
+        exact = number.quantize(self._unit)
+        if exact != number:
+            raise ValueError(f"{value!r} has more than {self.scale} decimal places")
+        if abs(exact) >= self._limit:
+            raise ValueError(f"{value!r} has more than {self.precision - self.scale} integer digits")
+        return exact
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(self.precision, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = self.coerce(value)
+        if dialect.name == "sqlite":
+            return int(exact.scaleb(self.scale))
+        return exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite" and isinstance(value, int):
+            return Decimal(value).scaleb(-self.scale)
+        return Decimal(value).quantize(self._unit)
