@@ -41,7 +41,8 @@ from dualwrite.events import key_text
 log = logging.getLogger("backfill.copier")
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
 STAGING = "_dw_backfill_stg"
-DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error)
+# ValueError/TypeError: a driver refusing a value client-side (psycopg2: NUL in a string literal).
+DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error, ValueError, TypeError)
 
 
 def _sqlstate(exc: BaseException) -> str | None:

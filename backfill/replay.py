@@ -278,7 +278,7 @@ def redrive(dw: DualWriter, ids: list[str] | None = None, target: str = "postgre
         try:
             with engine.begin() as conn:
                 apply_events(conn, dw.catalog.table, [ev])
-        except DBAPIError as exc:
+        except (DBAPIError, ValueError, TypeError) as exc:
             counts["failed"] += 1
             log.warning("redrive: %s still fails: %s", _s(eid), _line(exc))
             continue

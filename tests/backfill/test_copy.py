@@ -132,13 +132,14 @@ def test_resume_after_crash(dw) -> None:  # type: ignore[no-untyped-def]
     assert_equal(dw)
 
 
-def test_bad_rows_go_to_reject_file(dw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fast", [True, False])
+def test_bad_rows_go_to_reject_file(dw, tmp_path, fast) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 100)
     with dw.sqlite.begin() as conn:
         for k in (7, 55, 56, 99):
             conn.execute(update(notes).where(notes.c.id == k).values(body=f"bad\x00{k}"))
     path = tmp_path / "rejects.jsonl"
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=32, rejects=RejectWriter(path))
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=32, rejects=RejectWriter(path), fast=fast)
     reports = copier.copy_tables(TABLES)
     assert reports[2].rows_rejected == 4 and reports[2].rows_copied == 96
     lines = [json.loads(x) for x in path.read_text().splitlines()]
