@@ -1,0 +1,10 @@
+"""dashboards/ is not an installed package: make the repository root importable for these tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
