@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-# PyYAML is not a declared dependency of the project: the structural checks need it, promtool does not.
-yaml = pytest.importorskip("yaml", reason="PyYAML not installed (structural checks of alerts/compose files)")
-
 ROOT = Path(__file__).resolve().parents[2]
 DASH = ROOT / "dashboards"
 PROMTOOL = shutil.which("promtool")
@@ -20,7 +17,13 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
+def _yaml():  # type: ignore[no-untyped-def]
+    # PyYAML is not a declared dependency of the project: the structural checks need it, promtool does not.
+    return pytest.importorskip("yaml", reason="PyYAML not installed (structural checks of the YAML files)")
+
+
 def alert_names() -> list[str]:
+    yaml = _yaml()
     doc = yaml.safe_load((DASH / "alerts.yml").read_text())
     return [r["alert"] for g in doc["groups"] for r in g["rules"] if "alert" in r]
 
@@ -40,6 +43,7 @@ def test_promtool_test_rules() -> None:
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    yaml = _yaml()
     tests = yaml.safe_load((DASH / "alerts.test.yml").read_text())["tests"]
     cases = [c for t in tests for c in t.get("alert_rule_test", [])]
     for name in alert_names():
@@ -78,6 +82,7 @@ def test_alerts_use_only_exported_metrics() -> None:
 
 
 def test_compose_mounts_exist() -> None:
+    yaml = _yaml()
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     for svc in compose["services"].values():
         for vol in svc.get("volumes", []):
