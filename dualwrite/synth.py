@@ -8,6 +8,7 @@ stay consistent); two foreign keys to the same table pick different parents (no 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -49,10 +51,22 @@ def _kind(column: Column[Any]) -> type:
     return String
 
 
+def _check_choices(table: Table) -> dict[str, list[str]]:
+    """`col IN ('a', 'b')` CHECK constraints: the values a generated row may take."""
+    out: dict[str, list[str]] = {}
+    for cons in table.constraints:
+        if isinstance(cons, CheckConstraint):
+            for col, items in re.findall(r"(\w+)\s+IN\s*\(([^)]*)\)", str(cons.sqltext), flags=re.I):
+                out[col] = re.findall(r"'((?:[^']|'')*)'", items)
+    return out
+
+
 def _value(column: Column[Any], i: int, rng: random.Random) -> Any:
     name, kind = column.name, _kind(column)
     if name in ("tenant_id", "tenant"):
         return f"tenant-{i % TENANTS}"
+    if kind is Integer and not column.primary_key:
+        return 1 + i % 1000  # positive and small: fits quantity/order CHECKs and 32-bit columns
     if kind is Boolean:
         return i % 2 == 0
     if kind is Integer:
@@ -84,21 +98,35 @@ def generate(
     rng = random.Random(seed + start)
     parents = parents or {}
     fks = [fk for fk in table.foreign_key_constraints if fk.referred_table.name in parents]
+    choices = _check_choices(table)
     for i in range(start, start + count):
         row = {c.name: _value(c, i, rng) for c in table.columns}
+        for col, options in choices.items():
+            if col in row and options:
+                row[col] = options[i % len(options)]
         used: dict[str, set[int]] = {}
+        assigned: set[str] = set()
         for fk in fks:
             pool = parents[fk.referred_table.name]
             if not pool:
                 continue
             taken = used.setdefault(fk.referred_table.name, set())
+            pairs = list(zip(fk.column_keys, [e.column.name for e in fk.elements], strict=True))
+            # Columns an earlier foreign key already set (the tenant of a tenant-scoped key) must match.
+            fixed = [(local, remote) for local, remote in pairs if local in assigned]
             idx = (i * 7919 + len(taken) * 104729) % len(pool)
-            while idx in taken and len(taken) < len(pool):
+            for _ in range(len(pool)):
+                cand = pool[idx]
+                if idx not in taken and all(cand[r] == row[loc] for loc, r in fixed):
+                    break
                 idx = (idx + 1) % len(pool)
+            else:
+                continue  # no parent fits: leave this key as generated (nullable keys stay consistent)
             taken.add(idx)
             parent = pool[idx]
-            for local, remote in zip(fk.column_keys, [e.column.name for e in fk.elements], strict=True):
+            for local, remote in pairs:
                 row[local] = parent[remote]
+                assigned.add(local)
         yield row
 
 
