@@ -17,22 +17,36 @@ from dualwrite.settings import Settings
 log = logging.getLogger("backfill.cli")
 
 
-def _writer(settings: Settings) -> Any:
+def _metadata(spec: str | None) -> Any:
+    """The tables to copy: `module:attribute` naming a MetaData, or the default registry's."""
+    if spec:
+        import importlib
+
+        module, _, attr = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr or "metadata")
+        except (ImportError, AttributeError) as exc:
+            fail(f"cannot load metadata {spec!r}: {exc}")
+    try:
+        from dualwrite.registry import default_registry
+    except ImportError as exc:
+        fail(f"no table registry available (use --metadata module:attr): {exc}")
+    return default_registry().metadata
+
+
+def _writer(settings: Settings, spec: str | None) -> Any:
     from dualwrite.adapter import DualWriter, TableCatalog
 
-    try:
-        catalog = TableCatalog.default()
-    except ImportError as exc:
-        fail(f"no table registry available: {exc}")
+    catalog = TableCatalog()
+    for table in _metadata(spec).sorted_tables:
+        catalog.add(table)
     return DualWriter(settings, catalog=catalog)
 
 
-def _tables(names: tuple[str, ...]) -> list[Any]:
-    from dualwrite.registry import default_registry
-
-    tables = list(default_registry().metadata.sorted_tables)  # parents first
+def _tables(spec: str | None, names: tuple[str, ...] = ()) -> list[Any]:
+    tables = list(_metadata(spec).sorted_tables)  # parents first
     if names:
-        known = {t.name: t for t in tables}
+        known = {t.name for t in tables}
         missing = [n for n in names if n not in known]
         if missing:
             fail(f"unknown table(s): {', '.join(missing)}")
@@ -40,11 +54,15 @@ def _tables(names: tuple[str, ...]) -> list[Any]:
     return tables
 
 
+metadata_option = click.option("--metadata", "metadata_spec", default=None, help="module:attr of a MetaData")
+
+
 class StopFlag:
     """SIGTERM/SIGINT: finish the current chunk or batch, then exit 0."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         def handler(signum: int, _frame: object) -> None:
@@ -53,8 +71,12 @@ class StopFlag:
             log.info("signal %d: finishing the current batch", signum)
             self.event.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -67,6 +89,7 @@ def backfill() -> None:
 
 @backfill.command()
 @connection_options
+@metadata_option
 @click.option("--table", "tables", multiple=True, help="only these tables (default: all, parents first)")
 @click.option("--chunk-size", default=5000, show_default=True)
 @click.option("--max-rows-per-second", type=float, default=None, help="token-bucket throttle of the copy")
@@ -79,6 +102,7 @@ def backfill() -> None:
 @click.option("--report", "report_path", default=None, help="write a JSON report here")
 def run(
     settings: Settings,
+    metadata_spec: str | None,
     tables: tuple[str, ...],
     chunk_size: int,
     max_rows_per_second: float | None,
@@ -99,7 +123,7 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = StopFlag()
     stop.install()
-    dw = _writer(settings)
+    dw = _writer(settings, metadata_spec)
     started = time.time()
     report: dict[str, Any] = {"tables": [], "replay": None}
     try:
@@ -117,7 +141,7 @@ def run(
         replayer = Replayer(dw, **kw)
         if not no_replay:
             replayer.ensure_group()
-        reps = copier.copy_tables(_tables(tables))
+        reps = copier.copy_tables(_tables(metadata_spec, tables))
         report["tables"] = [r.as_dict() for r in reps]
         if not no_replay and not stop():
             log.info("copy finished; replaying stream %s as %s/%s", replayer.key, group, replayer.consumer)
@@ -127,13 +151,15 @@ def run(
         report["stopped_by_signal"] = stop()
         write_report(report_path, report)
         dw.close()
+        stop.restore()
     click.echo("backfill: stopped" if stop() else "backfill: done")
     sys.exit(0)
 
 
 @backfill.command()
 @connection_options
-def status(settings: Settings) -> None:
+@metadata_option
+def status(settings: Settings, metadata_spec: str | None) -> None:
     """Per-table rows done / total and state, from the checkpoints."""
     from backfill import checkpoint as ckpt
     from backfill.cursor import count_rows
@@ -142,10 +168,7 @@ def status(settings: Settings) -> None:
     pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
     sq = sqlite_read_engine(settings.sqlite_url)
     cps = ckpt.load_all(pg)
-    try:
-        tables = _tables(())
-    except ImportError:
-        tables = []
+    tables = _tables(metadata_spec)
     names = [t.name for t in tables] + [n for n in cps if n not in {t.name for t in tables}]
     for name in names:
         cp = cps.get(name) or ckpt.Checkpoint(name)
@@ -193,12 +216,13 @@ def list_cmd(settings: Settings, count: int) -> None:
 
 @deadletters.command("redrive")
 @connection_options
+@metadata_option
 @click.argument("ids", nargs=-1)
-def redrive_cmd(settings: Settings, ids: tuple[str, ...]) -> None:
+def redrive_cmd(settings: Settings, metadata_spec: str | None, ids: tuple[str, ...]) -> None:
     """Apply dead letters (all, or the given dead-letter ids) and delete those that succeed."""
     from backfill.replay import redrive
 
-    dw = _writer(settings)
+    dw = _writer(settings, metadata_spec)
     try:
         counts = redrive(dw, list(ids) or None)
     finally:
