@@ -1,0 +1,362 @@
+"""Every panel query of every dashboard returns data from a real Prometheus scraping a real workload.
+
+A private `prometheus` (random loopback port, 1 s scrapes, tmp config and storage, our alert rules loaded)
+scrapes `serve_metrics()` of this test process while a workload runs on the real servers: a DualWriter
+cycling through the phases (writes, reads, relay publishing, one secondary-apply failure from a drifted
+Postgres unique key), a ShadowReader comparing reads, the cutover gate, the replayer (which dead-letters
+the event the secondary refused) and a throttled backfill copier (one row Postgres refuses, so a reject).
+Once every producer has emitted and Prometheus has ≥ 4 scrapes with all of it, each target expression is
+queried with Grafana's macros substituted, and must return at least one series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select, text, update
+
+from dashboards import build
+from dualwrite import metrics
+from dualwrite.adapter import TableCatalog
+from dualwrite.settings import Settings, load_settings
+from dualwrite.testing import prepared_writer
+
+PROMETHEUS = shutil.which("prometheus")
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("DUALWRITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Grafana macros -> values for a 1 s scrape interval (Grafana's $__rate_interval would be 4 s; 5 s is safer).
+MACROS = {
+    "$__rate_interval": "5s",
+    "$__interval": "5s",
+    "$__range": "1m",
+    "$job": ".*",
+    "$instance": ".*",
+}
+
+md = MetaData()
+items = Table(
+    "dash_items",
+    md,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("code", String(40), unique=True),
+    Column("qty", Integer),
+)
+legacy = Table(  # rows that predate capture: only the backfill brings them to Postgres
+    "dash_legacy",
+    md,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(60)),
+)
+LEGACY_ROWS = 600
+
+
+def substitute(expr: str) -> str:
+    for macro, value in MACROS.items():
+        expr = expr.replace(macro, value)
+    assert "$" not in expr, f"unsubstituted macro in {expr}"
+    return expr
+
+
+def panel_targets() -> list[tuple[str, str]]:
+    """(test id, expression) for every target of every panel of every dashboard."""
+    out = []
+    for name, fn in build.DASHBOARDS.items():
+        for p in fn()["panels"]:
+            for t in p.get("targets", []):
+                out.append((f"{name}:{p['id']}:{p['title']}:{t['refId']}", t["expr"]))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------------
+class Prom:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}" if params else f"{self.base}{path}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.get("/api/v1/query", query=expr)
+        assert data["resultType"] == "vector", data
+        return data["result"]
+
+    def scrapes(self) -> int:
+        res = self.query('count_over_time(up{job="dualwrite"}[5m])')
+        return int(float(res[0]["value"][1])) if res else 0
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prom, int]]:
+    """A private Prometheus scraping this process' /metrics every second; killed and removed afterwards."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus not installed (Debian package 'prometheus'; CI installs it)")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    server = metrics.serve_metrics(0)
+    mport = server.server_address[1]
+    shutil.copy(ROOT / "dashboards" / "alerts.yml", tmp / "alerts.yml")
+    (tmp / "prometheus.yml").write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+                "rule_files": [str(tmp / "alerts.yml")],
+                "scrape_configs": [{"job_name": "dualwrite", "static_configs": [{"targets": [f"127.0.0.1:{mport}"]}]}],
+            }
+        )
+    )
+    port = free_port()
+    log = (tmp / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    prom = Prom(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, (tmp / "prometheus.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{prom.base}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "prometheus did not become ready"
+            time.sleep(0.1)
+        yield prom, mport
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Like tests/conftest.py's `settings`, for the whole module: SQLite file, Postgres schema, Redis prefix."""
+    uid = uuid.uuid4().hex[:10]
+    schema, ns = f"t_{uid}", f"dwtest:{uid}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield load_settings(
+            env={},
+            sqlite_url=str(tmp_path_factory.mktemp("dash") / "app.db"),
+            postgres_url=PG_ADMIN_URL,
+            redis_url=REDIS_TEST_URL,
+            namespace=ns,
+            pg_schema=schema,
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+        client = redis.Redis.from_url(REDIS_TEST_URL)
+        keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+# --------------------------------------------------------------------------------------------------
+class Workload:
+    """Background threads driving every metric producer until stopped; errors are kept, not swallowed."""
+
+    def __init__(self, settings: Settings) -> None:
+        cat = TableCatalog()
+        cat.add(items, "dash")
+        cat.add(legacy, "dash")
+        self.dw = prepared_writer(settings, metadata=md, catalog=cat, phase="dual_write", relay=True)
+        self.stop = threading.Event()
+        self.errors: dict[str, BaseException] = {}
+        self.threads: list[threading.Thread] = []
+        self.next_id = 1
+        self.reader: Any = None
+        # Pre-capture rows, written to SQLite directly; one has a NUL byte Postgres refuses (a backfill reject).
+        with self.dw.sqlite.begin() as conn:
+            conn.execute(
+                insert(legacy),
+                [{"id": i, "name": f"legacy {i}" if i != 7 else "bad\x00name"} for i in range(1, LEGACY_ROWS + 1)],
+            )
+        # A drifted secondary: Postgres already holds code 'clash', so applying our 'clash' row fails there.
+        with self.dw.postgres.begin() as conn:
+            conn.execute(insert(items).values(id=1_000_000, code="clash", qty=0))
+
+    def spawn(self, name: str, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                self.errors[name] = exc
+                raise
+
+        t = threading.Thread(target=run, name=f"dash-{name}", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    # -- the application ---------------------------------------------------------------------------
+    def app(self) -> None:
+        from shadow import gate
+        from shadow.reader import ShadowReader
+
+        self.reader = ShadowReader(percentage=100).install(self.dw)
+        dw = self.dw
+        dw.execute(insert(items).values(id=self.take_id(), code="clash", qty=1))  # the secondary refuses this one
+        phases = ["dual_write", "shadow", "postgres_reads", "sqlite"]
+        n = 0
+        while not self.stop.is_set():
+            dw.phases.set(phases[n % len(phases)], force=True, reason="dashboards test workload")
+            for _ in range(5):
+                i = self.take_id()
+                dw.execute(insert(items).values(id=i, code=f"c{i}", qty=i))
+                dw.execute(update(items).where(items.c.id == i).values(qty=i + 1))
+                dw.read("dash", "item_by_id", lambda c, i=i: c.execute(select(items).where(items.c.id == i)).all())
+                dw.read("dash", "legacy_count", lambda c: c.execute(select(func.count()).select_from(legacy)).scalar())
+            gate.check(dw, target="postgres_reads")
+            n += 1
+            time.sleep(0.05)
+
+    def take_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    # -- the backfill and the replayer ---------------------------------------------------------------
+    def copier(self) -> None:
+        from backfill.copier import Copier
+        from backfill.throttle import TokenBucket
+
+        c = Copier(
+            self.dw.sqlite_read,
+            self.dw.postgres_apply,
+            chunk_size=50,
+            throttle=TokenBucket(100),  # 100 rows/s: the copy runs for seconds and throttles between chunks
+            should_stop=self.stop.is_set,
+        )
+        c.copy_tables([legacy])
+
+    def replayer(self) -> None:
+        from backfill.replay import Replayer
+
+        Replayer(self.dw, block_ms=100, claim_idle_ms=1000).run(should_stop=self.stop.is_set)
+
+    def start(self) -> None:
+        self.spawn("app (DualWriter, ShadowReader, gate)", self.app)
+        self.spawn("backfill copier", self.copier)
+        self.spawn("replayer", self.replayer)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+        if self.reader is not None:
+            self.reader.close(wait=True)
+        self.dw.close()
+
+
+# Samples (in this process) that show each producer has emitted; then Prometheus must have scraped them.
+PRODUCED = {
+    "secondary-apply failure (DualWriter)": ("dualwrite_secondary_failures_total", {"store": "dash"}),
+    "relay publishing": ("dualwrite_events_published_total", {}),
+    "shadow mismatch (ShadowReader)": (
+        "dualwrite_shadow_comparisons_total",
+        {"store": "dash", "query": "legacy_count", "result": "mismatch"},
+    ),
+    "gate (shadow.gate)": ("dualwrite_gate_condition", {"condition": "backfill_complete"}),
+    "backfill rows (Copier)": ("dualwrite_backfill_rows_total", {"table": "dash_legacy"}),
+    "backfill reject (Copier)": ("dualwrite_backfill_rejected_rows_total", {"table": "dash_legacy"}),
+    "dead letter (Replayer)": ("dualwrite_dead_letters_total", {"reason": "apply"}),
+    "replay applied (Replayer)": ("dualwrite_replay_events_total", {"result": "stale"}),
+}
+
+
+def _emitted(name: str, labels: dict[str, str]) -> bool:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) is not None
+
+
+@pytest.fixture(scope="module")
+def results(prometheus: tuple[Prom, int], module_settings: Settings) -> Iterator[dict[str, Any]]:
+    """Run the workload, wait for the scrapes, evaluate every panel expression once."""
+    prom, _ = prometheus
+    work = Workload(module_settings)
+    work.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            missing = [what for what, (n, lb) in PRODUCED.items() if not _emitted(n, lb)]
+            if not missing or work.errors or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not work.errors, f"workload failed: {work.errors}"
+        assert not missing, f"producers that never emitted within 30 s: {missing}"
+        # ≥ 4 scrapes in all, and ≥ 3 after every producer emitted (so each rate window has 2+ samples).
+        base = prom.scrapes()
+        deadline = time.monotonic() + 15
+        while prom.scrapes() < max(4, base + 3):
+            assert time.monotonic() < deadline, "prometheus is not scraping"
+            time.sleep(0.25)
+        up = prom.query('up{job="dualwrite"}')
+        assert up and up[0]["value"][1] == "1", up
+        out = {"__rules__": prom.get("/api/v1/rules")}
+        for tid, expr in panel_targets():
+            out[tid] = prom.query(substitute(expr))
+        assert not work.errors, f"workload failed: {work.errors}"
+        yield out
+    finally:
+        work.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("tid", "expr"), panel_targets(), ids=[t for t, _ in panel_targets()])
+def test_panel_query_returns_series(results: dict[str, Any], tid: str, expr: str) -> None:
+    series = results[tid]
+    assert len(series) >= 1, f"{tid}: no series for {substitute(expr)}"
+
+
+def test_alert_rules_evaluate_against_real_metrics(results: dict[str, Any]) -> None:
+    rules = [r for g in results["__rules__"]["groups"] for r in g["rules"]]
+    assert rules
+    for r in rules:
+        assert r["health"] in ("ok", "unknown"), r  # unknown: not evaluated yet
+        assert not r.get("lastError"), r
