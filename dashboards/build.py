@@ -380,6 +380,9 @@ def latency() -> dict[str, Any]:
 
 def backfill() -> dict[str, Any]:
     done, expected = q("dualwrite_backfill_rows_total"), q("dualwrite_backfill_rows_expected")
+    rejected = q("dualwrite_backfill_rejected_rows_total")
+    # Rows dealt with: copied plus rejected (the rejected counter exists only once a row was refused).
+    processed = f"(sum by (table) ({done}) + sum by (table) ({rejected}) or sum by (table) ({done}))"
     rows_rate = rate("dualwrite_backfill_rows_total", window="5m")
     return dashboard(
         "dualwrite-backfill",
@@ -388,9 +391,10 @@ def backfill() -> dict[str, Any]:
             row("Backfill"),
             bargauge(
                 "Progress per table",
-                [(f"sum by (table) ({done}) / sum by (table) ({expected})", "{{table}}")],
+                [(f"{processed} / sum by (table) ({expected})", "{{table}}")],
                 "percentunit",
                 defaults={"max": 1},
+                description="(rows copied + rows rejected) / rows expected at the start of the table's copy.",
             ),
             timeseries(
                 "Rows copied per second",
@@ -401,12 +405,12 @@ def backfill() -> dict[str, Any]:
                 "ETA per table",
                 [
                     (
-                        f"(sum by (table) ({expected}) - sum by (table) ({done})) / sum by (table) ({rows_rate})",
+                        f"(sum by (table) ({expected}) - {processed}) / sum by (table) ({rows_rate})",
                         "{{table}}",
                     )
                 ],
                 "s",
-                description="Rows left / copy rate over the last 5 minutes.",
+                description="Rows left (expected - copied - rejected) / copy rate over the last 5 minutes.",
             ),
             timeseries(
                 "Chunk latency p50/p99",
