@@ -83,7 +83,19 @@ class Traffic:
     def _load_parent_keys(self) -> None:
         for table in self.tables:
             with self.dw.sqlite_read.connect() as conn:
-                cols = [table.c[c] for c in pk_columns(table)] + ([table.c.tenant_id] if "tenant_id" in table.c else [])
+                # every column some foreign key points at (composite keys too), plus the primary key
+                wanted = (
+                    set(pk_columns(table))
+                    | {"tenant_id"} & set(table.c.keys())
+                    | {
+                        e.column.name
+                        for t in self.tables
+                        for fk in t.foreign_key_constraints
+                        if fk.referred_table is table
+                        for e in fk.elements
+                    }
+                )
+                cols = [table.c[c] for c in sorted(wanted)]
                 rows = conn.execute(select(*cols).order_by(func.random()).limit(500)).mappings().all()
             self._parent_keys[table.name] = [dict(r) for r in rows]
 
@@ -119,7 +131,8 @@ class Traffic:
         rows = self.dw.execute(insert(table).values(row))
         pool = self._parent_keys.setdefault(table.name, [])
         if rows and len(pool) < 2000:
-            pool.append({k: rows[0][k] for k in (*pk_columns(table), "tenant_id") if k in rows[0]})
+            keep = pool[0].keys() if pool else (*pk_columns(table), "tenant_id")
+            pool.append({k: rows[0][k] for k in keep if k in rows[0]})
 
     def _pick(self, table: Table, rng: random.Random) -> dict[str, Any] | None:
         pool = self._parent_keys.get(table.name) or []

@@ -70,7 +70,23 @@ def write_report(path: str | None, data: dict[str, Any]) -> None:
 
 
 class Group(click.Group):
-    """Turns known errors into one masked line and exit code 2 (1 for a refused phase change)."""
+    """Turns known errors into one masked line and exit code 2 (1 for a refused phase change).
+    Role packages' commands are loaded on first use (importing this module never imports them)."""
+
+    _plugins_loaded = False
+
+    def _plugins(self) -> None:
+        if not Group._plugins_loaded:
+            Group._plugins_loaded = True
+            _load_plugins(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._plugins()
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -149,13 +165,11 @@ def phase(settings: Settings, target: str | None, force: bool, reason: str) -> N
         )
 
 
-def _load_plugins() -> None:
+def _load_plugins(group: click.Group) -> None:
     for ep in entry_points(group="dualwrite.commands"):
         try:
             for command in ep.load()():
-                main.add_command(command)
+                group.add_command(command)
         except ImportError as exc:  # a role package missing its dependencies must not break the others
             logging.getLogger("dualwrite.cli").debug("commands of %s unavailable: %s", ep.name, exc)
 
-
-_load_plugins()

@@ -77,9 +77,9 @@ def _value(column: Column[Any], i: int, rng: random.Random) -> Any:
     if kind is Float:
         return round(rng.random(), 6)
     if kind is DateTime:
-        return BASE_TIME + timedelta(seconds=i * 7)
+        return BASE_TIME + timedelta(seconds=(i * 7) % 400_000_000)  # stays within ~12 years
     if kind is Date:
-        return (BASE_TIME + timedelta(days=i)).date()
+        return (BASE_TIME + timedelta(days=i % 3_000_000)).date()  # unique per row up to year ~8200
     if kind is JSON:
         return {"n": i, "tags": rng.sample(WORDS, 2), "nested": {"ok": i % 3 == 0}}
     if kind is LargeBinary:
