@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-from tests.conftest import PG_ADMIN_URL
 
 from dualwrite.cli import main
+from tests.conftest import PG_ADMIN_URL
 
 
 def _args(settings) -> list[str]:  # type: ignore[no-untyped-def]
