@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, String, Table, and_, or_, select, tuple_
 
 from dualwrite.apply import pk_columns
-from shadow.normalize import DEFAULT, Normalizer, row_hash
+from shadow.normalize import DEFAULT, Normalizer, values_hash
 
 Key = tuple[Any, ...]
 MASK64 = (1 << 64) - 1
@@ -42,6 +42,8 @@ class Side:
     def __init__(self, name: str, engine: Engine, table: Table, normalizer: Normalizer = DEFAULT) -> None:
         self.name, self.engine, self.table, self.normalizer = name, engine, table, normalizer
         self.pk = pk_columns(table)
+        self.cols = [c.name for c in table.columns]
+        self.pk_idx = [self.cols.index(c) for c in self.pk]
         self.pg = engine.dialect.name == "postgresql"
         self.queries = 0
 
@@ -72,13 +74,14 @@ class Side:
     def key_of(self, row: Any) -> Key:
         return tuple(row[c] for c in self.pk)
 
-    def scan(self, conn: Connection, lo: Key | None, hi: Key | None) -> Iterator[dict[str, Any]]:
-        """Rows of the range in key order (one query, streamed)."""
+    def tuple_key(self, row: Sequence[Any]) -> Key:
+        return tuple(row[i] for i in self.pk_idx)
+
+    def scan(self, conn: Connection, lo: Key | None, hi: Key | None) -> Iterator[Sequence[Any]]:
+        """Rows of the range in key order as tuples in the Table's column order (one query, streamed)."""
         self.queries += 1
         stmt = select(self.table).where(*self.where(lo, hi)).order_by(*self.order())
-        result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt)
-        for row in result.mappings():
-            yield dict(row)
+        yield from conn.execution_options(stream_results=True, yield_per=5000).execute(stmt)
 
     def summary(self, lo: Key | None, hi: Key | None) -> Summary:
         s = Summary()
@@ -88,12 +91,12 @@ class Side:
             conn.rollback()
         return s
 
-    def hash(self, row: dict[str, Any]) -> int:
-        return row_hash(row, self.normalizer)
+    def hash(self, row: Sequence[Any]) -> int:
+        return values_hash(row, self.normalizer)
 
     def rows(self, lo: Key | None, hi: Key | None) -> dict[Key, dict[str, Any]]:
         with self.engine.connect() as conn:
-            out = {self.key_of(r): r for r in self.scan(conn, lo, hi)}
+            out = {self.tuple_key(r): dict(zip(self.cols, r, strict=True)) for r in self.scan(conn, lo, hi)}
             conn.rollback()
         return out
 

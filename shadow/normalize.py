@@ -116,6 +116,28 @@ def row_hash(row: Mapping[str, Any], normalizer: Normalizer = DEFAULT) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
+def values_hash(values: Any, normalizer: Normalizer = DEFAULT) -> int:
+    """64-bit hash of a sequence of column values in a fixed column order (verify's row checksum).
+
+    Fast path for the common scalar types; everything else goes through `normalizer.normalize`.
+    Both sides must pass the columns in the same order (the Table's)."""
+    norm, number = normalizer.normalize, normalizer.number
+    strip, parse = normalizer.strip_trailing_spaces, normalizer.parse_json_text
+    out = []
+    for v in values:
+        t = type(v)
+        if v is None or t is int or t is bool:
+            out.append(v)
+        elif t is str and not (parse and v[:1] in ("{", "[")):
+            out.append(v.rstrip(" ") if strip else v)
+        elif t is float:
+            out.append(number(v))
+        else:
+            out.append(norm(v))
+    text = repr(out)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
 def diff_text(a: Any, b: Any, *, a_name: str = "control", b_name: str = "candidate", limit: int = 4000) -> str:
     """A readable unified diff of two normalized values."""
     import difflib

@@ -123,7 +123,7 @@ class TableVerifier:
         with self.s.engine.connect() as conn:
             for i, row in enumerate(self.s.scan(conn, None, None)):
                 if i % self.segment_rows == 0:
-                    bounds.append(self.s.key_of(row))
+                    bounds.append(self.s.tuple_key(row))
                     s_sums.append(Summary())
                 s_sums[-1].add(self.s.hash(row))
             conn.rollback()
@@ -132,7 +132,7 @@ class TableVerifier:
         p_sums = [Summary() for _ in bounds]
         with self.p.engine.connect() as conn:
             for row in self.p.scan(conn, None, None):
-                idx = max(0, bisect.bisect_right(bounds, self.p.key_of(row)) - 1) if bounds != [()] else 0
+                idx = max(0, bisect.bisect_right(bounds, self.p.tuple_key(row)) - 1) if bounds != [()] else 0
                 p_sums[idx].add(self.p.hash(row))
             conn.rollback()
         return bounds, s_sums, p_sums
