@@ -211,6 +211,8 @@ class Workload:
         self.errors: dict[str, BaseException] = {}
         self.threads: list[threading.Thread] = []
         self.next_id = 1
+        self.cycles = 0  # app loop iterations (each ends with a gate check)
+        self.throttled = 0  # throttle waits of the copier
         self.reader: Any = None
         # Pre-capture rows, written to SQLite directly; one has a NUL byte Postgres refuses (a backfill reject).
         with self.dw.sqlite.begin() as conn:
@@ -254,6 +256,7 @@ class Workload:
                 dw.read("dash", "legacy_count", lambda c: c.execute(select(func.count()).select_from(legacy)).scalar())
             gate.check(dw, target="postgres_reads")
             n += 1
+            self.cycles = n
             time.sleep(0.05)
 
     def take_id(self) -> int:
@@ -265,11 +268,19 @@ class Workload:
         from backfill.copier import Copier
         from backfill.throttle import TokenBucket
 
+        work = self
+
+        class CountingBucket(TokenBucket):
+            def take(self, n: int, stop: Callable[[], bool] = lambda: False) -> None:
+                super().take(n, stop)
+                if self.rate is not None and self.tokens < 0:
+                    work.throttled += 1  # it waited, with dualwrite_throttle_active{reason="rate"} at 1
+
         c = Copier(
             self.dw.sqlite_read,
             self.dw.postgres_apply,
             chunk_size=50,
-            throttle=TokenBucket(100),  # 100 rows/s: the copy runs for seconds and throttles between chunks
+            throttle=CountingBucket(100),  # 100 rows/s: the copy runs for seconds and throttles between chunks
             should_stop=self.stop.is_set,
         )
         c.copy_tables([legacy])
@@ -293,7 +304,8 @@ class Workload:
         self.dw.close()
 
 
-# Samples (in this process) that show each producer has emitted; then Prometheus must have scraped them.
+# Samples (in this process) that each producer must raise during the workload (other tests in the same
+# session share the registry, so growth over the value at the start counts, not mere existence).
 PRODUCED = {
     "secondary-apply failure (DualWriter)": ("dualwrite_secondary_failures_total", {"store": "dash"}),
     "relay publishing": ("dualwrite_events_published_total", {}),
@@ -306,13 +318,14 @@ PRODUCED = {
     "backfill reject (Copier)": ("dualwrite_backfill_rejected_rows_total", {"table": "dash_legacy"}),
     "dead letter (Replayer)": ("dualwrite_dead_letters_total", {"reason": "apply"}),
     "replay applied (Replayer)": ("dualwrite_replay_events_total", {"result": "stale"}),
+    "backfill chunks (Copier)": ("dualwrite_backfill_chunk_duration_seconds_count", {"table": "dash_legacy"}),
 }
 
 
-def _emitted(name: str, labels: dict[str, str]) -> bool:
+def _value(name: str, labels: dict[str, str]) -> float:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(name, labels) is not None
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -320,11 +333,14 @@ def results(prometheus: tuple[Prom, int], module_settings: Settings) -> Iterator
     """Run the workload, wait for the scrapes, evaluate every panel expression once."""
     prom, _ = prometheus
     work = Workload(module_settings)
+    before = {what: _value(n, lb) for what, (n, lb) in PRODUCED.items()}
     work.start()
     try:
         deadline = time.monotonic() + 30
         while True:
-            missing = [what for what, (n, lb) in PRODUCED.items() if not _emitted(n, lb)]
+            missing = [what for what, (n, lb) in PRODUCED.items() if _value(n, lb) <= before[what]]
+            if work.cycles < 2 or work.throttled == 0:  # gate checked, a throttle wait happened
+                missing.append("app cycles with gate checks / a throttle wait")
             if not missing or work.errors or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
