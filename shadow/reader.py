@@ -9,6 +9,9 @@ result="skipped"); the caller never waits for it. Every comparison is counted in
 cutover gate of another process sees the rate), and each mismatch is kept (params masked) in the capped
 stream `{ns}:shadow:mismatches`.
 
+The candidate runs with a statement timeout on Postgres (`candidate_timeout`); a candidate that times
+out is counted as result="error", not as a mismatch.
+
 A/A mode (`aa_percentage`) runs the control's backend a second time and compares it with itself: the
 noise of non-deterministic queries. It is counted apart (query label `aa:<query>`, Redis fields `aa:*`)
 and subtracted from nothing automatically; `shadow report` shows both side by side.
@@ -201,7 +204,10 @@ class ShadowReader:
                 return fn(conn)
 
             candidate = Observation.capture("candidate", lambda: dw.timed_read(backend, store, query, bounded))
-            result = exp.evaluate(control, candidate)
+            if candidate.exception is not None and "statement timeout" in str(candidate.exception):
+                result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
+            else:
+                result = exp.evaluate(control, candidate)
         except Exception as exc:
             log.warning("shadow %s: %r", query, exc)
             self._count(dw, store, label, "error")

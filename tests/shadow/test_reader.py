@@ -160,3 +160,33 @@ def test_no_shadow_outside_shadow_phases(settings, uid):
         assert read_counts(w.redis, w.settings.namespace) == {}
     finally:
         w.close()
+
+
+def test_candidate_timeout_counts_as_error_not_mismatch(dw, uid):
+    q = f"to-{uid}"
+    reader = ShadowReader(candidate_timeout=0.1).install(dw)
+
+    def slow_on_pg(conn):
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_sleep(2)"))
+        return 1
+
+    assert dw.read("shtest", q, slow_on_pg) == 1
+    assert reader.wait_idle(5)
+    assert _count(q, "error") == 1 and _count(q, "mismatch") == 0
+
+
+def test_postgres_reads_phase_serves_postgres_and_compares_sqlite(settings, uid):
+    q = f"pr-{uid}"
+    w = writer(settings, phase="postgres_reads")
+    try:
+        seed(w, items, item_rows(20))
+        with w.sqlite.begin() as conn:
+            conn.execute(update(items).where(items.c.id == 3).values(name="sqlite-only"))
+        ShadowReader(synchronous=True).install(w)
+        assert w.read("shtest", q, _first)[3]["name"] == "item-3"
+        assert _count(q, "mismatch") == 1
+        (sample,) = read_mismatches(w.redis, w.settings.namespace)
+        assert sample["candidate_backend"] == "sqlite"
+    finally:
+        w.close()
