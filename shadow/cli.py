@@ -29,13 +29,14 @@ def _gate_options(fn: Any) -> Any:
     fn = click.option("--max-mismatch-rate", type=float, default=0.001, show_default=True)(fn)
     fn = click.option("--min-comparisons", type=int, default=0, show_default=True)(fn)
     fn = click.option("--max-replay-lag", type=int, default=1000, show_default=True)(fn)
+    fn = click.option("--verify-max-age", type=float, default=None, help="seconds; an older verify fails the gate")(fn)
     return fn
 
 
-def _config(max_mismatch_rate: float, min_comparisons: int, max_replay_lag: int) -> Any:
+def _config(max_mismatch_rate: float, min_comparisons: int, max_replay_lag: int, verify_max_age: float | None) -> Any:
     from shadow.gate import GateConfig
 
-    return GateConfig(max_mismatch_rate, min_comparisons, max_replay_lag)
+    return GateConfig(max_mismatch_rate, min_comparisons, max_replay_lag, verify_max_age)
 
 
 @click.command()
@@ -121,6 +122,19 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
     for s in samples:
         click.echo(f"\n{s['at']} {s['store']}/{s['query']} vs {s.get('candidate_backend', '?')} params={s['params']}")
         click.echo(s["diff"])
+
+
+@shadow.command("reset")
+@connection_options
+def shadow_reset(settings: Settings) -> None:
+    """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
+    import redis
+
+    from shadow.reader import counts_key, mismatches_key
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client.delete(counts_key(settings.namespace), mismatches_key(settings.namespace))
+    click.echo("shadow counts and samples cleared")
 
 
 @click.group()

@@ -9,6 +9,9 @@ result="skipped"); the caller never waits for it. Every comparison is counted in
 cutover gate of another process sees the rate), and each mismatch is kept (params masked) in the capped
 stream `{ns}:shadow:mismatches`.
 
+A mismatch is read again on both sides before it counts: if the second pair matches, a write landed
+between the reads and the comparison counts as "ignored" (in flight), not "mismatch".
+
 The candidate runs with a statement timeout on Postgres (`candidate_timeout`); a candidate that times
 out is counted as result="error", not as a mismatch.
 
@@ -76,11 +79,13 @@ class ShadowReader:
         ignores: list[Callable[[Observation, Observation], bool]] | None = None,
         run_if: Callable[[], bool] | None = None,
         per_query: dict[str, dict[str, Any]] | None = None,
+        recheck_mismatches: bool = True,
     ) -> None:
         """per_query: Experiment keyword overrides by query name (compare, clean, ignores, percentage...)."""
         self.percentage, self.aa_percentage = percentage, aa_percentage
         self.synchronous, self.raise_on_mismatches = synchronous, raise_on_mismatches
         self.candidate_timeout = candidate_timeout
+        self.recheck_mismatches = recheck_mismatches
         self.defaults: dict[str, Any] = {
             "normalizer": normalizer,
             "compare": compare,
@@ -135,7 +140,7 @@ class ShadowReader:
             if self.aa_percentage > 0 and random.random() * 100 < self.aa_percentage:
                 jobs.append((phase.reads, f"aa:{query}"))
         for backend, label in jobs:
-            job = (dw, backend, store, label, query, fn, params, ordered, control)
+            job = (dw, backend, store, label, query, fn, params, ordered, control, phase.reads)
             if self.synchronous:
                 result = self._compare(*job)
                 if self.raise_on_mismatches and result is not None and result.mismatched:
@@ -193,6 +198,7 @@ class ShadowReader:
         params: dict[str, Any] | None,
         ordered: bool,
         control: Observation,
+        control_backend: str,
     ) -> Result | None:
         try:
             exp = self.experiment(store, query, ordered)
@@ -208,6 +214,14 @@ class ShadowReader:
                 result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
             else:
                 result = exp.evaluate(control, candidate)
+            if result.mismatched and self.recheck_mismatches and not label.startswith("aa:"):
+                # A write may have landed between the two reads: read both again; a match now is in-flight.
+                again = exp.evaluate(
+                    Observation.capture("control", lambda: dw.timed_read(control_backend, store, query, fn)),
+                    Observation.capture("candidate", lambda: dw.timed_read(backend, store, query, bounded)),
+                )
+                if again.matched:
+                    result.outcome, result.error = "ignored", "in flight: matched when read again"
         except Exception as exc:
             log.warning("shadow %s: %r", query, exc)
             self._count(dw, store, label, "error")

@@ -165,5 +165,7 @@ def test_cutover_cli(settings, monkeypatch):
     assert res.exit_code == 0 and "phase: shadow" in res.output, res.output
     res = runner.invoke(main, ["cutover", "rollback", *args])
     assert res.exit_code == 0 and "shadow -> dual_write" in res.output, res.output
+    res = runner.invoke(main, ["shadow", "reset", *args])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["shadow", "report", *args])
     assert res.exit_code == 0 and "comparisons: none" in res.output, res.output

@@ -190,3 +190,19 @@ def test_postgres_reads_phase_serves_postgres_and_compares_sqlite(settings, uid)
         assert sample["candidate_backend"] == "sqlite"
     finally:
         w.close()
+
+
+def test_in_flight_change_between_reads_is_not_a_mismatch(dw, uid):
+    q = f"inflight-{uid}"
+    state = {"n": 0}
+
+    def racing(conn):
+        # The first Postgres read sees an old value; by the re-read the write has landed.
+        if conn.dialect.name == "postgresql":
+            state["n"] += 1
+            return "old" if state["n"] == 1 else "new"
+        return "new"
+
+    ShadowReader(synchronous=True).install(dw)
+    assert dw.read("shtest", q, racing) == "new"
+    assert _count(q, "ignored") == 1 and _count(q, "mismatch") == 0
