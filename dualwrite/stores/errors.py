@@ -77,19 +77,17 @@ def integrity_error(exc: IntegrityError) -> StoreError:
     cols: tuple[str, ...] = ()
     diag = getattr(orig, "diag", None)
     name = getattr(diag, "constraint_name", None) if diag is not None else None
+    if code is None:  # SQLite: "UNIQUE constraint failed: t.a, t.b" / "CHECK constraint failed: ck_name"
+        tail = _SQLITE_COLS.search(message)
+        parts = tail.group("cols").split(", ") if tail else []
+        if parts and parts[0] in _constraints():
+            name = parts[0]
+        elif parts:
+            table, cols = parts[0].split(".")[0], tuple(p.split(".")[-1] for p in parts)
     if name and name in _constraints():
         table, cols, _ = _constraints()[name]
     elif diag is not None and getattr(diag, "column_name", None):
         table, cols = diag.table_name or table, (diag.column_name,)
-    elif code is None:  # SQLite: "UNIQUE constraint failed: t.a, t.b" / "CHECK constraint failed: ck_name"
-        tail = _SQLITE_COLS.search(message)
-        if tail:
-            parts = tail.group("cols").split(", ")
-            if parts[0] in _constraints():
-                table, cols, _ = _constraints()[parts[0]]
-            else:
-                table = parts[0].split(".")[0]
-                cols = tuple(p.split(".")[-1] for p in parts)
     if code == "23505" or message.startswith("UNIQUE constraint failed"):
         return DuplicateError(f"{table}: a row with this {_fields(cols)} already exists for the tenant")
     if code == "23503" or message.startswith("FOREIGN KEY constraint failed"):
@@ -98,7 +96,7 @@ def integrity_error(exc: IntegrityError) -> StoreError:
             f"{table}: foreign key violated{where}: a referenced row is missing or still referenced"
         )
     if code == "23514" or message.startswith("CHECK constraint failed"):
-        return ValidationError(f"{table}: check on {_fields(cols) if cols else 'a value'} failed")
+        return ValidationError(f"{table}: check {name or _fields(cols)} failed")
     if code == "23502" or message.startswith("NOT NULL constraint failed"):
         return ValidationError(f"{table}: {_fields(cols) if cols else 'a field'} must not be null")
     return StoreError(f"{table}: integrity error: {message}")

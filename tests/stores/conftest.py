@@ -58,3 +58,25 @@ def pair(settings: Settings, tmp_path) -> Iterator[dict[str, DualWriter]]:  # ty
     yield {"sqlite": lite, "postgres": pg}
     lite.close()
     pg.close()
+
+
+def table_counts(writer: DualWriter) -> dict[str, int]:
+    """Row counts of every store table and of the outbox, on the writer's primary."""
+    from sqlalchemy import func, select
+
+    from dualwrite.internal import outbox
+    from dualwrite.registry import default_registry
+
+    engine = writer.write_engine(writer.phases.current().primary)
+    with engine.connect() as conn:
+        counts = {
+            s.name: conn.execute(select(func.count()).select_from(s.table)).scalar_one() for s in default_registry()
+        }
+        counts["_dw_outbox"] = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+    return counts
+
+
+@pytest.fixture
+def counts():  # type: ignore[no-untyped-def]
+    """counts(dw) -> row counts of every table (and the outbox) on the primary."""
+    return table_counts
