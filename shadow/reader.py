@@ -5,8 +5,9 @@
 The comparison runs **off the request path** in a bounded thread pool: the caller gets the control's
 result as soon as it is read. When the pool and its queue are full the comparison is skipped (counted
 result="skipped"); the caller never waits for it. Every comparison is counted in
-`dualwrite_shadow_comparisons_total{store,query,result}`, in a Redis hash `{ns}:shadow:counts` (so the
-cutover gate of another process sees the rate), and each mismatch is kept (params masked) in the capped
+`dualwrite_shadow_comparisons_total{store,query,result}` and in a Redis hash `{ns}:shadow:counts` (so the
+cutover gate of another process sees the rate; sent by the workers, never from the request path),
+and each mismatch is kept (params masked) in the capped
 stream `{ns}:shadow:mismatches`.
 
 A mismatch is read again on both sides before it counts: if the second pair matches, a write landed
@@ -100,6 +101,8 @@ class ShadowReader:
         self._idle = threading.Condition()
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
+        self._pending: Counter[str] = Counter()  # counts not yet in Redis
+        self._dw: Any = None
 
     def install(self, dw: Any) -> ShadowReader:
         dw.reader = self
@@ -107,6 +110,7 @@ class ShadowReader:
 
     def close(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        self.flush()
 
     def experiment(self, store: str, query: str, ordered: bool) -> Experiment:
         kw = {**self.defaults, **self.per_query.get(query, {})}
@@ -143,6 +147,7 @@ class ShadowReader:
             job = (dw, backend, store, label, query, fn, params, ordered, control, phase.reads)
             if self.synchronous:
                 result = self._compare(*job)
+                self.flush()
                 if self.raise_on_mismatches and result is not None and result.mismatched:
                     raise MismatchError(result)
             else:
@@ -164,6 +169,7 @@ class ShadowReader:
     def _run_job(self, job: tuple[Any, ...]) -> None:
         try:
             self._compare(*job)
+            self.flush()
         except Exception as exc:  # never let a worker die silently
             log.warning("shadow comparison crashed: %r", exc)
         finally:
@@ -184,6 +190,7 @@ class ShadowReader:
                 if left <= 0:
                     return False
                 self._idle.wait(left)
+        self.flush()
         return True
 
     # -- the comparison (a worker thread, or the caller in synchronous mode) ---------------------
@@ -236,10 +243,24 @@ class ShadowReader:
         field = f"aa:{outcome}" if label.startswith("aa:") else outcome
         with self._stats_lock:
             self.stats[field] += 1
+            self._pending[field] += 1
+            self._dw = dw
+
+    def flush(self) -> None:
+        """Add the counts not yet sent to the Redis hash (workers call it; never on the request path)."""
+        with self._stats_lock:
+            pending, self._pending = self._pending, Counter()
+            dw = self._dw
+        if not pending or dw is None:
+            return
         try:
-            dw.redis.hincrby(counts_key(dw.settings.namespace), field, 1)
+            pipe = dw.redis.pipeline(transaction=False)
+            for field, n in pending.items():
+                pipe.hincrby(counts_key(dw.settings.namespace), field, n)
+            pipe.execute()
         except redis.RedisError:
-            pass
+            with self._stats_lock:
+                self._pending.update(pending)  # keep them for the next flush
 
     def _record(
         self, dw: Any, store: str, label: str, params: dict[str, Any] | None, result: Result, backend: str

@@ -133,6 +133,10 @@ def test_full_pool_skips_instead_of_slowing_the_caller(dw, uid):
     assert _count(q, "skipped") >= 17
     assert reader.wait_idle(5)
     assert _count(q, "match") == 20 - _count(q, "skipped")
+    assert read_counts(dw.redis, dw.settings.namespace) == {
+        "match": _count(q, "match"),
+        "skipped": _count(q, "skipped"),
+    }
     reader.close()
 
 
