@@ -321,8 +321,9 @@ def _reflect(con: sqlite3.Connection, only: list[str] | None, casts: dict[str, s
             )
     views = [(r["name"], r["sql"]) for r in master if r["type"] == "view"]
     md = MetaData()
-    for p in plans:
-        build_tables(p, md)
+    if not problems:  # colliding names cannot make a Table
+        for p in plans:
+            build_tables(p, md)
     return Plan(plans, views, problems, notes, md)
 
 

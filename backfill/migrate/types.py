@@ -112,6 +112,8 @@ def _int(lo: int, hi: int, label: str) -> Callable[[Any], int]:
             if not value.is_integer():
                 raise Dirty(f"non-integral number {value!r} in {label} column")
             value = int(value)
+        if isinstance(value, str) and _INT_TEXT.match(value):  # only after a --cast from a text column
+            value = int(value)
         if not isinstance(value, int):
             if isinstance(value, str):
                 check_text(value)
@@ -123,6 +125,8 @@ def _int(lo: int, hi: int, label: str) -> Callable[[Any], int]:
     return conv
 
 
+_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,19}\s*$")
+_NUM_TEXT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
 
@@ -187,6 +191,8 @@ def _time(value: Any) -> time:
 
 
 def _float(value: Any) -> float:
+    if isinstance(value, str) and _NUM_TEXT.match(value):
+        value = float(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return float(value)
@@ -209,6 +215,8 @@ def _numeric(precision: int | None, scale: int | None) -> Callable[[Any], Decima
             d = Decimal(repr(value))
         elif isinstance(value, int):
             d = Decimal(value)
+        elif isinstance(value, str) and _NUM_TEXT.match(value):
+            d = Decimal(value.strip())
         else:
             if isinstance(value, str):
                 check_text(value)
