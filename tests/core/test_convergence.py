@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dualwrite.adapter import DualWriter
 from dualwrite.internal import outbox
@@ -42,9 +42,10 @@ def secondary_failures() -> float:
     return REGISTRY.get_sample_value("dualwrite_secondary_failures_total", {"store": "toy"}) or 0.0
 
 
-@pytest.fixture
-def writers(settings: Settings) -> Iterator[list[DualWriter]]:
-    first = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+@pytest.fixture(params=["dual_write", "postgres_primary"])
+def writers(settings: Settings, request: pytest.FixtureRequest) -> Iterator[list[DualWriter]]:
+    """One to three writers in the phase; postgres_primary runs the same property the other way round."""
+    first = prepared_writer(settings, metadata=md, catalog=catalog(), phase=request.param)
     ws = [first] + [DualWriter(settings, catalog=catalog()) for _ in range(2)]
     yield ws
     for w in ws:
@@ -63,34 +64,46 @@ def run_thread(
         barrier.wait()
         counter = 0
         for step, (kind, arg) in enumerate(plan):
-            n = t * 1000 + step
-            if kind == "insert":
-                new = [t * PER_THREAD + counter + k for k in range(arg)]
-                counter += arg
-                try:
-                    rows = dw.execute(insert(items).values([row(i, n) for i in new]))
-                except IntegrityError:  # an upsert of another thread got there first: nothing recorded
-                    continue
-            elif kind == "update":
-                rows = dw.execute(update(items).where(items.c.id.in_(arg)).values(name=f"u{n}", qty=items.c.qty + 1))
-            elif kind == "delete":
-                rows = dw.execute(delete(items).where(items.c.id.in_(arg)))
-            elif kind == "upsert":
-                with dw.begin() as tx:
-                    rows = tx.upsert(items, [row(i, n) for i in arg], ["id"])
-            elif kind == "pairs":
-                with dw.begin() as tx:
-                    rows = tx.upsert(pairs, [{"a": arg, "b": "k", "v": n}], ["a", "b"])
-                    if n % 2:
-                        rows += tx.execute(delete(pairs).where(pairs.c.a == (arg + 1) % 4))
-            else:  # tx
-                with dw.begin() as tx:
-                    rows = tx.upsert(items, [row(arg[0], n)], ["id"])
-                    rows += tx.execute(update(items).where(items.c.id.in_(arg)).values(ratio=float(n)))
-                    rows += tx.execute(delete(items).where(items.c.id == arg[-1]))
+            try:
+                rows = apply_step(dw, t, step, kind, arg, counter)
+            except IntegrityError:  # an upsert of another thread got there first: nothing recorded
+                continue
+            except OperationalError as exc:  # Postgres primary: the application's own lock-order deadlock
+                if "deadlock detected" not in str(exc):
+                    raise
+                continue
+            finally:
+                if kind == "insert":
+                    counter += arg
             changes.append(len(rows))
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         errors.append(exc)
+
+
+def apply_step(dw: DualWriter, t: int, step: int, kind: str, arg: Any, counter: int) -> list[Any]:
+    """One application write; returns the changed rows (a failed write raises and records nothing)."""
+    n = t * 1000 + step
+    if kind == "insert":
+        new = [t * PER_THREAD + counter + k for k in range(arg)]
+        rows = dw.execute(insert(items).values([row(i, n) for i in new]))
+    elif kind == "update":
+        rows = dw.execute(update(items).where(items.c.id.in_(arg)).values(name=f"u{n}", qty=items.c.qty + 1))
+    elif kind == "delete":
+        rows = dw.execute(delete(items).where(items.c.id.in_(arg)))
+    elif kind == "upsert":
+        with dw.begin() as tx:
+            rows = tx.upsert(items, [row(i, n) for i in arg], ["id"])
+    elif kind == "pairs":
+        with dw.begin() as tx:
+            rows = tx.upsert(pairs, [{"a": arg, "b": "k", "v": n}], ["a", "b"])
+            if n % 2:
+                rows += tx.execute(delete(pairs).where(pairs.c.a == (arg + 1) % 4))
+    else:  # tx
+        with dw.begin() as tx:
+            rows = tx.upsert(items, [row(arg[0], n)], ["id"])
+            rows += tx.execute(update(items).where(items.c.id.in_(arg)).values(ratio=float(n)))
+            rows += tx.execute(delete(items).where(items.c.id == arg[-1]))
+    return rows
 
 
 @hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,7 +111,11 @@ def run_thread(
 def test_concurrent_writers_converge_and_stream_is_exact(
     settings: Settings, writers: list[DualWriter], plan: list[list[tuple[str, Any]]], n_writers: int
 ) -> None:
+    for w in writers:  # every writer runs its own relay: several relays race to publish the same outbox
+        w.stop_relay()
     reset_all(writers[0])
+    for w in writers:
+        w.start_relay()
     failures_before = secondary_failures()
     changes: list[int] = []
     errors: list[BaseException] = []
@@ -119,7 +136,8 @@ def test_concurrent_writers_converge_and_stream_is_exact(
 
     relay = Relay.for_writer(writers[0])
     assert relay.drain(timeout=20)
-    with writers[0].sqlite_read.connect() as conn:
+    primary = writers[0].phases.current().primary
+    with writers[0].read_engine(primary).connect() as conn:
         out = conn.execute(select(outbox.c.seq, outbox.c.id).order_by(outbox.c.seq)).all()
     published = stream_events(writers[0].redis, settings)
     assert len(out) == sum(changes)  # one outbox event per changed row
