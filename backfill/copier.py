@@ -132,6 +132,8 @@ class Copier:
             if cp.status == "done":
                 break
             self.throttle.take(len(chunk.rows), self.should_stop)
+        if cp.status == "done":
+            sync_sequence(self.postgres, table)
         rep.status = cp.status
         rep.seconds = time.perf_counter() - started
         log.info(
@@ -211,6 +213,28 @@ class Copier:
         return copy_apply(conn, table, rows, version)
 
 
+def sync_sequence(engine: Engine, table: Table) -> None:
+    """Move a serial/identity sequence of the primary key past the copied ids (rows arrive with explicit
+    ids, which do not advance it), so inserts on Postgres do not collide after the switch. Never lowers it."""
+    pk = pk_columns(table)
+    if len(pk) != 1:
+        return
+    prep = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        seq = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": prep.format_table(table), "c": pk[0]}
+        ).scalar()
+        if seq is None:
+            return
+        conn.execute(
+            text(
+                f"SELECT setval(:s, GREATEST((SELECT max({prep.quote(pk[0])}) FROM {prep.format_table(table)}),"
+                " (SELECT last_value FROM " + seq + ")), true)"
+            ),
+            {"s": seq},
+        )
+
+
 def _line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
@@ -221,6 +245,11 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 def copy_text(value: Any) -> str:
     """One value in COPY's text format (NUL bytes pass through: Postgres refuses them, the row is rejected)."""
+    kind = type(value)
+    if kind is str:
+        return value.translate(_ESCAPES)
+    if kind is int:
+        return str(value)
     if value is None:
         return "\\N"
     if isinstance(value, bool):

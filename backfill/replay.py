@@ -264,7 +264,6 @@ def redrive(dw: DualWriter, ids: list[str] | None = None, target: str = "postgre
     key = dead_letter_key(dw.settings.namespace)
     wanted = set(ids) if ids else None
     counts = {"applied": 0, "refused": 0, "failed": 0}
-    engine = dw.postgres_apply if target == "postgres" else dw.sqlite_apply
     for eid, fields in dw.redis.xrange(key):
         if wanted is not None and _s(eid) not in wanted:
             continue
@@ -275,6 +274,8 @@ def redrive(dw: DualWriter, ids: list[str] | None = None, target: str = "postgre
             counts["refused"] += 1
             log.warning("redrive: %s refused: %s", _s(eid), exc)
             continue
+        side = ev.target if ev.origin else target  # the side opposite the primary that committed it
+        engine = dw.postgres_apply if side == "postgres" else dw.sqlite_apply
         try:
             with engine.begin() as conn:
                 apply_events(conn, dw.catalog.table, [ev])

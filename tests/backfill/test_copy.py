@@ -150,3 +150,29 @@ def test_bad_rows_go_to_reject_file(dw, tmp_path, fast) -> None:  # type: ignore
         ids = set(conn.execute(select(notes.c.id)).scalars())
     assert ids == set(range(1, 101)) - {7, 55, 56, 99}
     assert ckpt.load_all(dw.postgres)["bf_notes"].rows_rejected == 4
+
+
+def test_serial_sequence_moves_past_copied_ids(dw) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import Column, Integer, MetaData, Table, Text
+
+    md2 = MetaData()
+    serial = Table("bf_serial", md2, Column("id", Integer, primary_key=True), Column("v", Text))
+    md2.create_all(dw.sqlite)
+    md2.create_all(dw.postgres)
+    with dw.sqlite.begin() as conn:
+        conn.execute(insert(serial), [{"id": i, "v": str(i)} for i in (1, 2, 50)])
+    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=2).copy_tables([serial])
+    with dw.postgres.begin() as conn:
+        assert conn.execute(insert(serial).values(v="pg").returning(serial.c.id)).scalar() == 51
+
+
+def test_throttle_limits_rate(dw) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from backfill.throttle import TokenBucket
+
+    seed(dw, 60)
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, throttle=TokenBucket(40))
+    t = time.monotonic()
+    copier.copy_tables([accounts])
+    assert time.monotonic() - t >= 0.4  # 60 rows at 40/s, 40 of burst: 20 rows wait 0.5 s
