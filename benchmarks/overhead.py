@@ -8,12 +8,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy import insert
 
-from benchmarks.common import BenchEnv, bench_catalog, bench_metadata, ratio, rows, run_workers, summarize
+import dualwrite.metrics  # noqa: F401 - registers the adapter histograms
+from benchmarks.common import STORE, BenchEnv, bench_catalog, bench_metadata, ratio, rows, run_workers, summarize
 from dualwrite.testing import prepared_writer
 
 GOALS = {1: 1.25, 5: 1.5}
+PARTS = {"sqlite": "primary SQLite tx (with outbox)", "postgres": "Postgres apply", "dual": "whole adapter write"}
+
+
+def _sums() -> dict[str, tuple[float, float]]:
+    """Cumulative (sum, count) of the adapter's own write-duration histogram per part, store bench, op insert."""
+    name = "dualwrite_write_duration_seconds"
+    out = {}
+    for backend in PARTS:
+        labels = {"backend": backend, "store": STORE, "op": "insert"}
+        out[backend] = (
+            REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0,
+            REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0,
+        )
+    return out
+
+
+def _breakdown(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean milliseconds per dual write spent in each part (from the adapter's metrics)."""
+    mean = {}
+    for k in PARTS:
+        ds, dc = after[k][0] - before[k][0], after[k][1] - before[k][1]
+        mean[k] = ds / dc * 1000 if dc else 0.0
+    return {
+        "primary_sqlite_tx_ms": round(mean["sqlite"], 3),
+        "postgres_apply_ms": round(mean["postgres"], 3),
+        "after_commit_rest_ms": round(mean["dual"] - mean["sqlite"] - mean["postgres"], 3),
+        "total_ms": round(mean["dual"], 3),
+    }
+
+
 ROUNDS = 3
 
 
@@ -40,11 +72,18 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
             lat: dict[str, list[float]] = {k: [] for k in variants}
             att: dict[str, int] = dict.fromkeys(variants, 0)
             per_round = max(w, writes // ROUNDS)
+            parts = {k: [0.0, 0.0] for k in PARTS}
             for _ in range(ROUNDS):
                 for name, op in variants.items():
                     data = rows(table, per_round, start=next_id)
                     next_id += per_round
+                    before = _sums() if name == "dual" else None
                     got, attempts, _wall = run_workers(w, data, op)
+                    if before is not None:
+                        after = _sums()
+                        for k in PARTS:
+                            parts[k][0] += after[k][0] - before[k][0]
+                            parts[k][1] += after[k][1] - before[k][1]
                     lat[name] += got
                     att[name] += attempts
             summ = {k: summarize(v, att[k]) for k, v in lat.items()}
@@ -53,6 +92,9 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
                 out["results"].append(s)
             bound = summ["sqlite"]["p99_ms"] + summ["postgres"]["p99_ms"]
             r = ratio(summ["dual"]["p99_ms"], bound)
+            breakdown = _breakdown({k: (0.0, 0.0) for k in PARTS}, {k: tuple(v) for k, v in parts.items()})
+            # the adapter's histograms start after _open_primary (phase lookup, BEGIN IMMEDIATE, primary check)
+            breakdown["open_primary_and_caller_ms"] = round(summ["dual"]["avg_ms"] - breakdown["total_ms"], 3)
             out["goals"].append(
                 {
                     "name": f"dual-write p99 with {w} writer(s)",
@@ -63,6 +105,8 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
                     "ratio": r,
                     "goal_ratio": GOALS.get(w, 1.5),
                     "met": r is not None and r <= GOALS.get(w, 1.5),
+                    "label": f"{w} writer(s)",
+                    "breakdown": breakdown,
                     "p50_ratio": ratio(
                         summ["dual"]["median_ms"], summ["sqlite"]["median_ms"] + summ["postgres"]["median_ms"]
                     ),

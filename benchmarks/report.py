@@ -103,7 +103,11 @@ def _goal_bars(figs: Figures, name: str, section: str, title: str, data: dict[st
         ax.bar([i + 0.2 for i in x], [r["p99_ms"] for r in rs], width=0.4, label="p99")
         ax.set_xticks(list(x), labels, fontsize=8)
         ax.set_ylabel("ms", fontsize=8)
-        ax.set_title(f"{key} = {g}" if key == "writers" else str(g), fontsize=8)
+        ax.set_title(f"{key} = {g}" if key == "writers" else f"{g} records", fontsize=8)
+        goal = next((x for x in data["goals"] if x.get(key, g) == g), None)
+        if goal is not None:
+            ax.axhline(goal["baseline_ms"], color="k", lw=0.8, ls="--", label="baseline p99")
+            ax.axhline(goal["baseline_ms"] * goal["goal_ratio"], color="r", lw=0.8, ls=":", label="goal")
         ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)
     goals = data["goals"]
@@ -113,7 +117,7 @@ def _goal_bars(figs: Figures, name: str, section: str, title: str, data: dict[st
         section=section,
         title=title,
         baseline=goals[0]["baseline"],
-        ratios={g["name"]: g["ratio"] for g in goals},
+        ratios={g.get("label", g["name"]): g["ratio"] for g in goals},
         counts=counts,
     )
 
@@ -251,6 +255,23 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     if "overhead" in s:
         md += ["", "## 2. Dual-write overhead", ""]
         md += [_goal_line(g) + f" (p50 ratio {g['p50_ratio']})" for g in s["overhead"]["goals"]]
+        md += [
+            "",
+            "Where a dual write's time goes (mean ms per write; the adapter's own histograms, which start after "
+            "opening the primary; total_ms excludes open_primary_and_caller_ms):",
+            "",
+        ]
+        md += _table(
+            [dict(g["breakdown"], writers=g["writers"]) for g in s["overhead"]["goals"]],
+            [
+                "writers",
+                "open_primary_and_caller_ms",
+                "primary_sqlite_tx_ms",
+                "postgres_apply_ms",
+                "after_commit_rest_ms",
+                "total_ms",
+            ],
+        )
         md += [""] + _table(
             s["overhead"]["results"], ["variant", "writers", "median_ms", "p95_ms", "p99_ms", "max_ms", "success_rate"]
         )

@@ -77,7 +77,12 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
                 doc["errors"][name] = f"{type(exc).__name__}: {exc}"
                 log(traceback.format_exc())
             log(f"[bench] {name}: {time.perf_counter() - t0:.1f}s")
+            _write(doc, out, started)  # a partial report after every section
+    _write(doc, out, started)
+    return doc
+
+
+def _write(doc: dict[str, Any], out: Path, started: float) -> None:
     doc["goals"] = [g for sec in doc["sections"].values() for g in sec.get("goals", [])]
     doc["seconds"] = round(time.perf_counter() - started, 1)
     report.write(out, doc)
-    return doc

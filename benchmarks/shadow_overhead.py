@@ -64,6 +64,7 @@ def run(env: BenchEnv, reads: int, records: int, log: Any = print) -> dict[str, 
                     "ratio": r,
                     "goal_ratio": GOAL,
                     "met": r is not None and r <= GOAL,
+                    "label": "shadow/sqlite p99",
                     "p50_ratio": ratio(summ["shadow"]["median_ms"], summ["sqlite"]["median_ms"]),
                 }
             ],
