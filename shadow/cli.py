@@ -20,9 +20,10 @@ def _registry_tables() -> list[Table]:
 
 
 def _writer(settings: Settings) -> Any:
-    from dualwrite.adapter import DualWriter
+    """A writer for engines, Redis and the phase; the cutover commands write no table rows."""
+    from dualwrite.adapter import DualWriter, TableCatalog
 
-    return DualWriter(settings)
+    return DualWriter(settings, catalog=TableCatalog())
 
 
 def _gate_options(fn: Any) -> Any:
