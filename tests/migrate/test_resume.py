@@ -3,6 +3,7 @@ an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ CREATE TABLE events (msg TEXT, at DATETIME);
 
 
 def build(path, n: int) -> str:  # type: ignore[no-untyped-def]
-    items = [(i, f"item {i}", i / 4, '{"i": %d}' % i if i % 97 else "{broken") for i in range(1, n + 1)]
+    items = [(i, f"item {i}", i / 4, json.dumps({"i": i}) if i % 97 else "{broken") for i in range(1, n + 1)]
     tags = [(f"t{i % 7}", i, "x" * (i % 13)) for i in range(n)]
     events = [(f"e{i}", f"2024-01-01 00:00:{i % 60:02d}" if i % 211 else "not a date") for i in range(n)]
     return make_db(path, SCRIPT, {"items": items, "tags": tags, "events": events})
