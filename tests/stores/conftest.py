@@ -35,6 +35,12 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture
+def make_clock() -> type[Clock]:
+    """The Clock class, for tests that need several clocks."""
+    return Clock
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
