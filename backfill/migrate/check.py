@@ -52,9 +52,10 @@ class TableCheck:
         return "row hashes differ"
 
 
-def row_hash(kinds: list[str], values: Any) -> int:
-    data = json.dumps([T.normal(k, v) for k, v in zip(kinds, values, strict=True)], ensure_ascii=True, default=str)
-    return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
+def row_hash(norms: list[Any], values: Any) -> int:
+    """64-bit hash of one row's normal form (repr of str/int/bool/None/float is deterministic)."""
+    data = repr(tuple(None if v is None else f(v) for f, v in zip(norms, values, strict=True)))
+    return int.from_bytes(hashlib.blake2b(data.encode("utf-8", "backslashreplace"), digest_size=8).digest(), "big")
 
 
 def safe_key(values: list[Any]) -> str:
@@ -69,7 +70,8 @@ def safe_key(values: list[Any]) -> str:
 
 def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys: set[str]) -> TableCheck:
     res = TableCheck(plan.name, rejected=len(rejected_keys))
-    kinds = [c.cast.kind for c in plan.columns]
+    norms = [T.normalizer(c.cast.kind) for c in plan.columns]
+    casts = [c.cast.convert for c in plan.columns]
     names = [c.name for c in plan.columns]
     pk_idx = [names.index(c) for c in plan.pk]
     order = ", ".join(sq(c) for c in plan.pk)
@@ -80,13 +82,13 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
             for row in batch:
                 res.read += 1
                 try:
-                    values = [c.cast(v) for c, v in zip(plan.columns, row, strict=True)]
+                    values = [None if v is None else f(v) for f, v in zip(casts, row, strict=True)]
                 except T.Dirty:
                     continue
                 if rejected_keys and safe_key([values[i] for i in pk_idx]) in rejected_keys:
                     continue
                 res.matching_rows += 1
-                res.source_hash = (res.source_hash + row_hash(kinds, values)) & MASK
+                res.source_hash = (res.source_hash + row_hash(norms, values)) & MASK
         cur.close()
     prep = target.dialect.identifier_preparer
     sql = (
@@ -98,6 +100,6 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
         for part in result.partitions(BATCH):
             for row in part:
                 res.written += 1
-                res.target_hash = (res.target_hash + row_hash(kinds, row)) & MASK
+                res.target_hash = (res.target_hash + row_hash(norms, row)) & MASK
         conn.rollback()
     return res

@@ -126,15 +126,16 @@ def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict
     """Cast every value; a row with a value that does not fit is returned in `dirty` (row, column, value, why)."""
     good: list[dict[str, Any]] = []
     dirty: list[tuple[dict[str, Any], str, Any, str]] = []
+    convs = [(c.name, c.cast.convert) for c in plan.columns]
     for row in rows:
         out: dict[str, Any] = {}
-        for c in plan.columns:
-            value = row.get(c.name)
-            try:
-                out[c.name] = c.cast(value)
-            except T.Dirty as exc:
-                dirty.append((row, c.name, value, str(exc)))
-                break
+        name = ""
+        try:
+            for name, conv in convs:
+                value = row[name]
+                out[name] = None if value is None else conv(value)
+        except T.Dirty as exc:
+            dirty.append((row, name, row[name], str(exc)))
         else:
             good.append(out)
     return good, dirty

@@ -78,10 +78,11 @@ class Cast:
 
 # -- helpers -------------------------------------------------------------------------------------
 def check_text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Dirty("invalid UTF-8") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Dirty("invalid UTF-8") from None
     if "\x00" in value:
         raise Dirty("NUL byte in text")
     return value
@@ -397,6 +398,17 @@ def cast_for(declared: str | None) -> Cast:
 
 
 # -- verification normal form ---------------------------------------------------------------------
+def _same(value: Any) -> Any:
+    return value
+
+
+def normalizer(kind: str) -> Callable[[Any], Any]:
+    """normal() for one kind, without the dispatch (None must be handled by the caller)."""
+    if kind in ("int", "text"):
+        return _same
+    return lambda v: normal(kind, v)
+
+
 def normal(kind: str, value: Any) -> Any:
     """A value as both sides must agree on it (the converted source value, or the one Postgres returns)."""
     if value is None:
