@@ -30,8 +30,8 @@ from dualwrite.registry import default_registry
 from dualwrite.relay import Relay
 from dualwrite.schema import create_schema
 from dualwrite.settings import Settings
-from dualwrite.switch import switch_primary
 from dualwrite.synth import seed, split_counts
+from shadow.cutover import flip_postponed
 from shadow.reader import ShadowReader
 from shadow.verify import verify_writer
 
@@ -65,6 +65,32 @@ class Demo:
             {"phase": name, "at": datetime.now(UTC).isoformat(timespec="milliseconds"), "why": why}
         )
         self.progress.line(f"phase -> {name}: {why}")
+
+    def _flip(self, dw: DualWriter, traffic: Traffic, relay: Relay, replayer: Replayer, why: str) -> bool:
+        """Move one phase forward through the cutover gate, at a quiesced moment: writers pause (as a
+        gh-ost cut-over does) until the outbox is published and replayed and the gate passes."""
+        started = time.perf_counter()
+        traffic.pause()
+        try:
+            self._settle(relay, replayer, drive=False, timeout=30)
+            outcome = flip_postponed(dw, deadline=30, poll=0.2, echo=self.progress.line, reason=why, actor="demo")
+        finally:
+            traffic.resume()
+        pause_ms = round((time.perf_counter() - started) * 1000, 1)
+        phase = dw.phases.current(fresh=True).name
+        metrics.set_phase(phase)
+        self.result.phases.append(
+            {
+                "phase": phase,
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "why": why,
+                "write_pause_ms": pause_ms,
+                "gate": [c.line() for c in outcome.gate.conditions] if outcome.gate else [],
+            }
+        )
+        self.result.checks[f"gate passed: {outcome.message}"] = outcome.moved
+        self.progress.line(f"phase -> {phase}: {why} (writes paused {pause_ms} ms)")
+        return outcome.moved
 
     def _prepare_postgres(self) -> None:
         admin = create_engine(self.settings.postgres_url, isolation_level="AUTOCOMMIT")
@@ -124,7 +150,8 @@ class Demo:
         traffic.start()
         self._phase(dw, "sqlite", "traffic running; changes captured in the outbox")
         time.sleep(min(2.0, self.duration / 6))
-        self._phase(dw, "dual_write", "every write now reaches Postgres too")
+        if not self._flip(dw, traffic, relay, replayer, "every write now reaches Postgres too"):
+            return self._abort(traffic, stop, bg)
 
         copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=5000)
         start = time.perf_counter()
@@ -143,7 +170,8 @@ class Demo:
         )
 
         shadow = ShadowReader(percentage=100.0, max_workers=2, max_queue=64).install(dw)
-        self._phase(dw, "shadow", "reads compared against Postgres off the request path")
+        if not self._flip(dw, traffic, relay, replayer, "reads compared against Postgres off the request path"):
+            return self._abort(traffic, stop, bg)
         time.sleep(max(2.0, self.duration / 3))
 
         traffic.pause()
@@ -156,10 +184,11 @@ class Demo:
             t.table: len(t.missing) + len(t.extra) + len(t.differing) for t in vrep.tables if not t.clean
         }
 
-        self._phase(dw, "postgres_reads", "verify clean; reads now served by Postgres")
+        if not self._flip(dw, traffic, relay, replayer, "verify clean; reads now served by Postgres"):
+            return self._abort(traffic, stop, bg)
         time.sleep(max(2.0, self.duration / 6))
-        self._phase(dw, "postgres_primary", "Postgres takes the writes; SQLite still written for rollback")
-        switch_primary(dw, "postgres")
+        if not self._flip(dw, traffic, relay, replayer, "Postgres takes the writes; SQLite still written"):
+            return self._abort(traffic, stop, bg)
         time.sleep(max(2.0, self.duration / 6))
 
         traffic.stop()
@@ -173,11 +202,19 @@ class Demo:
         r.checks["no dead letters"] = dw.redis.xlen(f"{self.settings.namespace}:changes:dead") == 0
         r.figures["traffic"] = dict(traffic.stats)
         r.figures["traffic_errors"] = dict(traffic.errors)
+        if traffic.samples:
+            r.figures["traffic_error_samples"] = traffic.samples
         r.figures["events_published"] = relay.published
         r.figures["events_replayed"] = replayer.stats.as_dict()
         r.figures["shadow"] = dict(shadow.stats)
         r.figures["latency_ms"] = self.progress.latency_table()
         return r
+
+    def _abort(self, traffic: Traffic, stop: threading.Event, bg: threading.Thread) -> DemoResult:
+        traffic.stop()
+        stop.set()
+        bg.join(timeout=30)
+        return self.result
 
     def _background(self, relay: Relay, replayer: Replayer, stop: threading.Event) -> None:
         while not stop.is_set():

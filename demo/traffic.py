@@ -40,6 +40,7 @@ class Traffic:
         self.rng = random.Random(seed)
         self.stats: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.samples: dict[str, str] = {}
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -118,6 +119,7 @@ class Traffic:
                 self.stats[op] += 1
             except Exception as exc:  # noqa: BLE001 - counted and shown in the report
                 self.errors[f"{op}:{type(exc).__name__}"] += 1
+                self.samples.setdefault(f"{op}:{type(exc).__name__}", f"{table.name}: {str(exc).splitlines()[0][:300]}")
                 log.debug("%s on %s failed: %s", op, table.name, str(exc).splitlines()[0])
             time.sleep(self.write_pause)
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     insert,
 )
 
@@ -61,11 +62,16 @@ def _check_choices(table: Table) -> dict[str, list[str]]:
     return out
 
 
-def _value(column: Column[Any], i: int, rng: random.Random) -> Any:
+def _unique_columns(table: Table) -> set[str]:
+    cols = {c.name for cons in table.constraints if isinstance(cons, UniqueConstraint) for c in cons.columns}
+    return cols | {c.name for ix in table.indexes if ix.unique for c in ix.columns}
+
+
+def _value(column: Column[Any], i: int, rng: random.Random, unique: bool = False) -> Any:
     name, kind = column.name, _kind(column)
     if name in ("tenant_id", "tenant"):
         return f"tenant-{i % TENANTS}"
-    if kind is Integer and not column.primary_key:
+    if kind is Integer and not column.primary_key and not unique:
         return 1 + i % 1000  # positive and small: fits quantity/order CHECKs and 32-bit columns
     if kind is Boolean:
         return i % 2 == 0
@@ -99,8 +105,9 @@ def generate(
     parents = parents or {}
     fks = [fk for fk in table.foreign_key_constraints if fk.referred_table.name in parents]
     choices = _check_choices(table)
+    unique = _unique_columns(table)
     for i in range(start, start + count):
-        row = {c.name: _value(c, i, rng) for c in table.columns}
+        row = {c.name: _value(c, i, rng, c.name in unique) for c in table.columns}
         for col, options in choices.items():
             if col in row and options:
                 row[col] = options[i % len(options)]
