@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
-from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update
+from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -96,15 +96,42 @@ class WriteTx:
     ) -> list[RowMapping]:
         table = statement_table(stmt)
         self.dw.catalog_check(table)
+        # An UPDATE that may change a primary key: RETURNING only gives the new images, so read the old
+        # rows first (locked) and emit a delete for every old key the update moved away from.
+        before = self._rows_before_key_change(stmt, table, params)
         result = (
             self.connection.execute(with_returning(stmt), params)
             if params
             else self.connection.execute(with_returning(stmt))
         )
         rows = list(result.mappings())
+        if before:
+            pk = pk_columns(table)
+            after = {tuple(r[c] for c in pk) for r in rows}
+            moved = [r for r in before if tuple(r[c] for c in pk) not in after]
+            self.events.extend(events_from_rows(table, "delete", moved))
         self.events.extend(events_from_rows(table, op_of(stmt), rows))
         self.ops.add(stmt.__visit_name__)
         return rows
+
+    def _rows_before_key_change(
+        self, stmt: Insert | Update | Delete, table: Table, params: Any
+    ) -> list[RowMapping] | None:
+        if not isinstance(stmt, Update):
+            return None
+        pk = set(pk_columns(table))
+        values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
+        names = {getattr(k, "key", getattr(k, "name", k)) for k in values}
+        if isinstance(params, dict):
+            names |= set(params)
+        if not pk & {str(n) for n in names}:
+            return None
+        query = select(table)
+        if stmt.whereclause is not None:
+            query = query.where(stmt.whereclause)
+        if self.connection.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return list(self.connection.execute(query, params or {}).mappings())
 
     def upsert(
         self,

@@ -16,6 +16,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dualwrite.adapter import DualWriter
+from dualwrite.events import ChangeEvent
 from dualwrite.internal import outbox
 from dualwrite.relay import Relay
 from dualwrite.settings import Settings
@@ -34,6 +35,7 @@ op = st.one_of(
     st.tuples(st.just("upsert"), ids),
     st.tuples(st.just("pairs"), st.integers(min_value=0, max_value=3)),
     st.tuples(st.just("tx"), ids),  # several statements in one transaction
+    st.tuples(st.just("rekey"), st.tuples(st.sampled_from(UNIVERSE), st.sampled_from(UNIVERSE))),  # a PK update
 )
 plans = st.lists(st.lists(op, max_size=8), min_size=THREADS, max_size=THREADS)
 
@@ -75,7 +77,8 @@ def run_thread(
             finally:
                 if kind == "insert":
                     counter += arg
-            changes.append(len(rows))
+            # one event per changed row, plus a delete of the old key when an update moved a row's key
+            changes.append(len(rows) + (1 if kind == "rekey" and rows and arg[0] != arg[1] else 0))
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         errors.append(exc)
 
@@ -98,6 +101,8 @@ def apply_step(dw: DualWriter, t: int, step: int, kind: str, arg: Any, counter: 
             rows = tx.upsert(pairs, [{"a": arg, "b": "k", "v": n}], ["a", "b"])
             if n % 2:
                 rows += tx.execute(delete(pairs).where(pairs.c.a == (arg + 1) % 4))
+    elif kind == "rekey":
+        rows = dw.execute(update(items).where(items.c.id == arg[0]).values(id=arg[1], name=f"k{n}"))
     else:  # tx
         with dw.begin() as tx:
             rows = tx.upsert(items, [row(arg[0], n)], ["id"])
@@ -145,3 +150,33 @@ def test_concurrent_writers_converge_and_stream_is_exact(
     seqs = [ev.seq for _, ev in published]
     assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
     assert [eid.decode() for eid, _ in published] == [f"{s}-0" for s in seqs]
+
+
+@pytest.mark.parametrize("phase", ["dual_write", "postgres_primary"])
+def test_primary_key_update_is_captured_as_delete_and_upsert(settings: Settings, phase: str) -> None:
+    """RETURNING gives only the new image; the old key must still be deleted on the other side
+    (bug found and fixed in adapter.py: the old row used to stay on the secondary forever)."""
+    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase=phase)
+    try:
+        dw.execute(insert(items).values([row(i, i) for i in (1, 2, 3)]))
+        rows = dw.execute(update(items).where(items.c.id.in_([1, 2])).values(id=items.c.id + 10))
+        assert sorted(r["id"] for r in rows) == [11, 12]  # the caller still gets the update's rows only
+        dw.execute(update(items).values({items.c.id: 30}).where(items.c.id == 3))
+        dw.execute(update(items).where(items.c.id == 30).values(id=30, name="same key"))  # unchanged key
+        sqlite_side, pg_side = both_sides(dw)
+        assert [r[0] for r in sqlite_side["items"]] == [11, 12, 30]
+        assert pg_side == sqlite_side
+        primary = dw.phases.current().primary
+        with dw.read_engine(primary).connect() as conn:
+            ops = conn.execute(select(outbox.c.op).order_by(outbox.c.seq)).scalars().all()
+        assert ops == ["upsert"] * 3 + ["delete", "delete", "upsert", "upsert"] + ["delete", "upsert"] + ["upsert"]
+        # a fresh replica built from the events alone agrees too
+        with dw.read_engine(primary).connect() as conn:
+            payloads = conn.execute(select(outbox.c.payload).order_by(outbox.c.seq)).scalars().all()
+        events = [ChangeEvent.from_json(p) for p in payloads]
+        reset_all(dw)
+        dw.apply("sqlite", list(reversed(events)))
+        dw.apply("postgres", events)
+        assert both_sides(dw) == (sqlite_side, sqlite_side)
+    finally:
+        dw.close()
