@@ -124,7 +124,9 @@ class Traffic:
             time.sleep(self.write_pause)
 
     def _insert(self, table: Table, rng: random.Random) -> None:
-        row = next(generate(table, 1, start=self._next_serial(), parents=self._parent_keys))
+        row = next(generate(table, 1, start=self._next_serial(), parents=self._parent_keys), None)
+        if row is None:
+            return  # no sampled parent fits this table's keys right now
         for c in pk_columns(table):
             if table.c[c].autoincrement is True or (
                 table.c[c].primary_key and len(pk_columns(table)) == 1 and table.c[c].type.python_type is int

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import (
@@ -111,30 +112,39 @@ def generate(
         for col, options in choices.items():
             if col in row and options:
                 row[col] = options[i % len(options)]
-        used: dict[str, set[int]] = {}
-        assigned: set[str] = set()
-        for fk in fks:
-            pool = parents[fk.referred_table.name]
-            if not pool:
-                continue
-            taken = used.setdefault(fk.referred_table.name, set())
-            pairs = list(zip(fk.column_keys, [e.column.name for e in fk.elements], strict=True))
-            # Columns an earlier foreign key already set (the tenant of a tenant-scoped key) must match.
-            fixed = [(local, remote) for local, remote in pairs if local in assigned]
-            idx = (i * 7919 + len(taken) * 104729) % len(pool)
-            for _ in range(len(pool)):
-                cand = pool[idx]
-                if idx not in taken and all(cand[r] == row[loc] for loc, r in fixed):
-                    break
-                idx = (idx + 1) % len(pool)
-            else:
-                continue  # no parent fits: leave this key as generated (nullable keys stay consistent)
-            taken.add(idx)
-            parent = pool[idx]
-            for local, remote in pairs:
-                row[local] = parent[remote]
-                assigned.add(local)
+        # Several tries with other first choices: a composite key (agent of the same debate) may find
+        # no fitting parent in a sampled pool; a row whose foreign keys cannot all be met is skipped.
+        for attempt in range(20):
+            if _assign_parents(row, fks, parents, i + attempt * 31337):
+                break
+        else:
+            continue
         yield row
+
+
+def _assign_parents(row: dict[str, Any], fks: list[Any], parents: dict[str, list[dict[str, Any]]], salt: int) -> bool:
+    used: dict[str, set[int]] = {}
+    assigned: set[str] = set()
+    for fk in fks:
+        pool = parents[fk.referred_table.name]
+        if not pool:
+            continue
+        taken = used.setdefault(fk.referred_table.name, set())
+        pairs = list(zip(fk.column_keys, [e.column.name for e in fk.elements], strict=True))
+        # Columns an earlier foreign key already set (the tenant of a tenant-scoped key) must match.
+        fixed = [(local, remote) for local, remote in pairs if local in assigned]
+        idx = (salt * 7919 + len(taken) * 104729) % len(pool)
+        for _ in range(len(pool)):
+            if idx not in taken and all(pool[idx][r] == row[loc] for loc, r in fixed):
+                break
+            idx = (idx + 1) % len(pool)
+        else:
+            return False
+        taken.add(idx)
+        for local, remote in pairs:
+            row[local] = pool[idx][remote]
+            assigned.add(local)
+    return True
 
 
 def seed(
@@ -158,7 +168,9 @@ def seed(
         rows = generate(table, n, parents=keys)
         done = 0
         while done < n:
-            part = [next(rows) for _ in range(min(batch, n - done))]
+            part = list(islice(rows, min(batch, n - done)))
+            if not part:
+                break
             with engine.begin() as conn:
                 conn.execute(insert(table), part)
             pool.extend({c.name: r[c.name] for c in keep} for r in part)
