@@ -62,9 +62,8 @@ def run(env: BenchEnv, counts: list[int], workers: list[int], log: Any = print) 
     results: list[dict[str, Any]] = []
     for target in _targets():
         phase = target.split(":", 1)[1] if target.startswith("adapter:") else target
-        dw = prepared_writer(
-            env.settings(f"ops_{phase}"), metadata=md, catalog=bench_catalog(table), phase=phase, relay=False
-        )
+        label = "ops_" + target.replace("adapter:", "adapter_")  # a fresh file, schema and namespace per target
+        dw = prepared_writer(env.settings(label), metadata=md, catalog=bench_catalog(table), phase=phase, relay=False)
         reader = None
         if target.startswith("adapter:") and dw.phases.current().shadow:
             try:
@@ -97,6 +96,7 @@ def run(env: BenchEnv, counts: list[int], workers: list[int], log: Any = print) 
     for r in results:
         b = base.get((r["op"], r["records"], r["workers"]))
         r["baseline"] = BASELINE
-        r["ratio_median"] = ratio(r["median_ms"], b["median_ms"]) if b else None
-        r["ratio_p99"] = ratio(r["p99_ms"], b["p99_ms"]) if b else None
+        ok = b is not None and r["n"] > 0 and b["n"] > 0  # no ratio of a run where every op failed
+        r["ratio_median"] = ratio(r["median_ms"], b["median_ms"]) if ok else None
+        r["ratio_p99"] = ratio(r["p99_ms"], b["p99_ms"]) if ok else None
     return {"baseline": BASELINE, "results": results, "counts": counts, "workers": workers}

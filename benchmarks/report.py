@@ -5,6 +5,7 @@ mean little); report.json lists each figure with that baseline and those ratios.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ class Figures:
         counts: str,
     ) -> None:
         shown = ", ".join(f"{k} {v:.2f}x" if v is not None else f"{k} n/a" for k, v in ratios.items())
-        fig.suptitle(f"{title}\nratio to in-run baseline ({baseline}): {shown}", fontsize=9)
+        wrapped = textwrap.fill(f"ratio to in-run baseline ({baseline}): {shown}", 110)
+        fig.suptitle(f"{title}\n{wrapped}", fontsize=8)
         fig.text(
             0.01,
             0.005,
@@ -43,7 +45,7 @@ class Figures:
             ha="left",
             color="#444",
         )
-        fig.tight_layout(rect=(0, 0.07, 1, 0.9))
+        fig.tight_layout(rect=(0, 0.07, 1, 0.86 - 0.03 * wrapped.count("\n")))
         path = self.out / f"{name}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
@@ -70,7 +72,8 @@ def fig_ops(figs: Figures, data: dict[str, Any]) -> None:
         for ax, n in zip(axes[0], counts, strict=True):
             for t in targets:
                 pts = [r for r in res if r["target"] == t and r["op"] == op and r["records"] == n]
-                ax.plot([p["workers"] for p in pts], [p["ratio_p99"] or 0 for p in pts], marker="o", label=t)
+                ys = [p["ratio_p99"] if p["ratio_p99"] is not None else float("nan") for p in pts]
+                ax.plot([p["workers"] for p in pts], ys, marker="o", label=t)
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
             ax.set_title(f"{n} records", fontsize=8)
             ax.set_xlabel("concurrent workers", fontsize=8)

@@ -17,6 +17,8 @@ def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignor
     doc = json.loads((out / "report.json").read_text())
     assert not doc["errors"]
     assert set(doc["sections"]) == {"ops", "overhead", "shadow", "copy", "replay", "verify"}
+    for r in doc["sections"]["ops"]["results"]:  # a broken setup shows as failed ops, not as a slow machine
+        assert r["success_rate"] > 0, r
     figures = doc["figures"]
     assert {f["section"] for f in figures} >= {"ops", "overhead", "copy"}
     for fig in figures:
@@ -30,3 +32,16 @@ def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignor
         assert goal["ratio"] is not None, goal
         assert goal["name"] in md
     assert md.count(": **met**") + md.count(": **not met**") >= len(doc["goals"])
+
+
+def test_bench_command_for_the_entry_point() -> None:
+    from click.testing import CliRunner
+
+    from benchmarks.cli import commands
+
+    (bench,) = commands()
+    assert bench.name == "bench"
+    result = CliRunner().invoke(bench, ["--help"])
+    assert result.exit_code == 0
+    for flag in ("--quick", "--record-counts", "--workers", "--report"):
+        assert flag in result.output
