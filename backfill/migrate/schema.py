@@ -367,7 +367,7 @@ def build_tables(p: TablePlan, md: MetaData) -> None:
 def source_engine(path: str, plans: list[TablePlan], busy_ms: int = 10_000) -> Engine:
     """A read-only SQLite engine whose connections see each planned table under its Postgres name and
     column names (TEMP VIEWs), decode text leniently (invalid UTF-8 becomes detectable, not fatal) and,
-    when the file is no dualwrite primary, a TEMP `_dw_meta` with last_seq = 1 (the copy's version)."""
+    when the file is no dualwrite primary, a TEMP `_dw_meta` with last_seq = 0 (the copy's version)."""
     engine = create_engine(
         f"sqlite:///file:{path}?mode=ro&uri=true",
         connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
@@ -381,7 +381,8 @@ def source_engine(path: str, plans: list[TablePlan], busy_ms: int = 10_000) -> E
         has_meta = dbapi_conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = '_dw_meta'").fetchone()
         if not has_meta:
             dbapi_conn.execute("CREATE TEMP TABLE IF NOT EXISTS _dw_meta (name TEXT PRIMARY KEY, value INTEGER)")
-            dbapi_conn.execute("INSERT OR IGNORE INTO temp._dw_meta VALUES ('last_seq', 1)")
+            # Version 0: any later live change (seq >= 1) of a dualwrite setup on this file wins over the copy.
+            dbapi_conn.execute("INSERT OR IGNORE INTO temp._dw_meta VALUES ('last_seq', 0)")
         for p in plans:
             names = {c.source.lower() for c in p.columns}
             alias = next(a for a in ("rowid", "_rowid_", "oid") if a not in names)

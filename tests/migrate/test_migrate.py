@@ -257,3 +257,34 @@ def test_orphan_foreign_key_added_not_valid(tmp_path, pg_schema) -> None:  # typ
     assert result.exit_code == 0, result.output
     assert "added NOT VALID" in result.output
     assert rep["foreign_keys"][0]["not_valid"] is True
+
+
+def test_long_colliding_table_names_and_table_rename(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    db = make_db(
+        tmp_path / "app.db",
+        f'CREATE TABLE "{LONG}x" (id INTEGER PRIMARY KEY); CREATE TABLE "{LONG}y" (id INTEGER PRIMARY KEY);'
+        f'INSERT INTO "{LONG}x" VALUES (1); INSERT INTO "{LONG}y" VALUES (2);',
+    )
+    result, _ = migrate(db, pg_schema)
+    assert result.exit_code == 2 and f"--rename '{LONG}y=<shorter name>'" in result.output
+    result, rep = migrate(db, pg_schema, "--rename", f"{LONG}y=Short Y")
+    assert result.exit_code == 0, result.output
+    assert fetch(pg_schema, 'SELECT id FROM "Short Y"') == [(2,)]
+    assert fetch(pg_schema, f'SELECT id FROM "{LONG[:63]}"') == [(1,)]
+
+
+def test_untyped_and_blob_values(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    db = make_db(
+        tmp_path / "app.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, any_value, b BLOB);"
+        "INSERT INTO t VALUES (1, 12, 'text as blob'), (2, 1.5, x''), (3, x'68c3a9', NULL), (4, x'ff', NULL);",
+    )
+    result, rep = migrate(db, pg_schema)
+    assert result.exit_code == 0, result.output
+    rows = fetch(pg_schema, "SELECT id, any_value, b FROM t ORDER BY id")
+    assert [(i, v, None if b is None else bytes(b)) for i, v, b in rows] == [
+        (1, "12", b"text as blob"),
+        (2, "1.5", b""),
+        (3, "hé", None),
+    ]
+    assert [(r["key"], r["column"]) for r in rejects(db, pg_schema)] == [("[4]", "any_value")]
