@@ -58,6 +58,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(orig, psycopg.OperationalError | psycopg2.OperationalError) and state is None
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """Errors no row can cause (a missing table or column, a syntax error, no privilege): stop the copy
+    rather than reject every row of the table one by one."""
+    state = _sqlstate(exc) or ""
+    return state[:2] in ("42", "0A", "3D", "3F", "28")
+
+
 @dataclass
 class TableReport:
     table: str
@@ -174,7 +181,7 @@ class Copier:
                     log.warning("backfill %s: transient error, retrying chunk: %s", table.name, _line(exc))
                     time.sleep(min(2.0, 0.05 * 2**attempt))
                     continue
-                if bisect or is_transient(exc):
+                if bisect or is_transient(exc) or is_fatal(exc):
                     raise
                 log.warning("backfill %s: chunk refused, bisecting: %s", table.name, _line(exc))
                 bisect = True
@@ -197,7 +204,7 @@ class Copier:
             return result
         except DB_ERRORS as exc:
             sp.rollback()
-            if is_transient(exc):
+            if is_transient(exc) or is_fatal(exc):
                 raise
             if len(rows) == 1:
                 bad.append((rows[0], exc))

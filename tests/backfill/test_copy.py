@@ -176,3 +176,15 @@ def test_throttle_limits_rate(dw) -> None:  # type: ignore[no-untyped-def]
     t = time.monotonic()
     copier.copy_tables([accounts])
     assert time.monotonic() - t >= 0.4  # 60 rows at 40/s, 40 of burst: 20 rows wait 0.5 s
+
+
+def test_schema_mismatch_stops_instead_of_rejecting(dw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 10)
+    with dw.postgres.begin() as conn:
+        conn.execute(text("ALTER TABLE bf_tags DROP COLUMN label"))
+    path = tmp_path / "rejects.jsonl"
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=4, rejects=RejectWriter(path))
+    with pytest.raises(Exception, match="label"):
+        copier.copy_tables([tags])
+    assert not path.exists()
+    assert ckpt.load_all(dw.postgres).get("bf_tags") is None  # nothing committed: resumes from the start
