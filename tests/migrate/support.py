@@ -52,7 +52,7 @@ def pg(schema: str):  # type: ignore[no-untyped-def]
 def fetch(schema: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     engine = pg(schema)
     try:
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             return [tuple(r) for r in conn.execute(text(sql), params)]
     finally:
         engine.dispose()

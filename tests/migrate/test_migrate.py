@@ -288,3 +288,29 @@ def test_untyped_and_blob_values(tmp_path, pg_schema) -> None:  # type: ignore[n
         (3, "hé", None),
     ]
     assert [(r["key"], r["column"]) for r in rejects(db, pg_schema)] == [("[4]", "any_value")]
+
+
+def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from backfill.migrate import types as T
+
+    monkeypatch.setattr(T, "check_text", lambda v: v)  # let a NUL byte reach Postgres
+    db = make_db(
+        tmp_path / "app.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b' || char(0)), (3, 'c');",
+    )
+    result, rep = migrate(db, pg_schema)
+    assert result.exit_code == 0, result.output
+    assert (rep["tables"][0]["written"], rep["tables"][0]["rejected"], rep["verified"]) == (2, 1, True)
+    (rej,) = rejects(db, pg_schema)
+    assert rej["key"] == "[2]" and rej["column"] == "name" and rej["reason"]
+
+
+def test_tampered_target_is_not_verified(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    db = make_db(tmp_path / "app.db", SCHEMA, base_rows())
+    assert migrate(db, pg_schema)[0].exit_code == 0
+    fetch(pg_schema, "UPDATE pairs SET label = 'changed' WHERE n = 3 RETURNING n")
+    result, rep = migrate(db, pg_schema, "--resume")
+    assert result.exit_code == 1 and "NOT verified" in result.output
+    bad = {t["table"]: t.get("why_not_verified") for t in rep["tables"] if not t["verified"]}
+    assert bad == {"pairs": "row hashes differ"}
