@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, delete, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from dualwrite.adapter import DualWriter
 from dualwrite.errors import PhaseError
@@ -375,4 +376,26 @@ def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
         assert [e.seq for _, e in stream_events(dw.redis, settings)] == [1, 2, 3, 4, 5, 6]
     finally:
         stale.close()
+        dw.close()
+
+
+# -- the primary fails: the write fails with the database's error and nothing is recorded ---------------
+
+
+def test_primary_failure_records_nothing(settings: Settings) -> None:
+    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    try:
+        dw.execute(insert(items).values(row(1, 1)))
+        before = (both_sides(dw), outbox_rows(dw))
+        with pytest.raises(IntegrityError):
+            dw.execute(insert(items).values([row(2, 2), row(1, 1)]))  # the second row collides
+        with pytest.raises(RuntimeError, match="application bug"), dw.begin() as tx:
+            tx.execute(update(items).values(name="never"))
+            raise RuntimeError("application bug")
+        assert (both_sides(dw), outbox_rows(dw)) == before
+        # executemany UPDATE/DELETE cannot return row images: refused loudly, never silently uncaptured
+        with pytest.raises(StatementError, match="RETURNING"):
+            dw.execute(update(items).where(items.c.id == bindparam("k")).values(name="x"), [{"k": 1}, {"k": 2}])
+        assert (both_sides(dw), outbox_rows(dw)) == before
+    finally:
         dw.close()
