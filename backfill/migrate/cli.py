@@ -56,6 +56,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--on-error", type=click.Choice(["reject", "stop"]), default="reject", show_default=True)
 @click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
 @click.option("--chunk-size", default=25_000, show_default=True)
+@click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
 @click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
 def command(
     sqlite_path: str,
@@ -70,6 +71,7 @@ def command(
     on_error: str,
     resume: bool,
     chunk_size: int,
+    versioned: bool,
     max_chunks: int | None,
 ) -> None:
     """Copy a SQLite database into PostgreSQL: schema with casting rules, data, constraints, verification."""
@@ -92,6 +94,7 @@ def command(
             on_error=on_error,
             resume=resume,
             chunk_size=chunk_size,
+            versioned=versioned,
             max_chunks=max_chunks,
         )
     except ValueError as exc:

@@ -53,6 +53,7 @@ class Options:
     on_error: str = "reject"  # reject | stop
     resume: bool = False
     chunk_size: int = 25_000
+    versioned: bool = False  # claim _dw_versions per row (the apply rule) instead of a plain COPY
     max_chunks: int | None = None  # stop after this many chunks (then --resume)
     should_stop: Callable[[], bool] = lambda: False
 
@@ -68,6 +69,7 @@ class Outcome:
     sequences: list[dict[str, Any]] = field(default_factory=list)
     rejects_file: str | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property
     def verified(self) -> bool:
@@ -78,6 +80,7 @@ class Outcome:
             "status": self.status,
             "verified": self.verified,
             "seconds": round(self.seconds, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "tables": self.tables,
             "indexes": self.indexes,
             "foreign_keys": self.foreign_keys,
@@ -143,7 +146,20 @@ def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict
 
 @dataclass
 class MigrateCopier(Copier):
+    """The backfill Copier (chunks, checkpoints, bisection, rejects) with the casts applied first.
+
+    Unless `versioned`, a chunk is COPYed straight into the table migrate just created: nobody else
+    writes it, and a chunk commits with its checkpoint, so a resumed run never copies a row twice. Keys
+    then have no `_dw_versions` row, i.e. version 0: any later dual write or backfill wins over them.
+    """
+
     plans: dict[str, TablePlan] = field(default_factory=dict)
+    versioned: bool = False
+
+    def _load(self, conn: Connection, table: Table, rows: list[dict[str, Any]], version: int) -> ApplyResult:
+        if self.versioned:
+            return super()._load(conn, table, rows, version)
+        return copy_direct(conn, table, rows)
 
     def _apply_chunk(self, table: Table, rows: list[dict[str, Any]], version: int, cp: ckpt.Checkpoint):  # type: ignore[no-untyped-def]
         plan = self.plans[table.name]
@@ -158,6 +174,33 @@ class MigrateCopier(Copier):
             cp.rows_rejected -= len(dirty)
             raise
         return result, bad + len(dirty)
+
+
+def copy_direct(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> ApplyResult:
+    """COPY rows into the table itself (values already cast by types.py)."""
+    import psycopg
+
+    from backfill.copier import copy_text
+
+    prep = conn.dialect.identifier_preparer
+    cols = [c.name for c in table.columns]
+    sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) FROM STDIN"
+    raw = conn.connection.driver_connection
+    if isinstance(raw, psycopg.Connection):
+        with raw.cursor() as cur, cur.copy(sql) as cp:
+            for r in rows:
+                cp.write_row([r[c] for c in cols])
+    else:  # psycopg2
+        from io import StringIO
+
+        buf = StringIO()
+        for r in rows:
+            buf.write("\t".join(copy_text(r[c]) for c in cols))
+            buf.write("\n")
+        buf.seek(0)
+        with raw.cursor() as cur:
+            cur.copy_expert(sql, buf)
+    return ApplyResult(applied=len(rows))
 
 
 def rejected_keys(path: Path | None) -> dict[str, set[str]]:
@@ -195,7 +238,9 @@ def run(opts: Options) -> Outcome:
     pg = postgres_engine(opts.postgres, opts.schema, pool_size=2)
     src = source_engine(opts.sqlite, plan.tables)
     try:
+        t0 = time.perf_counter()
         _create(pg, plan, opts)
+        out.phases["create"] = time.perf_counter() - t0
         copier = MigrateCopier(
             src,
             pg,
@@ -203,8 +248,10 @@ def run(opts: Options) -> Outcome:
             rejects=MigrateRejects(reject_path, stop=opts.on_error == "stop"),
             should_stop=opts.should_stop,
             plans={p.name: p for p in plan.tables},
+            versioned=opts.versioned,
         )
         reports = {r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)}
+        out.phases["copy"] = time.perf_counter() - t0 - out.phases["create"]
         if len(reports) < len(plan.tables) or any(r.status != "done" for r in reports.values()):
             out.status = "stopped"
             out.tables = [_summary(p, reports.get(p.name), None) for p in plan.tables]
@@ -214,10 +261,13 @@ def run(opts: Options) -> Outcome:
             out.foreign_keys = _foreign_keys(conn, plan)
             out.views = _views(conn, plan)
             out.sequences = _sequences(conn, plan, opts.sqlite)
+        t1 = time.perf_counter()
+        out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
         rej = rejected_keys(reject_path)
         for p in plan.tables:
             chk = verify_table(src, pg, p, rej.get(p.name, set()))
             out.tables.append(_summary(p, reports.get(p.name), chk))
+        out.phases["verify"] = time.perf_counter() - t1
         out.status = "done"
         return out
     finally:

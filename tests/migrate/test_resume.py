@@ -48,16 +48,19 @@ def reference(tmp_path, uid):  # type: ignore[no-untyped-def]
     drop_schema(schema)
 
 
-def test_chunk_budget_then_resume_equals_uninterrupted(tmp_path, pg_schema, reference) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", [[], ["--versioned"]], ids=["copy", "versioned"])
+def test_chunk_budget_then_resume_equals_uninterrupted(tmp_path, pg_schema, reference, mode) -> None:  # type: ignore[no-untyped-def]
     db = build(tmp_path / "app.db", 1500)
     full, rep = migrate(db, reference, "--chunk-size", "100")
     assert full.exit_code == 0, full.output
-    stopped, rep1 = migrate(db, pg_schema, "--chunk-size", "100", "--max-chunks", "20")
+    stopped, rep1 = migrate(db, pg_schema, "--chunk-size", "100", "--max-chunks", "20", *mode)
     assert stopped.exit_code == 3 and "--resume" in stopped.output
     assert rep1["status"] == "stopped"
     assert 0 < sum(len(v) for v in dump_partial(pg_schema)) < 4500
-    done, rep2 = migrate(db, pg_schema, "--chunk-size", "100", "--resume")
+    done, rep2 = migrate(db, pg_schema, "--chunk-size", "100", "--resume", *mode)
     assert done.exit_code == 0, done.output
+    versions = fetch(pg_schema, "SELECT count(*) FROM _dw_versions")[0][0]
+    assert versions == (sum(t["written"] for t in rep2["tables"]) if mode else 0)
     assert dump(pg_schema) == dump(reference)
     assert reject_keys(db, pg_schema) == reject_keys(db, reference)
     assert [(t["read"], t["written"], t["rejected"]) for t in rep2["tables"]] == [
