@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.runner import SECTIONS, BenchConfig, run
 
     a = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the run's schemas, database, namespace and temp files are removed
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kw = {
         "record_counts": a.record_counts,
         "workers": a.workers,
