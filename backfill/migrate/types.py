@@ -101,12 +101,22 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
+def _text_fast(value: Any) -> str:
+    if type(value) is str and value.isascii():
+        if "\x00" in value:
+            raise Dirty("NUL byte in text")
+        return value
+    return _as_text(value)
+
+
 def _typename(value: Any) -> str:
     return {str: "text", bytes: "BLOB", int: "integer", float: "real"}.get(type(value), type(value).__name__)
 
 
 def _int(lo: int, hi: int, label: str) -> Callable[[Any], int]:
     def conv(value: Any) -> int:
+        if type(value) is int and lo <= value <= hi:
+            return value
         if isinstance(value, bool):
             value = int(value)
         if isinstance(value, float):
@@ -154,6 +164,13 @@ def _epoch(value: float) -> datetime:
 
 
 def _timestamptz(value: Any) -> datetime:
+    if type(value) is str:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if isinstance(value, bool):
         raise Dirty("boolean in timestamp column")
     if isinstance(value, int | float):
@@ -305,7 +322,7 @@ def integer() -> Cast:
 
 
 def text() -> Cast:
-    return Cast("text", Text(), _as_text, "text")
+    return Cast("text", Text(), _text_fast, "text")
 
 
 def varchar(n: int) -> Cast:

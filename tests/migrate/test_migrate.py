@@ -294,6 +294,7 @@ def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, m
     from backfill.migrate import types as T
 
     monkeypatch.setattr(T, "check_text", lambda v: v)  # let a NUL byte reach Postgres
+    monkeypatch.setattr(T, "_text_fast", lambda v: v)
     db = make_db(
         tmp_path / "app.db",
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"
