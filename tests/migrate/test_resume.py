@@ -104,3 +104,26 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
     assert rep["verified"]
     assert dump(pg_schema) == dump(reference)
     assert reject_keys(db, pg_schema) == reject_keys(db, reference)
+
+
+def test_sigterm_stops_after_the_chunk_then_resume(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    db = build(tmp_path / "app.db", 6000)
+    argv = [sys.executable, "-c", "from backfill.migrate.cli import command; command()"]
+    argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--schema", pg_schema]
+    argv += ["--rejects", str(tmp_path / f"rejects-{pg_schema}"), "--chunk-size", "50"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if fetch(pg_schema, "SELECT coalesce(sum(rows_copied), 0) FROM _dw_backfill_checkpoints")[0][0] > 500:
+                break
+        except Exception:  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3, output
+    assert "run again with --resume" in output
+    done, rep = migrate(db, pg_schema, "--resume")
+    assert done.exit_code == 0, done.output
+    assert [(t["read"], t["written"] + t["rejected"]) for t in rep["tables"]] == [(6000, 6000)] * 3
