@@ -22,7 +22,7 @@ from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from shadow.verify import verify_tables
 from tests.core.support import TABLES, catalog, items, md, row, snapshot
-from tests.faults.conftest import SEEDS, Collector, PrivatePostgres, heal_and_verify
+from tests.faults.conftest import SEEDS_AND_SOAK, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload
 
 
@@ -47,7 +47,7 @@ def _outbox_len(engine) -> int:  # type: ignore[no-untyped-def]
 
 
 # -- (6) SQLite locked by another writer -----------------------------------------------------------------
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_sqlite_exclusive_lock_waits_then_succeeds(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
@@ -69,6 +69,7 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=waited,
             note="writes wait for the lock, then succeed",
         )
@@ -76,7 +77,7 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
         dw.close()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
@@ -101,6 +102,7 @@ def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
             rows_during_fault=1,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="write fails with 'database is locked'; nothing half-written",
         )
@@ -109,7 +111,7 @@ def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
 
 
 # -- (7) disk full under the reject file -------------------------------------------------------------------
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_reject_file_disk_full(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, tmp_path: Path, seed: int
 ) -> None:

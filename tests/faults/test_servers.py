@@ -16,7 +16,16 @@ from dualwrite.settings import Settings
 from dualwrite.stream import stream_key
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, md
-from tests.faults.conftest import SEEDS, SOAK_SEEDS, Collector, PrivatePostgres, PrivateRedis, heal_and_verify, wait_for
+from tests.faults.conftest import (
+    SEEDS,
+    SEEDS_AND_SOAK,
+    SOAK_SEEDS,
+    Collector,
+    PrivatePostgres,
+    PrivateRedis,
+    heal_and_verify,
+    wait_for,
+)
 from tests.faults.proxy import FaultProxy
 from tests.faults.workload import Workload
 
@@ -45,6 +54,7 @@ def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Co
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="writes succeed; replay heals",
         )
@@ -68,7 +78,7 @@ def test_pg_stopped_during_dual_writes_soak(
 
 
 # -- (3b) Postgres stopped during backfill -------------------------------------------------------------
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int) -> None:
     dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="sqlite")
     try:
@@ -96,6 +106,7 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="copier resumes from its checkpoint",
         )
@@ -104,7 +115,7 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
 
 
 # -- (4) Redis restarted: the stream is lost -------------------------------------------------------------
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, collector: Collector, seed: int) -> None:
     """Redis here keeps nothing on disk, so a restart loses the stream, the consumer group and the phase.
 
@@ -137,6 +148,7 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="outbox republished; group recreated on worker restart",
         )
@@ -189,7 +201,7 @@ def _proxied(fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis) -> tup
     return s, pgp, rp
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 @pytest.mark.parametrize("mode", ["cut", "stall"])
 def test_proxy_faults_during_dual_writes(
     fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis, collector: Collector, seed: int, mode: str
@@ -223,6 +235,7 @@ def test_proxy_faults_during_dual_writes(
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="writes succeed; relay + replay heal" if mode == "cut" else "writes wait, then succeed",
         )

@@ -36,8 +36,8 @@ BACKFILL_CHILD = textwrap.dedent(
     from tests.core.support import TABLES
 
     s = json.loads(sys.argv[1])
-    copier = Copier(sqlite_read_engine(s["sqlite_url"]), postgres_engine(s["postgres_url"], s["pg_schema"], replica=True),
-                    chunk_size=int(sys.argv[2]))
+    pg = postgres_engine(s["postgres_url"], s["pg_schema"], replica=True)
+    copier = Copier(sqlite_read_engine(s["sqlite_url"]), pg, chunk_size=int(sys.argv[2]))
     print("START", flush=True)
     copier.copy_tables(list(TABLES))
     print("DONE", flush=True)
@@ -135,6 +135,7 @@ def _backfill_kills(
             rows_during_fault=n_rows + n_rows // 2,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note=f"{killed_mid}/{kills} kills mid-copy; checkpoint totals exact",
         )
@@ -190,6 +191,7 @@ def _replay_kill(fsettings: Settings, collector: Collector, tmp_path: Path, seed
             rows_during_fault=during,
             rows_lost=out.missing,
             rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
             recovery_seconds=out.seconds,
             note="pending entries reclaimed by another consumer",
         )
