@@ -102,7 +102,10 @@ class MigrateRejects(RejectWriter):
         from backfill.rejects import _first_line, guess_column
 
         reason = _first_line(exc)
-        column = guess_column(row) or next((c for c in row if f"column {c}" in reason), None)
+        column = guess_column(row) or next(
+            (c for c in row if f'column "{c}"' in reason or f"column {c}:" in reason or reason.endswith(f"column {c}")),
+            None,
+        )
         self.write(table, key, column, row.get(column) if column else None, reason, row)
 
     def write(self, table: str, key: str, column: str | None, value: Any, reason: str, row: dict[str, Any]) -> None:

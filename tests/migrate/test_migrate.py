@@ -315,3 +315,16 @@ def test_tampered_target_is_not_verified(tmp_path, pg_schema) -> None:  # type: 
     assert result.exit_code == 1 and "NOT verified" in result.output
     bad = {t["table"]: t.get("why_not_verified") for t in rep["tables"] if not t["verified"]}
     assert bad == {"pairs": "row hashes differ"}
+
+
+def test_null_in_composite_primary_key_rejected_by_postgres(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    db = make_db(
+        tmp_path / "app.db",
+        "CREATE TABLE t (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b));"  # SQLite allows NULL here
+        "INSERT INTO t VALUES (NULL, 1, 'n'), ('x', 2, 'ok');",
+    )
+    result, rep = migrate(db, pg_schema)
+    assert result.exit_code == 0, result.output
+    (rej,) = rejects(db, pg_schema)
+    assert rej["column"] == "a" and "not-null" in rej["reason"]
+    assert fetch(pg_schema, "SELECT a, b FROM t") == [("x", 2)]
