@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dualwrite.stores.base import Base, JSONType
 from dualwrite.stores.common import (
     TenantStore,
+    check_aware,
     check_limit,
     check_text,
     id_column,
@@ -84,12 +85,6 @@ def _day(value: Any, where: str) -> date:
     return value
 
 
-def _aware(value: Any, where: str) -> datetime:
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise ValidationError(f"{where}: needs a timezone-aware datetime, got {value!r}")
-    return value
-
-
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of a UTC day."""
     start = datetime.combine(day, time(0), tzinfo=UTC)
@@ -131,9 +126,9 @@ class AnalyticsStore(TenantStore):
         if name is not None:
             conds.append(ev.c.name == name)
         if since is not None:
-            conds.append(ev.c.occurred_at >= _aware(since, "since"))
+            conds.append(ev.c.occurred_at >= check_aware(since, "since"))
         if until is not None:
-            conds.append(ev.c.occurred_at < _aware(until, "until"))
+            conds.append(ev.c.occurred_at < check_aware(until, "until"))
         stmt = select(ev).where(*conds).order_by(ev.c.occurred_at, ev.c.id).limit(check_limit(limit, 100_000))
         return cast(list[AnalyticsEventRow], self.rows("events", stmt, name=name, limit=limit))
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from sqlalchemy import (
     JSON,
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter, WriteTx
 
 Row = dict[str, Any]
+Direction = Literal["out", "in", "both"]  # which way along links/edges a query follows
+DIRECTIONS = ("out", "in", "both")
 ID = BigInteger().with_variant(Integer, "sqlite")
 INT64 = 2**63 - 1
 TENANT_MAX = 64
@@ -131,6 +133,12 @@ def check_tenant(value: Any) -> str:
     return check_text(value, "tenant_id", TENANT_MAX, empty=False)
 
 
+def check_aware(value: Any, where: str) -> datetime:
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValidationError(f"{where}: needs a timezone-aware datetime, got {value!r}")
+    return value
+
+
 def check_choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValidationError(f"{where}: {value!r} is not one of {', '.join(choices)}")
@@ -151,8 +159,7 @@ def check_row(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(col.type, String):
             value = check_text(value, where, col.type.length)
         elif isinstance(col.type, UTCDateTime):
-            if not isinstance(value, datetime) or value.utcoffset() is None:
-                raise ValidationError(f"{where}: needs a timezone-aware datetime, got {value!r}")
+            check_aware(value, where)
         elif isinstance(col.type, ExactDecimal):
             try:
                 value = col.type.coerce(value)

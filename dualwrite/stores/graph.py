@@ -8,7 +8,7 @@ nodes is refused by the API (CrossTenantError) and, failing that, by the databas
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -26,6 +26,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dualwrite.stores.base import Base, JSONType
 from dualwrite.stores.common import (
+    DIRECTIONS,
+    Direction,
     TenantStore,
     check_choice,
     check_id,
@@ -38,8 +40,6 @@ from dualwrite.stores.common import (
 )
 from dualwrite.stores.types import OrderedString
 
-Direction = Literal["out", "in", "both"]
-DIRECTIONS = ("out", "in", "both")
 PROVENANCE = ("source", "extractor", "confidence", "observed_at")
 CONFIDENCE_CHECK = "confidence IS NULL OR (confidence >= 0 AND confidence <= 1)"
 

@@ -17,6 +17,7 @@ from dualwrite.stores.base import Base, JSONType
 from dualwrite.stores.common import (
     Row,
     TenantStore,
+    check_aware,
     check_id,
     check_limit,
     check_text,
@@ -92,12 +93,6 @@ def _ttl(value: Any, where: str) -> int:
     return value
 
 
-def _aware(value: datetime | None, where: str) -> datetime | None:
-    if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
-        raise ValidationError(f"{where}: needs a timezone-aware datetime, got {value!r}")
-    return value
-
-
 class MemoryStore(TenantStore):
     store = "memory"
 
@@ -124,7 +119,7 @@ class MemoryStore(TenantStore):
             "metadata": {} if metadata is None else metadata,
             "created_at": now,
             "updated_at": now,
-            "expires_at": _aware(expires_at, "memory_items.expires_at"),
+            "expires_at": expires_at,
         }
         with self.write() as tx:
             row = self.upsert(tx, memory_items, values, ["namespace", "key"], keep=("created_at",))
@@ -132,7 +127,7 @@ class MemoryStore(TenantStore):
 
     # `list` is defined last: it shadows the builtin in this class's namespace
     def _live(self, now: datetime | None) -> Any:
-        now = _aware(now, "now") or self.now()
+        now = self.now() if now is None else check_aware(now, "now")
         return or_(memory_items.c.expires_at.is_(None), memory_items.c.expires_at > now)
 
     def get(self, namespace: str, key: str, *, now: datetime | None = None) -> MemoryItemRow | None:
@@ -180,7 +175,7 @@ class MemoryStore(TenantStore):
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete expired items and items not written within their namespace's retention TTL."""
-        now = _aware(now, "now") or self.now()
+        now = self.now() if now is None else check_aware(now, "now")
         with self.write() as tx:
             gone = self.delete_where(tx, memory_items, memory_items.c.expires_at <= now)
             policies: list[Row] = [

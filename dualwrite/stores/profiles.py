@@ -9,7 +9,7 @@ without change events).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -26,7 +26,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dualwrite.stores.base import Base, JSONType
 from dualwrite.stores.common import (
+    DIRECTIONS,
     UNSET,
+    Direction,
     TenantStore,
     check_choice,
     check_id,
@@ -42,9 +44,6 @@ from dualwrite.stores.common import (
 )
 from dualwrite.stores.errors import DuplicateError, ValidationError
 from dualwrite.stores.types import OrderedString
-
-Direction = Literal["out", "in", "both"]
-DIRECTIONS = ("out", "in", "both")
 
 
 class Profile(Base):
