@@ -230,6 +230,7 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         "",
         f"Run {doc['started']} - {doc['seconds']} s. Machine: {machine_line(m)}.",
         "The machine is shared and noisy: read the ratios to each section's in-run baseline, not the absolute numbers.",
+        *([doc["note"]] if doc.get("note") else []),
         "",
         "## Goals",
         "",
