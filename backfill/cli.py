@@ -231,4 +231,6 @@ def redrive_cmd(settings: Settings, metadata_spec: str | None, ids: tuple[str, .
 
 
 def commands() -> list[click.Command]:
-    return [backfill]
+    from backfill.migrate.cli import command as migrate_command
+
+    return [backfill, migrate_command]

@@ -1,5 +1,4 @@
-"""`dualwrite bench`: register with `bench = "benchmarks.cli:commands"` under
-[project.entry-points."dualwrite.commands"]; until then `python -m benchmarks`."""
+"""`dualwrite bench` (registered under [project.entry-points."dualwrite.commands"]); also `python -m benchmarks`."""
 
 from __future__ import annotations
 

@@ -67,3 +67,20 @@ def test_config_error_is_one_line_exit_2_without_traceback() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --postgres") and "Traceback" not in proc.stderr
     assert "hunter2" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_role_registers_its_commands() -> None:
+    """The entry points wire each package's commands into the one `dualwrite` group."""
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("init", "doctor", "phase", "backfill", "migrate", "verify", "shadow", "cutover", "demo", "bench"):
+        assert f"  {name} " in result.output, name
+
+
+def test_migrate_and_bench_usage_errors_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nope.db"
+    result = CliRunner().invoke(main, ["migrate", "--sqlite", str(missing), "--postgres", PG_ADMIN_URL])
+    assert result.exit_code == 2, result.output
+    assert "nope.db" in result.output
+    result = CliRunner().invoke(main, ["bench", "--sections", "bogus"])
+    assert result.exit_code == 2
