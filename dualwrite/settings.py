@@ -97,7 +97,7 @@ def _redis_url(value: str, setting: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     sqlite_url: str = f"sqlite:///{DEFAULT_SQLITE}"
     postgres_url: str = DEFAULT_POSTGRES
@@ -122,6 +122,13 @@ class Settings:
             "namespace": self.namespace,
             "pg_schema": self.pg_schema,
         }
+
+    def __repr__(self) -> str:
+        # Settings end up in log lines and tracebacks with locals: never show a password there.
+        shown = {**self.masked(), "strict": self.strict, "phase_cache_seconds": self.phase_cache_seconds}
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    __str__ = __repr__
 
     def key(self, *parts: str) -> str:
         """A Redis key under this namespace."""
