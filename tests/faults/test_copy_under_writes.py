@@ -1,0 +1,93 @@
+"""The backfill's hardest case (issue 4): five writers keep changing history rows while the copy runs, and
+the worker is SIGKILLed and restarted at random points; afterwards Postgres equals SQLite row for row."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from backfill import checkpoint as ckpt
+from dualwrite.settings import Settings
+from dualwrite.testing import prepared_writer
+from tests.core.support import TABLES, catalog, items, md, pairs, row
+from tests.faults.conftest import ROOT, SEEDS_AND_SOAK, Collector, heal_and_verify
+from tests.faults.test_workers import BACKFILL_CHILD, SETTING_KEYS, _kill, _spawn
+from tests.faults.workload import Workload
+
+WRITERS = 5
+
+
+@pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
+def test_killed_copy_under_five_writers_converges(
+    settings: Settings, collector: Collector, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    n_rows = 1500
+    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite", relay=True)
+    stop = threading.Event()
+    workloads: list[Workload] = []
+    try:
+        # history written before dual writes were switched on: only the backfill can bring it over
+        for start in range(0, n_rows, 500):
+            dw.execute(insert(items).values([row(i, i) for i in range(start, min(n_rows, start + 500))]))
+        dw.execute(insert(pairs).values([{"a": i, "b": f"b{i % 7}", "v": i} for i in range(n_rows // 2)]))
+        dw.phases.set("dual_write", force=True)
+
+        for w in range(WRITERS):
+            wl = Workload(dw, seed * 100 + w, start=1_000_000 * (w + 1))
+            wl.ids = list(range(w, n_rows, WRITERS))  # each writer updates/deletes its share of the history
+            workloads.append(wl)
+
+        def write(wl: Workload) -> None:
+            while not stop.is_set():
+                wl.run_tolerant(1)
+                time.sleep(0.002)
+
+        threads = [threading.Thread(target=write, args=(wl,), daemon=True) for wl in workloads]
+        for t in threads:
+            t.start()
+
+        script = tmp_path / "backfill_child.py"
+        script.write_text(BACKFILL_CHILD.format(root=str(ROOT)))
+        args = json.dumps({k: getattr(settings, k) for k in SETTING_KEYS})
+        killed_mid = 0
+        for _ in range(3):
+            proc = _spawn(script, args, "7")
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
+                time.sleep(rng.uniform(0.05, 0.6))
+            finally:
+                killed_mid += _kill(proc)
+        assert killed_mid >= 1, "no worker was killed mid-copy: make the copy longer"
+        t0 = time.monotonic()
+        proc = _spawn(script, args, "7")  # the restart finishes the copy while the writers go on
+        out_text, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0 and "DONE" in out_text
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(wl.errors for wl in workloads), [wl.errors[:1] for wl in workloads]
+        written = sum(wl.rows_written for wl in workloads)
+        assert written > 50, f"the writers barely wrote ({written} rows): the test proves nothing"
+        with dw.postgres.connect() as conn:
+            assert all(ckpt.load(conn, t.name).status == "done" for t in TABLES)
+
+        out = heal_and_verify(dw, TABLES, since=t0)
+        collector.case(
+            "backfill SIGKILLed mid-copy under 5 live writers",
+            rows_during_fault=written,
+            rows_lost=out.missing,
+            rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before,
+            recovery_seconds=out.seconds,
+            note=f"{killed_mid}/3 kills mid-copy, {written} rows written by {WRITERS} writers during the copy",
+        )
+    finally:
+        stop.set()
+        dw.close()
