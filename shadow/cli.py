@@ -167,6 +167,10 @@ def cutover_check(settings: Settings, report_path: str | None, **cfg: Any) -> No
     sys.exit(0 if gate.ok else 1)
 
 
+_HOOK_HELP = "after the change: a shell command (env DUALWRITE_FROM/_TO) or an http(s):// URL (JSON POST); repeatable"
+hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
+
+
 @cutover.command("flip")
 @connection_options
 @_gate_options
@@ -175,7 +179,7 @@ def cutover_check(settings: Settings, report_path: str | None, **cfg: Any) -> No
 @click.option("--postpone", is_flag=True, help="wait until the gate passes (cancel: `dualwrite cutover cancel`)")
 @click.option("--deadline", type=float, default=None, help="with --postpone: give up after S seconds")
 @click.option("--poll", type=float, default=2.0, show_default=True)
-@click.option("--hook", default=None, help="command run after the change (env DUALWRITE_FROM/DUALWRITE_TO)")
+@hook_option
 def cutover_flip(
     settings: Settings,
     force: bool,
@@ -183,7 +187,7 @@ def cutover_flip(
     postpone: bool,
     deadline: float | None,
     poll: float,
-    hook: str | None,
+    hook: tuple[str, ...],
     **cfg: Any,
 ) -> None:
     """Move one phase forward if the gate passes. Exit 0 moved, 1 refused / cancelled / timed out."""
@@ -212,8 +216,8 @@ def cutover_flip(
 @click.option("--to", "to", default=None, help="target phase (default: the last SQLite-primary, SQLite-read phase)")
 @click.option("--force", is_flag=True)
 @click.option("--reason", default="")
-@click.option("--hook", default=None)
-def cutover_rollback(settings: Settings, to: str | None, force: bool, reason: str, hook: str | None) -> None:
+@hook_option
+def cutover_rollback(settings: Settings, to: str | None, force: bool, reason: str, hook: tuple[str, ...]) -> None:
     """Return to a phase where SQLite is complete (refused when it is not, unless forced)."""
     from shadow.cutover import rollback
 
@@ -258,5 +262,11 @@ def cutover_status(settings: Settings, **cfg: Any) -> None:
         dw.close()
 
 
+# `dualwrite status`: the operator's first question, one word away (the same as `cutover status`).
+status = click.Command(
+    "status", callback=cutover_status.callback, params=list(cutover_status.params), help=cutover_status.help
+)
+
+
 def commands() -> list[click.Command]:
-    return [verify, shadow, cutover]
+    return [verify, shadow, cutover, status]

@@ -8,18 +8,23 @@
   Postgres-primary phase moves the primary back to SQLite.
 - `flip_postponed` waits for the gate, printing what it waits for, until it passes, a deadline, or a
   cancel (the Redis key `{ns}:cutover:cancel`, set by `dualwrite cutover cancel`).
-- A hook command, if given, runs after each phase change with DUALWRITE_FROM / DUALWRITE_TO /
-  DUALWRITE_REASON / DUALWRITE_FORCED / DUALWRITE_NAMESPACE in its environment.
+- Hooks run after each phase change: a shell command gets DUALWRITE_FROM / DUALWRITE_TO /
+  DUALWRITE_REASON / DUALWRITE_FORCED / DUALWRITE_NAMESPACE in its environment; an http(s):// URL gets
+  the same as a JSON POST. Several may be given; a failing hook is reported, never reverts the change.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from dualwrite.errors import PhaseError
@@ -29,6 +34,7 @@ from dualwrite.switch import switch_primary
 from shadow.gate import GateConfig, GateResult, check
 
 log = logging.getLogger("shadow.cutover")
+HOOK_TIMEOUT = 30.0
 
 
 def cancel_key(namespace: str) -> str:
@@ -45,9 +51,51 @@ class FlipOutcome:
     hook_rc: int | None = None
 
 
-def run_hook(hook: str | None, dw: Any, src: str, dst: str, reason: str, forced: bool) -> int | None:
-    if not hook:
+def _post_hook(url: str, payload: dict[str, Any]) -> int:
+    """POST the change as JSON; 0 on a 2xx answer, else the HTTP status (-1 when unreachable)."""
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=HOOK_TIMEOUT) as resp:  # noqa: S310 - http(s) only, checked
+            return 0 if 200 <= resp.status < 300 else resp.status
+    except urllib.error.HTTPError as exc:
+        log.warning("hook %s answered %d", mask_text(url), exc.code)
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        log.warning("hook %s unreachable: %s", mask_text(url), mask_text(str(exc))[:300])
+        return -1
+
+
+def _command_hook(hook: str, env: dict[str, str]) -> int:
+    try:
+        proc = subprocess.run(hook, shell=True, env=env, timeout=HOOK_TIMEOUT, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        log.warning("hook %r timed out", mask_text(hook))
+        return -1
+    if proc.returncode != 0:
+        log.warning("hook %r exited %d: %s", mask_text(hook), proc.returncode, mask_text(proc.stderr.strip()[:500]))
+    return proc.returncode
+
+
+def run_hook(
+    hook: str | Sequence[str] | None, dw: Any, src: str, dst: str, reason: str, forced: bool
+) -> int | None:
+    """Run each hook (a shell command, or an http(s):// URL that gets a JSON POST) after a phase change.
+
+    A failing hook is logged and reported (first non-zero code), never undoes the change: the phase has
+    already moved, and every app instance follows it within a second."""
+    hooks = [hook] if isinstance(hook, str) else list(hook or ())
+    if not hooks:
         return None
+    payload = {
+        "from": src,
+        "to": dst,
+        "reason": reason,
+        "forced": forced,
+        "namespace": dw.settings.namespace,
+        "at": datetime.now(UTC).isoformat(),
+    }
     env = {
         **os.environ,
         "DUALWRITE_FROM": src,
@@ -56,14 +104,8 @@ def run_hook(hook: str | None, dw: Any, src: str, dst: str, reason: str, forced:
         "DUALWRITE_FORCED": "1" if forced else "0",
         "DUALWRITE_NAMESPACE": dw.settings.namespace,
     }
-    try:
-        proc = subprocess.run(hook, shell=True, env=env, timeout=120, capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        log.warning("hook %r timed out", hook)
-        return -1
-    if proc.returncode != 0:
-        log.warning("hook %r exited %d: %s", hook, proc.returncode, mask_text(proc.stderr.strip()[:500]))
-    return proc.returncode
+    codes = [_post_hook(h, payload) if h.startswith(("http://", "https://")) else _command_hook(h, env) for h in hooks]
+    return next((c for c in codes if c != 0), 0)
 
 
 def _move(dw: Any, src: str, dst: str, *, force: bool, reason: str, actor: str | None) -> None:
@@ -78,7 +120,7 @@ def flip(
     *,
     force: bool = False,
     reason: str = "",
-    hook: str | None = None,
+    hook: str | Sequence[str] | None = None,
     config: GateConfig | None = None,
     actor: str | None = None,
 ) -> FlipOutcome:
@@ -112,7 +154,7 @@ def rollback(
     to: str | None = None,
     force: bool = False,
     reason: str = "",
-    hook: str | None = None,
+    hook: str | Sequence[str] | None = None,
     actor: str | None = None,
 ) -> FlipOutcome:
     current = dw.phases.current(fresh=True).name
@@ -132,7 +174,7 @@ def flip_postponed(
     deadline: float | None = None,
     poll: float = 1.0,
     echo: Callable[[str], None] = print,
-    hook: str | None = None,
+    hook: str | Sequence[str] | None = None,
     config: GateConfig | None = None,
     reason: str = "",
     actor: str | None = None,

@@ -163,6 +163,8 @@ def test_cutover_cli(settings, monkeypatch):
     assert res.exit_code == 0 and "dual_write -> shadow" in res.output, res.output
     res = runner.invoke(main, ["cutover", "status", *args])
     assert res.exit_code == 0 and "phase: shadow" in res.output, res.output
+    top = runner.invoke(main, ["status", *args])  # the same, one word away
+    assert top.exit_code == 0 and "phase: shadow" in top.output and "dual_write -> shadow by" in top.output, top.output
     res = runner.invoke(main, ["cutover", "rollback", *args])
     assert res.exit_code == 0 and "shadow -> dual_write" in res.output, res.output
     res = runner.invoke(main, ["shadow", "reset", *args])
