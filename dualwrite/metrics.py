@@ -7,7 +7,7 @@ All live in prometheus_client's default registry so `serve_metrics` exposes them
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -86,6 +86,29 @@ GATE_CONDITION = Gauge("dualwrite_gate_condition", "1 if a cutover gate conditio
 _PHASE_NAMES = ("sqlite", "dual_write", "shadow", "postgres_reads", "postgres_primary", "postgres")
 for _p in _PHASE_NAMES:
     PHASE.labels(phase=_p).set(0)
+
+# Label values dashboards and alerts look for, exported as 0 from the start: a clean run then shows
+# "0 dead letters", not "No data" (which reads as broken), and rate()/increase() see the first one.
+DEAD_LETTER_REASONS = ("decode", "apply", "unknown_table")
+THROTTLE_REASONS = ("rate",)
+SHADOW_RESULTS = ("match", "mismatch", "ignored", "skipped", "error")
+for _r in DEAD_LETTER_REASONS:
+    DEAD_LETTERS.labels(reason=_r)
+for _r in THROTTLE_REASONS:
+    THROTTLE_ACTIVE.labels(reason=_r).set(0)
+for _r in ("applied", "stale", "dead"):
+    REPLAY_APPLIED.labels(result=_r)
+
+
+def prime(*, stores: Iterable[str] = (), tables: Iterable[str] = (), queries: Iterable[tuple[str, str]] = ()) -> None:
+    """Export 0 for the per-store, per-table and per-query series a process is about to produce."""
+    for store in stores:
+        SECONDARY_FAILURES.labels(store=store)
+    for table in tables:
+        BACKFILL_REJECTS.labels(table=table)
+    for store, query in queries:
+        for result in SHADOW_RESULTS:
+            SHADOW_COMPARISONS.labels(store, query, result)
 
 
 def set_phase(name: str) -> None:

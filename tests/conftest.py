@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -35,29 +36,47 @@ def uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def pg_schema(uid: str) -> Iterator[str]:
-    """A fresh Postgres schema for this test, dropped afterwards."""
+@contextmanager
+def fresh_schema(uid: str) -> Iterator[str]:
+    """A fresh Postgres schema, dropped afterwards."""
     name = f"t_{uid}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-    admin.dispose()
+    try:
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        admin.dispose()
+
+
+@contextmanager
+def redis_namespace(uid: str) -> Iterator[str]:
+    """A unique Redis namespace; every key under it is deleted afterwards."""
+    ns = f"dwtest:{uid}"
+    try:
+        yield ns
+    finally:
+        client = redis.Redis.from_url(REDIS_TEST_URL)
+        keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def pg_schema(uid: str) -> Iterator[str]:
+    """A fresh Postgres schema for this test, dropped afterwards."""
+    with fresh_schema(uid) as name:
+        yield name
 
 
 @pytest.fixture
 def redis_prefix(uid: str) -> Iterator[str]:
     """A unique Redis namespace for this test; every key under it is deleted afterwards."""
-    ns = f"dwtest:{uid}"
-    yield ns
-    client = redis.Redis.from_url(REDIS_TEST_URL)
-    keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with redis_namespace(uid) as ns:
+        yield ns
 
 
 @pytest.fixture

@@ -11,43 +11,25 @@ queried with Grafana's macros substituted, and must return at least one series.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select, text, update
 
-from dashboards import build
 from dualwrite import metrics
 from dualwrite.adapter import TableCatalog
 from dualwrite.settings import Settings, load_settings
 from dualwrite.testing import prepared_writer
+from tests.dashboards.promserver import PROMETHEUS, Prom, panel_targets, running_prometheus, substitute
 
-PROMETHEUS = shutil.which("prometheus")
-ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("DUALWRITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-# Grafana macros -> values for a 1 s scrape interval (Grafana's $__rate_interval would be 4 s; 5 s is safer).
-MACROS = {
-    "$__rate_interval": "5s",
-    "$__interval": "5s",
-    "$__range": "1m",
-    "$job": ".*",
-    "$instance": ".*",
-}
 
 md = MetaData()
 items = Table(
@@ -66,108 +48,19 @@ legacy = Table(  # rows that predate capture: only the backfill brings them to P
 LEGACY_ROWS = 600
 
 
-def substitute(expr: str) -> str:
-    for macro, value in MACROS.items():
-        expr = expr.replace(macro, value)
-    assert "$" not in expr, f"unsubstituted macro in {expr}"
-    return expr
-
-
-def panel_targets() -> list[tuple[str, str]]:
-    """(test id, expression) for every target of every panel of every dashboard."""
-    out = []
-    for name, fn in build.DASHBOARDS.items():
-        for p in fn()["panels"]:
-            for t in p.get("targets", []):
-                out.append((f"{name}:{p['id']}:{p['title']}:{t['refId']}", t["expr"]))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------------------------------
-class Prom:
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}" if params else f"{self.base}{path}"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            body = json.loads(resp.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", data
-        return data["result"]
-
-    def scrapes(self) -> int:
-        res = self.query('count_over_time(up{job="dualwrite"}[5m])')
-        return int(float(res[0]["value"][1])) if res else 0
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prom, int]]:
     """A private Prometheus scraping this process' /metrics every second; killed and removed afterwards."""
     if PROMETHEUS is None:
         pytest.skip("prometheus not installed (Debian package 'prometheus'; CI installs it)")
-    tmp = tmp_path_factory.mktemp("prometheus")
     server = metrics.serve_metrics(0)
     mport = server.server_address[1]
-    shutil.copy(ROOT / "dashboards" / "alerts.yml", tmp / "alerts.yml")
-    (tmp / "prometheus.yml").write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
-                "rule_files": [str(tmp / "alerts.yml")],
-                "scrape_configs": [{"job_name": "dualwrite", "static_configs": [{"targets": [f"127.0.0.1:{mport}"]}]}],
-            }
-        )
-    )
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    prom = Prom(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (tmp / "prometheus.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{prom.base}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.1)
-        yield prom, mport
+        with running_prometheus(tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{mport}"]) as prom:
+            yield prom, mport
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         server.shutdown()
         server.server_close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
