@@ -33,6 +33,7 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
         )
     except ConfigError as exc:
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
+    out.append(_schema_line(settings, sqlite_ok=out[0][1], postgres_ok=out[1][1]))
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         info = client.info("server")
@@ -48,3 +49,35 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
     finally:
         client.close()
     return out
+
+
+def _schema_line(settings: Settings, *, sqlite_ok: bool, postgres_ok: bool) -> tuple[str, bool, str]:
+    """The store tables on each reachable backend against the models: drift means uncaptured columns."""
+    from dualwrite.db import postgres_engine
+    from dualwrite.drift import find_drift
+    from dualwrite.registry import default_registry
+
+    tables = [spec.table for spec in default_registry().tables()]
+    problems = []
+    checked = []
+    if sqlite_ok:
+        engine = sqlite_engine(settings.sqlite_url)
+        try:
+            problems += find_drift(engine, tables, backend="sqlite")
+            checked.append("SQLite")
+        finally:
+            engine.dispose()
+    if postgres_ok:
+        engine = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+        try:
+            problems += find_drift(engine, tables, backend="postgres", schema=settings.pg_schema)
+            checked.append("Postgres")
+        finally:
+            engine.dispose()
+    if not checked:
+        return ("schema", False, "not checked: no backend reachable")
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return ("schema", False, f"{shown}{more}")
+    return ("schema", True, f"{len(tables)} store tables match the models on {' and '.join(checked)}")

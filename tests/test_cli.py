@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
 from click.testing import CliRunner
+from sqlalchemy import create_engine, text
 
 from dualwrite.cli import main
 from tests.conftest import PG_ADMIN_URL
@@ -35,7 +37,30 @@ def test_init_is_idempotent_and_doctor_passes(settings) -> None:  # type: ignore
     assert second.exit_code == 0 and second.output.count("schema already complete") == 2
     doctor = runner.invoke(main, ["doctor", *_args(settings)])
     assert doctor.exit_code == 0, doctor.output
-    assert [line.split()[1] for line in doctor.output.splitlines()] == ["ok", "ok", "ok"]
+    assert [line.split()[:2] for line in doctor.output.splitlines()] == [
+        ["sqlite", "ok"],
+        ["postgres", "ok"],
+        ["schema", "ok"],
+        ["redis", "ok"],
+    ]
+
+
+def test_doctor_finds_schema_drift_on_either_side(settings) -> None:  # type: ignore[no-untyped-def]
+    """A column an app migration added on SQLite that the model lacks would never be captured: say so."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", *_args(settings)]).exit_code == 0
+    with sqlite3.connect(settings.sqlite_path) as conn:
+        conn.execute("ALTER TABLE memory_items ADD COLUMN mood TEXT")
+    engine = create_engine(PG_ADMIN_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'ALTER TABLE "{settings.pg_schema}".archive_records DROP COLUMN payload'))
+    engine.dispose()
+    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    assert doctor.exit_code == 1, doctor.output
+    line = next(x for x in doctor.output.splitlines() if x.startswith("schema"))
+    assert "FAIL" in line
+    assert "sqlite: table 'memory_items' has column(s) mood the model lacks" in line
+    assert "postgres: table 'archive_records' lacks column(s) payload" in line
 
 
 def test_doctor_reports_each_failure_on_one_line(tmp_path) -> None:
@@ -53,7 +78,7 @@ def test_doctor_reports_each_failure_on_one_line(tmp_path) -> None:
     )
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert len(lines) == 3 and all("FAIL" in line for line in lines)
+    assert len(lines) == 4 and all("FAIL" in line for line in lines)
     assert "hunter2" not in result.output and "***" in result.output
 
 
