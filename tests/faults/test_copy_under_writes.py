@@ -17,7 +17,7 @@ from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, items, md, pairs, row
 from tests.faults.conftest import ROOT, SEEDS_AND_SOAK, Collector, heal_and_verify
-from tests.faults.test_workers import BACKFILL_CHILD, SETTING_KEYS, _kill, _spawn
+from tests.faults.test_workers import BACKFILL_CHILD, SETTING_KEYS, _spawn, kill_at_random
 from tests.faults.workload import Workload
 
 WRITERS = 5
@@ -56,14 +56,7 @@ def test_killed_copy_under_five_writers_converges(
         script = tmp_path / "backfill_child.py"
         script.write_text(BACKFILL_CHILD.format(root=str(ROOT)))
         args = json.dumps({k: getattr(settings, k) for k in SETTING_KEYS})
-        killed_mid = 0
-        for _ in range(3):
-            proc = _spawn(script, args, "7")
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
-                time.sleep(rng.uniform(0.05, 0.6))
-            finally:
-                killed_mid += _kill(proc)
+        killed_mid = kill_at_random(script, args, "7", 3, rng, (0.05, 0.6))
         assert killed_mid >= 1, "no worker was killed mid-copy: make the copy longer"
         t0 = time.monotonic()
         proc = _spawn(script, args, "7")  # the restart finishes the copy while the writers go on

@@ -86,6 +86,21 @@ def _kill(proc: subprocess.Popen[str]) -> bool:
     return running
 
 
+def kill_at_random(
+    script: Path, args: str, chunk: str, kills: int, rng: random.Random, after: tuple[float, float]
+) -> int:
+    """Start the backfill child `kills` times, SIGKILL it a random time after it starts; how many died mid-copy."""
+    killed_mid = 0
+    for _ in range(kills):
+        proc = _spawn(script, args, chunk)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
+            time.sleep(rng.uniform(*after))
+        finally:
+            killed_mid += _kill(proc)
+    return killed_mid
+
+
 def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return int(conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar())
@@ -104,14 +119,7 @@ def _backfill_kills(
         script = tmp_path / "backfill_child.py"
         script.write_text(BACKFILL_CHILD.format(root=str(ROOT)))
         args = json.dumps({k: getattr(fsettings, k) for k in SETTING_KEYS})
-        killed_mid = 0
-        for _ in range(kills):
-            proc = _spawn(script, args, "9")
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
-                time.sleep(rng.uniform(0.02, 0.4))
-            finally:
-                killed_mid += _kill(proc)
+        killed_mid = kill_at_random(script, args, "9", kills, rng, (0.02, 0.4))
         assert killed_mid >= 1, "no worker was killed mid-copy: make the copy longer"
         t0 = time.monotonic()
         proc = _spawn(script, args, "9")  # the restart completes
