@@ -2,10 +2,13 @@
 
 - XGROUP CREATE ... MKSTREAM at id 0; XREADGROUP batches; a consumer first re-reads its own pending entries.
 - Undecodable entries go to the dead-letter stream at once and are XACKed.
-- A batch is applied with `apply_events` in one Postgres transaction; XACK only after the commit.
+- A batch is applied with `apply_events` in one Postgres transaction; one XACK for the batch after the commit.
 - If the batch fails, its events are applied one by one; an event failing `max_failures` times is
   dead-lettered (and XACKed). Connection-level failures never dead-letter: the entries stay pending.
 - Pending entries idle longer than `claim_idle_ms` (a dead consumer's) are taken over with XAUTOCLAIM.
+- A group lost with the stream (Redis restarted; the relay republishes from the outbox) is recreated at
+  id 0, so everything still or again in the stream is read; the apply rule makes the re-reads no-ops.
+- `run()` never dies of a Redis or Postgres outage: one log line, back off, go on.
 """
 
 from __future__ import annotations
@@ -22,33 +25,25 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from backfill.deadletters import dead_letter, first_line, list_dead_letters, redrive
 from dualwrite import metrics
 from dualwrite.errors import DualwriteError, UnknownTableError
 from dualwrite.events import ChangeEvent
-from dualwrite.stream import EVENT_FIELD, dead_letter_key, parse_autoclaim, stream_key
+from dualwrite.stream import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
 
 if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter
 
+__all__ = ["DEFAULT_GROUP", "ReplayStats", "Replayer", "dead_letter", "list_dead_letters", "redrive"]
+
 log = logging.getLogger("backfill.replay")
 DEFAULT_GROUP = "backfill"
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+_EVENT_FIELD_STR = EVENT_FIELD.decode()
 
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:500]
-
-
-def dead_letter(client: redis.Redis, namespace: str, eid: bytes | str, payload: bytes | str, error: str, reason: str):
-    client.xadd(
-        dead_letter_key(namespace),
-        {"id": eid, "payload": payload if payload is not None else b"", "error": error[:2000], "reason": reason},
-    )
-    metrics.DEAD_LETTERS.labels(reason).inc()
 
 
 @dataclass
@@ -72,6 +67,7 @@ class Replayer:
     max_failures: int = 3
     claim_idle_ms: int = 30_000
     target: str = "postgres"
+    lag_every_s: float = 0.5  # while busy, the lag gauges are refreshed at most this often (a round trip each)
     stats: ReplayStats = field(default_factory=ReplayStats)
 
     def __post_init__(self) -> None:
@@ -81,6 +77,8 @@ class Replayer:
         self._own_pending_done = False
         self._last_claim = 0.0
         self._last_ts: datetime | None = None
+        self._lag_at = float("-inf")
+        self.lag: tuple[int, int] | None = None  # (undelivered, pending) at the last update_lag()
 
     def ensure_group(self) -> None:
         try:
@@ -92,7 +90,26 @@ class Replayer:
     # -- one step --------------------------------------------------------------------------------
     def step(self, block_ms: int | None = None) -> int:
         """Process one batch (own pending first, then stale claims, then new entries); return its size."""
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        try:
+            entries = self._next_entries(self.block_ms if block_ms is None else block_ms)
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            # The stream and its group are gone (Redis restarted). Start again at 0: the relay
+            # republishes the outbox into the new stream and this group reads all of it.
+            log.warning("replay: group %s is gone (%s); recreating it at id 0", self.group, first_line(exc))
+            self.ensure_group()
+            self._own_pending_done = False
+            self.lag = None  # unknown until the next look: run(once=True) must not stop on an old (0, 0)
+            return 0
+        if entries:
+            self.process(entries)
+        if not entries or time.monotonic() - self._lag_at >= self.lag_every_s:
+            self.update_lag()
+        return len(entries)
+
+    def _next_entries(self, block_ms: int) -> Entries:
+        entries: Entries = []
         if not self._own_pending_done:
             entries = self._read("0", 0)
             if not entries:
@@ -101,26 +118,26 @@ class Replayer:
             self._last_claim = time.monotonic()
             entries = self.claim_stale()
         if not entries:
-            entries = self._read(">", self.block_ms if block_ms is None else block_ms)
-        if entries:
-            self.process(entries)
-        self.update_lag()
-        return len(entries)
+            entries = self._read(">", block_ms)
+        return entries
 
-    def _read(self, start: str, block_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _read(self, start: str, block_ms: int) -> Entries:
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.key: start}, count=self.batch, block=block_ms or None
         )
-        out: list[tuple[bytes, dict[bytes, bytes]]] = []
+        out: Entries = []
+        gone: list[bytes] = []
         for _stream, items in reply or []:
             for eid, fields in items:
-                if fields is None or not fields:  # deleted while pending
-                    self.client.xack(self.key, self.group, eid)
-                    continue
-                out.append((eid, fields))
+                if fields:
+                    out.append((eid, fields))
+                else:  # deleted while pending
+                    gone.append(eid)
+        if gone:
+            self.client.xack(self.key, self.group, *gone)
         return out
 
-    def claim_stale(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def claim_stale(self) -> Entries:
         reply = self.client.xautoclaim(
             self.key, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
         )
@@ -129,19 +146,18 @@ class Replayer:
             self.client.xack(self.key, self.group, *deleted)
         return entries
 
-    def process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def process(self, entries: Entries) -> None:
         good: list[tuple[bytes, bytes, ChangeEvent]] = []
         for eid, fields in entries:
-            payload = fields.get(EVENT_FIELD) or fields.get(_s(EVENT_FIELD))  # type: ignore[call-overload]
+            payload = fields.get(EVENT_FIELD)
+            if payload is None:
+                payload = fields.get(_EVENT_FIELD_STR)  # type: ignore[call-overload]  # decode_responses clients
             try:
                 if payload is None:
                     raise DualwriteError("entry has no event field")
                 good.append((eid, payload, ChangeEvent.from_json(payload)))
             except DualwriteError as exc:
-                dead_letter(self.client, self.namespace, eid, payload or b"", str(exc), "decode")
-                self.client.xack(self.key, self.group, eid)
-                self.stats.dead += 1
-                metrics.REPLAY_APPLIED.labels("dead").inc()
+                self._dead(eid, payload or b"", str(exc), "decode")
         if not good:
             return
         self.stats.batches += 1
@@ -153,7 +169,7 @@ class Replayer:
         except OperationalError:
             raise  # Postgres unreachable: leave pending, the caller backs off
         except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
-            log.warning("replay batch of %d failed, applying one by one: %s", len(good), _line(exc))
+            log.warning("replay batch of %d failed, applying one by one: %s", len(good), first_line(exc))
         for eid, payload, ev in good:
             self._apply_one(eid, payload, ev)
 
@@ -193,11 +209,15 @@ class Replayer:
                     break
                 time.sleep(0.02 * (attempt + 1))
         reason = "unknown_table" if isinstance(error, UnknownTableError) else "apply"
-        dead_letter(self.client, self.namespace, eid, payload, _line(error) if error else "", reason)
+        line = first_line(error) if error else ""
+        self._dead(eid, payload, line, reason)
+        log.warning("replay: event %s dead-lettered (%s): %s", _s(eid), reason, line)
+
+    def _dead(self, eid: bytes, payload: Any, error: str, reason: str) -> None:
+        dead_letter(self.client, self.namespace, eid, payload, error, reason)
         self.client.xack(self.key, self.group, eid)
         self.stats.dead += 1
         metrics.REPLAY_APPLIED.labels("dead").inc()
-        log.warning("replay: event %s dead-lettered (%s): %s", _s(eid), reason, _line(error) if error else "")
 
     # -- lag -------------------------------------------------------------------------------------
     def group_info(self) -> dict[str, Any]:
@@ -208,13 +228,9 @@ class Replayer:
         return {}
 
     def update_lag(self) -> tuple[int, int]:
-        info = self.group_info()
-        lag = info.get("lag")
-        pending = int(info.get("pending") or 0)
-        if lag is None:  # Redis < 7: count entries after last-delivered-id
-            last = _s(info.get("last-delivered-id") or "0-0")
-            lag = len(self.client.xrange(self.key, min=f"({last}", count=100_000))
-        lag = int(lag)
+        """Refresh the lag gauges; return (entries not yet delivered to the group, delivered but unacked)."""
+        lag, pending = self.lag = group_lag(self.client, self.key, self.group)
+        self._lag_at = time.monotonic()
         metrics.REPLAY_LAG_EVENTS.set(lag + pending)
         metrics.REPLAY_PENDING.set(pending)
         if lag + pending == 0 or self._last_ts is None:
@@ -229,60 +245,28 @@ class Replayer:
 
     def run(self, *, once: bool = False, should_stop: Callable[[], bool] = lambda: False) -> ReplayStats:
         """Loop until should_stop(); with once=True stop when the group has nothing left."""
-        self.ensure_group()
         backoff = 0.1
+        group_ready = False
         while not should_stop():
             try:
+                if not group_ready:
+                    self.ensure_group()
+                    group_ready = True
                 n = self.step()
                 backoff = 0.1
-            except (OperationalError, redis.ConnectionError) as exc:
-                log.warning("replay: backend unavailable, retrying in %.1fs: %s", backoff, _line(exc))
+            except (OperationalError, redis.RedisError) as exc:
+                # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
+                log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, backoff, first_line(exc))
                 self._own_pending_done = False  # re-read what this consumer holds
-                time.sleep(backoff)
+                self._sleep(backoff, should_stop)
                 backoff = min(5.0, backoff * 2)
                 continue
-            if once and n == 0 and self.caught_up():
+            if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
                 break
         return self.stats
 
-
-# -- dead letters -------------------------------------------------------------------------------
-def list_dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> list[dict[str, str]]:
-    out = []
-    for eid, fields in client.xrange(dead_letter_key(namespace), count=count):
-        row = {"dead_id": _s(eid)}
-        row.update({_s(k): _s(v) if k != b"payload" else _s(v)[:200] for k, v in fields.items()})
-        out.append(row)
-    return out
-
-
-def redrive(dw: DualWriter, ids: list[str] | None = None, target: str = "postgres") -> dict[str, int]:
-    """Re-apply dead letters directly through apply_events (stream ids can't go back) and delete each on
-    success. Entries whose table is not in the catalog, or that still fail, stay in the dead-letter stream."""
-    from dualwrite.apply import apply_events
-
-    key = dead_letter_key(dw.settings.namespace)
-    wanted = set(ids) if ids else None
-    counts = {"applied": 0, "refused": 0, "failed": 0}
-    for eid, fields in dw.redis.xrange(key):
-        if wanted is not None and _s(eid) not in wanted:
-            continue
-        try:
-            ev = ChangeEvent.from_json(fields.get(b"payload", b""))
-            dw.catalog.table(ev.table)
-        except DualwriteError as exc:
-            counts["refused"] += 1
-            log.warning("redrive: %s refused: %s", _s(eid), exc)
-            continue
-        side = ev.target if ev.origin else target  # the side opposite the primary that committed it
-        engine = dw.postgres_apply if side == "postgres" else dw.sqlite_apply
-        try:
-            with engine.begin() as conn:
-                apply_events(conn, dw.catalog.table, [ev])
-        except (DBAPIError, ValueError, TypeError) as exc:
-            counts["failed"] += 1
-            log.warning("redrive: %s still fails: %s", _s(eid), _line(exc))
-            continue
-        dw.redis.xdel(key, eid)
-        counts["applied"] += 1
-    return counts
+    @staticmethod
+    def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+        end = time.monotonic() + seconds
+        while not should_stop() and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))

@@ -123,11 +123,6 @@ def test_foreign_auto_id_entry_does_not_stall_the_relay(fsettings: Settings, pg:
         dw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: backfill.replay.list_dead_letters decodes each payload as UTF-8 and raises UnicodeDecodeError "
-    "on a dead letter whose payload is not UTF-8 (the very entries that get dead-lettered as undecodable)",
-)
 def test_list_dead_letters_with_binary_payload(fsettings: Settings, pg: PrivatePostgres) -> None:
     dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write")
     try:

@@ -156,11 +156,6 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
         dw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Replayer.run catches only OperationalError/ConnectionError; after a Redis restart "
-    "XREADGROUP fails with ResponseError NOGROUP and the loop dies instead of calling ensure_group again",
-)
 def test_replayer_survives_group_loss(fsettings: Settings, rds: PrivateRedis) -> None:
     """A replayer loop running across a Redis restart must keep going (recreate its group), not die."""
     dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
