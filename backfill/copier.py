@@ -1,46 +1,46 @@
 """Chunked copy of tables from SQLite to Postgres through the apply rule, with checkpoints and rejects.
 
 Each chunk (read with version S, see cursor.py) is applied in one Postgres transaction that also writes
-the table's checkpoint. Fast path: COPY of the chunk into a TEMP staging table, then one statement that
-claims the versions (`_dw_versions`, exactly as `apply.claim_versions`: only keys whose version is older
-than S win) and upserts the winners. `fast=False` uses `apply.apply_snapshot_rows` instead (same rule).
+the table's checkpoint. Fast path (fastpath.py): keys Postgres has no version row for are COPYed straight
+into `_dw_versions` (with S) and the table; keys a live write reached first go through the merge
+(merge.py: COPY into a TEMP staging table, claim versions and upsert the winners in one statement).
+`fast=False` uses `apply.apply_snapshot_rows` instead (same rule).
 
 A chunk Postgres refuses is bisected inside savepoints: each single bad row goes to the reject file, the
 rest loads. Deadlocks / serialization failures (a live event on the same keys) retry the whole chunk.
+Memory: one chunk (its rows as tuples) at a time.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from datetime import time as dtime
-from decimal import Decimal
-from io import StringIO
 from typing import Any
 
 import psycopg
 import psycopg2
-import psycopg2.extras
 from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
 from backfill import checkpoint as ckpt
-from backfill.cursor import count_rows, decode_key, encode_key, read_chunk
+from backfill.copyio import copy_text
+from backfill.cursor import Chunk, count_rows, decode_key, encode_key, read_chunk
+from backfill.fastpath import load_chunk
+from backfill.keys import key_positions
+from backfill.merge import STAGING, copy_apply
 from backfill.rejects import RejectWriter
 from backfill.throttle import TokenBucket
 from dualwrite import metrics
 from dualwrite.apply import ApplyResult, apply_snapshot_rows, pk_columns
 from dualwrite.events import key_text
 
+__all__ = ["STAGING", "Copier", "TableReport", "copy_apply", "copy_text", "sync_sequence"]
+
 log = logging.getLogger("backfill.copier")
+Bad = tuple[int, BaseException]  # (position in the chunk, why Postgres refused that row)
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
-STAGING = "_dw_backfill_stg"
 # ValueError/TypeError: a driver refusing a value client-side (psycopg2: NUL in a string literal).
 DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error, ValueError, TypeError)
 
@@ -75,6 +75,7 @@ class TableReport:
     chunks: int = 0
     seconds: float = 0.0
     status: str = "pending"
+    fallbacks: int = 0  # chunks merged because a live write landed in them during the fast COPY
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -84,6 +85,10 @@ class TableReport:
 
 @dataclass
 class Copier:
+    """Copies tables chunk by chunk. Subclasses may override the two public hooks: `prepare_chunk`
+    (transform or set aside rows before loading; backfill.migrate casts values there) and `load_rows`
+    (how rows reach Postgres inside the chunk's transaction)."""
+
     sqlite_read: Engine
     postgres: Engine  # an apply engine (session_replication_role=replica: FK triggers off)
     chunk_size: int = 5000
@@ -92,9 +97,27 @@ class Copier:
     throttle: TokenBucket = field(default_factory=lambda: TokenBucket(None))
     should_stop: Callable[[], bool] = lambda: False
     max_retries: int = 5
+    fallbacks: int = 0  # chunks whose fast COPY met a live write and were merged instead
+    leases: Any = None  # a leases.LeaseBook: several workers share each table's chunks
 
     def __post_init__(self) -> None:
         ckpt.ensure(self.postgres)
+
+    # -- public hooks ----------------------------------------------------------------------------
+    def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
+        """Rows to load and how many were set aside (already recorded as rejects by the hook)."""
+        return chunk, 0
+
+    def load_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
+    ) -> ApplyResult:
+        """Apply rows (tuples in `columns` order) with `version` inside the chunk's transaction."""
+        if not self.fast:
+            names = [table.c[c].name for c in columns]
+            return apply_snapshot_rows(conn, table, [dict(zip(names, v, strict=True)) for v in values], version)
+        result, fell_back = load_chunk(conn, table, columns, values, version)
+        self.fallbacks += fell_back
+        return result
 
     # -- tables ----------------------------------------------------------------------------------
     def copy_tables(self, tables: Sequence[Table], *, max_chunks: int | None = None) -> list[TableReport]:
@@ -111,6 +134,8 @@ class Copier:
         return reports
 
     def copy_table(self, table: Table, *, max_chunks: int | None = None) -> TableReport:
+        if self.leases is not None:  # shared with other workers: ranges come from leases.py
+            return self.leases.copy_table(self, table, max_chunks=max_chunks)
         rep = TableReport(table.name)
         with self.postgres.connect() as conn:
             cp = ckpt.load(conn, table.name)
@@ -121,28 +146,32 @@ class Copier:
         metrics.BACKFILL_EXPECTED.labels(table.name).set(count_rows(self.sqlite_read, table))
         after = decode_key(cp.last_key)
         started = time.perf_counter()
+        fallbacks = self.fallbacks
         while not self.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
             chunk = read_chunk(self.sqlite_read, table, after, self.chunk_size)
             t0 = time.perf_counter()
-            cp.status = "done" if len(chunk.rows) < self.chunk_size else "copying"
-            if chunk.rows:
+            cp.status = "done" if len(chunk.values) < self.chunk_size else "copying"
+            cp.version = chunk.version  # recorded with the chunk: `backfill reset` finds its rows by it
+            if chunk.values:
                 cp.last_key = encode_key(chunk.last_key or ())
-            result, bad = self._apply_chunk(table, chunk.rows, chunk.version, cp)
+            ready, set_aside = self.prepare_chunk(table, chunk)
+            result, bad = self.apply_chunk(table, ready, cp, set_aside)
             rep.chunks += 1
             rep.rows_applied += result.applied
             rep.rows_stale += result.stale
-            rep.rows_rejected += bad
+            rep.rows_rejected += bad + set_aside
             rep.rows_copied = cp.rows_copied
-            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.rows) - bad)
+            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
             metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
             after = chunk.last_key
             if cp.status == "done":
                 break
-            self.throttle.take(len(chunk.rows), self.should_stop)
+            self.throttle.take(len(chunk.values), self.should_stop)
         if cp.status == "done":
             sync_sequence(self.postgres, table)
         rep.status = cp.status
         rep.seconds = time.perf_counter() - started
+        rep.fallbacks = self.fallbacks - fallbacks
         log.info(
             "backfill %s: %s, %d rows copied, %d rejected, %d chunks",
             table.name,
@@ -154,26 +183,32 @@ class Copier:
         return rep
 
     # -- one chunk -------------------------------------------------------------------------------
-    def _apply_chunk(
-        self, table: Table, rows: list[dict[str, Any]], version: int, cp: ckpt.Checkpoint
+    def apply_chunk(
+        self,
+        table: Table,
+        chunk: Chunk,
+        cp: ckpt.Checkpoint,
+        set_aside: int,
+        save: Callable[[Connection, ckpt.Checkpoint], None] = ckpt.save,
     ) -> tuple[ApplyResult, int]:
-        """Apply rows with `version` and save the checkpoint in one transaction; bisect on refusal."""
+        """Apply the chunk with its version and `save` the checkpoint in one transaction; bisect on refusal.
+        `set_aside` rows were already rejected by prepare_chunk: they count in the same checkpoint.
+        (leases.py passes its own `save`, which also completes the chunk's lease.)"""
         bisect = False
+        columns, values, version = chunk.columns, chunk.values, chunk.version
         for attempt in range(self.max_retries + 1):
-            bad: list[tuple[dict[str, Any], BaseException]] = []
+            bad: list[Bad] = []
             try:
                 with self.postgres.begin() as conn:
                     if bisect:
-                        result = self._bisect(conn, table, rows, version, bad)
+                        result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
                     else:
-                        result = self._load(conn, table, rows, version) if rows else ApplyResult()
-                    pk = pk_columns(table)
-                    for row, exc in bad:
-                        self.rejects.reject(table.name, key_text([row[c] for c in pk]), row, exc)
+                        result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
+                    self._reject(table, columns, values, bad)
                     saved = ckpt.Checkpoint(**cp.__dict__)
-                    saved.rows_copied += len(rows) - len(bad)
-                    saved.rows_rejected += len(bad)
-                    ckpt.save(conn, saved)
+                    saved.rows_copied += len(values) - len(bad)
+                    saved.rows_rejected += len(bad) + set_aside
+                    save(conn, saved)
                 cp.__dict__.update(saved.__dict__)
                 return result, len(bad)
             except DB_ERRORS as exc:
@@ -187,37 +222,47 @@ class Copier:
                 bisect = True
         raise RuntimeError("unreachable")
 
+    _apply_chunk = apply_chunk  # the old private name (leases.py still calls it)
+
+    def _reject(self, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], bad: list[Bad]) -> None:
+        if not bad:
+            return
+        names = [table.c[c].name for c in columns]
+        pos = key_positions(table, columns)
+        for i, exc in bad:
+            row = dict(zip(names, values[i], strict=True))
+            self.rejects.reject(table.name, key_text([values[i][p] for p in pos]), row, exc)
+
     def _bisect(
         self,
         conn: Connection,
         table: Table,
-        rows: list[dict[str, Any]],
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
         version: int,
-        bad: list[tuple[dict[str, Any], BaseException]],
+        lo: int,
+        hi: int,
+        bad: list[Bad],
     ) -> ApplyResult:
-        if not rows:
+        """Load values[lo:hi] in a savepoint; on refusal split it until single rows are isolated."""
+        if lo >= hi:
             return ApplyResult()
         sp = conn.begin_nested()
         try:
-            result = self._load(conn, table, rows, version)
+            result = self.load_rows(conn, table, columns, values[lo:hi], version)
             sp.commit()
             return result
         except DB_ERRORS as exc:
             sp.rollback()
             if is_transient(exc) or is_fatal(exc):
                 raise
-            if len(rows) == 1:
-                bad.append((rows[0], exc))
+            if hi - lo == 1:
+                bad.append((lo, exc))
                 return ApplyResult()
-        mid = len(rows) // 2
-        result = self._bisect(conn, table, rows[:mid], version, bad)
-        result += self._bisect(conn, table, rows[mid:], version, bad)
+        mid = (lo + hi) // 2
+        result = self._bisect(conn, table, columns, values, version, lo, mid, bad)
+        result += self._bisect(conn, table, columns, values, version, mid, hi, bad)
         return result
-
-    def _load(self, conn: Connection, table: Table, rows: list[dict[str, Any]], version: int) -> ApplyResult:
-        if not self.fast:
-            return apply_snapshot_rows(conn, table, rows, version)
-        return copy_apply(conn, table, rows, version)
 
 
 def sync_sequence(engine: Engine, table: Table) -> None:
@@ -245,100 +290,3 @@ def sync_sequence(engine: Engine, table: Table) -> None:
 def _line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
-
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def copy_text(value: Any) -> str:
-    """One value in COPY's text format (NUL bytes pass through: Postgres refuses them, the row is rejected)."""
-    kind = type(value)
-    if kind is str:
-        return value.translate(_ESCAPES)
-    if kind is int:
-        return str(value)
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return repr(value)
-    if isinstance(value, int | Decimal | uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime | date | dtime):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\\\x" + bytes(value).hex()
-    if isinstance(value, dict | list):
-        value = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, psycopg2.extras.Json):
-        value = value.dumps(value.adapted)
-    elif not isinstance(value, str):
-        adapted = getattr(value, "adapted", None)  # psycopg2 wrappers (Binary, ...)
-        return copy_text(adapted) if adapted is not None else str(value).translate(_ESCAPES)
-    return value.translate(_ESCAPES)
-
-
-def copy_apply(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], version: int) -> ApplyResult:
-    """COPY rows into a TEMP staging table, then claim versions and upsert the winners in one statement.
-
-    Equivalent to `apply_snapshot_rows` (same `_dw_versions` keys via `key_text`, same comparison)."""
-    dialect = conn.dialect
-    prep = dialect.identifier_preparer
-    pk = pk_columns(table)
-    cols = [c.name for c in table.columns]
-    procs = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
-    target = prep.format_table(table)
-    qcols = ", ".join(prep.quote(c) for c in cols)
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{STAGING}")
-    conn.exec_driver_sql(f"CREATE TEMP TABLE {STAGING} ON COMMIT DROP AS SELECT {qcols} FROM {target} WITH NO DATA")
-    conn.exec_driver_sql(f"ALTER TABLE {STAGING} ADD COLUMN _dw_pk text")
-    raw = conn.connection.driver_connection
-    copy_sql = f"COPY {STAGING} ({qcols}, _dw_pk) FROM STDIN"
-
-    def staged() -> Iterator[list[Any]]:
-        for r in rows:
-            values = [r.get(c) for c in cols]
-            out = [p(v) if p is not None and v is not None else v for p, v in zip(procs, values, strict=True)]
-            out.append(key_text([r[c] for c in pk]))
-            yield out
-
-    if isinstance(raw, psycopg.Connection):
-        with raw.cursor() as cur, cur.copy(copy_sql) as cp:
-            for out in staged():
-                cp.write_row(out)
-    else:  # psycopg2: COPY text format built here
-        buf = StringIO()
-        for out in staged():
-            buf.write("\t".join(copy_text(v) for v in out))
-            buf.write("\n")
-        buf.seek(0)
-        with raw.cursor() as cur:
-            cur.copy_expert(copy_sql, buf)
-    update = [c for c in cols if c not in pk]
-    conflict = ", ".join(prep.quote(c) for c in pk)
-    on_conflict = (
-        f"DO UPDATE SET {', '.join(f'{prep.quote(c)} = EXCLUDED.{prep.quote(c)}' for c in update)}"
-        if update
-        else "DO NOTHING"
-    )
-    scols = ", ".join(f"s.{prep.quote(c)}" for c in cols)
-    sql = f"""
-        WITH won AS (
-            INSERT INTO _dw_versions (tbl, pk, seq)
-            SELECT :tbl, _dw_pk, :seq FROM {STAGING} ORDER BY _dw_pk
-            ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq
-            RETURNING pk
-        )
-        INSERT INTO {target} ({qcols})
-        SELECT {scols} FROM {STAGING} s JOIN won ON won.pk = s._dw_pk
-        ON CONFLICT ({conflict}) {on_conflict}
-    """
-    res = conn.execute(text(sql), {"tbl": table.name, "seq": version})
-    applied = res.rowcount if res.rowcount is not None and res.rowcount >= 0 else 0
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{STAGING}")
-    return ApplyResult(applied=applied, stale=len(rows) - applied)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,8 @@ from sqlalchemy.schema import AddConstraint, CreateSchema
 
 from backfill import checkpoint as ckpt
 from backfill.copier import DB_ERRORS, Copier, TableReport
+from backfill.copyio import copy_rows
+from backfill.cursor import Chunk
 from backfill.migrate import types as T
 from backfill.migrate.check import TableCheck, safe_key, verify_table
 from backfill.migrate.schema import Plan, TablePlan, reflect, source_engine
@@ -159,51 +161,23 @@ class MigrateCopier(Copier):
     plans: dict[str, TablePlan] = field(default_factory=dict)
     versioned: bool = False
 
-    def _load(self, conn: Connection, table: Table, rows: list[dict[str, Any]], version: int) -> ApplyResult:
-        if self.versioned:
-            return super()._load(conn, table, rows, version)
-        return copy_direct(conn, table, rows)
-
-    def _apply_chunk(self, table: Table, rows: list[dict[str, Any]], version: int, cp: ckpt.Checkpoint):  # type: ignore[no-untyped-def]
+    def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
         plan = self.plans[table.name]
-        good, dirty = convert_rows(plan, rows)
+        good, dirty = convert_rows(plan, chunk.rows)
         writer: MigrateRejects = self.rejects  # type: ignore[assignment]
         for row, column, value, reason in dirty:
             writer.write(table.name, safe_key([row[c] for c in plan.pk]), column, value, reason, row)
-        cp.rows_rejected += len(dirty)
-        try:
-            result, bad = super()._apply_chunk(table, good, version, cp)
-        except BaseException:
-            cp.rows_rejected -= len(dirty)
-            raise
-        return result, bad + len(dirty)
+        return Chunk.from_dicts(chunk.columns, good, chunk.version), len(dirty)
 
-
-def copy_direct(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> ApplyResult:
-    """COPY rows into the table itself (values already cast by types.py)."""
-    import psycopg
-
-    from backfill.copier import copy_text
-
-    prep = conn.dialect.identifier_preparer
-    cols = [c.name for c in table.columns]
-    sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) FROM STDIN"
-    raw = conn.connection.driver_connection
-    if isinstance(raw, psycopg.Connection):
-        with raw.cursor() as cur, cur.copy(sql) as cp:
-            for r in rows:
-                cp.write_row([r[c] for c in cols])
-    else:  # psycopg2
-        from io import StringIO
-
-        buf = StringIO()
-        for r in rows:
-            buf.write("\t".join(copy_text(r[c]) for c in cols))
-            buf.write("\n")
-        buf.seek(0)
-        with raw.cursor() as cur:
-            cur.copy_expert(sql, buf)
-    return ApplyResult(applied=len(rows))
+    def load_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
+    ) -> ApplyResult:
+        if self.versioned:
+            return super().load_rows(conn, table, columns, values, version)
+        prep = conn.dialect.identifier_preparer
+        sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) FROM STDIN"
+        copy_rows(conn, sql, values)  # values already cast by types.py
+        return ApplyResult(applied=len(values))
 
 
 def rejected_keys(path: Path | None) -> dict[str, set[str]]:

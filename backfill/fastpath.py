@@ -1,0 +1,108 @@
+"""The Copier's fast path: COPY a chunk straight into the keys Postgres has never seen.
+
+Within the chunk's transaction (version S):
+1. probe `_dw_versions` for the chunk's keys: a key with a version row was reached by a live event (or
+   an earlier copy, or it is a tombstone) and goes through the merge (merge.py: the apply rule's
+   comparison);
+2. every other key is COPYed straight in, inside a savepoint: first its version row (tbl, pk, S) into
+   `_dw_versions`, then the row into the table, in the apply rule's own order (claim, then write), so a
+   live apply of the same key cannot hold the two locks the other way round.
+
+Why this is the apply rule: a key copied by 2. had no version row, so "S > the key's version" holds.
+If a live event's version row for such a key commits between the probe and the COPY, or is still
+uncommitted, the unique index on (tbl, pk) makes the COPY wait and then fail (23505): the savepoint is
+rolled back and the whole chunk takes the merge, which compares against that committed version. A
+live apply that comes after the COPY waits on our uncommitted key and then compares against S. A row
+already in the table without a version row (loaded outside the apply rule) fails the COPY on the table's
+primary key the same way. So an older image never overwrites a newer one, a tombstone is never
+resurrected, and equal versions stay no-ops, exactly as on the merge path; only the cost differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table
+
+from backfill.copyio import converted, converters, copy_block, copy_rows, escape
+from backfill.keys import key_positions, key_texts
+from backfill.merge import merge_values
+from dualwrite.apply import ApplyResult, apply_snapshot_rows
+
+UNIQUE_VIOLATION = "23505"
+# Below this many rows, INSERT ... ON CONFLICT (apply_snapshot_rows) is cheaper than a TEMP staging table.
+SMALL_MERGE = 200
+Cols = Sequence[str]
+Values = Sequence[Sequence[Any]]
+Keys = Sequence[str]
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def taken_keys(conn: Connection, tbl: str, keys: Sequence[str]) -> set[str]:
+    """The keys that already have a version row (a live write, an earlier copy or a tombstone)."""
+    if not keys:
+        return set()
+    rows = conn.exec_driver_sql(
+        "SELECT pk FROM _dw_versions WHERE tbl = %(t)s AND pk = ANY(%(k)s::text[])", {"t": tbl, "k": list(keys)}
+    )
+    return {r[0] for r in rows}
+
+
+def copy_fresh(conn: Connection, table: Table, columns: Cols, values: Values, keys: Keys, version: int) -> None:
+    """COPY version rows, then the rows themselves (raises 23505 if any key is not fresh after all)."""
+    prep = conn.dialect.identifier_preparer
+    head = f"{escape(table.name)}\t"
+    tail = f"\t{int(version)}\n"
+    copy_block(conn, "COPY _dw_versions (tbl, pk, seq) FROM STDIN", "".join(head + escape(k) + tail for k in keys))
+    qcols = ", ".join(prep.quote(table.c[c].name) for c in columns)
+    rows = converted(values, converters(conn, table, columns))
+    copy_rows(conn, f"COPY {prep.format_table(table)} ({qcols}) FROM STDIN", rows)
+
+
+def merge(conn: Connection, table: Table, columns: Cols, values: Values, keys: Keys, version: int) -> ApplyResult:
+    if len(values) > SMALL_MERGE:
+        return merge_values(conn, table, columns, values, version, keys)
+    names = [table.c[c].name for c in columns]
+    return apply_snapshot_rows(conn, table, [dict(zip(names, v, strict=True)) for v in values], version)
+
+
+def _try_copy(conn: Connection, table: Table, columns: Cols, values: Values, keys: Keys, version: int) -> bool:
+    """COPY into fresh keys inside a savepoint; False (rolled back) if some key was not fresh after all."""
+    sp = conn.begin_nested()
+    try:
+        copy_fresh(conn, table, columns, values, keys, version)
+    except Exception as exc:
+        sp.rollback()
+        if _sqlstate(exc) != UNIQUE_VIOLATION:
+            raise
+        return False
+    sp.commit()
+    return True
+
+
+def load_chunk(conn: Connection, table: Table, columns: Cols, values: Values, version: int) -> tuple[ApplyResult, bool]:
+    """Apply rows (tuples in `columns` order) with `version`; returns (result, some keys took the merge).
+
+    Optimistic: most chunks of a history copy meet no live write, so no probe is paid up front. The
+    version rows go first and are small, so a conflict costs little before the rows themselves are sent."""
+    if not values:
+        return ApplyResult(), False
+    keys = key_texts(values, key_positions(table, columns))
+    if _try_copy(conn, table, columns, values, keys, version):
+        return ApplyResult(applied=len(values)), False
+    taken = taken_keys(conn, table.name, keys)
+    fresh = [i for i, k in enumerate(keys) if k not in taken]
+    if fresh and len(fresh) < len(keys):
+        rest = [i for i, k in enumerate(keys) if k in taken]
+        fresh_keys = [keys[i] for i in fresh]
+        if _try_copy(conn, table, columns, [values[i] for i in fresh], fresh_keys, version):
+            result = merge(conn, table, columns, [values[i] for i in rest], [keys[i] for i in rest], version)
+            result.applied += len(fresh)
+            return result, True
+    # Every key was taken, or a live write landed again (or a row sits there without a version row).
+    return merge(conn, table, columns, values, keys, version), True
