@@ -9,6 +9,8 @@ Race-freedom: the decision is taken by one statement, `INSERT INTO _dw_versions 
 SET seq = new WHERE seq < new RETURNING pk`. Two transactions touching the same key (a live event and a
 backfill chunk, or two replayers) meet on that unique index: the second waits for the first to commit
 and then sees its version, so an older image can never land after a newer one, nor resurrect a delete.
+On Postgres the claim and the write of the keys it won are one statement (see applysql.py); on SQLite
+the claim runs first and the winners are written in the same transaction.
 
 Foreign keys are not enforced while applying (the apply engines of db.py: Postgres sessions run with
 session_replication_role = replica, as logical replication does; SQLite's has foreign_keys off): the
@@ -18,18 +20,30 @@ to has been copied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, delete, or_, tuple_
+from sqlalchemy import Connection, Table
+from sqlalchemy.exc import DBAPIError
 
+from dualwrite.applysql import MAX_PARAMS, SchemaDriftError, TableSQL, pk_columns, statements
+from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent, key_text
-from dualwrite.internal import dialect_insert, versions
+
+__all__ = [
+    "ApplyResult",
+    "Plan",
+    "SchemaDriftError",
+    "apply_events",
+    "apply_snapshot_rows",
+    "pk_columns",
+    "plan_events",
+    "run_plan",
+]
 
 TableLookup = Callable[[str], Table]
-# Bind parameters per statement, well under SQLite's 32766 and Postgres' 65535.
-MAX_PARAMS = 30_000
+Item = tuple[list[Any], str, int]  # (bound values: image or key, key text, version)
 
 
 @dataclass
@@ -43,109 +57,126 @@ class ApplyResult:
         return self
 
 
-def pk_columns(table: Table) -> tuple[str, ...]:
-    cols = tuple(c.name for c in table.primary_key.columns)
-    if not cols:
-        raise ValueError(f"table {table.name!r} has no primary key; dualwrite needs one to version rows")
-    return cols
+@dataclass
+class Plan:
+    """Deduplicated work per table: deletes are run before upserts (a key freed by a delete can then be
+    reused by another row's image, e.g. under a unique index)."""
+
+    deletes: list[tuple[TableSQL, list[Item]]] = field(default_factory=list)
+    upserts: list[tuple[TableSQL, list[Item]]] = field(default_factory=list)
+    superseded: int = 0  # events dropped because a newer event of their key is in the same batch
+
+    def statement_count(self) -> int:
+        """Round trips on Postgres (SQLite is in-process)."""
+        return sum(len(_parts(sql, op, items)) for op, sql, items in self.groups())
+
+    def groups(self) -> Iterable[tuple[str, TableSQL, list[Item]]]:
+        for sql, items in self.deletes:
+            yield "delete", sql, items
+        for sql, items in self.upserts:
+            yield "upsert", sql, items
 
 
-def _chunks(items: Sequence[Any], width: int) -> Iterable[Sequence[Any]]:
-    size = max(1, MAX_PARAMS // max(1, width))
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _parts(sql: TableSQL, op: str, items: list[Item]) -> list[list[Item]]:
+    size = max(1, MAX_PARAMS // sql.width(op))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def claim_versions(conn: Connection, table: str, keyed: Sequence[tuple[str, int]]) -> set[str]:
-    """Record the versions (key text, seq) that are newer than this side's; return the keys that won.
-
-    The caller then writes exactly the winners. Keys must be unique within `keyed`.
-    """
-    won: set[str] = set()
-    for part in _chunks(keyed, 3):
-        ins = dialect_insert(conn, versions).values([{"tbl": table, "pk": k, "seq": s} for k, s in part])
-        stmt = ins.on_conflict_do_update(
-            index_elements=["tbl", "pk"],
-            set_={"seq": ins.excluded.seq},
-            where=versions.c.seq < ins.excluded.seq,
-        ).returning(versions.c.pk)
-        won.update(conn.execute(stmt).scalars())
-    return won
-
-
-def upsert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or fully overwrite rows by primary key (the caller has already won their versions)."""
-    if not rows:
-        return
-    pk = pk_columns(table)
-    cols = [c.name for c in table.columns]
-    for part in _chunks(rows, len(cols)):
-        values = [{c: r.get(c) for c in cols} for r in part]
-        ins = dialect_insert(conn, table).values(values)
-        update = {c: ins.excluded[c] for c in cols if c not in pk}
-        stmt = (
-            ins.on_conflict_do_update(index_elements=list(pk), set_=update)
-            if update
-            else ins.on_conflict_do_nothing(index_elements=list(pk))
-        )
-        conn.execute(stmt)
-
-
-def delete_keys(conn: Connection, table: Table, keys: Sequence[dict[str, Any]]) -> None:
-    if not keys:
-        return
-    pk = pk_columns(table)
-    for part in _chunks(keys, len(pk)):
-        if len(pk) == 1:
-            col = table.c[pk[0]]
-            cond = col.in_([k[pk[0]] for k in part])
-        elif conn.dialect.name == "postgresql":
-            cond = tuple_(*(table.c[c] for c in pk)).in_([tuple(k[c] for c in pk) for k in part])
+def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
+    """Keep the newest event per key (the rest are superseded or duplicates) and bind its values."""
+    plan = Plan()
+    latest: dict[tuple[str, str], ChangeEvent] = {}
+    pks: dict[str, tuple[str, ...]] = {}
+    for ev in events:
+        pk = pks.get(ev.table)
+        if pk is None:
+            pk = pks[ev.table] = pk_columns(lookup(ev.table))
+        key = (ev.table, ev.key_text(pk))
+        prev = latest.get(key)
+        if prev is None or ev.seq > prev.seq:
+            if prev is not None:
+                plan.superseded += 1
+            latest[key] = ev
         else:
-            cond = or_(*(and_(*(table.c[c] == k[c] for c in pk)) for k in part))
-        conn.execute(delete(table).where(cond))
+            plan.superseded += 1
+    by_table: dict[tuple[str, str], list[Item]] = {}
+    # key order: concurrent appliers lock version rows in the same order (fewer deadlocks)
+    for (tname, ktext), ev in sorted(latest.items()):
+        sql = statements.get(conn, lookup(tname))
+        if ev.op == "delete":
+            values = sql.key_params(ev.key)
+        elif ev.image is None:
+            raise DualwriteError(f"upsert event {ev.id} for table {tname!r} has no row image")
+        else:
+            values = sql.image_params(ev.image)
+        by_table.setdefault((ev.op, tname), []).append((values, ktext, ev.seq))
+    tables = {name: statements.get(conn, lookup(name)) for _, name in by_table}
+    for (op, tname), items in by_table.items():
+        (plan.deletes if op == "delete" else plan.upserts).append((tables[tname], items))
+    return plan
+
+
+def run_plan(conn: Connection, plan: Plan) -> ApplyResult:
+    """Execute a plan inside the caller's transaction (or alone, in autocommit, if it is one statement)."""
+    result = ApplyResult(stale=plan.superseded)
+    for op, sql, items in plan.groups():
+        try:
+            won = _run_group(conn, op, sql, items)
+        except DBAPIError:
+            statements.forget(conn, sql.table)  # the table may have changed under us: re-read its catalog
+            raise
+        result.applied += won
+        result.stale += len(items) - won
+    return result
+
+
+def _run_group(conn: Connection, op: str, sql: TableSQL, items: list[Item]) -> int:
+    won = 0
+    if sql.postgres:
+        for part in _parts(sql, op, items):
+            text, params = sql.pg_upsert(part) if op == "upsert" else sql.pg_delete(part)
+            won += int(conn.exec_driver_sql(text, tuple(params)).scalar_one())
+        return won
+    winners: set[str] = set()
+    for part in _parts(sql, op, items):
+        flat: list[Any] = []
+        for _values, ktext, seq in part:
+            flat += (sql.name, ktext, seq)
+        text = sql.claim_head + ", ".join([sql.claim_row] * len(part)) + sql.claim_tail
+        winners.update(r[0] for r in conn.exec_driver_sql(text, tuple(flat)))
+    rows = [tuple(values) for values, ktext, _seq in items if ktext in winners]
+    if rows:
+        conn.exec_driver_sql(sql.upsert_sql if op == "upsert" else sql.delete_sql, rows)
+    return len(rows)
 
 
 def apply_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEvent]) -> ApplyResult:
     """Apply change events (any tables, any order, duplicates allowed) inside the caller's transaction."""
-    result = ApplyResult()
-    # Only the newest event per key matters; the rest are superseded (or duplicates).
-    latest: dict[tuple[str, str], ChangeEvent] = {}
-    tables: dict[str, Table] = {}
-    for ev in events:
-        table = tables.get(ev.table)
-        if table is None:
-            table = tables[ev.table] = lookup(ev.table)
-        key = (ev.table, ev.key_text(pk_columns(table)))
-        prev = latest.get(key)
-        if prev is None or ev.seq > prev.seq:
-            if prev is not None:
-                result.stale += 1
-            latest[key] = ev
-        else:
-            result.stale += 1
-    by_table: dict[str, list[tuple[str, ChangeEvent]]] = {}
-    for (tname, ktext), ev in sorted(latest.items(), key=lambda kv: kv[1].seq):
-        by_table.setdefault(tname, []).append((ktext, ev))
-    upserts: list[tuple[Table, list[dict[str, Any]]]] = []
-    for tname, items in by_table.items():
-        table = tables[tname]
-        won = claim_versions(conn, tname, [(k, ev.seq) for k, ev in items])
-        winners = [ev for k, ev in items if k in won]
-        result.applied += len(winners)
-        result.stale += len(items) - len(winners)
-        # Deletes before upserts, so a key freed by a delete can be reused by another row's image.
-        delete_keys(conn, table, [ev.key for ev in winners if ev.op == "delete"])
-        upserts.append((table, [ev.image for ev in winners if ev.op == "upsert" and ev.image is not None]))
-    for table, rows in upserts:
-        upsert_rows(conn, table, rows)
-    return result
+    return run_plan(conn, plan_events(conn, lookup, events))
 
 
-def apply_snapshot_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], version: int) -> ApplyResult:
+def apply_snapshot_rows(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], version: int
+) -> ApplyResult:
     """Apply rows read from the primary in one snapshot that reflects every change up to `version`."""
-    pk = pk_columns(table)
-    keyed = {key_text([r[c] for c in pk]): r for r in rows}
-    won = claim_versions(conn, table.name, [(k, version) for k in keyed])
-    upsert_rows(conn, table, [r for k, r in keyed.items() if k in won])
-    return ApplyResult(applied=len(won), stale=len(keyed) - len(won))
+    sql = statements.get(conn, table)
+    keyed = {key_text([r[c] for c in sql.pk]): r for r in rows}
+    items = [(sql.image_params(r), k, version) for k, r in sorted(keyed.items())]
+    plan = Plan(upserts=[(sql, items)] if items else [])
+    return run_plan(conn, plan)
+
+
+def claim_versions(conn: Connection, table: str, keyed: Sequence[tuple[str, int]]) -> set[str]:
+    """Record the versions (key text, seq) that are newer than this side's; return the keys that won
+    (the caller then writes exactly the winners). Keys must be unique within `keyed`."""
+    from dualwrite.internal import dialect_insert, versions
+
+    won: set[str] = set()
+    step = MAX_PARAMS // 3
+    for i in range(0, len(keyed), step):
+        ins = dialect_insert(conn, versions).values([{"tbl": table, "pk": k, "seq": s} for k, s in keyed[i : i + step]])
+        stmt = ins.on_conflict_do_update(
+            index_elements=["tbl", "pk"], set_={"seq": ins.excluded.seq}, where=versions.c.seq < ins.excluded.seq
+        ).returning(versions.c.pk)
+        won.update(conn.execute(stmt).scalars())
+    return won
