@@ -61,17 +61,34 @@ def sqlite_read_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
     return engine
 
 
-def postgres_engine(url: str, schema: str = "public", *, pool_size: int = 10, replica: bool = False) -> Engine:
+def search_path_option(schema: str) -> str:
+    """The libpq `options` value that sets search_path to exactly `schema`: quoted as an identifier (any
+    case, comma, quote or space survives), then backslash-escaped as the server splits options on spaces."""
+    ident = '"' + schema.replace('"', '""') + '"'
+    return "-csearch_path=" + ident.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def postgres_engine(
+    url: str,
+    schema: str = "public",
+    *,
+    pool_size: int = 10,
+    replica: bool = False,
+    autocommit: bool = False,
+    pre_ping: bool = True,
+) -> Engine:
     """replica=True: sessions run with session_replication_role=replica, so foreign-key triggers do not
     fire while replicated row images are applied (the primary enforced them; events of different tables
-    may arrive before the history they refer to is copied). Needs a superuser; otherwise FKs stay on."""
-    options = f"-csearch_path={schema}"
+    may arrive before the history they refer to is copied). Needs a superuser; otherwise FKs stay on.
+    autocommit=True (with pre_ping=False): for callers that send one self-contained statement and retry on
+    a broken connection themselves; it then costs exactly one round trip (no ping, BEGIN or COMMIT)."""
     engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=10,
-        pool_pre_ping=True,
-        connect_args={"options": options, "connect_timeout": 5},
+        pool_pre_ping=pre_ping,
+        connect_args={"options": search_path_option(schema), "connect_timeout": 5},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     if replica:
 
