@@ -11,6 +11,7 @@ the failure is counted, and the replayer heals it from the stream (Settings.stri
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from dualwrite import metrics
-from dualwrite.apply import apply_events, pk_columns
+from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan
 from dualwrite.capture import (
     PrimaryMovedError,
     check_primary,
@@ -45,6 +46,17 @@ log = logging.getLogger("dualwrite.adapter")
 T = TypeVar("T")
 # How long a writer waits for a primary switch to finish before giving up.
 SWITCH_WAIT_SECONDS = 15.0
+
+
+@functools.cache
+def _duration(backend: str, store: str, op: str) -> Any:
+    """The labelled histogram child, looked up once (labels() costs more than observe())."""
+    return metrics.WRITE_DURATION.labels(backend, store, op)
+
+
+@functools.cache
+def _events_written(backend: str) -> Any:
+    return metrics.EVENTS_WRITTEN.labels(backend)
 
 
 class SecondaryApplyError(RuntimeError):
@@ -179,9 +191,15 @@ class DualWriter:
         self.sqlite_read = sqlite_read_engine(settings.sqlite_url)
         self.postgres = postgres_engine(settings.postgres_url, settings.pg_schema)
         self.postgres_apply = postgres_engine(settings.postgres_url, settings.pg_schema, replica=True)
+        # The inline apply of one write is usually one statement: autocommit and no ping make it one round
+        # trip (a broken connection fails the attempt, and _apply_secondary retries on a fresh one).
+        self.postgres_direct = postgres_engine(
+            settings.postgres_url, settings.pg_schema, replica=True, autocommit=True, pre_ping=False
+        )
         self.reader: Any = None  # a shadow reader may be installed (shadow/ package); see read()
         self.committed = threading.Condition()  # notified after every commit (wakes the relay)
         self._relay: Any = None
+        self._phase_shown = ""
         if relay:
             self.start_relay()
 
@@ -213,14 +231,14 @@ class DualWriter:
         primary_s = time.perf_counter() - start
         store = self.catalog.store(tx.events[0].table) if tx.events else "none"
         op = next(iter(tx.ops)) if len(tx.ops) == 1 else "tx"
-        metrics.WRITE_DURATION.labels(phase.primary, store, op).observe(primary_s)
+        _duration(phase.primary, store, op).observe(primary_s)
         if tx.events:
-            metrics.EVENTS_WRITTEN.labels(phase.primary).inc(len(tx.events))
+            _events_written(phase.primary).inc(len(tx.events))
+            with self.committed:  # the relay publishes in its own thread, never on this path
+                self.committed.notify_all()
             if phase.secondary:
                 self._apply_secondary(phase.secondary, tx.events, store, op)
-            with self.committed:
-                self.committed.notify_all()
-        metrics.WRITE_DURATION.labels("dual", store, op).observe(time.perf_counter() - start)
+        _duration("dual", store, op).observe(time.perf_counter() - start)
 
     def execute(self, stmt: Insert | Update | Delete, params: Any = None) -> list[RowMapping]:
         with self.begin() as tx:
@@ -237,7 +255,9 @@ class DualWriter:
         fresh = False
         while True:
             phase = self.phases.current(fresh=fresh)
-            metrics.set_phase(phase.name)
+            if phase.name != self._phase_shown:
+                metrics.set_phase(phase.name)
+                self._phase_shown = phase.name
             conn = self.write_engine(phase.primary).connect()
             try:
                 conn.begin()
@@ -279,13 +299,21 @@ class DualWriter:
             if self.settings.strict:
                 raise SecondaryApplyError(f"apply to {backend} failed: {str(exc).splitlines()[0]}") from exc
         finally:
-            metrics.WRITE_DURATION.labels(backend, store, op).observe(time.perf_counter() - start)
+            _duration(backend, store, op).observe(time.perf_counter() - start)
 
     def apply(self, backend: str, events: list[ChangeEvent]) -> None:
         """Apply events to `backend` in one transaction with the ordered, idempotent rule."""
-        engine = self.sqlite_apply if backend == "sqlite" else self.postgres_apply
-        with engine.begin() as conn:
-            apply_events(conn, self.catalog.table, events)
+        if backend == "sqlite":
+            with self.sqlite_apply.begin() as conn:
+                apply_events(conn, self.catalog.table, events)
+            return
+        with self.postgres_direct.connect() as conn:
+            plan = plan_events(conn, self.catalog.table, events)
+            if plan.statement_count() <= 1:
+                run_plan(conn, plan)  # a single statement is atomic on its own
+                return
+        with self.postgres_apply.begin() as conn:
+            run_plan(conn, plan)
 
     # -- reads -----------------------------------------------------------------------------------
     def read(
@@ -328,7 +356,9 @@ class DualWriter:
 
     def close(self) -> None:
         self.stop_relay()
-        for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read, self.postgres, self.postgres_apply):
+        for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read):
+            engine.dispose()
+        for engine in (self.postgres, self.postgres_apply, self.postgres_direct):
             engine.dispose()
         self.redis.close()
 

@@ -3,15 +3,15 @@ events written to the outbox in the same transaction with their commit-ordered `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Delete, Insert, Table, Update, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Connection, Delete, Insert, Table, Update
+from sqlalchemy.engine import Dialect, RowMapping
 
 from dualwrite.apply import pk_columns
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import dialect_insert, meta, outbox
+from dualwrite.internal import outbox
 from dualwrite.stores.base import utcnow
 
 TENANT_COLUMNS = ("tenant_id", "tenant")
@@ -58,27 +58,50 @@ def events_from_rows(table: Table, op: str, rows: Sequence[RowMapping]) -> list[
 
 def check_primary(conn: Connection) -> bool:
     """Inside the write transaction: is this side still the primary? Takes a lock the switch conflicts with."""
-    stmt = select(meta.c.value).where(meta.c.name == "is_primary")
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(read=True)  # FOR SHARE: the switch's UPDATE waits for us
-    # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
-    return conn.execute(stmt).scalar() == 1
+    # Postgres: FOR SHARE, so the switch's UPDATE waits for us. SQLite: BEGIN IMMEDIATE already holds the
+    # database's write lock. Plain SQL: this runs on every write and needs no compiling.
+    sql = _CHECK_PG if conn.dialect.name == "postgresql" else _CHECK_SQLITE
+    return conn.exec_driver_sql(sql).scalar() == 1
+
+
+_CHECK_SQLITE = "SELECT value FROM _dw_meta WHERE name = 'is_primary'"
+_CHECK_PG = _CHECK_SQLITE + " FOR SHARE"
+_OUTBOX_COLS = 6
+# Rows per outbox INSERT: bound parameters stay under SQLite's limit.
+_OUTBOX_CHUNK = 4000
+_created_at: dict[str, Callable[[Any], Any] | None] = {}
+
+
+def _created_at_processor(dialect: Dialect) -> Callable[[Any], Any] | None:
+    if dialect.name not in _created_at:
+        _created_at[dialect.name] = outbox.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    return _created_at[dialect.name]
 
 
 def write_outbox(conn: Connection, events: list[ChangeEvent]) -> None:
     """Give the events their seq (commit order: the last_seq row stays locked until commit) and store them."""
     if not events:
         return
-    top = conn.execute(
-        update(meta).where(meta.c.name == "last_seq").values(value=meta.c.value + len(events)).returning(meta.c.value)
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    top = conn.exec_driver_sql(
+        f"UPDATE _dw_meta SET value = value + {ph} WHERE name = 'last_seq' RETURNING value", (len(events),)
     ).scalar_one()
     now = utcnow()
-    rows: list[dict[str, Any]] = []
+    proc = _created_at_processor(conn.dialect)
+    stamp = proc(now) if proc else now
+    origin = conn.dialect.name.replace("postgresql", "postgres")
+    params: list[Any] = []
     for i, ev in enumerate(events):
         ev.seq = top - len(events) + 1 + i
         ev.ts = now
-        ev.origin = conn.dialect.name.replace("postgresql", "postgres")
-        rows.append(
-            {"seq": ev.seq, "id": ev.id, "tbl": ev.table, "op": ev.op, "payload": ev.to_json(), "created_at": now}
+        ev.origin = origin
+        params += (ev.seq, ev.id, ev.table, ev.op, ev.to_json(), stamp)
+    row = "(" + ", ".join([ph] * _OUTBOX_COLS) + ")"
+    step = _OUTBOX_CHUNK * _OUTBOX_COLS
+    for i in range(0, len(params), step):
+        part = params[i : i + step]
+        conn.exec_driver_sql(
+            "INSERT INTO _dw_outbox (seq, id, tbl, op, payload, created_at) VALUES "
+            + ", ".join([row] * (len(part) // _OUTBOX_COLS)),
+            tuple(part),
         )
-    conn.execute(dialect_insert(conn, outbox), rows)
