@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from dualwrite.adapter import DualWriter
+from dualwrite.apply import SchemaDriftError
+from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
@@ -166,3 +168,19 @@ def test_any_permutation_with_duplicates_converges(dw: DualWriter, backend: str,
             dw.apply(backend, shuffled[start:cut])
             start = cut
     assert snapshot(engine_of(dw, backend)) == in_order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_columns_in_an_image_are_refused_not_dropped(dw: DualWriter, backend: str) -> None:
+    """A schema drift (the primary has a column this side's table lacks) must stop the apply with a
+    DualwriteError, which the replayer dead-letters, instead of silently losing the column's data."""
+    drifted = ChangeEvent(
+        table="items", op="upsert", key={"id": 1}, image={**image(1, "x"), "added_later": 5, "also": None}, seq=3
+    )
+    with pytest.raises(SchemaDriftError) as err:
+        dw.apply(backend, [up(2, 2, "fine"), drifted])
+    assert isinstance(err.value, DualwriteError)
+    assert str(err.value) == "row image for table 'items' has column(s) the table lacks: added_later, also"
+    assert names(dw, backend) == {}  # nothing of the batch was applied
+    with engine_of(dw, backend).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM _dw_versions")).scalar() == 0  # no version claimed
