@@ -1,11 +1,17 @@
 """The relay: publishes outbox rows to the Redis stream in seq order, off the request path.
 
-Each round asks the stream for its top seq (one XINFO), reads the outbox rows above it (SQLite's outbox
-first: its seqs are the older ones after a primary switch), and pipelines one XADD per row with the id
-`<seq>-0`. So the stream is the relay's cursor: a crash between XADD and anything else loses nothing and
-duplicates nothing, and a second relay is harmless. If the stream is gone (Redis restarted, it keeps
-nothing on disk), its top is 0 and every retained outbox row is published again (counted as a reset);
-consumers are idempotent. Published rows older than the retention window are pruned.
+Each round finds the stream's top entry *of ours* (one script call), reads the outbox rows above it
+(SQLite's outbox first: its seqs are the older ones after a primary switch), and pipelines one XADD per
+row with the id `<seq>-0`. So the stream is the relay's cursor: a crash between XADD and anything else
+loses nothing and duplicates nothing, and a second relay is harmless. If the stream is gone (Redis
+restarted, it keeps nothing on disk), its top is 0 and every retained outbox row is published again
+(counted as a reset); consumers are idempotent. Published rows older than the retention window are pruned.
+
+An entry is ours iff its id is `<n>-0` and its event's seq is n. Anything else at the top of the stream
+(say an XADD with an auto id: a millisecond timestamp far above every seq) would make every later XADD of
+ours fail as "equal or smaller" and be taken for published: silent loss. So the script moves such entries
+to `<stream>:foreign` (with their original id), sets the stream's last id back to our top, and moves back
+any consumer group that had already read past it, all atomically.
 """
 
 from __future__ import annotations
@@ -23,12 +29,80 @@ from sqlalchemy.exc import SQLAlchemyError
 from dualwrite import metrics
 from dualwrite.internal import outbox
 from dualwrite.stores.base import utcnow
-from dualwrite.stream import entry_id, stream_key, top_seq
+from dualwrite.stream import entry_id, stream_key
 
 if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter
 
 log = logging.getLogger("dualwrite.relay")
+# How many quarantined foreign entries are kept (they are evidence, not data).
+FOREIGN_MAXLEN = 10_000
+
+# KEYS: stream, quarantine stream; ARGV: quarantine maxlen. Returns nil (no stream) or {our top seq, moved}.
+OUR_TOP_LUA = """
+local function ours(entry)
+  local ms, sq = string.match(entry[1], '^(%d+)%-(%d+)$')
+  if sq ~= '0' then return nil end
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'e' then
+      local ok, doc = pcall(cjson.decode, f[i + 1])
+      if ok and type(doc) == 'table' and doc['seq'] == tonumber(ms) then return ms end
+      return nil
+    end
+  end
+  return nil
+end
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local moved, top = 0, nil
+while true do
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if last == nil then break end
+  top = ours(last)
+  if top then break end
+  local fields = {'id', last[1]}
+  for i = 1, #last[2] do fields[#fields + 1] = last[2][i] end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  redis.call('XDEL', KEYS[1], last[1])
+  moved = moved + 1
+end
+local info, fields = redis.call('XINFO', 'STREAM', KEYS[1]), {}
+for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+if top == nil then
+  -- empty stream: its last id is our top if it looks like ours; otherwise start over from 0 (duplicates
+  -- are harmless, a skipped seq is not)
+  local ms, sq = string.match(fields['last-generated-id'], '^(%d+)%-(%d+)$')
+  if moved == 0 and sq == '0' then top = ms else top = '0' end
+end
+if moved > 0 then
+  local id = top .. '-0'
+  -- Redis 7 also tracks entries-added and the max deleted id (for consumer lag): keep them consistent
+  local done = false
+  if fields['entries-added'] then
+    local r = redis.pcall('XSETID', KEYS[1], id, 'ENTRIESADDED', fields['entries-added'] - moved, 'MAXDELETEDID', id)
+    done = type(r) ~= 'table' or not r['err']
+  end
+  if not done then redis.call('XSETID', KEYS[1], id) end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last = nil, nil
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if last and newer(last, id) then redis.call('XGROUP', 'SETID', KEYS[1], name, id) end
+  end
+end
+return {top, moved}
+"""
+
+
+def foreign_key(stream: str) -> str:
+    return f"{stream}:foreign"
 
 
 class Relay:
@@ -53,7 +127,10 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._seen_stream = False
         self._last_prune = 0.0
+        self._top = 0  # the last cursor seen (for the backlog while Redis is away)
+        self._cursor_script = client.register_script(OUR_TOP_LUA)
         self.published = 0
+        self.foreign = 0  # foreign entries this relay moved off the top of the stream
         self.backlog = -1
 
     @classmethod
@@ -68,30 +145,67 @@ class Relay:
 
     def run_once(self) -> int:
         """Publish what is pending; return how many events were added to the stream."""
-        top = top_seq(self.client, self.key)
+        try:
+            top = self.our_top()
+        except redis.RedisError:
+            self._measure_backlog(self._top)  # the outbox grows while Redis is away: keep the gauges honest
+            raise
         if top is None:
             if self._seen_stream:
                 metrics.STREAM_RESETS.inc()
                 log.warning("stream %s is gone (Redis restarted?): republishing the retained outbox", self.key)
             top = 0
         added = 0
-        backlog, oldest = 0, None
         for backend, engine in self.sources:
             try:
                 added_here, top = self._publish_from(engine, top)
                 added += added_here
-                b, o = self._backlog(engine, top)
-                backlog += b
-                oldest = o if oldest is None or (o is not None and o < oldest) else oldest
             except SQLAlchemyError as exc:
                 log.warning("relay cannot read the %s outbox: %s", backend, str(exc).splitlines()[0][:200])
+                self._measure_backlog(top)
+                break
+        else:
+            # every source was read up to a partial batch: nothing committed before this round is left
+            self.backlog = 0
+            metrics.OUTBOX_BACKLOG.set(0)
+            metrics.RELAY_LAG.set(0)
+        self._top = top
         self._seen_stream = self._seen_stream or added > 0 or top > 0
-        self.backlog = backlog
-        metrics.OUTBOX_BACKLOG.set(backlog)
-        metrics.RELAY_LAG.set(0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()))
         if time.monotonic() - self._last_prune > 60:
             self.prune(top)
         return added
+
+    def our_top(self) -> int | None:
+        """The seq of our newest entry in the stream (None: no stream). Foreign entries above it are moved
+        to the quarantine stream first (see the module docstring)."""
+        reply = self._cursor_script(keys=[self.key, foreign_key(self.key)], args=[FOREIGN_MAXLEN])
+        if reply is None:
+            return None
+        top, moved = int(reply[0]), int(reply[1])
+        if moved:
+            self.foreign += moved
+            log.warning(
+                "moved %d foreign entr%s from the top of %s to %s; publishing resumes after seq %d",
+                moved,
+                "y" if moved == 1 else "ies",
+                self.key,
+                foreign_key(self.key),
+                top,
+            )
+        return top
+
+    def _measure_backlog(self, top: int) -> None:
+        backlog, oldest = 0, None
+        for _backend, engine in self.sources:
+            try:
+                b, o = self._backlog(engine, top)
+            except SQLAlchemyError:
+                continue
+            backlog += b
+            oldest = o if oldest is None or (o is not None and o < oldest) else oldest
+        self.backlog = backlog
+        metrics.OUTBOX_BACKLOG.set(backlog)
+        metrics.RELAY_LAG.set(0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()))
 
     def _publish_from(self, engine: Engine, top: int) -> tuple[int, int]:
         added = 0
@@ -105,7 +219,7 @@ class Relay:
                 ).all()
             if not rows:
                 return added, top
-            pipe = self.client.pipeline(transaction=False)
+            pipe, batch_added = self.client.pipeline(transaction=False), 0
             for seq, payload in rows:
                 kw = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
                 pipe.xadd(self.key, {"e": payload}, id=entry_id(seq), **kw)
@@ -116,10 +230,11 @@ class Relay:
                         metrics.PUBLISH_FAILURES.inc()
                         raise res
                 else:
-                    added += 1
+                    batch_added += 1
                 top = max(top, seq)
-            metrics.EVENTS_PUBLISHED.inc(added)
-            self.published += added
+            metrics.EVENTS_PUBLISHED.inc(batch_added)
+            self.published += batch_added
+            added += batch_added
             if len(rows) < self.batch:
                 return added, top
 
