@@ -1,0 +1,152 @@
+"""Several backfill workers share one table through leases: every range is applied exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from backfill import checkpoint as ckpt
+from backfill.copier import Copier
+from backfill.leases import LeaseBook, LeaseLost, read_range
+from backfill.throttle import TokenBucket
+from dualwrite.internal import versions
+from dualwrite.testing import prepared_writer
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, seed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def dw(settings):  # type: ignore[no-untyped-def]
+    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    yield w
+    w.close()
+
+
+def leased_copier(dw, chunk_size: int, **kw) -> Copier:  # type: ignore[no-untyped-def]
+    return Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=chunk_size, leases=LeaseBook(dw.postgres, **kw))
+
+
+def test_two_workers_copy_each_range_once(dw) -> None:  # type: ignore[no-untyped-def]
+    n = 1200
+    seed(dw, n)
+    copiers = [leased_copier(dw, 37) for _ in range(2)]
+    start = threading.Barrier(2)
+    reports: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        start.wait()
+        reports[i] = copiers[i].copy_tables(TABLES)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(reports) == {0, 1}
+    for k, table in enumerate(TABLES):
+        mine = [reports[i][k] for i in range(2)]
+        assert all(r.status == "done" and r.chunks > 0 for r in mine), mine  # both workers did share the work
+        assert sum(r.rows_read for r in mine) == n  # no range read twice...
+        assert sum(r.rows_applied for r in mine) == n and sum(r.rows_stale for r in mine) == 0  # ...nor applied twice
+        assert sum(r.chunks for r in mine) == -(-n // 37)  # every chunk exactly once (the last lease is open-ended)
+        with dw.postgres.connect() as conn:
+            cp = ckpt.load(conn, table.name)
+            assert (cp.status, cp.rows_copied, cp.rows_rejected) == ("done", n, 0)  # totals exact
+            assert conn.execute(select(func.count()).select_from(ckpt.leases)).scalar() == 0  # book cleaned up
+    assert_equal(dw)
+    for c in copiers:
+        c.leases.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from backfill.copier import Copier
+    from backfill.leases import LeaseBook
+    from backfill.throttle import TokenBucket
+    from dualwrite.db import postgres_engine, sqlite_read_engine
+    from tests.backfill.support import accounts
+
+    s = json.loads(sys.argv[1])
+    pg = postgres_engine(s["postgres_url"], s["pg_schema"], replica=True)
+    book = LeaseBook(postgres_engine(s["postgres_url"], s["pg_schema"]), ttl_s=600)
+    copier = Copier(sqlite_read_engine(s["sqlite_url"]), pg, chunk_size=20, throttle=TokenBucket(300), leases=book)
+    print("START", flush=True)
+    copier.copy_tables([accounts])
+    print("DONE", flush=True)
+    """
+)
+
+
+def test_sigkilled_worker_lease_is_taken_over_at_once(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    n = 1000
+    seed(dw, n)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(root=str(ROOT)))
+    args = json.dumps({k: getattr(settings, k) for k in ("sqlite_url", "postgres_url", "pg_schema")})
+    proc = subprocess.Popen([sys.executable, str(script), args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _copied(dw) < 100:
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    before = _copied(dw)
+    assert 0 < before < n, before
+    t0 = time.monotonic()
+    (rep,) = leased_copier(dw, 50).copy_tables([accounts])  # the dead worker's lease expires in 600 s
+    assert time.monotonic() - t0 < 60
+    assert rep.status == "done" and rep.rows_copied == n
+    assert rep.rows_read == n - before  # the killed chunk was rolled back and copied once, by the survivor
+    assert rep.rows_stale == 0
+    assert_equal_table(dw)
+
+
+def test_expired_lease_is_taken_over_and_late_owner_is_refused(dw) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 100)
+    slow, fast = LeaseBook(dw.postgres, ttl_s=0.3), LeaseBook(dw.postgres, ttl_s=60)
+    lease = slow.claim(dw.sqlite_read, accounts, 40)
+    assert lease is not None and lease.n == 1
+    assert fast.claim(dw.sqlite_read, accounts, 40).n == 2  # the slow worker is alive and in time: a new range
+    time.sleep(0.4)
+    taken = fast.claim(dw.sqlite_read, accounts, 40)
+    assert taken == lease  # expired: taken over although its owner is alive
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, throttle=TokenBucket(None))
+    chunk = read_range(dw.sqlite_read, accounts, None, None if lease.upto is None else (40,))
+    assert len(chunk.values) == 40
+
+    def late_save(conn, saved) -> None:  # type: ignore[no-untyped-def]
+        slow.complete(conn, lease, saved)
+
+    with pytest.raises(LeaseLost):
+        copier.apply_chunk(accounts, chunk, ckpt.Checkpoint(accounts.name), 0, save=late_save)
+    with dw.postgres.connect() as conn:  # the late chunk was rolled back: nothing applied, nothing counted
+        assert conn.execute(select(func.count()).select_from(versions)).scalar() == 0
+        assert ckpt.load(conn, accounts.name).rows_copied == 0
+    slow.close()
+    fast.close()
+
+
+def _copied(dw) -> int:  # type: ignore[no-untyped-def]
+    with dw.postgres.connect() as conn:
+        return ckpt.load(conn, accounts.name).rows_copied
+
+
+def assert_equal_table(dw) -> None:  # type: ignore[no-untyped-def]
+    from tests.backfill.support import snapshot
+
+    assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)
