@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from dualwrite.cli import connection_options, fail, write_report
-from dualwrite.settings import Settings
+from dualwrite.settings import Settings, mask_text
 
 log = logging.getLogger("backfill.cli")
 
@@ -159,24 +159,28 @@ def run(
 @backfill.command()
 @connection_options
 @metadata_option
-def status(settings: Settings, metadata_spec: str | None) -> None:
-    """Per-table rows done / total and state, from the checkpoints."""
-    from backfill import checkpoint as ckpt
-    from backfill.cursor import count_rows
+@click.option("--report", "report_path", default=None, help="write the status as JSON here")
+def status(settings: Settings, metadata_spec: str | None, report_path: str | None) -> None:
+    """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
+    import redis
+
+    from backfill.status import render, table_progress, worker_lines
     from dualwrite.db import postgres_engine, sqlite_read_engine
 
     pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
     sq = sqlite_read_engine(settings.sqlite_url)
-    cps = ckpt.load_all(pg)
-    tables = _tables(metadata_spec)
-    names = [t.name for t in tables] + [n for n in cps if n not in {t.name for t in tables}]
-    for name in names:
-        cp = cps.get(name) or ckpt.Checkpoint(name)
-        table = next((t for t in tables if t.name == name), None)
-        total = count_rows(sq, table) if table is not None else "?"
-        click.echo(f"{name:30} {cp.rows_copied:>10}/{total:<10} rejected={cp.rows_rejected} {cp.status}")
-    pg.dispose()
-    sq.dispose()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        workers, limits, redis_error = worker_lines(client, settings.namespace)
+        rows = table_progress(pg, sq, _tables(metadata_spec), workers_alive=bool(workers) or redis_error is not None)
+    finally:
+        pg.dispose()
+        sq.dispose()
+    for line in render(rows, workers, limits):
+        click.echo(line)
+    if redis_error:
+        click.echo(mask_text(redis_error))
+    write_report(report_path, {"tables": [r.as_dict() for r in rows], "workers": workers, "live_limits": limits})
 
 
 @backfill.command()
@@ -194,6 +198,27 @@ def reset(settings: Settings, yes: bool, tables: tuple[str, ...]) -> None:
     n = ckpt.reset(pg, list(tables) or None)
     pg.dispose()
     click.echo(f"reset {n} checkpoint(s)")
+
+
+@backfill.command("set")
+@connection_options
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0), help="rate limit of the copy (0: none)")
+@click.option("--chunk-size", type=click.IntRange(min=0), help="rows per chunk (0: the worker's own)")
+@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), help="back off above this probe latency")
+@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), help="back off above this replica lag")
+@click.option("--pause/--resume", "paused", default=None, help="hold every worker's copy / let it go on")
+@click.option("--clear", is_flag=True, help="drop every live setting (workers use their own flags again)")
+def set_cmd(settings: Settings, clear: bool, **limits: Any) -> None:
+    """Change the running workers' limits (they pick them up between chunks, within a second)."""
+    import redis
+
+    from backfill.control import clear_limits, set_limits
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    if clear:
+        clear_limits(client, settings.namespace)
+    now = set_limits(client, settings.namespace, **limits)
+    click.echo("live limits: " + (" ".join(f"{k}={v}" for k, v in sorted(now.items())) or "none"))
 
 
 @backfill.group()

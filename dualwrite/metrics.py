@@ -81,6 +81,16 @@ REPLAY_APPLIED = Counter("dualwrite_replay_events_total", "Stream events process
 REPLAY_PENDING = Gauge("dualwrite_replay_pending", "Events delivered to a consumer but not yet acknowledged")
 DEAD_LETTERS = Counter("dualwrite_dead_letters_total", "Events sent to the dead-letter stream", ["reason"])
 THROTTLE_ACTIVE = Gauge("dualwrite_throttle_active", "1 while the backfill is throttled", ["reason"])
+BACKFILL_RATE_LIMIT = Gauge(
+    "dualwrite_backfill_rate_limit_rows_per_second", "The copy's current rows-per-second limit (0: none)"
+)
+BACKFILL_CHUNK_ROWS = Gauge("dualwrite_backfill_chunk_rows", "The copy's current chunk size in rows")
+BACKFILL_PG_LATENCY = Gauge(
+    "dualwrite_backfill_pg_probe_latency_seconds", "Round trip of the throttle's probe query on Postgres"
+)
+BACKFILL_REPLICATION_LAG = Gauge(
+    "dualwrite_backfill_replication_lag_seconds", "Largest replay lag of Postgres' replicas (pg_stat_replication)"
+)
 GATE_CONDITION = Gauge("dualwrite_gate_condition", "1 if a cutover gate condition holds", ["condition"])
 
 _PHASE_NAMES = ("sqlite", "dual_write", "shadow", "postgres_reads", "postgres_primary", "postgres")
@@ -90,7 +100,7 @@ for _p in _PHASE_NAMES:
 # Label values dashboards and alerts look for, exported as 0 from the start: a clean run then shows
 # "0 dead letters", not "No data" (which reads as broken), and rate()/increase() see the first one.
 DEAD_LETTER_REASONS = ("decode", "apply", "unknown_table")
-THROTTLE_REASONS = ("rate",)
+THROTTLE_REASONS = ("rate", "paused", "pg_latency", "replication_lag")  # backfill/control.py
 SHADOW_RESULTS = ("match", "mismatch", "ignored", "skipped", "error")
 for _r in DEAD_LETTER_REASONS:
     DEAD_LETTERS.labels(reason=_r)
