@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shadow.normalize import DEFAULT, Normalizer
+from shadow.normalize import DEFAULT, Normalizer, identical, sort_key
 
 log = logging.getLogger("shadow.experiment")
 
 RESULTS = ("match", "mismatch", "ignored", "skipped", "error")
+CHUNK = 256  # top-level items compared or normalized between two pause() calls
 
 
 class MismatchError(AssertionError):
@@ -163,12 +164,35 @@ class Experiment:
         except Exception as exc:  # reporting must never break the caller
             log.warning("experiment %s: publishing failed: %r", self.name, exc)
 
-    def cleaned(self, value: Any) -> Any:
+    def cleaned(self, value: Any, pause: Callable[[], None] | None = None) -> Any:
         value = self._clean(value) if self._clean is not None else value
-        return self.normalizer.result(value, ordered=self.ordered)
+        if pause is None or not isinstance(value, list | tuple) or len(value) <= CHUNK:
+            return self.normalizer.result(value, ordered=self.ordered)
+        out: list[Any] = []  # a long result in slices, so a paused worker lets requests run in between
+        for i in range(0, len(value), CHUNK):
+            pause()
+            out += self.normalizer.normalize(value[i : i + CHUNK])
+        return out if self.ordered else sorted(out, key=sort_key)
 
-    def evaluate(self, control: Observation, candidate: Observation) -> Result:
-        """Compare two observations: match, mismatch, ignored or error (never raises)."""
+    @staticmethod
+    def _identical(a: Any, b: Any, pause: Callable[[], None] | None) -> bool:
+        if pause is None or type(a) is not list or type(b) is not list or len(a) <= CHUNK:
+            return identical(a, b)
+        if len(a) != len(b):
+            return False
+        for i in range(0, len(a), CHUNK):
+            pause()
+            if not identical(a[i : i + CHUNK], b[i : i + CHUNK]):
+                return False
+        return True
+
+    def evaluate(
+        self, control: Observation, candidate: Observation, pause: Callable[[], None] | None = None
+    ) -> Result:
+        """Compare two observations: match, mismatch, ignored or error (never raises).
+
+        Equal raw values of the same types (shadow.normalize.identical) match without normalizing; with
+        `pause`, long results are handled in slices with a pause() before each (a worker's yield point)."""
         from shadow.normalize import diff_text
 
         result = Result(self.name, "error", control, candidate, dict(self.context))
@@ -177,15 +201,24 @@ class Experiment:
                 a = _exception_key(control.exception) if control.exception is not None else None
                 b = _exception_key(candidate.exception) if candidate.exception is not None else None
                 if control.exception is None:
-                    control.cleaned = self.cleaned(control.value)
+                    control.cleaned = self.cleaned(control.value, pause)
                 if candidate.exception is None:
-                    candidate.cleaned = self.cleaned(candidate.value)
+                    candidate.cleaned = self.cleaned(candidate.value, pause)
                 same = a == b
                 da = {"exception": list(a)} if a else control.cleaned
                 db = {"exception": list(b)} if b else candidate.cleaned
+            elif (
+                self._compare is None
+                and self._clean is None
+                and self._identical(control.value, candidate.value, pause)
+            ):
+                result.outcome = "match"
+                return result
             else:
-                control.cleaned = self.cleaned(control.value)
-                candidate.cleaned = self.cleaned(candidate.value)
+                if pause is not None:
+                    pause()
+                control.cleaned = self.cleaned(control.value, pause)
+                candidate.cleaned = self.cleaned(candidate.value, pause)
                 if self._compare is not None:
                     same = bool(self._compare(control.value, candidate.value))
                 else:

@@ -138,6 +138,33 @@ def values_hash(values: Any, normalizer: Normalizer = DEFAULT) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
+# Types whose Python equality implies equal normalized forms (time is not: equal aware times with other
+# offsets have other isoformats; sets and unknown types go the long way).
+_EXACT = frozenset({type(None), bool, int, float, str, bytes, Decimal, datetime, date, timedelta, uuid.UUID})
+
+
+def identical(a: Any, b: Any) -> bool:
+    """True only when `a` and `b` certainly normalize to equal values: same types all the way down, same
+    keys (mapping keys and row column names), equal leaves. A cheap first check before normalizing both
+    sides; False means "normalize and compare", never "different"."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t in _EXACT:
+        try:
+            return bool(a == b)
+        except Exception:  # e.g. a signalling Decimal NaN
+            return False
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
+    if t is dict:
+        return a.keys() == b.keys() and all(identical(v, b[k]) for k, v in a.items())
+    fields = getattr(a, "_fields", None)  # a SQLAlchemy Row (a named tuple of its columns)
+    if fields is not None and isinstance(a, tuple):
+        return fields == b._fields and len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
+    return False
+
+
 def diff_text(a: Any, b: Any, *, a_name: str = "control", b_name: str = "candidate", limit: int = 4000) -> str:
     """A readable unified diff of two normalized values."""
     import difflib
