@@ -14,7 +14,15 @@ A mismatch is read again on both sides before it counts: if the second pair matc
 between the reads and the comparison counts as "ignored" (in flight), not "mismatch".
 
 The candidate runs with a statement timeout on Postgres (`candidate_timeout`); a candidate that times
-out is counted as result="error", not as a mismatch.
+out is counted as result="error", not as a mismatch. Postgres candidates use the reader's own small
+engine whose sessions carry that timeout (set once per connection, not per read) and that does not ping
+on checkout: a candidate is 3 round trips (BEGIN, the read, ROLLBACK), not 5, and takes no connection
+from the application's pool. A stale connection costs one comparison (counted "error"), never a read.
+
+The request path does no comparison work and no I/O besides the control read: workers wait for a
+moment when no request is in flight before each step (shadow.pacing), equal results of the same types
+match without normalizing, labelled metric children are cached, and counts reach Redis in batches (at
+most every `flush_interval` seconds, or as soon as the queue is empty).
 
 A/A mode (`aa_percentage`) runs the control's backend a second time and compares it with itself: the
 noise of non-deterministic queries. It is counted apart (query label `aa:<query>`, Redis fields `aa:*`)
@@ -35,11 +43,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
 from dualwrite.settings import mask_text
 from shadow.experiment import Experiment, MismatchError, Observation, Result
 from shadow.normalize import DEFAULT, Normalizer
+from shadow.pacing import RequestGate
 
 log = logging.getLogger("shadow.reader")
 
@@ -81,8 +91,11 @@ class ShadowReader:
         run_if: Callable[[], bool] | None = None,
         per_query: dict[str, dict[str, Any]] | None = None,
         recheck_mismatches: bool = True,
+        max_defer: float = 0.1,
+        flush_interval: float = 0.5,
     ) -> None:
-        """per_query: Experiment keyword overrides by query name (compare, clean, ignores, percentage...)."""
+        """per_query: Experiment keyword overrides by query name (compare, clean, ignores, percentage...).
+        max_defer: longest a worker waits for the request path to be idle before a step (shadow.pacing)."""
         self.percentage, self.aa_percentage = percentage, aa_percentage
         self.synchronous, self.raise_on_mismatches = synchronous, raise_on_mismatches
         self.candidate_timeout = candidate_timeout
@@ -103,6 +116,14 @@ class ShadowReader:
         self._stats_lock = threading.Lock()
         self._pending: Counter[str] = Counter()  # counts not yet in Redis
         self._dw: Any = None
+        self.gate = RequestGate(max_defer)
+        self.flush_interval = flush_interval
+        self._flushed_at = 0.0
+        self._max_workers = max_workers
+        self._experiments: dict[tuple[Any, ...], Experiment] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (labels() takes a lock)
+        self._engines: dict[int, tuple[Any, Engine]] = {}  # Postgres candidate engine per writer
+        self._engines_lock = threading.Lock()
 
     def install(self, dw: Any) -> ShadowReader:
         dw.reader = self
@@ -111,17 +132,34 @@ class ShadowReader:
     def close(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.flush()
+        with self._engines_lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for _owner, engine in engines:
+            engine.dispose()
 
     def experiment(self, store: str, query: str, ordered: bool) -> Experiment:
-        kw = {**self.defaults, **self.per_query.get(query, {})}
-        kw.setdefault("percentage", self.percentage)
-        return Experiment(
-            query,
-            context={"store": store, "query": query},
-            ordered=ordered,
-            raise_on_mismatches=self.raise_on_mismatches,
-            **kw,
-        )
+        """The query's Experiment, built once per configuration (the request path asks for it every read)."""
+        key = (store, query, ordered, self.percentage, self.raise_on_mismatches)
+        exp = self._experiments.get(key)
+        if exp is None:
+            kw = {**self.defaults, **self.per_query.get(query, {})}
+            kw.setdefault("percentage", self.percentage)
+            exp = Experiment(
+                query,
+                context={"store": store, "query": query},
+                ordered=ordered,
+                raise_on_mismatches=self.raise_on_mismatches,
+                **kw,
+            )
+            self._experiments[key] = exp
+        return exp
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- the request path -------------------------------------------------------------------------
     def read(
@@ -134,6 +172,22 @@ class ShadowReader:
         *,
         params: dict[str, Any] | None = None,
         ordered: bool = True,
+    ) -> Any:
+        self.gate.enter()
+        try:
+            return self._read(dw, phase, store, query, fn, params, ordered)
+        finally:
+            self.gate.leave()
+
+    def _read(
+        self,
+        dw: Any,
+        phase: Any,
+        store: str,
+        query: str,
+        fn: Callable[[Any], Any],
+        params: dict[str, Any] | None,
+        ordered: bool,
     ) -> Any:
         control = Observation.capture("control", lambda: dw.timed_read(phase.reads, store, query, fn))
         jobs: list[tuple[str, str]] = []
@@ -168,8 +222,11 @@ class ShadowReader:
 
     def _run_job(self, job: tuple[Any, ...]) -> None:
         try:
-            self._compare(*job)
-            self.flush()
+            self._compare(*job, pause=self.gate.wait_quiet)
+            # Batch the Redis update while the queue is busy; send at once when it drains.
+            if self._inflight <= 1 or time.monotonic() - self._flushed_at >= self.flush_interval:
+                self.gate.wait_quiet()
+                self.flush()
         except Exception as exc:  # never let a worker die silently
             log.warning("shadow comparison crashed: %r", exc)
         finally:
@@ -206,26 +263,23 @@ class ShadowReader:
         ordered: bool,
         control: Observation,
         control_backend: str,
+        pause: Callable[[], None] | None = None,
     ) -> Result | None:
         try:
             exp = self.experiment(store, query, ordered)
-            timeout_ms = int(self.candidate_timeout * 1000)
-
-            def bounded(conn: Any) -> Any:
-                if conn.dialect.name == "postgresql" and timeout_ms > 0:
-                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
-                return fn(conn)
-
-            candidate = Observation.capture("candidate", lambda: dw.timed_read(backend, store, query, bounded))
+            if pause is not None:
+                pause()
+            candidate = Observation.capture("candidate", lambda: self._candidate_read(dw, backend, store, query, fn))
             if candidate.exception is not None and "statement timeout" in str(candidate.exception):
                 result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
-            else:
-                result = exp.evaluate(control, candidate)
+            else:  # right after the candidate's own burst: short results match in microseconds
+                result = exp.evaluate(control, candidate, pause)
             if result.mismatched and self.recheck_mismatches and not label.startswith("aa:"):
                 # A write may have landed between the two reads: read both again; a match now is in-flight.
                 again = exp.evaluate(
                     Observation.capture("control", lambda: dw.timed_read(control_backend, store, query, fn)),
-                    Observation.capture("candidate", lambda: dw.timed_read(backend, store, query, bounded)),
+                    Observation.capture("candidate", lambda: self._candidate_read(dw, backend, store, query, fn)),
+                    pause,
                 )
                 if again.matched:
                     result.outcome, result.error = "ignored", "in flight: matched when read again"
@@ -238,8 +292,45 @@ class ShadowReader:
             self._record(dw, store, label, params, result, backend)
         return result
 
+    # -- the candidate read ---------------------------------------------------------------------------
+    def _candidate_read(self, dw: Any, backend: str, store: str, query: str, fn: Callable[[Any], Any]) -> Any:
+        """fn on `backend` in one transaction, as dw.timed_read does; Postgres through the reader's engine."""
+        if backend != "postgres":
+            return dw.timed_read(backend, store, query, fn)
+        engine = self._candidate_engine(dw)
+        start = time.perf_counter()
+        try:
+            with engine.connect() as conn:
+                result = fn(conn)
+                conn.rollback()
+                return result
+        finally:
+            self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
+
+    def _candidate_engine(self, dw: Any) -> Engine:
+        owner = dw.postgres
+        found = self._engines.get(id(owner))
+        if found is not None and found[0] is owner:
+            return found[1]
+        with self._engines_lock:
+            found = self._engines.get(id(owner))
+            if found is not None and found[0] is owner:
+                return found[1]
+            options = f"-csearch_path={dw.settings.pg_schema}"  # as dualwrite.db.postgres_engine
+            timeout_ms = int(self.candidate_timeout * 1000)
+            if timeout_ms > 0:
+                options += f" -cstatement_timeout={timeout_ms}"
+            engine = create_engine(
+                owner.url,
+                pool_size=self._max_workers,
+                max_overflow=self._max_workers,
+                connect_args={"options": options, "connect_timeout": 5},
+            )
+            self._engines[id(owner)] = (owner, engine)
+            return engine
+
     def _count(self, dw: Any, store: str, label: str, outcome: str) -> None:
-        metrics.SHADOW_COMPARISONS.labels(store, label, outcome).inc()
+        self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
         field = f"aa:{outcome}" if label.startswith("aa:") else outcome
         with self._stats_lock:
             self.stats[field] += 1
@@ -251,6 +342,7 @@ class ShadowReader:
         with self._stats_lock:
             pending, self._pending = self._pending, Counter()
             dw = self._dw
+            self._flushed_at = time.monotonic()
         if not pending or dw is None:
             return
         try:
