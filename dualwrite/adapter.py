@@ -25,7 +25,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from dualwrite import metrics
+from dualwrite import cascade, metrics
 from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan
 from dualwrite.capture import (
     PrimaryMovedError,
@@ -36,6 +36,7 @@ from dualwrite.capture import (
     with_returning,
     write_outbox,
 )
+from dualwrite.catalog import TableCatalog
 from dualwrite.db import postgres_engine, sqlite_engine, sqlite_read_engine
 from dualwrite.events import ChangeEvent
 from dualwrite.internal import dialect_insert
@@ -63,38 +64,6 @@ class SecondaryApplyError(RuntimeError):
     """Raised in strict mode when the other backend could not be written."""
 
 
-class TableCatalog:
-    """Resolves event table names to Table objects and their store (for metric labels)."""
-
-    def __init__(self, tables: dict[str, tuple[Table, str]] | None = None) -> None:
-        self._tables = dict(tables or {})
-
-    def add(self, table: Table, store: str = "app") -> None:
-        self._tables[table.name] = (table, store)
-
-    def table(self, name: str) -> Table:
-        from dualwrite.errors import UnknownTableError
-
-        try:
-            return self._tables[name][0]
-        except KeyError:
-            raise UnknownTableError(f"table {name!r} is not in the registry") from None
-
-    def tables(self) -> list[Table]:
-        return [t for t, _ in self._tables.values()]
-
-    def store(self, name: str) -> str:
-        entry = self._tables.get(name)
-        return entry[1] if entry else "app"
-
-    @classmethod
-    def default(cls) -> TableCatalog:
-        from dualwrite.registry import default_registry
-
-        reg = default_registry()
-        return cls({s.name: (s.table, s.store) for s in reg.tables()})
-
-
 class WriteTx:
     """One transaction on the primary. Every statement's row images become change events."""
 
@@ -108,16 +77,17 @@ class WriteTx:
     ) -> list[RowMapping]:
         table = statement_table(stmt)
         self.dw.catalog_check(table)
-        # An UPDATE that may change a primary key: RETURNING only gives the new images, so read the old
-        # rows first (locked) and emit a delete for every old key the update moved away from.
-        before = self._rows_before_key_change(stmt, table, params)
+        before, watched = self._rows_before(stmt, table, params)
         result = (
             self.connection.execute(with_returning(stmt), params)
             if params
             else self.connection.execute(with_returning(stmt))
         )
         rows = list(result.mappings())
-        if before:
+        if watched:  # rows changed by the database's referential actions, which RETURNING does not report
+            for child, op, image in cascade.changes_after(self.connection, watched, rows):
+                self.events.extend(events_from_rows(child, op, [image]))  # type: ignore[list-item]
+        if before and isinstance(stmt, Update):
             pk = pk_columns(table)
             after = {tuple(r[c] for c in pk) for r in rows}
             moved = [r for r in before if tuple(r[c] for c in pk) not in after]
@@ -126,24 +96,41 @@ class WriteTx:
         self.ops.add(stmt.__visit_name__)
         return rows
 
-    def _rows_before_key_change(
+    def _rows_before(
         self, stmt: Insert | Update | Delete, table: Table, params: Any
-    ) -> list[RowMapping] | None:
-        if not isinstance(stmt, Update):
-            return None
-        pk = set(pk_columns(table))
-        values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
-        names = {getattr(k, "key", getattr(k, "name", k)) for k in values}
-        if isinstance(params, dict):
-            names |= set(params)
-        if not pk & {str(n) for n in names}:
-            return None
+    ) -> tuple[list[RowMapping] | None, cascade.Watch | None]:
+        """The rows a statement is about to change, read (locked) first when RETURNING is not enough: an
+        UPDATE of a primary key (RETURNING only gives the new images, so the old key needs a delete) and
+        any statement that fires referential actions (their rows are watched, see cascade.py)."""
+        refs = self.dw.catalog.referrers().get(table.name, [])
+        if isinstance(stmt, Insert):
+            cascade.refuse_upsert_into_referenced(stmt, table, refs)
+            return None, None
+        if isinstance(stmt, Delete):
+            if not any(r.ondelete for r in refs):
+                return None, None
+            names: set[str] = set()
+        else:
+            values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
+            names = {str(getattr(k, "key", getattr(k, "name", k))) for k in values}
+            if isinstance(params, dict):
+                names |= set(params)
+            referenced = {c for r in refs if r.onupdate for c in r.parent_cols}
+            if not (set(pk_columns(table)) | referenced) & names:
+                return None, None
         query = select(table)
         if stmt.whereclause is not None:
             query = query.where(stmt.whereclause)
         if self.connection.dialect.name == "postgresql":
-            query = query.with_for_update()
-        return list(self.connection.execute(query, params or {}).mappings())
+            query = query.with_for_update(of=table)
+        rows = [
+            r for p in (params if isinstance(params, list) else [params or {}])
+            for r in self.connection.execute(query, p).mappings()
+        ]
+        watched = cascade.watch(
+            self.connection, self.dw.catalog.referrers(), table, rows, delete=isinstance(stmt, Delete), changed=names
+        )
+        return rows, watched or None
 
     def upsert(
         self,

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, event, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
+from dualwrite import cascade
 from dualwrite.apply import pk_columns
 from dualwrite.capture import events_from_rows
 
@@ -25,8 +26,57 @@ if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter, WriteTx
 
 
-def _capture(tx: WriteTx, session: Session, _ctx: Any) -> None:
+def _key_rows(conn: Any, table: Any, key: dict[str, Any]) -> list[Any]:
+    query = select(table).where(and_(*(table.c[c] == v for c, v in key.items())))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=table)
+    return list(conn.execute(query).mappings())
+
+
+def _watch(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]]) -> None:
+    """before_flush: read (locked) the rows the flush's deletes and key updates can reach through the
+    database's referential actions (see cascade.py); after_flush reports what happened to them."""
+    refs = tx.dw.catalog.referrers()
     conn = session.connection()
+    todo = [(obj, True) for obj in session.deleted] + [(obj, False) for obj in session.dirty]
+    for obj, deleting in todo:
+        state = inspect(obj)
+        table = state.mapper.local_table
+        mine = refs.get(table.name, [])
+        if deleting:
+            if not any(r.ondelete for r in mine):
+                continue
+            changed: set[str] = set()
+        else:
+            referenced = {c for r in mine if r.onupdate for c in r.parent_cols}
+            props = {c.name: state.mapper.get_property_by_column(c).key for c in table.columns if c.name in referenced}
+            changed = {name for name, prop in props.items() if state.attrs[prop].history.has_changes()}
+            if not changed:
+                continue
+        pk = pk_columns(table)
+        key = dict(zip(pk, state.identity, strict=True))  # stored key
+        rows = _key_rows(conn, table, key)
+        w = cascade.watch(conn, refs, table, rows, delete=deleting, changed=changed)
+        if w:
+            watches.append((w, None if deleting else obj, table))
+
+
+def _capture(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]]) -> None:
+    conn = session.connection()
+    orm_deleted = set()
+    for obj in session.deleted:
+        state = inspect(obj)
+        orm_deleted.add((state.mapper.local_table.name, tuple(state.identity)))
+    for w, parent, table in watches:
+        new_rows: list[Any] = []
+        if parent is not None:
+            key = dict(zip(pk_columns(table), inspect(parent).mapper.primary_key_from_instance(parent), strict=True))
+            new_rows = _key_rows(conn, table, key)
+        for child, op, image in cascade.changes_after(conn, w, new_rows):
+            if op == "delete" and (child.name, tuple(image[c] for c in pk_columns(child))) in orm_deleted:
+                continue  # the ORM deleted it itself: its event follows below
+            tx.events.extend(events_from_rows(child, op, [image]))
+    watches.clear()
     for obj in list(session.new) + list(session.dirty):
         if not session.is_modified(obj) and obj not in session.new:
             continue
@@ -50,11 +100,22 @@ def _capture(tx: WriteTx, session: Session, _ctx: Any) -> None:
         tx.ops.add("orm")
 
 
+def _refuse_statements(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ValueError(
+            "session.execute(insert/update/delete) in dw.session() bypasses change capture: "
+            "change mapped objects, or run the statement with dw.begin() / tx.execute()"
+        )
+
+
 @contextmanager
 def capture_session(dw: DualWriter, **session_kw: Any) -> Iterator[Session]:
     with dw.begin() as tx:
         session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", **session_kw)
-        event.listen(session, "after_flush", lambda s, ctx: _capture(tx, s, ctx))
+        watches: list[tuple[cascade.Watch, Any, Any]] = []
+        event.listen(session, "before_flush", lambda s, _ctx, _objs: _watch(tx, s, watches))
+        event.listen(session, "after_flush", lambda s, _ctx: _capture(tx, s, watches))
+        event.listen(session, "do_orm_execute", _refuse_statements)
         try:
             yield session
             session.commit()  # flushes; releases the savepoint; dw.begin() commits the transaction
