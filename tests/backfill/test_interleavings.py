@@ -1,5 +1,7 @@
 """Hypothesis tries to break the apply rule for the backfill: random interleavings of live writes, chunk
-reads, chunk applies (in any order, late, twice) and partial replays; then both sides must be equal."""
+reads, chunk applies (in any order, late, twice) and partial replays; then both sides must be equal.
+Each chunk apply path runs: the staging merge, INSERT .. ON CONFLICT, and the fast path (COPY into fresh
+keys, falling back to the merge for the keys a live write reached)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from sqlalchemy import delete, insert, select, text, update
 
 from backfill.copier import copy_apply
 from backfill.cursor import read_chunk
+from backfill.fastpath import load_chunk
 from backfill.replay import Replayer
 from dualwrite.apply import apply_snapshot_rows
 from dualwrite.stream import stream_key
@@ -46,9 +49,18 @@ def reset(dw) -> None:  # type: ignore[no-untyped-def]
     dw.redis.delete(stream_key(dw.settings.namespace))
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=ops, fast=st.booleans())
-def test_random_interleavings_converge(dw, steps, fast) -> None:  # type: ignore[no-untyped-def]
+def apply_chunk(conn, chunk, mode: str) -> None:  # type: ignore[no-untyped-def]
+    if mode == "merge":
+        copy_apply(conn, accounts, chunk.rows, chunk.version)
+    elif mode == "slow":
+        apply_snapshot_rows(conn, accounts, chunk.rows, chunk.version)
+    else:
+        load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
+
+
+@hsettings(max_examples=36, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=ops, mode=st.sampled_from(["merge", "slow", "fastpath"]))
+def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore[no-untyped-def]
     reset(dw)
     replayer = Replayer(dw, consumer="h", batch=3, block_ms=0)
     replayer.ensure_group()
@@ -70,10 +82,7 @@ def test_random_interleavings_converge(dw, steps, fast) -> None:  # type: ignore
         elif op == "apply" and pending:
             chunk = pending[arg % len(pending)]  # any order, possibly twice
             with dw.postgres_apply.begin() as conn:
-                if fast:
-                    copy_apply(conn, accounts, chunk.rows, chunk.version)
-                else:
-                    apply_snapshot_rows(conn, accounts, chunk.rows, chunk.version)
+                apply_chunk(conn, chunk, mode)
         elif op == "replay":
             drain_relay(dw)
             for _ in range(arg):
@@ -85,11 +94,11 @@ def test_random_interleavings_converge(dw, steps, fast) -> None:  # type: ignore
         if not chunk.rows:
             break
         with dw.postgres_apply.begin() as conn:
-            copy_apply(conn, accounts, chunk.rows, chunk.version)
+            apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
         after = chunk.last_key
     for chunk in pending:  # late, stale chunks change nothing
         with dw.postgres_apply.begin() as conn:
-            copy_apply(conn, accounts, chunk.rows, chunk.version)
+            apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
     drain_relay(dw)
     replayer.run(once=True)
     assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)

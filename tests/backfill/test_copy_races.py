@@ -1,0 +1,114 @@
+"""Hypothesis races the Copier's fast path against live writers on the real servers: writers update,
+insert and delete rows (through the dual-write adapter, so each change is applied to Postgres at once)
+while the Copier copies the same table in random chunk sizes; then the stream is replayed and both sides
+must be equal row for row, with every key's version at least the copy's."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from sqlalchemy import delete, insert, text, update
+
+from backfill import checkpoint as ckpt
+from backfill.copier import Copier
+from backfill.replay import Replayer
+from dualwrite.stream import stream_key
+from dualwrite.testing import prepared_writer
+from tests.backfill.support import account_row, accounts, catalog, drain_relay, md, snapshot
+
+N = 150
+op = st.one_of(
+    st.tuples(st.just("update"), st.integers(1, N + 20)),
+    st.tuples(st.just("insert"), st.integers(N + 1, N + 60)),
+    st.tuples(st.just("delete"), st.integers(1, N + 20)),
+)
+plans = st.lists(st.lists(op, min_size=5, max_size=40), min_size=2, max_size=2)
+
+
+@pytest.fixture
+def dw(settings):  # type: ignore[no-untyped-def]
+    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    yield w
+    w.close()
+
+
+def reset(dw) -> None:  # type: ignore[no-untyped-def]
+    for engine in (dw.sqlite, dw.postgres):
+        with engine.begin() as conn:
+            conn.execute(delete(accounts))
+            conn.execute(text("DELETE FROM _dw_versions"))
+            conn.execute(text("DELETE FROM _dw_outbox"))
+    ckpt.reset(dw.postgres)
+    dw.redis.delete(stream_key(dw.settings.namespace))
+    with dw.sqlite.begin() as conn:  # history from before capture began: no events
+        conn.execute(insert(accounts), [account_row(i) for i in range(1, N + 1)])
+
+
+def writer(dw, plan: list[tuple[str, int]], t: int, start: threading.Barrier, errors: list[BaseException]) -> None:  # type: ignore[no-untyped-def]
+    try:
+        start.wait()
+        for n, (kind, k) in enumerate(plan):
+            if kind == "update":
+                dw.execute(update(accounts).where(accounts.c.id == k).values(name=f"w{t}-{n}"))
+            elif kind == "delete":
+                dw.execute(delete(accounts).where(accounts.c.id == k))
+            else:
+                with dw.begin() as tx:
+                    tx.upsert(accounts, [account_row(k, f"i{t}-{n}")], ["id"])
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def race(dw, plan: list[list[tuple[str, int]]], chunk_size: int) -> Copier:  # type: ignore[no-untyped-def]
+    reset(dw)
+    replayer = Replayer(dw, consumer="r", block_ms=0)
+    replayer.ensure_group()
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(plan) + 1)
+    threads = [threading.Thread(target=writer, args=(dw, p, t, start, errors)) for t, p in enumerate(plan)]
+    for th in threads:
+        th.start()
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=chunk_size)
+    start.wait()
+    (rep,) = copier.copy_tables([accounts])
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+    assert rep.status == "done"
+    drain_relay(dw)
+    replayer.run(once=True)
+    assert snapshot(dw.postgres, accounts) == snapshot(dw.sqlite_read, accounts)
+    with dw.postgres.connect() as conn:  # every copied key carries a version (none is left at 0/absent)
+        missing = conn.execute(
+            text(
+                "SELECT count(*) FROM bf_accounts a WHERE NOT EXISTS (SELECT 1 FROM _dw_versions v"
+                " WHERE v.tbl = 'bf_accounts' AND v.pk = '[' || a.id || ']')"
+            )
+        ).scalar()
+        conn.rollback()
+    assert missing == 0
+    return copier
+
+
+@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=plans.map(lambda ps: [[o for o in p if o[0] != "delete"] for p in ps]), chunk_size=st.integers(3, 40))
+def test_live_updates_and_inserts_race_the_fast_copy(dw, plan: Any, chunk_size: int) -> None:  # type: ignore[no-untyped-def]
+    race(dw, plan, chunk_size)
+
+
+@pytest.mark.xfail(
+    strict=False,  # a race: most runs hit it, not every one
+    reason="bug in dualwrite/applysql.py (ca1e8e2), not the copy: a live delete racing a chunk that inserts the "
+    "same key (fast path, merge or INSERT path alike) claims the version in its CTE after waiting for the chunk, "
+    "but its DELETE CTE uses the statement's older snapshot and misses the row: Postgres keeps a row SQLite "
+    "deleted, with _dw_versions at the delete's seq (see test_fastpath.py::test_live_apply_waits_for_the_copy)",
+)
+@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=plans, chunk_size=st.integers(3, 40))
+def test_live_deletes_race_the_fast_copy(dw, plan: Any, chunk_size: int) -> None:  # type: ignore[no-untyped-def]
+    race(dw, plan, chunk_size)
