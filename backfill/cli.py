@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from dualwrite.cli import connection_options, fail, write_report
 from dualwrite.settings import Settings, mask_text
@@ -87,73 +88,163 @@ def backfill() -> None:
     """Copy existing rows to Postgres and replay the change stream."""
 
 
+def _csv(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _select(spec: str | None, names: list[str], priorities: list[str], stores: list[str]) -> list[Any]:
+    """The tables to copy, in `_tables`' order: --table/--tables by name, --priority and --stores from the
+    registry (for --metadata, every table is store 'app', priority 0); the filters combine (AND)."""
+    from dualwrite.errors import DualwriteError
+    from dualwrite.registry import Registry, default_registry
+
+    tables = _tables(spec, tuple(names))
+    if priorities or stores:
+        try:
+            levels = [int(p[1:] if p[:1] in "Pp" else p) for p in priorities]
+        except ValueError:
+            fail(f"--priority takes P0,P1,... (got {','.join(priorities)})")
+        registry = default_registry() if spec is None else Registry.from_metadata(_metadata(spec))
+        try:
+            chosen = registry.tables(priorities=levels or None, stores=stores or None)
+        except DualwriteError as exc:
+            fail(str(exc))
+        allowed = {s.name for s in chosen}
+        tables = [t for t in tables if t.name in allowed]
+    if not tables:
+        fail("no table matches the selection (--table/--tables/--priority/--stores)")
+    return tables
+
+
 @backfill.command()
 @connection_options
 @metadata_option
-@click.option("--table", "tables", multiple=True, help="only these tables (default: all, parents first)")
-@click.option("--chunk-size", default=5000, show_default=True)
-@click.option("--max-rows-per-second", type=float, default=None, help="token-bucket throttle of the copy")
+@click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
+@click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
+@click.option("--priority", "priorities", multiple=True, help="only these registry priorities: P0,P1")
+@click.option("--stores", "store_lists", multiple=True, help="only these registry stores: memory,profiles")
+@click.option("--chunk-size", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0), default=None, help="rate limit of the copy")
+@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), default=None, help="back off above this probe time")
+@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), default=None, help="back off above this lag")
 @click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True)
 @click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
-@click.option("--once", is_flag=True, help="stop when the replay has caught up")
+@click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
+@click.option("--once", is_flag=True, hidden=True, help="the default now; kept for old scripts")
 @click.option("--no-replay", is_flag=True, help="copy only")
 @click.option("--group", default="backfill", show_default=True, help="consumer group")
-@click.option("--consumer", default=None, help="consumer name (default host-pid)")
+@click.option("--consumer", default=None, help="worker/consumer name (default host-pid)")
+@click.option("--lease-ttl", default=300.0, show_default=True, help="seconds before a stuck worker's range is retaken")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")
+@click.option("--dry-run", is_flag=True, help="read, count and validate every row against Postgres; write nothing")
 @click.option("--report", "report_path", default=None, help="write a JSON report here")
+@click.pass_context
 def run(
+    ctx: click.Context,
     settings: Settings,
     metadata_spec: str | None,
-    tables: tuple[str, ...],
+    table_names: tuple[str, ...],
+    table_lists: tuple[str, ...],
+    priorities: tuple[str, ...],
+    store_lists: tuple[str, ...],
     chunk_size: int,
     max_rows_per_second: float | None,
+    max_pg_latency_ms: float | None,
+    max_replication_lag_s: float | None,
     rejects_path: str,
     slow: bool,
+    daemon: bool,
     once: bool,
     no_replay: bool,
     group: str,
     consumer: str | None,
+    lease_ttl: float,
+    metrics_port: int | None,
+    dry_run: bool,
     report_path: str | None,
 ) -> None:
-    """Copy every table (resuming from checkpoints), then replay the stream into Postgres."""
-    from backfill.copier import Copier
-    from backfill.rejects import RejectWriter
-    from backfill.replay import Replayer
-    from backfill.throttle import TokenBucket
+    """Copy the chosen tables (resuming from checkpoints; workers started on the same database share the
+    ranges), then replay the stream into Postgres until caught up (--daemon: until stopped).
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    SIGTERM/SIGINT finish the current chunk or batch, keep its checkpoint and exit 0. Live limits:
+    `dualwrite backfill set`. Progress bars on a terminal, log lines otherwise; a summary table at the end."""
+    from backfill.control import Limits
+    from backfill.worker import RunOptions
+    from backfill.worker import run as run_worker
+
+    if once and daemon:
+        fail("--once and --daemon contradict each other")
+    selected = _select(metadata_spec, _csv(table_names + table_lists), _csv(priorities), _csv(store_lists))
+    tty = sys.stdout.isatty()
     stop = StopFlag()
     stop.install()
     dw = _writer(settings, metadata_spec)
     started = time.time()
-    report: dict[str, Any] = {"tables": [], "replay": None}
+    report: dict[str, Any] = {"tables": [], "replay": None, "dry_run": dry_run}
+    error: str | None = None
     try:
-        copier = Copier(
-            dw.sqlite_read,
-            dw.postgres_apply,
-            chunk_size=chunk_size,
-            fast=not slow,
-            rejects=RejectWriter(rejects_path),
-            throttle=TokenBucket(max_rows_per_second),
-            should_stop=stop,
-        )
-        # Create the group before copying so events written during the copy are kept for us.
-        kw = {"group": group} | ({"consumer": consumer} if consumer else {})
-        replayer = Replayer(dw, **kw)
-        if not no_replay:
-            replayer.ensure_group()
-        reps = copier.copy_tables(_tables(metadata_spec, tables))
-        report["tables"] = [r.as_dict() for r in reps]
-        if not no_replay and not stop():
-            log.info("copy finished; replaying stream %s as %s/%s", replayer.key, group, replayer.consumer)
-            report["replay"] = replayer.run(once=once, should_stop=stop).as_dict()
+        if dry_run:
+            explicit = ctx.get_parameter_source("rejects_path") is not click.core.ParameterSource.DEFAULT
+            rejects = rejects_path if explicit else None
+            report |= _dry_run(dw, selected, chunk_size, not slow, rejects, stop, tty, None if no_replay else group)
+        else:
+            limits = Limits(max_rows_per_second, None, max_pg_latency_ms, max_replication_lag_s)
+            opts = RunOptions(
+                chunk_size=chunk_size,
+                limits=limits,
+                rejects_path=rejects_path,
+                fast=not slow,
+                replay=not no_replay,
+                daemon=daemon,
+                group=group,
+                consumer=consumer,
+                metrics_port=metrics_port,
+                lease_ttl_s=lease_ttl,
+                tty=tty,
+            )
+            report |= run_worker(dw, selected, opts, stop)
+    except Exception as exc:  # noqa: BLE001 - one line and exit 1; the log above has the table and range
+        if isinstance(exc, OperationalError):
+            raise  # a server that does not answer: the group's one-line message, exit 2
+        error = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error("backfill failed: %s", mask_text(error))
     finally:
         report["seconds"] = round(time.time() - started, 3)
         report["stopped_by_signal"] = stop()
+        report["error"] = error and mask_text(error)
         write_report(report_path, report)
         dw.close()
         stop.restore()
-    click.echo("backfill: stopped" if stop() else "backfill: done")
+    if error:
+        fail(f"backfill failed: {error}", 1)
+    click.echo("backfill: stopped" if stop() else "backfill: dry run, nothing written" if dry_run else "backfill: done")
     sys.exit(0)
+
+
+def _dry_run(
+    dw: Any,
+    tables: list[Any],
+    chunk_size: int,
+    fast: bool,
+    rejects: str | None,
+    stop: StopFlag,
+    tty: bool,
+    group: str | None,
+) -> dict[str, Any]:
+    from backfill.dryrun import describe, dry_run
+    from backfill.progress import print_summary
+
+    reps = dry_run(dw, tables, chunk_size, fast, rejects, stop)
+    for line in describe(reps, chunk_size):
+        click.echo(line)
+    summary = [r.summary() for r in reps]
+    print_summary(summary, tty, title="backfill dry run (nothing written)")
+    from dualwrite.stream import stream_key
+
+    backlog = dw.redis.xlen(stream_key(dw.settings.namespace))
+    if group:
+        click.echo(f"would then replay the stream ({backlog} event(s) in it now) as group {group!r}")
+    return {"summary": summary, "tables": [r.__dict__ for r in reps], "stream_events": backlog}
 
 
 @backfill.command()

@@ -83,7 +83,7 @@ def duration(seconds: float | None) -> str:
 
 
 def render(rows: list[TableProgress], workers: list[dict[str, Any]], limits: dict[str, str]) -> list[str]:
-    lines = [f"{'table':30} {'done/total':>21} {'%':>6} {'rows/s':>9} {'ETA':>7}  {'state':8} rejected"]
+    lines = [f"{'table':30} {'done':>10}/{'total':<10} {'%':>6} {'rows/s':>9} {'ETA':>7}  {'state':8} rejected"]
     for r in rows:
         total = "?" if r.total is None else str(r.total)
         pct = "-" if r.percent is None else f"{r.percent:.1f}"

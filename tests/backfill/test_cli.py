@@ -77,7 +77,7 @@ def test_sigterm_finishes_and_exits_zero(dw, settings, tmp_path) -> None:  # typ
     report = tmp_path / "report.json"
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", *conn_args(settings), "--metadata",
+        [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *conn_args(settings), "--metadata",
          "tests.backfill.support:md", "--report", str(report), "--rejects", str(tmp_path / "r.jsonl")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip

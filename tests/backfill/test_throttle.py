@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -109,7 +110,7 @@ def test_backs_off_on_pg_latency_and_recovers(dw, settings) -> None:  # type: ig
     copier.leases.close()
 
 
-def test_pause_and_resume(dw, settings) -> None:  # type: ignore[no-untyped-def]
+def test_pause_and_resume(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 100)
     sizes: list[int] = []
     copier, throttle = throttled_copier(dw, settings, Limits(chunk_size=20), sizes)
@@ -118,6 +119,13 @@ def test_pause_and_resume(dw, settings) -> None:  # type: ignore[no-untyped-def]
     t.start()
     time.sleep(0.6)
     assert throttle.reason == "paused" and sum(sizes) == 20
+    report = tmp_path / "status.json"
+    meta = ["--metadata", "tests.backfill.support:md"]
+    r = CliRunner().invoke(main, ["backfill", "status", *conn_args(settings), *meta, "--report", str(report)])
+    assert "worker t1: starting, throttled: paused" in r.output, r.output
+    (row,) = [t for t in json.loads(report.read_text())["tables"] if t["table"] == "bf_accounts"]
+    assert (row["state"], row["done"], row["total"], row["percent"]) == ("copying", 20, 100, 20.0)
+    assert row["rows_per_second"] > 0 and row["eta_seconds"] == pytest.approx(80 / row["rows_per_second"])
     cli_set(settings, "--resume")
     t.join(timeout=30)
     assert sum(sizes) == 100 and throttle.reason is None

@@ -1,0 +1,222 @@
+"""`dualwrite backfill run`: selection, summary + report, dry run, daemon with /metrics and /health,
+progress on a terminal and in a pipe, and the structured line of a failing chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select as fdselect
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, inspect, select, text, update
+
+from backfill import checkpoint as ckpt
+from dualwrite.internal import versions
+from dualwrite.registry import default_registry
+from dualwrite.testing import prepared_writer
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, notes, seed, tags
+from tests.backfill.test_cli import conn_args
+
+META = ["--metadata", "tests.backfill.support:md"]
+
+
+@pytest.fixture
+def dw(settings):  # type: ignore[no-untyped-def]
+    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    yield w
+    w.close()
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    from dualwrite.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def spawn(settings, *args: str, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.Popen(
+        [sys.executable, "-m", "dualwrite", "backfill", "run", *conn_args(settings), *META, *args],
+        env=env, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} | kw),
+    )  # fmt: skip
+
+
+def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 90)
+    report = tmp_path / "r.json"
+    c = conn_args(settings)
+    r = invoke("backfill", "run", *c, *META, "--tables", "bf_accounts,bf_notes", "--chunk-size", "40",
+               "--report", str(report), "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "backfill summary" in r.output and "rows/s" in r.output
+    data = json.loads(report.read_text())
+    assert [s["table"] for s in data["summary"]] == ["bf_accounts", "bf_notes"]  # parents first, bf_tags left out
+    for s in data["summary"]:
+        assert s["read"] == 90 == s["written"] + s["skipped"] + s["rejected"] and s["status"] == "done"
+    assert [t["rows_copied"] for t in data["tables"]] == [90, 90]
+    assert set(ckpt.load_all(dw.postgres)) == {"bf_accounts", "bf_notes"}
+    # Registry filters: every --metadata table is store 'app', priority 0.
+    assert invoke("backfill", "run", *c, *META, "--priority", "P1").exit_code == 2
+    assert invoke("backfill", "run", *c, *META, "--stores", "nope").exit_code == 2
+    assert invoke("backfill", "run", *c, *META, "--priority", "high").exit_code == 2
+    assert invoke("backfill", "run", *c, *META, "--tables", "nope").exit_code == 2
+    r = invoke("backfill", "run", *c, *META, "--priority", "P0", "--stores", "app", "--no-replay",
+               "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert_equal(dw)
+
+
+def test_registry_priorities_and_stores_select_in_registry_order() -> None:
+    from backfill.cli import _select
+
+    reg = default_registry()
+    p0_memory = [t.name for t in _select(None, [], ["P0"], ["memory"])]
+    assert p0_memory == [s.name for s in reg.tables(priorities=[0], stores=["memory"])] and p0_memory
+    p1 = [t.name for t in _select(None, [], ["1"], [])]
+    assert set(p1) == {s.name for s in reg.tables(priorities=[1])}
+    both = [t.name for t in _select(None, [], [], ["memory", "profiles"])]
+    assert set(both) == {s.name for s in reg.tables(stores=["memory", "profiles"])}
+
+
+def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 70)
+    with dw.sqlite.begin() as conn:
+        for k in (3, 44):
+            conn.execute(update(notes).where(notes.c.id == k).values(body=f"bad\x00{k}"))
+    report = tmp_path / "r.json"
+    r = invoke("backfill", "run", "--dry-run", *conn_args(settings), *META, "--chunk-size", "32",
+               "--report", str(report))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "would copy bf_accounts: 70 rows in 3 chunk(s) of 32; 70 to write" in r.output
+    assert "would copy bf_notes: 70 rows" in r.output and "2 would be rejected" in r.output
+    assert "reject [3] column=body" in r.output and "reject [44] column=body" in r.output
+    assert "nothing written" in r.output
+    data = json.loads(report.read_text())
+    assert [(s["read"], s["rejected"]) for s in data["summary"]] == [(70, 0), (70, 0), (70, 2)]
+    with dw.postgres.connect() as conn:  # nothing at all on Postgres: no rows, versions or bookkeeping
+        assert not inspect(conn).has_table(ckpt.checkpoints.name)
+        assert conn.execute(select(func.count()).select_from(versions)).scalar() == 0
+        for t in TABLES:
+            assert conn.execute(select(func.count()).select_from(t)).scalar() == 0
+    assert not (tmp_path / "backfill-rejects.jsonl").exists() and not os.path.exists("backfill-rejects.jsonl")
+    assert dw.redis.exists(f"{settings.namespace}:changes") == 0  # no consumer group created either
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 150)
+    port = free_port()
+    report = tmp_path / "r.json"
+    proc = spawn(settings, "--daemon", "--metrics-port", str(port), "--chunk-size", "40", "--report", str(report),
+                 "--rejects", str(tmp_path / "rej.jsonl"), "--consumer", "w1")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _all_done(dw):
+            time.sleep(0.1)
+        assert _all_done(dw)
+        code, body = get(f"http://127.0.0.1:{port}/health")
+        assert code == 200 and body.startswith("ok: replaying (daemon)"), body
+        code, body = get(f"http://127.0.0.1:{port}/metrics")
+        assert code == 200
+        for needle in (
+            'dualwrite_backfill_rows_total{table="bf_accounts"} 150.0',
+            'dualwrite_backfill_rows_expected{table="bf_notes"} 150.0',
+            'dualwrite_backfill_chunk_duration_seconds_bucket{le="60.0",table="bf_tags"} 4.0',
+            "dualwrite_replay_lag_events 0.0",
+            "dualwrite_replay_lag_seconds",
+            "dualwrite_replay_pending 0.0",
+            'dualwrite_dead_letters_total{reason="decode"} 0.0',
+            'dualwrite_throttle_active{reason="pg_latency"} 0.0',
+            "dualwrite_backfill_chunk_rows 40.0",
+        ):
+            assert needle in body, needle
+        r = invoke("backfill", "status", *conn_args(settings), *META)
+        assert "worker w1: replaying (daemon), not throttled" in r.output and "150/150" in r.output, r.output
+        time.sleep(0.5)
+        assert proc.poll() is None  # a daemon: still replaying
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "backfill: stopped" in out
+    assert "backfill summary" in out and "backfill bf_accounts: 40/150 rows" in out  # plain lines in a pipe
+    assert json.loads(report.read_text())["stopped_by_signal"] is True
+    assert "w1" not in invoke("backfill", "status", *conn_args(settings), *META).output  # gone from status
+
+
+def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 60)
+    master, slave = pty.openpty()
+    proc = spawn(settings, "--chunk-size", "20", "--rejects", str(tmp_path / "rej.jsonl"),
+                 stdout=slave, stderr=slave, text=False)  # fmt: skip
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = fdselect.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    text_out = out.decode(errors="replace")
+    assert proc.returncode == 0, text_out
+    assert "━" in text_out and "60/60" in text_out  # rich bars
+    assert "┏" in text_out and "backfill summary" in text_out  # the summary as a rich table
+
+
+def test_failing_chunk_logs_table_and_range_and_exits_1(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 30)
+    with dw.postgres.begin() as conn:
+        conn.execute(text("ALTER TABLE bf_tags DROP COLUMN label"))
+    report = tmp_path / "r.json"
+    proc = spawn(settings, "--tables", "bf_tags", "--chunk-size", "8", "--report", str(report),
+                 "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    line = next(x for x in out.splitlines() if "backfill chunk failed" in x)
+    assert "table=bf_tags" in line and "range=(start, " in line and "label" in line, line
+    assert out.strip().splitlines()[-1].startswith("error: backfill failed:")
+    assert "label" in json.loads(report.read_text())["error"]
+    with dw.postgres.connect() as conn:  # the lease was given back for the next run
+        assert conn.execute(select(ckpt.leases.c.owner)).scalars().all() == [None]
+    assert tags is not None and accounts is not None
+
+
+def _all_done(dw) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        cps = ckpt.load_all(dw.postgres)
+    except Exception:  # noqa: BLE001 - not created yet
+        return False
+    return len(cps) == 3 and all(c.status == "done" for c in cps.values())
