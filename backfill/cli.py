@@ -276,19 +276,59 @@ def status(settings: Settings, metadata_spec: str | None, report_path: str | Non
 
 @backfill.command()
 @connection_options
-@click.option("--yes", is_flag=True, help="really clear the checkpoints")
-@click.option("--table", "tables", multiple=True)
-def reset(settings: Settings, yes: bool, tables: tuple[str, ...]) -> None:
-    """Clear checkpoints (the next run copies again; the apply rule makes that harmless)."""
-    from backfill import checkpoint as ckpt
-    from dualwrite.db import postgres_engine
+@click.option("--yes", is_flag=True, help="do not ask (required when not on a terminal)")
+@click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
+@click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
+@click.option("--keep-rows", is_flag=True, help="only clear the progress; leave the copied rows on Postgres")
+def reset(
+    settings: Settings, yes: bool, table_names: tuple[str, ...], table_lists: tuple[str, ...], keep_rows: bool
+) -> None:
+    """Roll a load back: delete the rows the backfill wrote to Postgres and clear its checkpoints.
 
-    if not yes:
-        fail("refusing to reset without --yes", 1)
+    A row counts as the backfill's while its version is a copied chunk's: rows a live write changed since
+    are kept. The one row per chunk whose live event has exactly the chunk's version cannot be told apart
+    and goes too (SQLite holds the same image; the next copy brings it back). Deleting rows is refused
+    from phase postgres_reads on (Postgres serves reads) and while a backfill worker runs."""
+    import redis
+
+    from backfill import checkpoint as ckpt
+    from backfill.control import live_workers
+    from backfill.rollback import ROWS_LOCKED_PHASES, count_candidates, delete_backfill_rows, tables_with_progress
+    from dualwrite.db import postgres_engine
+    from dualwrite.phase import PhaseStore
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    workers = [str(w.get("worker")) for w in live_workers(client, settings.namespace)]
+    if workers:
+        fail(f"backfill worker(s) running: {', '.join(workers)}; stop them first", 1)
+    phase = PhaseStore(client, settings.namespace).current(fresh=True).name
+    if not keep_rows and phase in ROWS_LOCKED_PHASES:
+        fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
     pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
-    n = ckpt.reset(pg, list(tables) or None)
-    pg.dispose()
-    click.echo(f"reset {n} checkpoint(s)")
+    try:
+        chosen = _csv(table_names + table_lists) or tables_with_progress(pg)
+        rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
+        what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")
+        question = f"{what[0].upper()}{what[1:]} on Postgres ({', '.join(chosen) or 'no table'})?"
+        if not yes:
+            if not sys.stdin.isatty():
+                fail(f"refusing to reset without --yes (would {what})", 1)
+            click.confirm(question, abort=True)
+        deleted = kept = 0
+        if not keep_rows:
+            apply_pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1, replica=True)
+            try:
+                for name in chosen:
+                    done = delete_backfill_rows(apply_pg, name)
+                    deleted, kept = deleted + done.deleted, kept + done.kept
+                    click.echo(f"{name}: deleted {done.deleted} row(s)")
+            finally:
+                apply_pg.dispose()
+        n = ckpt.reset(pg, chosen or None)
+    finally:
+        pg.dispose()
+    tail = "" if keep_rows else f"; deleted {deleted} row(s) the backfill wrote ({kept} tombstone(s) kept)"
+    click.echo(f"reset {n} checkpoint(s){tail}")
 
 
 @backfill.command("set")
