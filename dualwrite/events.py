@@ -116,7 +116,22 @@ def _decode_parsed_row(row: Any) -> dict[str, Any]:
     return row
 
 
-_JSON = json.JSONDecoder()
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _loads(raw: str | bytes) -> Any:
+    """json.loads, minus its encoding sniffing and whitespace regexes for what our encoder writes: UTF-8
+    bytes starting with '{"' and ending at the closing brace. Anything else takes json.loads itself."""
+    if isinstance(raw, bytes) and raw[:2] == b'{"':
+        text = raw.decode("utf-8", "surrogatepass")  # what json.loads does with bytes it detects as UTF-8
+        try:
+            doc, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return doc
+        return json.loads(text)  # trailing data or a syntax error: its exact result or message
+    return json.loads(raw)
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -175,11 +190,7 @@ class ChangeEvent:
         if len(raw) > MAX_EVENT_BYTES:
             raise EventDecodeError(f"event of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
         try:
-            if isinstance(raw, bytes) and raw[:2] == b'{"':
-                # exactly what json.loads does with bytes it detects as UTF-8 (ours always are), minus the detection
-                doc = _JSON.decode(raw.decode("utf-8", "surrogatepass"))
-            else:
-                doc = json.loads(raw)
+            doc = _loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             hint = " (not UTF-8 text)" if isinstance(raw, bytes) and not _is_utf8(raw) else ""
             raise EventDecodeError(f"event is not valid JSON{hint}: {exc}") from None
@@ -187,10 +198,11 @@ class ChangeEvent:
             raise EventDecodeError("event is not a JSON object")
         if doc.get("v") != FORMAT_VERSION:
             raise EventDecodeError(f"unsupported event format version {doc.get('v')!r}")
-        missing = [f for f in ("id", "seq", "table", "op", "key") if f not in doc]
-        if missing:
-            raise EventDecodeError(f"event lacks field(s) {', '.join(missing)}")
-        op, seq, table = doc["op"], doc["seq"], doc["table"]
+        try:
+            op, seq, table, key, eid = doc["op"], doc["seq"], doc["table"], doc["key"], doc["id"]
+        except KeyError:
+            missing = [f for f in ("id", "seq", "table", "op", "key") if f not in doc]
+            raise EventDecodeError(f"event lacks field(s) {', '.join(missing)}") from None
         if op not in OPS:
             raise EventDecodeError(f"unknown op {op!r}")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
@@ -211,11 +223,11 @@ class ChangeEvent:
         return cls(
             table=table,
             op=op,
-            key=_decode_parsed_row(doc["key"]),
+            key=_decode_parsed_row(key),
             image=None if image is None else _decode_parsed_row(image),
             tenant=None if tenant is None else str(tenant),
             seq=seq,
-            id=str(doc["id"]),
+            id=eid if eid.__class__ is str else str(eid),
             ts=ts,
             origin=origin,
         )
