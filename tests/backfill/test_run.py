@@ -196,6 +196,36 @@ def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: i
     assert "┏" in text_out and "backfill summary" in text_out  # the summary as a rich table
 
 
+def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backfill.control import live_workers
+
+    n = 600
+    seed(dw, n)
+    assert invoke("backfill", "set", *conn_args(settings), "--pause").exit_code == 0  # line both up first
+    procs = [
+        spawn(settings, "--chunk-size", "20", "--consumer", f"w{i}",
+              "--report", str(tmp_path / f"r{i}.json"), "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if [w["throttle"] for w in live_workers(dw.redis, settings.namespace)] == ["paused", "paused"]:
+            break
+        time.sleep(0.1)
+    assert invoke("backfill", "set", *conn_args(settings), "--resume").exit_code == 0
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
+    for k, t in enumerate(TABLES):
+        rows = [r["summary"][k] for r in reports]
+        assert all(x["table"] == t.name for x in rows)
+        assert sum(x["read"] for x in rows) == n and sum(x["written"] for x in rows) == n  # each range once
+        assert all(x["read"] > 0 for x in rows), rows  # and both workers took part
+    cps = ckpt.load_all(dw.postgres)
+    assert {(c.status, c.rows_copied) for c in cps.values()} == {("done", n)}
+    assert_equal(dw)
+
+
 def test_failing_chunk_logs_table_and_range_and_exits_1(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 30)
     with dw.postgres.begin() as conn:
