@@ -98,7 +98,9 @@ def nth_key_after(engine: Engine, table: Table, after: Key | None, n: int) -> Ke
 
 
 def read_range(engine: Engine, table: Table, after: Key | None, upto: Key | None) -> Chunk:
-    """Rows in (after, upto] and `last_seq` S in one SQLite read transaction (as cursor.read_chunk)."""
+    """Rows in (after, upto] and `last_seq` S in one SQLite read transaction (as cursor.read_chunk).
+    About chunk_size rows: only keys inserted into the range since its claim add to it (no LIMIT, so
+    none is skipped; rows inserted later are covered by their own events, seq > S)."""
     with engine.connect() as conn, conn.begin():
         # Read last_seq first: the deferred transaction's snapshot starts here and covers the rows too.
         version = conn.execute(select(meta.c.value).where(meta.c.name == "last_seq")).scalar() or 0

@@ -97,7 +97,8 @@ def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[]
         server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(dw, throttle))
         log.info("serving /metrics and /health on 127.0.0.1:%d", server.server_address[1])
     beat = threading.Event()
-    threading.Thread(target=_heartbeat, args=(throttle, beat), name="backfill-heartbeat", daemon=True).start()
+    heart = threading.Thread(target=_heartbeat, args=(throttle, beat), name="backfill-heartbeat", daemon=True)
+    heart.start()
     try:
         if opts.replay:  # before copying, so the events written during the copy are kept for this group
             replayer.ensure_group()
@@ -124,6 +125,7 @@ def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[]
             report["replay"] = replayer.run(once=not opts.daemon, should_stop=stop).as_dict()
     finally:
         beat.set()
+        heart.join(timeout=5)  # a last heartbeat must not re-list this worker after close()
         throttle.close()
         book.close()
         if server is not None:

@@ -150,3 +150,17 @@ def assert_equal_table(dw) -> None:  # type: ignore[no-untyped-def]
     from tests.backfill.support import snapshot
 
     assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)
+
+
+def test_leased_workers_resume_an_unleased_checkpoint(dw) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 200)
+    (first,) = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=30).copy_tables([accounts], max_chunks=2)
+    assert (first.status, first.rows_copied) == ("copying", 60)
+    (rep,) = leased_copier(dw, 50).copy_tables([accounts])
+    assert rep.rows_read == 140 and rep.rows_stale == 0  # from the old checkpoint's last key on, nothing twice
+    assert (rep.status, rep.rows_copied) == ("done", 200)
+    assert_equal_table(dw)
+    copier = leased_copier(dw, 50)
+    (again,) = copier.copy_tables([accounts])  # done: a further run claims nothing
+    assert (again.status, again.chunks, again.rows_read) == ("done", 0, 0)
+    copier.leases.close()
