@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,8 +148,9 @@ class Copier:
         after = decode_key(cp.last_key)
         started = time.perf_counter()
         fallbacks = self.fallbacks
+        chunks = self.read_ahead(table, after)
         while not self.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
-            chunk = read_chunk(self.sqlite_read, table, after, self.chunk_size)
+            chunk = next(chunks)
             t0 = time.perf_counter()
             cp.status = "done" if len(chunk.values) < self.chunk_size else "copying"
             cp.version = chunk.version  # recorded with the chunk: `backfill reset` finds its rows by it
@@ -167,6 +169,7 @@ class Copier:
             if cp.status == "done":
                 break
             self.throttle.take(len(chunk.values), self.should_stop)
+        chunks.close()
         if cp.status == "done":
             sync_sequence(self.postgres, table)
         rep.status = cp.status
@@ -181,6 +184,21 @@ class Copier:
             rep.chunks,
         )
         return rep
+
+    def read_ahead(self, table: Table, after: tuple[Any, ...] | None) -> Iterator[Chunk]:
+        """Chunks in key order, each read in a background thread while the previous one is applied (SQLite
+        and Postgres work overlap); at most two chunks are in memory. Reading one chunk too many when the
+        copy stops is harmless: it is simply not applied."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backfill-read-{table.name}") as pool:
+            pending = pool.submit(read_chunk, self.sqlite_read, table, after, self.chunk_size)
+            while True:
+                chunk = pending.result()
+                last = len(chunk.values) < self.chunk_size
+                if not last:
+                    pending = pool.submit(read_chunk, self.sqlite_read, table, chunk.last_key, self.chunk_size)
+                yield chunk
+                if last:
+                    return
 
     # -- one chunk -------------------------------------------------------------------------------
     def apply_chunk(

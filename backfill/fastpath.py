@@ -25,7 +25,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 
-from backfill.copyio import converted, converters, copy_block, copy_rows, escape
+from backfill.binary import binary_oids, column_types
+from backfill.copyio import binary_capable, converted, converters, copy_block, copy_rows, escape
 from backfill.keys import key_positions, key_texts
 from backfill.merge import merge_values
 from dualwrite.apply import ApplyResult, apply_snapshot_rows
@@ -33,6 +34,7 @@ from dualwrite.apply import ApplyResult, apply_snapshot_rows
 UNIQUE_VIOLATION = "23505"
 # Below this many rows, INSERT ... ON CONFLICT (apply_snapshot_rows) is cheaper than a TEMP staging table.
 SMALL_MERGE = 200
+BINARY = True  # binary COPY where binary.py finds it exact (False: always text)
 Cols = Sequence[str]
 Values = Sequence[Sequence[Any]]
 Keys = Sequence[str]
@@ -59,9 +61,10 @@ def copy_fresh(conn: Connection, table: Table, columns: Cols, values: Values, ke
     head = f"{escape(table.name)}\t"
     tail = f"\t{int(version)}\n"
     copy_block(conn, "COPY _dw_versions (tbl, pk, seq) FROM STDIN", "".join(head + escape(k) + tail for k in keys))
-    qcols = ", ".join(prep.quote(table.c[c].name) for c in columns)
-    rows = converted(values, converters(conn, table, columns))
-    copy_rows(conn, f"COPY {prep.format_table(table)} ({qcols}) FROM STDIN", rows)
+    names = [table.c[c].name for c in columns]
+    rows = list(converted(values, converters(conn, table, columns)))  # one chunk, as values already is
+    oids = binary_oids(rows, column_types(conn, table, names)) if BINARY and binary_capable(conn) else None
+    copy_rows(conn, f"COPY {prep.format_table(table)} ({', '.join(map(prep.quote, names))}) FROM STDIN", rows, oids)
 
 
 def merge(conn: Connection, table: Table, columns: Cols, values: Values, keys: Keys, version: int) -> ApplyResult:

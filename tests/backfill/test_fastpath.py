@@ -6,21 +6,46 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    Uuid,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
 
+from backfill.binary import binary_oids
 from backfill.cursor import read_chunk
 from backfill.fastpath import load_chunk
 from backfill.keys import key_texts
 from backfill.merge import copy_apply
 from dualwrite.apply import apply_events
+from dualwrite.db import postgres_engine
 from dualwrite.events import ChangeEvent, key_text
+from dualwrite.stores.base import JSONType, UTCDateTime
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import account_row, accounts, catalog, md, snapshot, tags
 
@@ -30,6 +55,16 @@ def dw(settings):  # type: ignore[no-untyped-def]
     w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
     yield w
     w.close()
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def copier_pg(settings, request):  # type: ignore[no-untyped-def]
+    """The chunk's engine, on each driver: psycopg2 (what Settings normalise to) encodes COPY text here,
+    psycopg 3 writes rows itself, in binary where binary.py allows."""
+    url = make_url(settings.postgres_url).set(drivername=f"postgresql+{request.param}")
+    engine = postgres_engine(url.render_as_string(hide_password=False), settings.pg_schema, replica=True)
+    yield engine
+    engine.dispose()
 
 
 def seed_sqlite(dw, n: int, version: int = 100) -> None:  # type: ignore[no-untyped-def]
@@ -61,29 +96,29 @@ def names(engine: Engine) -> dict[int, str]:
     return dict(rows)  # type: ignore[arg-type]
 
 
-def load(dw, chunk) -> tuple[Any, bool]:  # type: ignore[no-untyped-def]
-    with dw.postgres_apply.begin() as conn:
+def load(engine: Engine, chunk) -> tuple[Any, bool]:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
         return load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
 
 
-def test_fresh_chunk_is_copied_with_its_version(dw) -> None:  # type: ignore[no-untyped-def]
+def test_fresh_chunk_is_copied_with_its_version(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
     seed_sqlite(dw, 40)
     chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
-    result, fell_back = load(dw, chunk)
+    result, fell_back = load(copier_pg, chunk)
     assert (result.applied, result.stale, fell_back) == (40, 0, False)
     assert versions(dw.postgres) == {f"[{i}]": 100 for i in range(1, 41)}
     assert snapshot(dw.postgres, accounts) == snapshot(dw.sqlite_read, accounts)
-    result, fell_back = load(dw, chunk)  # again: every key is taken, equal versions are no-ops
+    result, fell_back = load(copier_pg, chunk)  # again: every key is taken, equal versions are no-ops
     assert (result.applied, result.stale, fell_back) == (0, 40, True)
 
 
-def test_keys_reached_first_follow_the_apply_rule(dw) -> None:  # type: ignore[no-untyped-def]
+def test_keys_reached_first_follow_the_apply_rule(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
     seed_sqlite(dw, 30)
     chunk = read_chunk(dw.sqlite_read, accounts, None, 100)  # S = 100
     dw.apply("postgres", [upsert(3, 105, "newer"), delete(4, 106), upsert(5, 90, "older"), upsert(6, 100, "equal")])
     with dw.postgres_apply.begin() as conn:  # a row loaded outside the apply rule: no version row
         conn.execute(insert(accounts).values(account_row(7, "unversioned")))
-    result, fell_back = load(dw, chunk)
+    result, fell_back = load(copier_pg, chunk)
     assert fell_back and (result.applied, result.stale) == (27, 3)
     got = names(dw.postgres)
     assert got[3] == "newer" and 4 not in got  # newer image kept, tombstone not resurrected
@@ -93,11 +128,11 @@ def test_keys_reached_first_follow_the_apply_rule(dw) -> None:  # type: ignore[n
     assert (v["[3]"], v["[4]"], v["[5]"], v["[6]"], v["[7]"], v["[8]"]) == (105, 106, 100, 100, 100, 100)
 
 
-def test_composite_text_keys_use_the_event_key_text(dw) -> None:  # type: ignore[no-untyped-def]
+def test_composite_text_keys_use_the_event_key_text(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
     with dw.sqlite.begin() as conn:
         conn.execute(insert(tags), [{"tenant": t, "n": n, "label": "x"} for t in ("a", 'q"\\', "é\t") for n in (1, 2)])
     chunk = read_chunk(dw.sqlite_read, tags, None, 100)
-    with dw.postgres_apply.begin() as conn:
+    with copier_pg.begin() as conn:
         result, _ = load_chunk(conn, tags, chunk.columns, chunk.values, chunk.version)
     assert result.applied == 6
     with dw.postgres.connect() as conn:
@@ -155,7 +190,7 @@ def pid(conn) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("live_seq, live_wins", [(101, True), (99, False)])
-def test_live_apply_uncommitted_during_copy(dw, live_seq, live_wins) -> None:  # type: ignore[no-untyped-def]
+def test_live_apply_uncommitted_during_copy(dw, copier_pg, live_seq, live_wins) -> None:  # type: ignore[no-untyped-def]
     """A live apply holds key 10 uncommitted; the chunk's COPY waits on it, then fails on the unique index
     and merges: the newer image stays, an older one is overwritten by the chunk (version S = 100)."""
     seed_sqlite(dw, 20)
@@ -170,7 +205,7 @@ def test_live_apply_uncommitted_during_copy(dw, live_seq, live_wins) -> None:  #
             release.wait(10)
 
     def copy() -> Any:
-        with dw.postgres_apply.begin() as conn:
+        with copier_pg.begin() as conn:
             pids.append(pid(conn))
             return load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
 
@@ -199,7 +234,7 @@ DELETE_RACE = pytest.mark.xfail(
 
 @pytest.mark.parametrize("path", ["fast", "merge"])
 @pytest.mark.parametrize("live", ["newer", "older", pytest.param("delete", marks=DELETE_RACE)])
-def test_live_apply_waits_for_the_copy(dw, live, path) -> None:  # type: ignore[no-untyped-def]
+def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # type: ignore[no-untyped-def]
     """The chunk's rows are in, uncommitted; a live apply of key 10 waits, then compares against S."""
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
@@ -208,7 +243,7 @@ def test_live_apply_waits_for_the_copy(dw, live, path) -> None:  # type: ignore[
     pids: list[int] = []
 
     def copy() -> Any:
-        with dw.postgres_apply.begin() as conn:
+        with copier_pg.begin() as conn:
             if path == "fast":
                 res, fell_back = load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
                 assert not fell_back
@@ -235,3 +270,79 @@ def test_live_apply_waits_for_the_copy(dw, live, path) -> None:  # type: ignore[
     got = names(dw.postgres)
     assert {"newer": got.get(10) == "live", "older": got.get(10) == "acct-10 é", "delete": 10 not in got}[live]
     assert versions(dw.postgres)["[10]"] == max(event.seq, 100)
+
+
+# -- binary COPY: the same rows as the text path, for every common type ---------------------------------
+types_md = MetaData()
+typed = Table(
+    "bf_types",
+    types_md,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("small", SmallInteger),
+    Column("f", Float),
+    Column("flag", Boolean),
+    Column("s", String(12)),
+    Column("t", Text),
+    Column("d", Date),
+    Column("naive", DateTime),
+    Column("aware", UTCDateTime),
+    Column("blob", LargeBinary),
+    Column("u", Uuid),
+    Column("doc", JSONType),
+)
+
+
+def typed_rows() -> list[dict[str, Any]]:
+    floats = [0.0, -1.5, float("inf"), float("-inf"), 1e300, 5e-324]
+    return [
+        {
+            "id": i * 1_000_000_007,
+            "small": i - 3,
+            "f": floats[i % len(floats)],
+            "flag": i % 2 == 0,
+            "s": "é" * (i % 12),
+            "t": "tab\tnl\n\\ quote' \u2028" * i,
+            "d": date(2026, 1, 1) + timedelta(days=i),
+            "naive": datetime(2026, 1, 1, 12, 0, 0, i),
+            "aware": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i),
+            "blob": bytes(range(i)),
+            "u": uuid.UUID(int=i),
+            "doc": {"i": i, "list": [1, "x", None], "s": "é\\"},
+        }
+        for i in range(1, 9)
+    ] + [{"id": 0, **{c.name: None for c in typed.columns if c.name != "id"}}]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_binary_copy_writes_what_the_text_path_writes(dw, copier_pg, binary, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import backfill.fastpath as fp
+
+    types_md.create_all(dw.sqlite)
+    types_md.create_all(dw.postgres)
+    with dw.sqlite.begin() as conn:
+        conn.execute(insert(typed), typed_rows())
+    monkeypatch.setattr(fp, "BINARY", binary)
+    used: list[Any] = []
+    monkeypatch.setattr(fp, "binary_oids", lambda rows, types: used.append(binary_oids(rows, types)) or used[-1])
+    chunk = read_chunk(dw.sqlite_read, typed, None, 100)
+    with copier_pg.begin() as conn:
+        result, _ = load_chunk(conn, typed, chunk.columns, chunk.values, chunk.version)
+    assert result.applied == 9
+    if binary and copier_pg.dialect.driver == "psycopg":
+        assert len(used) == 1 and used[0] is not None  # every column of this table can go binary
+    else:
+        assert used == []  # psycopg2, or binary off: text
+    assert snapshot(dw.postgres, typed) == snapshot(dw.sqlite_read, typed)
+
+
+def test_binary_only_when_every_value_fits_its_column() -> None:
+    aware, naive = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1)
+    assert binary_oids([(1, "a", aware), (None, None, None)], [(20, "int8"), (25, "text"), (1184, "timestamptz")])
+    assert binary_oids([(True,)], [(23, "int4")]) is None  # a bool in an int column: text refuses it
+    assert binary_oids([("1",)], [(16, "bool")]) is None
+    assert binary_oids([("{}",)], [(3802, "jsonb")]) is None  # text would parse it, binary would quote it
+    assert binary_oids([(naive,)], [(1184, "timestamptz")]) is None  # the session time zone decides, in text
+    assert binary_oids([(aware,)], [(1114, "timestamp")]) is None
+    assert binary_oids([(aware,)], [(1082, "date")]) is None  # a datetime is a date subclass, not a date
+    assert binary_oids([(Decimal(1),)], [(1700, "numeric")]) is None
+    assert binary_oids([(1,)], [(701, "float8")]) == [701]
