@@ -149,27 +149,28 @@ class Copier:
         started = time.perf_counter()
         fallbacks = self.fallbacks
         chunks = self.read_ahead(table, after)
-        while not self.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
-            chunk = next(chunks)
-            t0 = time.perf_counter()
-            cp.status = "done" if len(chunk.values) < self.chunk_size else "copying"
-            cp.version = chunk.version  # recorded with the chunk: `backfill reset` finds its rows by it
-            if chunk.values:
-                cp.last_key = encode_key(chunk.last_key or ())
-            ready, set_aside = self.prepare_chunk(table, chunk)
-            result, bad = self.apply_chunk(table, ready, cp, set_aside)
-            rep.chunks += 1
-            rep.rows_applied += result.applied
-            rep.rows_stale += result.stale
-            rep.rows_rejected += bad + set_aside
-            rep.rows_copied = cp.rows_copied
-            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
-            metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
-            after = chunk.last_key
-            if cp.status == "done":
-                break
-            self.throttle.take(len(chunk.values), self.should_stop)
-        chunks.close()
+        try:
+            while not self.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
+                chunk = next(chunks)
+                t0 = time.perf_counter()
+                cp.status = "done" if len(chunk.values) < self.chunk_size else "copying"
+                cp.version = chunk.version  # recorded with the chunk: `backfill reset` finds its rows by it
+                if chunk.values:
+                    cp.last_key = encode_key(chunk.last_key or ())
+                ready, set_aside = self.prepare_chunk(table, chunk)
+                result, bad = self.apply_chunk(table, ready, cp, set_aside)
+                rep.chunks += 1
+                rep.rows_applied += result.applied
+                rep.rows_stale += result.stale
+                rep.rows_rejected += bad + set_aside
+                rep.rows_copied = cp.rows_copied
+                metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
+                metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
+                if cp.status == "done":
+                    break
+                self.throttle.take(len(chunk.values), self.should_stop)
+        finally:
+            chunks.close()  # waits for a read still in flight
         if cp.status == "done":
             sync_sequence(self.postgres, table)
         rep.status = cp.status

@@ -6,7 +6,10 @@ the same rejects again, so readers should de-duplicate on (table, key).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +48,33 @@ class RejectWriter:
             "reason": _first_line(exc),
             "at": datetime.now(UTC).isoformat(),
         }
+        self.record(table, json.dumps(record, ensure_ascii=False))
+
+    def record(self, table: str, line: str) -> None:
+        """Append one JSON line, then count it: a failed write raises and counts nothing (the chunk's
+        transaction then rolls back, so the row is neither loaded nor lost: the next run meets it again)."""
+        # backslashreplace: a lone surrogate (from a key's text) still makes a line json.loads can read.
+        data = (line + "\n").encode("utf-8", "backslashreplace")
         with self._lock:
-            self.count += 1
             if self.path is not None:
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                _append(self.path, data)
+            self.count += 1
         metrics.BACKFILL_REJECTS.labels(table).inc()
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Write `data` at the end of the file or raise, leaving no half line behind if nobody else wrote since."""
+    with path.open("ab", buffering=0) as fh:
+        end = fh.seek(0, os.SEEK_END)
+        written = 0
+        try:
+            while written < len(data):
+                n = fh.write(data[written:])
+                if not n:
+                    raise OSError(errno.EIO, f"short write to {path}")
+                written += n
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if os.fstat(fh.fileno()).st_size == end + written:
+                    os.ftruncate(fh.fileno(), end)
+            raise

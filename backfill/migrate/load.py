@@ -30,7 +30,6 @@ from backfill.migrate import types as T
 from backfill.migrate.check import TableCheck, safe_key, verify_table
 from backfill.migrate.schema import Plan, TablePlan, reflect, source_engine
 from backfill.rejects import RejectWriter
-from dualwrite import metrics
 from dualwrite.apply import ApplyResult
 from dualwrite.db import postgres_engine
 from dualwrite.internal import create_internal
@@ -122,12 +121,7 @@ class MigrateRejects(RejectWriter):
             "row": {k: repr(v) for k, v in row.items()},
             "at": datetime.now(UTC).isoformat(),
         }
-        with self._lock:
-            self.count += 1
-            if self.path is not None:
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record, ensure_ascii=True) + "\n")
-        metrics.BACKFILL_REJECTS.labels(table).inc()
+        self.record(table, json.dumps(record, ensure_ascii=True))
 
 
 def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple]]:
