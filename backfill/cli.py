@@ -18,21 +18,32 @@ from dualwrite.settings import Settings, mask_text
 log = logging.getLogger("backfill.cli")
 
 
-def _metadata(spec: str | None) -> Any:
-    """The tables to copy: `module:attribute` naming a MetaData, or the default registry's."""
-    if spec:
-        import importlib
+def _registry(spec: str | None) -> Any:
+    """The tables to copy, in the order to copy them: the default registry (P0, then P1, then P2; parents
+    before children within a priority), or `module:attribute` naming a Registry or a MetaData (one
+    priority: parents before children)."""
+    from dualwrite.errors import DualwriteError
+    from dualwrite.registry import Registry, default_registry
 
-        module, _, attr = spec.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr or "metadata")
-        except (ImportError, AttributeError) as exc:
-            fail(f"cannot load metadata {spec!r}: {exc}")
+    if not spec:
+        return default_registry()
+    import importlib
+
+    module, _, attr = spec.partition(":")
     try:
-        from dualwrite.registry import default_registry
-    except ImportError as exc:
-        fail(f"no table registry available (use --metadata module:attr): {exc}")
-    return default_registry().metadata
+        found = getattr(importlib.import_module(module), attr or "metadata")
+    except (ImportError, AttributeError) as exc:
+        fail(f"cannot load metadata {spec!r}: {exc}")
+    if isinstance(found, Registry):
+        return found
+    try:
+        return Registry.from_metadata(found)
+    except DualwriteError as exc:
+        fail(f"--metadata {spec}: {exc}")
+
+
+def _metadata(spec: str | None) -> Any:
+    return _registry(spec).metadata
 
 
 def _writer(settings: Settings, spec: str | None) -> Any:
@@ -45,7 +56,9 @@ def _writer(settings: Settings, spec: str | None) -> Any:
 
 
 def _tables(spec: str | None, names: tuple[str, ...] = ()) -> list[Any]:
-    tables = list(_metadata(spec).sorted_tables)  # parents first
+    # Registry order, not MetaData.sorted_tables (alphabetical among equals: archive_records, a P2 table,
+    # used to be copied before the P0 stores).
+    tables = [t.table for t in _registry(spec).tables()]
     if names:
         known = {t.name for t in tables}
         missing = [n for n in names if n not in known]
@@ -55,7 +68,9 @@ def _tables(spec: str | None, names: tuple[str, ...] = ()) -> list[Any]:
     return tables
 
 
-metadata_option = click.option("--metadata", "metadata_spec", default=None, help="module:attr of a MetaData")
+metadata_option = click.option(
+    "--metadata", "metadata_spec", default=None, help="module:attr of a Registry or MetaData (default: the registry)"
+)
 
 
 class StopFlag:
@@ -96,7 +111,6 @@ def _select(spec: str | None, names: list[str], priorities: list[str], stores: l
     """The tables to copy, in `_tables`' order: --table/--tables by name, --priority and --stores from the
     registry (for --metadata, every table is store 'app', priority 0); the filters combine (AND)."""
     from dualwrite.errors import DualwriteError
-    from dualwrite.registry import Registry, default_registry
 
     tables = _tables(spec, tuple(names))
     if priorities or stores:
@@ -104,7 +118,7 @@ def _select(spec: str | None, names: list[str], priorities: list[str], stores: l
             levels = [int(p[1:] if p[:1] in "Pp" else p) for p in priorities]
         except ValueError:
             fail(f"--priority takes P0,P1,... (got {','.join(priorities)})")
-        registry = default_registry() if spec is None else Registry.from_metadata(_metadata(spec))
+        registry = _registry(spec)
         try:
             chosen = registry.tables(priorities=levels or None, stores=stores or None)
         except DualwriteError as exc:

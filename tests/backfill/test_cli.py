@@ -100,3 +100,29 @@ def _copied(dw) -> bool:  # type: ignore[no-untyped-def]
     except Exception:  # noqa: BLE001
         return False
     return len(cps) == 3 and all(c.status == "done" for c in cps.values())
+
+
+def test_default_order_is_the_registry_priority_order(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without --metadata the stores move in priority order (P0, P1, P2; parents before children), not in
+    MetaData.sorted_tables' alphabetical order, which copied archive_records (P2) first."""
+    from backfill.cli import _tables
+    from dualwrite.registry import default_registry
+
+    reg = default_registry()
+    order = [t.name for t in _tables(None)]
+    assert order == [s.name for s in reg.tables()]
+    pri = [reg.get(n).priority for n in order]
+    assert pri == sorted(pri) and order[0] == "memory_items"
+    for n in order:
+        assert all(order.index(p) < order.index(n) for p in reg.get(n).parents)
+    w = prepared_writer(settings, phase="sqlite")  # every store's tables, empty
+    try:
+        report = tmp_path / "report.json"
+        c = conn_args(settings)
+        r = invoke("backfill", "run", *c, "--no-replay", "--report", str(report), "--rejects", str(tmp_path / "r"))
+        assert r.exit_code == 0, r.output
+        assert [t["table"] for t in json.loads(report.read_text())["tables"]] == order
+        # --metadata keeps its MetaData's parents-first order, as before
+        assert [t.name for t in _tables("tests.backfill.support:md")] == [t.name for t in md.sorted_tables]
+    finally:
+        w.close()
