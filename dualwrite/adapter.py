@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
-from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update, select
+from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update, false, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -77,7 +77,7 @@ class WriteTx:
     ) -> list[RowMapping]:
         table = statement_table(stmt)
         self.dw.catalog_check(table)
-        before, watched = self._rows_before(stmt, table, params)
+        before, watched, stmt = self._rows_before(stmt, table, params)
         result = (
             self.connection.execute(with_returning(stmt), params)
             if params
@@ -98,17 +98,18 @@ class WriteTx:
 
     def _rows_before(
         self, stmt: Insert | Update | Delete, table: Table, params: Any
-    ) -> tuple[list[RowMapping] | None, cascade.Watch | None]:
+    ) -> tuple[list[RowMapping] | None, cascade.Watch | None, Any]:
         """The rows a statement is about to change, read (locked) first when RETURNING is not enough: an
         UPDATE of a primary key (RETURNING only gives the new images, so the old key needs a delete) and
-        any statement that fires referential actions (their rows are watched, see cascade.py)."""
+        any statement that fires referential actions (their rows are watched, see cascade.py).
+        Returns them, the watch, and the statement to run."""
         refs = self.dw.catalog.referrers().get(table.name, [])
         if isinstance(stmt, Insert):
             cascade.refuse_upsert_into_referenced(stmt, table, refs)
-            return None, None
+            return None, None, stmt
         if isinstance(stmt, Delete):
             if not any(r.ondelete for r in refs):
-                return None, None
+                return None, None, stmt
             names: set[str] = set()
         else:
             values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
@@ -117,7 +118,7 @@ class WriteTx:
                 names |= set(params)
             referenced = {c for r in refs if r.onupdate for c in r.parent_cols}
             if not (set(pk_columns(table)) | referenced) & names:
-                return None, None
+                return None, None, stmt
         query = select(table)
         if stmt.whereclause is not None:
             query = query.where(stmt.whereclause)
@@ -130,7 +131,13 @@ class WriteTx:
         watched = cascade.watch(
             self.connection, self.dw.catalog.referrers(), table, rows, delete=isinstance(stmt, Delete), changed=names
         )
-        return rows, watched or None
+        if self.connection.dialect.name == "postgresql":
+            # Read committed: the statement takes a new snapshot and could also reach rows committed after
+            # the read above, whose old keys or cascades nobody saw. Confine it to the rows read (and locked).
+            pk = pk_columns(table)
+            keys = list(dict.fromkeys(tuple(r[c] for c in pk) for r in rows))
+            stmt = stmt.where(cascade.key_in(self.connection, table, pk, keys) if keys else false())
+        return rows, watched or None, stmt
 
     def upsert(
         self,
@@ -296,11 +303,8 @@ class DualWriter:
             return
         with self.postgres_direct.connect() as conn:
             plan = plan_events(conn, self.catalog.table, events)
-            if plan.statement_count() <= 1:
-                run_plan(conn, plan)  # a single statement is atomic on its own
-                return
-        with self.postgres_apply.begin() as conn:
-            run_plan(conn, plan)
+            # a single statement is atomic on its own; more get BEGIN/COMMIT on their first and last
+            run_plan(conn, plan, own_transaction=plan.statement_count() > 1)
 
     # -- reads -----------------------------------------------------------------------------------
     def read(

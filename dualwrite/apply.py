@@ -67,8 +67,8 @@ class Plan:
     superseded: int = 0  # events dropped because a newer event of their key is in the same batch
 
     def statement_count(self) -> int:
-        """Round trips on Postgres (SQLite is in-process)."""
-        return sum(len(_parts(sql, op, items)) for op, sql, items in self.groups())
+        """Statements on Postgres (a delete takes two: claim, then delete; SQLite is in-process)."""
+        return sum(len(_parts(sql, op, items)) * (2 if op == "delete" else 1) for op, sql, items in self.groups())
 
     def groups(self) -> Iterable[tuple[str, TableSQL, list[Item]]]:
         for sql, items in self.deletes:
@@ -82,6 +82,15 @@ def _parts(sql: TableSQL, op: str, items: list[Item]) -> list[list[Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _key_text(key: Mapping[str, Any], pk: tuple[str, ...]) -> str:
+    """events.key_text, with a shortcut for the common single integer key (json.dumps gives the same)."""
+    if len(pk) == 1:
+        value = key[pk[0]]
+        if type(value) is int:
+            return f"[{value}]"
+    return key_text([key[c] for c in pk])
+
+
 def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
     """Keep the newest event per key (the rest are superseded or duplicates) and bind its values."""
     plan = Plan()
@@ -91,7 +100,7 @@ def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEv
         pk = pks.get(ev.table)
         if pk is None:
             pk = pks[ev.table] = pk_columns(lookup(ev.table))
-        key = (ev.table, ev.key_text(pk))
+        key = (ev.table, _key_text(ev.key, pk))
         prev = latest.get(key)
         if prev is None or ev.seq > prev.seq:
             if prev is not None:
@@ -100,9 +109,10 @@ def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEv
         else:
             plan.superseded += 1
     by_table: dict[tuple[str, str], list[Item]] = {}
+    tables = {name: statements.get(conn, lookup(name)) for name in pks}
     # key order: concurrent appliers lock version rows in the same order (fewer deadlocks)
     for (tname, ktext), ev in sorted(latest.items()):
-        sql = statements.get(conn, lookup(tname))
+        sql = tables[tname]
         if ev.op == "delete":
             values = sql.key_params(ev.key)
         elif ev.image is None:
@@ -110,32 +120,77 @@ def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEv
         else:
             values = sql.image_params(ev.image)
         by_table.setdefault((ev.op, tname), []).append((values, ktext, ev.seq))
-    tables = {name: statements.get(conn, lookup(name)) for _, name in by_table}
     for (op, tname), items in by_table.items():
         (plan.deletes if op == "delete" else plan.upserts).append((tables[tname], items))
     return plan
 
 
-def run_plan(conn: Connection, plan: Plan) -> ApplyResult:
-    """Execute a plan inside the caller's transaction (or alone, in autocommit, if it is one statement)."""
+def run_plan(conn: Connection, plan: Plan, *, own_transaction: bool = False) -> ApplyResult:
+    """Execute a plan inside the caller's transaction. own_transaction=True: `conn` is in autocommit and
+    the plan brings its own BEGIN/COMMIT, riding on its first and last statements (no extra round trips)."""
     result = ApplyResult(stale=plan.superseded)
-    for op, sql, items in plan.groups():
-        try:
-            won = _run_group(conn, op, sql, items)
-        except DBAPIError:
-            statements.forget(conn, sql.table)  # the table may have changed under us: re-read its catalog
-            raise
-        result.applied += won
-        result.stale += len(items) - won
+    run = _Runner(conn, own_transaction)
+    try:
+        groups = list(plan.groups())
+        for i, (op, sql, items) in enumerate(groups):
+            try:
+                won = _run_group(run, op, sql, items, last=i == len(groups) - 1)
+            except DBAPIError:
+                statements.forget(conn, sql.table)  # the table may have changed under us: re-read its catalog
+                raise
+            result.applied += won
+            result.stale += len(items) - won
+        run.finish()
+    except BaseException:
+        run.abort()
+        raise
     return result
 
 
-def _run_group(conn: Connection, op: str, sql: TableSQL, items: list[Item]) -> int:
+class _Runner:
+    def __init__(self, conn: Connection, own: bool) -> None:
+        self.conn, self.own, self.open, self.committed = conn, own, False, False
+        # psycopg2 binds client side, so one execute may carry several commands; psycopg 3 binds on the
+        # server, one command per execute: there BEGIN and COMMIT cost a round trip each
+        self.piggyback = conn.dialect.driver == "psycopg2"
+
+    def __call__(self, sql: str, params: Any, *, commit: bool = False) -> Any:
+        """commit=True: the caller needs no result from this statement, so COMMIT may follow it."""
+        if self.own and not self.open:
+            self.open = True
+            if self.piggyback:
+                sql = "BEGIN; " + sql
+            else:
+                self.conn.exec_driver_sql("BEGIN")
+        if self.own and commit and self.piggyback:
+            sql, self.committed = sql + "; COMMIT", True
+        return self.conn.exec_driver_sql(sql, params)
+
+    def finish(self) -> None:
+        if self.open and not self.committed:
+            self.conn.exec_driver_sql("COMMIT")
+
+    def abort(self) -> None:
+        if self.open and not self.committed:
+            try:
+                self.conn.exec_driver_sql("ROLLBACK")
+            except Exception:  # noqa: BLE001 - a broken connection: never reuse it
+                self.conn.invalidate()
+
+
+def _run_group(run: _Runner, op: str, sql: TableSQL, items: list[Item], *, last: bool) -> int:
     won = 0
     if sql.postgres:
-        for part in _parts(sql, op, items):
-            text, params = sql.pg_upsert(part) if op == "upsert" else sql.pg_delete(part)
-            won += int(conn.exec_driver_sql(text, tuple(params)).scalar_one())
+        parts = _parts(sql, op, items)
+        for j, part in enumerate(parts):
+            if op == "upsert":
+                won += int(run(*sql.pg_upsert(part)).scalar_one())
+                continue
+            keys = set(run(*sql.pg_delete_claim(part)).scalars())
+            winners = [item for item in part if item[1] in keys]
+            if winners:
+                run(*sql.pg_delete_rows(winners), commit=last and j == len(parts) - 1)
+            won += len(winners)
         return won
     winners: set[str] = set()
     for part in _parts(sql, op, items):
@@ -143,10 +198,10 @@ def _run_group(conn: Connection, op: str, sql: TableSQL, items: list[Item]) -> i
         for _values, ktext, seq in part:
             flat += (sql.name, ktext, seq)
         text = sql.claim_head + ", ".join([sql.claim_row] * len(part)) + sql.claim_tail
-        winners.update(r[0] for r in conn.exec_driver_sql(text, tuple(flat)))
+        winners.update(r[0] for r in run(text, tuple(flat)))
     rows = [tuple(values) for values, ktext, _seq in items if ktext in winners]
     if rows:
-        conn.exec_driver_sql(sql.upsert_sql if op == "upsert" else sql.delete_sql, rows)
+        run(sql.upsert_sql if op == "upsert" else sql.delete_sql, rows)
     return len(rows)
 
 

@@ -26,11 +26,15 @@ apply), then to the driver as plain parameters.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
@@ -95,24 +99,25 @@ class TableSQL:
         nonpk = [qc for c, qc in zip(self.cols, qcols, strict=True) if c not in self.pk]
         if self.postgres:
             types = {c: (pg_types or {}).get(c) or _fallback_type(table, c, dialect) for c in self.cols}
-            self._up_row = self._pg_row([types[c] for c in self.cols])
-            self._del_row = self._pg_row([types[c] for c in self.pk])
-            src_all = ", ".join(f"c{i}" for i in range(len(self.cols)))
+            for i, c in enumerate(self.cols):
+                if types[c] in ("double precision", "real"):
+                    self.procs[i] = _float_text(self.procs[i])
+            self.pk_procs = [self.procs[i] for i in self.pk_pos]
             # a table of key columns only still updates something, so the write's effect is uniform
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in (nonpk or qpk[:1]))
-            self._up_tail = (
-                f"{self._claim()}, w AS (INSERT INTO {qt} ({', '.join(qcols)}) "
-                f"SELECT {', '.join('src.' + c for c in src_all.split(', '))} "
-                f"FROM src JOIN claim ON claim.pk = src.k ON CONFLICT ({', '.join(qpk)}) DO UPDATE SET {sets}) "
-                f"SELECT count(*) FROM claim"
+            src_all = ", ".join(f"src.c{i}" for i in range(len(self.cols)))
+            self._up = _PgOp(
+                [types[c] for c in self.cols],
+                f", w AS (INSERT INTO {qt} ({', '.join(qcols)}) SELECT {src_all} FROM src JOIN claim ON "
+                f"claim.pk = src.k ON CONFLICT ({', '.join(qpk)}) DO UPDATE SET {sets}) SELECT count(*) FROM claim",
             )
-            self._up_head = f"WITH src({src_all}, k, s) AS (VALUES "
+            # A delete is two statements: a DELETE is a snapshot scan, so inside the claim's statement it would
+            # miss a row that a concurrent apply (an older seq, whose version row the claim waited for)
+            # committed after that statement began. Run after the claim, it sees it.
+            key_types = [types[c] for c in self.pk]
+            self._del_claim = _PgOp(key_types, " SELECT pk FROM claim")
             match = " AND ".join(f"d.{c} = src.c{i}" for i, c in enumerate(qpk))
-            self._del_tail = (
-                f"{self._claim()}, w AS (DELETE FROM {qt} AS d USING src JOIN claim ON claim.pk = src.k "
-                f"WHERE {match}) SELECT count(*) FROM claim"
-            )
-            self._del_head = f"WITH src({', '.join(f'c{i}' for i in range(len(qpk)))}, k, s) AS (VALUES "
+            self._del_rows = _PgOp(key_types, f" DELETE FROM {qt} AS d USING src WHERE {match}", claim=False)
         else:
             self.claim_row = "(?, ?, ?)"
             self.claim_head = "INSERT INTO _dw_versions (tbl, pk, seq) VALUES "
@@ -128,19 +133,6 @@ class TableSQL:
                 f"ON CONFLICT ({', '.join(qpk)}) {action}"
             )
             self.delete_sql = f"DELETE FROM {qt} WHERE " + " AND ".join(f"{c} = ?" for c in qpk)
-
-    @staticmethod
-    def _pg_row(types: list[str]) -> str:
-        casts = [f"CAST(%s AS {t})" for t in [*types, "text", "bigint"]]
-        return "(" + ", ".join(casts) + ")"
-
-    @staticmethod
-    def _claim() -> str:
-        return (
-            "), claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT %s, k, s FROM src "
-            "ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq "
-            "RETURNING pk)"
-        )
 
     # -- values ------------------------------------------------------------------------------------
     def check_columns(self, row: Mapping[str, Any]) -> None:
@@ -161,25 +153,93 @@ class TableSQL:
         return [key[c] if p is None else p(key[c]) for c, p in zip(self.pk, self.pk_procs, strict=True)]
 
     # -- Postgres: one statement per table and op --------------------------------------------------
-    def pg_upsert(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, list[Any]]:
+    def pg_upsert(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
         """rows: (image params, key text, version) with unique keys."""
-        return self._pg(self._up_head, self._up_row, self._up_tail, rows)
+        return self._up.statement(rows, self.name)
 
-    def pg_delete(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, list[Any]]:
-        """rows: (key params, key text, version) with unique keys."""
-        return self._pg(self._del_head, self._del_row, self._del_tail, rows)
+    def pg_delete_claim(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
+        """rows: (key params, key text, version) with unique keys; the statement returns the won keys."""
+        return self._del_claim.statement(rows, self.name)
 
-    def _pg(self, head: str, row: str, tail: str, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, list]:
-        params: list[Any] = []
-        for values, ktext, seq in rows:
-            params += values
-            params.append(ktext)
-            params.append(seq)
-        params.append(self.name)
-        return head + ", ".join([row] * len(rows)) + tail, params
+    def pg_delete_rows(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
+        """Delete the rows of keys whose claim was won (in the claim's transaction)."""
+        return self._del_rows.statement(rows, None)
 
     def width(self, op: str) -> int:
         return (len(self.cols) if op == "upsert" else len(self.pk)) + 2
+
+
+_CLAIM = (
+    ", claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT %s, k, s FROM src "
+    "ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq RETURNING pk)"
+)
+
+
+def _float_text(proc: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """Floats travel as repr() text: exact, and unlike a JSON number it keeps -0.0, NaN and infinities
+    (float8 input reads 'nan', 'inf', '-inf')."""
+
+    def text(value: Any) -> Any:
+        if proc is not None:
+            value = proc(value)
+        return repr(value) if type(value) is float else value
+
+    return text
+
+
+def _json_default(value: Any) -> Any:
+    """Text forms Postgres' input functions read back exactly (the casts in the statement do the rest)."""
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    adapted = getattr(value, "adapted", None)  # psycopg2.Binary, from LargeBinary's bind processor
+    if isinstance(adapted, bytes | bytearray | memoryview):
+        return "\\x" + bytes(adapted).hex()
+    raise TypeError(f"no JSON form for {type(value).__name__}")
+
+
+# allow_nan=False: NaN/Infinity are not JSON; such a batch takes the VALUES form instead.
+_encode = json.JSONEncoder(default=_json_default, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _PgOp:
+    """One op's statement: the rows arrive as ONE json parameter (parsing a VALUES list of thousands of
+    casts costs the server more than the write), or as a VALUES list when a value has no JSON form."""
+
+    def __init__(self, types: list[str], tail: str, *, claim: bool = True) -> None:
+        n = len(types)
+        tail = (_CLAIM if claim else "") + tail
+        cols = ", ".join(f"CAST(e->>{i} AS {t}) AS c{i}" for i, t in enumerate(types))
+        self.json_sql = (
+            f"WITH src AS (SELECT {cols}, e->>{n} AS k, CAST(e->>{n + 1} AS bigint) AS s "
+            f"FROM jsonb_array_elements(CAST(%s AS jsonb)) AS e){tail}"
+        )
+        # arrays would need their own JSON handling: those tables always use VALUES
+        self.json_ok = not any(t.endswith("]") for t in types)
+        self.values_head = f"WITH src({', '.join(f'c{i}' for i in range(n))}, k, s) AS (VALUES "
+        self.values_row = "(" + ", ".join(f"CAST(%s AS {t})" for t in [*types, "text", "bigint"]) + ")"
+        self.values_tail = ")" + tail
+
+    def statement(
+        self, rows: Sequence[tuple[list[Any], str, int]], table: str | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and its parameters; `table` names the version rows' tbl (None: no claim)."""
+        tbl = () if table is None else (table,)
+        if self.json_ok:
+            try:
+                return self.json_sql, (_encode([[*values, k, s] for values, k, s in rows]), *tbl)
+            except (TypeError, ValueError):
+                pass
+        params: list[Any] = []
+        for values, k, s in rows:
+            params += values
+            params.append(k)
+            params.append(s)
+        params += tbl
+        return self.values_head + ", ".join([self.values_row] * len(rows)) + self.values_tail, tuple(params)
 
 
 class _Cache:

@@ -83,7 +83,8 @@ def build_referrers(tables: Iterable[Table]) -> dict[str, list[Referrer]]:
     return out
 
 
-def _in(conn: Connection, table: Table, cols: Sequence[str], values: Sequence[tuple[Any, ...]]) -> Any:
+def key_in(conn: Connection, table: Table, cols: Sequence[str], values: Sequence[tuple[Any, ...]]) -> Any:
+    """`cols` IN `values`, as the dialect renders tuples."""
     if len(cols) == 1:
         return table.c[cols[0]].in_([v[0] for v in values])
     if conn.dialect.name == "postgresql":
@@ -96,7 +97,7 @@ def _read(conn: Connection, table: Table, cols: Sequence[str], values: Iterable[
     values = [v for v in dict.fromkeys(values) if None not in v]
     rows: list[Any] = []
     for i in range(0, len(values), CHUNK):
-        query = select(table).where(_in(conn, table, cols, values[i : i + CHUNK]))
+        query = select(table).where(key_in(conn, table, cols, values[i : i + CHUNK]))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(of=table)
         rows.extend(conn.execute(query).mappings())

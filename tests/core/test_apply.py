@@ -3,6 +3,8 @@ tombstones, and any permutation of a set of events (with duplicates) converges t
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from dualwrite.adapter import DualWriter
-from dualwrite.apply import SchemaDriftError
+from dualwrite.apply import SchemaDriftError, apply_events
 from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
@@ -184,3 +186,42 @@ def test_unknown_columns_in_an_image_are_refused_not_dropped(dw: DualWriter, bac
     assert names(dw, backend) == {}  # nothing of the batch was applied
     with engine_of(dw, backend).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM _dw_versions")).scalar() == 0  # no version claimed
+
+
+@pytest.mark.parametrize("ops", [("upsert", "delete"), ("delete", "upsert"), ("upsert", "upsert")])
+def test_newer_change_waiting_on_an_older_apply_sees_its_commit(dw: DualWriter, ops: tuple[str, str]) -> None:
+    """Two inline applies of one key race on Postgres: the older (seq 5) holds the key's version row, the
+    newer (seq 6) waits for it. Whatever the newer one is, it must act on the state the older one committed
+    after the newer statement began (a delete that only looked at its statement's snapshot missed the row)."""
+    if ops[0] == "delete":
+        dw.apply("postgres", [up(1, 1, "v1")])
+    # an older upsert inserts a row that did not exist when the newer statement began (an update of an
+    # existing row would be re-checked by the newer statement anyway)
+    older = up(5, 1, "v5") if ops[0] == "upsert" else rm(5, 1)
+    newer = rm(6, 1) if ops[1] == "delete" else up(6, 1, "v6")
+    with dw.postgres_apply.connect() as holder:
+        holder.begin()
+        apply_events(holder, dw.catalog.table, [older])
+        holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        errors: list[BaseException] = []
+
+        def newer_apply() -> None:
+            try:
+                dw.apply("postgres", [newer])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=newer_apply)
+        thread.start()
+        with dw.postgres.connect() as probe:  # wait until the newer apply is blocked by the older one
+            deadline = time.monotonic() + 10
+            while not probe.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (holder_pid,)
+            ).scalar():
+                assert time.monotonic() < deadline, "the newer apply never waited for the older one"
+                probe.rollback()  # pg_stat_activity is a snapshot per transaction
+                time.sleep(0.02)
+        holder.commit()
+    thread.join(timeout=10)
+    assert not errors, errors
+    assert names(dw, "postgres") == ({} if ops[1] == "delete" else {1: "v6"})
