@@ -182,7 +182,7 @@ class ChunkQuery:
         self.order = ", ".join(keys)
         self.mark = "%s" if self.pg else "?"
         self.nullable = [i for i, c in enumerate(cols) if c.nullable]
-        name = _q(table.name)
+        self.name = name = _q(table.name)
         if self.pg:
             inner = ", ".join(f"{postgres_render(c)} AS c{i}" for i, c in enumerate(cols))
             aggs = [f"count(c{i})" for i in self.nullable]
@@ -201,6 +201,18 @@ class ChunkQuery:
                 self.sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows})"
 
     def statement(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
+        where, params = self.where(lo, hi)
+        return self.sql.format(where=where), params
+
+    def split_statement(self, lo: Key | None, hi: Key | None, step: int) -> tuple[str, list[Any]]:
+        """Every step-th existing key of the range (after its first): split points for a bisection."""
+        where, params = self.where(lo, hi)
+        keys = ", ".join(_q(k) for k in self.pk)
+        inner = f"SELECT {keys}, row_number() OVER (ORDER BY {self.order}) AS rn FROM {self.name} {where}"
+        mod = "%%" if self.pg else "%"  # psycopg2 reads a lone % as a placeholder
+        return f"SELECT {keys} FROM ({inner}) s WHERE rn {mod} {int(step)} = 1 AND rn > 1 ORDER BY {self.order}", params
+
+    def where(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
         conds, params = [], []
         for op, bound in ((">=", lo), ("<", hi)):
             if bound is None:
@@ -208,8 +220,7 @@ class ChunkQuery:
             marks = ", ".join(self.mark for _ in bound)
             conds.append(f"{self.key} {op} {marks if len(bound) == 1 else f'({marks})'}")
             params.extend(bound)
-        where = f"WHERE {' AND '.join(conds)}" if conds else ""
-        return self.sql.format(where=where), params
+        return (f"WHERE {' AND '.join(conds)}" if conds else ""), params
 
     def parse(self, row: Sequence[Any]) -> ChunkSum:
         n = int(row[0])
@@ -233,6 +244,18 @@ class ChunkQuery:
                 nulls.append(want_nulls)
             digests.append(hashlib.md5(data).hexdigest() if n else "")
         return ChunkSum(n, tuple(nulls), tuple(digests), trusted)
+
+
+def split_keys(engine: Engine, query: ChunkQuery, lo: Key | None, hi: Key | None, step: int) -> list[Key]:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(*query.split_statement(lo, hi, step))
+        keys = [tuple(r) for r in cur.fetchall()]
+        raw.rollback()
+        return keys
+    finally:
+        raw.close()
 
 
 def chunk_sums(
