@@ -46,6 +46,7 @@ import redis
 from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
+from dualwrite.db import search_path_option
 from dualwrite.settings import mask_text
 from shadow.experiment import Experiment, MismatchError, Observation, Result
 from shadow.normalize import DEFAULT, Normalizer
@@ -316,7 +317,7 @@ class ShadowReader:
             found = self._engines.get(id(owner))
             if found is not None and found[0] is owner:
                 return found[1]
-            options = f"-csearch_path={dw.settings.pg_schema}"  # as dualwrite.db.postgres_engine
+            options = search_path_option(dw.settings.pg_schema)  # as dualwrite.db.postgres_engine
             timeout_ms = int(self.candidate_timeout * 1000)
             if timeout_ms > 0:
                 options += f" -cstatement_timeout={timeout_ms}"
