@@ -1,17 +1,16 @@
 """The Copier's fast path: COPY a chunk straight into the keys Postgres has never seen.
 
-Within the chunk's transaction (version S):
-1. probe `_dw_versions` for the chunk's keys: a key with a version row was reached by a live event (or
-   an earlier copy, or it is a tombstone) and goes through the merge (merge.py: the apply rule's
-   comparison);
-2. every other key is COPYed straight in, inside a savepoint: first its version row (tbl, pk, S) into
-   `_dw_versions`, then the row into the table, in the apply rule's own order (claim, then write), so a
-   live apply of the same key cannot hold the two locks the other way round.
+Within the chunk's transaction (version S), inside a savepoint: COPY the chunk's version rows
+(tbl, pk, S) into `_dw_versions`, then its rows into the table, in the apply rule's own order (claim, then
+write), so a live apply of the same key cannot hold the two locks the other way round. Most chunks of a
+history copy meet no live write, so nothing is probed up front. If the COPY fails on a unique index
+(23505), the savepoint is rolled back, `_dw_versions` is probed for the chunk's keys, the keys without a
+version row are COPYed again (a second savepoint) and the taken ones (a live event, an earlier copy, a
+tombstone) go through the merge (merge.py: the apply rule's comparison). A second failure merges all.
 
-Why this is the apply rule: a key copied by 2. had no version row, so "S > the key's version" holds.
-If a live event's version row for such a key commits between the probe and the COPY, or is still
-uncommitted, the unique index on (tbl, pk) makes the COPY wait and then fail (23505): the savepoint is
-rolled back and the whole chunk takes the merge, which compares against that committed version. A
+Why this is the apply rule: a key whose version row the COPY inserted had none, so "S > the key's
+version" holds. A live event's version row for such a key that is committed, or still uncommitted, makes
+the COPY wait and then fail on the unique index on (tbl, pk), and the merge then compares against it. A
 live apply that comes after the COPY waits on our uncommitted key and then compares against S. A row
 already in the table without a version row (loaded outside the apply rule) fails the COPY on the table's
 primary key the same way. So an older image never overwrites a newer one, a tombstone is never

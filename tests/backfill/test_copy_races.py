@@ -103,16 +103,9 @@ def test_live_updates_and_inserts_race_the_fast_copy(dw, plan: Any, chunk_size: 
     race(dw, plan, chunk_size)
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: most runs hit it, not every one
-    reason="bug in dualwrite/applysql.py (ca1e8e2), not the copy: a live delete racing a chunk that inserts the "
-    "same key (fast path, merge or INSERT path alike) claims the version in its CTE after waiting for the chunk, "
-    "but its DELETE CTE uses the statement's older snapshot and misses the row: Postgres keeps a row SQLite "
-    "deleted, with _dw_versions at the delete's seq (see test_fastpath.py::test_live_apply_waits_for_the_copy)",
-)
 # No shrinking: a race does not shrink (hypothesis would replay it for minutes, flaky).
 @hsettings(
-    max_examples=8, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, phases=[Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(plan=plans, chunk_size=st.integers(3, 40))
 def test_live_deletes_race_the_fast_copy(dw, plan: Any, chunk_size: int) -> None:  # type: ignore[no-untyped-def]

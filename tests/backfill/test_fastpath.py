@@ -224,18 +224,12 @@ def test_live_apply_uncommitted_during_copy(dw, copier_pg, live_seq, live_wins) 
     assert len(names(dw.postgres)) == 20
 
 
-DELETE_RACE = pytest.mark.xfail(
-    strict=True,
-    reason="bug in dualwrite/applysql.py (ca1e8e2): the live delete's claim CTE waits for the chunk's version row "
-    "and wins, but its DELETE CTE runs on the statement's snapshot, taken before the chunk committed, so the row "
-    "stays while _dw_versions says deleted (the merge path shows it too: not the fast path's doing)",
-)
-
-
 @pytest.mark.parametrize("path", ["fast", "merge"])
-@pytest.mark.parametrize("live", ["newer", "older", pytest.param("delete", marks=DELETE_RACE)])
+@pytest.mark.parametrize("live", ["newer", "older", "delete"])
 def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # type: ignore[no-untyped-def]
-    """The chunk's rows are in, uncommitted; a live apply of key 10 waits, then compares against S."""
+    """The chunk's rows are in, uncommitted; a live apply of key 10 waits, then compares against S. (The
+    delete case found a bug in applysql.py, fixed in 61384db: its DELETE ran in the claim's statement, on
+    a snapshot from before the chunk committed, and missed the row.)"""
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
     event = {"newer": upsert(10, 101, "live"), "older": upsert(10, 99, "old"), "delete": delete(10, 102)}[live]
