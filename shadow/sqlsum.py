@@ -1,8 +1,9 @@
 """Chunk checksums computed inside each database: verify's first pass without shipping rows to Python.
 
 For every chunk (a key range) each side runs ONE query that returns the row count and, per column, the
-column's values of the chunk in key order joined into one string and hashed (Postgres: md5 of a
-string_agg; SQLite: group_concat, hashed here with hashlib, the only hash both sides can compute).
+column's values of the chunk in key order joined into one string and hashed (Postgres: sha256 of a
+string_agg; SQLite: group_concat, hashed here with hashlib: SQLite has no hash function of its own;
+sha256 because it is the fastest one both have, with SHA instructions).
 Values are rendered to text by SQL written per column type so equal data gives equal bytes:
 
 | type | SQLite (as stored by SQLAlchemy) | Postgres |
@@ -186,7 +187,9 @@ class ChunkQuery:
         if self.pg:
             inner = ", ".join(f"{postgres_render(c)} AS c{i}" for i, c in enumerate(cols))
             aggs = [f"count(c{i})" for i in self.nullable]
-            aggs += [f"md5(string_agg(coalesce(c{i}, E'\\x03'), E'\\x01'))" for i in range(len(cols))]
+            aggs += [
+                f"sha256(convert_to(string_agg(coalesce(c{i}, E'\\x03'), E'\\x01'), 'UTF8'))" for i in range(len(cols))
+            ]
             rows = f"SELECT {inner} FROM {name} {{where}} ORDER BY {self.order}"
             self.sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows}) s"
         else:
@@ -228,7 +231,7 @@ class ChunkQuery:
             nn = len(self.nullable)
             nonnull = dict(zip(self.nullable, row[1 : 1 + nn], strict=True))
             nulls = tuple(n - int(nonnull[i]) for i in self.nullable)
-            return ChunkSum(n, nulls, tuple(d or "" for d in row[1 + nn :]))
+            return ChunkSum(n, nulls, tuple(bytes(d).hex() if d is not None else "" for d in row[1 + nn :]))
         guard, nn = row[1], len(self.nullable)
         nonnull = dict(zip(self.nullable, row[2 : 2 + nn], strict=True))
         blobs = row[2 + nn :]
@@ -242,7 +245,7 @@ class ChunkQuery:
                 trusted = False
             if i in nonnull:
                 nulls.append(want_nulls)
-            digests.append(hashlib.md5(data).hexdigest() if n else "")
+            digests.append(hashlib.sha256(data).hexdigest() if n else "")
         return ChunkSum(n, tuple(nulls), tuple(digests), trusted)
 
 

@@ -1,12 +1,16 @@
 """Verify that Postgres holds what SQLite holds, table by table, and optionally fix it.
 
-Algorithm (data-diff's, with client-side hashing of normalized rows, see checksum.py):
-1. One streamed scan of SQLite splits the table into segments of `segment_rows` existing keys and sums
-   each segment's row hashes; one streamed scan of Postgres sums its rows into the same segments
-   (keys before the first boundary fall into the first segment, after the last into the last).
-2. A segment whose (count, hash) differ is bisected: split on an existing key near the middle, summarize
-   both halves on both sides, recurse into the halves that differ, until a range holds at most
-   `leaf_rows` rows; then both sides' rows are fetched and diffed.
+Algorithm (data-diff's):
+1. Both databases checksum the table in key ranges of about `segment_rows` rows, at the same time, in
+   one query per range each (shadow.sqlsum: per-type SQL renders every value, the database joins and
+   hashes them; no row leaves either server). Tables with a column type sqlsum cannot render (JSON,
+   Numeric...) use the Python pass instead: one streamed scan per side, rows normalized and hashed
+   here (shadow.checksum), SQLite's every `segment_rows`-th key as range bounds.
+2. A range whose (count, hash) differ is bisected until it holds at most `leaf_rows` rows; then both
+   sides' rows are fetched and diffed with the normalizer (the exact comparison: JSON key order, float
+   noise, trailing spaces are no difference). With in-database checksums a range is cut into SPLIT
+   parts at existing keys of its bigger side and both databases sum the parts; otherwise it is split
+   near the middle and both halves are hashed here.
 3. Keys found different are re-checked once after `recheck_delay` seconds (an in-flight change may
    have reached one side only); only keys still different are reported.
 
