@@ -14,6 +14,7 @@ Memory: one chunk (its rows as tuples) at a time.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,9 @@ from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
 from backfill import checkpoint as ckpt
+from backfill import pipeline
 from backfill.copyio import copy_text
-from backfill.cursor import Chunk, count_rows, decode_key, encode_key, read_chunk
+from backfill.cursor import Chunk, count_rows, decode_key, read_chunk
 from backfill.fastpath import load_chunk
 from backfill.keys import key_positions
 from backfill.merge import STAGING, copy_apply
@@ -100,6 +102,8 @@ class Copier:
     max_retries: int = 5
     fallbacks: int = 0  # chunks whose fast COPY met a live write and were merged instead
     leases: Any = None  # a leases.LeaseBook: several workers share each table's chunks
+    lanes: int = 2  # chunk transactions in flight at once, committed in order (pipeline.py)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ckpt.ensure(self.postgres)
@@ -117,7 +121,9 @@ class Copier:
             names = [table.c[c].name for c in columns]
             return apply_snapshot_rows(conn, table, [dict(zip(names, v, strict=True)) for v in values], version)
         result, fell_back = load_chunk(conn, table, columns, values, version)
-        self.fallbacks += fell_back
+        if fell_back:
+            with self._lock:  # lanes run this concurrently
+                self.fallbacks += 1
         return result
 
     # -- tables ----------------------------------------------------------------------------------
@@ -149,26 +155,19 @@ class Copier:
         started = time.perf_counter()
         fallbacks = self.fallbacks
         chunks = self.read_ahead(table, after)
+
+        def committed(chunk: Chunk, outcome: pipeline.Outcome) -> None:
+            result, bad, set_aside, seconds = outcome
+            rep.chunks += 1
+            rep.rows_applied += result.applied
+            rep.rows_stale += result.stale
+            rep.rows_rejected += bad + set_aside
+            rep.rows_copied = cp.rows_copied
+            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
+            metrics.BACKFILL_CHUNK.labels(table.name).observe(seconds)
+
         try:
-            while not self.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
-                chunk = next(chunks)
-                t0 = time.perf_counter()
-                cp.status = "done" if len(chunk.values) < self.chunk_size else "copying"
-                cp.version = chunk.version  # recorded with the chunk: `backfill reset` finds its rows by it
-                if chunk.values:
-                    cp.last_key = encode_key(chunk.last_key or ())
-                ready, set_aside = self.prepare_chunk(table, chunk)
-                result, bad = self.apply_chunk(table, ready, cp, set_aside)
-                rep.chunks += 1
-                rep.rows_applied += result.applied
-                rep.rows_stale += result.stale
-                rep.rows_rejected += bad + set_aside
-                rep.rows_copied = cp.rows_copied
-                metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
-                metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
-                if cp.status == "done":
-                    break
-                self.throttle.take(len(chunk.values), self.should_stop)
+            pipeline.run(self, table, cp, chunks, max(1, self.lanes), max_chunks, committed)
         finally:
             chunks.close()  # waits for a read still in flight
         if cp.status == "done":
@@ -209,10 +208,12 @@ class Copier:
         cp: ckpt.Checkpoint,
         set_aside: int,
         save: Callable[[Connection, ckpt.Checkpoint], None] = ckpt.save,
+        before_save: Callable[[], None] | None = None,
     ) -> tuple[ApplyResult, int]:
         """Apply the chunk with its version and `save` the checkpoint in one transaction; bisect on refusal.
         `set_aside` rows were already rejected by prepare_chunk: they count in the same checkpoint.
-        (leases.py passes its own `save`, which also completes the chunk's lease.)"""
+        (leases.py passes its own `save`, which also completes the chunk's lease; pipeline.py a
+        `before_save` that waits, rows loaded, for the previous chunk to commit.)"""
         bisect = False
         columns, values, version = chunk.columns, chunk.values, chunk.version
         for attempt in range(self.max_retries + 1):
@@ -223,6 +224,8 @@ class Copier:
                         result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
                     else:
                         result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
+                    if before_save is not None:
+                        before_save()
                     self._reject(table, columns, values, bad)
                     saved = ckpt.Checkpoint(**cp.__dict__)
                     saved.rows_copied += len(values) - len(bad)

@@ -1,0 +1,100 @@
+"""Chunks in flight on several lanes commit strictly in key order: the checkpoint is always a committed
+prefix, a failed chunk takes the later ones (already COPYed, not committed) down with it, and a chunk
+whose predecessor is stuck rolls back and retries in order instead of holding its keys."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from backfill import checkpoint as ckpt
+from backfill import pipeline
+from backfill.copier import Copier
+from backfill.cursor import decode_key
+from dualwrite.testing import prepared_writer
+from tests.backfill.support import accounts, catalog, md, seed, snapshot
+
+
+@pytest.fixture
+def dw(settings):  # type: ignore[no-untyped-def]
+    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    yield w
+    w.close()
+
+
+class Poisoned(Copier):
+    """Chunk containing key `poison` waits until the next chunk has loaded its rows, then fails."""
+
+    poison: int = 0
+    next_loaded: threading.Event
+    slow_s: float = 0.0
+
+    def load_rows(self, conn, table, columns, values, version):  # type: ignore[no-untyped-def]
+        ids = [v[0] for v in values]
+        if self.poison in ids:
+            assert self.next_loaded.wait(10)  # the later chunk's COPY is done, uncommitted
+            time.sleep(self.slow_s)
+            if not self.slow_s:
+                raise RuntimeError("poisoned chunk")
+        result = super().load_rows(conn, table, columns, values, version)
+        if ids and ids[0] > self.poison:
+            self.next_loaded.set()
+        return result
+
+
+def pg_count(dw) -> int:  # type: ignore[no-untyped-def]
+    with dw.postgres.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(accounts)).scalar() or 0)
+
+
+def test_a_failed_chunk_rolls_back_the_later_ones(dw) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 100)
+    copier = Poisoned(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=2)
+    copier.poison, copier.next_loaded = 35, threading.Event()
+    with pytest.raises(RuntimeError, match="poisoned chunk"):
+        copier.copy_tables([accounts])
+    cp = ckpt.load_all(dw.postgres)["bf_accounts"]
+    assert copier.next_loaded.is_set()  # chunk 41..50 had loaded its rows before 31..40 failed
+    assert decode_key(cp.last_key) == (30,) and cp.rows_copied == 30 and pg_count(dw) == 30
+    resumed = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=2).copy_tables([accounts])
+    assert resumed[0].rows_copied == 100 and resumed[0].status == "done"
+    assert_equal_accounts(dw)
+
+
+def test_a_stuck_predecessor_makes_the_next_chunk_retry_in_order(dw, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 60)
+    monkeypatch.setattr(pipeline, "TURN_TIMEOUT_S", 0.2)
+    copier = Poisoned(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=3)
+    copier.poison, copier.next_loaded, copier.slow_s = 25, threading.Event(), 1.0
+    with caplog.at_level(logging.WARNING, logger="backfill.pipeline"):
+        (rep,) = copier.copy_tables([accounts])
+    assert "retrying in order" in caplog.text
+    assert (rep.rows_copied, rep.rows_applied, rep.status) == (60, 60, "done")
+    assert ckpt.load_all(dw.postgres)["bf_accounts"].rows_copied == 60
+    assert_equal_accounts(dw)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4])
+def test_lanes_and_max_chunks_leave_a_committed_prefix(dw, lanes) -> None:  # type: ignore[no-untyped-def]
+    seed(dw, 95)
+    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=lanes)
+    (rep,) = copier.copy_tables([accounts], max_chunks=5)
+    cp = ckpt.load_all(dw.postgres)["bf_accounts"]
+    assert (rep.chunks, cp.rows_copied, decode_key(cp.last_key), pg_count(dw)) == (5, 50, (50,), 50)
+    answers = iter([False, False, False])  # copy_tables' check, then two chunks, then stop
+    stop_after = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=lanes)
+    stop_after.should_stop = lambda: next(answers, True)
+    stop_after.copy_tables([accounts])
+    cp = ckpt.load_all(dw.postgres)["bf_accounts"]
+    assert (cp.rows_copied, decode_key(cp.last_key), pg_count(dw)) == (70, (70,), 70)
+    (rest,) = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=lanes).copy_tables([accounts])
+    assert rest.status == "done" and rest.rows_copied == 95
+    assert_equal_accounts(dw)
+
+
+def assert_equal_accounts(dw) -> None:  # type: ignore[no-untyped-def]
+    assert snapshot(dw.postgres, accounts) == snapshot(dw.sqlite_read, accounts)
