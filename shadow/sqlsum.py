@@ -292,50 +292,40 @@ def chunk_sums(
         raw.close()
 
 
-MAX_CHUNKS = 5000
-
 
 def ranges(
-    sqlite: Engine, postgres: Engine, table: Table, cols: list[Col], segment_rows: int
+    sqlite: Engine, table: Table, cols: list[Col], segment_rows: int
 ) -> list[tuple[Key | None, Key | None]]:
-    """Key ranges of about `segment_rows` rows; the first and last are open. A single integer key is cut
-    by value between both sides' min and max (two index look-ups); other keys at every segment_rows-th
-    key of SQLite (one window query over its key index)."""
+    """Key ranges of about `segment_rows` SQLite rows; the first and last are open (Postgres rows beyond
+    SQLite's keys fall into them). Dense integer keys are cut by value (min, max, count: index look-ups);
+    other keys at every segment_rows-th key (one window query over SQLite's key index)."""
     pk = pk_columns(table)
     name = _q(table.name)
-    if int_key(table, cols):
-        k = _q(pk[0])
-        ends = []
-        for engine in (sqlite, postgres):
-            raw = engine.raw_connection()
-            try:
-                cur = raw.cursor()
-                cur.execute(f"SELECT min({k}), max({k}) FROM {name}")
-                ends.append(cur.fetchone())
-                raw.rollback()
-            finally:
-                raw.close()
-        lows = [e[0] for e in ends if e[0] is not None]
-        highs = [e[1] for e in ends if e[1] is not None]
-        if not lows:
-            return [(None, None)]
-        lo, hi = min(lows), max(highs)
-        width = max(segment_rows, -(-(hi - lo + 1) // MAX_CHUNKS))
-        bounds: list[Key] = [(b,) for b in range(lo + width, hi + 1, width)]
-    else:
-        keys = ", ".join(_q(k) for k in pk)
-        sql = (
-            f"SELECT {keys} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn FROM {name}) "
-            f"WHERE rn % ? = 1 AND rn > 1 ORDER BY {keys}"
-        )
-        raw = sqlite.raw_connection()
-        try:
-            cur = raw.cursor()
-            cur.execute(sql, (max(1, segment_rows),))
+    raw = sqlite.raw_connection()
+    try:
+        cur = raw.cursor()
+        bounds: list[Key] | None = None
+        if int_key(table, cols):
+            k = _q(pk[0])
+            cur.execute(f"SELECT min({k}), max({k}), count(*) FROM {name}")
+            lo, hi, n = cur.fetchone()
+            if not n:
+                return [(None, None)]
+            span = hi - lo + 1
+            if span <= 2 * n:  # sparse keys would make ranges of very different sizes
+                width = max(1, -(-segment_rows * span // n))
+                bounds = [(b,) for b in range(lo + width, hi + 1, width)]
+        if bounds is None:
+            keys = ", ".join(_q(k) for k in pk)
+            cur.execute(
+                f"SELECT {keys} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn FROM {name}) "
+                f"WHERE rn % ? = 1 AND rn > 1 ORDER BY {keys}",
+                (max(1, segment_rows),),
+            )
             bounds = [tuple(r) for r in cur.fetchall()]
-            raw.rollback()
-        finally:
-            raw.close()
+        raw.rollback()
+    finally:
+        raw.close()
     edges: list[Key | None] = [None, *bounds, None]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
