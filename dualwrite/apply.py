@@ -150,21 +150,39 @@ def run_plan(conn: Connection, plan: Plan, *, own_transaction: bool = False) -> 
 class _Runner:
     def __init__(self, conn: Connection, own: bool) -> None:
         self.conn, self.own, self.open, self.committed = conn, own, False, False
-        # psycopg2 binds client side, so one execute may carry several commands; psycopg 3 binds on the
-        # server, one command per execute: there BEGIN and COMMIT cost a round trip each
-        self.piggyback = conn.dialect.driver == "psycopg2"
+        # psycopg2 binds client side, so one execute may carry several commands (and it never prepares on
+        # its own); psycopg 3 binds on the server, one command per execute, and prepares repeated ones itself
+        self.psycopg2 = conn.dialect.driver == "psycopg2"
 
-    def __call__(self, sql: str, params: Any, *, commit: bool = False) -> Any:
-        """commit=True: the caller needs no result from this statement, so COMMIT may follow it."""
+    def __call__(self, sql: str, params: Any, op: Any = None, *, commit: bool = False) -> Any:
+        """op: the statement's preparable form. commit=True: the caller needs no result from this
+        statement, so COMMIT may follow it."""
+        prepared = None
+        if op is not None and self.psycopg2:
+            names = self.conn.info.setdefault(_PREPARED, {"gen": 0, "names": set()})
+            name = f"{op.name}_{names['gen']}"
+            if name in names["names"]:
+                sql = f"EXECUTE {name}{op.execute}"
+            else:
+                sql, prepared = f"PREPARE {name}{op.prepare}; EXECUTE {name}{op.execute}", name
         if self.own and not self.open:
             self.open = True
-            if self.piggyback:
+            if self.psycopg2:
                 sql = "BEGIN; " + sql
             else:
                 self.conn.exec_driver_sql("BEGIN")
-        if self.own and commit and self.piggyback:
+        if self.own and commit and self.psycopg2:
             sql, self.committed = sql + "; COMMIT", True
-        return self.conn.exec_driver_sql(sql, params)
+        try:
+            result = self.conn.exec_driver_sql(sql, params)
+        except BaseException:
+            if op is not None and self.psycopg2:  # whatever was prepared, use fresh names from now on
+                names["gen"] += 1
+                names["names"].clear()
+            raise
+        if prepared:
+            names["names"].add(prepared)
+        return result
 
     def finish(self) -> None:
         if self.open and not self.committed:
@@ -176,6 +194,9 @@ class _Runner:
                 self.conn.exec_driver_sql("ROLLBACK")
             except Exception:  # noqa: BLE001 - a broken connection: never reuse it
                 self.conn.invalidate()
+
+
+_PREPARED = "dualwrite_prepared"
 
 
 def _run_group(run: _Runner, op: str, sql: TableSQL, items: list[Item], *, last: bool) -> int:

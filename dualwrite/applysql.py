@@ -26,6 +26,7 @@ apply), then to the driver as plain parameters.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -153,15 +154,15 @@ class TableSQL:
         return [key[c] if p is None else p(key[c]) for c, p in zip(self.pk, self.pk_procs, strict=True)]
 
     # -- Postgres: one statement per table and op --------------------------------------------------
-    def pg_upsert(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
+    def pg_upsert(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...], Any]:
         """rows: (image params, key text, version) with unique keys."""
         return self._up.statement(rows, self.name)
 
-    def pg_delete_claim(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
+    def pg_delete_claim(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...], Any]:
         """rows: (key params, key text, version) with unique keys; the statement returns the won keys."""
         return self._del_claim.statement(rows, self.name)
 
-    def pg_delete_rows(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...]]:
+    def pg_delete_rows(self, rows: Sequence[tuple[list[Any], str, int]]) -> tuple[str, tuple[Any, ...], Any]:
         """Delete the rows of keys whose claim was won (in the claim's transaction)."""
         return self._del_rows.statement(rows, None)
 
@@ -170,7 +171,7 @@ class TableSQL:
 
 
 _CLAIM = (
-    ", claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT %s, k, s FROM src "
+    ", claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT {tbl}, k, s FROM src "
     "ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq RETURNING pk)"
 )
 
@@ -207,30 +208,42 @@ _encode = json.JSONEncoder(default=_json_default, allow_nan=False, separators=("
 
 class _PgOp:
     """One op's statement: the rows arrive as ONE json parameter (parsing a VALUES list of thousands of
-    casts costs the server more than the write), or as a VALUES list when a value has no JSON form."""
+    casts costs the server more than the write), or as a VALUES list when a value has no JSON form.
+    The json form's text never changes, so on psycopg2 (no automatic preparing) it is PREPAREd once per
+    connection: parsing and planning the CTE cost the server about as much as the write itself."""
 
     def __init__(self, types: list[str], tail: str, *, claim: bool = True) -> None:
         n = len(types)
-        tail = (_CLAIM if claim else "") + tail
         cols = ", ".join(f"CAST(e->>{i} AS {t}) AS c{i}" for i, t in enumerate(types))
-        self.json_sql = (
-            f"WITH src AS (SELECT {cols}, e->>{n} AS k, CAST(e->>{n + 1} AS bigint) AS s "
-            f"FROM jsonb_array_elements(CAST(%s AS jsonb)) AS e){tail}"
-        )
+
+        def build(doc: str, tbl: str) -> str:
+            return (
+                f"WITH src AS (SELECT {cols}, e->>{n} AS k, CAST(e->>{n + 1} AS bigint) AS s "
+                f"FROM jsonb_array_elements(CAST({doc} AS jsonb)) AS e)"
+                + (_CLAIM.format(tbl=tbl) if claim else "")
+                + tail
+            )
+
+        self.json_sql = build("%s", "%s")
+        body = build("$1", "$2")
+        self.name = "dw_" + hashlib.sha1(body.encode()).hexdigest()[:24]
+        self.prepare = f"({'jsonb, text' if claim else 'jsonb'}) AS {body}"  # after PREPARE <name>
+        self.execute = f"({'%s, %s' if claim else '%s'})"  # after EXECUTE <name>
         # arrays would need their own JSON handling: those tables always use VALUES
         self.json_ok = not any(t.endswith("]") for t in types)
         self.values_head = f"WITH src({', '.join(f'c{i}' for i in range(n))}, k, s) AS (VALUES "
         self.values_row = "(" + ", ".join(f"CAST(%s AS {t})" for t in [*types, "text", "bigint"]) + ")"
-        self.values_tail = ")" + tail
+        self.values_tail = ")" + (_CLAIM.format(tbl="%s") if claim else "") + tail
 
     def statement(
         self, rows: Sequence[tuple[list[Any], str, int]], table: str | None
-    ) -> tuple[str, tuple[Any, ...]]:
-        """The SQL and its parameters; `table` names the version rows' tbl (None: no claim)."""
+    ) -> tuple[str, tuple[Any, ...], _PgOp | None]:
+        """The SQL, its parameters, and the op if that SQL is its (preparable) json form; `table` names
+        the version rows' tbl (None: no claim)."""
         tbl = () if table is None else (table,)
         if self.json_ok:
             try:
-                return self.json_sql, (_encode([[*values, k, s] for values, k, s in rows]), *tbl)
+                return self.json_sql, (_encode([[*values, k, s] for values, k, s in rows]), *tbl), self
             except (TypeError, ValueError):
                 pass
         params: list[Any] = []
@@ -239,7 +252,8 @@ class _PgOp:
             params.append(k)
             params.append(s)
         params += tbl
-        return self.values_head + ", ".join([self.values_row] * len(rows)) + self.values_tail, tuple(params)
+        sql = self.values_head + ", ".join([self.values_row] * len(rows)) + self.values_tail
+        return sql, tuple(params), None
 
 
 class _Cache:
