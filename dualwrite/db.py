@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings, mask_url
@@ -46,16 +46,16 @@ def sqlite_engine(
     def _begin(conn: Connection) -> None:
         # Writers of this process queue on a lock that wakes the next one the moment a commit is done,
         # instead of SQLite's busy handler, which polls with sleeps of up to 100 ms (a p99 of its own).
-        if not lock.acquire(timeout=busy_ms / 1000):
-            raise sqlite3.OperationalError("database is locked (by another writer of this process)")
-        conn.info[_HELD] = lock
+        sql = "BEGIN IMMEDIATE"
         try:
+            if not lock.acquire(timeout=busy_ms / 1000):
+                raise sqlite3.OperationalError("database is locked (by another writer of this process)")
+            conn.info[_HELD] = lock
             # IMMEDIATE takes the write lock up front: no deadlock when a reader upgrades to a writer.
-            # (Straight to the driver: SQLAlchemy wraps a failure of this event as its own error anyway.)
-            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-        except BaseException:
+            conn.connection.dbapi_connection.execute(sql)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
             _release(conn.info)
-            raise
+            raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
     @event.listens_for(engine, "commit")
     def _commit(conn: Connection) -> None:
@@ -69,6 +69,8 @@ def sqlite_engine(
 
     @event.listens_for(engine, "rollback")
     def _rollback(conn: Connection) -> None:
+        if conn.invalidated:  # released when it was invalidated (below); SQLite rolled back with it
+            return
         if _HELD in conn.info:
             try:
                 conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
@@ -76,8 +78,9 @@ def sqlite_engine(
                 _release(conn.info)
 
     @event.listens_for(engine, "checkin")
-    def _checkin(_dbapi_conn: object, record: Any) -> None:
-        _release(record.info)  # a connection invalidated mid-transaction must not keep the lock
+    @event.listens_for(engine, "invalidate")
+    def _gone(_dbapi_conn: object, record: Any, *_exc: object) -> None:
+        _release(record.info)  # a connection lost or invalidated mid-transaction must not keep the lock
 
     return engine
 

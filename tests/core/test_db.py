@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, insert, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dualwrite.db import postgres_engine
+from dualwrite.db import postgres_engine, sqlite_engine
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.conftest import PG_ADMIN_URL
@@ -57,3 +60,36 @@ def test_dual_write_lands_in_a_schema_needing_quotes(settings: Settings, odd_sch
             assert where.scalars().all() == [odd_schema]  # not in the schema an unquoted name would fall back to
     finally:
         dw.close()
+
+
+def test_sqlite_writers_of_one_process_queue_and_always_release(tmp_path: Any) -> None:
+    """The in-process writer lock: concurrent writers all get through; a failed, rolled back or invalidated
+    transaction releases it; a second write transaction in the same thread times out like SQLite would."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine, other = sqlite_engine(url, busy_ms=300), sqlite_engine(url, busy_ms=300)  # one file, one lock
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+
+    def write(i: int) -> None:
+        with (engine if i % 2 else other).begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", (i,))
+
+    threads = [threading.Thread(target=lambda k=k: [write(k * 100 + j) for j in range(50)]) for k in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")  # a duplicate: rolled back
+    conn = engine.connect()
+    trans = conn.begin()
+    conn.invalidate()  # a broken connection mid-transaction: its DBAPI connection goes, unreturned
+    trans.rollback()
+    conn.close()
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 250
+        with pytest.raises(OperationalError, match="locked"), other.begin():
+            pass
+    write(1000)  # everything was released
+    engine.dispose()
+    other.dispose()
