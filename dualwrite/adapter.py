@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from dualwrite.db import postgres_engine, sqlite_engine, sqlite_read_engine
 from dualwrite.events import ChangeEvent
 from dualwrite.internal import dialect_insert
 from dualwrite.phase import Phase, PhaseStore
+from dualwrite.relay import Wakeup
 from dualwrite.settings import Settings
 
 log = logging.getLogger("dualwrite.adapter")
@@ -191,7 +191,7 @@ class DualWriter:
             settings.postgres_url, settings.pg_schema, replica=True, autocommit=True, pre_ping=False
         )
         self.reader: Any = None  # a shadow reader may be installed (shadow/ package); see read()
-        self.committed = threading.Condition()  # notified after every commit (wakes the relay)
+        self.committed = Wakeup()  # notified after every commit (wakes the relays)
         self._relay: Any = None
         self._phase_shown = ""
         if relay:
@@ -228,8 +228,7 @@ class DualWriter:
         _duration(phase.primary, store, op).observe(primary_s)
         if tx.events:
             _events_written(phase.primary).inc(len(tx.events))
-            with self.committed:  # the relay publishes in its own thread, never on this path
-                self.committed.notify_all()
+            self.committed.notify()  # the relay publishes in its own thread, never on this path
             if phase.secondary:
                 self._apply_secondary(phase.secondary, tx.events, store, op)
         _duration("dual", store, op).observe(time.perf_counter() - start)

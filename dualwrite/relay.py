@@ -105,6 +105,29 @@ def foreign_key(stream: str) -> str:
     return f"{stream}:foreign"
 
 
+class Wakeup:
+    """Commit notifications for any number of relays: each has its own flag, so a commit that lands while
+    a relay is busy publishing is not missed (it runs another round at once instead of after `interval`)."""
+
+    def __init__(self) -> None:
+        self._flags: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self) -> threading.Event:
+        flag = threading.Event()
+        with self._lock:
+            self._flags = [*self._flags, flag]
+        return flag
+
+    def unsubscribe(self, flag: threading.Event) -> None:
+        with self._lock:
+            self._flags = [f for f in self._flags if f is not flag]
+
+    def notify(self) -> None:
+        for flag in self._flags:  # copy-on-write list: no lock on the request path
+            flag.set()
+
+
 class Relay:
     def __init__(
         self,
@@ -115,14 +138,16 @@ class Relay:
         batch: int = 1000,
         retention: timedelta = timedelta(hours=24),
         maxlen: int | None = None,
-        wakeup: threading.Condition | None = None,
+        wakeup: Wakeup | None = None,
         interval: float = 0.2,
+        coalesce: float = 0.005,
     ) -> None:
         self.client, self.key = client, stream_key(namespace)
         self.sources = sources  # (backend name, engine) in publishing order
         self.batch, self.retention, self.maxlen = batch, retention, maxlen
-        self.wakeup = wakeup or threading.Condition()
+        self.wakeup = wakeup or Wakeup()
         self.interval = interval
+        self.coalesce = coalesce  # after a wake-up, let a burst of commits gather into one batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen_stream = False
@@ -287,24 +312,28 @@ class Relay:
 
     def _loop(self) -> None:
         backoff = self.interval
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-                backoff = self.interval
-            except redis.RedisError as exc:
-                metrics.PUBLISH_FAILURES.inc()
-                log.warning("relay: Redis unavailable (%s); the outbox keeps the events", str(exc)[:120])
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - the relay must outlive any single failure
-                log.exception("relay round failed")
-                backoff = min(backoff * 2, 5.0)
-            with self.wakeup:
-                self.wakeup.wait(timeout=backoff)
+        flag = self.wakeup.subscribe()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_once()
+                    backoff = self.interval
+                except redis.RedisError as exc:
+                    metrics.PUBLISH_FAILURES.inc()
+                    log.warning("relay: Redis unavailable (%s); the outbox keeps the events", str(exc)[:120])
+                    backoff = min(backoff * 2, 5.0)
+                except Exception:  # noqa: BLE001 - the relay must outlive any single failure
+                    log.exception("relay round failed")
+                    backoff = min(backoff * 2, 5.0)
+                if flag.wait(timeout=backoff):
+                    flag.clear()
+                    self._stop.wait(self.coalesce)
+        finally:
+            self.wakeup.unsubscribe(flag)
 
     def stop(self) -> None:
         self._stop.set()
-        with self.wakeup:
-            self.wakeup.notify_all()
+        self.wakeup.notify()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
