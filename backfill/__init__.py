@@ -1,8 +1,13 @@
 """Backfill: copy existing SQLite rows to Postgres, then replay the change stream (one file per role).
 
 - cursor.py      keyset pagination on the primary key; a chunk and `_dw_meta.last_seq` (S) in one read tx
-- copier.py      chunk -> COPY into a TEMP staging table -> claim versions (S) + upsert winners, with the
-                 checkpoint in the same Postgres transaction; bisect refused chunks into rejects
+- copier.py      chunks read ahead, applied with the checkpoint in the same Postgres transaction; bisect
+                 refused chunks into rejects; public hooks prepare_chunk/load_rows (migrate uses them)
+- pipeline.py    two chunk transactions in flight (two backends), committed strictly in key order
+- fastpath.py    COPY version rows (S) + rows straight into keys Postgres has never seen; a unique-index
+                 conflict (a live write got there first) rolls back to a savepoint and merges those keys
+- merge.py       COPY into a TEMP staging table -> claim versions (S) + upsert winners, one statement
+- copyio.py, binary.py, keys.py   COPY encoding (binary where exact, column-wise text for psycopg2), key text
 - checkpoint.py  `_dw_backfill_checkpoints` (last key, rows copied/rejected, status, rate, lease head), the
                  lease table and each chunk's recorded version
 - leases.py      workers sharing a table: disjoint key ranges claimed under the checkpoint row's lock and
