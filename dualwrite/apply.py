@@ -9,8 +9,10 @@ Race-freedom: the decision is taken by one statement, `INSERT INTO _dw_versions 
 SET seq = new WHERE seq < new RETURNING pk`. Two transactions touching the same key (a live event and a
 backfill chunk, or two replayers) meet on that unique index: the second waits for the first to commit
 and then sees its version, so an older image can never land after a newer one, nor resurrect a delete.
-On Postgres the claim and the write of the keys it won are one statement (see applysql.py); on SQLite
-the claim runs first and the winners are written in the same transaction.
+On Postgres an upsert's claim and the write of the keys it won are one statement (see applysql.py); a
+delete's are two in one transaction (a DELETE inside the claim's statement would only see that statement's
+snapshot and miss a row an older apply committed while the claim waited). On SQLite the claim runs first
+and the winners are written in the same transaction.
 
 Foreign keys are not enforced while applying (the apply engines of db.py: Postgres sessions run with
 session_replication_role = replica, as logical replication does; SQLite's has foreign_keys off): the

@@ -1,24 +1,28 @@
 """The SQL of the apply rule, built once per (engine, table) and executed without SQLAlchemy's compiler.
 
-Postgres gets ONE statement per table and op, whatever the number of rows: the version claim and the
-data write are data-modifying CTEs of the same statement,
+Postgres gets ONE upsert statement per table, whatever the number of rows (they travel as one jsonb
+parameter): the version claim and the data write are data-modifying CTEs of the same statement,
 
-    WITH src(c0, .., k, s) AS (VALUES (CAST(%s AS type0), .., CAST(%s AS text), CAST(%s AS bigint)), ..),
+    WITH src AS (SELECT CAST(e->>0 AS type0) AS c0, .., e->>n AS k, CAST(e->>n+1 AS bigint) AS s
+                 FROM jsonb_array_elements(CAST(%s AS jsonb)) AS e),
          claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT %s, k, s FROM src
                    ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq
                    RETURNING pk),
          w AS (INSERT INTO t (..) SELECT src.c0, .. FROM src JOIN claim ON claim.pk = src.k
-               ON CONFLICT (pk) DO UPDATE SET ..)          -- or: DELETE FROM t USING src JOIN claim ..
+               ON CONFLICT (pk) DO UPDATE SET ..)
     SELECT count(*) FROM claim
 
 so the claim still decides (a concurrent writer of the key waits on the version row's unique index and then
 sees the new seq), and only the keys it won are written, in the same transaction. Alone it is atomic, so the
-inline dual write runs it in autocommit: one round trip and no BEGIN/COMMIT.
+inline dual write runs it in autocommit: one round trip, no BEGIN/COMMIT (and, prepared, no re-planning).
+INSERT .. ON CONFLICT finds a row committed after the statement began; a DELETE would not (it scans the
+statement's snapshot), so a delete is the claim alone (`SELECT pk FROM claim`), then a DELETE of the won
+keys in the same transaction.
 
 The casts name each column's type as the live catalog has it, without type modifiers (`character varying`,
 not `varchar(32)`): an explicit cast to varchar(n) would silently truncate, while the INSERT's own
-assignment still enforces the column's length. SQLite (in-process, no round trips) gets a claim with
-RETURNING and an executemany of the winners.
+assignment still enforces the column's length. Values with no JSON form fall back to a VALUES list of the
+same casts. SQLite (in-process, no round trips) gets a claim with RETURNING and an executemany of the winners.
 
 Values pass through each column type's own bind processor for the dialect (exactly what SQLAlchemy would
 apply), then to the driver as plain parameters.
