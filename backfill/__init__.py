@@ -20,7 +20,8 @@
 - rollback.py    `backfill reset`: delete the rows the backfill wrote, then its progress
 - rejects.py     JSON-lines reject file
 - throttle.py    token bucket (--max-rows-per-second)
-- replay.py      consumer group replay, dead letters, XAUTOCLAIM, redrive
+- replay.py      consumer group replay (NOGROUP recreates the group at 0), XAUTOCLAIM, lag
+- deadletters.py the dead-letter stream: write, list (binary payloads escaped), redrive
 - cli.py         `dualwrite backfill run|status|set|reset|deadletters`
 
 Several `backfill run` workers may share the copy (through leases.py, which the CLI always uses). A bare
