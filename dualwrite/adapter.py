@@ -176,6 +176,8 @@ class DualWriter:
     ) -> None:
         self.settings = settings
         self.catalog = catalog or TableCatalog.default()
+        names = [t.name for t in self.catalog.tables()]
+        metrics.prime(stores={self.catalog.store(n) for n in names}, tables=names)  # 0, not "No data"
         self.redis = redis_client or redis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )

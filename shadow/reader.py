@@ -331,6 +331,8 @@ class ShadowReader:
             return engine
 
     def _count(self, dw: Any, store: str, label: str, outcome: str) -> None:
+        if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
+            metrics.prime(queries=[(store, label)])  # every result at 0: a mismatch rate of 0, not "No data"
         self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
         field = f"aa:{outcome}" if label.startswith("aa:") else outcome
         with self._stats_lock:
