@@ -2,7 +2,7 @@
 
 Each dead letter keeps the original entry id, its payload exactly as it was on the stream (possibly not
 UTF-8: the undecodable entries are the very ones that end up here), the error and a reason
-(`decode`, `unknown_table`, `apply`). Listing never fails on a payload; re-driving applies what decodes
+(`decode`, `unknown_table`, `schema`, `apply`). Listing never fails on a payload; re-driving applies what decodes
 and leaves the rest where it is.
 """
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from backfill.deadletters import dead_letter, first_line, list_dead_letters, redrive
 from dualwrite import metrics
+from dualwrite.applysql import SchemaDriftError
 from dualwrite.errors import DualwriteError, UnknownTableError
 from dualwrite.events import ChangeEvent
 from dualwrite.stream import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
@@ -205,10 +206,16 @@ class Replayer:
                 raise
             except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
                 error = exc
-                if isinstance(exc, UnknownTableError):
+                if isinstance(exc, (UnknownTableError, SchemaDriftError)):  # retrying cannot help
                     break
                 time.sleep(0.02 * (attempt + 1))
-        reason = "unknown_table" if isinstance(error, UnknownTableError) else "apply"
+        reason = (
+            "unknown_table"
+            if isinstance(error, UnknownTableError)
+            else "schema"
+            if isinstance(error, SchemaDriftError)
+            else "apply"
+        )
         line = first_line(error) if error else ""
         self._dead(eid, payload, line, reason)
         log.warning("replay: event %s dead-lettered (%s): %s", _s(eid), reason, line)

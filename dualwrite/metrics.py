@@ -99,7 +99,7 @@ for _p in _PHASE_NAMES:
 
 # Label values dashboards and alerts look for, exported as 0 from the start: a clean run then shows
 # "0 dead letters", not "No data" (which reads as broken), and rate()/increase() see the first one.
-DEAD_LETTER_REASONS = ("decode", "apply", "unknown_table")
+DEAD_LETTER_REASONS = ("decode", "apply", "unknown_table", "schema")
 THROTTLE_REASONS = ("rate", "paused", "pg_latency", "replication_lag")  # backfill/control.py
 SHADOW_RESULTS = ("match", "mismatch", "ignored", "skipped", "error")
 for _r in DEAD_LETTER_REASONS:
