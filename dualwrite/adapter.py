@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from dualwrite import cascade, metrics
-from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan
+from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan_direct
 from dualwrite.capture import (
     PrimaryMovedError,
     check_primary,
@@ -302,10 +302,8 @@ class DualWriter:
             with self.sqlite_apply.begin() as conn:
                 apply_events(conn, self.catalog.table, events)
             return
-        with self.postgres_direct.connect() as conn:
-            plan = plan_events(conn, self.catalog.table, events)
-            # a single statement is atomic on its own; more get BEGIN/COMMIT on their first and last
-            run_plan(conn, plan, own_transaction=plan.statement_count() > 1)
+        # autocommit: a single statement is atomic on its own; more get BEGIN/COMMIT on their first and last
+        run_plan_direct(self.postgres_direct, plan_events(self.postgres_direct, self.catalog.table, events))
 
     # -- reads -----------------------------------------------------------------------------------
     def read(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite.applysql import MAX_PARAMS, SchemaDriftError, TableSQL, pk_columns, statements
@@ -42,6 +42,7 @@ __all__ = [
     "pk_columns",
     "plan_events",
     "run_plan",
+    "run_plan_direct",
 ]
 
 TableLookup = Callable[[str], Table]
@@ -93,7 +94,7 @@ def _key_text(key: Mapping[str, Any], pk: tuple[str, ...]) -> str:
     return key_text([key[c] for c in pk])
 
 
-def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
+def plan_events(conn: Connection | Engine, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
     """Keep the newest event per key (the rest are superseded or duplicates) and bind its values."""
     plan = Plan()
     latest: dict[tuple[str, str], ChangeEvent] = {}
@@ -130,15 +131,29 @@ def plan_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeEv
 def run_plan(conn: Connection, plan: Plan, *, own_transaction: bool = False) -> ApplyResult:
     """Execute a plan inside the caller's transaction. own_transaction=True: `conn` is in autocommit and
     the plan brings its own BEGIN/COMMIT, riding on its first and last statements (no extra round trips)."""
+    return _run(_SAExec(conn), plan, own_transaction)
+
+
+def run_plan_direct(engine: Engine, plan: Plan) -> ApplyResult:
+    """run_plan on a connection of an autocommit engine, straight through the driver: the inline apply of
+    one write is one statement, and SQLAlchemy's execution machinery would cost a fifth of its round trip."""
+    raw = engine.raw_connection()
+    try:
+        return _run(_RawExec(engine, raw), plan, plan.statement_count() > 1)
+    finally:
+        raw.close()
+
+
+def _run(ex: _SAExec | _RawExec, plan: Plan, own: bool) -> ApplyResult:
     result = ApplyResult(stale=plan.superseded)
-    run = _Runner(conn, own_transaction)
+    run = _Runner(ex, own)
     try:
         groups = list(plan.groups())
         for i, (op, sql, items) in enumerate(groups):
             try:
                 won = _run_group(run, op, sql, items, last=i == len(groups) - 1)
             except DBAPIError:
-                statements.forget(conn, sql.table)  # the table may have changed under us: re-read its catalog
+                statements.forget(ex.engine, sql.table)  # the table may have changed: re-read its catalog
                 raise
             result.applied += won
             result.stale += len(items) - won
@@ -149,19 +164,55 @@ def run_plan(conn: Connection, plan: Plan, *, own_transaction: bool = False) -> 
     return result
 
 
+class _SAExec:
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.engine, self.info, self.driver = conn, conn.engine, conn.info, conn.dialect.driver
+
+    def __call__(self, sql: str, params: Any = None) -> list[Any]:
+        res = self.conn.exec_driver_sql(sql, params) if params is not None else self.conn.exec_driver_sql(sql)
+        return res.fetchall() if res.returns_rows else []
+
+    def invalidate(self) -> None:
+        self.conn.invalidate()
+
+
+class _RawExec:
+    def __init__(self, engine: Engine, raw: Any) -> None:
+        self.engine, self.raw, self.info, self.driver = engine, raw, raw.info, engine.dialect.driver
+
+    def __call__(self, sql: str, params: Any = None) -> list[Any]:
+        dialect = self.engine.dialect
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+        except dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy would: retries and callers see DBAPIError
+            gone = dialect.is_disconnect(exc, self.raw.dbapi_connection, cur)
+            if gone:
+                self.raw.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone, dialect=dialect
+            ) from exc
+        finally:
+            cur.close()
+
+    def invalidate(self) -> None:
+        self.raw.invalidate()
+
+
 class _Runner:
-    def __init__(self, conn: Connection, own: bool) -> None:
-        self.conn, self.own, self.open, self.committed = conn, own, False, False
+    def __init__(self, ex: _SAExec | _RawExec, own: bool) -> None:
+        self.ex, self.own, self.open, self.committed = ex, own, False, False
         # psycopg2 binds client side, so one execute may carry several commands (and it never prepares on
         # its own); psycopg 3 binds on the server, one command per execute, and prepares repeated ones itself
-        self.psycopg2 = conn.dialect.driver == "psycopg2"
+        self.psycopg2 = ex.driver == "psycopg2"
 
-    def __call__(self, sql: str, params: Any, op: Any = None, *, commit: bool = False) -> Any:
-        """op: the statement's preparable form. commit=True: the caller needs no result from this
-        statement, so COMMIT may follow it."""
+    def __call__(self, sql: str, params: Any, op: Any = None, *, commit: bool = False) -> list[Any]:
+        """The statement's rows. op: its preparable form. commit=True: the caller needs no result from
+        this statement, so COMMIT may follow it."""
         prepared = None
         if op is not None and self.psycopg2:
-            names = self.conn.info.setdefault(_PREPARED, {"gen": 0, "names": set()})
+            names = self.ex.info.setdefault(_PREPARED, {"gen": 0, "names": set()})
             name = f"{op.name}_{names['gen']}"
             if name in names["names"]:
                 sql = f"EXECUTE {name}{op.execute}"
@@ -172,11 +223,11 @@ class _Runner:
             if self.psycopg2:
                 sql = "BEGIN; " + sql
             else:
-                self.conn.exec_driver_sql("BEGIN")
+                self.ex("BEGIN")
         if self.own and commit and self.psycopg2:
             sql, self.committed = sql + "; COMMIT", True
         try:
-            result = self.conn.exec_driver_sql(sql, params)
+            rows = self.ex(sql, params)
         except BaseException:
             if op is not None and self.psycopg2:  # whatever was prepared, use fresh names from now on
                 names["gen"] += 1
@@ -184,18 +235,18 @@ class _Runner:
             raise
         if prepared:
             names["names"].add(prepared)
-        return result
+        return rows
 
     def finish(self) -> None:
         if self.open and not self.committed:
-            self.conn.exec_driver_sql("COMMIT")
+            self.ex("COMMIT")
 
     def abort(self) -> None:
         if self.open and not self.committed:
             try:
-                self.conn.exec_driver_sql("ROLLBACK")
+                self.ex("ROLLBACK")
             except Exception:  # noqa: BLE001 - a broken connection: never reuse it
-                self.conn.invalidate()
+                self.ex.invalidate()
 
 
 _PREPARED = "dualwrite_prepared"
@@ -207,9 +258,9 @@ def _run_group(run: _Runner, op: str, sql: TableSQL, items: list[Item], *, last:
         parts = _parts(sql, op, items)
         for j, part in enumerate(parts):
             if op == "upsert":
-                won += int(run(*sql.pg_upsert(part)).scalar_one())
+                won += int(run(*sql.pg_upsert(part))[0][0])
                 continue
-            keys = set(run(*sql.pg_delete_claim(part)).scalars())
+            keys = {r[0] for r in run(*sql.pg_delete_claim(part))}
             winners = [item for item in part if item[1] in keys]
             if winners:
                 run(*sql.pg_delete_rows(winners), commit=last and j == len(parts) - 1)

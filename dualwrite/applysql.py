@@ -272,13 +272,20 @@ class _Cache:
         self._by_engine: weakref.WeakKeyDictionary[Engine, dict[int, TableSQL]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def get(self, conn: Connection, table: Table) -> TableSQL:
+    def get(self, conn: Connection | Engine, table: Table) -> TableSQL:
+        """On a miss, an Engine lends a connection for the catalog read."""
         engine = conn.engine
         per = self._by_engine.get(engine)
         sql = per.get(id(table)) if per is not None else None
         if sql is not None and sql.table is table:
             return sql
-        types = _pg_catalog_types(conn, table) if conn.dialect.name == "postgresql" else None
+        types = None
+        if conn.dialect.name == "postgresql":
+            if isinstance(conn, Engine):
+                with conn.connect() as c:
+                    types = _pg_catalog_types(c, table)
+            else:
+                types = _pg_catalog_types(conn, table)
         sql = TableSQL(table, conn.dialect, types)
         if types is not None and not types:
             return sql  # the table is not there (yet): do not remember the model's guesses
@@ -286,10 +293,10 @@ class _Cache:
             self._by_engine.setdefault(engine, {})[id(table)] = sql
         return sql
 
-    def forget(self, conn: Connection, table: Table) -> None:
+    def forget(self, engine: Engine, table: Table) -> None:
         """After a failed statement: the table may have changed; read its catalog again next time."""
         with self._lock:
-            per = self._by_engine.get(conn.engine)
+            per = self._by_engine.get(engine)
             if per is not None:
                 per.pop(id(table), None)
 
