@@ -22,14 +22,15 @@ import redis
 from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update, false, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from dualwrite import cascade, metrics
 from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan_direct
 from dualwrite.capture import (
     PrimaryMovedError,
     check_primary,
+    events_from_images,
     events_from_rows,
+    image_of,
     op_of,
     statement_table,
     with_returning,
@@ -45,6 +46,8 @@ from dualwrite.settings import Settings
 
 log = logging.getLogger("dualwrite.adapter")
 T = TypeVar("T")
+# Attempts at the inline apply to the other side before the replayer is left to heal it.
+APPLY_ATTEMPTS = 3
 # How long a writer waits for a primary switch to finish before giving up.
 SWITCH_WAIT_SECONDS = 15.0
 
@@ -83,7 +86,8 @@ class WriteTx:
             if params
             else self.connection.execute(with_returning(stmt))
         )
-        rows = list(result.mappings())
+        raw = result.all()
+        rows = [r._mapping for r in raw]  # what the caller gets
         if watched:  # rows changed by the database's referential actions, which RETURNING does not report
             for child, op, image in cascade.changes_after(self.connection, watched, rows):
                 self.events.extend(events_from_rows(child, op, [image]))  # type: ignore[list-item]
@@ -92,7 +96,7 @@ class WriteTx:
             after = {tuple(r[c] for c in pk) for r in rows}
             moved = [r for r in before if tuple(r[c] for c in pk) not in after]
             self.events.extend(events_from_rows(table, "delete", moved))
-        self.events.extend(events_from_rows(table, op_of(stmt), rows))
+        self.events.extend(events_from_images(table, op_of(stmt), [image_of(table, r) for r in raw]))
         self.ops.add(stmt.__visit_name__)
         return rows
 
@@ -273,14 +277,16 @@ class DualWriter:
     def _apply_secondary(self, backend: str, events: list[ChangeEvent], store: str, op: str) -> None:
         start = time.perf_counter()
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(3),
-                wait=wait_exponential(multiplier=0.01, max=0.1),
-                retry=retry_if_exception_type(DBAPIError),
-                reraise=True,
-            ):
-                with attempt:
+            # a brief retry (10 ms, then 20 ms) for a dropped connection or a deadlock; a plain loop, since
+            # a retry library's per-call setup costs more than the rest of this method
+            for attempt in range(APPLY_ATTEMPTS):
+                try:
                     self.apply(backend, events)
+                    break
+                except DBAPIError:
+                    if attempt == APPLY_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.01 * 2**attempt)
         except Exception as exc:
             metrics.SECONDARY_FAILURES.labels(store).inc()
             log.warning(

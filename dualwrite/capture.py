@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Delete, Insert, Table, Update
-from sqlalchemy.engine import Dialect, RowMapping
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite.apply import pk_columns
@@ -54,11 +54,21 @@ def _shape(table: Table) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
     return hit[1], hit[2], hit[3]
 
 
-def events_from_rows(table: Table, op: str, rows: Sequence[RowMapping]) -> list[ChangeEvent]:
-    names, pk, tenant_col = _shape(table)
+def events_from_rows(table: Table, op: str, rows: Sequence[Any]) -> list[ChangeEvent]:
+    """Events from rows addressable by column name (RowMapping, dict)."""
+    names = _shape(table)[0]
+    return events_from_images(table, op, [{c: row[c] for c in names} for row in rows])
+
+
+def image_of(table: Table, row: Sequence[Any]) -> dict[str, Any]:
+    """The image of a row of `RETURNING <table>` (its columns in table order)."""
+    return dict(zip(_shape(table)[0], row, strict=True))
+
+
+def events_from_images(table: Table, op: str, images: Sequence[dict[str, Any]]) -> list[ChangeEvent]:
+    _names, pk, tenant_col = _shape(table)
     events = []
-    for row in rows:
-        image = {c: row[c] for c in names}
+    for image in images:
         tenant = None if tenant_col is None else image[tenant_col]
         events.append(
             ChangeEvent(
