@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from dualwrite import cascade
+from dualwrite.errors import UnknownTableError
 
 
 class TableCatalog:
@@ -24,8 +25,6 @@ class TableCatalog:
         return self._referrers
 
     def table(self, name: str) -> Table:
-        from dualwrite.errors import UnknownTableError
-
         try:
             return self._tables[name][0]
         except KeyError:
