@@ -1,7 +1,7 @@
 """Section 4: history copy throughput of one generated SQLite file into Postgres: our backfill Copier vs raw
-`COPY FROM STDIN` (psycopg 3) vs pgloader vs SQLAlchemy executemany. Each method runs in its own process
-into its own schema (pgloader: its own database); rows/s over the process's wall time (start-up included,
-alike for all) and the process's peak RSS (getrusage(RUSAGE_CHILDREN) in a tiny launcher process
+`COPY FROM STDIN` (psycopg 3) vs `dualwrite migrate` vs pgloader vs SQLAlchemy executemany. Each method runs
+in its own process into its own schema (pgloader: its own database); rows/s over the process's wall time
+(start-up included, alike for all) and the process's peak RSS (getrusage(RUSAGE_CHILDREN) in a tiny launcher process
 per method, see rss_launcher.py). Goal: Copier >= 1.0 x pgloader."""
 
 from __future__ import annotations
@@ -91,6 +91,19 @@ def run(env: BenchEnv, n_rows: int, log: Any = print) -> dict[str, Any]:
         entry["rows"] = _count(env.postgres_url, schema, table.name)
         results.append(entry)
         log(f"  copy {method:12} {entry}")
+    # `dualwrite migrate` as a user runs it: its own process, tables created by it, verified at the end
+    schema = env.new_schema("copy_migrate")
+    pg_url = env.postgres_url.replace("+psycopg2", "")
+    r = _run(
+        [sys.executable, "-m", "dualwrite", "migrate", "--sqlite", str(src), "--postgres", pg_url, "--schema", schema],
+        cwd,
+    )
+    entry = {"method": "migrate", "wall_s": round(r["wall_s"], 3), "peak_rss_mib": r["rss_mib"]}
+    if r["code"] != 0:
+        entry["error"] = (r["stderr"] or r["stdout"]).decode(errors="replace").strip().splitlines()[-3:]
+    entry["rows"] = _count(env.postgres_url, schema, table.name) if r["code"] == 0 else 0
+    results.append(entry)
+    log(f"  copy migrate      {entry}")
     if Path(PGLOADER).exists():
         db = env.new_database("pgloader")
         load = env.tmp / "bench.load"
