@@ -89,3 +89,19 @@ def settings(tmp_path, pg_schema: str, redis_prefix: str) -> Settings:  # type: 
         namespace=redis_prefix,
         pg_schema=pg_schema,
     )
+
+
+def connection_args(settings: Settings) -> list[str]:
+    """The connection flags every `dualwrite` subcommand takes, for these settings."""
+    return [
+        "--sqlite",
+        settings.sqlite_url,
+        "--postgres",
+        settings.postgres_url,
+        "--redis",
+        settings.redis_url,
+        "--namespace",
+        settings.namespace,
+        "--pg-schema",
+        settings.pg_schema,
+    ]

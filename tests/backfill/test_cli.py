@@ -16,6 +16,7 @@ from sqlalchemy import update
 from dualwrite.cli import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, md, seed
+from tests.conftest import connection_args
 
 
 @pytest.fixture
@@ -25,19 +26,6 @@ def dw(settings):  # type: ignore[no-untyped-def]
     w.close()
 
 
-def conn_args(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        "--sqlite",
-        settings.sqlite_url,
-        "--postgres",
-        settings.postgres_url,
-        "--redis",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--pg-schema",
-        settings.pg_schema,
-    ]
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -52,7 +40,7 @@ def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[
 
     drain_relay(dw)
     report = tmp_path / "report.json"
-    c = conn_args(settings)
+    c = connection_args(settings)
     meta = ["--metadata", "tests.backfill.support:md"]
     r = invoke("backfill", "run", *c, *meta, "--once", "--chunk-size", "25", "--report", str(report),
                "--rejects", str(tmp_path / "rej.jsonl"), "--max-rows-per-second", "100000")  # fmt: skip
@@ -77,7 +65,7 @@ def test_sigterm_finishes_and_exits_zero(dw, settings, tmp_path) -> None:  # typ
     report = tmp_path / "report.json"
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *conn_args(settings), "--metadata",
+        [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *connection_args(settings), "--metadata",
          "tests.backfill.support:md", "--report", str(report), "--rejects", str(tmp_path / "r.jsonl")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -118,7 +106,7 @@ def test_default_order_is_the_registry_priority_order(settings, tmp_path) -> Non
     w = prepared_writer(settings, phase="sqlite")  # every store's tables, empty
     try:
         report = tmp_path / "report.json"
-        c = conn_args(settings)
+        c = connection_args(settings)
         r = invoke("backfill", "run", *c, "--no-replay", "--report", str(report), "--rejects", str(tmp_path / "r"))
         assert r.exit_code == 0, r.output
         assert [t["table"] for t in json.loads(report.read_text())["tables"]] == order

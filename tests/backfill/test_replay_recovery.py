@@ -21,7 +21,7 @@ from dualwrite.settings import Settings
 from dualwrite.stream import EXACT_LAG_UP_TO, dead_letter_key, group_lag, stream_key
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, drain_relay, md, notes
-from tests.backfill.test_cli import conn_args
+from tests.conftest import connection_args
 from tests.core.test_faults_adapter import PrivateRedis, wait_for
 
 
@@ -183,11 +183,12 @@ def test_binary_dead_letter_is_listed_and_stays_on_redrive(settings: Settings) -
         assert row["payload_note"] == f"not UTF-8 ({len(raw)} bytes), shown backslash-escaped"
 
         runner = CliRunner()
-        out = runner.invoke(main, ["backfill", "deadletters", "list", *conn_args(settings)], catch_exceptions=False)
+        listing = ["backfill", "deadletters", "list", *connection_args(settings)]
+        out = runner.invoke(main, listing, catch_exceptions=False)
         assert out.exit_code == 0 and f"{row['dead_id']} id={row['id']} reason=decode" in out.output
         meta = ["--metadata", "tests.backfill.support:md"]
         out = runner.invoke(
-            main, ["backfill", "deadletters", "redrive", *conn_args(settings), *meta], catch_exceptions=False
+            main, ["backfill", "deadletters", "redrive", *connection_args(settings), *meta], catch_exceptions=False
         )
         assert out.exit_code == 0 and "refused=1" in out.output
         assert redrive(dw) == {"applied": 0, "refused": 1, "failed": 0}

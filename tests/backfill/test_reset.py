@@ -21,7 +21,7 @@ from backfill.leases import LeaseBook
 from dualwrite.internal import versions
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, md, notes, seed, tags
-from tests.backfill.test_cli import conn_args
+from tests.conftest import connection_args
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def dw(settings):  # type: ignore[no-untyped-def]
 def reset(settings, *args: str):  # type: ignore[no-untyped-def]
     from dualwrite.cli import main
 
-    return CliRunner().invoke(main, ["backfill", "reset", *conn_args(settings), *args], catch_exceptions=False)
+    return CliRunner().invoke(main, ["backfill", "reset", *connection_args(settings), *args], catch_exceptions=False)
 
 
 def pg_ids(dw, table=accounts) -> set[int]:  # type: ignore[no-untyped-def]
@@ -119,7 +119,7 @@ def run_on_terminal(settings, answer: str) -> tuple[str, int]:  # type: ignore[n
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "reset", *conn_args(settings)],
+        [sys.executable, "-m", "dualwrite", "backfill", "reset", *connection_args(settings)],
         stdin=slave, stdout=slave, stderr=slave, env=env,
     )  # fmt: skip
     os.close(slave)

@@ -24,7 +24,7 @@ from dualwrite.internal import versions
 from dualwrite.registry import default_registry
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, notes, seed, tags
-from tests.backfill.test_cli import conn_args
+from tests.conftest import connection_args
 
 META = ["--metadata", "tests.backfill.support:md"]
 
@@ -45,7 +45,7 @@ def invoke(*args: str):  # type: ignore[no-untyped-def]
 def spawn(settings, *args: str, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     return subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", *conn_args(settings), *META, *args],
+        [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings), *META, *args],
         env=env, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} | kw),
     )  # fmt: skip
 
@@ -53,7 +53,7 @@ def spawn(settings, *args: str, **kw) -> subprocess.Popen:  # type: ignore[no-un
 def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 90)
     report = tmp_path / "r.json"
-    c = conn_args(settings)
+    c = connection_args(settings)
     r = invoke("backfill", "run", *c, *META, "--tables", "bf_accounts,bf_notes", "--chunk-size", "40",
                "--report", str(report), "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -93,7 +93,7 @@ def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path)
         for k in (3, 44):
             conn.execute(update(notes).where(notes.c.id == k).values(body=f"bad\x00{k}"))
     report = tmp_path / "r.json"
-    r = invoke("backfill", "run", "--dry-run", *conn_args(settings), *META, "--chunk-size", "32",
+    r = invoke("backfill", "run", "--dry-run", *connection_args(settings), *META, "--chunk-size", "32",
                "--report", str(report))  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "would copy bf_accounts: 70 rows in 3 chunk(s) of 32; 70 to write" in r.output
@@ -152,7 +152,7 @@ def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp
             "dualwrite_backfill_chunk_rows 40.0",
         ):
             assert needle in body, needle
-        r = invoke("backfill", "status", *conn_args(settings), *META)
+        r = invoke("backfill", "status", *connection_args(settings), *META)
         assert "worker w1: replaying (daemon), not throttled" in r.output and "150/150" in r.output, r.output
         time.sleep(0.5)
         assert proc.poll() is None  # a daemon: still replaying
@@ -165,7 +165,7 @@ def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp
     assert "backfill: stopped" in out
     assert "backfill summary" in out and "backfill bf_accounts: 40/150 rows" in out  # plain lines in a pipe
     assert json.loads(report.read_text())["stopped_by_signal"] is True
-    assert "w1" not in invoke("backfill", "status", *conn_args(settings), *META).output  # gone from status
+    assert "w1" not in invoke("backfill", "status", *connection_args(settings), *META).output  # gone from status
 
 
 def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -201,7 +201,7 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
 
     n = 600
     seed(dw, n)
-    assert invoke("backfill", "set", *conn_args(settings), "--pause").exit_code == 0  # line both up first
+    assert invoke("backfill", "set", *connection_args(settings), "--pause").exit_code == 0  # line both up first
     procs = [
         spawn(settings, "--chunk-size", "20", "--consumer", f"w{i}",
               "--report", str(tmp_path / f"r{i}.json"), "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
@@ -212,7 +212,7 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
         if [w["throttle"] for w in live_workers(dw.redis, settings.namespace)] == ["paused", "paused"]:
             break
         time.sleep(0.1)
-    assert invoke("backfill", "set", *conn_args(settings), "--resume").exit_code == 0
+    assert invoke("backfill", "set", *connection_args(settings), "--resume").exit_code == 0
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     reports = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]

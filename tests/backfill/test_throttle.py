@@ -17,7 +17,7 @@ from dualwrite import metrics
 from dualwrite.cli import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, md, seed
-from tests.backfill.test_cli import conn_args
+from tests.conftest import connection_args
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def dw(settings):  # type: ignore[no-untyped-def]
 
 
 def cli_set(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
-    r = CliRunner().invoke(main, ["backfill", "set", *conn_args(settings), *args], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["backfill", "set", *connection_args(settings), *args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return r.output
 
@@ -97,7 +97,7 @@ def test_backs_off_on_pg_latency_and_recovers(dw, settings) -> None:  # type: ig
     (state,) = live_workers(client, settings.namespace)
     assert state["throttle"] == "pg_latency" and state["limits"]["max_pg_latency_ms"] == 0
     meta = ["--metadata", "tests.backfill.support:md"]
-    r = CliRunner().invoke(main, ["backfill", "status", *conn_args(settings), *meta])
+    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *meta])
     assert r.exit_code == 0 and "pg_latency" in r.output, r.output  # visible in status too
     cli_set(settings, "--max-pg-latency-ms", "10000")  # raise the threshold: it recovers
     t.join(timeout=30)
@@ -121,7 +121,7 @@ def test_pause_and_resume(dw, settings, tmp_path) -> None:  # type: ignore[no-un
     assert throttle.reason == "paused" and sum(sizes) == 20
     report = tmp_path / "status.json"
     meta = ["--metadata", "tests.backfill.support:md"]
-    r = CliRunner().invoke(main, ["backfill", "status", *conn_args(settings), *meta, "--report", str(report)])
+    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *meta, "--report", str(report)])
     assert "worker t1: starting, throttled: paused" in r.output, r.output
     (row,) = [t for t in json.loads(report.read_text())["tables"] if t["table"] == "bf_accounts"]
     assert (row["state"], row["done"], row["total"], row["percent"]) == ("copying", 20, 100, 20.0)

@@ -12,6 +12,7 @@ from dualwrite.stream import dead_letter_key
 from shadow.cutover import cancel_key, flip, flip_postponed, rollback
 from shadow.gate import check
 from shadow.verify import verify_writer
+from tests.conftest import connection_args
 from tests.shadow.helpers import TABLES, catalog, item_rows, items, seed, writer
 
 
@@ -140,18 +141,7 @@ def test_cutover_cli(settings, monkeypatch):
 
     monkeypatch.setattr(TableCatalog, "default", classmethod(lambda cls: catalog()))
     writer(settings, phase="dual_write").close()
-    args = [
-        "--sqlite",
-        settings.sqlite_url,
-        "--postgres",
-        settings.postgres_url,
-        "--redis",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--pg-schema",
-        settings.pg_schema,
-    ]
+    args = connection_args(settings)
     runner = CliRunner()
     res = runner.invoke(main, ["cutover", "check", *args])
     assert res.exit_code == 1 and "FAIL backfill_complete" in res.output, res.output

@@ -8,6 +8,7 @@ from sqlalchemy import delete, insert, update
 
 from dualwrite.internal import write_meta
 from shadow.verify import load_last, verify_writer
+from tests.conftest import connection_args
 from tests.shadow.helpers import TABLES, item_rows, items, pair_rows, pairs, seed, writer
 
 N = 100_000
@@ -71,18 +72,7 @@ def test_verify_cli_exit_codes_and_report(settings, tmp_path, monkeypatch):
             write_meta(conn, "last_seq", 3)
     finally:
         dw.close()
-    args = [
-        "--sqlite",
-        settings.sqlite_url,
-        "--postgres",
-        settings.postgres_url,
-        "--redis",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--pg-schema",
-        settings.pg_schema,
-    ]
+    args = connection_args(settings)
     from dualwrite.cli import main
 
     runner = CliRunner()
