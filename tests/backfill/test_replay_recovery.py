@@ -22,7 +22,7 @@ from dualwrite.stream import EXACT_LAG_UP_TO, dead_letter_key, group_lag, stream
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, drain_relay, md, notes
 from tests.conftest import connection_args
-from tests.core.test_faults_adapter import PrivateRedis, wait_for
+from tests.servers import PrivateRedis, wait_for
 
 
 def redis_server(major: str) -> str | None:

@@ -8,7 +8,6 @@ import os
 import pty
 import select as fdselect
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from dualwrite.registry import default_registry
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, notes, seed, tags
 from tests.conftest import connection_args
+from tests.servers import free_port
 
 META = ["--metadata", "tests.backfill.support:md"]
 
@@ -109,12 +109,6 @@ def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path)
             assert conn.execute(select(func.count()).select_from(t)).scalar() == 0
     assert not (tmp_path / "backfill-rejects.jsonl").exists() and not os.path.exists("backfill-rejects.jsonl")
     assert dw.redis.exists(f"{settings.namespace}:changes") == 0  # no consumer group created either
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:

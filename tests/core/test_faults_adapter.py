@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -33,24 +30,9 @@ from dualwrite.stream import stream_key
 from dualwrite.switch import switch_primary
 from dualwrite.testing import prepared_writer
 from tests.core.support import both_sides, catalog, items, md, row, snapshot, stream_events
+from tests.servers import PrivatePostgres, PrivateRedis, private_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def outbox_rows(dw: DualWriter, backend: str = "sqlite") -> list[tuple[int, str]]:
@@ -131,52 +113,6 @@ def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: 
 # -- (b) Redis unreachable: writes succeed, the outbox grows, the backlog drains when Redis is back -------
 
 
-class PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 10, "the private redis-server")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # this test's own server, by its pid; nothing on disk
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
@@ -220,51 +156,10 @@ def test_redis_down_writes_succeed_and_backlog_drains(settings: Settings, privat
 # -- (c) the secondary Postgres unreachable: writes succeed, failures counted, replay heals -------------
 
 
-class PrivatePostgres:
-    """A throwaway cluster (initdb/pg_ctl as the postgres user) on a random loopback port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="dw-pg-"))
-        shutil.chown(self.dir, "postgres", "postgres")
-        self.data = self.dir / "data"
-        self._as_pg([PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_pg(self, cmd: list[object]) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *map(str, cmd)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_pg([PG_BIN / "pg_ctl", "-D", self.data, "-o", opts, "-l", self.dir / "log", "-w", "start"])
-
-    def stop(self) -> None:
-        self._as_pg([PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"])
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[PrivatePostgres]:
-    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
-        pytest.skip("needs root and the PostgreSQL 15 server binaries to run a private cluster")
-    cluster = PrivatePostgres()
-    cluster.start()
-    yield cluster
-    cluster.destroy()
+    with private_cluster() as cluster:
+        yield cluster
 
 
 def test_secondary_down_writes_succeed_and_replay_heals(settings: Settings, private_pg: PrivatePostgres) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboards import build
+from tests.servers import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +45,6 @@ def panel_targets() -> list[tuple[str, str]]:
             for t in p.get("targets", []):
                 out.append((f"{name}:{p['id']}:{p['title']}:{t['refId']}", t["expr"]))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Prom:

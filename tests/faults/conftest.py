@@ -21,7 +21,7 @@ from dualwrite.relay import Relay
 from dualwrite.settings import Settings
 from dualwrite.stream import dead_letter_key
 from shadow.verify import verify_tables
-from tests.core.test_faults_adapter import PG_BIN, PrivatePostgres, PrivateRedis, wait_for
+from tests.servers import PrivatePostgres, PrivateRedis, private_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "reports" / "reliability.md"
@@ -152,12 +152,8 @@ def collector() -> Iterator[Collector]:
 # -- private servers ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def private_pg_cluster() -> Iterator[PrivatePostgres]:
-    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
-        pytest.skip("needs root and the PostgreSQL 15 server binaries to run a private cluster")
-    cluster = PrivatePostgres()
-    cluster.start()
-    yield cluster
-    cluster.destroy()
+    with private_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
