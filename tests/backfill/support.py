@@ -5,11 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text, insert, select
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    text,
+)
 
 from dualwrite.adapter import DualWriter, TableCatalog
 from dualwrite.relay import Relay
 from dualwrite.stores.base import JSONType, UTCDateTime
+from dualwrite.stream import stream_key
 
 md = MetaData()
 accounts = Table(
@@ -80,3 +94,13 @@ def assert_equal(dw: DualWriter) -> None:
 
 def drain_relay(dw: DualWriter) -> None:
     assert Relay.for_writer(dw).drain(timeout=30)
+
+
+def clear(dw: DualWriter) -> None:
+    """Empty accounts, versions, outbox and stream on both sides, between hypothesis examples."""
+    for engine in (dw.sqlite, dw.postgres):
+        with engine.begin() as conn:
+            conn.execute(delete(accounts))
+            conn.execute(text("DELETE FROM _dw_versions"))
+            conn.execute(text("DELETE FROM _dw_outbox"))
+    dw.redis.delete(stream_key(dw.settings.namespace))

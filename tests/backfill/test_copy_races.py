@@ -17,9 +17,8 @@ from sqlalchemy import delete, insert, text, update
 from backfill import checkpoint as ckpt
 from backfill.copier import Copier
 from backfill.replay import Replayer
-from dualwrite.stream import stream_key
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import account_row, accounts, catalog, drain_relay, md, snapshot
+from tests.backfill.support import account_row, accounts, catalog, clear, drain_relay, md, snapshot
 
 N = 150
 op = st.one_of(
@@ -38,13 +37,8 @@ def dw(settings):  # type: ignore[no-untyped-def]
 
 
 def reset(dw) -> None:  # type: ignore[no-untyped-def]
-    for engine in (dw.sqlite, dw.postgres):
-        with engine.begin() as conn:
-            conn.execute(delete(accounts))
-            conn.execute(text("DELETE FROM _dw_versions"))
-            conn.execute(text("DELETE FROM _dw_outbox"))
+    clear(dw)
     ckpt.reset(dw.postgres)
-    dw.redis.delete(stream_key(dw.settings.namespace))
     with dw.sqlite.begin() as conn:  # history from before capture began: no events
         conn.execute(insert(accounts), [account_row(i) for i in range(1, N + 1)])
 

@@ -9,16 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, select, update
 
 from backfill.copier import copy_apply
 from backfill.cursor import read_chunk
 from backfill.fastpath import load_chunk
 from backfill.replay import Replayer
 from dualwrite.apply import apply_snapshot_rows
-from dualwrite.stream import stream_key
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, drain_relay, md, snapshot
+from tests.backfill.support import accounts, catalog, clear, drain_relay, md, snapshot
 
 KEYS = 12
 ops = st.lists(
@@ -41,12 +40,7 @@ def dw(settings):  # type: ignore[no-untyped-def]
 
 
 def reset(dw) -> None:  # type: ignore[no-untyped-def]
-    for engine in (dw.sqlite, dw.postgres):
-        with engine.begin() as conn:
-            conn.execute(delete(accounts))
-            conn.execute(text("DELETE FROM _dw_versions"))
-            conn.execute(text("DELETE FROM _dw_outbox"))
-    dw.redis.delete(stream_key(dw.settings.namespace))
+    clear(dw)
 
 
 def apply_chunk(conn, chunk, mode: str) -> None:  # type: ignore[no-untyped-def]
