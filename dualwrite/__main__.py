@@ -1,3 +1,3 @@
-from dualwrite.cli import main
+from dualwrite.cli.main import main
 
 main()

@@ -24,7 +24,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite import cascade, metrics
-from dualwrite.apply import apply_events, pk_columns, plan_events, run_plan_direct
+from dualwrite.apply.rule import apply_events, pk_columns, plan_events, run_plan_direct
+from dualwrite.bookkeeping import dialect_insert
 from dualwrite.capture import (
     PrimaryMovedError,
     check_primary,
@@ -37,12 +38,11 @@ from dualwrite.capture import (
     write_outbox,
 )
 from dualwrite.catalog import TableCatalog
-from dualwrite.db import postgres_engine, sqlite_engine, sqlite_read_engine
+from dualwrite.engines import postgres_engine, sqlite_engine, sqlite_read_engine
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import dialect_insert
 from dualwrite.phase import Phase, PhaseStore
-from dualwrite.relay import Wakeup
 from dualwrite.settings import Settings
+from dualwrite.stream.relay import Wakeup
 
 log = logging.getLogger("dualwrite.adapter")
 T = TypeVar("T")
@@ -339,7 +339,7 @@ class DualWriter:
 
     # -- relay and lifecycle ---------------------------------------------------------------------
     def start_relay(self) -> None:
-        from dualwrite.relay import Relay
+        from dualwrite.stream.relay import Relay
 
         if self._relay is None:
             self._relay = Relay.for_writer(self)

@@ -11,10 +11,10 @@ from sqlalchemy import Connection, Delete, Insert, Table, Update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
-from dualwrite.apply import pk_columns
+from dualwrite.apply.rule import pk_columns
+from dualwrite.bookkeeping import outbox
+from dualwrite.demo.app.base import utcnow
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import outbox
-from dualwrite.stores.base import utcnow
 
 TENANT_COLUMNS = ("tenant_id", "tenant")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, or_, select, tuple_
 
-from dualwrite.applysql import pk_columns
+from dualwrite.apply.statements import pk_columns
 from dualwrite.errors import ConfigError
 
 ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")

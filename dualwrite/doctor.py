@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from sqlalchemy import text
 
-from dualwrite.db import check_postgres, sqlite_engine
+from dualwrite.engines import check_postgres, sqlite_engine
 from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings, mask_url
 
@@ -53,8 +53,8 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
 
 def _schema_line(settings: Settings, *, sqlite_ok: bool, postgres_ok: bool) -> tuple[str, bool, str]:
     """The store tables on each reachable backend against the models: drift means uncaptured columns."""
-    from dualwrite.db import postgres_engine
     from dualwrite.drift import find_drift
+    from dualwrite.engines import postgres_engine
     from dualwrite.registry import default_registry
 
     tables = [spec.table for spec in default_registry().tables()]

@@ -19,7 +19,7 @@ from sqlalchemy import and_, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from dualwrite import cascade
-from dualwrite.apply import pk_columns
+from dualwrite.apply.rule import pk_columns
 from dualwrite.capture import events_from_rows
 
 if TYPE_CHECKING:

@@ -191,7 +191,7 @@ def _order(specs: list[TableSpec]) -> list[TableSpec]:
 
 
 def _builtin() -> list[TableSpec]:
-    from dualwrite.stores import analytics, archive, debate, graph, ingest, marketplace, memory, profiles
+    from dualwrite.demo.app import analytics, archive, debate, graph, ingest, marketplace, memory, profiles
 
     listing: list[tuple[str, list[Table]]] = [
         ("memory", [memory.memory_items, memory.memory_retention]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, MetaData, inspect
 
-from dualwrite.internal import create_internal, internal_metadata
+from dualwrite.bookkeeping import create_internal, internal_metadata
 
 
 def create_schema(engine: Engine, metadata: MetaData, *, primary: bool) -> list[str]:

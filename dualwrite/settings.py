@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dualwrite.errors import ConfigError
 
-DEFAULT_SQLITE = "dualwrite.db"
+DEFAULT_SQLITE = "dualwrite.engines"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "dualwrite"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Integer, func, select, text
 
-from dualwrite.internal import read_meta, write_meta
+from dualwrite.bookkeeping import read_meta, write_meta
 
 if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter

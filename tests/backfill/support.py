@@ -21,9 +21,9 @@ from sqlalchemy import (
 )
 
 from dualwrite.adapter import DualWriter, TableCatalog
-from dualwrite.relay import Relay
-from dualwrite.stores.base import JSONType, UTCDateTime
-from dualwrite.stream import stream_key
+from dualwrite.demo.app.base import JSONType, UTCDateTime
+from dualwrite.stream.protocol import stream_key
+from dualwrite.stream.relay import Relay
 
 md = MetaData()
 accounts = Table(

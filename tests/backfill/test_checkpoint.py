@@ -6,8 +6,8 @@ import time
 
 from sqlalchemy import select, text
 
-from backfill import checkpoint as ckpt
-from dualwrite.db import postgres_engine
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.engines import postgres_engine
 
 
 def test_old_table_is_migrated_and_progress_fields_kept(settings) -> None:  # type: ignore[no-untyped-def]

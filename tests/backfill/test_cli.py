@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from dualwrite.cli import main
+from dualwrite.cli.main import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, md, seed
 from tests.conftest import connection_args
@@ -81,7 +81,7 @@ def test_sigterm_finishes_and_exits_zero(dw, settings, tmp_path) -> None:  # typ
 
 
 def _copied(dw) -> bool:  # type: ignore[no-untyped-def]
-    from backfill import checkpoint as ckpt
+    from dualwrite.backfill import checkpoint as ckpt
 
     try:
         cps = ckpt.load_all(dw.postgres)
@@ -93,7 +93,7 @@ def _copied(dw) -> bool:  # type: ignore[no-untyped-def]
 def test_default_order_is_the_registry_priority_order(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Without --metadata the stores move in priority order (P0, P1, P2; parents before children), not in
     MetaData.sorted_tables' alphabetical order, which copied archive_records (P2) first."""
-    from backfill.cli import _tables
+    from dualwrite.cli.backfill import _tables
     from dualwrite.registry import default_registry
 
     reg = default_registry()

@@ -8,11 +8,11 @@ import threading
 import pytest
 from sqlalchemy import delete, insert, select, text, update
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier, copy_apply
-from backfill.cursor import read_chunk
-from backfill.rejects import RejectWriter
-from backfill.replay import Replayer
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier, copy_apply
+from dualwrite.backfill.cursor import read_chunk
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, md, notes, seed, tags
 
@@ -70,7 +70,7 @@ def test_live_update_after_chunk_read_wins(dw) -> None:  # type: ignore[no-untyp
 
 
 def copier_slow_apply(conn, chunk):  # type: ignore[no-untyped-def]
-    from dualwrite.apply import apply_snapshot_rows
+    from dualwrite.apply.rule import apply_snapshot_rows
 
     return apply_snapshot_rows(conn, accounts, chunk.rows, chunk.version)
 
@@ -169,7 +169,7 @@ def test_serial_sequence_moves_past_copied_ids(dw) -> None:  # type: ignore[no-u
 def test_throttle_limits_rate(dw) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    from backfill.throttle import TokenBucket
+    from dualwrite.backfill.throttle import TokenBucket
 
     seed(dw, 60)
     copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, throttle=TokenBucket(40))

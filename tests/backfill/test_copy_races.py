@@ -14,9 +14,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, text, update
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from backfill.replay import Replayer
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import account_row, accounts, catalog, clear, drain_relay, md, snapshot
 

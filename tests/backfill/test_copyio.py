@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from backfill.copyio import copy_text, text_block
+from dualwrite.backfill.copy_format import copy_text, text_block
 
 value = st.one_of(
     st.none(),

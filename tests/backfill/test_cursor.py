@@ -14,8 +14,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import Column, Integer, MetaData, PrimaryKeyConstraint, Table, Text
 
-from backfill.cursor import decode_key, encode_key, read_chunk
-from dualwrite.db import sqlite_read_engine
+from dualwrite.backfill.cursor import decode_key, encode_key, read_chunk
+from dualwrite.engines import sqlite_read_engine
 
 md = MetaData()
 pairs = Table("pairs", md, Column("a", Text), Column("b", Integer), Column("v", Text), PrimaryKeyConstraint("a", "b"))

@@ -37,15 +37,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from backfill.binary import binary_oids
-from backfill.cursor import read_chunk
-from backfill.fastpath import load_chunk
-from backfill.keys import key_texts
-from backfill.merge import copy_apply
-from dualwrite.apply import apply_events
-from dualwrite.db import postgres_engine
+from dualwrite.apply.rule import apply_events
+from dualwrite.backfill.binary import binary_oids
+from dualwrite.backfill.cursor import read_chunk
+from dualwrite.backfill.keys import key_texts
+from dualwrite.backfill.load import load_chunk
+from dualwrite.backfill.merge import copy_apply
+from dualwrite.demo.app.base import JSONType, UTCDateTime
+from dualwrite.engines import postgres_engine
 from dualwrite.events import ChangeEvent, key_text
-from dualwrite.stores.base import JSONType, UTCDateTime
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import account_row, accounts, catalog, md, snapshot, tags
 
@@ -309,8 +309,7 @@ def typed_rows() -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_binary_copy_writes_what_the_text_path_writes(dw, copier_pg, binary, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import backfill.fastpath as fp
-
+    import dualwrite.backfill.load as fp
     types_md.create_all(dw.sqlite)
     types_md.create_all(dw.postgres)
     with dw.sqlite.begin() as conn:

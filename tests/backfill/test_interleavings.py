@@ -11,11 +11,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 
-from backfill.copier import copy_apply
-from backfill.cursor import read_chunk
-from backfill.fastpath import load_chunk
-from backfill.replay import Replayer
-from dualwrite.apply import apply_snapshot_rows
+from dualwrite.apply.rule import apply_snapshot_rows
+from dualwrite.backfill.copier import copy_apply
+from dualwrite.backfill.cursor import read_chunk
+from dualwrite.backfill.load import load_chunk
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, clear, drain_relay, md, snapshot
 

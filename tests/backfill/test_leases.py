@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from backfill.leases import LeaseBook, LeaseLost, read_range
-from backfill.throttle import TokenBucket
-from dualwrite.internal import versions
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.leases import LeaseBook, LeaseLost, read_range
+from dualwrite.backfill.throttle import TokenBucket
+from dualwrite.bookkeeping import versions
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, seed
 
@@ -73,10 +73,10 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {root!r})
-    from backfill.copier import Copier
-    from backfill.leases import LeaseBook
-    from backfill.throttle import TokenBucket
-    from dualwrite.db import postgres_engine, sqlite_read_engine
+    from dualwrite.backfill.copier import Copier
+    from dualwrite.backfill.leases import LeaseBook
+    from dualwrite.backfill.throttle import TokenBucket
+    from dualwrite.engines import postgres_engine, sqlite_read_engine
     from tests.backfill.support import accounts
 
     s = json.loads(sys.argv[1])

@@ -11,10 +11,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from backfill import checkpoint as ckpt
-from backfill import pipeline
-from backfill.copier import Copier
-from backfill.cursor import decode_key
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill import lanes as pipeline
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.cursor import decode_key
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, md, seed, snapshot
 
@@ -70,7 +70,7 @@ def test_a_stuck_predecessor_makes_the_next_chunk_retry_in_order(dw, monkeypatch
     monkeypatch.setattr(pipeline, "TURN_TIMEOUT_S", 0.2)
     copier = Poisoned(dw.sqlite_read, dw.postgres_apply, chunk_size=10, lanes=3)
     copier.poison, copier.next_loaded, copier.slow_s = 25, threading.Event(), 1.0
-    with caplog.at_level(logging.WARNING, logger="backfill.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="dualwrite.backfill.lanes"):
         (rep,) = copier.copy_tables([accounts])
     assert "retrying in order" in caplog.text
     assert (rep.rows_copied, rep.rows_applied, rep.status) == (60, 60, "done")

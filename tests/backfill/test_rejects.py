@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from backfill.rejects import RejectWriter
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import catalog, md, notes, seed
 

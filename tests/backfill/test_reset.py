@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, func, insert, select, update
 
-from backfill import checkpoint as ckpt
-from backfill.control import Limits, Throttler
-from backfill.copier import Copier
-from backfill.leases import LeaseBook
-from dualwrite.internal import versions
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.control import Limits, Throttler
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.leases import LeaseBook
+from dualwrite.bookkeeping import versions
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, md, notes, seed, tags
 from tests.conftest import connection_args
@@ -32,7 +32,7 @@ def dw(settings):  # type: ignore[no-untyped-def]
 
 
 def reset(settings, *args: str):  # type: ignore[no-untyped-def]
-    from dualwrite.cli import main
+    from dualwrite.cli.main import main
 
     return CliRunner().invoke(main, ["backfill", "reset", *connection_args(settings), *args], catch_exceptions=False)
 

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, text, update
 
-from backfill import checkpoint as ckpt
-from dualwrite.internal import versions
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.bookkeeping import versions
 from dualwrite.registry import default_registry
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, notes, seed, tags
@@ -37,7 +37,7 @@ def dw(settings):  # type: ignore[no-untyped-def]
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]
-    from dualwrite.cli import main
+    from dualwrite.cli.main import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
@@ -76,7 +76,7 @@ def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: 
 
 
 def test_registry_priorities_and_stores_select_in_registry_order() -> None:
-    from backfill.cli import _select
+    from dualwrite.cli.backfill import _select
 
     reg = default_registry()
     p0_memory = [t.name for t in _select(None, [], ["P0"], ["memory"])]
@@ -191,7 +191,7 @@ def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: i
 
 
 def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backfill.control import live_workers
+    from dualwrite.backfill.control import live_workers
 
     n = 600
     seed(dw, n)

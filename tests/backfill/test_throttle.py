@@ -10,11 +10,11 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from backfill.control import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
-from backfill.copier import Copier
-from backfill.leases import LeaseBook
 from dualwrite import metrics
-from dualwrite.cli import main
+from dualwrite.backfill.control import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.leases import LeaseBook
+from dualwrite.cli.main import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, md, seed
 from tests.conftest import connection_args

@@ -10,10 +10,10 @@ import redis
 from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData, Numeric, String, Table, select, text
 
 from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.demo.app.base import JSONType, UTCDateTime
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
-from dualwrite.stores.base import JSONType, UTCDateTime
-from dualwrite.stream import stream_key
+from dualwrite.stream.protocol import stream_key
 
 md = MetaData()
 items = Table(

@@ -23,10 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import registry
 
 from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.bookkeeping import outbox
 from dualwrite.cascade import UnsupportedSchemaError
 from dualwrite.errors import ConfigError
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import outbox
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.core.support import snapshot

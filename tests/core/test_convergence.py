@@ -16,10 +16,10 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, delete, ins
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.bookkeeping import outbox
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import outbox
-from dualwrite.relay import Relay
 from dualwrite.settings import Settings
+from dualwrite.stream.relay import Relay
 from dualwrite.testing import prepared_writer
 from tests.core.support import both_sides, catalog, items, md, pairs, reset_all, row, snapshot, stream_events
 

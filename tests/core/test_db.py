@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dualwrite.db import postgres_engine, sqlite_engine
+from dualwrite.engines import postgres_engine, sqlite_engine
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.conftest import PG_ADMIN_URL

@@ -20,13 +20,13 @@ from sqlalchemy import bindparam, create_engine, delete, insert, select, text, u
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from dualwrite.adapter import DualWriter
+from dualwrite.bookkeeping import outbox
 from dualwrite.errors import PhaseError
 from dualwrite.events import ChangeEvent
-from dualwrite.internal import outbox
 from dualwrite.phase import PhaseStore
-from dualwrite.relay import Relay
 from dualwrite.settings import Settings
-from dualwrite.stream import stream_key
+from dualwrite.stream.protocol import stream_key
+from dualwrite.stream.relay import Relay
 from dualwrite.switch import switch_primary
 from dualwrite.testing import prepared_writer
 from tests.core.support import both_sides, catalog, items, md, row, snapshot, stream_events

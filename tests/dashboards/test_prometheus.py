@@ -131,8 +131,8 @@ class Workload:
 
     # -- the application ---------------------------------------------------------------------------
     def app(self) -> None:
-        from shadow import gate
-        from shadow.reader import ShadowReader
+        from dualwrite.cutover import gate
+        from dualwrite.shadow.reader import ShadowReader
 
         self.reader = ShadowReader(percentage=100).install(self.dw)
         dw = self.dw
@@ -158,8 +158,8 @@ class Workload:
 
     # -- the backfill and the replayer ---------------------------------------------------------------
     def copier(self) -> None:
-        from backfill.copier import Copier
-        from backfill.throttle import TokenBucket
+        from dualwrite.backfill.copier import Copier
+        from dualwrite.backfill.throttle import TokenBucket
 
         work = self
 
@@ -179,7 +179,7 @@ class Workload:
         c.copy_tables([legacy])
 
     def replayer(self) -> None:
-        from backfill.replay import Replayer
+        from dualwrite.stream.replay import Replayer
 
         Replayer(self.dw, block_ms=100, claim_idle_ms=1000).run(should_stop=self.stop.is_set)
 

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-import dualwrite.embedded as embedded
-from demo.cli import demo
+import dualwrite.demo.embedded as embedded
+from dualwrite.cli.demo import demo
 from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL
 
 

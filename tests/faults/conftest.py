@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Table, create_engine, text
 
-from backfill.replay import Replayer
 from dualwrite.adapter import DualWriter
-from dualwrite.relay import Relay
 from dualwrite.settings import Settings
-from dualwrite.stream import dead_letter_key
-from shadow.verify import verify_tables
+from dualwrite.stream.protocol import dead_letter_key
+from dualwrite.stream.relay import Relay
+from dualwrite.stream.replay import Replayer
+from dualwrite.verify.verifier import verify_tables
 from tests.servers import PrivatePostgres, PrivateRedis, private_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

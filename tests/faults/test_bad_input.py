@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 
 import dualwrite.events as events_mod
-from backfill.replay import Replayer, list_dead_letters
 from dualwrite.events import ChangeEvent
-from dualwrite.relay import Relay
 from dualwrite.settings import Settings
-from dualwrite.stream import dead_letter_key, stream_key
+from dualwrite.stream.protocol import dead_letter_key, stream_key
+from dualwrite.stream.relay import Relay
+from dualwrite.stream.replay import Replayer, list_dead_letters
 from dualwrite.testing import prepared_writer
-from shadow.verify import verify_tables
+from dualwrite.verify.verifier import verify_tables
 from tests.core.support import TABLES, catalog, items, md, row
 from tests.faults.conftest import SEEDS, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload

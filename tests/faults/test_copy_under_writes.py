@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
-from backfill import checkpoint as ckpt
+from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, items, md, pairs, row

@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import OperationalError
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from backfill.rejects import RejectWriter
-from dualwrite.db import sqlite_engine
-from dualwrite.internal import outbox
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.bookkeeping import outbox
+from dualwrite.engines import sqlite_engine
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from shadow.verify import verify_tables
+from dualwrite.verify.verifier import verify_tables
 from tests.core.support import TABLES, catalog, items, md, row, snapshot
 from tests.faults.conftest import SEEDS_AND_SOAK, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload

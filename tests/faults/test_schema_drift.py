@@ -8,12 +8,12 @@ import time
 
 from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 
-from backfill.deadletters import list_dead_letters, redrive
-from backfill.replay import Replayer
 from dualwrite.adapter import DualWriter, TableCatalog
 from dualwrite.drift import find_drift
-from dualwrite.relay import Relay
 from dualwrite.settings import Settings
+from dualwrite.stream.deadletters import list_dead_letters, redrive
+from dualwrite.stream.relay import Relay
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
 from tests.core.support import catalog, items, md, row
 from tests.faults.conftest import Collector

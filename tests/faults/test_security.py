@@ -11,15 +11,15 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy import create_engine, delete, insert, text
 
-from backfill.copier import Copier
-from backfill.rejects import RejectWriter
-from backfill.replay import Replayer
-from dualwrite.db import check_postgres
-from dualwrite.relay import Relay
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.engines import check_postgres
 from dualwrite.settings import Settings
-from dualwrite.stream import dead_letter_key, stream_key
+from dualwrite.stream.protocol import dead_letter_key, stream_key
+from dualwrite.stream.relay import Relay
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from shadow.verify import verify_key, verify_writer
+from dualwrite.verify.verifier import verify_key, verify_writer
 from tests.core.support import TABLES, catalog, items, md, row
 from tests.faults.conftest import Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload

@@ -9,11 +9,11 @@ import time
 import pytest
 from sqlalchemy import text
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from backfill.replay import Replayer
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
 from dualwrite.settings import Settings
-from dualwrite.stream import stream_key
+from dualwrite.stream.protocol import stream_key
+from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, md
 from tests.faults.conftest import (

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, text
 
-from backfill import checkpoint as ckpt
-from backfill.copier import Copier
-from dualwrite.relay import Relay
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import Copier
 from dualwrite.settings import Settings
-from dualwrite.stream import stream_key
+from dualwrite.stream.protocol import stream_key
+from dualwrite.stream.relay import Relay
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, items, md, pairs, row
 from tests.faults.conftest import ROOT, SEEDS, SOAK_SEEDS, Collector, PrivatePostgres, heal_and_verify
@@ -31,8 +31,8 @@ BACKFILL_CHILD = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {root!r})
-    from backfill.copier import Copier
-    from dualwrite.db import postgres_engine, sqlite_read_engine
+    from dualwrite.backfill.copier import Copier
+    from dualwrite.engines import postgres_engine, sqlite_read_engine
     from tests.core.support import TABLES
 
     s = json.loads(sys.argv[1])
@@ -48,8 +48,8 @@ REPLAY_CHILD = textwrap.dedent(
     """
     import json, sys, time
     sys.path.insert(0, {root!r})
-    import dualwrite.apply as A
-    from backfill.replay import Replayer
+    import dualwrite.apply.rule as A
+    from dualwrite.stream.replay import Replayer
     from dualwrite.adapter import DualWriter
     from dualwrite.settings import Settings
     from tests.core.support import catalog

@@ -10,7 +10,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
-from backfill.migrate.cli import command
+from dualwrite.cli.migrate import command
 from tests.conftest import PG_ADMIN_URL
 
 

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from dualwrite import metrics
-from shadow.experiment import CHUNK, Experiment, Observation
-from shadow.normalize import DEFAULT, identical
-from shadow.pacing import RequestGate
-from shadow.reader import ShadowReader, read_counts
+from dualwrite.normalize import DEFAULT, identical
+from dualwrite.shadow.experiment import CHUNK, Experiment, Observation
+from dualwrite.shadow.pacing import RequestGate
+from dualwrite.shadow.reader import ShadowReader, read_counts
 from tests.shadow.helpers import item_rows, items, seed, writer
 
 

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select, text, update
 
 from dualwrite import metrics
-from shadow.experiment import Experiment, MismatchError, Observation
-from shadow.reader import ShadowReader, read_counts, read_mismatches
+from dualwrite.shadow.experiment import Experiment, MismatchError, Observation
+from dualwrite.shadow.reader import ShadowReader, read_counts, read_mismatches
 from tests.shadow.helpers import item_rows, items, seed, writer
 
 

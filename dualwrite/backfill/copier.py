@@ -1,0 +1,314 @@
+"""Chunked copy of tables from SQLite to Postgres through the apply rule, with checkpoints and rejects.
+
+Each chunk (read with version S, see cursor.py) is applied in one Postgres transaction that also writes
+the table's checkpoint. Fast path (fastpath.py): keys Postgres has no version row for are COPYed straight
+into `_dw_versions` (with S) and the table; keys a live write reached first go through the merge
+(merge.py: COPY into a TEMP staging table, claim versions and upsert the winners in one statement).
+`fast=False` uses `apply.apply_snapshot_rows` instead (same rule).
+
+A chunk Postgres refuses is bisected inside savepoints: each single bad row goes to the reject file, the
+rest loads. Deadlocks / serialization failures (a live event on the same keys) retry the whole chunk.
+Memory: one chunk (its rows as tuples) at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import psycopg2
+from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy.exc import DBAPIError
+
+from dualwrite import metrics
+from dualwrite.apply.rule import ApplyResult, apply_snapshot_rows, pk_columns
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill import lanes as pipeline
+from dualwrite.backfill.copy_format import copy_text
+from dualwrite.backfill.cursor import Chunk, count_rows, decode_key, read_chunk
+from dualwrite.backfill.keys import key_positions
+from dualwrite.backfill.load import load_chunk
+from dualwrite.backfill.merge import STAGING, copy_apply
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.backfill.throttle import TokenBucket
+from dualwrite.events import key_text
+
+__all__ = ["STAGING", "Copier", "TableReport", "copy_apply", "copy_text", "sync_sequence"]
+
+log = logging.getLogger("dualwrite.backfill.copier")
+Bad = tuple[int, BaseException]  # (position in the chunk, why Postgres refused that row)
+TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
+# ValueError/TypeError: a driver refusing a value client-side (psycopg2: NUL in a string literal).
+DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error, ValueError, TypeError)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    state = _sqlstate(exc)
+    if state in TRANSIENT_SQLSTATES or (state or "").startswith("08"):
+        return True
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, psycopg.OperationalError | psycopg2.OperationalError) and state is None
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors no row can cause (a missing table or column, a syntax error, no privilege): stop the copy
+    rather than reject every row of the table one by one."""
+    state = _sqlstate(exc) or ""
+    return state[:2] in ("42", "0A", "3D", "3F", "28")
+
+
+@dataclass
+class TableReport:
+    table: str
+    rows_copied: int = 0
+    rows_applied: int = 0
+    rows_stale: int = 0
+    rows_rejected: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    status: str = "pending"
+    fallbacks: int = 0  # chunks merged because a live write landed in them during the fast COPY
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["rows_per_second"] = round(self.rows_copied / self.seconds, 1) if self.seconds else None
+        return d
+
+
+@dataclass
+class Copier:
+    """Copies tables chunk by chunk. Subclasses may override the two public hooks: `prepare_chunk`
+    (transform or set aside rows before loading; backfill.migrate casts values there) and `load_rows`
+    (how rows reach Postgres inside the chunk's transaction)."""
+
+    sqlite_read: Engine
+    postgres: Engine  # an apply engine (session_replication_role=replica: FK triggers off)
+    chunk_size: int = 5000
+    fast: bool = True
+    rejects: RejectWriter = field(default_factory=lambda: RejectWriter(None))
+    throttle: TokenBucket = field(default_factory=lambda: TokenBucket(None))
+    should_stop: Callable[[], bool] = lambda: False
+    max_retries: int = 5
+    fallbacks: int = 0  # chunks whose fast COPY met a live write and were merged instead
+    leases: Any = None  # a leases.LeaseBook: several workers share each table's chunks
+    lanes: int = 2  # chunk transactions in flight at once, committed in order (pipeline.py)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ckpt.ensure(self.postgres)
+
+    # -- public hooks ----------------------------------------------------------------------------
+    def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
+        """Rows to load and how many were set aside (already recorded as rejects by the hook)."""
+        return chunk, 0
+
+    def load_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
+    ) -> ApplyResult:
+        """Apply rows (tuples in `columns` order) with `version` inside the chunk's transaction."""
+        if not self.fast:
+            names = [table.c[c].name for c in columns]
+            return apply_snapshot_rows(conn, table, [dict(zip(names, v, strict=True)) for v in values], version)
+        result, fell_back = load_chunk(conn, table, columns, values, version)
+        if fell_back:
+            with self._lock:  # lanes run this concurrently
+                self.fallbacks += 1
+        return result
+
+    # -- tables ----------------------------------------------------------------------------------
+    def copy_tables(self, tables: Sequence[Table], *, max_chunks: int | None = None) -> list[TableReport]:
+        """Copy tables in the given order (parents first). Stops early if should_stop() or max_chunks."""
+        reports = []
+        budget = max_chunks
+        for table in tables:
+            if self.should_stop() or (budget is not None and budget <= 0):
+                break
+            rep = self.copy_table(table, max_chunks=budget)
+            reports.append(rep)
+            if budget is not None:
+                budget -= rep.chunks
+        return reports
+
+    def copy_table(self, table: Table, *, max_chunks: int | None = None) -> TableReport:
+        if self.leases is not None:  # shared with other workers: ranges come from leases.py
+            return self.leases.copy_table(self, table, max_chunks=max_chunks)
+        rep = TableReport(table.name)
+        with self.postgres.connect() as conn:
+            cp = ckpt.load(conn, table.name)
+            conn.rollback()
+        rep.rows_copied, rep.rows_rejected, rep.status = cp.rows_copied, cp.rows_rejected, cp.status
+        if cp.status == "done":
+            return rep
+        metrics.BACKFILL_EXPECTED.labels(table.name).set(count_rows(self.sqlite_read, table))
+        after = decode_key(cp.last_key)
+        started = time.perf_counter()
+        fallbacks = self.fallbacks
+        chunks = self.read_ahead(table, after)
+
+        def committed(chunk: Chunk, outcome: pipeline.Outcome) -> None:
+            result, bad, set_aside, seconds = outcome
+            rep.chunks += 1
+            rep.rows_applied += result.applied
+            rep.rows_stale += result.stale
+            rep.rows_rejected += bad + set_aside
+            rep.rows_copied = cp.rows_copied
+            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
+            metrics.BACKFILL_CHUNK.labels(table.name).observe(seconds)
+
+        try:
+            pipeline.run(self, table, cp, chunks, max(1, self.lanes), max_chunks, committed)
+        finally:
+            chunks.close()  # waits for a read still in flight
+        if cp.status == "done":
+            sync_sequence(self.postgres, table)
+        rep.status = cp.status
+        rep.seconds = time.perf_counter() - started
+        rep.fallbacks = self.fallbacks - fallbacks
+        log.info(
+            "backfill %s: %s, %d rows copied, %d rejected, %d chunks",
+            table.name,
+            rep.status,
+            rep.rows_copied,
+            rep.rows_rejected,
+            rep.chunks,
+        )
+        return rep
+
+    def read_ahead(self, table: Table, after: tuple[Any, ...] | None) -> Iterator[Chunk]:
+        """Chunks in key order, each read in a background thread while the previous one is applied (SQLite
+        and Postgres work overlap); at most two chunks are in memory. Reading one chunk too many when the
+        copy stops is harmless: it is simply not applied."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backfill-read-{table.name}") as pool:
+            pending = pool.submit(read_chunk, self.sqlite_read, table, after, self.chunk_size)
+            while True:
+                chunk = pending.result()
+                last = len(chunk.values) < self.chunk_size
+                if not last:
+                    pending = pool.submit(read_chunk, self.sqlite_read, table, chunk.last_key, self.chunk_size)
+                yield chunk
+                if last:
+                    return
+
+    # -- one chunk -------------------------------------------------------------------------------
+    def apply_chunk(
+        self,
+        table: Table,
+        chunk: Chunk,
+        cp: ckpt.Checkpoint,
+        set_aside: int,
+        save: Callable[[Connection, ckpt.Checkpoint], None] = ckpt.save,
+        before_save: Callable[[], None] | None = None,
+    ) -> tuple[ApplyResult, int]:
+        """Apply the chunk with its version and `save` the checkpoint in one transaction; bisect on refusal.
+        `set_aside` rows were already rejected by prepare_chunk: they count in the same checkpoint.
+        (leases.py passes its own `save`, which also completes the chunk's lease; pipeline.py a
+        `before_save` that waits, rows loaded, for the previous chunk to commit.)"""
+        bisect = False
+        columns, values, version = chunk.columns, chunk.values, chunk.version
+        for attempt in range(self.max_retries + 1):
+            bad: list[Bad] = []
+            try:
+                with self.postgres.begin() as conn:
+                    if bisect:
+                        result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
+                    else:
+                        result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
+                    if before_save is not None:
+                        before_save()
+                    self._reject(table, columns, values, bad)
+                    saved = ckpt.Checkpoint(**cp.__dict__)
+                    saved.rows_copied += len(values) - len(bad)
+                    saved.rows_rejected += len(bad) + set_aside
+                    save(conn, saved)
+                cp.__dict__.update(saved.__dict__)
+                return result, len(bad)
+            except DB_ERRORS as exc:
+                if is_transient(exc) and attempt < self.max_retries:
+                    log.warning("backfill %s: transient error, retrying chunk: %s", table.name, _line(exc))
+                    time.sleep(min(2.0, 0.05 * 2**attempt))
+                    continue
+                if bisect or is_transient(exc) or is_fatal(exc):
+                    raise
+                log.warning("backfill %s: chunk refused, bisecting: %s", table.name, _line(exc))
+                bisect = True
+        raise RuntimeError("unreachable")
+
+    _apply_chunk = apply_chunk  # the old private name (leases.py still calls it)
+
+    def _reject(self, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], bad: list[Bad]) -> None:
+        if not bad:
+            return
+        names = [table.c[c].name for c in columns]
+        pos = key_positions(table, columns)
+        for i, exc in bad:
+            row = dict(zip(names, values[i], strict=True))
+            self.rejects.reject(table.name, key_text([values[i][p] for p in pos]), row, exc)
+
+    def _bisect(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
+        version: int,
+        lo: int,
+        hi: int,
+        bad: list[Bad],
+    ) -> ApplyResult:
+        """Load values[lo:hi] in a savepoint; on refusal split it until single rows are isolated."""
+        if lo >= hi:
+            return ApplyResult()
+        sp = conn.begin_nested()
+        try:
+            result = self.load_rows(conn, table, columns, values[lo:hi], version)
+            sp.commit()
+            return result
+        except DB_ERRORS as exc:
+            sp.rollback()
+            if is_transient(exc) or is_fatal(exc):
+                raise
+            if hi - lo == 1:
+                bad.append((lo, exc))
+                return ApplyResult()
+        mid = (lo + hi) // 2
+        result = self._bisect(conn, table, columns, values, version, lo, mid, bad)
+        result += self._bisect(conn, table, columns, values, version, mid, hi, bad)
+        return result
+
+
+def sync_sequence(engine: Engine, table: Table) -> None:
+    """Move a serial/identity sequence of the primary key past the copied ids (rows arrive with explicit
+    ids, which do not advance it), so inserts on Postgres do not collide after the switch. Never lowers it."""
+    pk = pk_columns(table)
+    if len(pk) != 1:
+        return
+    prep = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        seq = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": prep.format_table(table), "c": pk[0]}
+        ).scalar()
+        if seq is None:
+            return
+        conn.execute(
+            text(
+                f"SELECT setval(:s, GREATEST((SELECT max({prep.quote(pk[0])}) FROM {prep.format_table(table)}),"
+                " (SELECT last_value FROM " + seq + ")), true)"
+            ),
+            {"s": seq},
+        )
+
+
+def _line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]

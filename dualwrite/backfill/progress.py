@@ -1,0 +1,140 @@
+"""What `backfill run` shows while it copies and when it ends.
+
+On a terminal: one rich progress bar per table (rows done by every worker / rows expected, rate, ETA),
+with log lines printed above the bars. Otherwise (a pipe, a log file, systemd): a plain log line per
+table at most every `every_s` seconds and when the table ends. At the end of the copy: the summary table
+(table, rows read, written, skipped because Postgres already held a newer version, rejected, seconds,
+rows/s), which also goes into the --report JSON. read = written + skipped + rejected for every table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import click
+
+log = logging.getLogger("dualwrite.backfill.progress")
+
+
+class CopyProgress:
+    def __init__(self, tty: bool, every_s: float = 5.0) -> None:
+        self.tty = tty
+        self.every_s = every_s
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._last: dict[str, float] = {}
+        self._handlers: list[logging.Handler] = []
+        self._started: dict[str, tuple[float, int]] = {}
+
+    def __enter__(self) -> CopyProgress:
+        if self.tty:
+            from rich.logging import RichHandler
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bars = Progress(
+                TextColumn("{task.description:30}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>12}"),
+                TimeRemainingColumn(),
+            )
+            self._bars.__enter__()
+            root = logging.getLogger()  # log lines above the bars, not through them
+            self._handlers = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
+            for h in self._handlers:
+                root.removeHandler(h)
+            root.addHandler(RichHandler(console=self._bars.console, show_path=False))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bars is not None:
+            root = logging.getLogger()
+            for h in [h for h in root.handlers if type(h).__name__ == "RichHandler"]:
+                root.removeHandler(h)
+            for h in self._handlers:
+                root.addHandler(h)
+            self._bars.__exit__(None, None, None)
+            self._bars = None
+
+    def begin(self, table: str, done: int) -> None:
+        """A table starts (done: rows its checkpoint already holds), so the first rate has a baseline."""
+        self._started[table] = (time.monotonic(), done)
+
+    def update(self, table: str, done: int, total: int) -> None:
+        """LeaseBook's progress callback: rows done by all workers after each chunk of this one."""
+        now = time.monotonic()
+        t0, d0 = self._started.setdefault(table, (now, done))
+        rate = (done - d0) / (now - t0) if now > t0 else 0.0
+        if self._bars is not None:
+            task = self._tasks.get(table)
+            if task is None:
+                task = self._tasks[table] = self._bars.add_task(table, total=max(total, 1), rate="")
+            self._bars.update(task, completed=done, total=max(total, done, 1), rate=f"{rate:,.0f} rows/s")
+            return
+        if now - self._last.get(table, float("-inf")) >= self.every_s:
+            self._last[table] = now
+            pct = 100.0 * done / total if total else 100.0
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 and total > done else "-"
+            log.info("backfill %s: %d/%d rows (%.1f%%), %.0f rows/s, ETA %s", table, done, total, pct, rate, eta)
+
+
+def summary_rows(reports: list[Any]) -> list[dict[str, Any]]:
+    """One row per table of this worker's copy (leases.LeasedReport)."""
+    out = []
+    for r in reports:
+        rejected = getattr(r, "rows_rejected_run", r.rows_rejected)
+        read = getattr(r, "rows_read", r.rows_applied + r.rows_stale + rejected)
+        out.append(
+            {
+                "table": r.table,
+                "read": read,
+                "written": r.rows_applied,
+                "skipped": r.rows_stale,
+                "rejected": rejected,
+                "seconds": round(r.seconds, 3),
+                "rows_per_second": round(read / r.seconds, 1) if r.seconds else None,
+                "status": r.status,
+            }
+        )
+    return out
+
+
+COLUMNS = ("table", "read", "written", "skipped", "rejected", "seconds", "rows_per_second", "status")
+
+
+def print_summary(rows: list[dict[str, Any]], tty: bool, title: str = "backfill summary") -> None:
+    if tty:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c in COLUMNS:
+            table.add_column("rows/s" if c == "rows_per_second" else c, justify="left" if c == "table" else "right")
+        for r in rows:
+            table.add_row(*(_cell(r[c]) for c in COLUMNS))
+        Console().print(table)
+        return
+    head = {c: "rows/s" if c == "rows_per_second" else c for c in COLUMNS}
+    cells = [head] + [{c: _cell(r[c]) for c in COLUMNS} for r in rows]
+    widths = {c: max(len(line[c]) for line in cells) for c in COLUMNS}
+    click.echo(title)
+    for line in cells:
+        click.echo("  ".join(line[c].ljust(widths[c]) if c == "table" else line[c].rjust(widths[c]) for c in COLUMNS))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)

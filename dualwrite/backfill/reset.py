@@ -1,0 +1,120 @@
+"""`dualwrite backfill reset`: the rollback of a failed load — delete the target rows the backfill wrote,
+then forget its checkpoints, leases and recorded chunk versions.
+
+Which rows: each chunk's version S is recorded in `_dw_backfill_versions` with the chunk (checkpoint.py).
+A key whose `_dw_versions` seq is one of its table's recorded versions was last written by a backfill
+chunk; a key a live event changed afterwards carries that event's (other) seq and is kept. One case is
+ambiguous: the live event whose seq is exactly S, on a key of the same table (at most one key per recorded
+version, as every event has its own seq). Its row is the very image the chunk read and SQLite still holds
+it, so deleting it too loses nothing that the next copy does not bring back.
+
+Only keys whose row exists are touched: a version entry without a row is a tombstone (a delete whose seq
+happens to equal a chunk's S) and is kept, or an older event could resurrect the row. A row and its
+version entry go in the same transaction, in batches that lock the version entries first (the order the
+apply rule locks in), so a live event on one of these keys waits, then applies as new.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, inspect, select, text, tuple_
+
+from dualwrite.apply.rule import pk_columns
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import is_transient
+from dualwrite.backfill.cursor import decode_key
+from dualwrite.bookkeeping import versions
+
+# Phases in which Postgres serves reads or is the primary: deleting rows there would lose answers.
+ROWS_LOCKED_PHASES = ("postgres_reads", "postgres_primary", "postgres")
+_CANDIDATES = text(
+    "SELECT v.pk FROM _dw_versions v WHERE v.tbl = :t AND v.pk > :after"
+    " AND v.seq IN (SELECT b.seq FROM _dw_backfill_versions b WHERE b.tbl = :t)"
+    " ORDER BY v.pk LIMIT :n FOR UPDATE OF v"
+)
+
+
+@dataclass
+class TableRollback:
+    table: str
+    deleted: int = 0
+    kept: int = 0  # backfill-versioned keys without a row (tombstones), left as they are
+
+
+def tables_with_progress(engine: Engine) -> list[str]:
+    """Tables that have a checkpoint or recorded chunk versions."""
+    ckpt.ensure(engine)
+    with engine.connect() as conn:
+        names = set(conn.execute(select(ckpt.checkpoints.c.tbl)).scalars())
+        names |= set(conn.execute(select(ckpt.chunk_versions.c.tbl).distinct()).scalars())
+        conn.rollback()
+    return sorted(names)
+
+
+def count_candidates(engine: Engine, table: str) -> int:
+    """Keys last written by a backfill chunk (an upper bound of the rows reset deletes)."""
+    with engine.connect() as conn:
+        n = conn.execute(
+            text(
+                "SELECT count(*) FROM _dw_versions v WHERE v.tbl = :t"
+                " AND v.seq IN (SELECT b.seq FROM _dw_backfill_versions b WHERE b.tbl = :t)"
+            ),
+            {"t": table},
+        ).scalar()
+        conn.rollback()
+    return int(n or 0)
+
+
+def delete_backfill_rows(
+    engine: Engine, name: str, batch: int = 5000, progress: Callable[[TableRollback], None] | None = None
+) -> TableRollback:
+    """Delete `name`'s rows the backfill wrote, and their version entries (`engine`: an apply engine, so
+    foreign-key triggers stay off as during the copy). The table is reflected from Postgres."""
+    out = TableRollback(name)
+    with engine.connect() as conn:
+        has = inspect(conn).has_table(name)
+        table = Table(name, MetaData(), autoload_with=conn) if has else None
+        conn.rollback()
+    if table is None:  # never created on Postgres: only version entries can be left
+        return out
+    after = ""
+    while True:
+        for attempt in range(6):
+            try:
+                with engine.begin() as conn:
+                    after, done = _batch(conn, table, after, batch, out)
+                break
+            except Exception as exc:
+                if not is_transient(exc) or attempt == 5:
+                    raise
+                time.sleep(0.05 * 2**attempt)  # a deadlock with a live event: retry the batch
+        if progress is not None:
+            progress(out)
+        if done:
+            return out
+
+
+def _batch(conn: Connection, table: Table, after: str, n: int, out: TableRollback) -> tuple[str, bool]:
+    pks = list(conn.execute(_CANDIDATES, {"t": table.name, "after": after, "n": n}).scalars())
+    if not pks:
+        return after, True
+    keys = {decode_key(pk): pk for pk in pks}
+    cols = [table.c[c] for c in pk_columns(table)]
+    target = cols[0] if len(cols) == 1 else tuple_(*cols)
+    wanted = [k[0] for k in keys] if len(cols) == 1 else list(keys)
+    found = conn.execute(select(*cols).where(target.in_(wanted)).with_for_update()).all()
+    # Compared as Python values: a key that does not round-trip equal is kept, never half-deleted.
+    matched = [keys[tuple(r)] for r in found if tuple(r) in keys]
+    if matched:
+        doomed = [decode_key(pk) for pk in matched]
+        conn.execute(table.delete().where(target.in_([k[0] for k in doomed] if len(cols) == 1 else doomed)))
+        conn.execute(
+            versions.delete().where(versions.c.tbl == table.name, versions.c.pk.in_(bindparam("pks", expanding=True))),
+            {"pks": matched},
+        )
+    out.deleted += len(matched)
+    out.kept += len(pks) - len(matched)
+    return pks[-1], len(pks) < n

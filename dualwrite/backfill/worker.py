@@ -1,0 +1,139 @@
+"""`dualwrite backfill run`: the copy (shared with other workers through leases, throttled), then the
+replay of the change stream — until it has caught up, or with --daemon until SIGTERM/SIGINT.
+
+A stop signal lets the current chunk or replay batch finish (its checkpoint commits with it), then the
+worker exits 0. With --metrics-port, /metrics and /health are served on loopback: rows copied/expected
+per table, chunk latency, replay lag (events, seconds), pending, dead letters, throttle state; /health
+answers 503 while Postgres or Redis does not. A heartbeat keeps this worker listed in `backfill status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, text
+
+from dualwrite import metrics
+from dualwrite.backfill.control import WORKER_TTL_S, Limits, Throttler
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.leases import LeaseBook
+from dualwrite.backfill.progress import CopyProgress, print_summary, summary_rows
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.settings import mask_text
+from dualwrite.stream.replay import DEFAULT_GROUP, Replayer
+
+if TYPE_CHECKING:
+    from dualwrite.adapter import DualWriter
+
+log = logging.getLogger("dualwrite.backfill.worker")
+
+
+@dataclass
+class RunOptions:
+    chunk_size: int = 5000
+    limits: Limits = field(default_factory=Limits)
+    rejects_path: str | None = "backfill-rejects.jsonl"
+    fast: bool = True
+    replay: bool = True
+    daemon: bool = False
+    group: str = DEFAULT_GROUP
+    consumer: str | None = None
+    metrics_port: int | None = None
+    lease_ttl_s: float = 300.0
+    tty: bool = False
+
+
+def health(dw: DualWriter, throttle: Throttler) -> tuple[bool, str]:
+    """/health: both servers answer (what the worker is doing in the body)."""
+    problems = []
+    try:
+        with dw.postgres.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            conn.rollback()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        problems.append(f"postgres: {str(exc).splitlines()[0][:200]}")
+    try:
+        dw.redis.ping()
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"redis: {exc}")
+    state = f"{throttle.activity}; throttle: {throttle.reason or 'none'}"
+    return (not problems, mask_text("; ".join(problems) + f" ({state})" if problems else f"ok: {state}") + "\n")
+
+
+def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[], bool]) -> dict[str, Any]:
+    """Copy `tables` (parents first), print the summary, then replay. Returns the --report document."""
+    name = opts.consumer or f"{socket.gethostname()}-{os.getpid()}"
+    report: dict[str, Any] = {"worker": name, "tables": [], "summary": [], "replay": None}
+    throttle = Throttler(
+        replace(opts.limits, chunk_size=opts.limits.chunk_size or opts.chunk_size),
+        client=dw.redis,
+        namespace=dw.settings.namespace,
+        probe_engine=dw.postgres,
+        name=name,
+    )
+    book = LeaseBook(dw.postgres, ttl_s=opts.lease_ttl_s, name=name)
+    copier = Copier(
+        dw.sqlite_read,
+        dw.postgres_apply,
+        chunk_size=opts.chunk_size,
+        fast=opts.fast,
+        rejects=RejectWriter(opts.rejects_path),
+        throttle=throttle,
+        should_stop=stop,
+        leases=book,
+    )
+    throttle.on_chunk_size = lambda n: setattr(copier, "chunk_size", n)
+    throttle.refresh(force=True)  # live limits set before this worker started apply from its first chunk
+    replayer = Replayer(dw, group=opts.group, consumer=name)
+    metrics.prime(tables=[t.name for t in tables])
+    server = None
+    if opts.metrics_port is not None:
+        server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(dw, throttle))
+        log.info("serving /metrics and /health on 127.0.0.1:%d", server.server_address[1])
+    beat = threading.Event()
+    heart = threading.Thread(target=_heartbeat, args=(throttle, beat), name="backfill-heartbeat", daemon=True)
+    heart.start()
+    try:
+        if opts.replay:  # before copying, so the events written during the copy are kept for this group
+            replayer.ensure_group()
+        reports = []
+        with CopyProgress(opts.tty) as progress:
+            book.progress = progress.update
+            for table in tables:
+                if stop():
+                    break
+                throttle.activity = f"copying {table.name}"
+                throttle.publish()
+                progress.begin(table.name, book.status(table.name).rows_copied)
+                reports.append(copier.copy_table(table))
+        report["tables"] = [r.as_dict() for r in reports]
+        report["summary"] = summary_rows(reports)
+        report["rejects_file"] = opts.rejects_path if copier.rejects.count else None
+        print_summary(report["summary"], opts.tty)
+        if copier.rejects.count:
+            log.warning("%d row(s) rejected: see %s", copier.rejects.count, opts.rejects_path)
+        if opts.replay and not stop():
+            throttle.activity = "replaying" + (" (daemon)" if opts.daemon else " until caught up")
+            throttle.publish()
+            log.info("copy finished; replaying stream %s as %s/%s", replayer.key, opts.group, name)
+            report["replay"] = replayer.run(once=not opts.daemon, should_stop=stop).as_dict()
+    finally:
+        beat.set()
+        heart.join(timeout=5)  # a last heartbeat must not re-list this worker after close()
+        throttle.close()
+        book.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    return report
+
+
+def _heartbeat(throttle: Throttler, done: threading.Event) -> None:
+    while not done.wait(WORKER_TTL_S / 3):
+        throttle.publish()

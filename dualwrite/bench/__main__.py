@@ -1,0 +1,5 @@
+import sys
+
+from dualwrite.cli.bench import main
+
+sys.exit(main())

@@ -1,0 +1,405 @@
+"""`dualwrite backfill ...`: run (copy then replay), status, reset, deadletters list|redrive."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from dualwrite.cli.main import connection_options, fail, write_report
+from dualwrite.settings import Settings, mask_text
+
+log = logging.getLogger("dualwrite.cli.backfill")
+
+
+def _registry(spec: str | None) -> Any:
+    """The tables to copy, in the order to copy them: the default registry (P0, then P1, then P2; parents
+    before children within a priority), or `module:attribute` naming a Registry or a MetaData (one
+    priority: parents before children)."""
+    from dualwrite.errors import DualwriteError
+    from dualwrite.registry import Registry, default_registry
+
+    if not spec:
+        return default_registry()
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr or "metadata")
+    except (ImportError, AttributeError) as exc:
+        fail(f"cannot load metadata {spec!r}: {exc}")
+    if isinstance(found, Registry):
+        return found
+    try:
+        return Registry.from_metadata(found)
+    except DualwriteError as exc:
+        fail(f"--metadata {spec}: {exc}")
+
+
+def _metadata(spec: str | None) -> Any:
+    return _registry(spec).metadata
+
+
+def _writer(settings: Settings, spec: str | None) -> Any:
+    from dualwrite.adapter import DualWriter, TableCatalog
+
+    catalog = TableCatalog()
+    for table in _metadata(spec).sorted_tables:
+        catalog.add(table)
+    return DualWriter(settings, catalog=catalog)
+
+
+def _tables(spec: str | None, names: tuple[str, ...] = ()) -> list[Any]:
+    # Registry order, not MetaData.sorted_tables (alphabetical among equals: archive_records, a P2 table,
+    # used to be copied before the P0 stores).
+    tables = [t.table for t in _registry(spec).tables()]
+    if names:
+        known = {t.name for t in tables}
+        missing = [n for n in names if n not in known]
+        if missing:
+            fail(f"unknown table(s): {', '.join(missing)}")
+        tables = [t for t in tables if t.name in names]
+    return tables
+
+
+metadata_option = click.option(
+    "--metadata", "metadata_spec", default=None, help="module:attr of a Registry or MetaData (default: the registry)"
+)
+
+
+class StopFlag:
+    """SIGTERM/SIGINT: finish the current chunk or batch, then exit 0."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            if self.event.is_set():  # a second signal: stop now
+                raise SystemExit(130)
+            log.info("signal %d: finishing the current batch", signum)
+            self.event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+@click.group("backfill")
+def backfill() -> None:
+    """Copy existing rows to Postgres and replay the change stream."""
+
+
+def _csv(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _select(spec: str | None, names: list[str], priorities: list[str], stores: list[str]) -> list[Any]:
+    """The tables to copy, in `_tables`' order: --table/--tables by name, --priority and --stores from the
+    registry (for --metadata, every table is store 'app', priority 0); the filters combine (AND)."""
+    from dualwrite.errors import DualwriteError
+
+    tables = _tables(spec, tuple(names))
+    if priorities or stores:
+        try:
+            levels = [int(p[1:] if p[:1] in "Pp" else p) for p in priorities]
+        except ValueError:
+            fail(f"--priority takes P0,P1,... (got {','.join(priorities)})")
+        registry = _registry(spec)
+        try:
+            chosen = registry.tables(priorities=levels or None, stores=stores or None)
+        except DualwriteError as exc:
+            fail(str(exc))
+        allowed = {s.name for s in chosen}
+        tables = [t for t in tables if t.name in allowed]
+    if not tables:
+        fail("no table matches the selection (--table/--tables/--priority/--stores)")
+    return tables
+
+
+@backfill.command()
+@connection_options
+@metadata_option
+@click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
+@click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
+@click.option("--priority", "priorities", multiple=True, help="only these registry priorities: P0,P1")
+@click.option("--stores", "store_lists", multiple=True, help="only these registry stores: memory,profiles")
+@click.option("--chunk-size", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0), default=None, help="rate limit of the copy")
+@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), default=None, help="back off above this probe time")
+@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), default=None, help="back off above this lag")
+@click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True)
+@click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
+@click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
+@click.option("--once", is_flag=True, hidden=True, help="the default now; kept for old scripts")
+@click.option("--no-replay", is_flag=True, help="copy only")
+@click.option("--group", default="backfill", show_default=True, help="consumer group")
+@click.option("--consumer", default=None, help="worker/consumer name (default host-pid)")
+@click.option("--lease-ttl", default=300.0, show_default=True, help="seconds before a stuck worker's range is retaken")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")
+@click.option("--dry-run", is_flag=True, help="read, count and validate every row against Postgres; write nothing")
+@click.option("--report", "report_path", default=None, help="write a JSON report here")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    settings: Settings,
+    metadata_spec: str | None,
+    table_names: tuple[str, ...],
+    table_lists: tuple[str, ...],
+    priorities: tuple[str, ...],
+    store_lists: tuple[str, ...],
+    chunk_size: int,
+    max_rows_per_second: float | None,
+    max_pg_latency_ms: float | None,
+    max_replication_lag_s: float | None,
+    rejects_path: str,
+    slow: bool,
+    daemon: bool,
+    once: bool,
+    no_replay: bool,
+    group: str,
+    consumer: str | None,
+    lease_ttl: float,
+    metrics_port: int | None,
+    dry_run: bool,
+    report_path: str | None,
+) -> None:
+    """Copy the chosen tables (resuming from checkpoints; workers started on the same database share the
+    ranges), then replay the stream into Postgres until caught up (--daemon: until stopped).
+
+    SIGTERM/SIGINT finish the current chunk or batch, keep its checkpoint and exit 0. Live limits:
+    `dualwrite backfill set`. Progress bars on a terminal, log lines otherwise; a summary table at the end."""
+    from dualwrite.backfill.control import Limits
+    from dualwrite.backfill.worker import RunOptions
+    from dualwrite.backfill.worker import run as run_worker
+
+    if once and daemon:
+        fail("--once and --daemon contradict each other")
+    selected = _select(metadata_spec, _csv(table_names + table_lists), _csv(priorities), _csv(store_lists))
+    tty = sys.stdout.isatty()
+    stop = StopFlag()
+    stop.install()
+    dw = _writer(settings, metadata_spec)
+    started = time.time()
+    report: dict[str, Any] = {"tables": [], "replay": None, "dry_run": dry_run}
+    error: str | None = None
+    try:
+        if dry_run:
+            explicit = ctx.get_parameter_source("rejects_path") is not click.core.ParameterSource.DEFAULT
+            rejects = rejects_path if explicit else None
+            report |= _dry_run(dw, selected, chunk_size, not slow, rejects, stop, tty, None if no_replay else group)
+        else:
+            limits = Limits(max_rows_per_second, None, max_pg_latency_ms, max_replication_lag_s)
+            opts = RunOptions(
+                chunk_size=chunk_size,
+                limits=limits,
+                rejects_path=rejects_path,
+                fast=not slow,
+                replay=not no_replay,
+                daemon=daemon,
+                group=group,
+                consumer=consumer,
+                metrics_port=metrics_port,
+                lease_ttl_s=lease_ttl,
+                tty=tty,
+            )
+            report |= run_worker(dw, selected, opts, stop)
+    except Exception as exc:  # noqa: BLE001 - one line and exit 1; the log above has the table and range
+        if isinstance(exc, OperationalError):
+            raise  # a server that does not answer: the group's one-line message, exit 2
+        error = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error("backfill failed: %s", mask_text(error))
+    finally:
+        report["seconds"] = round(time.time() - started, 3)
+        report["stopped_by_signal"] = stop()
+        report["error"] = error and mask_text(error)
+        write_report(report_path, report)
+        dw.close()
+        stop.restore()
+    if error:
+        fail(f"backfill failed: {error}", 1)
+    click.echo("backfill: stopped" if stop() else "backfill: dry run, nothing written" if dry_run else "backfill: done")
+    sys.exit(0)
+
+
+def _dry_run(
+    dw: Any,
+    tables: list[Any],
+    chunk_size: int,
+    fast: bool,
+    rejects: str | None,
+    stop: StopFlag,
+    tty: bool,
+    group: str | None,
+) -> dict[str, Any]:
+    from dualwrite.backfill.dryrun import describe, dry_run
+    from dualwrite.backfill.progress import print_summary
+
+    reps = dry_run(dw, tables, chunk_size, fast, rejects, stop)
+    for line in describe(reps, chunk_size):
+        click.echo(line)
+    summary = [r.summary() for r in reps]
+    print_summary(summary, tty, title="backfill dry run (nothing written)")
+    from dualwrite.stream.protocol import stream_key
+
+    backlog = dw.redis.xlen(stream_key(dw.settings.namespace))
+    if group:
+        click.echo(f"would then replay the stream ({backlog} event(s) in it now) as group {group!r}")
+    return {"summary": summary, "tables": [r.__dict__ for r in reps], "stream_events": backlog}
+
+
+@backfill.command()
+@connection_options
+@metadata_option
+@click.option("--report", "report_path", default=None, help="write the status as JSON here")
+def status(settings: Settings, metadata_spec: str | None, report_path: str | None) -> None:
+    """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
+    import redis
+
+    from dualwrite.backfill.status import render, table_progress, worker_lines
+    from dualwrite.engines import postgres_engine, sqlite_read_engine
+
+    pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    sq = sqlite_read_engine(settings.sqlite_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        workers, limits, redis_error = worker_lines(client, settings.namespace)
+        rows = table_progress(pg, sq, _tables(metadata_spec), workers_alive=bool(workers) or redis_error is not None)
+    finally:
+        pg.dispose()
+        sq.dispose()
+    for line in render(rows, workers, limits):
+        click.echo(line)
+    if redis_error:
+        click.echo(mask_text(redis_error))
+    write_report(report_path, {"tables": [r.as_dict() for r in rows], "workers": workers, "live_limits": limits})
+
+
+@backfill.command()
+@connection_options
+@click.option("--yes", is_flag=True, help="do not ask (required when not on a terminal)")
+@click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
+@click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
+@click.option("--keep-rows", is_flag=True, help="only clear the progress; leave the copied rows on Postgres")
+def reset(
+    settings: Settings, yes: bool, table_names: tuple[str, ...], table_lists: tuple[str, ...], keep_rows: bool
+) -> None:
+    """Roll a load back: delete the rows the backfill wrote to Postgres and clear its checkpoints.
+
+    A row counts as the backfill's while its version is a copied chunk's: rows a live write changed since
+    are kept. The one row per chunk whose live event has exactly the chunk's version cannot be told apart
+    and goes too (SQLite holds the same image; the next copy brings it back). Deleting rows is refused
+    from phase postgres_reads on (Postgres serves reads) and while a backfill worker runs."""
+    import redis
+
+    from dualwrite.backfill import checkpoint as ckpt
+    from dualwrite.backfill.control import live_workers
+    from dualwrite.backfill.reset import (
+        ROWS_LOCKED_PHASES,
+        count_candidates,
+        delete_backfill_rows,
+        tables_with_progress,
+    )
+    from dualwrite.engines import postgres_engine
+    from dualwrite.phase import PhaseStore
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    workers = [str(w.get("worker")) for w in live_workers(client, settings.namespace)]
+    if workers:
+        fail(f"backfill worker(s) running: {', '.join(workers)}; stop them first", 1)
+    phase = PhaseStore(client, settings.namespace).current(fresh=True).name
+    if not keep_rows and phase in ROWS_LOCKED_PHASES:
+        fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
+    pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    try:
+        chosen = _csv(table_names + table_lists) or tables_with_progress(pg)
+        rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
+        what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")
+        question = f"{what[0].upper()}{what[1:]} on Postgres ({', '.join(chosen) or 'no table'})?"
+        if not yes:
+            if not sys.stdin.isatty():
+                fail(f"refusing to reset without --yes (would {what})", 1)
+            click.confirm(question, abort=True)
+        deleted = kept = 0
+        if not keep_rows:
+            apply_pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1, replica=True)
+            try:
+                for name in chosen:
+                    done = delete_backfill_rows(apply_pg, name)
+                    deleted, kept = deleted + done.deleted, kept + done.kept
+                    click.echo(f"{name}: deleted {done.deleted} row(s)")
+            finally:
+                apply_pg.dispose()
+        n = ckpt.reset(pg, chosen or None)
+    finally:
+        pg.dispose()
+    tail = "" if keep_rows else f"; deleted {deleted} row(s) the backfill wrote ({kept} tombstone(s) kept)"
+    click.echo(f"reset {n} checkpoint(s){tail}")
+
+
+@backfill.command("set")
+@connection_options
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0), help="rate limit of the copy (0: none)")
+@click.option("--chunk-size", type=click.IntRange(min=0), help="rows per chunk (0: the worker's own)")
+@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), help="back off above this probe latency")
+@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), help="back off above this replica lag")
+@click.option("--pause/--resume", "paused", default=None, help="hold every worker's copy / let it go on")
+@click.option("--clear", is_flag=True, help="drop every live setting (workers use their own flags again)")
+def set_cmd(settings: Settings, clear: bool, **limits: Any) -> None:
+    """Change the running workers' limits (they pick them up between chunks, within a second)."""
+    import redis
+
+    from dualwrite.backfill.control import clear_limits, set_limits
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    if clear:
+        clear_limits(client, settings.namespace)
+    now = set_limits(client, settings.namespace, **limits)
+    click.echo("live limits: " + (" ".join(f"{k}={v}" for k, v in sorted(now.items())) or "none"))
+
+
+@backfill.group()
+def deadletters() -> None:
+    """Inspect and re-drive the dead-letter stream."""
+
+
+@deadletters.command("list")
+@connection_options
+@click.option("--count", default=100, show_default=True)
+def list_cmd(settings: Settings, count: int) -> None:
+    import redis
+
+    from dualwrite.stream.replay import list_dead_letters
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    for row in list_dead_letters(client, settings.namespace, count):
+        click.echo(f"{row['dead_id']} id={row.get('id')} reason={row.get('reason')} error={row.get('error', '')[:200]}")
+
+
+@deadletters.command("redrive")
+@connection_options
+@metadata_option
+@click.argument("ids", nargs=-1)
+def redrive_cmd(settings: Settings, metadata_spec: str | None, ids: tuple[str, ...]) -> None:
+    """Apply dead letters (all, or the given dead-letter ids) and delete those that succeed."""
+    from dualwrite.stream.replay import redrive
+
+    dw = _writer(settings, metadata_spec)
+    try:
+        counts = redrive(dw, list(ids) or None)
+    finally:
+        dw.close()
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))

@@ -1,0 +1,146 @@
+"""`dualwrite migrate`: move a SQLite file into a PostgreSQL schema (see backfill/migrate/__init__.py).
+
+Exit codes: 0 every table verified; 1 a table did not verify (or a constraint/view could not be
+created: see the report); 2 refused before loading (name collisions, existing tables, bad options) or
+stopped by `--on-error stop`; 3 stopped early (signal or --max-chunks): run again with `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from dualwrite.settings import mask_text
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {mask_text(message)}", err=True)
+    sys.exit(code)
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    head = ("table", "read", "written", "rejected", "seconds", "rows/s", "verified")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r["table"],
+                "" if r["read"] is None else str(r["read"]),
+                str(r["written"]),
+                str(r["rejected"]),
+                f"{r['seconds']:.2f}",
+                "" if r["rows_per_second"] is None else f"{r['rows_per_second']:.0f}",
+                "yes" if r["verified"] else ("no: " + r.get("why_not_verified", r["status"])),
+            )
+        )
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+@click.command("migrate")
+@click.option("--sqlite", "sqlite_path", required=True, help="the SQLite file (opened read-only)")
+@click.option("--postgres", "postgres_url", required=True, help="postgresql://user@host/db")
+@click.option("--schema", default="public", show_default=True, help="target schema (created if missing)")
+@click.option("--tables", "tables", multiple=True, help="only these source tables (repeatable)")
+@click.option("--cast", "casts", multiple=True, metavar="TABLE.COLUMN=TYPE", help="override a column's type")
+@click.option("--rename", "renames", multiple=True, metavar="TABLE[.COLUMN]=NAME", help="Postgres name")
+@click.option("--dry-run", is_flag=True, help="print the plan (types, names, problems); change nothing")
+@click.option("--report", "report_path", default=None, help="write the JSON report here")
+@click.option("--rejects", "rejects_dir", default="migrate-rejects", show_default=True, help="reject dir")
+@click.option("--on-error", type=click.Choice(["reject", "stop"]), default="reject", show_default=True)
+@click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
+@click.option("--chunk-size", default=25_000, show_default=True)
+@click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
+@click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
+def command(
+    sqlite_path: str,
+    postgres_url: str,
+    schema: str,
+    tables: tuple[str, ...],
+    casts: tuple[str, ...],
+    renames: tuple[str, ...],
+    dry_run: bool,
+    report_path: str | None,
+    rejects_dir: str,
+    on_error: str,
+    resume: bool,
+    chunk_size: int,
+    versioned: bool,
+    max_chunks: int | None,
+) -> None:
+    """Copy a SQLite database into PostgreSQL: schema with casting rules, data, constraints, verification."""
+    from dualwrite.migrate.load import MigrateError, Options, run
+    from dualwrite.migrate.schema import parse_pairs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Table names may contain commas: --tables is repeatable, one name each.
+    table_list = list(tables) or None
+    try:
+        opts = Options(
+            sqlite_path,
+            postgres_url,
+            schema,
+            tables=table_list,
+            casts=parse_pairs(casts, "--cast"),
+            renames=parse_pairs(renames, "--rename"),
+            dry_run=dry_run,
+            rejects_dir=rejects_dir,
+            on_error=on_error,
+            resume=resume,
+            chunk_size=chunk_size,
+            versioned=versioned,
+            max_chunks=max_chunks,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def handler(signum: int, _frame: object) -> None:
+            if stop.is_set():
+                raise SystemExit(130)
+            click.echo(f"signal {signum}: finishing the current chunk (run again with --resume)", err=True)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+    opts.should_stop = stop.is_set
+    try:
+        outcome = run(opts)
+    except MigrateError as exc:
+        _fail(str(exc))
+    report = outcome.as_dict()
+    if report_path:
+        with open(report_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, default=str)
+    if dry_run:
+        click.echo(json.dumps(report["plan"], indent=2, default=str))
+        sys.exit(0)
+    click.echo(_summary_table(outcome.tables))
+    for note in outcome.plan.notes:
+        click.echo(f"note: {note}")
+    failed = [x for x in outcome.indexes + outcome.foreign_keys if not x.get("created")]
+    failed += [x for x in outcome.foreign_keys if x.get("not_valid")]
+    for x in failed:
+        state = "added NOT VALID" if x.get("not_valid") else "not created"
+        click.echo(f"constraint {x['name']} on {x['table']}: {state}: {x.get('error')}", err=True)
+    for v in outcome.views:
+        if not v.get("created"):
+            click.echo(f"view {v['name']}: not created ({v.get('error')}); recreate it by hand", err=True)
+    if outcome.rejects_file and any(t["rejected"] for t in outcome.tables):
+        click.echo(f"rejected rows: {outcome.rejects_file}")
+    if outcome.status == "stopped":
+        click.echo("migrate: stopped; run again with --resume")
+        sys.exit(3)
+    hard_fail = [x for x in outcome.indexes + outcome.foreign_keys if not x.get("created")]
+    if not outcome.verified or hard_fail:
+        click.echo("migrate: NOT verified")
+        sys.exit(1)
+    click.echo("migrate: done, every table verified")
+    sys.exit(0)

@@ -1,0 +1,203 @@
+"""Moving the phase: one step forward when the gate passes, rollback while SQLite is complete.
+
+- `flip` moves to the next phase only if the gate passes (or force with a reason). Moving from
+  postgres_reads to postgres_primary also moves the write primary (switch_primary) after setting the
+  phase; writers that meet the retired side re-read the phase and retry.
+- `rollback` returns (by default) to the last phase before the current one where SQLite is the primary
+  and serves reads; refused when SQLite misses changes (from `postgres`) unless forced. Leaving a
+  Postgres-primary phase moves the primary back to SQLite.
+- `flip_postponed` waits for the gate, printing what it waits for, until it passes, a deadline, or a
+  cancel (the Redis key `{ns}:cutover:cancel`, set by `dualwrite cutover cancel`).
+- Hooks run after each phase change: a shell command gets DUALWRITE_FROM / DUALWRITE_TO /
+  DUALWRITE_REASON / DUALWRITE_FORCED / DUALWRITE_NAMESPACE in its environment; an http(s):// URL gets
+  the same as a JSON POST. Several may be given; a failing hook is reported, never reverts the change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dualwrite.cutover.gate import GateConfig, GateResult, check
+from dualwrite.errors import PhaseError
+from dualwrite.phase import ORDER, PHASES, get_phase
+from dualwrite.settings import mask_text
+from dualwrite.switch import switch_primary
+
+log = logging.getLogger("dualwrite.cutover.flip")
+HOOK_TIMEOUT = 30.0
+
+
+def cancel_key(namespace: str) -> str:
+    return f"{namespace}:cutover:cancel"
+
+
+@dataclass
+class FlipOutcome:
+    moved: bool
+    current: str
+    target: str
+    gate: GateResult | None = None
+    message: str = ""
+    hook_rc: int | None = None
+
+
+def _post_hook(url: str, payload: dict[str, Any]) -> int:
+    """POST the change as JSON; 0 on a 2xx answer, else the HTTP status (-1 when unreachable)."""
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=HOOK_TIMEOUT) as resp:  # noqa: S310 - http(s) only, checked
+            return 0 if 200 <= resp.status < 300 else resp.status
+    except urllib.error.HTTPError as exc:
+        log.warning("hook %s answered %d", mask_text(url), exc.code)
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        log.warning("hook %s unreachable: %s", mask_text(url), mask_text(str(exc))[:300])
+        return -1
+
+
+def _command_hook(hook: str, env: dict[str, str]) -> int:
+    try:
+        proc = subprocess.run(hook, shell=True, env=env, timeout=HOOK_TIMEOUT, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        log.warning("hook %r timed out", mask_text(hook))
+        return -1
+    if proc.returncode != 0:
+        log.warning("hook %r exited %d: %s", mask_text(hook), proc.returncode, mask_text(proc.stderr.strip()[:500]))
+    return proc.returncode
+
+
+def run_hook(
+    hook: str | Sequence[str] | None, dw: Any, src: str, dst: str, reason: str, forced: bool
+) -> int | None:
+    """Run each hook (a shell command, or an http(s):// URL that gets a JSON POST) after a phase change.
+
+    A failing hook is logged and reported (first non-zero code), never undoes the change: the phase has
+    already moved, and every app instance follows it within a second."""
+    hooks = [hook] if isinstance(hook, str) else list(hook or ())
+    if not hooks:
+        return None
+    payload = {
+        "from": src,
+        "to": dst,
+        "reason": reason,
+        "forced": forced,
+        "namespace": dw.settings.namespace,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    env = {
+        **os.environ,
+        "DUALWRITE_FROM": src,
+        "DUALWRITE_TO": dst,
+        "DUALWRITE_REASON": reason,
+        "DUALWRITE_FORCED": "1" if forced else "0",
+        "DUALWRITE_NAMESPACE": dw.settings.namespace,
+    }
+    codes = [_post_hook(h, payload) if h.startswith(("http://", "https://")) else _command_hook(h, env) for h in hooks]
+    return next((c for c in codes if c != 0), 0)
+
+
+def _move(dw: Any, src: str, dst: str, *, force: bool, reason: str, actor: str | None) -> None:
+    dw.phases.set(dst, force=force, reason=reason, actor=actor)
+    old_primary, new_primary = get_phase(src).primary, get_phase(dst).primary
+    if old_primary != new_primary:
+        switch_primary(dw, new_primary)
+
+
+def flip(
+    dw: Any,
+    *,
+    force: bool = False,
+    reason: str = "",
+    hook: str | Sequence[str] | None = None,
+    config: GateConfig | None = None,
+    actor: str | None = None,
+) -> FlipOutcome:
+    current = dw.phases.current(fresh=True).name
+    idx = ORDER[current]
+    if idx + 1 >= len(PHASES):
+        raise PhaseError(f"already at the last phase ({current})")
+    target = PHASES[idx + 1].name
+    if force and not reason:
+        raise PhaseError("a forced flip needs --reason")
+    gate = check(dw, target, config)
+    if not gate.ok and not force:
+        names = ", ".join(f"{c.name} ({c.detail})" for c in gate.failing)
+        return FlipOutcome(False, current, target, gate, f"refusing {current} -> {target}: {names}")
+    _move(dw, current, target, force=force, reason=reason or "gate passed", actor=actor)
+    rc = run_hook(hook, dw, current, target, reason, force)
+    return FlipOutcome(True, target, target, gate, f"{current} -> {target}", rc)
+
+
+def rollback_target(current: str) -> str:
+    idx = ORDER[current]
+    for p in reversed(PHASES[:idx]):
+        if p.primary == "sqlite" and p.reads == "sqlite":
+            return p.name
+    raise PhaseError(f"nothing to roll back to from {current}")
+
+
+def rollback(
+    dw: Any,
+    *,
+    to: str | None = None,
+    force: bool = False,
+    reason: str = "",
+    hook: str | Sequence[str] | None = None,
+    actor: str | None = None,
+) -> FlipOutcome:
+    current = dw.phases.current(fresh=True).name
+    target = to or rollback_target(current)
+    if ORDER[get_phase(target).name] >= ORDER[current]:
+        raise PhaseError(f"{target} is not before {current}; use flip to move forward")
+    if force and not reason:
+        raise PhaseError("a forced rollback needs --reason")
+    _move(dw, current, target, force=force, reason=reason or "rollback", actor=actor)
+    rc = run_hook(hook, dw, current, target, reason, force)
+    return FlipOutcome(True, target, target, None, f"{current} -> {target}", rc)
+
+
+def flip_postponed(
+    dw: Any,
+    *,
+    deadline: float | None = None,
+    poll: float = 1.0,
+    echo: Callable[[str], None] = print,
+    hook: str | Sequence[str] | None = None,
+    config: GateConfig | None = None,
+    reason: str = "",
+    actor: str | None = None,
+) -> FlipOutcome:
+    """Wait until the gate passes, then flip. Says what it waits for; stops on cancel or deadline."""
+    key = cancel_key(dw.settings.namespace)
+    dw.redis.delete(key)
+    start = time.monotonic()
+    last_said, said_at = "", 0.0
+    while True:
+        current = dw.phases.current(fresh=True).name
+        if dw.redis.get(key) is not None:
+            dw.redis.delete(key)
+            echo("cancelled")
+            return FlipOutcome(False, current, current, None, "cancelled")
+        gate = check(dw, None, config)
+        if gate.ok:
+            return flip(dw, reason=reason or "postponed flip: gate passed", hook=hook, config=config, actor=actor)
+        waiting = "; ".join(f"{c.name}: {c.detail}" for c in gate.failing)
+        now = time.monotonic()
+        if waiting != last_said or now - said_at >= 10:
+            echo(f"waiting {now - start:.0f}s to flip {gate.current} -> {gate.target}: {waiting}")
+            last_said, said_at = waiting, now
+        if deadline is not None and now - start >= deadline:
+            return FlipOutcome(False, current, gate.target, gate, f"deadline of {deadline:.0f}s passed; {waiting}")
+        time.sleep(poll)

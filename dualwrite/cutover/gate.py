@@ -1,0 +1,195 @@
+"""The cutover gate: the conditions that must hold before the phase moves forward, each with its value.
+
+| condition | passes when |
+|---|---|
+| outbox_drained | no `_dw_outbox` row on the primary above the stream's top seq |
+| dead_letters_empty | the dead-letter stream holds no event |
+| verify_clean | the last `dualwrite verify` (kept in Redis `{ns}:verify:last`) found no difference |
+| shadow_mismatch_rate | mismatches / compared (from `{ns}:shadow:counts`) <= the threshold |
+| backfill_complete | every row of Postgres' `_dw_backfill_checkpoints` has status 'done' |
+| replay_lag | the replay groups' lag (XINFO GROUPS) <= the bound (passes, saying so, if unavailable) |
+
+Which conditions apply depends on the target phase (REQUIRED). Each check sets
+`dualwrite_gate_condition{condition}` to 1 or 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import func, inspect, select, text
+
+from dualwrite import metrics
+from dualwrite.bookkeeping import outbox
+from dualwrite.shadow.reader import read_counts
+from dualwrite.stream.protocol import dead_letter_key, stream_key, top_seq
+from dualwrite.verify.verifier import load_last
+
+BACKFILL_TABLE = "_dw_backfill_checkpoints"
+_SAFETY = ["outbox_drained", "dead_letters_empty", "replay_lag"]
+_FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
+REQUIRED: dict[str, list[str]] = {
+    "sqlite": [],
+    "dual_write": [],
+    "shadow": ["backfill_complete", "dead_letters_empty", "replay_lag"],
+    "postgres_reads": _FULL,
+    "postgres_primary": _FULL,
+    "postgres": _SAFETY,
+}
+
+
+@dataclass
+class GateConfig:
+    max_mismatch_rate: float = 0.001
+    min_comparisons: int = 0
+    max_replay_lag: int = 1000
+    verify_max_age_seconds: float | None = None
+
+
+@dataclass
+class Condition:
+    name: str
+    ok: bool
+    value: Any
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.name:22} {self.value!s:>12}  {self.detail}"
+
+
+@dataclass
+class GateResult:
+    current: str
+    target: str
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.conditions)
+
+    @property
+    def failing(self) -> list[Condition]:
+        return [c for c in self.conditions if not c.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current,
+            "target": self.target,
+            "ok": self.ok,
+            "conditions": [c.__dict__ for c in self.conditions],
+        }
+
+
+def outbox_drained(dw: Any, _cfg: GateConfig) -> Condition:
+    primary = dw.phases.current(fresh=True).primary
+    top = top_seq(dw.redis, stream_key(dw.settings.namespace))
+    with dw.read_engine(primary).connect() as conn:
+        n = conn.execute(select(func.count()).select_from(outbox).where(outbox.c.seq > (top or 0))).scalar() or 0
+        conn.rollback()
+    where = "no stream yet" if top is None else f"stream top seq {top}"
+    return Condition("outbox_drained", n == 0, n, f"{n} unpublished event(s) in the {primary} outbox ({where})")
+
+
+def dead_letters_empty(dw: Any, _cfg: GateConfig) -> Condition:
+    n = int(dw.redis.xlen(dead_letter_key(dw.settings.namespace)))
+    return Condition("dead_letters_empty", n == 0, n, f"{n} event(s) in the dead-letter stream")
+
+
+def verify_clean(dw: Any, cfg: GateConfig) -> Condition:
+    last = load_last(dw.redis, dw.settings.namespace)
+    if last is None:
+        return Condition("verify_clean", False, None, "no verify recorded: run `dualwrite verify`")
+    age = (datetime.now(UTC) - datetime.fromisoformat(last["at"])).total_seconds()
+    bad = {t: v for t, v in last.get("tables", {}).items() if not v.get("clean")}
+    detail = f"last verify {age:.0f}s ago: " + (
+        "clean" if last.get("clean") else f"differences in {', '.join(sorted(bad)) or 'fixed rows (re-verify)'}"
+    )
+    ok = bool(last.get("clean"))
+    if ok and cfg.verify_max_age_seconds is not None and age > cfg.verify_max_age_seconds:
+        ok, detail = False, detail + f" (older than {cfg.verify_max_age_seconds:.0f}s)"
+    return Condition("verify_clean", ok, last["at"], detail)
+
+
+def shadow_mismatch_rate(dw: Any, cfg: GateConfig) -> Condition:
+    counts = read_counts(dw.redis, dw.settings.namespace)
+    mism = counts.get("mismatch", 0)
+    compared = mism + counts.get("match", 0)
+    rate = mism / compared if compared else 0.0
+    ok = compared >= cfg.min_comparisons and rate <= cfg.max_mismatch_rate
+    noise = counts.get("aa:mismatch", 0)
+    detail = (
+        f"{mism} mismatch(es) in {compared} comparison(s) (max {cfg.max_mismatch_rate:.4%}, "
+        f"need >= {cfg.min_comparisons}); skipped {counts.get('skipped', 0)}, errors {counts.get('error', 0)}"
+        + (f"; A/A noise {noise}" if noise else "")
+    )
+    return Condition("shadow_mismatch_rate", ok, round(rate, 6), detail)
+
+
+def backfill_complete(dw: Any, _cfg: GateConfig) -> Condition:
+    with dw.postgres.connect() as conn:
+        if not inspect(conn).has_table(BACKFILL_TABLE):
+            return Condition("backfill_complete", False, None, "no backfill recorded")
+        rows = conn.execute(text(f"SELECT tbl, status FROM {BACKFILL_TABLE}")).all()
+        conn.rollback()
+    if not rows:
+        return Condition("backfill_complete", False, 0, "no backfill recorded")
+    pending = sorted(str(t) for t, s in rows if s != "done")
+    return Condition(
+        "backfill_complete",
+        not pending,
+        f"{len(rows) - len(pending)}/{len(rows)}",
+        "all tables done" if not pending else f"not done: {', '.join(pending)}",
+    )
+
+
+def replay_lag(dw: Any, cfg: GateConfig) -> Condition:
+    key = stream_key(dw.settings.namespace)
+    try:
+        groups = dw.redis.xinfo_groups(key)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return Condition("replay_lag", True, None, "no change stream yet (nothing to replay)")
+        raise
+    if not groups:
+        return Condition("replay_lag", True, None, "no replay group on the stream (lag unavailable)")
+    lags = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g.get("lag") for g in groups}
+    known = [v for v in lags.values() if v is not None]
+    if not known:
+        return Condition("replay_lag", True, None, "Redis reports no lag for the groups (unavailable)")
+    worst = max(known)
+    return Condition(
+        "replay_lag", worst <= cfg.max_replay_lag, worst, f"max lag {worst} event(s) (bound {cfg.max_replay_lag})"
+    )
+
+
+CHECKS = {
+    "outbox_drained": outbox_drained,
+    "dead_letters_empty": dead_letters_empty,
+    "verify_clean": verify_clean,
+    "shadow_mismatch_rate": shadow_mismatch_rate,
+    "backfill_complete": backfill_complete,
+    "replay_lag": replay_lag,
+}
+
+
+def check(dw: Any, target: str | None = None, config: GateConfig | None = None) -> GateResult:
+    """Evaluate the conditions for moving to `target` (default: the next phase)."""
+    from dualwrite.phase import ORDER, PHASES
+
+    cfg = config or GateConfig()
+    current = dw.phases.current(fresh=True).name
+    if target is None:
+        idx = ORDER[current]
+        target = PHASES[idx + 1].name if idx + 1 < len(PHASES) else current
+    result = GateResult(current, target)
+    for name in REQUIRED.get(target, _FULL):
+        try:
+            cond = CHECKS[name](dw, cfg)
+        except Exception as exc:  # a check that cannot run fails, saying why
+            cond = Condition(name, False, None, f"check failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        metrics.GATE_CONDITION.labels(name).set(1 if cond.ok else 0)
+        result.conditions.append(cond)
+    return result

@@ -1,0 +1,382 @@
+"""Run a migration: plan → create tables (no FKs) → copy through the backfill Copier → indexes and unique
+constraints → foreign keys → views → identity sequences → verify.
+
+Resumable: the Copier checkpoints every chunk in the same transaction as its rows (`--resume` continues
+after the last committed chunk; the post-load steps skip what already exists). Dirty values are cast
+on the client (types.py) and rejected with the column and reason before the chunk reaches Postgres; a
+row Postgres still refuses is isolated by the Copier's bisection. Either way the reject file gets one
+JSON line per row: table, key, column, value, reason (readers de-duplicate on (table, key)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, ForeignKeyConstraint, Index, Table, func, inspect, select
+from sqlalchemy.schema import AddConstraint, CreateSchema
+
+from dualwrite.apply.rule import ApplyResult
+from dualwrite.backfill import checkpoint as ckpt
+from dualwrite.backfill.copier import DB_ERRORS, Copier, TableReport
+from dualwrite.backfill.copy_format import copy_rows
+from dualwrite.backfill.cursor import Chunk
+from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.bookkeeping import create_internal
+from dualwrite.engines import postgres_engine
+from dualwrite.migrate import casts as T
+from dualwrite.migrate.check import TableCheck, safe_key, verify_table
+from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
+
+log = logging.getLogger("dualwrite.migrate")
+
+
+class MigrateError(RuntimeError):
+    """Refused before loading (collisions, existing tables) or stopped by --on-error stop."""
+
+
+@dataclass
+class Options:
+    sqlite: str
+    postgres: str
+    schema: str = "public"
+    tables: list[str] | None = None
+    casts: dict[str, str] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    rejects_dir: str | None = "migrate-rejects"
+    on_error: str = "reject"  # reject | stop
+    resume: bool = False
+    chunk_size: int = 25_000
+    versioned: bool = False  # claim _dw_versions per row (the apply rule) instead of a plain COPY
+    max_chunks: int | None = None  # stop after this many chunks (then --resume)
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    status: str = "planned"  # planned | stopped | done
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+    foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+    views: list[dict[str, Any]] = field(default_factory=list)
+    sequences: list[dict[str, Any]] = field(default_factory=list)
+    rejects_file: str | None = None
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "done" and all(t["verified"] for t in self.tables)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "verified": self.verified,
+            "seconds": round(self.seconds, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "tables": self.tables,
+            "indexes": self.indexes,
+            "foreign_keys": self.foreign_keys,
+            "views": self.views,
+            "sequences": self.sequences,
+            "rejects_file": self.rejects_file,
+            "plan": self.plan.as_dict(),
+        }
+
+
+class MigrateRejects(RejectWriter):
+    """Reject lines with the refused column and value; with stop=True the first reject raises instead."""
+
+    def __init__(self, path: Path | None, *, stop: bool = False) -> None:
+        super().__init__(path)
+        self.stop = stop
+
+    def reject(self, table: str, key: str, row: dict[str, Any], exc: BaseException) -> None:  # Postgres refused
+        from dualwrite.backfill.rejects import _first_line, guess_column
+
+        reason = _first_line(exc)
+        column = guess_column(row) or next(
+            (c for c in row if f'column "{c}"' in reason or f"column {c}:" in reason or reason.endswith(f"column {c}")),
+            None,
+        )
+        self.write(table, key, column, row.get(column) if column else None, reason, row)
+
+    def write(self, table: str, key: str, column: str | None, value: Any, reason: str, row: dict[str, Any]) -> None:
+        if self.stop:
+            raise MigrateError(f"{table} key {key} column {column}: {reason} (value {value!r})")
+        record = {
+            "table": table,
+            "key": key,
+            "column": column,
+            "value": None if value is None else repr(value),
+            "reason": reason,
+            "row": {k: repr(v) for k, v in row.items()},
+            "at": datetime.now(UTC).isoformat(),
+        }
+        self.record(table, json.dumps(record, ensure_ascii=True))
+
+
+def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Cast every value; a row with a value that does not fit is returned in `dirty` (row, column, value, why)."""
+    good: list[dict[str, Any]] = []
+    dirty: list[tuple[dict[str, Any], str, Any, str]] = []
+    convs = [(c.name, c.cast.convert) for c in plan.columns]
+    for row in rows:
+        out: dict[str, Any] = {}
+        name = ""
+        try:
+            for name, conv in convs:
+                value = row[name]
+                out[name] = None if value is None else conv(value)
+        except T.Dirty as exc:
+            dirty.append((row, name, row[name], str(exc)))
+        else:
+            good.append(out)
+    return good, dirty
+
+
+@dataclass
+class MigrateCopier(Copier):
+    """The backfill Copier (chunks, checkpoints, bisection, rejects) with the casts applied first.
+
+    Unless `versioned`, a chunk is COPYed straight into the table migrate just created: nobody else
+    writes it, and a chunk commits with its checkpoint, so a resumed run never copies a row twice. Keys
+    then have no `_dw_versions` row, i.e. version 0: any later dual write or backfill wins over them.
+    """
+
+    plans: dict[str, TablePlan] = field(default_factory=dict)
+    versioned: bool = False
+
+    def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
+        plan = self.plans[table.name]
+        good, dirty = convert_rows(plan, chunk.rows)
+        writer: MigrateRejects = self.rejects  # type: ignore[assignment]
+        for row, column, value, reason in dirty:
+            writer.write(table.name, safe_key([row[c] for c in plan.pk]), column, value, reason, row)
+        return Chunk.from_dicts(chunk.columns, good, chunk.version), len(dirty)
+
+    def load_rows(
+        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
+    ) -> ApplyResult:
+        if self.versioned:
+            return super().load_rows(conn, table, columns, values, version)
+        prep = conn.dialect.identifier_preparer
+        sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) FROM STDIN"
+        copy_rows(conn, sql, values)  # values already cast by types.py
+        return ApplyResult(applied=len(values))
+
+
+def rejected_keys(path: Path | None) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    if path is None or not path.exists():
+        return out
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                out.setdefault(rec["table"], set()).add(rec["key"])
+    return out
+
+
+def run(opts: Options) -> Outcome:
+    started = time.perf_counter()
+    if not Path(opts.sqlite).is_file():
+        raise MigrateError(f"sqlite: file {opts.sqlite!r} does not exist")
+    try:
+        plan = reflect(opts.sqlite, tables=opts.tables, casts=opts.casts, renames=opts.renames)
+    except ValueError as exc:
+        raise MigrateError(str(exc)) from None
+    out = Outcome(plan)
+    if plan.problems:
+        raise MigrateError("refusing to load:\n  " + "\n  ".join(plan.problems))
+    if opts.dry_run:
+        return out
+    reject_path = None
+    if opts.rejects_dir:
+        Path(opts.rejects_dir).mkdir(parents=True, exist_ok=True)
+        reject_path = Path(opts.rejects_dir) / "rejects.jsonl"
+        if not opts.resume and reject_path.exists():
+            reject_path.unlink()
+        out.rejects_file = str(reject_path)
+    pg = postgres_engine(opts.postgres, opts.schema, pool_size=2)
+    src = source_engine(opts.sqlite, plan.tables)
+    try:
+        t0 = time.perf_counter()
+        _create(pg, plan, opts)
+        out.phases["create"] = time.perf_counter() - t0
+        copier = MigrateCopier(
+            src,
+            pg,
+            chunk_size=opts.chunk_size,
+            rejects=MigrateRejects(reject_path, stop=opts.on_error == "stop"),
+            should_stop=opts.should_stop,
+            plans={p.name: p for p in plan.tables},
+            versioned=opts.versioned,
+        )
+        reports = {r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)}
+        out.phases["copy"] = time.perf_counter() - t0 - out.phases["create"]
+        if len(reports) < len(plan.tables) or any(r.status != "done" for r in reports.values()):
+            out.status = "stopped"
+            out.tables = [_summary(p, reports.get(p.name), None) for p in plan.tables]
+            return out
+        with pg.begin() as conn:
+            out.indexes = _indexes(conn, plan)
+            out.foreign_keys = _foreign_keys(conn, plan)
+            out.views = _views(conn, plan)
+            out.sequences = _sequences(conn, plan, opts.sqlite)
+        t1 = time.perf_counter()
+        out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
+        rej = rejected_keys(reject_path)
+        for p in plan.tables:
+            chk = verify_table(src, pg, p, rej.get(p.name, set()))
+            out.tables.append(_summary(p, reports.get(p.name), chk))
+        out.phases["verify"] = time.perf_counter() - t1
+        out.status = "done"
+        return out
+    finally:
+        out.seconds = time.perf_counter() - started
+        src.dispose()
+        pg.dispose()
+
+
+def _summary(p: TablePlan, rep: TableReport | None, chk: TableCheck | None) -> dict[str, Any]:
+    seconds = rep.seconds if rep else 0.0
+    d: dict[str, Any] = {
+        "table": p.name,
+        "source": p.source,
+        "read": chk.read if chk else None,
+        "written": chk.written if chk else (rep.rows_copied if rep else 0),
+        "rejected": chk.rejected if chk else (rep.rows_rejected if rep else 0),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(chk.read / seconds, 1) if chk and seconds else None,
+        "status": rep.status if rep else "pending",
+        "verified": chk.verified if chk else False,
+    }
+    if chk and not chk.verified:
+        d["why_not_verified"] = chk.reason()
+    return d
+
+
+def _create(pg: Engine, plan: Plan, opts: Options) -> None:
+    with pg.begin() as conn:
+        conn.execute(CreateSchema(opts.schema, if_not_exists=True))
+    with pg.begin() as conn:
+        existing = set(inspect(conn).get_table_names(schema=opts.schema))
+        clash = [p.name for p in plan.tables if p.name in existing]
+        if clash and not opts.resume:
+            raise MigrateError(
+                f"target table(s) already exist in schema {opts.schema!r}: {', '.join(clash)} "
+                "(use --resume to continue a migration, or drop them)"
+            )
+        create_internal(conn, primary=False)
+        plan.metadata.create_all(conn, checkfirst=True)
+    ckpt.ensure(pg)
+    if not opts.resume:
+        ckpt.reset(pg, [p.name for p in plan.tables])
+
+
+def _savepoint(conn: Connection, fn: Callable[[], None]) -> str | None:
+    sp = conn.begin_nested()
+    try:
+        fn()
+    except DB_ERRORS as exc:
+        sp.rollback()
+        orig = getattr(exc, "orig", exc)
+        return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    sp.commit()
+    return None
+
+
+def _indexes(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
+    out = []
+    insp = inspect(conn)
+    for p in plan.tables:
+        have = {i["name"] for i in insp.get_indexes(p.name)}
+        for ix in p.indexes:
+            if ix.name in have:
+                out.append({"name": ix.name, "table": p.name, "created": True, "existing": True})
+                continue
+            index = Index(ix.name, *[p.ddl.c[c] for c in ix.columns], unique=ix.unique)  # type: ignore[union-attr]
+            err = _savepoint(conn, lambda index=index: index.create(conn))
+            out.append({"name": ix.name, "table": p.name, "unique": ix.unique, "created": err is None, "error": err})
+    return out
+
+
+def _foreign_keys(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
+    out = []
+    insp = inspect(conn)
+    ddl = {p.name: p.ddl for p in plan.tables}
+    for p in plan.tables:
+        have = {f["name"] for f in insp.get_foreign_keys(p.name)}
+        for fk in p.fks:
+            entry: dict[str, Any] = {"name": fk.name, "table": p.name, "parent": fk.parent}
+            out.append(entry)
+            if fk.name in have:
+                entry.update(created=True, existing=True)
+                continue
+            parent = ddl[fk.parent]
+            cons = ForeignKeyConstraint(
+                [p.ddl.c[c] for c in fk.columns],  # type: ignore[union-attr]
+                [parent.c[c] for c in fk.parent_columns],  # type: ignore[union-attr]
+                name=fk.name,
+                ondelete=fk.on_delete,
+                onupdate=fk.on_update,
+            )
+            p.ddl.append_constraint(cons)  # type: ignore[union-attr]
+            err = _savepoint(conn, lambda cons=cons: conn.execute(AddConstraint(cons)))
+            if err and "violates foreign key" in err:
+                # Orphans (SQLite does not enforce FKs by default): enforce for new rows, report the old.
+                sql = str(AddConstraint(cons).compile(dialect=conn.dialect)) + " NOT VALID"
+                err2 = _savepoint(conn, lambda sql=sql: conn.connection.driver_connection.cursor().execute(sql))
+                entry.update(created=err2 is None, not_valid=err2 is None, error=err)
+            else:
+                entry.update(created=err is None, error=err)
+    return out
+
+
+def _views(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
+    out = []
+    have = set(inspect(conn).get_view_names())
+    for name, sql in plan.views:
+        if name in have:
+            out.append({"name": name, "created": True, "existing": True})
+            continue
+        err = _savepoint(conn, lambda sql=sql: conn.connection.driver_connection.cursor().execute(sql))
+        out.append({"name": name, "created": err is None, "error": err, "sql": sql})
+    return out
+
+
+def _sequences(conn: Connection, plan: Plan, sqlite_path: str) -> list[dict[str, Any]]:
+    from dualwrite.migrate.schema import connect_source
+
+    floors: dict[str, int] = {}
+    con = connect_source(sqlite_path)
+    try:
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            floors = {n: int(s or 0) for n, s in con.execute("SELECT name, seq FROM sqlite_sequence")}
+    finally:
+        con.close()
+    prep = conn.dialect.identifier_preparer
+    out = []
+    for p in plan.tables:
+        for c in p.columns:
+            if not c.identity:
+                continue
+            col = p.ddl.c[c.name]  # type: ignore[union-attr]
+            floor = floors.get(p.source, 0) if p.autoincrement else 0
+            top = func.greatest(func.coalesce(select(func.max(col)).scalar_subquery(), 0), floor)
+            seq = func.pg_get_serial_sequence(prep.format_table(p.ddl), c.name)
+            value = conn.execute(select(func.setval(seq, top + 1, False))).scalar()
+            out.append({"table": p.name, "column": c.name, "next": value})
+    return out
+
+
+__all__ = ["ApplyResult", "MigrateError", "Options", "Outcome", "run"]

@@ -1,0 +1,279 @@
+"""Replay of the change stream into Postgres through a Redis consumer group (at-least-once, idempotent apply).
+
+- XGROUP CREATE ... MKSTREAM at id 0; XREADGROUP batches; a consumer first re-reads its own pending entries.
+- Undecodable entries go to the dead-letter stream at once and are XACKed.
+- A batch is applied with `apply_events` in one Postgres transaction; one XACK for the batch after the commit.
+- If the batch fails, its events are applied one by one; an event failing `max_failures` times is
+  dead-lettered (and XACKed). Connection-level failures never dead-letter: the entries stay pending.
+- Pending entries idle longer than `claim_idle_ms` (a dead consumer's) are taken over with XAUTOCLAIM.
+- A group lost with the stream (Redis restarted; the relay republishes from the outbox) is recreated at
+  id 0, so everything still or again in the stream is read; the apply rule makes the re-reads no-ops.
+- `run()` never dies of a Redis or Postgres outage: one log line, back off, go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from dualwrite import metrics
+from dualwrite.apply.statements import SchemaDriftError
+from dualwrite.errors import DualwriteError, UnknownTableError
+from dualwrite.events import ChangeEvent
+from dualwrite.stream.deadletters import dead_letter, first_line, list_dead_letters, redrive
+from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
+
+if TYPE_CHECKING:
+    from dualwrite.adapter import DualWriter
+
+__all__ = ["DEFAULT_GROUP", "ReplayStats", "Replayer", "dead_letter", "list_dead_letters", "redrive"]
+
+log = logging.getLogger("dualwrite.stream.replay")
+DEFAULT_GROUP = "backfill"
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+_EVENT_FIELD_STR = EVENT_FIELD.decode()
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+@dataclass
+class ReplayStats:
+    applied: int = 0
+    stale: int = 0
+    dead: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Replayer:
+    dw: DualWriter
+    group: str = DEFAULT_GROUP
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    batch: int = 500
+    block_ms: int = 500
+    max_failures: int = 3
+    claim_idle_ms: int = 30_000
+    target: str = "postgres"
+    lag_every_s: float = 0.5  # while busy, the lag gauges are refreshed at most this often (a round trip each)
+    stats: ReplayStats = field(default_factory=ReplayStats)
+
+    def __post_init__(self) -> None:
+        self.client: redis.Redis = self.dw.redis
+        self.namespace = self.dw.settings.namespace
+        self.key = stream_key(self.namespace)
+        self._own_pending_done = False
+        self._last_claim = 0.0
+        self._last_ts: datetime | None = None
+        self._lag_at = float("-inf")
+        self.lag: tuple[int, int] | None = None  # (undelivered, pending) at the last update_lag()
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- one step --------------------------------------------------------------------------------
+    def step(self, block_ms: int | None = None) -> int:
+        """Process one batch (own pending first, then stale claims, then new entries); return its size."""
+        try:
+            entries = self._next_entries(self.block_ms if block_ms is None else block_ms)
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            # The stream and its group are gone (Redis restarted). Start again at 0: the relay
+            # republishes the outbox into the new stream and this group reads all of it.
+            log.warning("replay: group %s is gone (%s); recreating it at id 0", self.group, first_line(exc))
+            self.ensure_group()
+            self._own_pending_done = False
+            self.lag = None  # unknown until the next look: run(once=True) must not stop on an old (0, 0)
+            return 0
+        if entries:
+            self.process(entries)
+        if not entries or time.monotonic() - self._lag_at >= self.lag_every_s:
+            self.update_lag()
+        return len(entries)
+
+    def _next_entries(self, block_ms: int) -> Entries:
+        entries: Entries = []
+        if not self._own_pending_done:
+            entries = self._read("0", 0)
+            if not entries:
+                self._own_pending_done = True
+        if not entries and time.monotonic() - self._last_claim > max(1.0, self.claim_idle_ms / 2000):
+            self._last_claim = time.monotonic()
+            entries = self.claim_stale()
+        if not entries:
+            entries = self._read(">", block_ms)
+        return entries
+
+    def _read(self, start: str, block_ms: int) -> Entries:
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.key: start}, count=self.batch, block=block_ms or None
+        )
+        out: Entries = []
+        gone: list[bytes] = []
+        for _stream, items in reply or []:
+            for eid, fields in items:
+                if fields:
+                    out.append((eid, fields))
+                else:  # deleted while pending
+                    gone.append(eid)
+        if gone:
+            self.client.xack(self.key, self.group, *gone)
+        return out
+
+    def claim_stale(self) -> Entries:
+        reply = self.client.xautoclaim(
+            self.key, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
+        )
+        _next, entries, deleted = parse_autoclaim(reply)
+        if deleted:
+            self.client.xack(self.key, self.group, *deleted)
+        return entries
+
+    def process(self, entries: Entries) -> None:
+        good: list[tuple[bytes, bytes, ChangeEvent]] = []
+        for eid, fields in entries:
+            payload = fields.get(EVENT_FIELD)
+            if payload is None:
+                payload = fields.get(_EVENT_FIELD_STR)  # type: ignore[call-overload]  # decode_responses clients
+            try:
+                if payload is None:
+                    raise DualwriteError("entry has no event field")
+                good.append((eid, payload, ChangeEvent.from_json(payload)))
+            except DualwriteError as exc:
+                self._dead(eid, payload or b"", str(exc), "decode")
+        if not good:
+            return
+        self.stats.batches += 1
+        try:
+            self._apply([ev for _, _, ev in good])
+            self.client.xack(self.key, self.group, *[eid for eid, _, _ in good])
+            self._last_ts = good[-1][2].ts
+            return
+        except OperationalError:
+            raise  # Postgres unreachable: leave pending, the caller backs off
+        except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
+            log.warning("replay batch of %d failed, applying one by one: %s", len(good), first_line(exc))
+        for eid, payload, ev in good:
+            self._apply_one(eid, payload, ev)
+
+    def _apply(self, events: list[ChangeEvent]) -> None:
+        from dualwrite.apply.rule import apply_events
+
+        # Each event goes to the side opposite the primary that committed it (ev.origin); events
+        # without an origin go to self.target. After a primary switch both kinds can be in flight.
+        by_target: dict[str, list[ChangeEvent]] = {}
+        for ev in events:
+            by_target.setdefault(ev.target if ev.origin else self.target, []).append(ev)
+        for target, evs in by_target.items():
+            engine = self.dw.postgres_apply if target == "postgres" else self.dw.sqlite_apply
+            with engine.begin() as conn:
+                result = apply_events(conn, self.dw.catalog.table, evs)
+            self._count(result)
+
+    def _count(self, result: Any) -> None:
+        self.stats.applied += result.applied
+        self.stats.stale += result.stale
+        metrics.REPLAY_APPLIED.labels("applied").inc(result.applied)
+        metrics.REPLAY_APPLIED.labels("stale").inc(result.stale)
+
+    def _apply_one(self, eid: bytes, payload: bytes, ev: ChangeEvent) -> None:
+        error: BaseException | None = None
+        for attempt in range(self.max_failures):
+            try:
+                self._apply([ev])
+                self.client.xack(self.key, self.group, eid)
+                self._last_ts = ev.ts
+                return
+            except OperationalError:
+                raise
+            except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
+                error = exc
+                if isinstance(exc, (UnknownTableError, SchemaDriftError)):  # retrying cannot help
+                    break
+                time.sleep(0.02 * (attempt + 1))
+        reason = (
+            "unknown_table"
+            if isinstance(error, UnknownTableError)
+            else "schema"
+            if isinstance(error, SchemaDriftError)
+            else "apply"
+        )
+        line = first_line(error) if error else ""
+        self._dead(eid, payload, line, reason)
+        log.warning("replay: event %s dead-lettered (%s): %s", _s(eid), reason, line)
+
+    def _dead(self, eid: bytes, payload: Any, error: str, reason: str) -> None:
+        dead_letter(self.client, self.namespace, eid, payload, error, reason)
+        self.client.xack(self.key, self.group, eid)
+        self.stats.dead += 1
+        metrics.REPLAY_APPLIED.labels("dead").inc()
+
+    # -- lag -------------------------------------------------------------------------------------
+    def group_info(self) -> dict[str, Any]:
+        for g in self.client.xinfo_groups(self.key):
+            name = _s(g.get("name") or g.get(b"name"))
+            if name == self.group:
+                return {_s(k): v for k, v in g.items()}
+        return {}
+
+    def update_lag(self) -> tuple[int, int]:
+        """Refresh the lag gauges; return (entries not yet delivered to the group, delivered but unacked)."""
+        lag, pending = self.lag = group_lag(self.client, self.key, self.group)
+        self._lag_at = time.monotonic()
+        metrics.REPLAY_LAG_EVENTS.set(lag + pending)
+        metrics.REPLAY_PENDING.set(pending)
+        if lag + pending == 0 or self._last_ts is None:
+            metrics.REPLAY_LAG_SECONDS.set(0)
+        else:
+            metrics.REPLAY_LAG_SECONDS.set(max(0.0, (datetime.now(UTC) - self._last_ts).total_seconds()))
+        return lag, pending
+
+    def caught_up(self) -> bool:
+        lag, pending = self.update_lag()
+        return lag == 0 and pending == 0
+
+    def run(self, *, once: bool = False, should_stop: Callable[[], bool] = lambda: False) -> ReplayStats:
+        """Loop until should_stop(); with once=True stop when the group has nothing left."""
+        backoff = 0.1
+        group_ready = False
+        while not should_stop():
+            try:
+                if not group_ready:
+                    self.ensure_group()
+                    group_ready = True
+                n = self.step()
+                backoff = 0.1
+            except (OperationalError, redis.RedisError) as exc:
+                # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
+                log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, backoff, first_line(exc))
+                self._own_pending_done = False  # re-read what this consumer holds
+                self._sleep(backoff, should_stop)
+                backoff = min(5.0, backoff * 2)
+                continue
+            if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
+                break
+        return self.stats
+
+    @staticmethod
+    def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+        end = time.monotonic() + seconds
+        while not should_stop() and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))

@@ -1,0 +1,341 @@
+"""Chunk checksums computed inside each database: verify's first pass without shipping rows to Python.
+
+For every chunk (a key range) each side runs ONE query that returns the row count and, per column, the
+column's values of the chunk in key order joined into one string and hashed (Postgres: sha256 of a
+string_agg; SQLite: group_concat, hashed here with hashlib: SQLite has no hash function of its own;
+sha256 because it is the fastest one both have, with SHA instructions).
+Values are rendered to text by SQL written per column type so equal data gives equal bytes:
+
+| type | SQLite (as stored by SQLAlchemy) | Postgres |
+|---|---|---|
+| integer, boolean, ExactDecimal | the integer | `x::int8` (`x*10^s` for ExactDecimal) |
+| float | integral and < 2^53: the integer, else `printf('%.12g')` | the same with extra_float_digits=-3 |
+| text | as is | as is |
+| DateTime | as is ('YYYY-MM-DD HH:MM:SS.ffffff') | `to_char` to that form |
+| UTCDateTime | as is ('YYYY-MM-DDTHH:MM:SS.ffffff+00:00') | `to_char` of the UTC time to that form |
+| Date | as is ('YYYY-MM-DD') | `x::text` (DateStyle ISO) |
+| LargeBinary | `hex(x)` | `upper(encode(x, 'hex'))` |
+
+Floats render at 12 significant digits, exactly the normalizer's tolerance (shadow.normalize.number),
+so float noise is not a difference here either. Any other type (JSON, Numeric, unknown decorators)
+makes the table use the Python checksums (shadow.checksum) instead.
+
+Why this cannot hide a difference the Python checksums would see: a rendering is never coarser than
+normalization (equal text means equal normalized values); values are joined with \\x01 and NULL is
+\\x03, and the SQLite side checks that those bytes occur only where it put them (so its string parses
+one way) and compares per-column NULL counts with Postgres' (so Postgres' identical string parses the
+same way); a value of an unexpected storage class (a blob in a text column, text in a number column)
+makes the chunk "unknown". A rendering that differs for equal data (another text form of a timestamp,
+a rare misrounded float) only marks the chunk as differing: verify then bisects it with the exact
+Python comparison, which decides. So the fast pass may cost a bisection, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Table
+from sqlalchemy import types as sqltypes
+
+from dualwrite.apply.rule import pk_columns
+
+Key = tuple[Any, ...]
+SEP, NUL = "\x01", "\x03"
+UNKNOWN = -1  # the hash of a chunk whose SQLite string cannot be trusted: never equals a real hash
+_INT53 = "9007199254740992"
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    kind: str
+    nullable: bool
+    scale: int = 0
+
+
+def _kind(col: Any) -> tuple[str, int] | None:
+    """The rendering rule of a column's type, or None (unsupported: the Python path decides)."""
+    t = col.type
+    try:  # the project's own decorators: storage formats known here
+        from dualwrite.demo.app.base import UTCDateTime
+        from dualwrite.demo.app.types import ExactDecimal
+
+        if isinstance(t, UTCDateTime):
+            return "utc", 0
+        if isinstance(t, ExactDecimal):
+            return "exact", t.scale
+    except ImportError:  # pragma: no cover - stores not installed
+        pass
+    if isinstance(t, sqltypes.TypeDecorator | sqltypes.JSON | sqltypes.Interval | sqltypes.Time):
+        return None
+    if isinstance(t, sqltypes.Boolean):
+        return "bool", 0
+    if isinstance(t, sqltypes.Integer):
+        return "int", 0
+    if isinstance(t, sqltypes.Float):
+        return "float", 0
+    if isinstance(t, sqltypes.DateTime):
+        return (None if t.timezone else ("datetime", 0))
+    if isinstance(t, sqltypes.Date):
+        return "date", 0
+    if isinstance(t, sqltypes.String):
+        return "text", 0
+    if isinstance(t, sqltypes.LargeBinary):
+        return "bytes", 0
+    return None
+
+
+def plan(table: Table) -> list[Col] | None:
+    cols = []
+    for c in table.columns:
+        k = _kind(c)
+        if k is None:
+            return None
+        cols.append(Col(c.name, k[0], bool(c.nullable) and not c.primary_key, k[1]))
+    return cols
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sqlite_render(c: Col) -> tuple[str, str]:
+    """(text expression, guard) on SQLite; the guard is true for a value of an unexpected storage class
+    (SQLite orders NULL < numbers < text < blob, so comparisons with '' and X'' classify without a call)."""
+    x = _q(c.name)
+    y = f"+{x}"  # unary + drops the column's affinity, so the guards compare storage classes
+    if c.kind in ("int", "bool", "exact"):
+        return x, f"{y} >= ''"
+    if c.kind == "float":
+        expr = (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = CAST({x} AS INTEGER) AND abs({x}) < {_INT53}.0 "
+            f"THEN CAST(CAST({x} AS INTEGER) AS TEXT) ELSE printf('%.12g', {x}) END"
+        )
+        return expr, f"{y} >= ''"
+    if c.kind in ("datetime", "utc"):  # as stored; Postgres renders SQLAlchemy's storage format
+        return x, f"{y} >= X''"
+    if c.kind == "bytes":
+        return f"CASE WHEN {x} IS NULL THEN NULL ELSE hex({x}) END", f"{y} < X''"
+    return x, f"{y} >= X''"  # text, date
+
+
+def postgres_render(c: Col) -> str:
+    x = _q(c.name)
+    if c.kind == "int":
+        return f"{x}::text"
+    if c.kind == "bool":
+        return f"{x}::int::text"
+    if c.kind == "exact":
+        return f"({x} * 1e{c.scale})::int8::text"
+    if c.kind == "float":  # extra_float_digits = -3: %.12g (of a float8: a real would get 3 digits)
+        v = f"{x}::float8"
+        return f"CASE WHEN {v} = trunc({v}) AND abs({v}) < {_INT53} THEN {v}::int8::text ELSE {v}::text END"
+    if c.kind == "bytes":
+        return f"upper(encode({x}, 'hex'))"
+    if c.kind == "datetime":  # SQLAlchemy's SQLite DATETIME storage format
+        return f"to_char({x}, 'YYYY-MM-DD HH24:MI:SS.US')"
+    if c.kind == "utc":  # dualwrite.stores.base.UTCDateTime's SQLite text
+        return f"""to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+    return f"{x}::text"  # text, date
+
+
+# Postgres settings the renderings rely on (SET LOCAL: the pooled connection keeps its own).
+PG_SETTINGS = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "SET LOCAL extra_float_digits = -3",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL max_parallel_workers_per_gather = 0",  # keep the subquery's key order into string_agg
+)
+
+
+@dataclass
+class ChunkSum:
+    count: int
+    nulls: tuple[int, ...]
+    digests: tuple[str, ...]
+    trusted: bool = True
+
+    def key(self) -> int:
+        """One integer for shadow.checksum.Summary.hash; UNKNOWN for an untrusted chunk."""
+        if not self.trusted:
+            return UNKNOWN
+        text = f"{self.nulls}|{'|'.join(self.digests)}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+class ChunkQuery:
+    """The per-chunk checksum query of one side, as raw SQL over the DBAPI (no per-chunk compiling)."""
+
+    def __init__(self, table: Table, cols: list[Col], dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+        self.cols = cols
+        self.pk = pk_columns(table)
+        pk_types = {c.name: c.kind for c in cols}
+        keys = [
+            _q(k) + (' COLLATE "C"' if self.pg and pk_types.get(k) == "text" else "") for k in self.pk
+        ]
+        self.key = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
+        self.order = ", ".join(keys)
+        self.mark = "%s" if self.pg else "?"
+        self.nullable = [i for i, c in enumerate(cols) if c.nullable]
+        self.name = name = _q(table.name)
+        if self.pg:
+            inner = ", ".join(f"{postgres_render(c)} AS c{i}" for i, c in enumerate(cols))
+            aggs = [f"count(c{i})" for i in self.nullable]
+            aggs += [
+                f"sha256(convert_to(string_agg(coalesce(c{i}, E'\\x03'), E'\\x01'), 'UTF8'))" for i in range(len(cols))
+            ]
+            rows = f"SELECT {inner} FROM {name} {{where}} ORDER BY {self.order}"
+            self.sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows}) s"
+        else:
+            renders = [sqlite_render(c) for c in cols]
+            guard = " OR ".join(f"({g})" for _, g in renders)
+            aggs = [f"max({guard})"] + [f"count({_q(cols[i].name)})" for i in self.nullable]
+            aggs += [f"CAST(group_concat(ifnull({r}, char(3)), char(1)) AS BLOB)" for r, _ in renders]
+            if len(self.pk) == 1:  # a range scan of the key (rowid or its index) is in key order already
+                self.sql = f"SELECT count(*), {', '.join(aggs)} FROM {name} {{where}}"
+            else:
+                rows = f"SELECT * FROM {name} {{where}} ORDER BY {self.order}"
+                self.sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows})"
+
+    def statement(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
+        where, params = self.where(lo, hi)
+        return self.sql.format(where=where), params
+
+    def split_statement(self, lo: Key | None, hi: Key | None, step: int) -> tuple[str, list[Any]]:
+        """Every step-th existing key of the range (after its first): split points for a bisection."""
+        where, params = self.where(lo, hi)
+        keys = ", ".join(_q(k) for k in self.pk)
+        inner = f"SELECT {keys}, row_number() OVER (ORDER BY {self.order}) AS rn FROM {self.name} {where}"
+        mod = "%%" if self.pg else "%"  # psycopg2 reads a lone % as a placeholder
+        return f"SELECT {keys} FROM ({inner}) s WHERE rn {mod} {int(step)} = 1 AND rn > 1 ORDER BY {self.order}", params
+
+    def where(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
+        conds, params = [], []
+        for op, bound in ((">=", lo), ("<", hi)):
+            if bound is None:
+                continue
+            marks = ", ".join(self.mark for _ in bound)
+            conds.append(f"{self.key} {op} {marks if len(bound) == 1 else f'({marks})'}")
+            params.extend(bound)
+        return (f"WHERE {' AND '.join(conds)}" if conds else ""), params
+
+    def parse(self, row: Sequence[Any]) -> ChunkSum:
+        n = int(row[0])
+        if self.pg:
+            nn = len(self.nullable)
+            nonnull = dict(zip(self.nullable, row[1 : 1 + nn], strict=True))
+            nulls = tuple(n - int(nonnull[i]) for i in self.nullable)
+            return ChunkSum(n, nulls, tuple(bytes(d).hex() if d is not None else "" for d in row[1 + nn :]))
+        guard, nn = row[1], len(self.nullable)
+        nonnull = dict(zip(self.nullable, row[2 : 2 + nn], strict=True))
+        blobs = row[2 + nn :]
+        trusted = not guard
+        nulls, digests = [], []
+        for i, blob in enumerate(blobs):
+            data = bytes(blob) if blob is not None else b""
+            want_nulls = n - int(nonnull.get(i, n))
+            # Separators and NULL marks only where this side put them: the string parses one way.
+            if n and (data.count(b"\x01") != n - 1 or data.count(b"\x03") != want_nulls):
+                trusted = False
+            if i in nonnull:
+                nulls.append(want_nulls)
+            digests.append(hashlib.sha256(data).hexdigest() if n else "")
+        return ChunkSum(n, tuple(nulls), tuple(digests), trusted)
+
+
+def split_keys(engine: Engine, query: ChunkQuery, lo: Key | None, hi: Key | None, step: int) -> list[Key]:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(*query.split_statement(lo, hi, step))
+        keys = [tuple(r) for r in cur.fetchall()]
+        raw.rollback()
+        return keys
+    finally:
+        raw.close()
+
+
+def chunk_sums(
+    engine: Engine, query: ChunkQuery, ranges: Sequence[tuple[Key | None, Key | None]]
+) -> list[ChunkSum]:
+    """Every range's ChunkSum in one read transaction (one snapshot, as a single scan would see)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if query.pg:
+            for stmt in PG_SETTINGS:
+                cur.execute(stmt)
+        else:
+            cur.execute("BEGIN")
+        if query.pg:
+            out = []
+            for lo, hi in ranges:
+                cur.execute(*query.statement(lo, hi))
+                out.append(query.parse(cur.fetchone()))
+        else:  # hash chunk i here (hashlib drops the GIL) while SQLite aggregates chunk i+1
+            with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
+                pending = []
+                for lo, hi in ranges:
+                    cur.execute(*query.statement(lo, hi))
+                    pending.append(pool.submit(query.parse, cur.fetchone()))
+                out = [f.result() for f in pending]
+        cur.close()
+        raw.rollback()
+        return out
+    finally:
+        raw.close()
+
+
+
+def ranges(
+    sqlite: Engine, table: Table, cols: list[Col], segment_rows: int
+) -> list[tuple[Key | None, Key | None]]:
+    """Key ranges of about `segment_rows` SQLite rows; the first and last are open (Postgres rows beyond
+    SQLite's keys fall into them). Dense integer keys are cut by value (min, max, count: index look-ups);
+    other keys at every segment_rows-th key (one window query over SQLite's key index)."""
+    pk = pk_columns(table)
+    name = _q(table.name)
+    raw = sqlite.raw_connection()
+    try:
+        cur = raw.cursor()
+        bounds: list[Key] | None = None
+        if int_key(table, cols):
+            k = _q(pk[0])
+            cur.execute(f"SELECT min({k}), max({k}), count(*) FROM {name}")
+            lo, hi, n = cur.fetchone()
+            if not n:
+                return [(None, None)]
+            span = hi - lo + 1
+            if span <= 2 * n:  # sparse keys would make ranges of very different sizes
+                width = max(1, -(-segment_rows * span // n))
+                bounds = [(b,) for b in range(lo + width, hi + 1, width)]
+        if bounds is None:
+            keys = ", ".join(_q(k) for k in pk)
+            cur.execute(
+                f"SELECT {keys} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn FROM {name}) "
+                f"WHERE rn % ? = 1 AND rn > 1 ORDER BY {keys}",
+                (max(1, segment_rows),),
+            )
+            bounds = [tuple(r) for r in cur.fetchall()]
+        raw.rollback()
+    finally:
+        raw.close()
+    edges: list[Key | None] = [None, *bounds, None]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def int_key(table: Table, cols: list[Col]) -> bool:
+    pk = pk_columns(table)
+    return len(pk) == 1 and next(c.kind for c in cols if c.name == pk[0]) == "int"
+
+
+def supported_keys(table: Table, cols: list[Col]) -> bool:
+    """Integer and text keys only: their raw values bind the same on both DBAPIs (no type processing)."""
+    kinds = {c.name: c.kind for c in cols}
+    return all(kinds[k] in ("int", "text") for k in pk_columns(table))

@@ -1,0 +1,360 @@
+"""Verify that Postgres holds what SQLite holds, table by table, and optionally fix it.
+
+Algorithm (data-diff's):
+1. Both databases checksum the table in key ranges of about `segment_rows` rows, at the same time, in
+   one query per range each (shadow.sqlsum: per-type SQL renders every value, the database joins and
+   hashes them; no row leaves either server). Tables with a column type sqlsum cannot render (JSON,
+   Numeric...) use the Python pass instead: one streamed scan per side, rows normalized and hashed
+   here (shadow.checksum), SQLite's every `segment_rows`-th key as range bounds.
+2. A range whose (count, hash) differ is bisected until it holds at most `leaf_rows` rows; then both
+   sides' rows are fetched and diffed with the normalizer (the exact comparison: JSON key order, float
+   noise, trailing spaces are no difference). With in-database checksums a range is cut into SPLIT
+   parts at existing keys of its bigger side and both databases sum the parts; otherwise it is split
+   near the middle and both halves are hashed here.
+3. Keys found different are re-checked once after `recheck_delay` seconds (an in-flight change may
+   have reached one side only); only keys still different are reported.
+
+Report per table: rows on each side, `missing` (in SQLite, not Postgres), `extra` (in Postgres only),
+`differing` keys (key text, as in `_dw_versions`), and `queries` issued (scans, split points, fetches).
+
+`fix` re-reads those keys from SQLite in one read transaction with `_dw_meta.last_seq` = S and applies
+them to Postgres through the apply rule with version S (extras: a delete event with version S). A key
+whose Postgres version is already >= S is left alone and reported as `stale` (a newer change owns it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table
+
+from dualwrite.apply.rule import apply_events, apply_snapshot_rows
+from dualwrite.bookkeeping import read_meta
+from dualwrite.events import ChangeEvent, key_text
+from dualwrite.normalize import DEFAULT, Normalizer, canonical_text
+from dualwrite.verify import sql_checksums as sqlsum
+from dualwrite.verify.row_checksums import Key, Side, Summary
+
+log = logging.getLogger("dualwrite.verify.verifier")
+MAX_KEYS_REPORTED = 1000
+SPLIT = 4  # parts a differing range is cut into per bisection step (in-database checksums)
+
+
+def verify_key(namespace: str) -> str:
+    return f"{namespace}:verify:last"
+
+
+@dataclass
+class TableReport:
+    table: str
+    sqlite_rows: int = 0
+    postgres_rows: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    differing: list[str] = field(default_factory=list)
+    queries: int = 0
+    seconds: float = 0.0
+    fixed: int = 0
+    stale: int = 0
+    error: str | None = None
+    # keys as tuples, for fix (not serialized)
+    _keys: dict[str, list[Key]] = field(default_factory=dict, repr=False)
+
+    @property
+    def clean(self) -> bool:
+        return self.error is None and not (self.missing or self.extra or self.differing)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self._keys.get(k, getattr(self, k))) for k in ("missing", "extra", "differing")}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_keys", None)
+        d["clean"] = self.clean
+        for k in ("missing", "extra", "differing"):
+            d[f"{k}_count"] = len(self._keys.get(k, getattr(self, k)))
+            d[k] = d[k][:MAX_KEYS_REPORTED]
+        return d
+
+
+@dataclass
+class VerifyReport:
+    tables: list[TableReport]
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def clean(self) -> bool:
+        return all(t.clean for t in self.tables)
+
+    @property
+    def errored(self) -> bool:
+        return any(t.error for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "clean": self.clean, "tables": [t.to_dict() for t in self.tables]}
+
+
+class TableVerifier:
+    def __init__(
+        self,
+        table: Table,
+        sqlite: Engine,
+        postgres: Engine,
+        *,
+        segment_rows: int = 10_000,
+        leaf_rows: int = 64,
+        recheck_delay: float = 0.0,
+        normalizer: Normalizer = DEFAULT,
+        in_database: bool = True,
+    ) -> None:
+        self.table = table
+        self.s = Side("sqlite", sqlite, table, normalizer)
+        self.p = Side("postgres", postgres, table, normalizer)
+        self.segment_rows, self.leaf_rows = max(2, segment_rows), max(1, leaf_rows)
+        self.recheck_delay = recheck_delay
+        self.normalizer = normalizer
+        # First pass in the databases (shadow.sqlsum) when every column type has a rendering there and
+        # the normalizer is the one those renderings implement; otherwise rows are hashed here.
+        cols = sqlsum.plan(table) if in_database and normalizer == DEFAULT else None
+        self.sql_cols = cols if cols is not None and sqlsum.supported_keys(table, cols) else None
+        self.method = "python"
+        self._queries: list[sqlsum.ChunkQuery] = []
+
+    @property
+    def queries(self) -> int:
+        return self.s.queries + self.p.queries
+
+    # -- step 1: segments ---------------------------------------------------------------------------
+    def segments(self) -> tuple[list[Key], list[Summary], list[Summary]]:
+        if self.sql_cols is not None:
+            try:
+                return self.sql_segments(self.sql_cols)
+            except Exception as exc:  # a type the declared one does not match, an old server...
+                log.warning("verify %s: in-database checksums failed (%r); hashing rows here", self.table.name, exc)
+        return self.python_segments()
+
+    def sql_segments(self, cols: list[sqlsum.Col]) -> tuple[list[Key], list[Summary], list[Summary]]:
+        """Chunk checksums computed by both databases at once (two threads; each waits on its server)."""
+        spans = sqlsum.ranges(self.s.engine, self.table, cols, self.segment_rows)
+        self.s.queries += 1
+        self._queries = [sqlsum.ChunkQuery(self.table, cols, side.engine.dialect.name) for side in (self.s, self.p)]
+        s_sums, p_sums = self._sums(spans)
+        self.method = "in-database"
+        return [() if lo is None else lo for lo, _hi in spans], s_sums, p_sums
+
+    def python_segments(self) -> tuple[list[Key], list[Summary], list[Summary]]:
+        bounds: list[Key] = []
+        s_sums: list[Summary] = []
+        with self.s.engine.connect() as conn:
+            for i, row in enumerate(self.s.scan(conn, None, None)):
+                if i % self.segment_rows == 0:
+                    bounds.append(self.s.tuple_key(row))
+                    s_sums.append(Summary())
+                s_sums[-1].add(self.s.hash(row))
+            conn.rollback()
+        if not bounds:
+            bounds, s_sums = [()], [Summary()]
+        p_sums = [Summary() for _ in bounds]
+        with self.p.engine.connect() as conn:
+            for row in self.p.scan(conn, None, None):
+                idx = max(0, bisect.bisect_right(bounds, self.p.tuple_key(row)) - 1) if bounds != [()] else 0
+                p_sums[idx].add(self.p.hash(row))
+            conn.rollback()
+        return bounds, s_sums, p_sums
+
+    # -- step 2: bisection ----------------------------------------------------------------------------
+    def bisect(self, lo: Key | None, hi: Key | None, ss: Summary, ps: Summary, out: list[tuple]) -> None:
+        if ss.count == ps.count and ss.hash == ps.hash:
+            return
+        if max(ss.count, ps.count) <= self.leaf_rows:
+            out.append((lo, hi))
+            return
+        side, n = (self.s, ss.count) if ss.count >= ps.count else (self.p, ps.count)
+        mid = side.key_at(lo, hi, n // 2)
+        if mid is None or mid == lo:
+            out.append((lo, hi))  # cannot split further (should not happen with n > leaf_rows >= 1)
+            return
+        for a, b in ((lo, mid), (mid, hi)):
+            self.bisect(a, b, self.s.summary(a, b), self.p.summary(a, b), out)
+
+    def bisect_sql(self, lo: Key | None, hi: Key | None, ss: Summary, ps: Summary, out: list[tuple]) -> None:
+        """The bisection with in-database checksums: a differing range is cut into SPLIT parts at existing
+        keys of its bigger side, both sides sum the parts at once, and the differing parts recurse."""
+        if ss.count == ps.count and ss.hash == ps.hash:
+            return
+        n = max(ss.count, ps.count)
+        if n <= self.leaf_rows:
+            out.append((lo, hi))
+            return
+        side, query = (self.s, self._queries[0]) if ss.count >= ps.count else (self.p, self._queries[1])
+        side.queries += 1
+        keys = sqlsum.split_keys(side.engine, query, lo, hi, max(1, -(-n // SPLIT)))
+        if not keys:
+            out.append((lo, hi))
+            return
+        edges: list[Key | None] = [lo, *keys, hi]
+        spans = list(zip(edges[:-1], edges[1:], strict=True))
+        s_sums, p_sums = self._sums(spans)
+        for (a, b), sa, pa in zip(spans, s_sums, p_sums, strict=True):
+            self.bisect_sql(a, b, sa, pa, out)
+
+    def _sums(self, spans: list[tuple[Key | None, Key | None]]) -> tuple[list[Summary], list[Summary]]:
+        """Both sides' chunk checksums of `spans`, computed by the two databases at the same time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2, thread_name_prefix="verify") as pool:
+            futures = [
+                pool.submit(sqlsum.chunk_sums, side.engine, q, spans)
+                for side, q in zip((self.s, self.p), self._queries, strict=True)
+            ]
+            s_chunks, p_chunks = (f.result() for f in futures)
+        self.s.queries += len(spans)
+        self.p.queries += len(spans)
+        return [Summary(c.count, c.key()) for c in s_chunks], [Summary(c.count, c.key()) for c in p_chunks]
+
+    def diff_range(self, lo: Key | None, hi: Key | None) -> dict[str, set[Key]]:
+        srows, prows = self.s.rows(lo, hi), self.p.rows(lo, hi)
+        return self._diff(srows, prows)
+
+    def _diff(self, srows: dict[Key, dict[str, Any]], prows: dict[Key, dict[str, Any]]) -> dict[str, set[Key]]:
+        missing = set(srows) - set(prows)
+        extra = set(prows) - set(srows)
+        differing = {
+            k
+            for k in set(srows) & set(prows)
+            if canonical_text(self.normalizer.normalize(srows[k]))
+            != canonical_text(self.normalizer.normalize(prows[k]))
+        }
+        return {"missing": missing, "extra": extra, "differing": differing}
+
+    def recheck(self, keys: Sequence[Key]) -> dict[str, set[Key]]:
+        with self.s.engine.connect() as sc, self.p.engine.connect() as pc:
+            srows, prows = self.s.fetch(sc, keys), self.p.fetch(pc, keys)
+            sc.rollback()
+            pc.rollback()
+        return self._diff(srows, prows)
+
+    def run(self) -> TableReport:
+        start = time.perf_counter()
+        rep = TableReport(self.table.name)
+        try:
+            bounds, s_sums, p_sums = self.segments()
+            rep.sqlite_rows = sum(s.count for s in s_sums)
+            rep.postgres_rows = sum(s.count for s in p_sums)
+            leaves: list[tuple] = []
+            for i, (ss, ps) in enumerate(zip(s_sums, p_sums, strict=True)):
+                lo = None if i == 0 else bounds[i]
+                hi = None if i == len(bounds) - 1 else bounds[i + 1]
+                if self.method == "in-database":
+                    try:
+                        self.bisect_sql(lo, hi, ss, ps, leaves)
+                        continue
+                    except Exception as exc:  # the exact Python bisection still finds the rows
+                        log.warning("verify %s: in-database bisection failed (%r)", self.table.name, exc)
+                self.bisect(lo, hi, ss, ps, leaves)
+            found: dict[str, set[Key]] = {"missing": set(), "extra": set(), "differing": set()}
+            for lo, hi in leaves:
+                for kind, keys in self.diff_range(lo, hi).items():
+                    found[kind] |= keys
+            suspects = sorted(set().union(*found.values()), key=repr)
+            if suspects and self.recheck_delay > 0:
+                time.sleep(self.recheck_delay)
+                found = self.recheck(suspects)
+            for kind, keys in found.items():
+                ordered = sorted(keys, key=lambda k: tuple(map(repr, k)))
+                rep._keys[kind] = ordered
+                setattr(rep, kind, [key_text(list(k)) for k in ordered[:MAX_KEYS_REPORTED]])
+        except Exception as exc:
+            rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        rep.queries = self.queries
+        rep.seconds = round(time.perf_counter() - start, 3)
+        return rep
+
+    # -- fix ------------------------------------------------------------------------------------------
+    def fix(self, rep: TableReport, postgres_apply: Engine) -> TableReport:
+        """Re-apply SQLite's rows for missing/differing keys and delete extras, through the apply rule."""
+        want = list(rep._keys.get("missing", [])) + list(rep._keys.get("differing", []))
+        extras = list(rep._keys.get("extra", []))
+        if not want and not extras:
+            return rep
+        with self.s.engine.connect() as sc:
+            version = read_meta(sc, "last_seq") or 0
+            rows = self.s.fetch(sc, want)
+            gone = [k for k in extras if k not in self.s.fetch(sc, extras)] if extras else []
+            sc.rollback()
+        with postgres_apply.begin() as pc:
+            res = apply_snapshot_rows(pc, self.table, list(rows.values()), version)
+            rep.fixed += res.applied
+            rep.stale += res.stale
+            if gone:
+                events = [
+                    ChangeEvent(self.table.name, "delete", dict(zip(self.s.pk, k, strict=True)), None, seq=version)
+                    for k in gone
+                ]
+                dres = apply_events(pc, lambda _name: self.table, events)
+                rep.fixed += dres.applied
+                rep.stale += dres.stale
+        return rep
+
+
+def verify_tables(
+    tables: Sequence[Table],
+    sqlite: Engine,
+    postgres: Engine,
+    *,
+    fix_with: Engine | None = None,
+    **kw: Any,
+) -> VerifyReport:
+    reports = []
+    for table in tables:
+        tv = TableVerifier(table, sqlite, postgres, **kw)
+        rep = tv.run()
+        if fix_with is not None and rep.error is None and not rep.clean:
+            try:
+                tv.fix(rep, fix_with)
+            except Exception as exc:
+                rep.error = f"fix failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        reports.append(rep)
+    return VerifyReport(reports)
+
+
+def verify_writer(
+    dw: Any, tables: Sequence[Table], *, fix: bool = False, store: bool = True, **kw: Any
+) -> VerifyReport:
+    """Verify with a DualWriter's engines; remember the result in Redis for the cutover gate."""
+    report = verify_tables(tables, dw.sqlite_read, dw.postgres, fix_with=dw.postgres_apply if fix else None, **kw)
+    if store:
+        store_last(dw.redis, dw.settings.namespace, report, fixed=fix)
+    return report
+
+
+def store_last(client: Any, namespace: str, report: VerifyReport, *, fixed: bool = False) -> None:
+    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified."""
+    doc = {
+        "at": report.at,
+        "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
+        "fixed": fixed,
+        "tables": {
+            t.table: {
+                "clean": t.clean,
+                "missing": len(t._keys.get("missing", [])),
+                "extra": len(t._keys.get("extra", [])),
+                "differing": len(t._keys.get("differing", [])),
+                "error": t.error,
+            }
+            for t in report.tables
+        },
+    }
+    client.set(verify_key(namespace), json.dumps(doc))
+
+
+def load_last(client: Any, namespace: str) -> dict[str, Any] | None:
+    raw = client.get(verify_key(namespace))
+    return None if raw is None else json.loads(raw)

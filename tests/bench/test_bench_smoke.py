@@ -1,0 +1,46 @@
+"""Smoke test: the quick bench writes its report, and every figure names its baseline and its ratios.
+No timing thresholds: the machine is shared and noisy."""
+
+from __future__ import annotations
+
+import json
+
+from dualwrite.cli.bench import main
+from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL
+
+
+def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "report"
+    code = main(["--quick", "--report", str(out), "--postgres", PG_ADMIN_URL, "--redis", REDIS_TEST_URL])
+    assert code == 0
+    assert (out / "report.md").is_file() and (out / "report.json").is_file()
+    doc = json.loads((out / "report.json").read_text())
+    assert not doc["errors"]
+    assert set(doc["sections"]) == {"ops", "overhead", "shadow", "copy", "replay", "verify"}
+    for r in doc["sections"]["ops"]["results"]:  # a broken setup shows as failed ops, not as a slow machine
+        assert r["success_rate"] > 0, r
+    figures = doc["figures"]
+    assert {f["section"] for f in figures} >= {"ops", "overhead", "copy"}
+    for fig in figures:
+        assert (out / fig["file"]).is_file() and (out / fig["file"]).stat().st_size > 0
+        assert fig["baseline"], fig
+        assert fig["ratios"], fig
+        assert fig["machine"] and fig["counts"]
+    md = (out / "report.md").read_text()
+    assert doc["goals"]
+    for goal in doc["goals"]:
+        assert goal["ratio"] is not None, goal
+        assert goal["name"] in md
+    assert md.count(": **met**") + md.count(": **not met**") >= len(doc["goals"])
+
+
+def test_bench_command_help() -> None:
+    from click.testing import CliRunner
+
+    from dualwrite.cli.bench import bench
+
+    assert bench.name == "bench"
+    result = CliRunner().invoke(bench, ["--help"])
+    assert result.exit_code == 0
+    for flag in ("--quick", "--record-counts", "--workers", "--report"):
+        assert flag in result.output

@@ -1,0 +1,111 @@
+"""The CLI front: init and doctor against the real servers, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from dualwrite.cli.main import main
+from tests.conftest import PG_ADMIN_URL
+
+
+def _args(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "--sqlite",
+        str(settings.sqlite_path),
+        "--postgres",
+        PG_ADMIN_URL,
+        "--redis",
+        settings.redis_url,
+        "--namespace",
+        settings.namespace,
+        "--pg-schema",
+        settings.pg_schema,
+    ]
+
+
+def test_init_is_idempotent_and_doctor_passes(settings) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    first = runner.invoke(main, ["init", *_args(settings)])
+    assert first.exit_code == 0, first.output
+    assert "created" in first.output and "_dw_outbox" in first.output
+    second = runner.invoke(main, ["init", *_args(settings)])
+    assert second.exit_code == 0 and second.output.count("schema already complete") == 2
+    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    assert doctor.exit_code == 0, doctor.output
+    assert [line.split()[:2] for line in doctor.output.splitlines()] == [
+        ["sqlite", "ok"],
+        ["postgres", "ok"],
+        ["schema", "ok"],
+        ["redis", "ok"],
+    ]
+
+
+def test_doctor_finds_schema_drift_on_either_side(settings) -> None:  # type: ignore[no-untyped-def]
+    """A column an app migration added on SQLite that the model lacks would never be captured: say so."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", *_args(settings)]).exit_code == 0
+    with sqlite3.connect(settings.sqlite_path) as conn:
+        conn.execute("ALTER TABLE memory_items ADD COLUMN mood TEXT")
+    engine = create_engine(PG_ADMIN_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'ALTER TABLE "{settings.pg_schema}".archive_records DROP COLUMN payload'))
+    engine.dispose()
+    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    assert doctor.exit_code == 1, doctor.output
+    line = next(x for x in doctor.output.splitlines() if x.startswith("schema"))
+    assert "FAIL" in line
+    assert "sqlite: table 'memory_items' has column(s) mood the model lacks" in line
+    assert "postgres: table 'archive_records' lacks column(s) payload" in line
+
+
+def test_doctor_reports_each_failure_on_one_line(tmp_path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "doctor",
+            "--sqlite",
+            str(tmp_path / "missing.db"),
+            "--postgres",
+            "postgresql://u:hunter2@127.0.0.1:1/db",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+    )
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 4 and all("FAIL" in line for line in lines)
+    assert "hunter2" not in result.output and "***" in result.output
+
+
+def test_config_error_is_one_line_exit_2_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualwrite", "init", "--postgres", "postgresql://a:hunter2@h:x/db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --postgres") and "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_role_registers_its_commands() -> None:
+    """Every command module is wired into the one `dualwrite` group."""
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("init", "doctor", "phase", "backfill", "migrate", "verify", "shadow", "cutover", "demo", "bench"):
+        assert f"  {name} " in result.output, name
+
+
+def test_migrate_and_bench_usage_errors_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nope.db"
+    result = CliRunner().invoke(main, ["migrate", "--sqlite", str(missing), "--postgres", PG_ADMIN_URL])
+    assert result.exit_code == 2, result.output
+    assert "nope.db" in result.output
+    result = CliRunner().invoke(main, ["bench", "--sections", "bogus"])
+    assert result.exit_code == 2
