@@ -1,8 +1,11 @@
 """The dual-write adapter: write the primary (with the outbox), then apply the row images to the other side.
 
-    dw = DualWriter(settings)
+    dw = DualWriter(settings, tables=Tables.of(Base.metadata))
     with dw.begin() as tx:
         rows = tx.execute(insert(items).values(...))        # full row images back
+    with dw.session() as session:                           # ORM code, captured the same way
+        session.add(Item(...))
+    notes = dw.read("notes", "recent", lambda conn: conn.execute(select(notes_t)).all())
     # committed on the primary with its events; applied to the secondary; the relay publishes to Redis
 
 The primary is the truth: if the secondary apply still fails after a brief retry, the write succeeds,
@@ -18,31 +21,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import redis
-from sqlalchemy import Connection, Delete, Engine, Insert, Table, Update, false, select
+from sqlalchemy import Connection, Delete, Insert, Update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from dualwrite import cascade, metrics
-from dualwrite.apply.rule import apply_events, pk_columns, plan_events, run_plan_direct
-from dualwrite.bookkeeping import dialect_insert
-from dualwrite.capture import (
-    PrimaryMovedError,
-    check_primary,
-    events_from_images,
-    events_from_rows,
-    image_of,
-    op_of,
-    statement_table,
-    with_returning,
-    write_outbox,
-)
-from dualwrite.catalog import TableCatalog
-from dualwrite.engines import postgres_engine, sqlite_engine, sqlite_read_engine
+from dualwrite import metrics
+from dualwrite.apply.rule import apply_events, plan_events, run_plan_direct
+from dualwrite.capture import WriteTx, check_primary, write_outbox
+from dualwrite.engines import Backends
+from dualwrite.errors import PrimaryMovedError, SecondaryApplyError, first_line
 from dualwrite.events import ChangeEvent
-from dualwrite.phase import Phase, PhaseStore
+from dualwrite.phase import Phase
 from dualwrite.settings import Settings
-from dualwrite.stream.relay import Wakeup
+from dualwrite.stream.relay import Relay, Wakeup
+from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.adapter")
 T = TypeVar("T")
@@ -63,161 +55,37 @@ def _events_written(backend: str) -> Any:
     return metrics.EVENTS_WRITTEN.labels(backend)
 
 
-class SecondaryApplyError(RuntimeError):
-    """Raised in strict mode when the other backend could not be written."""
-
-
-class WriteTx:
-    """One transaction on the primary. Every statement's row images become change events."""
-
-    def __init__(self, dw: DualWriter, conn: Connection, phase: Phase) -> None:
-        self.dw, self.connection, self.phase = dw, conn, phase
-        self.events: list[ChangeEvent] = []
-        self.ops: set[str] = set()
-
-    def execute(
-        self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
-    ) -> list[RowMapping]:
-        table = statement_table(stmt)
-        self.dw.catalog_check(table)
-        before, watched, stmt = self._rows_before(stmt, table, params)
-        result = (
-            self.connection.execute(with_returning(stmt), params)
-            if params
-            else self.connection.execute(with_returning(stmt))
-        )
-        raw = result.all()
-        rows = [r._mapping for r in raw]  # what the caller gets
-        if watched:  # rows changed by the database's referential actions, which RETURNING does not report
-            for child, op, image in cascade.changes_after(self.connection, watched, rows):
-                self.events.extend(events_from_rows(child, op, [image]))  # type: ignore[list-item]
-        if before and isinstance(stmt, Update):
-            pk = pk_columns(table)
-            after = {tuple(r[c] for c in pk) for r in rows}
-            moved = [r for r in before if tuple(r[c] for c in pk) not in after]
-            self.events.extend(events_from_rows(table, "delete", moved))
-        self.events.extend(events_from_images(table, op_of(stmt), [image_of(table, r) for r in raw]))
-        self.ops.add(stmt.__visit_name__)
-        return rows
-
-    def _rows_before(
-        self, stmt: Insert | Update | Delete, table: Table, params: Any
-    ) -> tuple[list[RowMapping] | None, cascade.Watch | None, Any]:
-        """The rows a statement is about to change, read (locked) first when RETURNING is not enough: an
-        UPDATE of a primary key (RETURNING only gives the new images, so the old key needs a delete) and
-        any statement that fires referential actions (their rows are watched, see cascade.py).
-        Returns them, the watch, and the statement to run."""
-        refs = self.dw.catalog.referrers().get(table.name, [])
-        if isinstance(stmt, Insert):
-            cascade.refuse_upsert_into_referenced(stmt, table, refs)
-            return None, None, stmt
-        if isinstance(stmt, Delete):
-            if not any(r.ondelete for r in refs):
-                return None, None, stmt
-            names: set[str] = set()
-        else:
-            values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
-            names = {str(getattr(k, "key", getattr(k, "name", k))) for k in values}
-            if isinstance(params, dict):
-                names |= set(params)
-            referenced = {c for r in refs if r.onupdate for c in r.parent_cols}
-            if not (set(pk_columns(table)) | referenced) & names:
-                return None, None, stmt
-        query = select(table)
-        if stmt.whereclause is not None:
-            query = query.where(stmt.whereclause)
-        if self.connection.dialect.name == "postgresql":
-            query = query.with_for_update(of=table)
-        rows = [
-            r for p in (params if isinstance(params, list) else [params or {}])
-            for r in self.connection.execute(query, p).mappings()
-        ]
-        watched = cascade.watch(
-            self.connection, self.dw.catalog.referrers(), table, rows, delete=isinstance(stmt, Delete), changed=names
-        )
-        if self.connection.dialect.name == "postgresql":
-            # Read committed: the statement takes a new snapshot and could also reach rows committed after
-            # the read above, whose old keys or cascades nobody saw. Confine it to the rows read (and locked).
-            pk = pk_columns(table)
-            keys = list(dict.fromkeys(tuple(r[c] for c in pk) for r in rows))
-            stmt = stmt.where(cascade.key_in(self.connection, table, pk, keys) if keys else false())
-        return rows, watched or None, stmt
-
-    def upsert(
-        self,
-        table: Table,
-        values: dict[str, Any] | list[dict[str, Any]],
-        conflict: list[str],
-        update: list[str] | None = None,
-    ) -> list[RowMapping]:
-        """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update (default: every other column)."""
-        ins = dialect_insert(self.connection, table).values(values)
-        cols = (
-            update
-            if update is not None
-            else [c.name for c in table.columns if c.name not in conflict and c.name not in pk_columns(table)]
-        )
-        stmt = (
-            ins.on_conflict_do_update(index_elements=conflict, set_={c: ins.excluded[c] for c in cols})
-            if cols
-            else ins.on_conflict_do_nothing(index_elements=conflict)
-        )
-        rows = self.execute(stmt)
-        self.ops.discard("insert")
-        self.ops.add("upsert")
-        return rows
-
-
 class DualWriter:
+    """Writes through the primary with change capture and applies them to the other side; reads from the
+    backend the phase names. `tables` are the application's captured tables (anything `Tables.of`
+    takes); a statement on any other table is refused, since its changes could never be replayed."""
+
     def __init__(
         self,
         settings: Settings,
+        tables: Tables | Any,
         *,
-        catalog: TableCatalog | None = None,
-        redis_client: redis.Redis | None = None,
-        phases: PhaseStore | None = None,
+        backends: Backends | None = None,
         relay: bool = False,
     ) -> None:
         self.settings = settings
-        self.catalog = catalog or TableCatalog.default()
-        names = [t.name for t in self.catalog.tables()]
-        metrics.prime(stores={self.catalog.store(n) for n in names}, tables=names)  # 0, not "No data"
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
-        self.phases = phases or PhaseStore(self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds)
-        self.sqlite = sqlite_engine(settings.sqlite_url)
-        self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
-        self.sqlite_read = sqlite_read_engine(settings.sqlite_url)
-        self.postgres = postgres_engine(settings.postgres_url, settings.pg_schema)
-        self.postgres_apply = postgres_engine(settings.postgres_url, settings.pg_schema, replica=True)
-        # The inline apply of one write is usually one statement: autocommit and no ping make it one round
-        # trip (a broken connection fails the attempt, and _apply_secondary retries on a fresh one).
-        self.postgres_direct = postgres_engine(
-            settings.postgres_url, settings.pg_schema, replica=True, autocommit=True, pre_ping=False
-        )
-        self.reader: Any = None  # a shadow reader may be installed (shadow/ package); see read()
+        self.tables = tables if isinstance(tables, Tables) else Tables.of(tables)
+        names = self.tables.names()
+        metrics.prime(stores={self.tables.store(n) for n in names}, tables=names)  # 0, not "No data"
+        self.backends = backends or Backends(settings)
+        self.phases = self.backends.phases
+        self.reader: Any = None  # a shadow reader may be installed (dualwrite.shadow); see read()
         self.committed = Wakeup()  # notified after every commit (wakes the relays)
-        self._relay: Any = None
+        self._relay: Relay | None = None
         self._phase_shown = ""
         if relay:
             self.start_relay()
-
-    # -- engines ---------------------------------------------------------------------------------
-    def write_engine(self, backend: str) -> Engine:
-        return self.sqlite if backend == "sqlite" else self.postgres
-
-    def read_engine(self, backend: str) -> Engine:
-        return self.sqlite_read if backend == "sqlite" else self.postgres
-
-    def catalog_check(self, table: Table) -> None:
-        self.catalog.table(table.name)  # raises UnknownTableError: uncaptured tables would be lost on replay
 
     # -- writes ----------------------------------------------------------------------------------
     @contextmanager
     def begin(self) -> Iterator[WriteTx]:
         conn, phase = self._open_primary()
-        tx = WriteTx(self, conn, phase)
+        tx = WriteTx(conn, phase, self.tables)
         start = time.perf_counter()
         try:
             yield tx
@@ -229,7 +97,7 @@ class DualWriter:
             raise
         conn.close()
         primary_s = time.perf_counter() - start
-        store = self.catalog.store(tx.events[0].table) if tx.events else "none"
+        store = self.tables.store(tx.events[0].table) if tx.events else "none"
         op = next(iter(tx.ops)) if len(tx.ops) == 1 else "tx"
         _duration(phase.primary, store, op).observe(primary_s)
         if tx.events:
@@ -243,11 +111,14 @@ class DualWriter:
         with self.begin() as tx:
             return tx.execute(stmt, params)
 
-    def session(self, **session_kw: Any) -> Any:
-        """An ORM Session whose flushes are captured (see orm.py); commits when the block ends."""
-        from dualwrite.orm import capture_session
+    @contextmanager
+    def session(self, **session_kw: Any) -> Iterator[Any]:
+        """An ORM Session joined to one primary write transaction, whose flushes are captured (see orm.py);
+        flushed and committed when the block ends, then applied to the other side."""
+        from dualwrite.orm import captured_session
 
-        return capture_session(self, **session_kw)
+        with self.begin() as tx, captured_session(tx, **session_kw) as session:
+            yield session
 
     def _open_primary(self) -> tuple[Connection, Phase]:
         deadline = time.monotonic() + SWITCH_WAIT_SECONDS
@@ -257,7 +128,7 @@ class DualWriter:
             if phase.name != self._phase_shown:
                 metrics.set_phase(phase.name)
                 self._phase_shown = phase.name
-            conn = self.write_engine(phase.primary).connect()
+            conn = self.backends.write_engine(phase.primary).connect()
             try:
                 conn.begin()
                 if check_primary(conn):
@@ -295,21 +166,22 @@ class DualWriter:
                 len(events),
                 events[0].seq,
                 events[-1].seq,
-                str(exc).splitlines()[0][:300],
+                first_line(exc, 300),
             )
             if self.settings.strict:
-                raise SecondaryApplyError(f"apply to {backend} failed: {str(exc).splitlines()[0]}") from exc
+                raise SecondaryApplyError(f"apply to {backend} failed: {first_line(exc)}") from exc
         finally:
             _duration(backend, store, op).observe(time.perf_counter() - start)
 
     def apply(self, backend: str, events: list[ChangeEvent]) -> None:
         """Apply events to `backend` in one transaction with the ordered, idempotent rule."""
         if backend == "sqlite":
-            with self.sqlite_apply.begin() as conn:
-                apply_events(conn, self.catalog.table, events)
+            with self.backends.sqlite_apply.begin() as conn:
+                apply_events(conn, self.tables.table, events)
             return
         # autocommit: a single statement is atomic on its own; more get BEGIN/COMMIT on their first and last
-        run_plan_direct(self.postgres_direct, plan_events(self.postgres_direct, self.catalog.table, events))
+        direct = self.backends.postgres_direct
+        run_plan_direct(direct, plan_events(direct, self.tables.table, events))
 
     # -- reads -----------------------------------------------------------------------------------
     def read(
@@ -324,25 +196,13 @@ class DualWriter:
         """Run a read on the backend the phase names; a shadow reader (if installed) may compare it."""
         phase = self.phases.current()
         if self.reader is not None:
-            return self.reader.read(self, phase, store, query, fn, params=params, ordered=ordered)
-        return self.timed_read(phase.reads, store, query, fn)
-
-    def timed_read(self, backend: str, store: str, query: str, fn: Callable[[Connection], T]) -> T:
-        start = time.perf_counter()
-        try:
-            with self.read_engine(backend).connect() as conn:
-                result = fn(conn)
-                conn.rollback()
-                return result
-        finally:
-            metrics.READ_DURATION.labels(backend, store, query).observe(time.perf_counter() - start)
+            return self.reader.read(self.backends, phase, store, query, fn, params=params, ordered=ordered)
+        return self.backends.timed_read(phase.reads, store, query, fn)
 
     # -- relay and lifecycle ---------------------------------------------------------------------
     def start_relay(self) -> None:
-        from dualwrite.stream.relay import Relay
-
         if self._relay is None:
-            self._relay = Relay.for_writer(self)
+            self._relay = Relay.for_backends(self.backends, wakeup=self.committed)
             self._relay.start()
 
     def stop_relay(self) -> None:
@@ -352,11 +212,7 @@ class DualWriter:
 
     def close(self) -> None:
         self.stop_relay()
-        for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read):
-            engine.dispose()
-        for engine in (self.postgres, self.postgres_apply, self.postgres_direct):
-            engine.dispose()
-        self.redis.close()
+        self.backends.close()
 
     def __enter__(self) -> DualWriter:
         return self

@@ -1,5 +1,10 @@
 """The bookkeeping tables dualwrite keeps on BOTH backends (either can be primary or secondary).
 
+On Postgres they live in a schema of their own (Settings.state_schema, `_dualwrite` by default), never
+in the application's: the engines' search_path is `<pg_schema>, <state_schema>`, so the apply rule's SQL
+finds them by name, and they are created there explicitly. On SQLite they must share the application's
+file: the outbox row is written in the same transaction as the change.
+
 - `_dw_outbox`: change events written in the same transaction as the change (primary side).
 - `_dw_versions`: per (table, key) the `seq` of the last event (or backfill chunk) applied to this side.
   The row outlives a delete, so it is also the tombstone; its unique index is what serialises a live
@@ -9,6 +14,8 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from sqlalchemy import (
     BigInteger,
@@ -20,12 +27,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from dualwrite.demo.app.base import UTCDateTime
+from dualwrite.types import UTCDateTime
 
 internal_metadata = MetaData()
 
@@ -63,14 +71,79 @@ def dialect_insert(conn: Connection | Engine, table: Table):  # type: ignore[no-
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
-def create_internal(conn: Connection, *, primary: bool) -> None:
-    """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent)."""
-    internal_metadata.create_all(conn, checkfirst=True)
+def state_schema_of(conn: Connection) -> str | None:
+    """The schema of dualwrite's tables on this Postgres connection: the last entry of the search_path
+    that dualwrite.engines set (None on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    raw = str(conn.exec_driver_sql("SHOW search_path").scalar())
+    return _split_search_path(raw)[-1]
+
+
+def _split_search_path(raw: str) -> list[str]:
+    """`"a b", c, "x""y"` -> ['a b', 'c', 'x"y'] (Postgres' quoting of identifiers)."""
+    out, buf, quoted, i = [], "", False, 0
+    while i < len(raw):
+        ch = raw[i]
+        if quoted:
+            if ch == '"' and raw[i + 1 : i + 2] == '"':
+                buf, i = buf + '"', i + 1
+            elif ch == '"':
+                quoted = False
+            else:
+                buf += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ",":
+            out.append(buf.strip())
+            buf = ""
+        else:
+            buf += ch
+        i += 1
+    out.append(buf.strip())
+    return [x for x in out if x]
+
+
+def in_state_schema(conn: Connection) -> Connection:
+    """`conn` with dualwrite's tables mapped into the state schema (for CREATE TABLE and ALTER)."""
+    schema = state_schema_of(conn)
+    if schema is None:
+        return conn
+    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {conn.dialect.identifier_preparer.quote(schema)}")
+    return conn.execution_options(schema_translate_map={None: schema})
+
+
+def has_state_table(conn: Connection, name: str) -> bool:
+    """Whether one of dualwrite's tables exists where this connection looks for it."""
+    if conn.dialect.name == "postgresql":
+        return conn.exec_driver_sql("SELECT to_regclass(%(n)s) IS NOT NULL", {"n": name}).scalar() is True
+    return inspect(conn).has_table(name)
+
+
+def create_bookkeeping(conn: Connection, *, primary: bool) -> list[str]:
+    """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent); return the names created."""
+    missing = [t.name for t in internal_metadata.sorted_tables if not has_state_table(conn, t.name)]
+    internal_metadata.create_all(in_state_schema(conn), checkfirst=True)
     ins = dialect_insert(conn, meta)
     conn.execute(ins.values(name="last_seq", value=0).on_conflict_do_nothing(index_elements=["name"]))
     conn.execute(
         ins.values(name="is_primary", value=1 if primary else 0).on_conflict_do_nothing(index_elements=["name"])
     )
+    return missing
+
+
+def create_schema(engine: Engine, app_tables: MetaData | Iterable[Table] | None = None, *, primary: bool) -> list[str]:
+    """Create the missing application tables (a MetaData's, or the Tables given; none if None) and the
+    bookkeeping (idempotent); return the names created."""
+    tables = list(app_tables.sorted_tables if isinstance(app_tables, MetaData) else app_tables or ())
+    with engine.begin() as conn:
+        created = [t.name for t in tables if not inspect(conn).has_table(t.name)]
+        by_md: dict[int, tuple[MetaData, list[Table]]] = {}
+        for t in tables:
+            by_md.setdefault(id(t.metadata), (t.metadata, []))[1].append(t)
+        for md, group in by_md.values():
+            md.create_all(conn, tables=group, checkfirst=True)
+        return created + create_bookkeeping(conn, primary=primary)
 
 
 def read_meta(conn: Connection, name: str) -> int | None:

@@ -1,5 +1,6 @@
-"""Change capture on the primary: statements run with RETURNING, row images turned into events, and the
-events written to the outbox in the same transaction with their commit-ordered `seq`."""
+"""Change capture on the primary: `WriteTx` runs statements with RETURNING and turns the row images into
+events (with the rows that referential actions change, see cascade.py), and `write_outbox` stores them
+in the same transaction with their commit-ordered `seq`."""
 
 from __future__ import annotations
 
@@ -7,20 +8,121 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Delete, Insert, Table, Update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Connection, Delete, Insert, Table, Update, false, select
+from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from dualwrite.apply.rule import pk_columns
-from dualwrite.bookkeeping import outbox
-from dualwrite.demo.app.base import utcnow
+from dualwrite import cascade
+from dualwrite.apply.statements import pk_columns
+from dualwrite.bookkeeping import dialect_insert, outbox
 from dualwrite.events import ChangeEvent
+from dualwrite.phase import Phase
+from dualwrite.tables import Tables
+from dualwrite.types import utcnow
 
 TENANT_COLUMNS = ("tenant_id", "tenant")
 
 
-class PrimaryMovedError(RuntimeError):
-    """The backend this transaction began on is no longer the primary (a switch is under way)."""
+class WriteTx:
+    """One transaction on the primary. Every statement's row images become change events."""
+
+    def __init__(self, conn: Connection, phase: Phase, tables: Tables) -> None:
+        self.connection, self.phase, self.tables = conn, phase, tables
+        self.events: list[ChangeEvent] = []
+        self.ops: set[str] = set()
+
+    def execute(
+        self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
+    ) -> list[RowMapping]:
+        table = statement_table(stmt)
+        self.tables.table(table.name)  # UnknownTableError: an uncaptured table would be lost
+        before, watched, stmt = self._rows_before(stmt, table, params)
+        result = (
+            self.connection.execute(with_returning(stmt), params)
+            if params
+            else self.connection.execute(with_returning(stmt))
+        )
+        raw = result.all()
+        rows = [r._mapping for r in raw]  # what the caller gets
+        if watched:  # rows changed by the database's referential actions, which RETURNING does not report
+            for child, op, image in cascade.changes_after(self.connection, watched, rows):
+                self.events.extend(events_from_rows(child, op, [image]))  # type: ignore[list-item]
+        if before and isinstance(stmt, Update):
+            pk = pk_columns(table)
+            after = {tuple(r[c] for c in pk) for r in rows}
+            moved = [r for r in before if tuple(r[c] for c in pk) not in after]
+            self.events.extend(events_from_rows(table, "delete", moved))
+        self.events.extend(events_from_images(table, op_of(stmt), [image_of(table, r) for r in raw]))
+        self.ops.add(stmt.__visit_name__)
+        return rows
+
+    def _rows_before(
+        self, stmt: Insert | Update | Delete, table: Table, params: Any
+    ) -> tuple[list[RowMapping] | None, cascade.Watch | None, Any]:
+        """The rows a statement is about to change, read (locked) first when RETURNING is not enough: an
+        UPDATE of a primary key (RETURNING only gives the new images, so the old key needs a delete) and
+        any statement that fires referential actions (their rows are watched, see cascade.py).
+        Returns them, the watch, and the statement to run."""
+        refs = self.tables.referrers().get(table.name, [])
+        if isinstance(stmt, Insert):
+            cascade.refuse_upsert_into_referenced(stmt, table, refs)
+            return None, None, stmt
+        if isinstance(stmt, Delete):
+            if not any(r.ondelete for r in refs):
+                return None, None, stmt
+            names: set[str] = set()
+        else:
+            values = list(stmt._values or {})  # noqa: SLF001 - the SET clause (values() and ordered_values())
+            names = {str(getattr(k, "key", getattr(k, "name", k))) for k in values}
+            if isinstance(params, dict):
+                names |= set(params)
+            referenced = {c for r in refs if r.onupdate for c in r.parent_cols}
+            if not (set(pk_columns(table)) | referenced) & names:
+                return None, None, stmt
+        query = select(table)
+        if stmt.whereclause is not None:
+            query = query.where(stmt.whereclause)
+        if self.connection.dialect.name == "postgresql":
+            query = query.with_for_update(of=table)
+        rows = [
+            r
+            for p in (params if isinstance(params, list) else [params or {}])
+            for r in self.connection.execute(query, p).mappings()
+        ]
+        watched = cascade.watch(
+            self.connection, self.tables.referrers(), table, rows, delete=isinstance(stmt, Delete), changed=names
+        )
+        if self.connection.dialect.name == "postgresql":
+            # Read committed: the statement takes a new snapshot and could also reach rows committed after
+            # the read above, whose old keys or cascades nobody saw. Confine it to the rows read (and locked).
+            pk = pk_columns(table)
+            keys = list(dict.fromkeys(tuple(r[c] for c in pk) for r in rows))
+            stmt = stmt.where(cascade.key_in(self.connection, table, pk, keys) if keys else false())
+        return rows, watched or None, stmt
+
+    def upsert(
+        self,
+        table: Table,
+        values: dict[str, Any] | list[dict[str, Any]],
+        conflict: list[str],
+        update: list[str] | None = None,
+    ) -> list[RowMapping]:
+        """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update (default: every other column)."""
+        ins = dialect_insert(self.connection, table).values(values)
+        cols = (
+            update
+            if update is not None
+            else [c.name for c in table.columns if c.name not in conflict and c.name not in pk_columns(table)]
+        )
+        stmt = (
+            ins.on_conflict_do_update(index_elements=conflict, set_={c: ins.excluded[c] for c in cols})
+            if cols
+            else ins.on_conflict_do_nothing(index_elements=conflict)
+        )
+        rows = self.execute(stmt)
+        self.ops.discard("insert")
+        self.ops.add("upsert")
+        return rows
 
 
 def statement_table(stmt: Insert | Update | Delete) -> Table:

@@ -21,15 +21,11 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, or_, select, tuple_
 
 from dualwrite.apply.statements import pk_columns
-from dualwrite.errors import ConfigError
+from dualwrite.errors import UnsupportedSchemaError
 
 ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
 # Keys per IN list (bound parameters stay well under SQLite's limit).
 CHUNK = 500
-
-
-class UnsupportedSchemaError(ConfigError):
-    """A foreign key's referential action could change rows the capture cannot find."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,30 @@
-"""`dualwrite doctor`: one line per backend, saying what is wrong and how to fix it."""
+"""`dualwrite doctor`: one line per backend, saying what is wrong and how to fix it, and a `schema` line
+for drift between the application's tables and the live ones.
+
+Capture copies exactly the model's columns (`RETURNING` of the Table's columns), so a column added on
+SQLite by an application migration that the model does not know is never carried to Postgres — a
+silent loss. The supported path for a schema change during a migration (README, "Schema changes"):
+add the column on Postgres first, then on SQLite, then deploy the model that has it (writers, relay and
+replayers); events of the new shape that reach an old replayer are dead-lettered as schema errors and
+re-driven once it is updated. Until the model has the column, `find_drift` reports it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import redis
-from sqlalchemy import text
+from sqlalchemy import Engine, Table, inspect, text
 
-from dualwrite.engines import check_postgres, sqlite_engine
-from dualwrite.errors import ConfigError
+from dualwrite.engines import check_postgres, pg_engine, sqlite_engine
+from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
+from dualwrite.tables import Tables
 
 
-def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
+def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[str, bool, str]]:
+    """(name, passed, line) per check; the schema line only when the application's tables are given."""
     out: list[tuple[str, bool, str]] = []
     path = settings.sqlite_path
     if not path.exists():
@@ -23,7 +37,7 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
                 mode = conn.execute(text("pragma journal_mode")).scalar()
             out.append(("sqlite", True, f"{path} (SQLite {version}, journal {mode})"))
         except Exception as exc:  # noqa: BLE001 - reported as a line
-            out.append(("sqlite", False, f"{path}: {str(exc).splitlines()[0]}"))
+            out.append(("sqlite", False, f"{path}: {first_line(exc)}"))
         finally:
             engine.dispose()
     try:
@@ -33,7 +47,8 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
         )
     except ConfigError as exc:
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
-    out.append(_schema_line(settings, sqlite_ok=out[0][1], postgres_ok=out[1][1]))
+    if tables is not None:
+        out.append(_schema_line(settings, tables.tables(), sqlite_ok=out[0][1], postgres_ok=out[1][1]))
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         info = client.info("server")
@@ -51,13 +66,11 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
     return out
 
 
-def _schema_line(settings: Settings, *, sqlite_ok: bool, postgres_ok: bool) -> tuple[str, bool, str]:
-    """The store tables on each reachable backend against the models: drift means uncaptured columns."""
-    from dualwrite.drift import find_drift
-    from dualwrite.engines import postgres_engine
-    from dualwrite.registry import default_registry
-
-    tables = [spec.table for spec in default_registry().tables()]
+def _schema_line(
+    settings: Settings, tables: list[Table], *, sqlite_ok: bool, postgres_ok: bool
+) -> tuple[str, bool, str]:
+    """The application's tables on each reachable backend against the models: drift means uncaptured
+    columns."""
     problems = []
     checked = []
     if sqlite_ok:
@@ -68,7 +81,7 @@ def _schema_line(settings: Settings, *, sqlite_ok: bool, postgres_ok: bool) -> t
         finally:
             engine.dispose()
     if postgres_ok:
-        engine = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+        engine = pg_engine(settings, pool_size=1)
         try:
             problems += find_drift(engine, tables, backend="postgres", schema=settings.pg_schema)
             checked.append("Postgres")
@@ -80,4 +93,37 @@ def _schema_line(settings: Settings, *, sqlite_ok: bool, postgres_ok: bool) -> t
         shown = "; ".join(str(p) for p in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         return ("schema", False, f"{shown}{more}")
-    return ("schema", True, f"{len(tables)} store tables match the models on {' and '.join(checked)}")
+    return ("schema", True, f"{len(tables)} table(s) match the models on {' and '.join(checked)}")
+
+
+@dataclass(frozen=True)
+class Drift:
+    backend: str
+    table: str
+    problem: str  # one line
+
+    def __str__(self) -> str:
+        return f"{self.backend}: table {self.table!r} {self.problem}"
+
+
+def find_drift(engine: Engine, tables: Iterable[Table], *, backend: str, schema: str | None = None) -> list[Drift]:
+    """Compare each model table with the live one: missing tables, and columns on one side only."""
+    out: list[Drift] = []
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        existing = set(insp.get_table_names(schema=schema))
+        for table in tables:
+            if table.name not in existing:
+                out.append(Drift(backend, table.name, "does not exist (run `dualwrite init`)"))
+                continue
+            live = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
+            model = {c.name for c in table.columns}
+            unknown = sorted(live - model)
+            missing = sorted(model - live)
+            if unknown:
+                out.append(
+                    Drift(backend, table.name, f"has column(s) {', '.join(unknown)} the model lacks: not captured")
+                )
+            if missing:
+                out.append(Drift(backend, table.name, f"lacks column(s) {', '.join(missing)} of the model"))
+    return out

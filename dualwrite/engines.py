@@ -1,17 +1,26 @@
-"""Engines for both backends, configured the same way everywhere (pragmas, search_path, pool)."""
+"""Engines for both backends, configured the same way everywhere (pragmas, search_path, pool), and
+`Backends`: every connection a process needs (six engines, Redis, the shared phase), built once from
+Settings and handed to each role instead of a writer."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from dualwrite import metrics
 from dualwrite.errors import ConfigError
-from dualwrite.settings import Settings, mask_url
+from dualwrite.phase import PhaseStore
+from dualwrite.settings import Settings, mask_text, mask_url
+
+T = TypeVar("T")
 
 # How long a SQLite writer waits for the file lock before failing (busy_timeout).
 SQLITE_BUSY_MS = 10_000
@@ -121,23 +130,27 @@ def sqlite_read_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
     return engine
 
 
-def search_path_option(schema: str) -> str:
-    """The libpq `options` value that sets search_path to exactly `schema`: quoted as an identifier (any
-    case, comma, quote or space survives), then backslash-escaped as the server splits options on spaces."""
-    ident = '"' + schema.replace('"', '""') + '"'
-    return "-csearch_path=" + ident.replace("\\", "\\\\").replace(" ", "\\ ")
+def search_path_option(schema: str, *more: str | None) -> str:
+    """The libpq `options` value that sets search_path to exactly `schema` (then `more`, e.g. the state
+    schema): each quoted as an identifier (any case, comma, quote or space survives), then
+    backslash-escaped as the server splits options on spaces."""
+    names = list(dict.fromkeys([schema, *(m for m in more if m)]))
+    idents = ",".join('"' + s.replace('"', '""') + '"' for s in names)
+    return "-csearch_path=" + idents.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def postgres_engine(
     url: str,
     schema: str = "public",
     *,
+    state_schema: str | None = None,
     pool_size: int = 10,
     replica: bool = False,
     autocommit: bool = False,
     pre_ping: bool = True,
 ) -> Engine:
-    """replica=True: sessions run with session_replication_role=replica, so foreign-key triggers do not
+    """search_path: `schema`, then `state_schema` (where dualwrite's own tables live, see bookkeeping.py).
+    replica=True: sessions run with session_replication_role=replica, so foreign-key triggers do not
     fire while replicated row images are applied (the primary enforced them; events of different tables
     may arrive before the history they refer to is copied). Needs a superuser; otherwise FKs stay on.
     autocommit=True (with pre_ping=False): for callers that send one self-contained statement and retry on
@@ -147,7 +160,7 @@ def postgres_engine(
         pool_size=pool_size,
         max_overflow=10,
         pool_pre_ping=pre_ping,
-        connect_args={"options": search_path_option(schema), "connect_timeout": 5},
+        connect_args={"options": search_path_option(schema, state_schema), "connect_timeout": 5},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     if replica:
@@ -166,9 +179,14 @@ def postgres_engine(
     return engine
 
 
+def pg_engine(settings: Settings, **kw: Any) -> Engine:
+    """postgres_engine for these settings (URL, schema, state schema)."""
+    return postgres_engine(settings.postgres_url, settings.pg_schema, state_schema=settings.state_schema, **kw)
+
+
 def check_postgres(settings: Settings) -> str:
     """Connect once; return the server version or raise a one-line ConfigError."""
-    engine = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    engine = pg_engine(settings, pool_size=1)
     try:
         with engine.connect() as conn:
             return str(conn.execute(text("show server_version")).scalar())
@@ -182,6 +200,63 @@ def check_postgres(settings: Settings) -> str:
 
 
 def mask_text_safe(text_: str, settings: Settings) -> str:
-    from dualwrite.settings import mask_text
-
     return mask_text(text_, [settings.password] if settings.password else None)
+
+
+class Backends:
+    """The connections of one process to SQLite, Postgres and Redis, and the shared phase.
+
+    - `sqlite`: writes (BEGIN IMMEDIATE, the in-process writer lock); `sqlite_apply`: the same with foreign
+      keys off, for replicated images; `sqlite_read`: deferred transactions, never the write lock.
+    - `postgres`: reads and primary writes; `postgres_apply`: session_replication_role = replica for
+      replicated images; `postgres_direct`: the same in autocommit without pre-ping, for the one-statement
+      inline apply (a broken connection fails the attempt, and the caller retries on a fresh one).
+    """
+
+    def __init__(
+        self, settings: Settings, *, redis_client: redis.Redis | None = None, phases: PhaseStore | None = None
+    ) -> None:
+        self.settings = settings
+        self.redis = redis_client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        self.phases = phases or PhaseStore(self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds)
+        self.sqlite = sqlite_engine(settings.sqlite_url)
+        self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
+        self.sqlite_read = sqlite_read_engine(settings.sqlite_url)
+        self.postgres = pg_engine(settings)
+        self.postgres_apply = pg_engine(settings, replica=True)
+        self.postgres_direct = pg_engine(settings, replica=True, autocommit=True, pre_ping=False)
+
+    def write_engine(self, backend: str) -> Engine:
+        return self.sqlite if backend == "sqlite" else self.postgres
+
+    def read_engine(self, backend: str) -> Engine:
+        return self.sqlite_read if backend == "sqlite" else self.postgres
+
+    def apply_engine(self, backend: str) -> Engine:
+        return self.sqlite_apply if backend == "sqlite" else self.postgres_apply
+
+    def timed_read(self, backend: str, store: str, query: str, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in a read transaction on `backend` (rolled back), timed in the read-latency histogram."""
+        start = time.perf_counter()
+        try:
+            with self.read_engine(backend).connect() as conn:
+                result = fn(conn)
+                conn.rollback()
+                return result
+        finally:
+            metrics.READ_DURATION.labels(backend, store, query).observe(time.perf_counter() - start)
+
+    def close(self) -> None:
+        for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read):
+            engine.dispose()
+        for engine in (self.postgres, self.postgres_apply, self.postgres_direct):
+            engine.dispose()
+        self.redis.close()
+
+    def __enter__(self) -> Backends:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

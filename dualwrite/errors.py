@@ -1,4 +1,7 @@
-"""Errors the CLI turns into one clear line (exit code 2 for configuration, 1 for a failed check)."""
+"""Every error dualwrite raises on purpose, under `DualwriteError`: each carries a one-line message that
+names what and where. The CLI prints it as one line and exits 2 (1 for a refused phase change)."""
+
+from __future__ import annotations
 
 
 class DualwriteError(Exception):
@@ -18,4 +21,32 @@ class EventDecodeError(DualwriteError):
 
 
 class UnknownTableError(DualwriteError):
-    """An event or request names a table that is not in the registry."""
+    """An event or request names a table that is not among the captured tables."""
+
+
+class SchemaDriftError(DualwriteError):
+    """A row image names columns the table does not have: applying it would silently drop data."""
+
+
+class UnsupportedSchemaError(ConfigError):
+    """A foreign key's referential action could change rows the capture cannot find."""
+
+
+class PrimaryMovedError(DualwriteError):
+    """The backend this transaction began on is no longer the primary (a switch is under way)."""
+
+
+class SecondaryApplyError(DualwriteError):
+    """Strict mode: the other backend could not be written."""
+
+
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an error (the driver's message for a database error), at most `limit` characters."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:limit]
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a Postgres error (psycopg 3 or psycopg2, wrapped by SQLAlchemy or not)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)

@@ -1,6 +1,6 @@
 """ORM integration: existing Session code gets change capture without changes.
 
-    with dw.session() as session:       # a Session joined to the primary's write transaction
+    with dw.session() as session:       # a Session joined to the primary's write transaction (a WriteTx)
         session.add(Item(...)); obj.name = "x"; session.delete(other)
     # on exit: flushed, events in the outbox, committed, applied to the other side
 
@@ -19,11 +19,11 @@ from sqlalchemy import and_, event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from dualwrite import cascade
-from dualwrite.apply.rule import pk_columns
+from dualwrite.apply.statements import pk_columns
 from dualwrite.capture import events_from_rows
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter, WriteTx
+    from dualwrite.capture import WriteTx
 
 
 def _key_rows(conn: Any, table: Any, key: dict[str, Any]) -> list[Any]:
@@ -36,7 +36,7 @@ def _key_rows(conn: Any, table: Any, key: dict[str, Any]) -> list[Any]:
 def _watch(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]]) -> None:
     """before_flush: read (locked) the rows the flush's deletes and key updates can reach through the
     database's referential actions (see cascade.py); after_flush reports what happened to them."""
-    refs = tx.dw.catalog.referrers()
+    refs = tx.tables.referrers()
     conn = session.connection()
     todo = [(obj, True) for obj in session.deleted] + [(obj, False) for obj in session.dirty]
     for obj, deleting in todo:
@@ -82,7 +82,7 @@ def _capture(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, A
             continue
         mapper = inspect(obj).mapper
         table = mapper.local_table
-        tx.dw.catalog_check(table)
+        tx.tables.table(table.name)  # UnknownTableError: an uncaptured table
         pk = pk_columns(table)
         key = dict(zip(pk, mapper.primary_key_from_instance(obj), strict=True))
         rows = list(conn.execute(select(table).where(and_(*(table.c[c] == v for c, v in key.items())))).mappings())
@@ -91,7 +91,7 @@ def _capture(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, A
     for obj in session.deleted:
         state = inspect(obj)
         table = state.mapper.local_table
-        tx.dw.catalog_check(table)
+        tx.tables.table(table.name)  # UnknownTableError: an uncaptured table
         image = {
             c.name: state.mapper.get_property_by_column(c).class_attribute.__get__(obj, type(obj))
             for c in table.columns
@@ -109,18 +109,19 @@ def _refuse_statements(state: ORMExecuteState) -> None:
 
 
 @contextmanager
-def capture_session(dw: DualWriter, **session_kw: Any) -> Iterator[Session]:
-    with dw.begin() as tx:
-        session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", **session_kw)
-        watches: list[tuple[cascade.Watch, Any, Any]] = []
-        event.listen(session, "before_flush", lambda s, _ctx, _objs: _watch(tx, s, watches))
-        event.listen(session, "after_flush", lambda s, _ctx: _capture(tx, s, watches))
-        event.listen(session, "do_orm_execute", _refuse_statements)
-        try:
-            yield session
-            session.commit()  # flushes; releases the savepoint; dw.begin() commits the transaction
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+def captured_session(tx: WriteTx, **session_kw: Any) -> Iterator[Session]:
+    """A Session on `tx`'s connection (in a savepoint) whose flushes become `tx`'s events; committed into
+    `tx` when the block ends (the caller commits `tx`)."""
+    session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", **session_kw)
+    watches: list[tuple[cascade.Watch, Any, Any]] = []
+    event.listen(session, "before_flush", lambda s, _ctx, _objs: _watch(tx, s, watches))
+    event.listen(session, "after_flush", lambda s, _ctx: _capture(tx, s, watches))
+    event.listen(session, "do_orm_execute", _refuse_statements)
+    try:
+        yield session
+        session.commit()  # flushes; releases the savepoint; the caller commits the transaction
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

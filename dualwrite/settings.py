@@ -21,6 +21,7 @@ DEFAULT_SQLITE = "dualwrite.engines"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "dualwrite"
+DEFAULT_STATE_SCHEMA = "_dualwrite"
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
@@ -103,11 +104,15 @@ class Settings:
     postgres_url: str = DEFAULT_POSTGRES
     redis_url: str = DEFAULT_REDIS
     namespace: str = DEFAULT_NAMESPACE
-    # Postgres schema the store tables live in (tests give each test its own).
+    # Postgres schema the application's tables live in (tests give each test its own).
     pg_schema: str = "public"
+    # Postgres schema of dualwrite's own tables (outbox, versions, meta, backfill checkpoints)
+    state_schema: str = DEFAULT_STATE_SCHEMA
     # strict: a failed secondary apply raises instead of being left to the replayer.
     strict: bool = False
     phase_cache_seconds: float = 0.5
+    # module:attr of the application's tables (a Tables, MetaData or declarative base), for the CLI
+    metadata: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -121,6 +126,8 @@ class Settings:
             "redis": mask_url(self.redis_url),
             "namespace": self.namespace,
             "pg_schema": self.pg_schema,
+            "state_schema": self.state_schema,
+            "metadata": self.metadata or "",
         }
 
     def __repr__(self) -> str:
@@ -149,7 +156,9 @@ _ENV = {
     "redis_url": "DUALWRITE_REDIS_URL",
     "namespace": "DUALWRITE_NAMESPACE",
     "pg_schema": "DUALWRITE_PG_SCHEMA",
+    "state_schema": "DUALWRITE_STATE_SCHEMA",
     "strict": "DUALWRITE_STRICT",
+    "metadata": "DUALWRITE_METADATA",
 }
 _FLAGS = {
     "sqlite_url": "--sqlite",
@@ -157,7 +166,9 @@ _FLAGS = {
     "redis_url": "--redis",
     "namespace": "--namespace",
     "pg_schema": "--pg-schema",
+    "state_schema": "--state-schema",
     "strict": "--strict",
+    "metadata": "--metadata",
 }
 
 
@@ -187,11 +198,12 @@ def load_settings(env: dict[str, str] | None = None, **flags: object) -> Setting
                 f"{sources['namespace']}: namespace {ns!r} must be 1-64 characters of letters, digits, _ . : -"
             )
         values["namespace"] = ns
-    if "pg_schema" in raw:
-        schema = str(raw["pg_schema"])
-        if not _SCHEMA_RE.match(schema):
-            raise ConfigError(f"{sources['pg_schema']}: schema {schema!r} is not a plain identifier")
-        values["pg_schema"] = schema
+    for name in ("pg_schema", "state_schema"):
+        if name in raw:
+            schema = str(raw[name])
+            if not _SCHEMA_RE.match(schema):
+                raise ConfigError(f"{sources[name]}: schema {schema!r} is not a plain identifier")
+            values[name] = schema
     if "strict" in raw:
         strict = raw["strict"]
         if isinstance(strict, str):
@@ -199,4 +211,9 @@ def load_settings(env: dict[str, str] | None = None, **flags: object) -> Setting
                 raise ConfigError(f"{sources['strict']}: {strict!r} is not a boolean")
             strict = strict.lower() in ("1", "true", "yes", "on")
         values["strict"] = bool(strict)
+    if "metadata" in raw:
+        spec = str(raw["metadata"]).strip()
+        if not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", spec):
+            raise ConfigError(f"{sources['metadata']}: {spec!r} is not module:attribute (e.g. myapp.models:Base)")
+        values["metadata"] = spec
     return Settings(**values, sources=sources)  # type: ignore[arg-type]

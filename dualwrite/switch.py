@@ -15,20 +15,22 @@ from sqlalchemy import Connection, Integer, func, select, text
 from dualwrite.bookkeeping import read_meta, write_meta
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
+    from dualwrite.tables import Tables
 
 
-def switch_primary(dw: DualWriter, new_primary: str) -> int:
-    """Make `new_primary` ('sqlite' or 'postgres') the only primary; return the seq it continues from."""
+def switch_primary(backends: Backends, tables: Tables, new_primary: str) -> int:
+    """Make `new_primary` ('sqlite' or 'postgres') the only primary; return the seq it continues from.
+    Moving to Postgres moves every id sequence of `tables` past the keys SQLite handed out."""
     old = "sqlite" if new_primary == "postgres" else "postgres"
-    with dw.write_engine(old).begin() as conn:
+    with backends.write_engine(old).begin() as conn:
         write_meta(conn, "is_primary", 0)
         old_last = read_meta(conn, "last_seq") or 0
-    with dw.write_engine(new_primary).begin() as conn:
+    with backends.write_engine(new_primary).begin() as conn:
         new_last = max(read_meta(conn, "last_seq") or 0, old_last)
         write_meta(conn, "last_seq", new_last)
         if new_primary == "postgres":
-            reset_sequences(conn, dw.catalog.tables())
+            reset_sequences(conn, tables.tables())
         write_meta(conn, "is_primary", 1)
     return new_last
 

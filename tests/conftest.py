@@ -36,9 +36,14 @@ def uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def state_schema_for(schema: str) -> str:
+    """The test's schema for dualwrite's own tables (created by dualwrite on first use)."""
+    return f"{schema}_dw"
+
+
 @contextmanager
 def fresh_schema(uid: str) -> Iterator[str]:
-    """A fresh Postgres schema, dropped afterwards."""
+    """A fresh Postgres schema, dropped afterwards with its state schema (`state_schema_for`)."""
     name = f"t_{uid}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -47,7 +52,8 @@ def fresh_schema(uid: str) -> Iterator[str]:
         yield name
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+            for schema in (name, state_schema_for(name)):
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
 
 
@@ -88,6 +94,7 @@ def settings(tmp_path, pg_schema: str, redis_prefix: str) -> Settings:  # type: 
         redis_url=REDIS_TEST_URL,
         namespace=redis_prefix,
         pg_schema=pg_schema,
+        state_schema=state_schema_for(pg_schema),
     )
 
 
@@ -104,4 +111,14 @@ def connection_args(settings: Settings) -> list[str]:
         settings.namespace,
         "--pg-schema",
         settings.pg_schema,
+        "--state-schema",
+        settings.state_schema,
     ]
+
+
+@pytest.fixture
+def rclient(settings: Settings) -> Iterator[redis.Redis]:
+    """A Redis client on the test's server (keys under `settings.namespace` are removed afterwards)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()

@@ -29,14 +29,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
-from dualwrite.apply.statements import MAX_PARAMS, SchemaDriftError, TableSQL, pk_columns, statements
+from dualwrite.apply.statements import MAX_PARAMS, TableSQL, pk_columns, statements
 from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent, key_text
 
 __all__ = [
     "ApplyResult",
     "Plan",
-    "SchemaDriftError",
     "apply_events",
     "apply_snapshot_rows",
     "pk_columns",

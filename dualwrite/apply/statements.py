@@ -44,14 +44,10 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 
-from dualwrite.errors import DualwriteError
+from dualwrite.errors import SchemaDriftError
 
 # Bind parameters per statement, well under SQLite's 32766 (Postgres: psycopg binds client side).
 MAX_PARAMS = 30_000
-
-
-class SchemaDriftError(DualwriteError):
-    """A row image names columns the table does not have: applying it would silently drop data."""
 
 
 def pk_columns(table: Table) -> tuple[str, ...]:

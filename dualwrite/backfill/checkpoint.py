@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from dualwrite.bookkeeping import has_state_table, in_state_schema
+
 checkpoint_metadata = MetaData()
 
 checkpoints = Table(
@@ -42,20 +44,13 @@ checkpoints = Table(
     Column("rows_rejected", BigInteger, nullable=False, default=0),
     Column("status", Text, nullable=False),  # copying | done
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    # Added later (ensure() migrates older tables): progress for `status`, and the lease head (leases.py).
+    # progress for `status`, and the lease head (leases.py)
     Column("started_at", DateTime(timezone=True)),
     Column("rate", Float),  # rows/s, moving average over recent chunks of every worker
     Column("claimed_key", Text),  # last key of the furthest lease handed out
     Column("claims", BigInteger, nullable=False, server_default="0"),  # leases handed out so far
     Column("claimed_all", Boolean, nullable=False, server_default="false"),  # the open-ended last lease is out
 )
-ADDED_COLUMNS = {
-    "started_at": "timestamptz",
-    "rate": "double precision",
-    "claimed_key": "text",
-    "claims": "bigint NOT NULL DEFAULT 0",
-    "claimed_all": "boolean NOT NULL DEFAULT false",
-}
 chunk_versions = Table(
     "_dw_backfill_versions",
     checkpoint_metadata,
@@ -93,24 +88,11 @@ class Checkpoint:
 
 
 def ensure(engine: Engine) -> None:
+    """Create the backfill's tables in the state schema if missing."""
     with engine.begin() as conn:
         # Two workers starting together would both try CREATE TABLE (the loser fails on pg_type).
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('dualwrite.backfill.ensure'))"))
-        checkpoint_metadata.create_all(conn, checkfirst=True)
-        # Columns added since the table was first created. Checked first: ALTER takes an exclusive lock
-        # even when the column exists, which would queue behind every worker's chunk transaction.
-        have = set(
-            conn.execute(
-                text(
-                    "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = current_schema() AND table_name = :t"
-                ),
-                {"t": checkpoints.name},
-            ).scalars()
-        )
-        for name, ddl in ADDED_COLUMNS.items():
-            if name not in have:
-                conn.execute(text(f"ALTER TABLE {checkpoints.name} ADD COLUMN IF NOT EXISTS {name} {ddl}"))
+        checkpoint_metadata.create_all(in_state_schema(conn), checkfirst=True)
 
 
 def load(conn: Connection, table: str) -> Checkpoint:
@@ -170,6 +152,13 @@ def load_all(engine: Engine) -> dict[str, Checkpoint]:
         out = {n: load(conn, n) for n in names}
         conn.rollback()
     return out
+
+
+def statuses(conn: Connection) -> dict[str, str]:
+    """Table -> checkpoint status ('copying' or 'done'), read-only: {} before any backfill ran."""
+    if not has_state_table(conn, checkpoints.name):
+        return {}
+    return {str(t): str(s) for t, s in conn.execute(select(checkpoints.c.tbl, checkpoints.c.status)).all()}
 
 
 def reset(engine: Engine, tables: list[str] | None = None) -> int:

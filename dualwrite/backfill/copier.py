@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg2
@@ -37,9 +37,13 @@ from dualwrite.backfill.load import load_chunk
 from dualwrite.backfill.merge import STAGING, copy_apply
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.backfill.throttle import TokenBucket
+from dualwrite.errors import first_line, sqlstate
 from dualwrite.events import key_text
 
 __all__ = ["STAGING", "Copier", "TableReport", "copy_apply", "copy_text", "sync_sequence"]
+
+if TYPE_CHECKING:
+    from dualwrite.engines import Backends
 
 log = logging.getLogger("dualwrite.backfill.copier")
 Bad = tuple[int, BaseException]  # (position in the chunk, why Postgres refused that row)
@@ -48,13 +52,8 @@ TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
 DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error, ValueError, TypeError)
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-
-
 def is_transient(exc: BaseException) -> bool:
-    state = _sqlstate(exc)
+    state = sqlstate(exc)
     if state in TRANSIENT_SQLSTATES or (state or "").startswith("08"):
         return True
     orig = getattr(exc, "orig", exc)
@@ -64,7 +63,7 @@ def is_transient(exc: BaseException) -> bool:
 def is_fatal(exc: BaseException) -> bool:
     """Errors no row can cause (a missing table or column, a syntax error, no privilege): stop the copy
     rather than reject every row of the table one by one."""
-    state = _sqlstate(exc) or ""
+    state = sqlstate(exc) or ""
     return state[:2] in ("42", "0A", "3D", "3F", "28")
 
 
@@ -107,6 +106,11 @@ class Copier:
 
     def __post_init__(self) -> None:
         ckpt.ensure(self.postgres)
+
+    @classmethod
+    def for_backends(cls, backends: Backends, **kw: Any) -> Copier:
+        """A Copier reading SQLite through `backends` and writing with its Postgres apply engine."""
+        return cls(backends.sqlite_read, backends.postgres_apply, **kw)
 
     # -- public hooks ----------------------------------------------------------------------------
     def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
@@ -235,12 +239,12 @@ class Copier:
                 return result, len(bad)
             except DB_ERRORS as exc:
                 if is_transient(exc) and attempt < self.max_retries:
-                    log.warning("backfill %s: transient error, retrying chunk: %s", table.name, _line(exc))
+                    log.warning("backfill %s: transient error, retrying chunk: %s", table.name, first_line(exc, 300))
                     time.sleep(min(2.0, 0.05 * 2**attempt))
                     continue
                 if bisect or is_transient(exc) or is_fatal(exc):
                     raise
-                log.warning("backfill %s: chunk refused, bisecting: %s", table.name, _line(exc))
+                log.warning("backfill %s: chunk refused, bisecting: %s", table.name, first_line(exc, 300))
                 bisect = True
         raise RuntimeError("unreachable")
 
@@ -307,8 +311,3 @@ def sync_sequence(engine: Engine, table: Table) -> None:
             ),
             {"s": seq},
         )
-
-
-def _line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]

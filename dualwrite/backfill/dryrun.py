@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, inspect, text
+from sqlalchemy import Table, text
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Bad, Copier
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.rejects import RejectWriter, guess_column
+from dualwrite.bookkeeping import has_state_table
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
 
 SAMPLES = 5  # rejected rows printed per table
 
@@ -78,11 +79,16 @@ class DryTable:
 
 
 def dry_run(
-    dw: DualWriter, tables: list[Table], chunk_size: int, fast: bool, rejects_path: str | None, stop: Callable[[], bool]
+    backends: Backends,
+    tables: Sequence[Table],
+    chunk_size: int,
+    fast: bool,
+    rejects_path: str | None,
+    stop: Callable[[], bool],
 ) -> list[DryTable]:
     collect = _Collect(rejects_path)
-    copier = _Inspect(dw.sqlite_read, dw.postgres_apply, chunk_size=chunk_size, fast=fast, rejects=collect)
-    cps = _checkpoints(dw)
+    copier = _Inspect(backends.sqlite_read, backends.postgres_apply, chunk_size=chunk_size, fast=fast, rejects=collect)
+    cps = _checkpoints(backends)
     out = []
     for table in tables:
         if stop():
@@ -93,13 +99,13 @@ def dry_run(
         started = time.perf_counter()
         after = None
         while not stop():
-            chunk = read_chunk(dw.sqlite_read, table, after, chunk_size)
+            chunk = read_chunk(backends.sqlite_read, table, after, chunk_size)
             rep.rows += len(chunk.values)
             if chunk.values:
                 rep.chunks += 1
                 ready, set_aside = copier.prepare_chunk(table, chunk)
                 bad: list[Bad] = []
-                with dw.postgres_apply.connect() as conn:
+                with backends.postgres_apply.connect() as conn:
                     tx = conn.begin()
                     try:
                         result = copier._bisect(  # noqa: SLF001 - the Copier's own load + bisection
@@ -132,11 +138,11 @@ def describe(reps: list[DryTable], chunk_size: int) -> list[str]:
     return lines
 
 
-def _checkpoints(dw: DualWriter) -> dict[str, tuple[str, int]]:
+def _checkpoints(backends: Backends) -> dict[str, tuple[str, int]]:
     """(status, rows copied) per table, read without creating or migrating anything."""
-    with dw.postgres.connect() as conn:
+    with backends.postgres.connect() as conn:
         try:
-            if not inspect(conn).has_table(ckpt.checkpoints.name):
+            if not has_state_table(conn, ckpt.checkpoints.name):
                 return {}
             rows = conn.execute(text(f"SELECT tbl, status, rows_copied FROM {ckpt.checkpoints.name}")).all()
             return {r.tbl: (r.status, int(r.rows_copied)) for r in rows}

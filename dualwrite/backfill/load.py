@@ -29,6 +29,7 @@ from dualwrite.backfill.binary import binary_oids, column_types
 from dualwrite.backfill.copy_format import binary_capable, converted, converters, copy_block, copy_rows, escape
 from dualwrite.backfill.keys import key_positions, key_texts
 from dualwrite.backfill.merge import merge_values
+from dualwrite.errors import sqlstate
 
 UNIQUE_VIOLATION = "23505"
 # Below this many rows, INSERT ... ON CONFLICT (apply_snapshot_rows) is cheaper than a TEMP staging table.
@@ -37,11 +38,6 @@ BINARY = True  # binary COPY where binary.py finds it exact (False: always text)
 Cols = Sequence[str]
 Values = Sequence[Sequence[Any]]
 Keys = Sequence[str]
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 def taken_keys(conn: Connection, tbl: str, keys: Sequence[str]) -> set[str]:
@@ -80,7 +76,7 @@ def _try_copy(conn: Connection, table: Table, columns: Cols, values: Values, key
         copy_fresh(conn, table, columns, values, keys, version)
     except Exception as exc:
         sp.rollback()
-        if _sqlstate(exc) != UNIQUE_VIOLATION:
+        if sqlstate(exc) != UNIQUE_VIOLATION:
             raise
         return False
     sp.commit()

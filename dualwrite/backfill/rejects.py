@@ -16,11 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dualwrite import metrics
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:500]
+from dualwrite.errors import first_line
 
 
 def guess_column(row: dict[str, Any]) -> str | None:
@@ -45,7 +41,7 @@ class RejectWriter:
             "column": column,
             "value": repr(row.get(column)) if column else None,
             "row": {k: repr(v) for k, v in row.items()},
-            "reason": _first_line(exc),
+            "reason": first_line(exc),
             "at": datetime.now(UTC).isoformat(),
         }
         self.record(table, json.dumps(record, ensure_ascii=False))

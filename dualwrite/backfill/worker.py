@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +25,13 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.progress import CopyProgress, print_summary, summary_rows
 from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.errors import first_line
 from dualwrite.settings import mask_text
 from dualwrite.stream.replay import DEFAULT_GROUP, Replayer
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
+    from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.backfill.worker")
 
@@ -49,38 +51,47 @@ class RunOptions:
     tty: bool = False
 
 
-def health(dw: DualWriter, throttle: Throttler) -> tuple[bool, str]:
+def health(backends: Backends, throttle: Throttler) -> tuple[bool, str]:
     """/health: both servers answer (what the worker is doing in the body)."""
     problems = []
     try:
-        with dw.postgres.connect() as conn:
+        with backends.postgres.connect() as conn:
             conn.execute(text("SELECT 1"))
             conn.rollback()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        problems.append(f"postgres: {str(exc).splitlines()[0][:200]}")
+        problems.append(f"postgres: {first_line(exc, 200)}")
     try:
-        dw.redis.ping()
+        backends.redis.ping()
     except Exception as exc:  # noqa: BLE001
         problems.append(f"redis: {exc}")
     state = f"{throttle.activity}; throttle: {throttle.reason or 'none'}"
     return (not problems, mask_text("; ".join(problems) + f" ({state})" if problems else f"ok: {state}") + "\n")
 
 
-def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[], bool]) -> dict[str, Any]:
-    """Copy `tables` (parents first), print the summary, then replay. Returns the --report document."""
+def run(
+    backends: Backends,
+    tables: Tables,
+    opts: RunOptions,
+    stop: Callable[[], bool],
+    *,
+    copy: Sequence[Table] | None = None,
+) -> dict[str, Any]:
+    """Copy `copy` (default: every table of `tables`, in their order), print the summary, then replay the
+    events of every table of `tables`. Returns the --report document."""
+    copy = tables.tables() if copy is None else list(copy)
     name = opts.consumer or f"{socket.gethostname()}-{os.getpid()}"
     report: dict[str, Any] = {"worker": name, "tables": [], "summary": [], "replay": None}
     throttle = Throttler(
         replace(opts.limits, chunk_size=opts.limits.chunk_size or opts.chunk_size),
-        client=dw.redis,
-        namespace=dw.settings.namespace,
-        probe_engine=dw.postgres,
+        client=backends.redis,
+        namespace=backends.settings.namespace,
+        probe_engine=backends.postgres,
         name=name,
     )
-    book = LeaseBook(dw.postgres, ttl_s=opts.lease_ttl_s, name=name)
+    book = LeaseBook(backends.postgres, ttl_s=opts.lease_ttl_s, name=name)
     copier = Copier(
-        dw.sqlite_read,
-        dw.postgres_apply,
+        backends.sqlite_read,
+        backends.postgres_apply,
         chunk_size=opts.chunk_size,
         fast=opts.fast,
         rejects=RejectWriter(opts.rejects_path),
@@ -90,11 +101,11 @@ def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[]
     )
     throttle.on_chunk_size = lambda n: setattr(copier, "chunk_size", n)
     throttle.refresh(force=True)  # live limits set before this worker started apply from its first chunk
-    replayer = Replayer(dw, group=opts.group, consumer=name)
-    metrics.prime(tables=[t.name for t in tables])
+    replayer = Replayer(backends, tables, group=opts.group, consumer=name)
+    metrics.prime(tables=[t.name for t in copy])
     server = None
     if opts.metrics_port is not None:
-        server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(dw, throttle))
+        server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(backends, throttle))
         log.info("serving /metrics and /health on 127.0.0.1:%d", server.server_address[1])
     beat = threading.Event()
     heart = threading.Thread(target=_heartbeat, args=(throttle, beat), name="backfill-heartbeat", daemon=True)
@@ -105,7 +116,7 @@ def run(dw: DualWriter, tables: list[Table], opts: RunOptions, stop: Callable[[]
         reports = []
         with CopyProgress(opts.tty) as progress:
             book.progress = progress.update
-            for table in tables:
+            for table in copy:
                 if stop():
                     break
                 throttle.activity = f"copying {table.name}"

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from sqlalchemy import Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, text
 
-from dualwrite.adapter import TableCatalog
 from dualwrite.settings import Settings, load_settings
+from dualwrite.tables import Tables
 
 DEFAULT_POSTGRES = os.environ.get("DUALWRITE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEFAULT_REDIS = os.environ.get("DUALWRITE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -33,7 +33,7 @@ TABLE = "bench_rows"
 
 
 def bench_metadata() -> tuple[MetaData, Table]:
-    """A representative application table (~350-byte rows from dualwrite.synth): key, tenant, text, numbers."""
+    """A representative application table (~350-byte rows from dualwrite.demo.synth): key, tenant, text, numbers."""
     md = MetaData()
     table = Table(
         TABLE,
@@ -50,8 +50,8 @@ def bench_metadata() -> tuple[MetaData, Table]:
     return md, table
 
 
-def bench_catalog(table: Table) -> TableCatalog:
-    return TableCatalog({table.name: (table, STORE)})
+def bench_tables(table: Table) -> Tables:
+    return Tables.of(table, store=STORE)
 
 
 # -- statistics ---------------------------------------------------------------------------------------
@@ -212,13 +212,17 @@ class BenchEnv:
         """Fresh SQLite file, Postgres schema and Redis namespace for one measurement."""
         ns = f"dwbench:{self.run_id}:{label}"
         self.namespaces.append(ns)
+        schema = self.new_schema(label)
+        state = f"{schema[:60]}_dw"  # dualwrite's own tables: created on first use, dropped by cleanup()
+        self.schemas.append(state)
         return load_settings(
             env={},
             sqlite_url=str(self.tmp / f"{label}.db"),
             postgres_url=self.postgres_url,
             redis_url=self.redis_url,
             namespace=ns,
-            pg_schema=self.new_schema(label),
+            pg_schema=schema,
+            state_schema=state,
         )
 
     def cleanup(self) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from dualwrite.bench.common import BenchEnv, bench_metadata, ratio
+from dualwrite.bookkeeping import create_schema
 from dualwrite.demo.synth import seed
 from dualwrite.engines import postgres_engine, sqlite_engine
-from dualwrite.schema import create_schema
 
 GOAL = 1.0
 PGLOADER = shutil.which("pgloader") or "/usr/bin/pgloader"

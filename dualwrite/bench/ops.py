@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from dualwrite.bench.common import STORE, BenchEnv, bench_catalog, bench_metadata, ratio, rows, run_workers, summarize
+from dualwrite.bench.common import STORE, BenchEnv, bench_metadata, bench_tables, ratio, rows, run_workers, summarize
 from dualwrite.phase import PHASES
 from dualwrite.testing import prepared_writer
 
@@ -25,8 +25,8 @@ def _ops_for(target: str, dw: Any, table: Any) -> dict[str, Any]:
     pk = table.c.id
 
     if target in ("sqlite", "postgres"):
-        engine = dw.sqlite if target == "sqlite" else dw.postgres
-        read_engine = dw.sqlite_read if target == "sqlite" else dw.postgres
+        engine = dw.backends.sqlite if target == "sqlite" else dw.backends.postgres
+        read_engine = dw.backends.sqlite_read if target == "sqlite" else dw.backends.postgres
 
         def ins(row: dict[str, Any]) -> None:
             with engine.begin() as conn:
@@ -63,7 +63,7 @@ def run(env: BenchEnv, counts: list[int], workers: list[int], log: Any = print) 
     for target in _targets():
         phase = target.split(":", 1)[1] if target.startswith("adapter:") else target
         label = "ops_" + target.replace("adapter:", "adapter_")  # a fresh file, schema and namespace per target
-        dw = prepared_writer(env.settings(label), metadata=md, catalog=bench_catalog(table), phase=phase, relay=False)
+        dw = prepared_writer(env.settings(label), bench_tables(table), phase=phase, relay=False)
         reader = None
         if target.startswith("adapter:") and dw.phases.current().shadow:
             try:

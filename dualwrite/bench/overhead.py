@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import insert
 
 import dualwrite.metrics  # noqa: F401 - registers the adapter histograms
-from dualwrite.bench.common import STORE, BenchEnv, bench_catalog, bench_metadata, ratio, rows, run_workers, summarize
+from dualwrite.bench.common import STORE, BenchEnv, bench_metadata, bench_tables, ratio, rows, run_workers, summarize
 from dualwrite.testing import prepared_writer
 
 GOALS = {1: 1.25, 5: 1.5}
@@ -51,7 +51,7 @@ ROUNDS = 3
 
 def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log: Any = print) -> dict[str, Any]:
     md, table = bench_metadata()
-    dw = prepared_writer(env.settings("overhead"), metadata=md, catalog=bench_catalog(table), phase="dual_write")
+    dw = prepared_writer(env.settings("overhead"), bench_tables(table), phase="dual_write")
     out: dict[str, Any] = {"writes_per_variant": writes, "goals": [], "results": []}
     next_id = 1
     try:
@@ -64,8 +64,8 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
             return op
 
         variants = {
-            "sqlite": on(dw.sqlite),
-            "postgres": on(dw.postgres),
+            "sqlite": on(dw.backends.sqlite),
+            "postgres": on(dw.backends.postgres),
             "dual": lambda row: dw.execute(insert(table).values(row)),
         }
         for w in writer_counts:

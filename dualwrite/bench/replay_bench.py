@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from dualwrite.bench.common import BenchEnv, bench_catalog, bench_metadata, ratio, rows
+from dualwrite.bench.common import BenchEnv, bench_metadata, bench_tables, ratio, rows
 
 BATCH = 500
 LOAD_WRITERS, LOAD_PAUSE_S = 3, 0.01  # the demo's Traffic defaults
@@ -53,10 +53,10 @@ def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, lab
     the first start to the last end, events applied, rows that landed."""
     from dualwrite.testing import prepared_writer
 
-    dw = prepared_writer(env.settings(label).with_(namespace=ns), metadata=md, catalog=bench_catalog(table))
+    dw = prepared_writer(env.settings(label).with_(namespace=ns), bench_tables(table))
     try:
         reports = _results(_workers(dw.settings, f"bench-{label}", n), timeout=1800)
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             landed = len(conn.execute(select(table.c.id)).all())
     finally:
         dw.close()
@@ -74,8 +74,8 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
     from dualwrite.stream.replay import Replayer
     from dualwrite.testing import prepared_writer
 
-    dw = prepared_writer(env.settings("replay_load"), metadata=md, catalog=bench_catalog(table))
-    relay = Relay.for_writer(dw)
+    dw = prepared_writer(env.settings("replay_load"), bench_tables(table))
+    relay = Relay.for_backends(dw.backends)
     stop = threading.Event()
     written = [0] * LOAD_WRITERS
 
@@ -93,7 +93,7 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
             time.sleep(LOAD_PAUSE_S)
 
     try:
-        rp = Replayer(dw, group="bench-load")
+        rp = Replayer(dw.backends, dw.tables, group="bench-load")
         rp.ensure_group()
         (proc,) = _workers(dw.settings, "bench-load", 1, mode="daemon")
         relay.start()
@@ -103,7 +103,7 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
         for t in threads:
             t.start()
         while time.monotonic() - t0 < seconds:
-            samples.append(sum(group_lag(dw.redis, rp.key, rp.group)))
+            samples.append(sum(group_lag(dw.backends.redis, rp.key, rp.group)))
             time.sleep(0.1)
         stop.set()
         for t in threads:
@@ -111,7 +111,7 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
         load_s = time.monotonic() - t0
         t_stop = time.monotonic()
         relay.stop()  # from here on publish in this thread, so "backlog 0" covers the last writes
-        while relay.run_once() or relay.backlog or sum(group_lag(dw.redis, rp.key, rp.group)):
+        while relay.run_once() or relay.backlog or sum(group_lag(dw.backends.redis, rp.key, rp.group)):
             if time.monotonic() - t_stop > 120:
                 break
             time.sleep(0.01)
@@ -147,21 +147,20 @@ def run(env: BenchEnv, events: int, log: Any = print) -> dict[str, Any]:
     from dualwrite.testing import prepared_writer
 
     md, table = bench_metadata()
-    dw = prepared_writer(env.settings("replay"), metadata=md, catalog=bench_catalog(table), phase="sqlite")
+    dw = prepared_writer(env.settings("replay"), bench_tables(table), phase="sqlite")
     try:
         data = rows(table, events)
         step = 100
         for i in range(0, len(data), step):  # captured writes: outbox rows, Postgres not written (phase sqlite)
             with dw.begin() as tx:
                 tx.execute(insert(table), data[i : i + step])
-        relay = Relay.for_writer(dw)
+        relay = Relay.for_backends(dw.backends)
         if not relay.drain(timeout=120):
             return {"skipped": "relay did not drain the outbox"}
         # baseline: apply the same events (decoded from the stream) directly, in batches, into a fresh schema
-        entries = dw.redis.xrange(stream_key(dw.settings.namespace))
+        entries = dw.backends.redis.xrange(stream_key(dw.settings.namespace))
         evs = [ChangeEvent.from_json(f[EVENT_FIELD]) for _id, f in entries]
-        base_env = prepared_writer(
-            env.settings("replay_base"), metadata=md, catalog=bench_catalog(table), phase="sqlite"
+        base_env = prepared_writer(env.settings("replay_base"), bench_tables(table), phase="sqlite"
         )
         try:
             t0 = time.perf_counter()
@@ -209,8 +208,8 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
     from dualwrite.stream.replay import Replayer
 
     _md, table = bench_metadata()
-    dw = DualWriter(load_settings(env={}, **conf), catalog=bench_catalog(table))
-    rp = Replayer(dw, group=group, consumer=consumer, batch=BATCH, block_ms=50)
+    dw = DualWriter(load_settings(env={}, **conf), bench_tables(table))
+    rp = Replayer(dw.backends, dw.tables, group=group, consumer=consumer, batch=BATCH, block_ms=50)
     rp.ensure_group()
     print("ready", flush=True)
     sys.stdin.readline()

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from dualwrite.bench.common import STORE, BenchEnv, bench_catalog, bench_metadata, ratio, rows, run_workers, summarize
+from dualwrite.bench.common import STORE, BenchEnv, bench_metadata, bench_tables, ratio, rows, run_workers, summarize
 from dualwrite.testing import prepared_writer
 
 GOAL = 1.05
@@ -22,11 +22,11 @@ def run(env: BenchEnv, reads: int, records: int, log: Any = print) -> dict[str, 
     except ImportError as exc:
         return {"skipped": f"shadow.reader not importable: {exc}"}
     md, table = bench_metadata()
-    dw = prepared_writer(env.settings("shadow"), metadata=md, catalog=bench_catalog(table), phase="dual_write")
+    dw = prepared_writer(env.settings("shadow"), bench_tables(table), phase="dual_write")
     reader = ShadowReader(percentage=100)
     try:
         data = rows(table, records)
-        for engine in (dw.sqlite, dw.postgres):
+        for engine in (dw.backends.sqlite, dw.backends.postgres):
             with engine.begin() as conn:
                 conn.execute(insert(table), data)
         rng = random.Random(3)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from dualwrite.bench.common import BenchEnv, bench_catalog, bench_metadata, ratio, rows
+from dualwrite.bench.common import BenchEnv, bench_metadata, bench_tables, ratio, rows
 
 GOAL = 10.0
 
@@ -22,11 +22,11 @@ def run(env: BenchEnv, records: int, log: Any = print) -> dict[str, Any]:
     from dualwrite.testing import prepared_writer
 
     md, table = bench_metadata()
-    dw = prepared_writer(env.settings("verify"), metadata=md, catalog=bench_catalog(table), phase="dual_write")
+    dw = prepared_writer(env.settings("verify"), bench_tables(table), phase="dual_write")
     try:
         for i in range(0, records, 10_000):
             data = rows(table, min(10_000, records - i), start=i + 1)
-            for engine in (dw.sqlite, dw.postgres):
+            for engine in (dw.backends.sqlite, dw.backends.postgres):
                 with engine.begin() as conn:
                     conn.execute(insert(table), data)
         # The baseline is the faster of two runs: the first count after a bulk load also sets hint bits.
@@ -34,20 +34,20 @@ def run(env: BenchEnv, records: int, log: Any = print) -> dict[str, Any]:
         for _ in range(2):
             t0 = time.perf_counter()
             counts = []
-            for engine in (dw.sqlite_read, dw.postgres):
+            for engine in (dw.backends.sqlite_read, dw.backends.postgres):
                 with engine.connect() as conn:
                     counts.append(conn.execute(select(func.count()).select_from(table)).scalar())
             count_s = min(count_s, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        report = verify_tables([table], dw.sqlite_read, dw.postgres)
+        report = verify_tables([table], dw.backends.sqlite_read, dw.backends.postgres)
         verify_s = time.perf_counter() - t0
         t = report.tables[0]
         log(f"  verify: {verify_s:.3f}s vs two count(*) {count_s:.4f}s (clean={report.clean})")
         key = records // 2 + 1
-        with dw.postgres.begin() as conn:  # one character of one row
+        with dw.backends.postgres.begin() as conn:  # one character of one row
             conn.execute(update(table).where(table.c.id == key).values(title=func.overlay(table.c.title, "X", 1, 1)))
         t0 = time.perf_counter()
-        found = verify_tables([table], dw.sqlite_read, dw.postgres).tables[0]
+        found = verify_tables([table], dw.backends.sqlite_read, dw.backends.postgres).tables[0]
         locate_s = time.perf_counter() - t0
         located = found.differing == [f"[{key}]"] and not found.missing and not found.extra
         log(f"  locate one differing row: {locate_s:.3f}s (found={located})")

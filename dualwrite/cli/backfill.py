@@ -7,70 +7,30 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy.exc import OperationalError
 
-from dualwrite.cli.main import connection_options, fail, write_report
+from dualwrite.cli.options import (
+    check_report_path,
+    connection_options,
+    csv,
+    fail,
+    load_tables,
+    open_backends,
+    tables_options,
+    write_report,
+)
+from dualwrite.cli.options import priorities as prio
+from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_text
 
+if TYPE_CHECKING:
+    from dualwrite.engines import Backends
+    from dualwrite.tables import Tables
+
 log = logging.getLogger("dualwrite.cli.backfill")
-
-
-def _registry(spec: str | None) -> Any:
-    """The tables to copy, in the order to copy them: the default registry (P0, then P1, then P2; parents
-    before children within a priority), or `module:attribute` naming a Registry or a MetaData (one
-    priority: parents before children)."""
-    from dualwrite.errors import DualwriteError
-    from dualwrite.registry import Registry, default_registry
-
-    if not spec:
-        return default_registry()
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    try:
-        found = getattr(importlib.import_module(module), attr or "metadata")
-    except (ImportError, AttributeError) as exc:
-        fail(f"cannot load metadata {spec!r}: {exc}")
-    if isinstance(found, Registry):
-        return found
-    try:
-        return Registry.from_metadata(found)
-    except DualwriteError as exc:
-        fail(f"--metadata {spec}: {exc}")
-
-
-def _metadata(spec: str | None) -> Any:
-    return _registry(spec).metadata
-
-
-def _writer(settings: Settings, spec: str | None) -> Any:
-    from dualwrite.adapter import DualWriter, TableCatalog
-
-    catalog = TableCatalog()
-    for table in _metadata(spec).sorted_tables:
-        catalog.add(table)
-    return DualWriter(settings, catalog=catalog)
-
-
-def _tables(spec: str | None, names: tuple[str, ...] = ()) -> list[Any]:
-    # Registry order, not MetaData.sorted_tables (alphabetical among equals: archive_records, a P2 table,
-    # used to be copied before the P0 stores).
-    tables = [t.table for t in _registry(spec).tables()]
-    if names:
-        known = {t.name for t in tables}
-        missing = [n for n in names if n not in known]
-        if missing:
-            fail(f"unknown table(s): {', '.join(missing)}")
-        tables = [t for t in tables if t.name in names]
-    return tables
-
-
-metadata_option = click.option(
-    "--metadata", "metadata_spec", default=None, help="module:attr of a Registry or MetaData (default: the registry)"
-)
 
 
 class StopFlag:
@@ -103,36 +63,17 @@ def backfill() -> None:
     """Copy existing rows to Postgres and replay the change stream."""
 
 
-def _csv(values: tuple[str, ...]) -> list[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
-def _select(spec: str | None, names: list[str], priorities: list[str], stores: list[str]) -> list[Any]:
-    """The tables to copy, in `_tables`' order: --table/--tables by name, --priority and --stores from the
-    registry (for --metadata, every table is store 'app', priority 0); the filters combine (AND)."""
-    from dualwrite.errors import DualwriteError
-
-    tables = _tables(spec, tuple(names))
-    if priorities or stores:
-        try:
-            levels = [int(p[1:] if p[:1] in "Pp" else p) for p in priorities]
-        except ValueError:
-            fail(f"--priority takes P0,P1,... (got {','.join(priorities)})")
-        registry = _registry(spec)
-        try:
-            chosen = registry.tables(priorities=levels or None, stores=stores or None)
-        except DualwriteError as exc:
-            fail(str(exc))
-        allowed = {s.name for s in chosen}
-        tables = [t for t in tables if t.name in allowed]
-    if not tables:
-        fail("no table matches the selection (--table/--tables/--priority/--stores)")
-    return tables
+def _selected(tables: Tables, names: list[str], priorities: list[str], stores: list[str]) -> Tables:
+    """The tables to copy, in `tables`' order: by name, priority and store (the filters combine, AND)."""
+    chosen = tables.select(names=names or None, priorities=prio(priorities) or None, stores=stores or None)
+    if not chosen:
+        raise ConfigError("no table matches the selection (--table/--tables/--priority/--stores)")
+    return chosen
 
 
 @backfill.command()
+@tables_options
 @connection_options
-@metadata_option
 @click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
 @click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
 @click.option("--priority", "priorities", multiple=True, help="only these registry priorities: P0,P1")
@@ -144,7 +85,6 @@ def _select(spec: str | None, names: list[str], priorities: list[str], stores: l
 @click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True)
 @click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
 @click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
-@click.option("--once", is_flag=True, hidden=True, help="the default now; kept for old scripts")
 @click.option("--no-replay", is_flag=True, help="copy only")
 @click.option("--group", default="backfill", show_default=True, help="consumer group")
 @click.option("--consumer", default=None, help="worker/consumer name (default host-pid)")
@@ -156,7 +96,7 @@ def _select(spec: str | None, names: list[str], priorities: list[str], stores: l
 def run(
     ctx: click.Context,
     settings: Settings,
-    metadata_spec: str | None,
+    reflect: bool,
     table_names: tuple[str, ...],
     table_lists: tuple[str, ...],
     priorities: tuple[str, ...],
@@ -168,7 +108,6 @@ def run(
     rejects_path: str,
     slow: bool,
     daemon: bool,
-    once: bool,
     no_replay: bool,
     group: str,
     consumer: str | None,
@@ -186,13 +125,13 @@ def run(
     from dualwrite.backfill.worker import RunOptions
     from dualwrite.backfill.worker import run as run_worker
 
-    if once and daemon:
-        fail("--once and --daemon contradict each other")
-    selected = _select(metadata_spec, _csv(table_names + table_lists), _csv(priorities), _csv(store_lists))
+    check_report_path(report_path)
+    tables = load_tables(settings, reflect)
+    selected = _selected(tables, csv(table_names + table_lists), csv(priorities), csv(store_lists))
     tty = sys.stdout.isatty()
     stop = StopFlag()
     stop.install()
-    dw = _writer(settings, metadata_spec)
+    backends = open_backends(settings)
     started = time.time()
     report: dict[str, Any] = {"tables": [], "replay": None, "dry_run": dry_run}
     error: str | None = None
@@ -200,7 +139,8 @@ def run(
         if dry_run:
             explicit = ctx.get_parameter_source("rejects_path") is not click.core.ParameterSource.DEFAULT
             rejects = rejects_path if explicit else None
-            report |= _dry_run(dw, selected, chunk_size, not slow, rejects, stop, tty, None if no_replay else group)
+            group_ = None if no_replay else group
+            report |= _dry_run(backends, selected.tables(), chunk_size, not slow, rejects, stop, tty, group_)
         else:
             limits = Limits(max_rows_per_second, None, max_pg_latency_ms, max_replication_lag_s)
             opts = RunOptions(
@@ -216,18 +156,18 @@ def run(
                 lease_ttl_s=lease_ttl,
                 tty=tty,
             )
-            report |= run_worker(dw, selected, opts, stop)
+            report |= run_worker(backends, tables, opts, stop, copy=selected.tables())
     except Exception as exc:  # noqa: BLE001 - one line and exit 1; the log above has the table and range
         if isinstance(exc, OperationalError):
             raise  # a server that does not answer: the group's one-line message, exit 2
-        error = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        error = first_line(exc)
         log.error("backfill failed: %s", mask_text(error))
     finally:
         report["seconds"] = round(time.time() - started, 3)
         report["stopped_by_signal"] = stop()
         report["error"] = error and mask_text(error)
         write_report(report_path, report)
-        dw.close()
+        backends.close()
         stop.restore()
     if error:
         fail(f"backfill failed: {error}", 1)
@@ -236,7 +176,7 @@ def run(
 
 
 def _dry_run(
-    dw: Any,
+    backends: Backends,
     tables: list[Any],
     chunk_size: int,
     fast: bool,
@@ -248,36 +188,38 @@ def _dry_run(
     from dualwrite.backfill.dryrun import describe, dry_run
     from dualwrite.backfill.progress import print_summary
 
-    reps = dry_run(dw, tables, chunk_size, fast, rejects, stop)
+    reps = dry_run(backends, tables, chunk_size, fast, rejects, stop)
     for line in describe(reps, chunk_size):
         click.echo(line)
     summary = [r.summary() for r in reps]
     print_summary(summary, tty, title="backfill dry run (nothing written)")
     from dualwrite.stream.protocol import stream_key
 
-    backlog = dw.redis.xlen(stream_key(dw.settings.namespace))
+    backlog = backends.redis.xlen(stream_key(backends.settings.namespace))
     if group:
         click.echo(f"would then replay the stream ({backlog} event(s) in it now) as group {group!r}")
     return {"summary": summary, "tables": [r.__dict__ for r in reps], "stream_events": backlog}
 
 
 @backfill.command()
+@tables_options
 @connection_options
-@metadata_option
 @click.option("--report", "report_path", default=None, help="write the status as JSON here")
-def status(settings: Settings, metadata_spec: str | None, report_path: str | None) -> None:
+def status(settings: Settings, reflect: bool, report_path: str | None) -> None:
     """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
     import redis
 
     from dualwrite.backfill.status import render, table_progress, worker_lines
-    from dualwrite.engines import postgres_engine, sqlite_read_engine
+    from dualwrite.engines import pg_engine, sqlite_read_engine
 
-    pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    check_report_path(report_path)
+    tables = load_tables(settings, reflect)
+    pg = pg_engine(settings, pool_size=1)
     sq = sqlite_read_engine(settings.sqlite_url)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     try:
         workers, limits, redis_error = worker_lines(client, settings.namespace)
-        rows = table_progress(pg, sq, _tables(metadata_spec), workers_alive=bool(workers) or redis_error is not None)
+        rows = table_progress(pg, sq, tables.tables(), workers_alive=bool(workers) or redis_error is not None)
     finally:
         pg.dispose()
         sq.dispose()
@@ -313,7 +255,7 @@ def reset(
         delete_backfill_rows,
         tables_with_progress,
     )
-    from dualwrite.engines import postgres_engine
+    from dualwrite.engines import pg_engine
     from dualwrite.phase import PhaseStore
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
@@ -323,9 +265,9 @@ def reset(
     phase = PhaseStore(client, settings.namespace).current(fresh=True).name
     if not keep_rows and phase in ROWS_LOCKED_PHASES:
         fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
-    pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1)
+    pg = pg_engine(settings, pool_size=1)
     try:
-        chosen = _csv(table_names + table_lists) or tables_with_progress(pg)
+        chosen = csv(table_names + table_lists) or tables_with_progress(pg)
         rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
         what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")
         question = f"{what[0].upper()}{what[1:]} on Postgres ({', '.join(chosen) or 'no table'})?"
@@ -335,7 +277,7 @@ def reset(
             click.confirm(question, abort=True)
         deleted = kept = 0
         if not keep_rows:
-            apply_pg = postgres_engine(settings.postgres_url, settings.pg_schema, pool_size=1, replica=True)
+            apply_pg = pg_engine(settings, pool_size=1, replica=True)
             try:
                 for name in chosen:
                     done = delete_backfill_rows(apply_pg, name)
@@ -390,16 +332,17 @@ def list_cmd(settings: Settings, count: int) -> None:
 
 
 @deadletters.command("redrive")
+@tables_options
 @connection_options
-@metadata_option
 @click.argument("ids", nargs=-1)
-def redrive_cmd(settings: Settings, metadata_spec: str | None, ids: tuple[str, ...]) -> None:
+def redrive_cmd(settings: Settings, reflect: bool, ids: tuple[str, ...]) -> None:
     """Apply dead letters (all, or the given dead-letter ids) and delete those that succeed."""
     from dualwrite.stream.replay import redrive
 
-    dw = _writer(settings, metadata_spec)
+    tables = load_tables(settings, reflect)
+    backends = open_backends(settings)
     try:
-        counts = redrive(dw, list(ids) or None)
+        counts = redrive(backends, tables, list(ids) or None)
     finally:
-        dw.close()
+        backends.close()
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))

@@ -8,7 +8,7 @@ import uuid
 
 import click
 
-from dualwrite.cli.main import connection_options, write_report
+from dualwrite.cli.options import connection_options, write_report
 from dualwrite.settings import Settings, mask_text
 
 
@@ -32,6 +32,8 @@ def demo(settings: Settings, rows: int, duration: float, metrics_port: int | Non
         settings = settings.with_(namespace=f"demo-{uuid.uuid4().hex[:8]}")
     if "pg_schema" not in settings.sources:
         settings = settings.with_(pg_schema="dualwrite_demo")
+    if "state_schema" not in settings.sources:  # the demo's own bookkeeping, beside its own tables
+        settings = settings.with_(state_schema=f"{settings.pg_schema}_dw")
     with EmbeddedServers(settings) as servers:
         for what in servers.started:
             click.echo(f"no server answered; started {what}", err=True)

@@ -7,76 +7,28 @@ configuration error; passwords are masked in every line printed.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import json
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 import redis
 from sqlalchemy.exc import OperationalError
 
-from dualwrite.errors import ConfigError, DualwriteError, PhaseError
-from dualwrite.settings import Settings, load_settings, mask_text
-
-
-def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--sqlite/--postgres/--redis/--namespace/--pg-schema on every command that talks to a backend."""
-    for opt in reversed(
-        [
-            click.option("--sqlite", "sqlite_url", help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]"),
-            click.option("--postgres", "postgres_url", help="postgresql:// URL [DUALWRITE_POSTGRES_URL]"),
-            click.option("--redis", "redis_url", help="redis:// URL [DUALWRITE_REDIS_URL]"),
-            click.option("--namespace", help="prefix of every Redis key [DUALWRITE_NAMESPACE]"),
-            click.option("--pg-schema", "pg_schema", help="Postgres schema of the tables [DUALWRITE_PG_SCHEMA]"),
-        ]
-    ):
-        fn = opt(fn)
-
-    @functools.wraps(fn)
-    def wrapper(
-        *args: Any,
-        sqlite_url: str | None,
-        postgres_url: str | None,
-        redis_url: str | None,
-        namespace: str | None,
-        pg_schema: str | None,
-        **kw: Any,
-    ) -> Any:
-        settings = load_settings(
-            sqlite_url=sqlite_url,
-            postgres_url=postgres_url,
-            redis_url=redis_url,
-            namespace=namespace,
-            pg_schema=pg_schema,
-        )
-        return fn(*args, settings=settings, **kw)
-
-    return wrapper
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {mask_text(message)}", err=True)
-    sys.exit(code)
-
-
-def write_report(path: str | None, data: dict[str, Any]) -> None:
-    if path:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-
+from dualwrite import __version__
+from dualwrite.cli.options import connection_options, fail, load_tables, tables_options
+from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
+from dualwrite.settings import Settings, mask_text
 
 # command name -> "module:attribute", imported when the command is used or listed
 COMMANDS = {
     "backfill": "dualwrite.cli.backfill:backfill",
     "migrate": "dualwrite.cli.migrate:command",
     "verify": "dualwrite.cli.verify:verify",
-    "shadow": "dualwrite.cli.verify:shadow",
-    "cutover": "dualwrite.cli.verify:cutover",
-    "status": "dualwrite.cli.verify:status",
+    "shadow": "dualwrite.cli.shadow:shadow",
+    "cutover": "dualwrite.cli.cutover:cutover",
+    "status": "dualwrite.cli.cutover:status",
     "demo": "dualwrite.cli.demo:demo",
     "bench": "dualwrite.cli.bench:bench",
 }
@@ -103,12 +55,13 @@ class Group(click.Group):
         except (ConfigError, DualwriteError) as exc:
             fail(str(exc), 2)
         except OperationalError as exc:
-            fail(f"database: {str(exc.orig or exc).strip().splitlines()[0]}", 2)
+            fail(f"database: {first_line(exc)}", 2)
         except redis.ConnectionError as exc:
             fail(f"redis: {exc}", 2)
 
 
 @click.group(cls=Group)
+@click.version_option(__version__, prog_name="dualwrite")
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Zero-downtime SQLite -> PostgreSQL cutover."""
@@ -118,35 +71,46 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
+@tables_options
 @connection_options
-def init(settings: Settings) -> None:
-    """Create the store schema on SQLite and Postgres (idempotent)."""
-    from dualwrite.engines import check_postgres, postgres_engine, sqlite_engine
-    from dualwrite.registry import default_registry
-    from dualwrite.schema import create_schema
+@click.option("--create-tables", is_flag=True, help="also create the application's tables on Postgres (--metadata)")
+def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
+    """Create dualwrite's bookkeeping tables on SQLite (in the application's file) and Postgres (in the
+    state schema, `_dualwrite` by default); with --create-tables, the application's tables on Postgres too.
+    Idempotent; nothing of the application's is changed."""
+    from dualwrite.bookkeeping import create_schema
+    from dualwrite.engines import check_postgres, pg_engine, sqlite_engine
 
     check_postgres(settings)
-    md = default_registry().metadata
-    for name, engine, primary in (
-        ("sqlite", sqlite_engine(settings.sqlite_url), True),
-        ("postgres", postgres_engine(settings.postgres_url, settings.pg_schema), False),
+    tables = load_tables(settings, reflect, required=create_tables)
+    if tables is not None and not create_tables:
+        raise ConfigError("--metadata/--reflect given without --create-tables: init creates only dualwrite's tables")
+    for name, engine, primary, app in (
+        ("sqlite", sqlite_engine(settings.sqlite_url), True, None),
+        ("postgres", pg_engine(settings), False, tables.tables() if tables is not None else None),
     ):
-        created = create_schema(engine, md, primary=primary)
-        engine.dispose()
+        try:
+            created = create_schema(engine, app, primary=primary)
+        finally:
+            engine.dispose()
+        where = f" (schema {settings.state_schema} for dualwrite's)" if name == "postgres" else ""
         click.echo(
             f"{name}: "
-            + (f"created {len(created)} table(s): {', '.join(created)}" if created else "schema already complete")
+            + (f"created {len(created)} table(s){where}: {', '.join(created)}" if created else "already complete")
         )
 
 
 @main.command()
+@tables_options
 @connection_options
-def doctor(settings: Settings) -> None:
-    """Check SQLite, Postgres and Redis: one line each."""
+def doctor(settings: Settings, reflect: bool) -> None:
+    """Check SQLite, Postgres and Redis: one line each; with --metadata/--reflect, schema drift of the
+    application's tables too."""
     from dualwrite.doctor import run_checks
 
+    tables = load_tables(settings, reflect, required=False)
     ok = True
-    for name, passed, line in run_checks(settings):
+    for name, passed, line in run_checks(settings, tables):
         click.echo(f"{name:9} {'ok ' if passed else 'FAIL'} {mask_text(line)}")
         ok = ok and passed
     sys.exit(0 if ok else 1)

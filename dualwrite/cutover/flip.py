@@ -28,10 +28,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dualwrite.cutover.gate import GateConfig, GateResult, check
+from dualwrite.engines import Backends
 from dualwrite.errors import PhaseError
 from dualwrite.phase import ORDER, PHASES, get_phase
 from dualwrite.settings import mask_text
 from dualwrite.switch import switch_primary
+from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.cutover.flip")
 HOOK_TIMEOUT = 30.0
@@ -79,7 +81,7 @@ def _command_hook(hook: str, env: dict[str, str]) -> int:
 
 
 def run_hook(
-    hook: str | Sequence[str] | None, dw: Any, src: str, dst: str, reason: str, forced: bool
+    hook: str | Sequence[str] | None, namespace: str, src: str, dst: str, reason: str, forced: bool
 ) -> int | None:
     """Run each hook (a shell command, or an http(s):// URL that gets a JSON POST) after a phase change.
 
@@ -93,7 +95,7 @@ def run_hook(
         "to": dst,
         "reason": reason,
         "forced": forced,
-        "namespace": dw.settings.namespace,
+        "namespace": namespace,
         "at": datetime.now(UTC).isoformat(),
     }
     env = {
@@ -102,21 +104,24 @@ def run_hook(
         "DUALWRITE_TO": dst,
         "DUALWRITE_REASON": reason,
         "DUALWRITE_FORCED": "1" if forced else "0",
-        "DUALWRITE_NAMESPACE": dw.settings.namespace,
+        "DUALWRITE_NAMESPACE": namespace,
     }
     codes = [_post_hook(h, payload) if h.startswith(("http://", "https://")) else _command_hook(h, env) for h in hooks]
     return next((c for c in codes if c != 0), 0)
 
 
-def _move(dw: Any, src: str, dst: str, *, force: bool, reason: str, actor: str | None) -> None:
-    dw.phases.set(dst, force=force, reason=reason, actor=actor)
+def _move(
+    backends: Backends, tables: Tables, src: str, dst: str, *, force: bool, reason: str, actor: str | None
+) -> None:
+    backends.phases.set(dst, force=force, reason=reason, actor=actor)
     old_primary, new_primary = get_phase(src).primary, get_phase(dst).primary
     if old_primary != new_primary:
-        switch_primary(dw, new_primary)
+        switch_primary(backends, tables, new_primary)
 
 
 def flip(
-    dw: Any,
+    backends: Backends,
+    tables: Tables,
     *,
     force: bool = False,
     reason: str = "",
@@ -124,19 +129,19 @@ def flip(
     config: GateConfig | None = None,
     actor: str | None = None,
 ) -> FlipOutcome:
-    current = dw.phases.current(fresh=True).name
+    current = backends.phases.current(fresh=True).name
     idx = ORDER[current]
     if idx + 1 >= len(PHASES):
         raise PhaseError(f"already at the last phase ({current})")
     target = PHASES[idx + 1].name
     if force and not reason:
         raise PhaseError("a forced flip needs --reason")
-    gate = check(dw, target, config)
+    gate = check(backends, tables, target, config)
     if not gate.ok and not force:
         names = ", ".join(f"{c.name} ({c.detail})" for c in gate.failing)
         return FlipOutcome(False, current, target, gate, f"refusing {current} -> {target}: {names}")
-    _move(dw, current, target, force=force, reason=reason or "gate passed", actor=actor)
-    rc = run_hook(hook, dw, current, target, reason, force)
+    _move(backends, tables, current, target, force=force, reason=reason or "gate passed", actor=actor)
+    rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
     return FlipOutcome(True, target, target, gate, f"{current} -> {target}", rc)
 
 
@@ -149,7 +154,8 @@ def rollback_target(current: str) -> str:
 
 
 def rollback(
-    dw: Any,
+    backends: Backends,
+    tables: Tables,
     *,
     to: str | None = None,
     force: bool = False,
@@ -157,19 +163,20 @@ def rollback(
     hook: str | Sequence[str] | None = None,
     actor: str | None = None,
 ) -> FlipOutcome:
-    current = dw.phases.current(fresh=True).name
+    current = backends.phases.current(fresh=True).name
     target = to or rollback_target(current)
     if ORDER[get_phase(target).name] >= ORDER[current]:
         raise PhaseError(f"{target} is not before {current}; use flip to move forward")
     if force and not reason:
         raise PhaseError("a forced rollback needs --reason")
-    _move(dw, current, target, force=force, reason=reason or "rollback", actor=actor)
-    rc = run_hook(hook, dw, current, target, reason, force)
+    _move(backends, tables, current, target, force=force, reason=reason or "rollback", actor=actor)
+    rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
     return FlipOutcome(True, target, target, None, f"{current} -> {target}", rc)
 
 
 def flip_postponed(
-    dw: Any,
+    backends: Backends,
+    tables: Tables,
     *,
     deadline: float | None = None,
     poll: float = 1.0,
@@ -180,19 +187,21 @@ def flip_postponed(
     actor: str | None = None,
 ) -> FlipOutcome:
     """Wait until the gate passes, then flip. Says what it waits for; stops on cancel or deadline."""
-    key = cancel_key(dw.settings.namespace)
-    dw.redis.delete(key)
+    key = cancel_key(backends.settings.namespace)
+    backends.redis.delete(key)
     start = time.monotonic()
     last_said, said_at = "", 0.0
     while True:
-        current = dw.phases.current(fresh=True).name
-        if dw.redis.get(key) is not None:
-            dw.redis.delete(key)
+        current = backends.phases.current(fresh=True).name
+        if backends.redis.get(key) is not None:
+            backends.redis.delete(key)
             echo("cancelled")
             return FlipOutcome(False, current, current, None, "cancelled")
-        gate = check(dw, None, config)
+        gate = check(backends, tables, None, config)
         if gate.ok:
-            return flip(dw, reason=reason or "postponed flip: gate passed", hook=hook, config=config, actor=actor)
+            return flip(
+                backends, tables, reason=reason or "postponed flip: gate passed", hook=hook, config=config, actor=actor
+            )
         waiting = "; ".join(f"{c.name}: {c.detail}" for c in gate.failing)
         now = time.monotonic()
         if waiting != last_said or now - said_at >= 10:

@@ -6,7 +6,7 @@
 | dead_letters_empty | the dead-letter stream holds no event |
 | verify_clean | the last `dualwrite verify` (kept in Redis `{ns}:verify:last`) found no difference |
 | shadow_mismatch_rate | mismatches / compared (from `{ns}:shadow:counts`) <= the threshold |
-| backfill_complete | every row of Postgres' `_dw_backfill_checkpoints` has status 'done' |
+| backfill_complete | every captured table has a finished copy (`_dw_backfill_checkpoints` status 'done') |
 | replay_lag | the replay groups' lag (XINFO GROUPS) <= the bound (passes, saying so, if unavailable) |
 
 Which conditions apply depends on the target phase (REQUIRED). Each check sets
@@ -20,15 +20,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, select
 
 from dualwrite import metrics
+from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import outbox
+from dualwrite.engines import Backends
+from dualwrite.errors import first_line
 from dualwrite.shadow.reader import read_counts
 from dualwrite.stream.protocol import dead_letter_key, stream_key, top_seq
+from dualwrite.tables import Tables
 from dualwrite.verify.verifier import load_last
 
-BACKFILL_TABLE = "_dw_backfill_checkpoints"
 _SAFETY = ["outbox_drained", "dead_letters_empty", "replay_lag"]
 _FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
 REQUIRED: dict[str, list[str]] = {
@@ -83,23 +86,23 @@ class GateResult:
         }
 
 
-def outbox_drained(dw: Any, _cfg: GateConfig) -> Condition:
-    primary = dw.phases.current(fresh=True).primary
-    top = top_seq(dw.redis, stream_key(dw.settings.namespace))
-    with dw.read_engine(primary).connect() as conn:
+def outbox_drained(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
+    primary = backends.phases.current(fresh=True).primary
+    top = top_seq(backends.redis, stream_key(backends.settings.namespace))
+    with backends.read_engine(primary).connect() as conn:
         n = conn.execute(select(func.count()).select_from(outbox).where(outbox.c.seq > (top or 0))).scalar() or 0
         conn.rollback()
     where = "no stream yet" if top is None else f"stream top seq {top}"
     return Condition("outbox_drained", n == 0, n, f"{n} unpublished event(s) in the {primary} outbox ({where})")
 
 
-def dead_letters_empty(dw: Any, _cfg: GateConfig) -> Condition:
-    n = int(dw.redis.xlen(dead_letter_key(dw.settings.namespace)))
+def dead_letters_empty(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
+    n = int(backends.redis.xlen(dead_letter_key(backends.settings.namespace)))
     return Condition("dead_letters_empty", n == 0, n, f"{n} event(s) in the dead-letter stream")
 
 
-def verify_clean(dw: Any, cfg: GateConfig) -> Condition:
-    last = load_last(dw.redis, dw.settings.namespace)
+def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    last = load_last(backends.redis, backends.settings.namespace)
     if last is None:
         return Condition("verify_clean", False, None, "no verify recorded: run `dualwrite verify`")
     age = (datetime.now(UTC) - datetime.fromisoformat(last["at"])).total_seconds()
@@ -113,8 +116,8 @@ def verify_clean(dw: Any, cfg: GateConfig) -> Condition:
     return Condition("verify_clean", ok, last["at"], detail)
 
 
-def shadow_mismatch_rate(dw: Any, cfg: GateConfig) -> Condition:
-    counts = read_counts(dw.redis, dw.settings.namespace)
+def shadow_mismatch_rate(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    counts = read_counts(backends.redis, backends.settings.namespace)
     mism = counts.get("mismatch", 0)
     compared = mism + counts.get("match", 0)
     rate = mism / compared if compared else 0.0
@@ -128,27 +131,26 @@ def shadow_mismatch_rate(dw: Any, cfg: GateConfig) -> Condition:
     return Condition("shadow_mismatch_rate", ok, round(rate, 6), detail)
 
 
-def backfill_complete(dw: Any, _cfg: GateConfig) -> Condition:
-    with dw.postgres.connect() as conn:
-        if not inspect(conn).has_table(BACKFILL_TABLE):
-            return Condition("backfill_complete", False, None, "no backfill recorded")
-        rows = conn.execute(text(f"SELECT tbl, status FROM {BACKFILL_TABLE}")).all()
+def backfill_complete(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
+    """Every captured table, not just those a backfill happened to start, has a finished copy."""
+    wanted = tables.names()
+    if not wanted:
+        return Condition("backfill_complete", False, 0, "no captured tables given (--metadata)")
+    with backends.postgres.connect() as conn:
+        status = ckpt.statuses(conn)
         conn.rollback()
-    if not rows:
-        return Condition("backfill_complete", False, 0, "no backfill recorded")
-    pending = sorted(str(t) for t, s in rows if s != "done")
-    return Condition(
-        "backfill_complete",
-        not pending,
-        f"{len(rows) - len(pending)}/{len(rows)}",
-        "all tables done" if not pending else f"not done: {', '.join(pending)}",
-    )
+    pending = [t for t in wanted if status.get(t) != "done"]
+    never = [t for t in pending if t not in status]
+    detail = "all tables done" if not pending else f"not done: {', '.join(pending)}"
+    if never:
+        detail += f" ({len(never)} never copied)"
+    return Condition("backfill_complete", not pending, f"{len(wanted) - len(pending)}/{len(wanted)}", detail)
 
 
-def replay_lag(dw: Any, cfg: GateConfig) -> Condition:
-    key = stream_key(dw.settings.namespace)
+def replay_lag(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    key = stream_key(backends.settings.namespace)
     try:
-        groups = dw.redis.xinfo_groups(key)
+        groups = backends.redis.xinfo_groups(key)
     except redis.ResponseError as exc:
         if "no such key" in str(exc).lower():
             return Condition("replay_lag", True, None, "no change stream yet (nothing to replay)")
@@ -175,21 +177,23 @@ CHECKS = {
 }
 
 
-def check(dw: Any, target: str | None = None, config: GateConfig | None = None) -> GateResult:
+def check(
+    backends: Backends, tables: Tables, target: str | None = None, config: GateConfig | None = None
+) -> GateResult:
     """Evaluate the conditions for moving to `target` (default: the next phase)."""
     from dualwrite.phase import ORDER, PHASES
 
     cfg = config or GateConfig()
-    current = dw.phases.current(fresh=True).name
+    current = backends.phases.current(fresh=True).name
     if target is None:
         idx = ORDER[current]
         target = PHASES[idx + 1].name if idx + 1 < len(PHASES) else current
     result = GateResult(current, target)
     for name in REQUIRED.get(target, _FULL):
         try:
-            cond = CHECKS[name](dw, cfg)
+            cond = CHECKS[name](backends, tables, cfg)
         except Exception as exc:  # a check that cannot run fails, saying why
-            cond = Condition(name, False, None, f"check failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            cond = Condition(name, False, None, f"check failed: {type(exc).__name__}: {first_line(exc)}")
         metrics.GATE_CONDITION.labels(name).set(1 if cond.ok else 0)
         result.conditions.append(cond)
     return result

@@ -21,21 +21,21 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from dualwrite import metrics
-from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.adapter import DualWriter
 from dualwrite.backfill.copier import Copier
+from dualwrite.bookkeeping import create_schema
 from dualwrite.cutover.flip import flip_postponed
+from dualwrite.demo.app import tables as app_tables
 from dualwrite.demo.progress import Progress
 from dualwrite.demo.synth import seed, split_counts
 from dualwrite.demo.traffic import Traffic
-from dualwrite.registry import default_registry
-from dualwrite.schema import create_schema
 from dualwrite.settings import Settings
 from dualwrite.shadow.reader import ShadowReader
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
-from dualwrite.verify.verifier import verify_writer
+from dualwrite.verify.verifier import verify_backends
 
-log = logging.getLogger("demo")
+log = logging.getLogger("dualwrite.demo")
 
 
 @dataclass
@@ -73,7 +73,9 @@ class Demo:
         traffic.pause()
         try:
             self._settle(relay, replayer, drive=False, timeout=30)
-            outcome = flip_postponed(dw, deadline=30, poll=0.2, echo=self.progress.line, reason=why, actor="demo")
+            outcome = flip_postponed(
+                dw.backends, dw.tables, deadline=30, poll=0.2, echo=self.progress.line, reason=why, actor="demo"
+            )
         finally:
             traffic.resume()
         pause_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -95,7 +97,8 @@ class Demo:
     def _prepare_postgres(self) -> None:
         admin = create_engine(self.settings.postgres_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.settings.pg_schema}" CASCADE'))
+            for schema in (self.settings.pg_schema, self.settings.state_schema):
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
             conn.execute(text(f'CREATE SCHEMA "{self.settings.pg_schema}"'))
         admin.dispose()
 
@@ -115,11 +118,9 @@ class Demo:
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> DemoResult:
-        reg = default_registry()
-        tables = [s.table for s in reg.tables()]
-        catalog = TableCatalog({s.name: (s.table, s.store) for s in reg.tables()})
+        tables = app_tables().tables()
         self._prepare_postgres()
-        dw = DualWriter(self.settings, catalog=catalog)
+        dw = DualWriter(self.settings, app_tables())
         server = metrics.serve_metrics(self.metrics_port) if self.metrics_port else None
         try:
             return self._run(dw, tables)
@@ -131,17 +132,17 @@ class Demo:
 
     def _run(self, dw: DualWriter, tables: list) -> DemoResult:  # type: ignore[type-arg]
         r = self.result
-        create_schema(dw.sqlite, default_registry().metadata, primary=True)
-        create_schema(dw.postgres, default_registry().metadata, primary=False)
+        create_schema(dw.backends.sqlite, tables, primary=True)
+        create_schema(dw.backends.postgres, tables, primary=False)
         dw.phases.set("sqlite", force=True, reason="demo start", actor="demo")
         counts = split_counts(tables, self.rows)
         with self.progress.bar("seed SQLite history", total=sum(counts.values())) as advance:
-            written = seed(dw.sqlite, tables, counts, progress=lambda _t, n: advance(n))
+            written = seed(dw.backends.sqlite, tables, counts, progress=lambda _t, n: advance(n))
         r.figures["rows_seeded"] = sum(written.values())
         self.progress.line(f"seeded {r.figures['rows_seeded']} rows in {len(tables)} tables")
 
-        relay = Relay.for_writer(dw)
-        replayer = Replayer(dw, consumer="demo-replayer")
+        relay = Relay.for_backends(dw.backends)
+        replayer = Replayer(dw.backends, dw.tables, consumer="demo-replayer")
         replayer.ensure_group()
         stop = threading.Event()
         bg = threading.Thread(target=self._background, args=(relay, replayer, stop), daemon=True)
@@ -153,7 +154,7 @@ class Demo:
         if not self._flip(dw, traffic, relay, replayer, "every write now reaches Postgres too"):
             return self._abort(traffic, stop, bg)
 
-        copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=5000)
+        copier = Copier.for_backends(dw.backends, chunk_size=5000)
         start = time.perf_counter()
         with self.progress.bar("backfill history", total=sum(written.values())) as advance:
             reports = []
@@ -176,7 +177,7 @@ class Demo:
 
         traffic.pause()
         settled = self._settle(relay, replayer, drive=False)
-        vrep = verify_writer(dw, tables)
+        vrep = verify_backends(dw.backends, tables)
         traffic.resume()
         r.checks["replay caught up before verify"] = settled
         r.checks["verify (quiesced, shadow phase): identical"] = vrep.clean
@@ -196,10 +197,10 @@ class Demo:
         bg.join(timeout=30)
         shadow.close()
         settled = self._settle(relay, replayer, drive=True)
-        final = verify_writer(dw, tables)
+        final = verify_backends(dw.backends, tables)
         r.checks["replay caught up at the end"] = settled
         r.checks["final verify (SQLite == Postgres, every row)"] = final.clean
-        r.checks["no dead letters"] = dw.redis.xlen(f"{self.settings.namespace}:changes:dead") == 0
+        r.checks["no dead letters"] = dw.backends.redis.xlen(f"{self.settings.namespace}:changes:dead") == 0
         r.figures["traffic"] = dict(traffic.stats)
         r.figures["traffic_errors"] = dict(traffic.errors)
         if traffic.samples:

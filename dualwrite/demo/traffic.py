@@ -1,7 +1,7 @@
 """Application traffic for the demo: writers and readers going through the adapter, all phases long.
 
 Writers insert new rows (ids assigned by whichever backend is primary), update existing ones and delete
-leaf rows, on every table of the registry; readers fetch by key and list, through `dw.read`, so reads
+leaf rows, on every captured table; readers fetch by key and list, through `dw.read`, so reads
 are routed and shadow-compared by phase. Writers can be paused to take a quiesced verification.
 """
 
@@ -83,7 +83,7 @@ class Traffic:
     # -- work ------------------------------------------------------------------------------------
     def _load_parent_keys(self) -> None:
         for table in self.tables:
-            with self.dw.sqlite_read.connect() as conn:
+            with self.dw.backends.sqlite_read.connect() as conn:
                 # every column some foreign key points at (composite keys too), plus the primary key
                 wanted = (
                     set(pk_columns(table))

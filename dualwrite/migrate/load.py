@@ -28,8 +28,9 @@ from dualwrite.backfill.copier import DB_ERRORS, Copier, TableReport
 from dualwrite.backfill.copy_format import copy_rows
 from dualwrite.backfill.cursor import Chunk
 from dualwrite.backfill.rejects import RejectWriter
-from dualwrite.bookkeeping import create_internal
+from dualwrite.bookkeeping import create_bookkeeping
 from dualwrite.engines import postgres_engine
+from dualwrite.errors import first_line
 from dualwrite.migrate import casts as T
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
@@ -100,9 +101,9 @@ class MigrateRejects(RejectWriter):
         self.stop = stop
 
     def reject(self, table: str, key: str, row: dict[str, Any], exc: BaseException) -> None:  # Postgres refused
-        from dualwrite.backfill.rejects import _first_line, guess_column
+        from dualwrite.backfill.rejects import guess_column
 
-        reason = _first_line(exc)
+        reason = first_line(exc)
         column = guess_column(row) or next(
             (c for c in row if f'column "{c}"' in reason or f"column {c}:" in reason or reason.endswith(f"column {c}")),
             None,
@@ -276,7 +277,7 @@ def _create(pg: Engine, plan: Plan, opts: Options) -> None:
                 f"target table(s) already exist in schema {opts.schema!r}: {', '.join(clash)} "
                 "(use --resume to continue a migration, or drop them)"
             )
-        create_internal(conn, primary=False)
+        create_bookkeeping(conn, primary=False)
         plan.metadata.create_all(conn, checkfirst=True)
     ckpt.ensure(pg)
     if not opts.resume:

@@ -40,17 +40,24 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
-from dualwrite.engines import search_path_option
+from dualwrite.engines import Backends, search_path_option
 from dualwrite.normalize import DEFAULT, Normalizer
 from dualwrite.settings import mask_text
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
 from dualwrite.shadow.pacing import RequestGate
+
+
+class _Writer(Protocol):
+    """What install() needs of a writer (a DualWriter): a slot its reads go through."""
+
+    reader: Any
+
 
 log = logging.getLogger("dualwrite.shadow.reader")
 
@@ -116,7 +123,7 @@ class ShadowReader:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._pending: Counter[str] = Counter()  # counts not yet in Redis
-        self._dw: Any = None
+        self._backends: Backends | None = None  # where the pending counts go
         self.gate = RequestGate(max_defer)
         self.flush_interval = flush_interval
         self._flushed_at = 0.0
@@ -126,8 +133,9 @@ class ShadowReader:
         self._engines: dict[int, tuple[Any, Engine]] = {}  # Postgres candidate engine per writer
         self._engines_lock = threading.Lock()
 
-    def install(self, dw: Any) -> ShadowReader:
-        dw.reader = self
+    def install(self, writer: _Writer) -> ShadowReader:
+        """Serve `writer.read` through this reader from now on."""
+        writer.reader = self
         return self
 
     def close(self, wait: bool = True) -> None:
@@ -165,7 +173,7 @@ class ShadowReader:
     # -- the request path -------------------------------------------------------------------------
     def read(
         self,
-        dw: Any,
+        backends: Backends,
         phase: Any,
         store: str,
         query: str,
@@ -176,13 +184,13 @@ class ShadowReader:
     ) -> Any:
         self.gate.enter()
         try:
-            return self._read(dw, phase, store, query, fn, params, ordered)
+            return self._read(backends, phase, store, query, fn, params, ordered)
         finally:
             self.gate.leave()
 
     def _read(
         self,
-        dw: Any,
+        backends: Backends,
         phase: Any,
         store: str,
         query: str,
@@ -190,7 +198,7 @@ class ShadowReader:
         params: dict[str, Any] | None,
         ordered: bool,
     ) -> Any:
-        control = Observation.capture("control", lambda: dw.timed_read(phase.reads, store, query, fn))
+        control = Observation.capture("control", lambda: backends.timed_read(phase.reads, store, query, fn))
         jobs: list[tuple[str, str]] = []
         if phase.shadow:
             exp = self.experiment(store, query, ordered)
@@ -199,7 +207,7 @@ class ShadowReader:
             if self.aa_percentage > 0 and random.random() * 100 < self.aa_percentage:
                 jobs.append((phase.reads, f"aa:{query}"))
         for backend, label in jobs:
-            job = (dw, backend, store, label, query, fn, params, ordered, control, phase.reads)
+            job = (backends, backend, store, label, query, fn, params, ordered, control, phase.reads)
             if self.synchronous:
                 result = self._compare(*job)
                 self.flush()
@@ -254,7 +262,7 @@ class ShadowReader:
     # -- the comparison (a worker thread, or the caller in synchronous mode) ---------------------
     def _compare(
         self,
-        dw: Any,
+        backends: Backends,
         backend: str,
         store: str,
         label: str,
@@ -270,7 +278,9 @@ class ShadowReader:
             exp = self.experiment(store, query, ordered)
             if pause is not None:
                 pause()
-            candidate = Observation.capture("candidate", lambda: self._candidate_read(dw, backend, store, query, fn))
+            candidate = Observation.capture(
+                "candidate", lambda: self._candidate_read(backends, backend, store, query, fn)
+            )
             if candidate.exception is not None and "statement timeout" in str(candidate.exception):
                 result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
             else:  # right after the candidate's own burst: short results match in microseconds
@@ -278,27 +288,29 @@ class ShadowReader:
             if result.mismatched and self.recheck_mismatches and not label.startswith("aa:"):
                 # A write may have landed between the two reads: read both again; a match now is in-flight.
                 again = exp.evaluate(
-                    Observation.capture("control", lambda: dw.timed_read(control_backend, store, query, fn)),
-                    Observation.capture("candidate", lambda: self._candidate_read(dw, backend, store, query, fn)),
+                    Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
+                    Observation.capture("candidate", lambda: self._candidate_read(backends, backend, store, query, fn)),
                     pause,
                 )
                 if again.matched:
                     result.outcome, result.error = "ignored", "in flight: matched when read again"
         except Exception as exc:
             log.warning("shadow %s: %r", query, exc)
-            self._count(dw, store, label, "error")
+            self._count(backends, store, label, "error")
             return None
-        self._count(dw, store, label, result.outcome)
+        self._count(backends, store, label, result.outcome)
         if result.mismatched:
-            self._record(dw, store, label, params, result, backend)
+            self._record(backends, store, label, params, result, backend)
         return result
 
     # -- the candidate read ---------------------------------------------------------------------------
-    def _candidate_read(self, dw: Any, backend: str, store: str, query: str, fn: Callable[[Any], Any]) -> Any:
-        """fn on `backend` in one transaction, as dw.timed_read does; Postgres through the reader's engine."""
+    def _candidate_read(
+        self, backends: Backends, backend: str, store: str, query: str, fn: Callable[[Any], Any]
+    ) -> Any:
+        """fn on `backend` in one transaction, as backends.timed_read does; Postgres through the reader's engine."""
         if backend != "postgres":
-            return dw.timed_read(backend, store, query, fn)
-        engine = self._candidate_engine(dw)
+            return backends.timed_read(backend, store, query, fn)
+        engine = self._candidate_engine(backends)
         start = time.perf_counter()
         try:
             with engine.connect() as conn:
@@ -308,8 +320,8 @@ class ShadowReader:
         finally:
             self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
 
-    def _candidate_engine(self, dw: Any) -> Engine:
-        owner = dw.postgres
+    def _candidate_engine(self, backends: Backends) -> Engine:
+        owner = backends.postgres
         found = self._engines.get(id(owner))
         if found is not None and found[0] is owner:
             return found[1]
@@ -317,7 +329,8 @@ class ShadowReader:
             found = self._engines.get(id(owner))
             if found is not None and found[0] is owner:
                 return found[1]
-            options = search_path_option(dw.settings.pg_schema)  # as dualwrite.db.postgres_engine
+            settings = backends.settings  # the search_path of dualwrite.engines.postgres_engine
+            options = search_path_option(settings.pg_schema, settings.state_schema)
             timeout_ms = int(self.candidate_timeout * 1000)
             if timeout_ms > 0:
                 options += f" -cstatement_timeout={timeout_ms}"
@@ -330,7 +343,7 @@ class ShadowReader:
             self._engines[id(owner)] = (owner, engine)
             return engine
 
-    def _count(self, dw: Any, store: str, label: str, outcome: str) -> None:
+    def _count(self, backends: Backends, store: str, label: str, outcome: str) -> None:
         if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
             metrics.prime(queries=[(store, label)])  # every result at 0: a mismatch rate of 0, not "No data"
         self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
@@ -338,27 +351,27 @@ class ShadowReader:
         with self._stats_lock:
             self.stats[field] += 1
             self._pending[field] += 1
-            self._dw = dw
+            self._backends = backends
 
     def flush(self) -> None:
         """Add the counts not yet sent to the Redis hash (workers call it; never on the request path)."""
         with self._stats_lock:
             pending, self._pending = self._pending, Counter()
-            dw = self._dw
+            backends = self._backends
             self._flushed_at = time.monotonic()
-        if not pending or dw is None:
+        if not pending or backends is None:
             return
         try:
-            pipe = dw.redis.pipeline(transaction=False)
+            pipe = backends.redis.pipeline(transaction=False)
             for field, n in pending.items():
-                pipe.hincrby(counts_key(dw.settings.namespace), field, n)
+                pipe.hincrby(counts_key(backends.settings.namespace), field, n)
             pipe.execute()
         except redis.RedisError:
             with self._stats_lock:
                 self._pending.update(pending)  # keep them for the next flush
 
     def _record(
-        self, dw: Any, store: str, label: str, params: dict[str, Any] | None, result: Result, backend: str
+        self, backends: Backends, store: str, label: str, params: dict[str, Any] | None, result: Result, backend: str
     ) -> None:
         def shown(obs: Observation | None) -> str:
             if obs is None:
@@ -380,7 +393,9 @@ class ShadowReader:
             "at": datetime.now(UTC).isoformat(),
         }
         try:
-            dw.redis.xadd(mismatches_key(dw.settings.namespace), fields, maxlen=MISMATCH_MAXLEN, approximate=True)
+            backends.redis.xadd(
+                mismatches_key(backends.settings.namespace), fields, maxlen=MISMATCH_MAXLEN, approximate=True
+            )
         except redis.RedisError as exc:
             log.warning("could not record a shadow mismatch: %r", exc)
 

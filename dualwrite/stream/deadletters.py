@@ -15,21 +15,16 @@ import redis
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite import metrics
-from dualwrite.errors import DualwriteError
+from dualwrite.errors import DualwriteError, first_line
 from dualwrite.events import ChangeEvent
 from dualwrite.stream.protocol import dead_letter_key
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
+    from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.stream.deadletters")
 SHOWN_PAYLOAD_CHARS = 200
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error (the driver's message for a database error), at most 500 characters."""
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0][:500]
 
 
 def dead_letter(client: redis.Redis, namespace: str, eid: bytes | str, payload: Any, error: str, reason: str) -> None:
@@ -68,35 +63,37 @@ def list_dead_letters(client: redis.Redis, namespace: str, count: int = 100) -> 
     return out
 
 
-def redrive(dw: DualWriter, ids: list[str] | None = None, target: str = "postgres") -> dict[str, int]:
+def redrive(
+    backends: Backends, tables: Tables, ids: list[str] | None = None, target: str = "postgres"
+) -> dict[str, int]:
     """Re-apply dead letters directly through apply_events (stream ids can't go back) and delete each on
     success. Entries that do not decode (binary or malformed payloads), whose table is not in the catalog,
     or that still fail stay in the dead-letter stream with their original reason; each is logged."""
     from dualwrite.apply.rule import apply_events
 
-    key = dead_letter_key(dw.settings.namespace)
+    key = dead_letter_key(backends.settings.namespace)
     wanted = set(ids) if ids else None
     counts = {"applied": 0, "refused": 0, "failed": 0}
-    for eid, fields in dw.redis.xrange(key):
+    for eid, fields in backends.redis.xrange(key):
         dead_id = show(eid)[0]
         if wanted is not None and dead_id not in wanted:
             continue
         try:
             ev = ChangeEvent.from_json(fields.get(b"payload", b""))
-            dw.catalog.table(ev.table)
+            tables.table(ev.table)
         except DualwriteError as exc:
             counts["refused"] += 1
             log.warning("redrive: %s refused, left dead-lettered: %s", dead_id, first_line(exc))
             continue
         side = ev.target if ev.origin else target  # the side opposite the primary that committed it
-        engine = dw.postgres_apply if side == "postgres" else dw.sqlite_apply
+        engine = backends.apply_engine(side)
         try:
             with engine.begin() as conn:
-                apply_events(conn, dw.catalog.table, [ev])
+                apply_events(conn, tables.table, [ev])
         except (DBAPIError, ValueError, TypeError) as exc:
             counts["failed"] += 1
             log.warning("redrive: %s still fails: %s", dead_id, first_line(exc))
             continue
-        dw.redis.xdel(key, eid)
+        backends.redis.xdel(key, eid)
         counts["applied"] += 1
     return counts

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import Engine, delete, func, select
@@ -28,11 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
-from dualwrite.demo.app.base import utcnow
 from dualwrite.stream.protocol import entry_id, stream_key
+from dualwrite.types import utcnow
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
 
 log = logging.getLogger("dualwrite.stream.relay")
 # How many quarantined foreign entries are kept (they are evidence, not data).
@@ -159,14 +159,10 @@ class Relay:
         self.backlog = -1
 
     @classmethod
-    def for_writer(cls, dw: DualWriter, **kw: object) -> Relay:
-        return cls(
-            dw.redis,
-            dw.settings.namespace,
-            [("sqlite", dw.sqlite_read), ("postgres", dw.postgres)],
-            wakeup=dw.committed,
-            **kw,
-        )  # type: ignore[arg-type]
+    def for_backends(cls, backends: Backends, **kw: Any) -> Relay:
+        """A relay over both outboxes of `backends` (a writer passes its commit Wakeup as `wakeup`)."""
+        sources = [("sqlite", backends.sqlite_read), ("postgres", backends.postgres)]
+        return cls(backends.redis, backends.settings.namespace, sources, **kw)
 
     def run_once(self) -> int:
         """Publish what is pending; return how many events were added to the stream."""

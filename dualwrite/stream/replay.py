@@ -26,14 +26,14 @@ import redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dualwrite import metrics
-from dualwrite.apply.statements import SchemaDriftError
-from dualwrite.errors import DualwriteError, UnknownTableError
+from dualwrite.errors import DualwriteError, SchemaDriftError, UnknownTableError, first_line
 from dualwrite.events import ChangeEvent
-from dualwrite.stream.deadletters import dead_letter, first_line, list_dead_letters, redrive
+from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
 from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
 
 if TYPE_CHECKING:
-    from dualwrite.adapter import DualWriter
+    from dualwrite.engines import Backends
+    from dualwrite.tables import Tables
 
 __all__ = ["DEFAULT_GROUP", "ReplayStats", "Replayer", "dead_letter", "list_dead_letters", "redrive"]
 
@@ -60,7 +60,8 @@ class ReplayStats:
 
 @dataclass
 class Replayer:
-    dw: DualWriter
+    backends: Backends
+    tables: Tables
     group: str = DEFAULT_GROUP
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     batch: int = 500
@@ -72,8 +73,8 @@ class Replayer:
     stats: ReplayStats = field(default_factory=ReplayStats)
 
     def __post_init__(self) -> None:
-        self.client: redis.Redis = self.dw.redis
-        self.namespace = self.dw.settings.namespace
+        self.client: redis.Redis = self.backends.redis
+        self.namespace = self.backends.settings.namespace
         self.key = stream_key(self.namespace)
         self._own_pending_done = False
         self._last_claim = 0.0
@@ -183,9 +184,9 @@ class Replayer:
         for ev in events:
             by_target.setdefault(ev.target if ev.origin else self.target, []).append(ev)
         for target, evs in by_target.items():
-            engine = self.dw.postgres_apply if target == "postgres" else self.dw.sqlite_apply
+            engine = self.backends.apply_engine(target)
             with engine.begin() as conn:
-                result = apply_events(conn, self.dw.catalog.table, evs)
+                result = apply_events(conn, self.tables.table, evs)
             self._count(result)
 
     def _count(self, result: Any) -> None:

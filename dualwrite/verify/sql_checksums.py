@@ -61,8 +61,7 @@ def _kind(col: Any) -> tuple[str, int] | None:
     """The rendering rule of a column's type, or None (unsupported: the Python path decides)."""
     t = col.type
     try:  # the project's own decorators: storage formats known here
-        from dualwrite.demo.app.base import UTCDateTime
-        from dualwrite.demo.app.types import ExactDecimal
+        from dualwrite.types import ExactDecimal, UTCDateTime
 
         if isinstance(t, UTCDateTime):
             return "utc", 0
@@ -138,7 +137,7 @@ def postgres_render(c: Col) -> str:
         return f"upper(encode({x}, 'hex'))"
     if c.kind == "datetime":  # SQLAlchemy's SQLite DATETIME storage format
         return f"to_char({x}, 'YYYY-MM-DD HH24:MI:SS.US')"
-    if c.kind == "utc":  # dualwrite.stores.base.UTCDateTime's SQLite text
+    if c.kind == "utc":  # dualwrite.types.UTCDateTime's SQLite text
         return f"""to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
     return f"{x}::text"  # text, date
 

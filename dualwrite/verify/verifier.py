@@ -37,6 +37,8 @@ from sqlalchemy import Engine, Table
 
 from dualwrite.apply.rule import apply_events, apply_snapshot_rows
 from dualwrite.bookkeeping import read_meta
+from dualwrite.engines import Backends
+from dualwrite.errors import first_line
 from dualwrite.events import ChangeEvent, key_text
 from dualwrite.normalize import DEFAULT, Normalizer, canonical_text
 from dualwrite.verify import sql_checksums as sqlsum
@@ -320,18 +322,19 @@ def verify_tables(
             try:
                 tv.fix(rep, fix_with)
             except Exception as exc:
-                rep.error = f"fix failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
         reports.append(rep)
     return VerifyReport(reports)
 
 
-def verify_writer(
-    dw: Any, tables: Sequence[Table], *, fix: bool = False, store: bool = True, **kw: Any
+def verify_backends(
+    backends: Backends, tables: Sequence[Table], *, fix: bool = False, store: bool = True, **kw: Any
 ) -> VerifyReport:
-    """Verify with a DualWriter's engines; remember the result in Redis for the cutover gate."""
-    report = verify_tables(tables, dw.sqlite_read, dw.postgres, fix_with=dw.postgres_apply if fix else None, **kw)
+    """verify_tables on a process's engines; remember the result in Redis for the cutover gate."""
+    fix_with = backends.postgres_apply if fix else None
+    report = verify_tables(tables, backends.sqlite_read, backends.postgres, fix_with=fix_with, **kw)
     if store:
-        store_last(dw.redis, dw.settings.namespace, report, fixed=fix)
+        store_last(backends.redis, backends.settings.namespace, report, fixed=fix)
     return report
 
 

@@ -35,27 +35,28 @@ from sqlalchemy import (
     text,
 )
 
-from dualwrite.adapter import DualWriter, TableCatalog
-from dualwrite.apply.rule import SchemaDriftError, apply_events
-from dualwrite.demo.app.base import JSONType, UTCDateTime
-from dualwrite.errors import DualwriteError
+from dualwrite.adapter import DualWriter
+from dualwrite.apply.rule import apply_events
+from dualwrite.errors import DualwriteError, SchemaDriftError
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog, md, pairs, snapshot
+from dualwrite.types import JSONType, UTCDateTime
+from tests.core.support import TABLES, catalog, pairs, snapshot
 
 BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture
 def dw(settings: Settings) -> Iterator[DualWriter]:
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
 
 def engine_of(dw: DualWriter, backend: str) -> Any:
-    return dw.sqlite_read if backend == "sqlite" else dw.postgres
+    return dw.backends.sqlite_read if backend == "sqlite" else dw.backends.postgres
 
 
 def image(i: int, name: str, **over: Any) -> dict[str, Any]:
@@ -161,7 +162,7 @@ def model(events: list[ChangeEvent]) -> dict[int, str]:
 
 
 def wipe(dw: DualWriter, backend: str) -> None:
-    engine = dw.sqlite_apply if backend == "sqlite" else dw.postgres_apply
+    engine = dw.backends.sqlite_apply if backend == "sqlite" else dw.backends.postgres_apply
     with engine.begin() as conn:
         for t in TABLES:
             conn.execute(t.delete())
@@ -219,9 +220,9 @@ def test_newer_change_waiting_on_an_older_apply_sees_its_commit(dw: DualWriter, 
     # existing row would be re-checked by the newer statement anyway)
     older = up(5, 1, "v5") if ops[0] == "upsert" else rm(5, 1)
     newer = rm(6, 1) if ops[1] == "delete" else up(6, 1, "v6")
-    with dw.postgres_apply.connect() as holder:
+    with dw.backends.postgres_apply.connect() as holder:
         holder.begin()
-        apply_events(holder, dw.catalog.table, [older])
+        apply_events(holder, dw.tables.table, [older])
         holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         errors: list[BaseException] = []
 
@@ -233,7 +234,7 @@ def test_newer_change_waiting_on_an_older_apply_sees_its_commit(dw: DualWriter, 
 
         thread = threading.Thread(target=newer_apply)
         thread.start()
-        with dw.postgres.connect() as probe:  # wait until the newer apply is blocked by the older one
+        with dw.backends.postgres.connect() as probe:  # wait until the newer apply is blocked by the older one
             deadline = clock.monotonic() + 10
             while not probe.exec_driver_sql(
                 "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (holder_pid,)
@@ -291,9 +292,7 @@ def test_every_value_arrives_exactly(settings: Settings, backend: str, batch: bo
     """Values that JSON or a cast could bend (-0.0, NaN, infinities, the smallest float, 2**70 in a numeric,
     quotes and backslashes, bytes with NUL, JSON null vs SQL NULL, far dates, offsets) arrive unchanged, in
     one batch and one event at a time (the inline path)."""
-    cat = TableCatalog()
-    cat.add(odd, "toy")
-    w = prepared_writer(settings, metadata=odd_md, catalog=cat, phase="sqlite")
+    w = prepared_writer(settings, Tables.of(odd, store="toy"), phase="sqlite")
     try:
         events = [
             ChangeEvent.from_json(ChangeEvent(table="odd_values", op="upsert", key={"id": r["id"]}, image=r, seq=i + 1)

@@ -20,10 +20,11 @@ from sqlalchemy import (
     text,
 )
 
-from dualwrite.adapter import DualWriter, TableCatalog
-from dualwrite.demo.app.base import JSONType, UTCDateTime
+from dualwrite.adapter import DualWriter
 from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay
+from dualwrite.tables import Tables
+from dualwrite.types import JSONType, UTCDateTime
 
 md = MetaData()
 accounts = Table(
@@ -53,11 +54,8 @@ TABLES = [accounts, tags, notes]  # parents first
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def catalog() -> TableCatalog:
-    cat = TableCatalog()
-    for t in TABLES:
-        cat.add(t, "bf")
-    return cat
+def catalog() -> Tables:
+    return Tables.of(TABLES, store="bf")
 
 
 def account_row(i: int, name: str | None = None) -> dict[str, Any]:
@@ -72,7 +70,7 @@ def account_row(i: int, name: str | None = None) -> dict[str, Any]:
 
 def seed(dw: DualWriter, n: int) -> None:
     """Rows that existed before capture began: written to SQLite directly (no events)."""
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(insert(accounts), [account_row(i) for i in range(1, n + 1)])
         conn.execute(insert(tags), [{"tenant": f"t{i % 7}", "n": i, "label": f"label {i}"} for i in range(1, n + 1)])
         conn.execute(insert(notes), [{"id": i, "account_id": 1 + i % n, "body": f"note {i}"} for i in range(1, n + 1)])
@@ -87,20 +85,20 @@ def snapshot(engine: Any, table: Table) -> list[tuple[Any, ...]]:
 
 def assert_equal(dw: DualWriter) -> None:
     for t in TABLES:
-        left, right = snapshot(dw.sqlite_read, t), snapshot(dw.postgres, t)
+        left, right = snapshot(dw.backends.sqlite_read, t), snapshot(dw.backends.postgres, t)
         assert len(left) == len(right), t.name
         assert left == right, t.name
 
 
 def drain_relay(dw: DualWriter) -> None:
-    assert Relay.for_writer(dw).drain(timeout=30)
+    assert Relay.for_backends(dw.backends).drain(timeout=30)
 
 
 def clear(dw: DualWriter) -> None:
     """Empty accounts, versions, outbox and stream on both sides, between hypothesis examples."""
-    for engine in (dw.sqlite, dw.postgres):
+    for engine in (dw.backends.sqlite, dw.backends.postgres):
         with engine.begin() as conn:
             conn.execute(delete(accounts))
             conn.execute(text("DELETE FROM _dw_versions"))
             conn.execute(text("DELETE FROM _dw_outbox"))
-    dw.redis.delete(stream_key(dw.settings.namespace))
+    dw.backends.redis.delete(stream_key(dw.settings.namespace))

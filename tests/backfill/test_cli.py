@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import update
 
 from dualwrite.cli.main import main
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, md, seed
 from tests.conftest import connection_args
@@ -21,11 +22,9 @@ from tests.conftest import connection_args
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
-
-
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -42,7 +41,7 @@ def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[
     report = tmp_path / "report.json"
     c = connection_args(settings)
     meta = ["--metadata", "tests.backfill.support:md"]
-    r = invoke("backfill", "run", *c, *meta, "--once", "--chunk-size", "25", "--report", str(report),
+    r = invoke("backfill", "run", *c, *meta, "--chunk-size", "25", "--report", str(report),
                "--rejects", str(tmp_path / "rej.jsonl"), "--max-rows-per-second", "100000")  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
@@ -84,33 +83,36 @@ def _copied(dw) -> bool:  # type: ignore[no-untyped-def]
     from dualwrite.backfill import checkpoint as ckpt
 
     try:
-        cps = ckpt.load_all(dw.postgres)
+        cps = ckpt.load_all(dw.backends.postgres)
     except Exception:  # noqa: BLE001
         return False
     return len(cps) == 3 and all(c.status == "done" for c in cps.values())
 
 
-def test_default_order_is_the_registry_priority_order(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Without --metadata the stores move in priority order (P0, P1, P2; parents before children), not in
-    MetaData.sorted_tables' alphabetical order, which copied archive_records (P2) first."""
-    from dualwrite.cli.backfill import _tables
-    from dualwrite.registry import default_registry
+def test_tables_move_in_priority_order_and_none_are_guessed(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--metadata naming a Tables moves its stores in priority order (P0, P1, P2; parents before children),
+    not in MetaData.sorted_tables' alphabetical order, which would copy archive_records (P2) first; a plain
+    MetaData keeps its parents-first order; without --metadata (or --reflect) nothing is guessed."""
+    from dualwrite.demo.app import tables as app_tables
 
-    reg = default_registry()
-    order = [t.name for t in _tables(None)]
-    assert order == [s.name for s in reg.tables()]
-    pri = [reg.get(n).priority for n in order]
+    app = app_tables()
+    order = app.names()
+    pri = [app.get(n).priority for n in order]
     assert pri == sorted(pri) and order[0] == "memory_items"
     for n in order:
-        assert all(order.index(p) < order.index(n) for p in reg.get(n).parents)
-    w = prepared_writer(settings, phase="sqlite")  # every store's tables, empty
+        assert all(order.index(p) < order.index(n) for p in app.get(n).parents)
+    w = prepared_writer(settings, app, phase="sqlite")  # every store's tables, empty
     try:
         report = tmp_path / "report.json"
         c = connection_args(settings)
-        r = invoke("backfill", "run", *c, "--no-replay", "--report", str(report), "--rejects", str(tmp_path / "r"))
+        r = invoke("backfill", "run", *c, "--no-replay", "--rejects", str(tmp_path / "r"))
+        assert r.exit_code == 2 and "--metadata" in r.output, r.output
+        app_meta = ["--metadata", "dualwrite.demo.app:tables"]
+        r = invoke(
+            "backfill", "run", *c, *app_meta, "--no-replay", "--report", str(report), "--rejects", str(tmp_path / "r")
+        )
         assert r.exit_code == 0, r.output
         assert [t["table"] for t in json.loads(report.read_text())["tables"]] == order
-        # --metadata keeps its MetaData's parents-first order, as before
-        assert [t.name for t in _tables("tests.backfill.support:md")] == [t.name for t in md.sorted_tables]
+        assert Tables.load("tests.backfill.support:md").names() == [t.name for t in md.sorted_tables]
     finally:
         w.close()

@@ -14,12 +14,12 @@ from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, md, notes, seed, tags
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, notes, seed, tags
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
@@ -27,24 +27,24 @@ def dw(settings):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("fast", [True, False])
 def test_copy_makes_postgres_equal(dw, fast) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 257)
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=50, fast=fast)
+    copier = Copier.for_backends(dw.backends, chunk_size=50, fast=fast)
     reports = copier.copy_tables(TABLES)
     assert [r.status for r in reports] == ["done"] * 3
     assert [r.rows_copied for r in reports] == [257] * 3
     assert_equal(dw)
     # A second run is a no-op (checkpoints say done); after reset it copies again and changes nothing.
     assert all(r.chunks == 0 for r in copier.copy_tables(TABLES))
-    ckpt.reset(dw.postgres)
+    ckpt.reset(dw.backends.postgres)
     again = copier.copy_tables(TABLES)
     assert sum(r.rows_applied for r in again) == 0 and sum(r.rows_stale for r in again) == 3 * 257
     assert_equal(dw)
 
 
 def test_composite_text_keys_paginate(dw) -> None:  # type: ignore[no-untyped-def]
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         rows = [{"tenant": t, "n": n, "label": "x"} for t in ("a", "B", "é", "a b") for n in (3, 1, 2)]
         conn.execute(insert(tags), rows)
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=2)
+    copier = Copier.for_backends(dw.backends, chunk_size=2)
     (rep,) = copier.copy_tables([tags])
     assert rep.rows_copied == 12 and rep.chunks == 7  # 6 full chunks + the empty one that ends it
     assert_equal(dw)
@@ -52,18 +52,18 @@ def test_composite_text_keys_paginate(dw) -> None:  # type: ignore[no-untyped-de
 
 def test_live_update_after_chunk_read_wins(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 10)
-    chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
     # After the chunk was read: a live update and a live delete go through the DualWriter (seq > S).
     dw.execute(update(accounts).where(accounts.c.id == 3).values(name="live"))
     dw.execute(delete(notes).where(notes.c.account_id == 4))
     dw.execute(delete(accounts).where(accounts.c.id == 4))
-    with dw.postgres_apply.begin() as conn:
+    with dw.backends.postgres_apply.begin() as conn:
         res = copy_apply(conn, accounts, chunk.rows, chunk.version)
     assert res.applied == 8 and res.stale == 2
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         assert conn.execute(select(accounts.c.name).where(accounts.c.id == 3)).scalar() == "live"
         assert conn.execute(select(accounts.c.id).where(accounts.c.id == 4)).first() is None
-    with dw.postgres_apply.begin() as conn:  # the slow path agrees
+    with dw.backends.postgres_apply.begin() as conn:  # the slow path agrees
         res = copier_slow_apply(conn, chunk)
     assert res.applied == 0
     assert_equal_table(dw, accounts)
@@ -78,12 +78,12 @@ def copier_slow_apply(conn, chunk):  # type: ignore[no-untyped-def]
 def assert_equal_table(dw, table) -> None:  # type: ignore[no-untyped-def]
     from tests.backfill.support import snapshot
 
-    assert snapshot(dw.sqlite_read, table) == snapshot(dw.postgres, table)
+    assert snapshot(dw.backends.sqlite_read, table) == snapshot(dw.backends.postgres, table)
 
 
 def test_copy_with_concurrent_writers_then_replay(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 400)
-    replayer = Replayer(dw, consumer="c1", block_ms=50)
+    replayer = Replayer(dw.backends, dw.tables, consumer="c1", block_ms=50)
     replayer.ensure_group()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -106,7 +106,7 @@ def test_copy_with_concurrent_writers_then_replay(dw) -> None:  # type: ignore[n
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(2)]
     for t in threads:
         t.start()
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=20)
+    copier = Copier.for_backends(dw.backends, chunk_size=20)
     copier.copy_tables(TABLES)
     stop.set()
     for t in threads:
@@ -119,13 +119,13 @@ def test_copy_with_concurrent_writers_then_replay(dw) -> None:  # type: ignore[n
 
 def test_resume_after_crash(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 230)
-    first = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=40)
+    first = Copier.for_backends(dw.backends, chunk_size=40)
     first.copy_tables(TABLES, max_chunks=4)  # "killed" after 4 chunks: 160 rows of accounts
-    cps = ckpt.load_all(dw.postgres)
+    cps = ckpt.load_all(dw.backends.postgres)
     assert cps["bf_accounts"].rows_copied == 160 and cps["bf_accounts"].status == "copying"
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM bf_accounts")).scalar() == 160
-    second = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=40)
+    second = Copier.for_backends(dw.backends, chunk_size=40)
     reports = second.copy_tables(TABLES)
     assert [r.rows_copied for r in reports] == [230, 230, 230]
     assert reports[0].rows_applied == 70  # nothing copied twice
@@ -135,21 +135,21 @@ def test_resume_after_crash(dw) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("fast", [True, False])
 def test_bad_rows_go_to_reject_file(dw, tmp_path, fast) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 100)
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         for k in (7, 55, 56, 99):
             conn.execute(update(notes).where(notes.c.id == k).values(body=f"bad\x00{k}"))
     path = tmp_path / "rejects.jsonl"
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=32, rejects=RejectWriter(path), fast=fast)
+    copier = Copier.for_backends(dw.backends, chunk_size=32, rejects=RejectWriter(path), fast=fast)
     reports = copier.copy_tables(TABLES)
     assert reports[2].rows_rejected == 4 and reports[2].rows_copied == 96
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert sorted(json.loads(r["key"])[0] for r in lines) == [7, 55, 56, 99]
     assert {r["column"] for r in lines} == {"body"} and all(r["table"] == "bf_notes" for r in lines)
     assert all("\\x00" in r["value"] for r in lines)
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         ids = set(conn.execute(select(notes.c.id)).scalars())
     assert ids == set(range(1, 101)) - {7, 55, 56, 99}
-    assert ckpt.load_all(dw.postgres)["bf_notes"].rows_rejected == 4
+    assert ckpt.load_all(dw.backends.postgres)["bf_notes"].rows_rejected == 4
 
 
 def test_serial_sequence_moves_past_copied_ids(dw) -> None:  # type: ignore[no-untyped-def]
@@ -157,12 +157,12 @@ def test_serial_sequence_moves_past_copied_ids(dw) -> None:  # type: ignore[no-u
 
     md2 = MetaData()
     serial = Table("bf_serial", md2, Column("id", Integer, primary_key=True), Column("v", Text))
-    md2.create_all(dw.sqlite)
-    md2.create_all(dw.postgres)
-    with dw.sqlite.begin() as conn:
+    md2.create_all(dw.backends.sqlite)
+    md2.create_all(dw.backends.postgres)
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(insert(serial), [{"id": i, "v": str(i)} for i in (1, 2, 50)])
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=2).copy_tables([serial])
-    with dw.postgres.begin() as conn:
+    Copier.for_backends(dw.backends, chunk_size=2).copy_tables([serial])
+    with dw.backends.postgres.begin() as conn:
         assert conn.execute(insert(serial).values(v="pg").returning(serial.c.id)).scalar() == 51
 
 
@@ -172,7 +172,7 @@ def test_throttle_limits_rate(dw) -> None:  # type: ignore[no-untyped-def]
     from dualwrite.backfill.throttle import TokenBucket
 
     seed(dw, 60)
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, throttle=TokenBucket(40))
+    copier = Copier.for_backends(dw.backends, chunk_size=10, throttle=TokenBucket(40))
     t = time.monotonic()
     copier.copy_tables([accounts])
     assert time.monotonic() - t >= 0.4  # 60 rows at 40/s, 40 of burst: 20 rows wait 0.5 s
@@ -180,11 +180,11 @@ def test_throttle_limits_rate(dw) -> None:  # type: ignore[no-untyped-def]
 
 def test_schema_mismatch_stops_instead_of_rejecting(dw, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 10)
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(text("ALTER TABLE bf_tags DROP COLUMN label"))
     path = tmp_path / "rejects.jsonl"
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=4, rejects=RejectWriter(path))
+    copier = Copier.for_backends(dw.backends, chunk_size=4, rejects=RejectWriter(path))
     with pytest.raises(Exception, match="label"):
         copier.copy_tables([tags])
     assert not path.exists()
-    assert ckpt.load_all(dw.postgres).get("bf_tags") is None  # nothing committed: resumes from the start
+    assert ckpt.load_all(dw.backends.postgres).get("bf_tags") is None  # nothing committed: resumes from the start

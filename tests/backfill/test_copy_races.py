@@ -18,7 +18,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import account_row, accounts, catalog, clear, drain_relay, md, snapshot
+from tests.backfill.support import account_row, accounts, catalog, clear, drain_relay, snapshot
 
 N = 150
 op = st.one_of(
@@ -31,15 +31,15 @@ plans = st.lists(st.lists(op, min_size=5, max_size=40), min_size=2, max_size=2)
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
 
 def reset(dw) -> None:  # type: ignore[no-untyped-def]
     clear(dw)
-    ckpt.reset(dw.postgres)
-    with dw.sqlite.begin() as conn:  # history from before capture began: no events
+    ckpt.reset(dw.backends.postgres)
+    with dw.backends.sqlite.begin() as conn:  # history from before capture began: no events
         conn.execute(insert(accounts), [account_row(i) for i in range(1, N + 1)])
 
 
@@ -60,14 +60,14 @@ def writer(dw, plan: list[tuple[str, int]], t: int, start: threading.Barrier, er
 
 def race(dw, plan: list[list[tuple[str, int]]], chunk_size: int) -> Copier:  # type: ignore[no-untyped-def]
     reset(dw)
-    replayer = Replayer(dw, consumer="r", block_ms=0)
+    replayer = Replayer(dw.backends, dw.tables, consumer="r", block_ms=0)
     replayer.ensure_group()
     errors: list[BaseException] = []
     start = threading.Barrier(len(plan) + 1)
     threads = [threading.Thread(target=writer, args=(dw, p, t, start, errors)) for t, p in enumerate(plan)]
     for th in threads:
         th.start()
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=chunk_size)
+    copier = Copier.for_backends(dw.backends, chunk_size=chunk_size)
     start.wait()
     (rep,) = copier.copy_tables([accounts])
     for th in threads:
@@ -76,8 +76,8 @@ def race(dw, plan: list[list[tuple[str, int]]], chunk_size: int) -> Copier:  # t
     assert rep.status == "done"
     drain_relay(dw)
     replayer.run(once=True)
-    assert snapshot(dw.postgres, accounts) == snapshot(dw.sqlite_read, accounts)
-    with dw.postgres.connect() as conn:  # every copied key carries a version (none is left at 0/absent)
+    assert snapshot(dw.backends.postgres, accounts) == snapshot(dw.backends.sqlite_read, accounts)
+    with dw.backends.postgres.connect() as conn:  # every copied key carries a version (none is left at 0/absent)
         missing = conn.execute(
             text(
                 "SELECT count(*) FROM bf_accounts a WHERE NOT EXISTS (SELECT 1 FROM _dw_versions v"

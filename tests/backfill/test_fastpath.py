@@ -43,16 +43,16 @@ from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.keys import key_texts
 from dualwrite.backfill.load import load_chunk
 from dualwrite.backfill.merge import copy_apply
-from dualwrite.demo.app.base import JSONType, UTCDateTime
 from dualwrite.engines import postgres_engine
 from dualwrite.events import ChangeEvent, key_text
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import account_row, accounts, catalog, md, snapshot, tags
+from dualwrite.types import JSONType, UTCDateTime
+from tests.backfill.support import account_row, accounts, catalog, snapshot, tags
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
@@ -62,14 +62,15 @@ def copier_pg(settings, request):  # type: ignore[no-untyped-def]
     """The chunk's engine, on each driver: psycopg2 (what Settings normalise to) encodes COPY text here,
     psycopg 3 writes rows itself, in binary where binary.py allows."""
     url = make_url(settings.postgres_url).set(drivername=f"postgresql+{request.param}")
-    engine = postgres_engine(url.render_as_string(hide_password=False), settings.pg_schema, replica=True)
+    dsn = url.render_as_string(hide_password=False)
+    engine = postgres_engine(dsn, settings.pg_schema, state_schema=settings.state_schema, replica=True)
     yield engine
     engine.dispose()
 
 
 def seed_sqlite(dw, n: int, version: int = 100) -> None:  # type: ignore[no-untyped-def]
     """n accounts in SQLite and last_seq = version (the chunk's S)."""
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(insert(accounts), [account_row(i) for i in range(1, n + 1)])
         conn.execute(text("UPDATE _dw_meta SET value = :v WHERE name = 'last_seq'"), {"v": version})
 
@@ -103,42 +104,42 @@ def load(engine: Engine, chunk) -> tuple[Any, bool]:  # type: ignore[no-untyped-
 
 def test_fresh_chunk_is_copied_with_its_version(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
     seed_sqlite(dw, 40)
-    chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
     result, fell_back = load(copier_pg, chunk)
     assert (result.applied, result.stale, fell_back) == (40, 0, False)
-    assert versions(dw.postgres) == {f"[{i}]": 100 for i in range(1, 41)}
-    assert snapshot(dw.postgres, accounts) == snapshot(dw.sqlite_read, accounts)
+    assert versions(dw.backends.postgres) == {f"[{i}]": 100 for i in range(1, 41)}
+    assert snapshot(dw.backends.postgres, accounts) == snapshot(dw.backends.sqlite_read, accounts)
     result, fell_back = load(copier_pg, chunk)  # again: every key is taken, equal versions are no-ops
     assert (result.applied, result.stale, fell_back) == (0, 40, True)
 
 
 def test_keys_reached_first_follow_the_apply_rule(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
     seed_sqlite(dw, 30)
-    chunk = read_chunk(dw.sqlite_read, accounts, None, 100)  # S = 100
+    chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)  # S = 100
     dw.apply("postgres", [upsert(3, 105, "newer"), delete(4, 106), upsert(5, 90, "older"), upsert(6, 100, "equal")])
-    with dw.postgres_apply.begin() as conn:  # a row loaded outside the apply rule: no version row
+    with dw.backends.postgres_apply.begin() as conn:  # a row loaded outside the apply rule: no version row
         conn.execute(insert(accounts).values(account_row(7, "unversioned")))
     result, fell_back = load(copier_pg, chunk)
     assert fell_back and (result.applied, result.stale) == (27, 3)
-    got = names(dw.postgres)
+    got = names(dw.backends.postgres)
     assert got[3] == "newer" and 4 not in got  # newer image kept, tombstone not resurrected
     assert (got[5], got[7], got[8]) == ("acct-5 é", "acct-7 é", "acct-8 é")  # older / unversioned: overwritten
     assert got[6] == "equal"  # equal version: a no-op
-    v = versions(dw.postgres)
+    v = versions(dw.backends.postgres)
     assert (v["[3]"], v["[4]"], v["[5]"], v["[6]"], v["[7]"], v["[8]"]) == (105, 106, 100, 100, 100, 100)
 
 
 def test_composite_text_keys_use_the_event_key_text(dw, copier_pg) -> None:  # type: ignore[no-untyped-def]
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(insert(tags), [{"tenant": t, "n": n, "label": "x"} for t in ("a", 'q"\\', "é\t") for n in (1, 2)])
-    chunk = read_chunk(dw.sqlite_read, tags, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, tags, None, 100)
     with copier_pg.begin() as conn:
         result, _ = load_chunk(conn, tags, chunk.columns, chunk.values, chunk.version)
     assert result.applied == 6
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         keys = set(conn.execute(text("SELECT pk FROM _dw_versions WHERE tbl = 'bf_tags'")).scalars())
     assert keys == {key_text([r["tenant"], r["n"]]) for r in chunk.rows}
-    assert snapshot(dw.postgres, tags) == snapshot(dw.sqlite_read, tags)
+    assert snapshot(dw.backends.postgres, tags) == snapshot(dw.backends.sqlite_read, tags)
 
 
 @given(st.lists(st.one_of(st.integers(), st.booleans(), st.none(), st.text(max_size=4), st.floats()), max_size=20))
@@ -160,7 +161,7 @@ def wait_until_blocked(dw, pids: list[int], timeout: float = 10.0) -> None:  # t
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pids:
-            with dw.postgres.connect() as conn:
+            with dw.backends.postgres.connect() as conn:
                 waiting = conn.execute(
                     text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"), {"p": pids[-1]}
                 ).scalar()
@@ -194,13 +195,13 @@ def test_live_apply_uncommitted_during_copy(dw, copier_pg, live_seq, live_wins) 
     """A live apply holds key 10 uncommitted; the chunk's COPY waits on it, then fails on the unique index
     and merges: the newer image stays, an older one is overwritten by the chunk (version S = 100)."""
     seed_sqlite(dw, 20)
-    chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
     claimed, release = threading.Event(), threading.Event()
     pids: list[int] = []
 
     def live() -> None:
-        with dw.postgres_apply.begin() as conn:
-            apply_events(conn, dw.catalog.table, [upsert(10, live_seq, "live")])
+        with dw.backends.postgres_apply.begin() as conn:
+            apply_events(conn, dw.tables.table, [upsert(10, live_seq, "live")])
             claimed.set()
             release.wait(10)
 
@@ -219,9 +220,9 @@ def test_live_apply_uncommitted_during_copy(dw, copier_pg, live_seq, live_wins) 
     assert live_out == [None]
     result, fell_back = copy_out[0]
     assert fell_back and result.applied == (19 if live_wins else 20)
-    assert names(dw.postgres)[10] == ("live" if live_wins else "acct-10 é")
-    assert versions(dw.postgres)["[10]"] == max(live_seq, 100)
-    assert len(names(dw.postgres)) == 20
+    assert names(dw.backends.postgres)[10] == ("live" if live_wins else "acct-10 é")
+    assert versions(dw.backends.postgres)["[10]"] == max(live_seq, 100)
+    assert len(names(dw.backends.postgres)) == 20
 
 
 @pytest.mark.parametrize("path", ["fast", "merge"])
@@ -231,7 +232,7 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
     delete case found a bug in applysql.py, fixed in 61384db: its DELETE ran in the claim's statement, on
     a snapshot from before the chunk committed, and missed the row.)"""
     seed_sqlite(dw, 20)
-    chunk = read_chunk(dw.sqlite_read, accounts, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
     event = {"newer": upsert(10, 101, "live"), "older": upsert(10, 99, "old"), "delete": delete(10, 102)}[live]
     copied, release = threading.Event(), threading.Event()
     pids: list[int] = []
@@ -248,9 +249,9 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
         return res
 
     def live_apply() -> Any:
-        with dw.postgres_apply.begin() as conn:
+        with dw.backends.postgres_apply.begin() as conn:
             pids.append(pid(conn))
-            return apply_events(conn, dw.catalog.table, [event])
+            return apply_events(conn, dw.tables.table, [event])
 
     copy_th, copy_out = in_thread(copy)
     assert copied.wait(10)
@@ -261,9 +262,9 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
     live_th.join(10)
     assert copy_out[0].applied == 20
     assert live_out[0].applied == (0 if live == "older" else 1)
-    got = names(dw.postgres)
+    got = names(dw.backends.postgres)
     assert {"newer": got.get(10) == "live", "older": got.get(10) == "acct-10 é", "delete": 10 not in got}[live]
-    assert versions(dw.postgres)["[10]"] == max(event.seq, 100)
+    assert versions(dw.backends.postgres)["[10]"] == max(event.seq, 100)
 
 
 # -- binary COPY: the same rows as the text path, for every common type ---------------------------------
@@ -310,14 +311,14 @@ def typed_rows() -> list[dict[str, Any]]:
 @pytest.mark.parametrize("binary", [True, False])
 def test_binary_copy_writes_what_the_text_path_writes(dw, copier_pg, binary, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import dualwrite.backfill.load as fp
-    types_md.create_all(dw.sqlite)
-    types_md.create_all(dw.postgres)
-    with dw.sqlite.begin() as conn:
+    types_md.create_all(dw.backends.sqlite)
+    types_md.create_all(dw.backends.postgres)
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(insert(typed), typed_rows())
     monkeypatch.setattr(fp, "BINARY", binary)
     used: list[Any] = []
     monkeypatch.setattr(fp, "binary_oids", lambda rows, types: used.append(binary_oids(rows, types)) or used[-1])
-    chunk = read_chunk(dw.sqlite_read, typed, None, 100)
+    chunk = read_chunk(dw.backends.sqlite_read, typed, None, 100)
     with copier_pg.begin() as conn:
         result, _ = load_chunk(conn, typed, chunk.columns, chunk.values, chunk.version)
     assert result.applied == 9
@@ -325,7 +326,7 @@ def test_binary_copy_writes_what_the_text_path_writes(dw, copier_pg, binary, mon
         assert len(used) == 1 and used[0] is not None  # every column of this table can go binary
     else:
         assert used == []  # psycopg2, or binary off: text
-    assert snapshot(dw.postgres, typed) == snapshot(dw.sqlite_read, typed)
+    assert snapshot(dw.backends.postgres, typed) == snapshot(dw.backends.sqlite_read, typed)
 
 
 def test_binary_only_when_every_value_fits_its_column() -> None:

@@ -17,7 +17,7 @@ from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.load import load_chunk
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, clear, drain_relay, md, snapshot
+from tests.backfill.support import accounts, catalog, clear, drain_relay, snapshot
 
 KEYS = 12
 ops = st.lists(
@@ -34,7 +34,7 @@ ops = st.lists(
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
@@ -56,14 +56,14 @@ def apply_chunk(conn, chunk, mode: str) -> None:  # type: ignore[no-untyped-def]
 @given(steps=ops, mode=st.sampled_from(["merge", "slow", "fastpath"]))
 def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore[no-untyped-def]
     reset(dw)
-    replayer = Replayer(dw, consumer="h", batch=3, block_ms=0)
+    replayer = Replayer(dw.backends, dw.tables, consumer="h", batch=3, block_ms=0)
     replayer.ensure_group()
     pending = []
     n = 0
     for op, arg in steps:
         n += 1
         if op == "put":
-            with dw.sqlite_read.connect() as conn:
+            with dw.backends.sqlite_read.connect() as conn:
                 exists = conn.execute(select(accounts.c.id).where(accounts.c.id == arg)).first() is not None
             if exists:
                 dw.execute(update(accounts).where(accounts.c.id == arg).values(name=f"v{n}"))
@@ -72,10 +72,10 @@ def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore
         elif op == "del":
             dw.execute(delete(accounts).where(accounts.c.id == arg))
         elif op == "read":
-            pending.append(read_chunk(dw.sqlite_read, accounts, (arg,) if arg else None, 4))
+            pending.append(read_chunk(dw.backends.sqlite_read, accounts, (arg,) if arg else None, 4))
         elif op == "apply" and pending:
             chunk = pending[arg % len(pending)]  # any order, possibly twice
-            with dw.postgres_apply.begin() as conn:
+            with dw.backends.postgres_apply.begin() as conn:
                 apply_chunk(conn, chunk, mode)
         elif op == "replay":
             drain_relay(dw)
@@ -84,15 +84,15 @@ def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore
     # Finish: a full copy pass, then replay everything.
     after = None
     while True:
-        chunk = read_chunk(dw.sqlite_read, accounts, after, 5)
+        chunk = read_chunk(dw.backends.sqlite_read, accounts, after, 5)
         if not chunk.rows:
             break
-        with dw.postgres_apply.begin() as conn:
+        with dw.backends.postgres_apply.begin() as conn:
             apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
         after = chunk.last_key
     for chunk in pending:  # late, stale chunks change nothing
-        with dw.postgres_apply.begin() as conn:
+        with dw.backends.postgres_apply.begin() as conn:
             apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
     drain_relay(dw)
     replayer.run(once=True)
-    assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)
+    assert snapshot(dw.backends.sqlite_read, accounts) == snapshot(dw.backends.postgres, accounts)

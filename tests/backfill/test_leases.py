@@ -21,20 +21,20 @@ from dualwrite.backfill.leases import LeaseBook, LeaseLost, read_range
 from dualwrite.backfill.throttle import TokenBucket
 from dualwrite.bookkeeping import versions
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, seed
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
 
 def leased_copier(dw, chunk_size: int, **kw) -> Copier:  # type: ignore[no-untyped-def]
-    return Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=chunk_size, leases=LeaseBook(dw.postgres, **kw))
+    return Copier.for_backends(dw.backends, chunk_size=chunk_size, leases=LeaseBook(dw.backends.postgres, **kw))
 
 
 def test_two_workers_copy_each_range_once(dw) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ def test_two_workers_copy_each_range_once(dw) -> None:  # type: ignore[no-untype
         assert sum(r.rows_read for r in mine) == n  # no range read twice...
         assert sum(r.rows_applied for r in mine) == n and sum(r.rows_stale for r in mine) == 0  # ...nor applied twice
         assert sum(r.chunks for r in mine) == -(-n // 37)  # every chunk exactly once (the last lease is open-ended)
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             cp = ckpt.load(conn, table.name)
             assert (cp.status, cp.rows_copied, cp.rows_rejected) == ("done", n, 0)  # totals exact
             assert conn.execute(select(func.count()).select_from(ckpt.leases)).scalar() == 0  # book cleaned up
@@ -80,8 +80,8 @@ CHILD = textwrap.dedent(
     from tests.backfill.support import accounts
 
     s = json.loads(sys.argv[1])
-    pg = postgres_engine(s["postgres_url"], s["pg_schema"], replica=True)
-    book = LeaseBook(postgres_engine(s["postgres_url"], s["pg_schema"]), ttl_s=600)
+    pg = postgres_engine(s["postgres_url"], s["pg_schema"], state_schema=s["state_schema"], replica=True)
+    book = LeaseBook(postgres_engine(s["postgres_url"], s["pg_schema"], state_schema=s["state_schema"]), ttl_s=600)
     copier = Copier(sqlite_read_engine(s["sqlite_url"]), pg, chunk_size=20, throttle=TokenBucket(300), leases=book)
     print("START", flush=True)
     copier.copy_tables([accounts])
@@ -95,7 +95,7 @@ def test_sigkilled_worker_lease_is_taken_over_at_once(dw, settings, tmp_path) ->
     seed(dw, n)
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(root=str(ROOT)))
-    args = json.dumps({k: getattr(settings, k) for k in ("sqlite_url", "postgres_url", "pg_schema")})
+    args = json.dumps({k: getattr(settings, k) for k in ("sqlite_url", "postgres_url", "pg_schema", "state_schema")})
     proc = subprocess.Popen([sys.executable, str(script), args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "START"
@@ -118,15 +118,15 @@ def test_sigkilled_worker_lease_is_taken_over_at_once(dw, settings, tmp_path) ->
 
 def test_expired_lease_is_taken_over_and_late_owner_is_refused(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 100)
-    slow, fast = LeaseBook(dw.postgres, ttl_s=0.3), LeaseBook(dw.postgres, ttl_s=60)
-    lease = slow.claim(dw.sqlite_read, accounts, 40)
+    slow, fast = LeaseBook(dw.backends.postgres, ttl_s=0.3), LeaseBook(dw.backends.postgres, ttl_s=60)
+    lease = slow.claim(dw.backends.sqlite_read, accounts, 40)
     assert lease is not None and lease.n == 1
-    assert fast.claim(dw.sqlite_read, accounts, 40).n == 2  # the slow worker is alive and in time: a new range
+    assert fast.claim(dw.backends.sqlite_read, accounts, 40).n == 2  # the slow worker is alive and in time: a new range
     time.sleep(0.4)
-    taken = fast.claim(dw.sqlite_read, accounts, 40)
+    taken = fast.claim(dw.backends.sqlite_read, accounts, 40)
     assert taken == lease  # expired: taken over although its owner is alive
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, throttle=TokenBucket(None))
-    chunk = read_range(dw.sqlite_read, accounts, None, None if lease.upto is None else (40,))
+    copier = Copier.for_backends(dw.backends, throttle=TokenBucket(None))
+    chunk = read_range(dw.backends.sqlite_read, accounts, None, None if lease.upto is None else (40,))
     assert len(chunk.values) == 40
 
     def late_save(conn, saved) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +134,7 @@ def test_expired_lease_is_taken_over_and_late_owner_is_refused(dw) -> None:  # t
 
     with pytest.raises(LeaseLost):
         copier.apply_chunk(accounts, chunk, ckpt.Checkpoint(accounts.name), 0, save=late_save)
-    with dw.postgres.connect() as conn:  # the late chunk was rolled back: nothing applied, nothing counted
+    with dw.backends.postgres.connect() as conn:  # the late chunk was rolled back: nothing applied, nothing counted
         assert conn.execute(select(func.count()).select_from(versions)).scalar() == 0
         assert ckpt.load(conn, accounts.name).rows_copied == 0
     slow.close()
@@ -142,19 +142,19 @@ def test_expired_lease_is_taken_over_and_late_owner_is_refused(dw) -> None:  # t
 
 
 def _copied(dw) -> int:  # type: ignore[no-untyped-def]
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         return ckpt.load(conn, accounts.name).rows_copied
 
 
 def assert_equal_table(dw) -> None:  # type: ignore[no-untyped-def]
     from tests.backfill.support import snapshot
 
-    assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)
+    assert snapshot(dw.backends.sqlite_read, accounts) == snapshot(dw.backends.postgres, accounts)
 
 
 def test_leased_workers_resume_an_unleased_checkpoint(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 200)
-    (first,) = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=30).copy_tables([accounts], max_chunks=2)
+    (first,) = Copier.for_backends(dw.backends, chunk_size=30).copy_tables([accounts], max_chunks=2)
     assert (first.status, first.rows_copied) == ("copying", 60)
     (rep,) = leased_copier(dw, 50).copy_tables([accounts])
     assert rep.rows_read == 140 and rep.rows_stale == 0  # from the old checkpoint's last key on, nothing twice

@@ -14,7 +14,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import catalog, md, notes, seed
+from tests.backfill.support import catalog, notes, seed
 
 FULL = Path("/dev/full")  # every write fails with ENOSPC
 
@@ -45,7 +45,7 @@ def test_count_only_after_the_line_is_written(tmp_path) -> None:  # type: ignore
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
@@ -53,14 +53,14 @@ def dw(settings):  # type: ignore[no-untyped-def]
 @pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
 def test_unwritable_reject_file_stops_the_chunk_and_the_next_run_rejects_it(dw, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 30)
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(update(notes).where(notes.c.id == 17).values(body="bad\x00"))
     full = RejectWriter(FULL)
     with pytest.raises(OSError):
-        Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, rejects=full).copy_tables([notes])
-    cp = ckpt.load_all(dw.postgres)["bf_notes"]
+        Copier.for_backends(dw.backends, chunk_size=10, rejects=full).copy_tables([notes])
+    cp = ckpt.load_all(dw.backends.postgres)["bf_notes"]
     assert full.count == 0 and (cp.rows_copied, cp.rows_rejected) == (10, 0)  # the refused chunk rolled back
     path = tmp_path / "r.jsonl"
-    (rep,) = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=10, rejects=RejectWriter(path)).copy_tables([notes])
+    (rep,) = Copier.for_backends(dw.backends, chunk_size=10, rejects=RejectWriter(path)).copy_tables([notes])
     assert (rep.rows_copied, rep.rows_rejected, rep.status) == (29, 1, "done")
     assert [json.loads(x)["key"] for x in path.read_text().splitlines()] == ["[17]"]

@@ -20,13 +20,13 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.bookkeeping import versions
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, md, notes, seed, tags
+from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, notes, seed, tags
 from tests.conftest import connection_args
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
@@ -38,12 +38,12 @@ def reset(settings, *args: str):  # type: ignore[no-untyped-def]
 
 
 def pg_ids(dw, table=accounts) -> set[int]:  # type: ignore[no-untyped-def]
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         return set(conn.execute(select(table.c.id)).scalars())
 
 
 def version_of(dw, key: str) -> int | None:  # type: ignore[no-untyped-def]
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         return conn.execute(
             select(versions.c.seq).where(versions.c.tbl == accounts.name, versions.c.pk == key)
         ).scalar()
@@ -53,10 +53,10 @@ def test_reset_deletes_the_backfill_rows_only_and_a_new_copy_restores(dw, settin
     seed(dw, 100)  # history from before capture: only the backfill brings it over
     dw.execute(delete(notes).where(notes.c.account_id == 7))
     dw.execute(delete(accounts).where(accounts.c.id == 7))  # then a live delete: its seq is every chunk's S
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=30, leases=LeaseBook(dw.postgres)).copy_tables(TABLES[:2])
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=30).copy_tables(TABLES[2:])  # the unleased path records too
+    Copier.for_backends(dw.backends, chunk_size=30, leases=LeaseBook(dw.backends.postgres)).copy_tables(TABLES[:2])
+    Copier.for_backends(dw.backends, chunk_size=30).copy_tables(TABLES[2:])  # the unleased path records too
     tombstone = version_of(dw, "[7]")
-    with dw.postgres.connect() as conn:
+    with dw.backends.postgres.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ckpt.chunk_versions)).scalar() == 3
         assert set(conn.execute(select(ckpt.chunk_versions.c.seq)).scalars()) == {tombstone}
     # Live writes after the copy: an update, an insert, a delete. They are not the backfill's to remove.
@@ -77,19 +77,19 @@ def test_reset_deletes_the_backfill_rows_only_and_a_new_copy_restores(dw, settin
     assert pg_ids(dw) == {3, 1000}  # the live update and insert stay
     assert version_of(dw, "[7]") == tombstone  # the tombstone whose seq equals the chunks' S stays
     assert version_of(dw, "[5]") is not None and version_of(dw, "[1]") is None
-    assert pg_ids(dw, notes) == set() and ckpt.load_all(dw.postgres) == {}
-    with dw.postgres.connect() as conn:
+    assert pg_ids(dw, notes) == set() and ckpt.load_all(dw.backends.postgres) == {}
+    with dw.backends.postgres.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ckpt.chunk_versions)).scalar() == 0
         assert conn.execute(select(func.count()).select_from(tags)).scalar() == 0
 
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=30).copy_tables(TABLES)  # the load again, from scratch
+    Copier.for_backends(dw.backends, chunk_size=30).copy_tables(TABLES)  # the load again, from scratch
     assert_equal(dw)
 
 
 def test_refusals_and_keep_rows(dw, settings) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 20)
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=8).copy_tables(TABLES)
-    throttle = Throttler(Limits(), client=dw.redis, namespace=settings.namespace, name="busy-worker")
+    Copier.for_backends(dw.backends, chunk_size=8).copy_tables(TABLES)
+    throttle = Throttler(Limits(), client=dw.backends.redis, namespace=settings.namespace, name="busy-worker")
     throttle.publish()  # a worker is running
     r = reset(settings, "--yes")
     assert r.exit_code == 1 and "busy-worker" in r.output
@@ -101,12 +101,12 @@ def test_refusals_and_keep_rows(dw, settings) -> None:  # type: ignore[no-untype
     assert len(pg_ids(dw)) == 20
     r = reset(settings, "--yes", "--tables", "bf_accounts", "--keep-rows")  # progress only: allowed in any phase
     assert r.exit_code == 0 and "reset 1 checkpoint(s)" in r.output and "deleted" not in r.output
-    assert len(pg_ids(dw)) == 20 and set(ckpt.load_all(dw.postgres)) == {"bf_tags", "bf_notes"}
+    assert len(pg_ids(dw)) == 20 and set(ckpt.load_all(dw.backends.postgres)) == {"bf_tags", "bf_notes"}
 
 
 def test_asks_on_a_terminal(dw, settings) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 10)
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=8).copy_tables(TABLES)
+    Copier.for_backends(dw.backends, chunk_size=8).copy_tables(TABLES)
     out, code = run_on_terminal(settings, "n\n")
     assert "Clear the backfill progress and delete up to 30 row(s) it wrote on Postgres" in out
     assert code == 1 and "Aborted" in out and len(pg_ids(dw)) == 10

@@ -20,9 +20,9 @@ from sqlalchemy import func, inspect, select, text, update
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import versions
-from dualwrite.registry import default_registry
+from dualwrite.demo.app import tables as app_tables
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, md, notes, seed, tags
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, notes, seed, tags
 from tests.conftest import connection_args
 from tests.servers import free_port
 
@@ -31,7 +31,7 @@ META = ["--metadata", "tests.backfill.support:md"]
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
@@ -63,8 +63,8 @@ def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: 
     for s in data["summary"]:
         assert s["read"] == 90 == s["written"] + s["skipped"] + s["rejected"] and s["status"] == "done"
     assert [t["rows_copied"] for t in data["tables"]] == [90, 90]
-    assert set(ckpt.load_all(dw.postgres)) == {"bf_accounts", "bf_notes"}
-    # Registry filters: every --metadata table is store 'app', priority 0.
+    assert set(ckpt.load_all(dw.backends.postgres)) == {"bf_accounts", "bf_notes"}
+    # Filters: every table of a plain MetaData is store 'app', priority 0.
     assert invoke("backfill", "run", *c, *META, "--priority", "P1").exit_code == 2
     assert invoke("backfill", "run", *c, *META, "--stores", "nope").exit_code == 2
     assert invoke("backfill", "run", *c, *META, "--priority", "high").exit_code == 2
@@ -75,21 +75,20 @@ def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: 
     assert_equal(dw)
 
 
-def test_registry_priorities_and_stores_select_in_registry_order() -> None:
-    from dualwrite.cli.backfill import _select
+def test_priorities_and_stores_select_in_the_tables_order() -> None:
+    from dualwrite.cli.backfill import _selected
 
-    reg = default_registry()
-    p0_memory = [t.name for t in _select(None, [], ["P0"], ["memory"])]
-    assert p0_memory == [s.name for s in reg.tables(priorities=[0], stores=["memory"])] and p0_memory
-    p1 = [t.name for t in _select(None, [], ["1"], [])]
-    assert set(p1) == {s.name for s in reg.tables(priorities=[1])}
-    both = [t.name for t in _select(None, [], [], ["memory", "profiles"])]
-    assert set(both) == {s.name for s in reg.tables(stores=["memory", "profiles"])}
+    app = app_tables()
+    p0_memory = _selected(app, [], ["P0"], ["memory"]).names()
+    assert p0_memory == ["memory_items", "memory_retention"]
+    assert set(_selected(app, [], ["1"], []).names()) == {s.name for s in app if s.priority == 1}
+    both = _selected(app, [], [], ["memory", "profiles"]).names()
+    assert both == [s.name for s in app if s.store in ("memory", "profiles")]
 
 
 def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 70)
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         for k in (3, 44):
             conn.execute(update(notes).where(notes.c.id == k).values(body=f"bad\x00{k}"))
     report = tmp_path / "r.json"
@@ -102,13 +101,13 @@ def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path)
     assert "nothing written" in r.output
     data = json.loads(report.read_text())
     assert [(s["read"], s["rejected"]) for s in data["summary"]] == [(70, 0), (70, 0), (70, 2)]
-    with dw.postgres.connect() as conn:  # nothing at all on Postgres: no rows, versions or bookkeeping
+    with dw.backends.postgres.connect() as conn:  # nothing at all on Postgres: no rows, versions or bookkeeping
         assert not inspect(conn).has_table(ckpt.checkpoints.name)
         assert conn.execute(select(func.count()).select_from(versions)).scalar() == 0
         for t in TABLES:
             assert conn.execute(select(func.count()).select_from(t)).scalar() == 0
     assert not (tmp_path / "backfill-rejects.jsonl").exists() and not os.path.exists("backfill-rejects.jsonl")
-    assert dw.redis.exists(f"{settings.namespace}:changes") == 0  # no consumer group created either
+    assert dw.backends.redis.exists(f"{settings.namespace}:changes") == 0  # no consumer group created either
 
 
 def get(url: str) -> tuple[int, str]:
@@ -203,7 +202,7 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
     ]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if [w["throttle"] for w in live_workers(dw.redis, settings.namespace)] == ["paused", "paused"]:
+        if [w["throttle"] for w in live_workers(dw.backends.redis, settings.namespace)] == ["paused", "paused"]:
             break
         time.sleep(0.1)
     assert invoke("backfill", "set", *connection_args(settings), "--resume").exit_code == 0
@@ -215,14 +214,14 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
         assert all(x["table"] == t.name for x in rows)
         assert sum(x["read"] for x in rows) == n and sum(x["written"] for x in rows) == n  # each range once
         assert all(x["read"] > 0 for x in rows), rows  # and both workers took part
-    cps = ckpt.load_all(dw.postgres)
+    cps = ckpt.load_all(dw.backends.postgres)
     assert {(c.status, c.rows_copied) for c in cps.values()} == {("done", n)}
     assert_equal(dw)
 
 
 def test_failing_chunk_logs_table_and_range_and_exits_1(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 30)
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(text("ALTER TABLE bf_tags DROP COLUMN label"))
     report = tmp_path / "r.json"
     proc = spawn(settings, "--tables", "bf_tags", "--chunk-size", "8", "--report", str(report),
@@ -233,14 +232,14 @@ def test_failing_chunk_logs_table_and_range_and_exits_1(dw, settings, tmp_path) 
     assert "table=bf_tags" in line and "range=(start, " in line and "label" in line, line
     assert out.strip().splitlines()[-1].startswith("error: backfill failed:")
     assert "label" in json.loads(report.read_text())["error"]
-    with dw.postgres.connect() as conn:  # the lease was given back for the next run
+    with dw.backends.postgres.connect() as conn:  # the lease was given back for the next run
         assert conn.execute(select(ckpt.leases.c.owner)).scalars().all() == [None]
     assert tags is not None and accounts is not None
 
 
 def _all_done(dw) -> bool:  # type: ignore[no-untyped-def]
     try:
-        cps = ckpt.load_all(dw.postgres)
+        cps = ckpt.load_all(dw.backends.postgres)
     except Exception:  # noqa: BLE001 - not created yet
         return False
     return len(cps) == 3 and all(c.status == "done" for c in cps.values())

@@ -16,13 +16,13 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.cli.main import main
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, md, seed
+from tests.backfill.support import accounts, catalog, seed
 from tests.conftest import connection_args
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
@@ -40,13 +40,13 @@ def throttled_copier(dw, settings, limits: Limits, sizes: list[int]) -> tuple[Co
         sizes.append(done - last[0])
         last[0] = done
 
-    copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=limits.chunk_size or 10)
-    copier.leases = LeaseBook(dw.postgres, progress=progress)
+    copier = Copier.for_backends(dw.backends, chunk_size=limits.chunk_size or 10)
+    copier.leases = LeaseBook(dw.backends.postgres, progress=progress)
     copier.throttle = Throttler(
         limits,
         client=redis.Redis.from_url(settings.redis_url),
         namespace=settings.namespace,
-        probe_engine=dw.postgres,
+        probe_engine=dw.backends.postgres,
         name="t1",
         refresh_s=0.1,
         probe_interval_s=0.05,
@@ -141,7 +141,7 @@ def test_back_off_decision_and_lag_probe(dw) -> None:  # type: ignore[no-untyped
     assert over_limits(lim, 1.0, 3.0) == "replication_lag"
     assert over_limits(Limits(paused=True), None, None) == "paused"
     assert over_limits(Limits(), 1e9, 1e9) is None  # no thresholds, no back-off
-    assert probe_replication_lag_s(dw.postgres) == 0.0  # the test server has no replicas
+    assert probe_replication_lag_s(dw.backends.postgres) == 0.0  # the test server has no replicas
     # A live value overrides the worker's own; 0 removes a rate limit but is a real threshold.
     got = Limits(max_rows_per_second=5, chunk_size=7).with_overrides(
         {"max_rows_per_second": "0", "max_pg_latency_ms": "0", "chunk_size": "x"}
@@ -152,5 +152,5 @@ def test_back_off_decision_and_lag_probe(dw) -> None:  # type: ignore[no-untyped
 def assert_equal_accounts(dw) -> None:  # type: ignore[no-untyped-def]
     from tests.backfill.support import snapshot
 
-    assert snapshot(dw.sqlite_read, accounts) == snapshot(dw.postgres, accounts)
+    assert snapshot(dw.backends.sqlite_read, accounts) == snapshot(dw.backends.postgres, accounts)
 

@@ -9,11 +9,12 @@ from typing import Any
 import redis
 from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData, Numeric, String, Table, select, text
 
-from dualwrite.adapter import DualWriter, TableCatalog
-from dualwrite.demo.app.base import JSONType, UTCDateTime
+from dualwrite.adapter import DualWriter
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
 from dualwrite.stream.protocol import stream_key
+from dualwrite.tables import Tables
+from dualwrite.types import JSONType, UTCDateTime
 
 md = MetaData()
 items = Table(
@@ -53,11 +54,8 @@ def row(i: int, n: int) -> dict[str, Any]:
     }
 
 
-def catalog() -> TableCatalog:
-    cat = TableCatalog()
-    for t in TABLES:
-        cat.add(t, "toy")
-    return cat
+def catalog() -> Tables:
+    return Tables.of(TABLES, store="toy")
 
 
 def snapshot(engine: Any, table: Table = items) -> list[tuple[Any, ...]]:
@@ -68,8 +66,8 @@ def snapshot(engine: Any, table: Table = items) -> list[tuple[Any, ...]]:
 
 def both_sides(dw: DualWriter) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     return (
-        {t.name: snapshot(dw.sqlite_read, t) for t in TABLES},
-        {t.name: snapshot(dw.postgres, t) for t in TABLES},
+        {t.name: snapshot(dw.backends.sqlite_read, t) for t in TABLES},
+        {t.name: snapshot(dw.backends.postgres, t) for t in TABLES},
     )
 
 
@@ -79,10 +77,10 @@ def stream_events(client: redis.Redis, settings: Settings) -> list[tuple[bytes, 
 
 def reset_all(dw: DualWriter) -> None:
     """Empty the tables and the bookkeeping on both sides (between hypothesis examples)."""
-    for engine in (dw.sqlite, dw.postgres):
+    for engine in (dw.backends.sqlite, dw.backends.postgres):
         with engine.begin() as conn:
             for t in TABLES:
                 conn.execute(t.delete())
             conn.execute(text("DELETE FROM _dw_versions"))
             conn.execute(text("DELETE FROM _dw_outbox"))
-    dw.redis.delete(stream_key(dw.settings.namespace))
+    dw.backends.redis.delete(stream_key(dw.settings.namespace))

@@ -22,12 +22,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import registry
 
-from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import outbox
-from dualwrite.cascade import UnsupportedSchemaError
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, UnsupportedSchemaError
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 from tests.core.support import snapshot
 
@@ -67,22 +67,22 @@ node = Table(  # a self-referencing tree
 TABLES = (org, team, member, note, node)
 
 
-def cat() -> TableCatalog:
-    c = TableCatalog()
-    for t in TABLES:
-        c.add(t, "toy")
-    return c
+def cat() -> Tables:
+    return Tables.of(TABLES, store="toy")
 
 
 @pytest.fixture(params=["dual_write", "postgres_primary"])
 def dw(settings: Settings, request: pytest.FixtureRequest) -> Iterator[DualWriter]:
-    w = prepared_writer(settings, metadata=md, catalog=cat(), phase=request.param)
+    w = prepared_writer(settings, cat(), phase=request.param)
     yield w
     w.close()
 
 
 def sides(dw: DualWriter) -> tuple[dict[str, Any], dict[str, Any]]:
-    return ({t.name: snapshot(dw.sqlite_read, t) for t in TABLES}, {t.name: snapshot(dw.postgres, t) for t in TABLES})
+    return (
+        {t.name: snapshot(dw.backends.sqlite_read, t) for t in TABLES},
+        {t.name: snapshot(dw.backends.postgres, t) for t in TABLES},
+    )
 
 
 def seed(dw: DualWriter) -> None:
@@ -98,17 +98,17 @@ def seed(dw: DualWriter) -> None:
 def rebuilt_from_events(dw: DualWriter) -> dict[str, Any]:
     """Apply the primary's outbox, in reverse order, to a wiped secondary: the events alone must suffice."""
     primary = dw.phases.current().primary
-    with dw.read_engine(primary).connect() as conn:
+    with dw.backends.read_engine(primary).connect() as conn:
         rows = conn.execute(outbox.select().order_by(outbox.c.seq)).all()
     events = [ChangeEvent.from_json(r.payload) for r in rows]
     secondary = "postgres" if primary == "sqlite" else "sqlite"
-    engine = dw.postgres_apply if secondary == "postgres" else dw.sqlite_apply
+    engine = dw.backends.postgres_apply if secondary == "postgres" else dw.backends.sqlite_apply
     with engine.begin() as conn:
         for t in TABLES:
             conn.execute(t.delete())
         conn.exec_driver_sql("DELETE FROM _dw_versions")
     dw.apply(secondary, list(reversed(events)))
-    return {t.name: snapshot(dw.read_engine(secondary), t) for t in TABLES}
+    return {t.name: snapshot(dw.backends.read_engine(secondary), t) for t in TABLES}
 
 
 def test_cascades_and_set_null_reach_the_other_side(dw: DualWriter) -> None:
@@ -140,11 +140,11 @@ def test_on_update_cascade_and_transactions(dw: DualWriter) -> None:
 def test_only_changed_rows_get_events(dw: DualWriter) -> None:
     seed(dw)
     primary = dw.phases.current().primary
-    with dw.read_engine(primary).connect() as conn:
+    with dw.backends.read_engine(primary).connect() as conn:
         before = conn.execute(outbox.select()).all()
     dw.execute(update(org).where(org.c.id == 2).values(code="b"))  # same value: nothing cascades
     dw.execute(delete(org).where(org.c.id == 99))  # nothing matches
-    with dw.read_engine(primary).connect() as conn:
+    with dw.backends.read_engine(primary).connect() as conn:
         after = conn.execute(outbox.select().order_by(outbox.c.seq)).all()
     assert [(r.tbl, r.op) for r in after[len(before) :]] == [("c_org", "upsert")]
 
@@ -190,11 +190,9 @@ def test_statements_through_the_session_are_refused(dw: DualWriter) -> None:
 def test_uncapturable_actions_are_refused_at_catalog_build() -> None:
     m = MetaData()
     Table("p", m, Column("id", Integer, primary_key=True), Column("k", Integer, unique=True))
-    key_set_null = Table(
-        "kid", m, Column("pid", Integer, ForeignKey("p.id", ondelete="SET NULL"), primary_key=True)
-    )
+    key_set_null = Table("kid", m, Column("pid", Integer, ForeignKey("p.id", ondelete="SET NULL"), primary_key=True))
     with pytest.raises(UnsupportedSchemaError, match="SET NULL/SET DEFAULT action on primary-key") as err:
-        TableCatalog({t.name: (t, "x") for t in m.sorted_tables})
+        Tables.of(m, store="x")
     assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
     m.remove(key_set_null)
     Table(
@@ -211,4 +209,4 @@ def test_uncapturable_actions_are_refused_at_catalog_build() -> None:
         ForeignKeyConstraint(["k"], ["mid.k"], onupdate="CASCADE"),
     )
     with pytest.raises(UnsupportedSchemaError, match="chain of cascades"):
-        TableCatalog({t.name: (t, "x") for t in m.sorted_tables})
+        Tables.of(m, store="x")

@@ -9,33 +9,40 @@ import sys
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
+from dualwrite.bookkeeping import create_schema
 from dualwrite.cli.main import main
-from tests.conftest import PG_ADMIN_URL
+from dualwrite.demo.app import tables as app_tables
+from dualwrite.engines import sqlite_engine
+from tests.conftest import PG_ADMIN_URL, connection_args
+
+APP = ["--metadata", "dualwrite.demo.app:tables"]
 
 
-def _args(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        "--sqlite",
-        str(settings.sqlite_path),
-        "--postgres",
-        PG_ADMIN_URL,
-        "--redis",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--pg-schema",
-        settings.pg_schema,
-    ]
+def _tables_in(schema: str) -> set[str]:
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as conn:
+            return set(
+                conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}).scalars()
+            )
+    finally:
+        engine.dispose()
 
 
-def test_init_is_idempotent_and_doctor_passes(settings) -> None:  # type: ignore[no-untyped-def]
+def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None:  # type: ignore[no-untyped-def]
     runner = CliRunner()
-    first = runner.invoke(main, ["init", *_args(settings)])
+    first = runner.invoke(main, ["init", *connection_args(settings)])
     assert first.exit_code == 0, first.output
-    assert "created" in first.output and "_dw_outbox" in first.output
-    second = runner.invoke(main, ["init", *_args(settings)])
-    assert second.exit_code == 0 and second.output.count("schema already complete") == 2
-    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    assert first.output.count("_dw_outbox") == 2 and "memory_items" not in first.output
+    assert _tables_in(settings.pg_schema) == set()  # nothing of ours in the application's schema
+    assert _tables_in(settings.state_schema) == {"_dw_outbox", "_dw_versions", "_dw_meta"}
+    second = runner.invoke(main, ["init", *connection_args(settings)])
+    assert second.exit_code == 0 and second.output.count("already complete") == 2, second.output
+    created = runner.invoke(main, ["init", *connection_args(settings), *APP, "--create-tables"])
+    assert created.exit_code == 0 and "created 16 table(s)" in created.output, created.output
+    assert len(_tables_in(settings.pg_schema)) == 16
+    create_schema(sqlite_engine(settings.sqlite_url), app_tables().tables(), primary=True)  # the app's own file
+    doctor = runner.invoke(main, ["doctor", *connection_args(settings), *APP])
     assert doctor.exit_code == 0, doctor.output
     assert [line.split()[:2] for line in doctor.output.splitlines()] == [
         ["sqlite", "ok"],
@@ -48,14 +55,15 @@ def test_init_is_idempotent_and_doctor_passes(settings) -> None:  # type: ignore
 def test_doctor_finds_schema_drift_on_either_side(settings) -> None:  # type: ignore[no-untyped-def]
     """A column an app migration added on SQLite that the model lacks would never be captured: say so."""
     runner = CliRunner()
-    assert runner.invoke(main, ["init", *_args(settings)]).exit_code == 0
+    assert runner.invoke(main, ["init", *connection_args(settings), *APP, "--create-tables"]).exit_code == 0
+    create_schema(sqlite_engine(settings.sqlite_url), app_tables().tables(), primary=True)
     with sqlite3.connect(settings.sqlite_path) as conn:
         conn.execute("ALTER TABLE memory_items ADD COLUMN mood TEXT")
     engine = create_engine(PG_ADMIN_URL)
     with engine.begin() as conn:
         conn.execute(text(f'ALTER TABLE "{settings.pg_schema}".archive_records DROP COLUMN payload'))
     engine.dispose()
-    doctor = runner.invoke(main, ["doctor", *_args(settings)])
+    doctor = runner.invoke(main, ["doctor", *connection_args(settings), *APP])
     assert doctor.exit_code == 1, doctor.output
     line = next(x for x in doctor.output.splitlines() if x.startswith("schema"))
     assert "FAIL" in line
@@ -74,6 +82,7 @@ def test_doctor_reports_each_failure_on_one_line(tmp_path) -> None:
             "postgresql://u:hunter2@127.0.0.1:1/db",
             "--redis",
             "redis://127.0.0.1:1/0",
+            *APP,
         ],
     )
     assert result.exit_code == 1

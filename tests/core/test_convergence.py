@@ -15,13 +15,14 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import outbox
 from dualwrite.events import ChangeEvent
 from dualwrite.settings import Settings
 from dualwrite.stream.relay import Relay
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.core.support import both_sides, catalog, items, md, pairs, reset_all, row, snapshot, stream_events
+from tests.core.support import both_sides, catalog, items, pairs, reset_all, row, snapshot, stream_events
 
 THREADS = 5
 PER_THREAD = 50  # thread t inserts ids t*PER_THREAD + n
@@ -47,8 +48,8 @@ def secondary_failures() -> float:
 @pytest.fixture(params=["dual_write", "postgres_primary"])
 def writers(settings: Settings, request: pytest.FixtureRequest) -> Iterator[list[DualWriter]]:
     """One to three writers in the phase; postgres_primary runs the same property the other way round."""
-    first = prepared_writer(settings, metadata=md, catalog=catalog(), phase=request.param)
-    ws = [first] + [DualWriter(settings, catalog=catalog()) for _ in range(2)]
+    first = prepared_writer(settings, catalog(), phase=request.param)
+    ws = [first] + [DualWriter(settings, catalog()) for _ in range(2)]
     yield ws
     for w in ws:
         w.close()
@@ -139,12 +140,12 @@ def test_concurrent_writers_converge_and_stream_is_exact(
     sqlite_side, pg_side = both_sides(writers[0])
     assert pg_side == sqlite_side
 
-    relay = Relay.for_writer(writers[0])
+    relay = Relay.for_backends(writers[0].backends)
     assert relay.drain(timeout=20)
     primary = writers[0].phases.current().primary
-    with writers[0].read_engine(primary).connect() as conn:
+    with writers[0].backends.read_engine(primary).connect() as conn:
         out = conn.execute(select(outbox.c.seq, outbox.c.id).order_by(outbox.c.seq)).all()
-    published = stream_events(writers[0].redis, settings)
+    published = stream_events(writers[0].backends.redis, settings)
     assert len(out) == sum(changes)  # one outbox event per changed row
     assert [(ev.seq, ev.id) for _, ev in published] == [tuple(r) for r in out]  # one stream entry each
     seqs = [ev.seq for _, ev in published]
@@ -156,7 +157,7 @@ def test_concurrent_writers_converge_and_stream_is_exact(
 def test_primary_key_update_is_captured_as_delete_and_upsert(settings: Settings, phase: str) -> None:
     """RETURNING gives only the new image; the old key must still be deleted on the other side
     (bug found and fixed in adapter.py: the old row used to stay on the secondary forever)."""
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase=phase)
+    dw = prepared_writer(settings, catalog(), phase=phase)
     try:
         dw.execute(insert(items).values([row(i, i) for i in (1, 2, 3)]))
         rows = dw.execute(update(items).where(items.c.id.in_([1, 2])).values(id=items.c.id + 10))
@@ -167,11 +168,11 @@ def test_primary_key_update_is_captured_as_delete_and_upsert(settings: Settings,
         assert [r[0] for r in sqlite_side["items"]] == [11, 12, 30]
         assert pg_side == sqlite_side
         primary = dw.phases.current().primary
-        with dw.read_engine(primary).connect() as conn:
+        with dw.backends.read_engine(primary).connect() as conn:
             ops = conn.execute(select(outbox.c.op).order_by(outbox.c.seq)).scalars().all()
         assert ops == ["upsert"] * 3 + ["delete", "delete", "upsert", "upsert"] + ["delete", "upsert"] + ["upsert"]
         # a fresh replica built from the events alone agrees too
-        with dw.read_engine(primary).connect() as conn:
+        with dw.backends.read_engine(primary).connect() as conn:
             payloads = conn.execute(select(outbox.c.payload).order_by(outbox.c.seq)).scalars().all()
         events = [ChangeEvent.from_json(p) for p in payloads]
         reset_all(dw)
@@ -193,15 +194,12 @@ child = Table(
 
 
 def test_on_delete_cascade_is_captured(settings: Settings) -> None:
-    cat = TableCatalog()
-    cat.add(parent, "toy")
-    cat.add(child, "toy")
-    dw = prepared_writer(settings, metadata=cascade_md, catalog=cat, phase="dual_write")
+    dw = prepared_writer(settings, Tables.of([parent, child], store="toy"), phase="dual_write")
     try:
         dw.execute(insert(parent).values(id=1))
         dw.execute(insert(child).values(id=10, pid=1))
         dw.execute(delete(parent).where(parent.c.id == 1))
-        assert snapshot(dw.sqlite_read, child) == []
-        assert snapshot(dw.postgres, child) == snapshot(dw.sqlite_read, child)
+        assert snapshot(dw.backends.sqlite_read, child) == []
+        assert snapshot(dw.backends.postgres, child) == snapshot(dw.backends.sqlite_read, child)
     finally:
         dw.close()

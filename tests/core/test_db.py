@@ -15,7 +15,7 @@ from dualwrite.engines import postgres_engine, sqlite_engine
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.conftest import PG_ADMIN_URL
-from tests.core.support import catalog, items, md, row, snapshot
+from tests.core.support import catalog, items, row, snapshot
 
 
 @pytest.fixture
@@ -45,11 +45,11 @@ def test_search_path_is_the_quoted_schema(odd_schema: str, autocommit: bool) -> 
 
 def test_dual_write_lands_in_a_schema_needing_quotes(settings: Settings, odd_schema: str) -> None:
     odd = replace(settings, pg_schema=odd_schema)
-    dw = prepared_writer(odd, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(odd, catalog(), phase="dual_write")
     try:
         dw.execute(insert(items).values([row(1, 1), row(2, 2)]))
-        assert snapshot(dw.postgres) == snapshot(dw.sqlite_read)
-        with dw.postgres.connect() as conn:
+        assert snapshot(dw.backends.postgres) == snapshot(dw.backends.sqlite_read)
+        with dw.backends.postgres.connect() as conn:
             where = conn.execute(
                 text(
                     "SELECT table_schema FROM information_schema.tables "

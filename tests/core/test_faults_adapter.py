@@ -29,20 +29,20 @@ from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.switch import switch_primary
 from dualwrite.testing import prepared_writer
-from tests.core.support import both_sides, catalog, items, md, row, snapshot, stream_events
+from tests.core.support import both_sides, catalog, items, row, snapshot, stream_events
 from tests.servers import PrivatePostgres, PrivateRedis, private_cluster, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def outbox_rows(dw: DualWriter, backend: str = "sqlite") -> list[tuple[int, str]]:
-    with dw.read_engine(backend).connect() as conn:
+    with dw.backends.read_engine(backend).connect() as conn:
         return [tuple(r) for r in conn.execute(select(outbox.c.seq, outbox.c.id).order_by(outbox.c.seq))]  # type: ignore[misc]
 
 
 def replay_stream(dw: DualWriter, backend: str = "postgres") -> int:
     """Read the whole stream with XRANGE, decode each event and apply them all."""
-    raw = dw.redis.xrange(stream_key(dw.settings.namespace))
+    raw = dw.backends.redis.xrange(stream_key(dw.settings.namespace))
     events = [ChangeEvent.from_json(fields[b"e"]) for _eid, fields in raw]
     dw.apply(backend, events)
     return len(events)
@@ -63,7 +63,7 @@ CHILD = textwrap.dedent(
     from dualwrite.settings import Settings
     from tests.core.support import catalog, items, row
 
-    dw = DualWriter(Settings(**json.loads(sys.argv[1])), catalog=catalog())  # no relay in this process
+    dw = DualWriter(Settings(**json.loads(sys.argv[1])), catalog())  # no relay in this process
 
     def killed_here(*_a, **_k):  # the kill point: the primary has committed; nothing applied or published
         print("COMMITTED", flush=True)
@@ -77,7 +77,7 @@ CHILD = textwrap.dedent(
 
 
 def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: Path) -> None:
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(settings, catalog(), phase="dual_write")
     try:
         script = tmp_path / "child.py"
         script.write_text(CHILD.format(root=str(ROOT)))
@@ -95,14 +95,14 @@ def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: 
                 proc.kill()
                 proc.wait()
         # committed on the primary with its outbox rows; not on Postgres; not on the stream
-        assert [r[0] for r in snapshot(dw.sqlite_read)] == [1, 2]
+        assert [r[0] for r in snapshot(dw.backends.sqlite_read)] == [1, 2]
         assert [s for s, _ in outbox_rows(dw)] == [1, 2]
-        assert snapshot(dw.postgres) == []
-        assert dw.redis.exists(stream_key(settings.namespace)) == 0
+        assert snapshot(dw.backends.postgres) == []
+        assert dw.backends.redis.exists(stream_key(settings.namespace)) == 0
         # a relay started afterwards publishes both events; replaying them heals Postgres
         dw.start_relay()
-        wait_for(lambda: dw.redis.xlen(stream_key(settings.namespace)) == 2, what="the relay to publish")
-        assert [(e.seq, e.id) for _, e in stream_events(dw.redis, settings)] == outbox_rows(dw)
+        wait_for(lambda: dw.backends.redis.xlen(stream_key(settings.namespace)) == 2, what="the relay to publish")
+        assert [(e.seq, e.id) for _, e in stream_events(dw.backends.redis, settings)] == outbox_rows(dw)
         assert replay_stream(dw) == 2
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side == sqlite_side
@@ -123,11 +123,11 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 def test_redis_down_writes_succeed_and_backlog_drains(settings: Settings, private_redis: PrivateRedis) -> None:
     s = settings.with_(redis_url=private_redis.url)
-    dw = prepared_writer(s, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
     key = stream_key(s.namespace)
     try:
         dw.execute(insert(items).values([row(i, i) for i in range(3)]))
-        wait_for(lambda: dw.redis.xlen(key) == 3, what="the first events on the stream")
+        wait_for(lambda: dw.backends.redis.xlen(key) == 3, what="the first events on the stream")
 
         private_redis.stop()
         time.sleep(s.phase_cache_seconds + 0.1)  # the phase cache expires: the writer must cope without Redis
@@ -147,8 +147,10 @@ def test_redis_down_writes_succeed_and_backlog_drains(settings: Settings, privat
         dw.execute(update(items).where(items.c.id == 7).values(name="after"))
         expected = outbox_rows(dw)
         assert len(expected) == 12
-        wait_for(lambda: dw.redis.exists(key) and dw.redis.xlen(key) == 12, 20, "the backlog to drain")
-        assert [(e.seq, e.id) for _, e in stream_events(dw.redis, s)] == expected
+        wait_for(
+            lambda: dw.backends.redis.exists(key) and dw.backends.redis.xlen(key) == 12, 20, "the backlog to drain"
+        )
+        assert [(e.seq, e.id) for _, e in stream_events(dw.backends.redis, s)] == expected
     finally:
         dw.close()
 
@@ -168,7 +170,7 @@ def test_secondary_down_writes_succeed_and_replay_heals(settings: Settings, priv
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{s.pg_schema}"'))
     admin.dispose()
-    dw = prepared_writer(s, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
     try:
         dw.execute(insert(items).values([row(i, i) for i in range(4)]))
         sqlite_side, pg_side = both_sides(dw)
@@ -182,12 +184,12 @@ def test_secondary_down_writes_succeed_and_replay_heals(settings: Settings, priv
         with dw.begin() as tx:
             tx.upsert(items, [row(2, 50), row(9, 9)], ["id"])
         assert secondary_failures() == before + 4  # one per failed transaction
-        assert [r[0] for r in snapshot(dw.sqlite_read)] == [0, 2, 3, 4, 5, 6, 9]
+        assert [r[0] for r in snapshot(dw.backends.sqlite_read)] == [0, 2, 3, 4, 5, 6, 9]
 
         private_pg.start()
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side != sqlite_side  # the secondary misses the writes made while it was down
-        assert Relay.for_writer(dw).drain(timeout=20)
+        assert Relay.for_backends(dw.backends).drain(timeout=20)
         assert replay_stream(dw) == len(outbox_rows(dw)) == 4 + 3 + 2 + 1 + 2
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side == sqlite_side
@@ -246,8 +248,8 @@ def test_flip_reaches_another_process_within_a_second(settings: Settings) -> Non
 
 
 def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
-    stale = DualWriter(settings, catalog=catalog())
+    dw = prepared_writer(settings, catalog(), phase="dual_write")
+    stale = DualWriter(settings, catalog())
     try:
         dw.execute(insert(items).values([row(i, i) for i in range(3)]))
         dw.execute(update(items).where(items.c.id == 0).values(name="x"))
@@ -257,7 +259,7 @@ def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
         stale.phases.cache_seconds = 3600  # this writer will not notice the flip by itself
         for target in ("shadow", "postgres_reads", "postgres_primary"):
             dw.phases.set(target)
-        assert switch_primary(dw, "postgres") == last_sqlite
+        assert switch_primary(dw.backends, dw.tables, "postgres") == last_sqlite
 
         dw.execute(insert(items).values(row(10, 10)))
         stale.execute(update(items).where(items.c.id == 10).values(name="from a stale writer"))  # fenced, retried
@@ -267,8 +269,8 @@ def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
         assert [s for s, _ in outbox_rows(dw)] == [1, 2, 3, 4]  # nothing more on the retired primary
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side == sqlite_side  # SQLite is now the secondary, still written
-        assert Relay.for_writer(dw).drain(timeout=20)
-        assert [e.seq for _, e in stream_events(dw.redis, settings)] == [1, 2, 3, 4, 5, 6]
+        assert Relay.for_backends(dw.backends).drain(timeout=20)
+        assert [e.seq for _, e in stream_events(dw.backends.redis, settings)] == [1, 2, 3, 4, 5, 6]
     finally:
         stale.close()
         dw.close()
@@ -278,7 +280,7 @@ def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
 
 
 def test_primary_failure_records_nothing(settings: Settings) -> None:
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(settings, catalog(), phase="dual_write")
     try:
         dw.execute(insert(items).values(row(1, 1)))
         before = (both_sides(dw), outbox_rows(dw))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dualwrite.adapter import TableCatalog
 from dualwrite.bookkeeping import outbox
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 
 
@@ -22,9 +22,7 @@ class Item(Base):
 
 
 def test_orm_session_changes_are_captured_and_applied(settings) -> None:  # type: ignore[no-untyped-def]
-    catalog = TableCatalog()
-    catalog.add(Item.__table__, "orm")  # type: ignore[arg-type]
-    dw = prepared_writer(settings, metadata=Base.metadata, catalog=catalog, phase="dual_write")
+    dw = prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write")
     try:
         with dw.session() as session:
             session.add_all([Item(id=1, name="a"), Item(id=2, name="b"), Item(id=3, name="c")])
@@ -32,10 +30,10 @@ def test_orm_session_changes_are_captured_and_applied(settings) -> None:  # type
             session.get(Item, 1).name = "changed"  # type: ignore[union-attr]
             session.delete(session.get(Item, 2))
         table = Item.__table__
-        with dw.sqlite_read.connect() as conn:
+        with dw.backends.sqlite_read.connect() as conn:
             lite = conn.execute(select(table).order_by(table.c.id)).all()
             events = conn.execute(select(outbox.c.seq, outbox.c.op).order_by(outbox.c.seq)).all()
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             pg = conn.execute(select(table).order_by(table.c.id)).all()
         assert lite == pg == [(1, "changed", "from-server"), (3, "c", "from-server")]
         assert [op for _, op in events] == ["upsert"] * 3 + ["upsert", "delete"]
@@ -45,9 +43,7 @@ def test_orm_session_changes_are_captured_and_applied(settings) -> None:  # type
 
 
 def test_rolled_back_session_records_nothing(settings) -> None:  # type: ignore[no-untyped-def]
-    catalog = TableCatalog()
-    catalog.add(Item.__table__, "orm")  # type: ignore[arg-type]
-    dw = prepared_writer(settings, metadata=Base.metadata, catalog=catalog, phase="dual_write")
+    dw = prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write")
     try:
         try:
             with dw.session() as session:
@@ -56,10 +52,10 @@ def test_rolled_back_session_records_nothing(settings) -> None:  # type: ignore[
                 raise RuntimeError("application error")
         except RuntimeError:
             pass
-        with dw.sqlite_read.connect() as conn:
+        with dw.backends.sqlite_read.connect() as conn:
             assert conn.execute(select(outbox)).all() == []
             assert conn.execute(select(Item.__table__)).all() == []
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             assert conn.execute(select(Item.__table__)).all() == []
     finally:
         dw.close()

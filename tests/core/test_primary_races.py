@@ -13,13 +13,13 @@ from sqlalchemy import event, insert, update
 from dualwrite.adapter import DualWriter
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from tests.core.support import both_sides, catalog, items, md, row
+from tests.core.support import both_sides, catalog, items, row
 
 
 @pytest.fixture
 def writers(settings: Settings) -> Iterator[tuple[DualWriter, DualWriter]]:
-    first = prepared_writer(settings, metadata=md, catalog=catalog(), phase="postgres_primary")
-    other = DualWriter(settings, catalog=catalog())
+    first = prepared_writer(settings, catalog(), phase="postgres_primary")
+    other = DualWriter(settings, catalog())
     yield first, other
     first.close()
     other.close()
@@ -47,11 +47,11 @@ def test_key_change_does_not_reach_a_row_committed_after_its_read(writers: tuple
     thread = threading.Thread(target=insert_104)
     thread.start()
     assert inserted.wait(10)  # 104 exists, uncommitted: the rekey's read does not see it
-    event.listen(rekeyer.postgres, "before_cursor_execute", before_update)
+    event.listen(rekeyer.backends.postgres, "before_cursor_execute", before_update)
     try:
         moved = rekeyer.execute(update(items).where(items.c.id == 104).values(id=200))
     finally:
-        event.remove(rekeyer.postgres, "before_cursor_execute", before_update)
+        event.remove(rekeyer.backends.postgres, "before_cursor_execute", before_update)
     assert not errors, errors
     assert moved == []  # it read no row, so it changes none (it could have run before the insert)
     primary, secondary = both_sides(rekeyer)

@@ -11,13 +11,13 @@ from dualwrite.bookkeeping import meta
 from dualwrite.cutover.flip import cancel_key, flip, flip_postponed, rollback
 from dualwrite.cutover.gate import check
 from dualwrite.stream.protocol import dead_letter_key
-from dualwrite.verify.verifier import verify_writer
+from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args
 from tests.shadow.helpers import TABLES, catalog, item_rows, items, seed, writer
 
 
 def _mark_backfill(dw, status="done"):
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(
             text(
                 "CREATE TABLE IF NOT EXISTS _dw_backfill_checkpoints (tbl text primary key, last_key text, "
@@ -42,43 +42,43 @@ def _is_primary(engine):
 
 def test_gate_refuses_and_says_which_then_flips_reach_another_process(settings, tmp_path):
     dw = writer(settings, phase="dual_write")
-    other = DualWriter(settings, catalog=catalog())  # another process' writer, own PhaseStore
+    other = DualWriter(settings, catalog())  # another process' writer, own PhaseStore
     hook_out = tmp_path / "hook.txt"
     hook = f'echo "$DUALWRITE_FROM>$DUALWRITE_TO" >> {hook_out}'
     try:
         seed(dw, items, item_rows(200))
-        out = flip(dw, hook=hook)
-        assert not out.moved and "backfill_complete" in out.message and "no backfill recorded" in out.message
+        out = flip(dw.backends, dw.tables, hook=hook)
+        assert not out.moved and "backfill_complete" in out.message and "2 never copied" in out.message
         assert dw.phases.current(fresh=True).name == "dual_write"
         _mark_backfill(dw, status="copying")
-        out = flip(dw)
+        out = flip(dw.backends, dw.tables)
         assert not out.moved and "not done: sh_items" in out.message
         _mark_backfill(dw)
         assert other.phases.current().name == "dual_write"
-        out = flip(dw, hook=hook)
+        out = flip(dw.backends, dw.tables, hook=hook)
         assert out.moved and out.current == "shadow" and out.hook_rc == 0
         t0 = time.monotonic()
         while other.phases.current().name != "shadow":
             assert time.monotonic() - t0 < 1.0, "flip did not reach the other process within a second"
             time.sleep(0.02)
         # Next: postgres_reads needs a clean verify (none yet).
-        gate = check(dw)
+        gate = check(dw.backends, dw.tables)
         assert gate.target == "postgres_reads" and not gate.ok
         assert [c.name for c in gate.failing] == ["verify_clean"]
-        assert verify_writer(dw, TABLES).clean
-        assert flip(dw, hook=hook).moved
+        assert verify_backends(dw.backends, TABLES).clean
+        assert flip(dw.backends, dw.tables, hook=hook).moved
         # postgres_reads -> postgres_primary moves the write primary.
-        assert flip(dw, hook=hook).moved
+        assert flip(dw.backends, dw.tables, hook=hook).moved
         assert dw.phases.current(fresh=True).name == "postgres_primary"
-        assert _is_primary(dw.postgres) == 1 and _is_primary(dw.sqlite) == 0
+        assert _is_primary(dw.backends.postgres) == 1 and _is_primary(dw.backends.sqlite) == 0
         time.sleep(0.6)
         other.execute(insert(items).values(id=100_000, name="after flip", amount=1.0))
-        with dw.sqlite.connect() as conn:  # written to Postgres first, applied to SQLite
+        with dw.backends.sqlite.connect() as conn:  # written to Postgres first, applied to SQLite
             assert conn.execute(select(items.c.name).where(items.c.id == 100_000)).scalar() == "after flip"
         # Rollback goes to the last SQLite-primary, SQLite-read phase and moves the primary back.
-        out = rollback(dw, reason="test", hook=hook)
+        out = rollback(dw.backends, dw.tables, reason="test", hook=hook)
         assert out.current == "shadow"
-        assert _is_primary(dw.sqlite) == 1 and _is_primary(dw.postgres) == 0
+        assert _is_primary(dw.backends.sqlite) == 1 and _is_primary(dw.backends.postgres) == 0
         assert hook_out.read_text().split() == [
             "dual_write>shadow",
             "shadow>postgres_reads",
@@ -100,12 +100,12 @@ def test_forced_flip_needs_reason_and_rollback_from_postgres_is_refused(settings
     dw = writer(settings, phase="dual_write")
     try:
         with pytest.raises(PhaseError):
-            flip(dw, force=True)
-        out = flip(dw, force=True, reason="emergency")
+            flip(dw.backends, dw.tables, force=True)
+        out = flip(dw.backends, dw.tables, force=True, reason="emergency")
         assert out.moved and dw.phases.history()[-1]["forced"] is True
         dw.phases.set("postgres", force=True, reason="test")
         with pytest.raises(PhaseError):
-            rollback(dw)
+            rollback(dw.backends, dw.tables)
     finally:
         dw.close()
 
@@ -113,40 +113,40 @@ def test_forced_flip_needs_reason_and_rollback_from_postgres_is_refused(settings
 def test_postponed_flip_says_why_it_waits_and_can_be_cancelled(settings):
     dw = writer(settings, phase="postgres_primary")
     try:
-        dw.redis.xadd(dead_letter_key(settings.namespace), {"e": "poison"})
+        dw.backends.redis.xadd(dead_letter_key(settings.namespace), {"e": "poison"})
         lines: list[str] = []
         result = {}
         th = threading.Thread(
-            target=lambda: result.setdefault("out", flip_postponed(dw, poll=0.05, echo=lines.append, deadline=20))
+            target=lambda: result.setdefault(
+                "out", flip_postponed(dw.backends, dw.tables, poll=0.05, echo=lines.append, deadline=20)
+            )
         )
         th.start()
         time.sleep(0.3)
-        dw.redis.set(cancel_key(settings.namespace), 1)
+        dw.backends.redis.set(cancel_key(settings.namespace), 1)
         th.join(5)
         assert not th.is_alive()
         assert result["out"].message == "cancelled" and not result["out"].moved
         assert any("dead_letters_empty" in line and "1 event(s)" in line for line in lines)
         # Once the condition clears the postponed flip proceeds.
-        dw.redis.delete(dead_letter_key(settings.namespace))
-        out = flip_postponed(dw, poll=0.05, echo=lines.append, deadline=5)
+        dw.backends.redis.delete(dead_letter_key(settings.namespace))
+        out = flip_postponed(dw.backends, dw.tables, poll=0.05, echo=lines.append, deadline=5)
         assert out.moved and out.current == "postgres"
     finally:
         dw.close()
 
 
-def test_cutover_cli(settings, monkeypatch):
-    import dualwrite.cli  # noqa: F401
-    from dualwrite.adapter import TableCatalog
+def test_cutover_cli(settings):
     from dualwrite.cli.main import main
 
-    monkeypatch.setattr(TableCatalog, "default", classmethod(lambda cls: catalog()))
     writer(settings, phase="dual_write").close()
-    args = connection_args(settings)
+    conn_args = connection_args(settings)
+    args = [*conn_args, "--metadata", "tests.shadow.helpers:catalog"]
     runner = CliRunner()
     res = runner.invoke(main, ["cutover", "check", *args])
     assert res.exit_code == 1 and "FAIL backfill_complete" in res.output, res.output
     res = runner.invoke(main, ["cutover", "flip", *args])
-    assert res.exit_code == 1 and "no backfill recorded" in res.output, res.output
+    assert res.exit_code == 1 and "2 never copied" in res.output, res.output
     res = runner.invoke(main, ["cutover", "flip", *args, "--postpone", "--deadline", "0.2", "--poll", "0.05"])
     assert res.exit_code == 1 and "waiting" in res.output and "backfill_complete" in res.output, res.output
     res = runner.invoke(main, ["cutover", "flip", *args, "--force", "--reason", "drill"])
@@ -157,7 +157,7 @@ def test_cutover_cli(settings, monkeypatch):
     assert top.exit_code == 0 and "phase: shadow" in top.output and "dual_write -> shadow by" in top.output, top.output
     res = runner.invoke(main, ["cutover", "rollback", *args])
     assert res.exit_code == 0 and "shadow -> dual_write" in res.output, res.output
-    res = runner.invoke(main, ["shadow", "reset", *args])
+    res = runner.invoke(main, ["shadow", "reset", *conn_args])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["shadow", "report", *args])
+    res = runner.invoke(main, ["shadow", "report", *conn_args])
     assert res.exit_code == 0 and "comparisons: none" in res.output, res.output

@@ -39,9 +39,11 @@ def test_url_and_command_hooks_run_on_flip_and_rollback(settings, tmp_path) -> N
     out_file = tmp_path / "hook.txt"
     dw = writer(settings, phase="dual_write")
     try:
-        out = flip(dw, force=True, reason="hook test", hook=[url, f'echo "$DUALWRITE_TO" >> {out_file}'])
+        out = flip(
+            dw.backends, dw.tables, force=True, reason="hook test", hook=[url, f'echo "$DUALWRITE_TO" >> {out_file}']
+        )
         assert out.moved and out.hook_rc == 0
-        out = rollback(dw, to="dual_write", reason="back", hook=(url,))
+        out = rollback(dw.backends, dw.tables, to="dual_write", reason="back", hook=(url,))
         assert out.current == "dual_write" and out.hook_rc == 0
         assert [(r["from"], r["to"], r["reason"], r["forced"]) for r in rec.received] == [
             ("dual_write", "shadow", "hook test", True),
@@ -64,9 +66,9 @@ def test_failing_hooks_are_reported_and_the_phase_still_moves(settings) -> None:
     srv2.server_close()
     dw = writer(settings, phase="dual_write")
     try:
-        out = flip(dw, force=True, reason="x", hook=[url])
+        out = flip(dw.backends, dw.tables, force=True, reason="x", hook=[url])
         assert out.moved and out.hook_rc == 503 and len(rec.received) == 1
-        out = rollback(dw, to="dual_write", reason="y", hook=[dead, "exit 3"])
+        out = rollback(dw.backends, dw.tables, to="dual_write", reason="y", hook=[dead, "exit 3"])
         assert out.current == "dual_write" and out.hook_rc == -1
         assert dw.phases.current(fresh=True).name == "dual_write"
     finally:

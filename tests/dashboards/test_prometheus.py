@@ -23,9 +23,10 @@ import redis
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select, text, update
 
 from dualwrite import metrics
-from dualwrite.adapter import TableCatalog
 from dualwrite.settings import Settings, load_settings
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
+from tests.conftest import state_schema_for
 from tests.dashboards.promserver import PROMETHEUS, Prom, panel_targets, running_prometheus, substitute
 
 PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -79,10 +80,12 @@ def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
             redis_url=REDIS_TEST_URL,
             namespace=ns,
             pg_schema=schema,
+            state_schema=state_schema_for(schema),
         )
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            for name in (schema, state_schema_for(schema)):
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         admin.dispose()
         client = redis.Redis.from_url(REDIS_TEST_URL)
         keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
@@ -96,10 +99,7 @@ class Workload:
     """Background threads driving every metric producer until stopped; errors are kept, not swallowed."""
 
     def __init__(self, settings: Settings) -> None:
-        cat = TableCatalog()
-        cat.add(items, "dash")
-        cat.add(legacy, "dash")
-        self.dw = prepared_writer(settings, metadata=md, catalog=cat, phase="dual_write", relay=True)
+        self.dw = prepared_writer(settings, Tables.of([items, legacy], store="dash"), phase="dual_write", relay=True)
         self.stop = threading.Event()
         self.errors: dict[str, BaseException] = {}
         self.threads: list[threading.Thread] = []
@@ -108,13 +108,13 @@ class Workload:
         self.throttled = 0  # throttle waits of the copier
         self.reader: Any = None
         # Pre-capture rows, written to SQLite directly; one has a NUL byte Postgres refuses (a backfill reject).
-        with self.dw.sqlite.begin() as conn:
+        with self.dw.backends.sqlite.begin() as conn:
             conn.execute(
                 insert(legacy),
                 [{"id": i, "name": f"legacy {i}" if i != 7 else "bad\x00name"} for i in range(1, LEGACY_ROWS + 1)],
             )
         # A drifted secondary: Postgres already holds code 'clash', so applying our 'clash' row fails there.
-        with self.dw.postgres.begin() as conn:
+        with self.dw.backends.postgres.begin() as conn:
             conn.execute(insert(items).values(id=1_000_000, code="clash", qty=0))
 
     def spawn(self, name: str, fn: Callable[[], None]) -> None:
@@ -147,7 +147,7 @@ class Workload:
                 dw.execute(update(items).where(items.c.id == i).values(qty=i + 1))
                 dw.read("dash", "item_by_id", lambda c, i=i: c.execute(select(items).where(items.c.id == i)).all())
                 dw.read("dash", "legacy_count", lambda c: c.execute(select(func.count()).select_from(legacy)).scalar())
-            gate.check(dw, target="postgres_reads")
+            gate.check(dw.backends, dw.tables, target="postgres_reads")
             n += 1
             self.cycles = n
             time.sleep(0.05)
@@ -170,18 +170,21 @@ class Workload:
                     work.throttled += 1  # it waited, with dualwrite_throttle_active{reason="rate"} at 1
 
         c = Copier(
-            self.dw.sqlite_read,
-            self.dw.postgres_apply,
+            self.dw.backends.sqlite_read,
+            self.dw.backends.postgres_apply,
             chunk_size=50,
             throttle=CountingBucket(100),  # 100 rows/s: the copy runs for seconds and throttles between chunks
             should_stop=self.stop.is_set,
         )
         c.copy_tables([legacy])
+        # then the live table, unthrottled (it keeps growing): every captured table is copied, so the gate's
+        # backfill_complete passes
+        Copier.for_backends(self.dw.backends, chunk_size=500, should_stop=self.stop.is_set).copy_tables([items])
 
     def replayer(self) -> None:
         from dualwrite.stream.replay import Replayer
 
-        Replayer(self.dw, block_ms=100, claim_idle_ms=1000).run(should_stop=self.stop.is_set)
+        Replayer(self.dw.backends, self.dw.tables, block_ms=100, claim_idle_ms=1000).run(should_stop=self.stop.is_set)
 
     def start(self) -> None:
         self.spawn("app (DualWriter, ShadowReader, gate)", self.app)

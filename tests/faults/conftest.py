@@ -210,7 +210,7 @@ class Outcome:
 
 
 def dead_letter_count(dw: DualWriter) -> int:
-    return int(dw.redis.xlen(dead_letter_key(dw.settings.namespace)))
+    return int(dw.backends.redis.xlen(dead_letter_key(dw.settings.namespace)))
 
 
 def heal_and_verify(
@@ -225,16 +225,16 @@ def heal_and_verify(
     """Measure the divergence left by the fault, then drain the outbox to the stream, replay the stream
     (a fresh consumer; the group is created if missing), then verify both sides in full.
     Asserts: clean, backlog 0, dead letters as expected."""
-    pre = verify_tables(list(tables), dw.sqlite_read, dw.postgres)
+    pre = verify_tables(list(tables), dw.backends.sqlite_read, dw.backends.postgres)
     before = sum(sum(t.counts().values()) for t in pre.tables)
-    relay = Relay.for_writer(dw)
+    relay = Relay.for_backends(dw.backends)
     assert relay.drain(timeout=timeout), f"outbox not drained, backlog {relay.backlog}"
     if replay:
-        rp = Replayer(dw, consumer="verifier", claim_idle_ms=100, block_ms=50)
+        rp = Replayer(dw.backends, dw.tables, consumer="verifier", claim_idle_ms=100, block_ms=50)
         deadline = time.monotonic() + timeout
         rp.run(once=True, should_stop=lambda: time.monotonic() > deadline)
         assert rp.caught_up(), "the replayer did not catch up"
-    report = verify_tables(list(tables), dw.sqlite_read, dw.postgres)
+    report = verify_tables(list(tables), dw.backends.sqlite_read, dw.backends.postgres)
     seconds = time.monotonic() - since
     missing = sum(t.counts()["missing"] for t in report.tables)
     extra = sum(t.counts()["extra"] for t in report.tables)

@@ -16,9 +16,10 @@ from dualwrite.settings import Settings
 from dualwrite.stream.protocol import dead_letter_key, stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer, list_dead_letters
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_tables
-from tests.core.support import TABLES, catalog, items, md, row
+from tests.core.support import TABLES, catalog, items, row
 from tests.faults.conftest import SEEDS, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload
 
@@ -53,29 +54,29 @@ def test_bad_entries_dead_lettered_and_replayer_survives(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr(events_mod, "MAX_EVENT_BYTES", 64 * 1024)  # the real limit is 64 MiB; same code path
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     key = stream_key(fsettings.namespace)
     try:
         wl = Workload(dw, seed)
         wl.run(15)
-        assert Relay.for_writer(dw).drain(timeout=20)
-        Replayer(dw, consumer="w", block_ms=50).run(once=True)
+        assert Relay.for_backends(dw.backends).drain(timeout=20)
+        Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True)
         dw.stop_relay()  # foreign XADDs below use auto ids, above every outbox seq (see the relay test below)
         bad = _bad_entries(seed)
-        ids = {kind: dw.redis.xadd(key, fields).decode() for kind, fields in bad.items()}
+        ids = {kind: dw.backends.redis.xadd(key, fields).decode() for kind, fields in bad.items()}
         extra_col = json.loads(_good_event(800 + seed, seq=10**9).to_json())
         extra_col["image"]["nope"] = 1
-        extra_id = dw.redis.xadd(key, {"e": json.dumps(extra_col).encode()}).decode()
+        extra_id = dw.backends.redis.xadd(key, {"e": json.dumps(extra_col).encode()}).decode()
         # replayed events: an already-applied event added again is a no-op (stale), not a dead letter
-        replayed = [f for _eid, f in dw.redis.xrange(key, count=5)]
+        replayed = [f for _eid, f in dw.backends.redis.xrange(key, count=5)]
         for f in replayed:
-            dw.redis.xadd(key, f)
-        rp = Replayer(dw, consumer="w", block_ms=50, max_failures=2)
+            dw.backends.redis.xadd(key, f)
+        rp = Replayer(dw.backends, dw.tables, consumer="w", block_ms=50, max_failures=2)
         stats = rp.run(once=True)  # returns: it never dies on bad input
         assert rp.caught_up()
         dead = {
             f[b"id"].decode(): {k.decode(): v.decode(errors="replace") for k, v in f.items()}
-            for _e, f in dw.redis.xrange(dead_letter_key(fsettings.namespace))
+            for _e, f in dw.backends.redis.xrange(dead_letter_key(fsettings.namespace))
         }
         for kind, eid in ids.items():
             assert eid in dead, f"{kind} was not dead-lettered"
@@ -88,7 +89,7 @@ def test_bad_entries_dead_lettered_and_replayer_survives(
         collector.bad_input["image with a column not in the table"] = (
             f"dead letter, reason `schema`: {dead[extra_id]['error'][:70]}"
         )
-        with dw.postgres.connect() as conn:  # nothing of it applied
+        with dw.backends.postgres.connect() as conn:  # nothing of it applied
             assert conn.execute(select(items.c.id).where(items.c.id == 800 + seed)).all() == []
         n_dead = len(bad) + 1
         assert stats.stale >= len(replayed)
@@ -100,26 +101,28 @@ def test_bad_entries_dead_lettered_and_replayer_survives(
 
 
 def test_foreign_auto_id_entry_does_not_stall_the_relay(fsettings: Settings, pg: PrivatePostgres) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write")
     key = stream_key(fsettings.namespace)
     try:
         dw.execute(insert(items).values(row(1, 1)))
-        assert Relay.for_writer(dw).drain(timeout=10)
-        dw.redis.xadd(key, {"e": b"garbage"})
+        assert Relay.for_backends(dw.backends).drain(timeout=10)
+        dw.backends.redis.xadd(key, {"e": b"garbage"})
         dw.execute(insert(items).values(row(2, 2)))
-        Relay.for_writer(dw).drain(timeout=10)
-        seqs = [ChangeEvent.from_json(f[b"e"]).seq for _e, f in dw.redis.xrange(key) if f.get(b"e") != b"garbage"]
+        Relay.for_backends(dw.backends).drain(timeout=10)
+        seqs = [
+            ChangeEvent.from_json(f[b"e"]).seq for _e, f in dw.backends.redis.xrange(key) if f.get(b"e") != b"garbage"
+        ]
         assert seqs == [1, 2]
     finally:
         dw.close()
 
 
 def test_list_dead_letters_with_binary_payload(fsettings: Settings, pg: PrivatePostgres) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write")
     try:
-        dw.redis.xadd(stream_key(fsettings.namespace), {"e": b"\xff\xfe garbage"})
-        Replayer(dw, consumer="w", block_ms=50).run(once=True)
-        assert len(list_dead_letters(dw.redis, fsettings.namespace)) == 1
+        dw.backends.redis.xadd(stream_key(fsettings.namespace), {"e": b"\xff\xfe garbage"})
+        Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True)
+        assert len(list_dead_letters(dw.backends.redis, fsettings.namespace)) == 1
     finally:
         dw.close()
 
@@ -138,9 +141,8 @@ def test_hostile_names_and_sql_values_round_trip(
     )
     for t in TABLES:
         t.to_metadata(hmd)
-    cat = catalog()
-    cat.add(hostile, "toy")
-    dw = prepared_writer(fsettings, metadata=hmd, catalog=cat, phase="dual_write", relay=True)
+    cat = catalog() + Tables.of(hostile, store="toy")
+    dw = prepared_writer(fsettings, cat, phase="dual_write", relay=True)
     try:
         values = [HOSTILE, "Robert'); DROP TABLE students;--", '"; DELETE FROM _dw_versions; --', "\\x00 %s %(x)s"]
         dw.execute(
@@ -152,7 +154,7 @@ def test_hostile_names_and_sql_values_round_trip(
         dw.execute(update(hostile).where(hostile.c.id == 0).values({"o'k": HOSTILE + "2"}))
         dw.execute(insert(hostile).values({"id": 99, "o'k": HOSTILE, '"quoted" col': None, "select": "'"}))
         out = heal_and_verify(dw, [*TABLES, hostile], since=time.monotonic())
-        report = verify_tables([*TABLES, hostile], dw.sqlite_read, dw.postgres)
+        report = verify_tables([*TABLES, hostile], dw.backends.sqlite_read, dw.backends.postgres)
         assert report.clean and {t.table: t.postgres_rows for t in report.tables}[hostile.name] == 5
         collector.bad_input["hostile table/column names, SQL in values"] = (
             f"round trip exact (5 rows, verify clean, {out.dead_letters} dead letters)"

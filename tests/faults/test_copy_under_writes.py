@@ -15,7 +15,7 @@ from sqlalchemy import insert
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog, items, md, pairs, row
+from tests.core.support import TABLES, catalog, items, pairs, row
 from tests.faults.conftest import ROOT, SEEDS_AND_SOAK, Collector, heal_and_verify
 from tests.faults.test_workers import BACKFILL_CHILD, SETTING_KEYS, _spawn, kill_at_random
 from tests.faults.workload import Workload
@@ -29,7 +29,7 @@ def test_killed_copy_under_five_writers_converges(
 ) -> None:
     rng = random.Random(seed)
     n_rows = 1500
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite", relay=True)
+    dw = prepared_writer(settings, catalog(), phase="sqlite", relay=True)
     stop = threading.Event()
     workloads: list[Workload] = []
     try:
@@ -68,7 +68,7 @@ def test_killed_copy_under_five_writers_converges(
         assert not any(wl.errors for wl in workloads), [wl.errors[:1] for wl in workloads]
         written = sum(wl.rows_written for wl in workloads)
         assert written > 50, f"the writers barely wrote ({written} rows): the test proves nothing"
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             assert all(ckpt.load(conn, t.name).status == "done" for t in TABLES)
 
         out = heal_and_verify(dw, TABLES, since=t0)

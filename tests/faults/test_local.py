@@ -21,7 +21,7 @@ from dualwrite.engines import sqlite_engine
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_tables
-from tests.core.support import TABLES, catalog, items, md, row, snapshot
+from tests.core.support import TABLES, catalog, items, row, snapshot
 from tests.faults.conftest import SEEDS_AND_SOAK, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload
 
@@ -51,7 +51,7 @@ def _outbox_len(engine) -> int:  # type: ignore[no-untyped-def]
 def test_sqlite_exclusive_lock_waits_then_succeeds(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     try:
         wl = Workload(dw, seed)
         wl.run(10)
@@ -81,19 +81,27 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
 def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     try:
         wl = Workload(dw, seed)
         wl.run(10)
-        dw.sqlite.dispose()
-        dw.sqlite = sqlite_engine(fsettings.sqlite_url, busy_ms=200)  # a short busy timeout for this test
-        before = (snapshot(dw.sqlite_read), snapshot(dw.postgres), _outbox_len(dw.sqlite_read))
+        dw.backends.sqlite.dispose()
+        dw.backends.sqlite = sqlite_engine(fsettings.sqlite_url, busy_ms=200)  # a short busy timeout for this test
+        before = (
+            snapshot(dw.backends.sqlite_read),
+            snapshot(dw.backends.postgres),
+            _outbox_len(dw.backends.sqlite_read),
+        )
         th = _hold_exclusive(str(fsettings.sqlite_path), 1.2, threading.Event())
         with pytest.raises(OperationalError, match="database is locked"):
             dw.execute(insert(items).values(row(10_000 + seed, 1)))
         th.join()
         # nothing half-written: neither side nor the outbox changed
-        assert (snapshot(dw.sqlite_read), snapshot(dw.postgres), _outbox_len(dw.sqlite_read)) == before
+        assert (
+            snapshot(dw.backends.sqlite_read),
+            snapshot(dw.backends.postgres),
+            _outbox_len(dw.backends.sqlite_read),
+        ) == before
         t0 = time.monotonic()
         wl.run(3)  # the lock is gone: writes go on
         out = heal_and_verify(dw, TABLES, since=t0)
@@ -117,7 +125,7 @@ def test_reject_file_disk_full(
 ) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="sqlite")
+    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
     try:
         bad_id = 10 + seed
         rows = [row(i, i) for i in range(40)]
@@ -125,20 +133,20 @@ def test_reject_file_disk_full(
         dw.execute(insert(items).values(rows))
         full = RejectWriter("/dev/full")
         with pytest.raises(OSError) as err:
-            Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=8, rejects=full).copy_tables(list(TABLES))
+            Copier.for_backends(dw.backends, chunk_size=8, rejects=full).copy_tables(list(TABLES))
         assert err.value.errno == errno.ENOSPC  # a clear error, not a silent drop
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             cp = ckpt.load(conn, "items")
         assert cp.rows_copied == (bad_id // 8) * 8  # the chunk holding the reject was not committed
         t0 = time.monotonic()
         good = tmp_path / "rejects.jsonl"
-        Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=8, rejects=RejectWriter(good)).copy_tables(list(TABLES))
+        Copier.for_backends(dw.backends, chunk_size=8, rejects=RejectWriter(good)).copy_tables(list(TABLES))
         lines = [json.loads(x) for x in good.read_text().splitlines()]
         assert [(r["table"], r["column"]) for r in lines] == [("items", "name")]
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             cp = ckpt.load(conn, "items")
         assert (cp.rows_copied, cp.rows_rejected, cp.status) == (39, 1, "done")
-        report = verify_tables(list(TABLES), dw.sqlite_read, dw.postgres)
+        report = verify_tables(list(TABLES), dw.backends.sqlite_read, dw.backends.postgres)
         counts = {t.table: t.counts() for t in report.tables}
         assert counts["items"] == {"missing": 1, "extra": 0, "differing": 0}  # exactly the rejected row
         assert counts["pairs"] == {"missing": 0, "extra": 0, "differing": 0}

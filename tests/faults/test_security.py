@@ -19,8 +19,8 @@ from dualwrite.stream.protocol import dead_letter_key, stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from dualwrite.verify.verifier import verify_key, verify_writer
-from tests.core.support import TABLES, catalog, items, md, row
+from dualwrite.verify.verifier import verify_backends, verify_key
+from tests.core.support import TABLES, catalog, items, row
 from tests.faults.conftest import Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload
 
@@ -41,7 +41,7 @@ def test_password_never_leaks(
     caplog.set_level(logging.DEBUG)
     s = fsettings.with_(postgres_url=f"postgresql://{role}:{password}@127.0.0.1:{pg.port}/postgres")
     errors: list[str] = []
-    dw = prepared_writer(s, metadata=md, catalog=catalog(), phase="sqlite", relay=True)
+    dw = prepared_writer(s, catalog(), phase="sqlite", relay=True)
     try:
         wl = Workload(dw, 5)
         wl.run(20)
@@ -49,7 +49,7 @@ def test_password_never_leaks(
         rows[3]["name"] = "nul\x00"  # one reject
         dw.execute(insert(items).values(rows))
         rejects = tmp_path / "rejects.jsonl"
-        Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=7, rejects=RejectWriter(rejects)).copy_tables(list(TABLES))
+        Copier.for_backends(dw.backends, chunk_size=7, rejects=RejectWriter(rejects)).copy_tables(list(TABLES))
         dw.phases.set("dual_write", force=True)
         dw.execute(delete(items).where(items.c.id == 503))  # the NUL row: its later delete makes its upsert stale
         wl.run(10)
@@ -60,17 +60,17 @@ def test_password_never_leaks(
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{type(exc).__name__}: {exc}")
         try:
-            Replayer(dw, consumer="w", block_ms=50).step()
+            Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).step()
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{type(exc).__name__}: {exc}")
         pg.start()
         # one poison entry, replayed before any relay round (the relay moves a foreign top entry aside)
-        assert Relay.for_writer(dw).drain(timeout=20)
+        assert Relay.for_backends(dw.backends).drain(timeout=20)
         dw.stop_relay()
-        top = dw.redis.xrevrange(stream_key(s.namespace), count=1)[0][0].decode().split("-")[0]
-        dw.redis.xadd(stream_key(s.namespace), {"e": b"not json"}, id=f"{top}-1")
-        Replayer(dw, consumer="w", block_ms=50).run(once=True)
-        verify_writer(dw, list(TABLES), fix=True)  # stores a verify report in Redis
+        top = dw.backends.redis.xrevrange(stream_key(s.namespace), count=1)[0][0].decode().split("-")[0]
+        dw.backends.redis.xadd(stream_key(s.namespace), {"e": b"not json"}, id=f"{top}-1")
+        Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True)
+        verify_backends(dw.backends, list(TABLES), fix=True)  # stores a verify report in Redis
         # one dead letter: the foreign garbage entry (the NUL row's upsert is stale behind its delete)
         heal_and_verify(dw, TABLES, since=time.monotonic(), expected_dead=1)
         places = {
@@ -79,12 +79,12 @@ def test_password_never_leaks(
             ),
             "reject file": rejects.read_text(),
             "metric exposition (generate_latest)": generate_latest(REGISTRY).decode(),
-            "stream entries": repr(dw.redis.xrange(stream_key(s.namespace))),
-            "dead-letter entries": repr(dw.redis.xrange(dead_letter_key(s.namespace))),
-            "stored verify report (Redis)": repr(dw.redis.get(verify_key(s.namespace))),
+            "stream entries": repr(dw.backends.redis.xrange(stream_key(s.namespace))),
+            "dead-letter entries": repr(dw.backends.redis.xrange(dead_letter_key(s.namespace))),
+            "stored verify report (Redis)": repr(dw.backends.redis.get(verify_key(s.namespace))),
             "raised error messages (Postgres down)": "\n".join(errors),
             "every Redis key and value of the namespace": repr(
-                [(k, dw.redis.dump(k)) for k in dw.redis.scan_iter(match=f"{s.namespace}*")]
+                [(k, dw.backends.redis.dump(k)) for k in dw.backends.redis.scan_iter(match=f"{s.namespace}*")]
             ),
         }
         assert errors, "expected errors while Postgres was down"

@@ -15,7 +15,7 @@ from dualwrite.settings import Settings
 from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog, md
+from tests.core.support import TABLES, catalog
 from tests.faults.conftest import (
     SEEDS,
     SEEDS_AND_SOAK,
@@ -37,7 +37,7 @@ def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
 
 # -- (3) Postgres stopped during dual writes -----------------------------------------------------------
 def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int, steps: int) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     try:
         wl = Workload(dw, seed)
         wl.run(steps)
@@ -80,26 +80,26 @@ def test_pg_stopped_during_dual_writes_soak(
 # -- (3b) Postgres stopped during backfill -------------------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int) -> None:
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="sqlite")
+    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
     try:
         wl = Workload(dw, seed)
         wl.run(120)  # history on SQLite only: Postgres is empty
         dw.phases.set("dual_write", force=True, reason="test: backfill under live writes")
-        copier = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=7, max_retries=2)
+        copier = Copier.for_backends(dw.backends, chunk_size=7, max_retries=2)
         copier.copy_tables(list(TABLES), max_chunks=3)
         pg.stop()
         during = wl.run(10)  # live dual writes while Postgres is down: they succeed
         with pytest.raises(Exception) as err:  # noqa: PT011 - a connection error of the driver
-            Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=7, max_retries=1)
+            Copier.for_backends(dw.backends, chunk_size=7, max_retries=1)
         assert "connect" in str(err.value).lower() or "server" in str(err.value).lower()
         pg.start()
         t0 = time.monotonic()
-        reports = Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=7).copy_tables(list(TABLES))
+        reports = Copier.for_backends(dw.backends, chunk_size=7).copy_tables(list(TABLES))
         assert [r.status for r in reports] == ["done", "done"]
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             for t in TABLES:
                 cp = ckpt.load(conn, t.name)
-                assert cp.rows_copied >= _count(dw.sqlite_read, t)  # every row counted once per copy
+                assert cp.rows_copied >= _count(dw.backends.sqlite_read, t)  # every row counted once per copy
         out = heal_and_verify(dw, TABLES, since=t0)
         collector.case(
             "Postgres stopped during backfill",
@@ -124,14 +124,14 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
     (`ensure_group`, XGROUP CREATE ... MKSTREAM at 0) when the worker is restarted, and replays every
     event again; the apply is idempotent (versions in `_dw_versions`), so Postgres ends equal, not doubled.
     The phase is kept by each writer's cache (the last phase seen) and set again here."""
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     key = stream_key(fsettings.namespace)
     try:
         wl = Workload(dw, seed)
         wl.run(20)
-        rp = Replayer(dw, consumer="w1", block_ms=50)
+        rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
         rp.run(once=True)
-        published = dw.redis.xlen(key)
+        published = dw.backends.redis.xlen(key)
         rds.stop()
         during = wl.run(10)
         assert not wl.errors
@@ -139,9 +139,13 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
         t0 = time.monotonic()
         dw.phases.set("dual_write", force=True, reason="test: Redis lost its state")
         # the relay republishes the whole retained outbox into a new stream
-        wait_for(lambda: dw.redis.exists(key) and dw.redis.xlen(key) >= published, 20, "the relay to republish")
+        wait_for(
+            lambda: dw.backends.redis.exists(key) and dw.backends.redis.xlen(key) >= published,
+            20,
+            "the relay to republish",
+        )
         # a long-running replayer whose group vanished: see the report (NOGROUP); restarting run() recreates it
-        Replayer(dw, consumer="w1", block_ms=50).run(once=True)
+        Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50).run(once=True)
         out = heal_and_verify(dw, TABLES, since=t0)
         collector.case(
             "Redis restarted (stream lost)",
@@ -158,10 +162,10 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
 
 def test_replayer_survives_group_loss(fsettings: Settings, rds: PrivateRedis) -> None:
     """A replayer loop running across a Redis restart must keep going (recreate its group), not die."""
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     try:
         Workload(dw, 7).run(5)
-        rp = Replayer(dw, consumer="w1", block_ms=50)
+        rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
         stop = threading.Event()
         died: list[BaseException] = []
 
@@ -202,7 +206,7 @@ def test_proxy_faults_during_dual_writes(
     fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis, collector: Collector, seed: int, mode: str
 ) -> None:
     s, pgp, rp = _proxied(fsettings, pg, rds)
-    dw = prepared_writer(s, metadata=md, catalog=catalog(), phase="dual_write", relay=True)
+    dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
     try:
         wl = Workload(dw, seed)
         wl.run(15)

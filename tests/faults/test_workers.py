@@ -21,11 +21,11 @@ from dualwrite.settings import Settings
 from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog, items, md, pairs, row
+from tests.core.support import TABLES, catalog, items, pairs, row
 from tests.faults.conftest import ROOT, SEEDS, SOAK_SEEDS, Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload
 
-SETTING_KEYS = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema")
+SETTING_KEYS = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema", "state_schema")
 
 BACKFILL_CHILD = textwrap.dedent(
     """
@@ -36,7 +36,7 @@ BACKFILL_CHILD = textwrap.dedent(
     from tests.core.support import TABLES
 
     s = json.loads(sys.argv[1])
-    pg = postgres_engine(s["postgres_url"], s["pg_schema"], replica=True)
+    pg = postgres_engine(s["postgres_url"], s["pg_schema"], state_schema=s["state_schema"], replica=True)
     copier = Copier(sqlite_read_engine(s["sqlite_url"]), pg, chunk_size=int(sys.argv[2]))
     print("START", flush=True)
     copier.copy_tables(list(TABLES))
@@ -65,8 +65,8 @@ REPLAY_CHILD = textwrap.dedent(
         return result
 
     A.apply_events = apply_then_hang
-    dw = DualWriter(Settings(**json.loads(sys.argv[1])), catalog=catalog())
-    Replayer(dw, consumer="doomed", batch=int(sys.argv[3]), block_ms=50).run()
+    dw = DualWriter(Settings(**json.loads(sys.argv[1])), catalog())
+    Replayer(dw.backends, dw.tables, consumer="doomed", batch=int(sys.argv[3]), block_ms=50).run()
     """
 )
 
@@ -111,7 +111,7 @@ def _backfill_kills(
     fsettings: Settings, collector: Collector, tmp_path: Path, seed: int, n_rows: int, kills: int
 ) -> None:
     rng = random.Random(seed)
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="sqlite")
+    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
     try:
         for start in range(0, n_rows, 500):
             dw.execute(insert(items).values([row(i, i) for i in range(start, min(n_rows, start + 500))]))
@@ -125,16 +125,16 @@ def _backfill_kills(
         proc = _spawn(script, args, "9")  # the restart completes
         out_text, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "DONE" in out_text
-        with dw.postgres.connect() as conn:
+        with dw.backends.postgres.connect() as conn:
             for t in TABLES:
                 cp = ckpt.load(conn, t.name)
                 assert cp.status == "done"
-                assert cp.rows_copied == _count(dw.sqlite_read, t)  # totals exact: no chunk counted twice
+                assert cp.rows_copied == _count(dw.backends.sqlite_read, t)  # totals exact: no chunk counted twice
                 assert cp.rows_rejected == 0
         # a further run is a no-op
         assert all(
             r.status == "done" and r.chunks == 0
-            for r in Copier(dw.sqlite_read, dw.postgres_apply).copy_tables(list(TABLES))
+            for r in Copier.for_backends(dw.backends).copy_tables(list(TABLES))
         )
         dw.phases.set("dual_write", force=True)
         out = heal_and_verify(dw, TABLES, since=t0)
@@ -169,12 +169,12 @@ def test_backfill_worker_sigkill_soak(
 # -- (2) replay worker killed mid-batch ------------------------------------------------------------------
 def _replay_kill(fsettings: Settings, collector: Collector, tmp_path: Path, seed: int, steps: int) -> None:
     rng = random.Random(seed)
-    dw = prepared_writer(fsettings, metadata=md, catalog=catalog(), phase="dual_write")
+    dw = prepared_writer(fsettings, catalog(), phase="dual_write")
     try:
         dw._apply_secondary = lambda *_a, **_k: None  # type: ignore[method-assign]  # Postgres falls behind
         wl = Workload(dw, seed)
         during = wl.run(steps)
-        assert Relay.for_writer(dw).drain(timeout=20)
+        assert Relay.for_backends(dw.backends).drain(timeout=20)
         script = tmp_path / "replay_child.py"
         script.write_text(REPLAY_CHILD.format(root=str(ROOT)))
         args = json.dumps({k: getattr(fsettings, k) for k in SETTING_KEYS})
@@ -187,13 +187,13 @@ def _replay_kill(fsettings: Settings, collector: Collector, tmp_path: Path, seed
         finally:
             assert _kill(proc)
         key = stream_key(fsettings.namespace)
-        pending = dw.redis.xpending(key, "backfill")
+        pending = dw.backends.redis.xpending(key, "backfill")
         assert pending["pending"] >= 1  # the killed consumer's batch is pending, not acked
         consumers = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]: c for c in pending["consumers"]}
         assert "doomed" in consumers
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)  # another consumer reclaims them (XAUTOCLAIM)
-        assert dw.redis.xpending(key, "backfill")["pending"] == 0
+        assert dw.backends.redis.xpending(key, "backfill")["pending"] == 0
         collector.case(
             "replay worker SIGKILL mid-batch",
             rows_during_fault=during,

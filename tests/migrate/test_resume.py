@@ -77,7 +77,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
     full, _ = migrate(db, reference, "--chunk-size", "200")
     assert full.exit_code == 0, full.output
     rejects_dir = tmp_path / f"rejects-{pg_schema}"
-    argv = [sys.executable, "-c", "from backfill.migrate.cli import command; command()"]
+    argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
     argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--schema", pg_schema, "--rejects", str(rejects_dir)]
     argv += ["--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
@@ -108,7 +108,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
 
 def test_sigterm_stops_after_the_chunk_then_resume(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
     db = build(tmp_path / "app.db", 6000)
-    argv = [sys.executable, "-c", "from backfill.migrate.cli import command; command()"]
+    argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
     argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--schema", pg_schema]
     argv += ["--rejects", str(tmp_path / f"rejects-{pg_schema}"), "--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
 
-from dualwrite.adapter import DualWriter, TableCatalog
+from dualwrite.adapter import DualWriter
 from dualwrite.settings import Settings
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 
 md = MetaData()
@@ -30,15 +31,12 @@ pairs = Table(
 TABLES = [items, pairs]
 
 
-def catalog() -> TableCatalog:
-    cat = TableCatalog()
-    for t in TABLES:
-        cat.add(t, "shtest")
-    return cat
+def catalog() -> Tables:
+    return Tables.of(TABLES, store="shtest")
 
 
 def writer(settings: Settings, phase: str = "sqlite") -> DualWriter:
-    return prepared_writer(settings, metadata=md, catalog=catalog(), phase=phase)
+    return prepared_writer(settings, catalog(), phase=phase)
 
 
 def item_rows(n: int) -> list[dict[str, Any]]:
@@ -53,7 +51,7 @@ def pair_rows(n: int) -> list[dict[str, Any]]:
 def seed(dw: DualWriter, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows into SQLite (executemany) and Postgres (COPY), bypassing capture."""
     cols = [c.name for c in table.columns]
-    raw = dw.sqlite.raw_connection()
+    raw = dw.backends.sqlite.raw_connection()
     try:
         raw.executemany(
             f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
@@ -66,10 +64,9 @@ def seed(dw: DualWriter, table: Table, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         buf.write("\t".join("\\N" if r[c] is None else str(r[c]) for c in cols) + "\n")
     buf.seek(0)
-    praw = dw.postgres.raw_connection()
+    praw = dw.backends.postgres.raw_connection()
     try:
         cur = praw.cursor()
-        cur.execute(f'SET search_path TO "{dw.settings.pg_schema}"')
         cur.copy_expert(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN", buf)
         praw.commit()
     finally:

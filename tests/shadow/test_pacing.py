@@ -106,14 +106,14 @@ def test_counts_reach_redis_when_the_queue_drains(dw, uid):
     reader = ShadowReader().install(dw)
     dw.read("shtest", f"drain-{uid}", lambda c: 1)
     deadline = time.monotonic() + 5
-    while read_counts(dw.redis, dw.settings.namespace) != {"match": 1} and time.monotonic() < deadline:
+    while read_counts(dw.backends.redis, dw.settings.namespace) != {"match": 1} and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert read_counts(dw.redis, dw.settings.namespace) == {"match": 1}  # without wait_idle or close
+    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1}  # without wait_idle or close
     reader.close()
 
 
 def test_identical_never_claims_what_normalization_would_deny(dw):
-    with dw.sqlite.connect() as conn:
+    with dw.backends.sqlite.connect() as conn:
         a = conn.execute(select(items.c.id, items.c.name).where(items.c.id == 1)).first()
         b = conn.execute(select(items.c.id.label("name"), items.c.name.label("id")).where(items.c.id == 1)).first()
     assert tuple(a) == tuple(b) and not identical(a, b)  # same values, other column names

@@ -32,16 +32,16 @@ def test_planted_difference_is_caught_and_sampled_with_masked_params(dw, uid):
     reader = ShadowReader(synchronous=True).install(dw)
     assert dw.read("shtest", q, _first) == item_rows(10)
     assert _count(q, "match") == 1
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(update(items).where(items.c.id == 3).values(name="planted"))
     params = {"tenant": "acme", "password": "hunter2", "dsn": "postgresql://u:s3cret@db/x"}
     got = dw.read("shtest", q, _first, params=params)
     assert got[3]["name"] == "item-3"  # the control (SQLite) is served
     assert _count(q, "mismatch") == 1
-    (sample,) = read_mismatches(dw.redis, dw.settings.namespace)
+    (sample,) = read_mismatches(dw.backends.redis, dw.settings.namespace)
     assert sample["query"] == q and "planted" in sample["diff"] and "item-3" in sample["diff"]
     assert "hunter2" not in sample["params"] and "s3cret" not in sample["params"] and "acme" in sample["params"]
-    assert read_counts(dw.redis, dw.settings.namespace) == {"match": 1, "mismatch": 1}
+    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1, "mismatch": 1}
     reader.raise_on_mismatches = True
     with pytest.raises(MismatchError):
         dw.read("shtest", q, _first)
@@ -49,10 +49,10 @@ def test_planted_difference_is_caught_and_sampled_with_masked_params(dw, uid):
 
 def test_normalization_removes_cross_engine_noise(dw, uid):
     q = f"norm-{uid}"
-    with dw.postgres.begin() as conn:  # trailing spaces, float noise
+    with dw.backends.postgres.begin() as conn:  # trailing spaces, float noise
         conn.execute(update(items).where(items.c.id == 1).values(name="item-1   "))
         conn.execute(update(items).where(items.c.id == 2).values(amount=0.1 + 0.2 + 0.2))
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.execute(update(items).where(items.c.id == 2).values(amount=0.5))
 
     def unordered(conn):
@@ -94,7 +94,7 @@ def test_exceptions_are_observations_and_experiment_errors_are_counted(dw, uid):
     assert _count(q + "-cmp", "error") == 1
 
     ShadowReader(synchronous=True, ignores=[lambda c, d: True]).install(dw)
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(update(items).where(items.c.id == 3).values(name="planted"))
     dw.read("shtest", q + "-ign", _first)
     assert _count(q + "-ign", "ignored") == 1
@@ -133,7 +133,7 @@ def test_full_pool_skips_instead_of_slowing_the_caller(dw, uid):
     assert _count(q, "skipped") >= 17
     assert reader.wait_idle(5)
     assert _count(q, "match") == 20 - _count(q, "skipped")
-    assert read_counts(dw.redis, dw.settings.namespace) == {
+    assert read_counts(dw.backends.redis, dw.settings.namespace) == {
         "match": _count(q, "match"),
         "skipped": _count(q, "skipped"),
     }
@@ -152,7 +152,7 @@ def test_aa_mode_counts_noise_apart(dw, uid):
     dw.read("shtest", q, nondeterministic)
     assert _count(f"aa:{q}", "mismatch") == 1 and _count(q, "mismatch") == 0
     assert reader.stats["aa:mismatch"] == 1
-    assert read_counts(dw.redis, dw.settings.namespace) == {"aa:mismatch": 1}
+    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"aa:mismatch": 1}
 
 
 def test_no_shadow_outside_shadow_phases(settings, uid):
@@ -161,7 +161,7 @@ def test_no_shadow_outside_shadow_phases(settings, uid):
         seed(w, items, item_rows(5))
         ShadowReader(synchronous=True).install(w)
         w.read("shtest", f"ds-{uid}", _first)
-        assert read_counts(w.redis, w.settings.namespace) == {}
+        assert read_counts(w.backends.redis, w.settings.namespace) == {}
     finally:
         w.close()
 
@@ -185,12 +185,12 @@ def test_postgres_reads_phase_serves_postgres_and_compares_sqlite(settings, uid)
     w = writer(settings, phase="postgres_reads")
     try:
         seed(w, items, item_rows(20))
-        with w.sqlite.begin() as conn:
+        with w.backends.sqlite.begin() as conn:
             conn.execute(update(items).where(items.c.id == 3).values(name="sqlite-only"))
         ShadowReader(synchronous=True).install(w)
         assert w.read("shtest", q, _first)[3]["name"] == "item-3"
         assert _count(q, "mismatch") == 1
-        (sample,) = read_mismatches(w.redis, w.settings.namespace)
+        (sample,) = read_mismatches(w.backends.redis, w.settings.namespace)
         assert sample["candidate_backend"] == "sqlite"
     finally:
         w.close()

@@ -15,12 +15,12 @@ from dualwrite.settings import Settings
 from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay, foreign_key
 from dualwrite.testing import prepared_writer
-from tests.core.support import catalog, items, md, row
+from tests.core.support import catalog, items, row
 
 
 @pytest.fixture
 def dw(settings: Settings) -> Iterator[DualWriter]:
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="dual_write")
+    w = prepared_writer(settings, catalog(), phase="dual_write")
     yield w
     w.close()
 
@@ -43,7 +43,7 @@ def test_foreign_entries_on_top_are_moved_and_nothing_is_skipped(
 ) -> None:
     key = stream_key(settings.namespace)
     dw.execute(insert(items).values(row(1, 1)))
-    relay = Relay.for_writer(dw)
+    relay = Relay.for_backends(dw.backends)
     assert relay.drain(timeout=10)
     # a consumer group that reads the foreign entry before the relay sees it
     rclient.xgroup_create(key, "g", id="0")
@@ -71,7 +71,7 @@ def test_only_foreign_entries_left_republishes_the_retained_outbox(
     idempotent consumers, a skipped seq would not be."""
     key = stream_key(settings.namespace)
     dw.execute(insert(items).values([row(1, 1), row(2, 2)]))
-    relay = Relay.for_writer(dw)
+    relay = Relay.for_backends(dw.backends)
     assert relay.drain(timeout=10)
     rclient.xtrim(key, maxlen=0)
     rclient.xadd(key, {"e": b"garbage"})

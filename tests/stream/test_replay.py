@@ -11,13 +11,13 @@ from dualwrite.events import ChangeEvent
 from dualwrite.stream.protocol import dead_letter_key, stream_key
 from dualwrite.stream.replay import Replayer, list_dead_letters, redrive
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, md, notes, seed, tags
+from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, notes, seed, tags
 
 
 @pytest.fixture
 def dw(settings):  # type: ignore[no-untyped-def]
     # Phase sqlite: nothing is applied inline, so Postgres only gets what the replay applies.
-    w = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    w = prepared_writer(settings, catalog(), phase="sqlite")
     yield w
     w.close()
 
@@ -34,17 +34,17 @@ def write_history(dw, n: int) -> int:  # type: ignore[no-untyped-def]
         dw.execute(delete(notes).where(notes.c.id == i))
         dw.execute(delete(tags).where(tags.c.n == i))
     drain_relay(dw)
-    return dw.redis.xlen(stream_key(dw.settings.namespace))
+    return dw.backends.redis.xlen(stream_key(dw.settings.namespace))
 
 
 def test_replay_applies_stream_once_in_effect(dw) -> None:  # type: ignore[no-untyped-def]
     total = write_history(dw, 60)
-    r = Replayer(dw, consumer="one", batch=37, block_ms=50)
+    r = Replayer(dw.backends, dw.tables, consumer="one", batch=37, block_ms=50)
     stats = r.run(once=True)
     assert stats.applied + stats.stale == total and stats.dead == 0
     assert_equal(dw)
     # Replaying everything again (a new group from id 0) changes nothing.
-    again = Replayer(dw, group="second", consumer="x", batch=100, block_ms=50).run(once=True)
+    again = Replayer(dw.backends, dw.tables, group="second", consumer="x", batch=100, block_ms=50).run(once=True)
     assert again.applied == 0 and again.stale == total
     assert_equal(dw)
 
@@ -52,40 +52,40 @@ def test_replay_applies_stream_once_in_effect(dw) -> None:  # type: ignore[no-un
 def test_garbage_entry_goes_to_dead_letters_and_redrive(dw) -> None:  # type: ignore[no-untyped-def]
     total = write_history(dw, 10)
     key = stream_key(dw.settings.namespace)
-    dw.redis.xadd(key, {"e": b"{not json"})
-    dw.redis.xadd(key, {"x": b"no event field"})
+    dw.backends.redis.xadd(key, {"e": b"{not json"})
+    dw.backends.redis.xadd(key, {"x": b"no event field"})
     # An event for a table this catalog does not know: fails to apply, dead-lettered, refused on redrive.
     stranger = ChangeEvent(table="nope", op="upsert", key={"id": 1}, image={"id": 1}, seq=10_000)
-    dw.redis.xadd(key, {"e": stranger.to_json()})
-    r = Replayer(dw, consumer="one", block_ms=50)
+    dw.backends.redis.xadd(key, {"e": stranger.to_json()})
+    r = Replayer(dw.backends, dw.tables, consumer="one", block_ms=50)
     stats = r.run(once=True)
     assert stats.dead == 3 and stats.applied + stats.stale == total
     assert_equal(dw)
-    dead = list_dead_letters(dw.redis, dw.settings.namespace)
+    dead = list_dead_letters(dw.backends.redis, dw.settings.namespace)
     assert {d["reason"] for d in dead} == {"decode", "unknown_table"}
     assert all(d["id"] and "error" in d for d in dead)
     assert r.group_info()["pending"] == 0
 
     # A poison event that fails on Postgres (NUL byte) until "fixed": re-driven directly, then deleted.
     bad = ChangeEvent(table="bf_accounts", op="upsert", key={"id": 999}, image={"id": 999, "name": "a\x00b"}, seq=1)
-    dw.redis.xadd(key, {"e": bad.to_json()})
-    assert Replayer(dw, consumer="one", block_ms=50).run(once=True).dead == 1
+    dw.backends.redis.xadd(key, {"e": bad.to_json()})
+    assert Replayer(dw.backends, dw.tables, consumer="one", block_ms=50).run(once=True).dead == 1
     dl = dead_letter_key(dw.settings.namespace)
-    assert dw.redis.xlen(dl) == 4
-    assert redrive(dw) == {"applied": 0, "refused": 3, "failed": 1}
+    assert dw.backends.redis.xlen(dl) == 4
+    assert redrive(dw.backends, dw.tables) == {"applied": 0, "refused": 3, "failed": 1}
     fixed = ChangeEvent(table="bf_accounts", op="upsert", key={"id": 999}, image={"id": 999, "name": "ab"}, seq=1)
-    eid = dw.redis.xrange(dl)[-1][0]
-    dw.redis.xadd(dl, {"id": b"manual", "payload": fixed.to_json(), "error": "", "reason": "apply"})
-    dw.redis.xdel(dl, eid)
-    assert redrive(dw) == {"applied": 1, "refused": 3, "failed": 0}
-    with dw.postgres.connect() as conn:
+    eid = dw.backends.redis.xrange(dl)[-1][0]
+    dw.backends.redis.xadd(dl, {"id": b"manual", "payload": fixed.to_json(), "error": "", "reason": "apply"})
+    dw.backends.redis.xdel(dl, eid)
+    assert redrive(dw.backends, dw.tables) == {"applied": 1, "refused": 3, "failed": 0}
+    with dw.backends.postgres.connect() as conn:
         assert conn.execute(select(accounts.c.name).where(accounts.c.id == 999)).scalar() == "ab"
 
 
 def test_two_consumers_share_the_group(dw) -> None:  # type: ignore[no-untyped-def]
     total = write_history(dw, 80)
-    a = Replayer(dw, consumer="a", batch=7, block_ms=50)
-    b = Replayer(dw, consumer="b", batch=11, block_ms=50)
+    a = Replayer(dw.backends, dw.tables, consumer="a", batch=7, block_ms=50)
+    b = Replayer(dw.backends, dw.tables, consumer="b", batch=11, block_ms=50)
     a.ensure_group()
     threads = [threading.Thread(target=r.run, kwargs={"once": True}) for r in (a, b)]
     for t in threads:
@@ -101,10 +101,10 @@ def test_two_consumers_share_the_group(dw) -> None:  # type: ignore[no-untyped-d
 def test_dead_consumer_entries_are_claimed(dw) -> None:  # type: ignore[no-untyped-def]
     total = write_history(dw, 5)
     key = stream_key(dw.settings.namespace)
-    dead = Replayer(dw, consumer="dead", block_ms=50)
+    dead = Replayer(dw.backends, dw.tables, consumer="dead", block_ms=50)
     dead.ensure_group()
-    dw.redis.xreadgroup(dead.group, "dead", {key: ">"}, count=total)  # read, never acked
-    alive = Replayer(dw, consumer="alive", block_ms=50, claim_idle_ms=0)
+    dw.backends.redis.xreadgroup(dead.group, "dead", {key: ">"}, count=total)  # read, never acked
+    alive = Replayer(dw.backends, dw.tables, consumer="alive", block_ms=50, claim_idle_ms=0)
     stats = alive.run(once=True)
     assert stats.applied + stats.stale == total
     assert alive.group_info()["pending"] == 0
@@ -115,10 +115,10 @@ def test_copy_then_replay_end_to_end(dw) -> None:  # type: ignore[no-untyped-def
     from dualwrite.backfill.copier import Copier
 
     seed(dw, 50)  # history from before capture (no events)
-    Replayer(dw, consumer="c").ensure_group()
+    Replayer(dw.backends, dw.tables, consumer="c").ensure_group()
     dw.execute(update(accounts).where(accounts.c.id == 5).values(name="after"))
     dw.execute(delete(notes).where(notes.c.id == 6))
-    Copier(dw.sqlite_read, dw.postgres_apply, chunk_size=16).copy_tables(TABLES)
+    Copier.for_backends(dw.backends, chunk_size=16).copy_tables(TABLES)
     drain_relay(dw)
-    Replayer(dw, consumer="c", block_ms=50).run(once=True)
+    Replayer(dw.backends, dw.tables, consumer="c", block_ms=50).run(once=True)
     assert_equal(dw)

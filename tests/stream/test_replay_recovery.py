@@ -20,7 +20,7 @@ from dualwrite.settings import Settings
 from dualwrite.stream.protocol import EXACT_LAG_UP_TO, dead_letter_key, group_lag, stream_key
 from dualwrite.stream.replay import Replayer, list_dead_letters, redrive
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, assert_equal, catalog, drain_relay, md, notes
+from tests.backfill.support import accounts, assert_equal, catalog, drain_relay, notes
 from tests.conftest import connection_args
 from tests.servers import PrivateRedis, wait_for
 
@@ -111,17 +111,17 @@ def test_group_lag_on_both_reply_shapes(any_redis: PrivateRedis) -> None:
 
 
 def test_replay_and_claims_on_both_reply_shapes(settings: Settings, any_redis: PrivateRedis) -> None:
-    dw = prepared_writer(settings.with_(redis_url=any_redis.url), metadata=md, catalog=catalog(), phase="sqlite")
+    dw = prepared_writer(settings.with_(redis_url=any_redis.url), catalog(), phase="sqlite")
     try:
         _history(dw, 40)
         drain_relay(dw)
         key = stream_key(dw.settings.namespace)
-        dead = Replayer(dw, consumer="dead", block_ms=50)
+        dead = Replayer(dw.backends, dw.tables, consumer="dead", block_ms=50)
         dead.ensure_group()
-        dw.redis.xreadgroup(dead.group, "dead", {key: ">"}, count=30)  # read, never acked
-        alive = Replayer(dw, consumer="alive", batch=16, block_ms=50, claim_idle_ms=0)
+        dw.backends.redis.xreadgroup(dead.group, "dead", {key: ">"}, count=30)  # read, never acked
+        alive = Replayer(dw.backends, dw.tables, consumer="alive", batch=16, block_ms=50, claim_idle_ms=0)
         stats = alive.run(once=True)
-        assert stats.applied + stats.stale == dw.redis.xlen(key) and stats.dead == 0
+        assert stats.applied + stats.stale == dw.backends.redis.xlen(key) and stats.dead == 0
         assert alive.caught_up() and alive.lag == (0, 0)
         assert_equal(dw)
     finally:
@@ -132,9 +132,9 @@ def test_live_worker_keeps_replaying_across_a_redis_restart(settings: Settings, 
     """The stream and the group vanish with Redis; the running worker recreates its group at 0 and applies
     what the relay republishes and everything written afterwards, without being restarted."""
     rds = any_redis
-    dw = prepared_writer(settings.with_(redis_url=rds.url), metadata=md, catalog=catalog(), phase="sqlite", relay=True)
+    dw = prepared_writer(settings.with_(redis_url=rds.url), catalog(), phase="sqlite", relay=True)
     stop = threading.Event()
-    rp = Replayer(dw, consumer="w1", block_ms=50)
+    rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
     died: list[BaseException] = []
 
     def loop() -> None:
@@ -172,12 +172,12 @@ def test_live_worker_keeps_replaying_across_a_redis_restart(settings: Settings, 
 
 
 def test_binary_dead_letter_is_listed_and_stays_on_redrive(settings: Settings) -> None:
-    dw = prepared_writer(settings, metadata=md, catalog=catalog(), phase="sqlite")
+    dw = prepared_writer(settings, catalog(), phase="sqlite")
     try:
         raw = b"\xff\xfe\x00 not an event \x80"
-        dw.redis.xadd(stream_key(settings.namespace), {"e": raw})
-        assert Replayer(dw, consumer="w", block_ms=50).run(once=True).dead == 1
-        (row,) = list_dead_letters(dw.redis, settings.namespace)
+        dw.backends.redis.xadd(stream_key(settings.namespace), {"e": raw})
+        assert Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True).dead == 1
+        (row,) = list_dead_letters(dw.backends.redis, settings.namespace)
         assert row["reason"] == "decode" and "not UTF-8" in row["error"]
         assert row["payload"] == "\\xff\\xfe\x00 not an event \\x80"
         assert row["payload_note"] == f"not UTF-8 ({len(raw)} bytes), shown backslash-escaped"
@@ -191,9 +191,9 @@ def test_binary_dead_letter_is_listed_and_stays_on_redrive(settings: Settings) -
             main, ["backfill", "deadletters", "redrive", *connection_args(settings), *meta], catch_exceptions=False
         )
         assert out.exit_code == 0 and "refused=1" in out.output
-        assert redrive(dw) == {"applied": 0, "refused": 1, "failed": 0}
+        assert redrive(dw.backends, dw.tables) == {"applied": 0, "refused": 1, "failed": 0}
         # still there, byte for byte, with its reason
-        ((_id, fields),) = dw.redis.xrange(dead_letter_key(settings.namespace))
+        ((_id, fields),) = dw.backends.redis.xrange(dead_letter_key(settings.namespace))
         assert fields[b"payload"] == raw and fields[b"reason"] == b"decode"
     finally:
         dw.close()

@@ -25,10 +25,9 @@ from sqlalchemy import (
     update,
 )
 
-from dualwrite.adapter import TableCatalog
-from dualwrite.demo.app.base import UTCDateTime
-from dualwrite.demo.app.types import ExactDecimal
+from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
+from dualwrite.types import ExactDecimal, UTCDateTime
 from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.verifier import TableVerifier
 
@@ -80,13 +79,10 @@ def _row(i: int) -> dict:
 
 @pytest.fixture
 def dw(settings):
-    cat = TableCatalog()
-    for t in (typed, keyed, docs):
-        cat.add(t, "sqtest")
-    w = prepared_writer(settings, metadata=md, catalog=cat, phase="sqlite")
+    w = prepared_writer(settings, Tables.of([typed, keyed, docs], store="sqtest"), phase="sqlite")
     rows = [_row(i) for i in range(N)]
     krows = [{"tenant": ["acme", "Beta", "zeta", "émile"][i % 4], "n": i, "value": f"v{i}"} for i in range(N)]
-    for engine in (w.sqlite, w.postgres):
+    for engine in (w.backends.sqlite, w.backends.postgres):
         with engine.begin() as conn:
             conn.execute(insert(typed), rows)
             conn.execute(insert(keyed), krows)
@@ -96,17 +92,17 @@ def dw(settings):
 
 
 def _verify(dw, table, **kw):
-    tv = TableVerifier(table, dw.sqlite_read, dw.postgres, segment_rows=500, leaf_rows=16, **kw)
+    tv = TableVerifier(table, dw.backends.sqlite_read, dw.backends.postgres, segment_rows=500, leaf_rows=16, **kw)
     return tv, tv.run()
 
 
 def _pg(dw, sql: str) -> None:
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.exec_driver_sql(sql)
 
 
 def _sqlite(dw, sql: str) -> None:
-    with dw.sqlite.begin() as conn:
+    with dw.backends.sqlite.begin() as conn:
         conn.exec_driver_sql(sql)
 
 
@@ -125,7 +121,7 @@ def test_sparse_integer_keys_are_cut_at_existing_keys(dw):
     for run in (_sqlite, _pg):  # keys 0, 1009, 2018, ...: by value, nearly every range would be empty
         run(dw, "UPDATE sq_typed SET id = -id")
         run(dw, "UPDATE sq_typed SET id = -id * 1009")
-    spans = sqlsum.ranges(dw.sqlite_read, typed, sqlsum.plan(typed), 500)
+    spans = sqlsum.ranges(dw.backends.sqlite_read, typed, sqlsum.plan(typed), 500)
     assert len(spans) == -(-N // 500) and spans[1][0] == (500 * 1009,)
     _pg(dw, "UPDATE sq_typed SET name = 'moved' WHERE id = 2999 * 1009")
     tv, rep = _verify(dw, typed)
@@ -193,7 +189,7 @@ def test_values_that_would_alias_in_the_joined_text_are_still_found(dw):
 
 
 def test_fast_pass_can_be_turned_off_and_agrees(dw):
-    with dw.postgres.begin() as conn:
+    with dw.backends.postgres.begin() as conn:
         conn.execute(update(typed).where(typed.c.id == 77).values(note="changed"))
     fast = _verify(dw, typed)[1]
     slow_tv, slow = _verify(dw, typed, in_database=False)

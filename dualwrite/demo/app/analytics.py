@@ -14,7 +14,7 @@ from typing import Any, TypedDict, cast
 from sqlalchemy import BigInteger, Date, Index, Table, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     TenantStore,
     check_aware,
@@ -25,7 +25,7 @@ from dualwrite.demo.app.common import (
     tenant_column,
 )
 from dualwrite.demo.app.errors import ValidationError
-from dualwrite.demo.app.types import ExactDecimal, OrderedString
+from dualwrite.types import ExactDecimal, JSONType, OrderedString
 
 VALUE = ExactDecimal(18, 6)
 

@@ -15,7 +15,7 @@ from typing import Any, TypedDict, cast
 from sqlalchemy import Index, Table, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     TenantStore,
     check_id,
@@ -27,10 +27,10 @@ from dualwrite.demo.app.common import (
     tenant_column,
 )
 from dualwrite.demo.app.errors import ValidationError
-from dualwrite.demo.app.types import OrderedString
 from dualwrite.errors import EventDecodeError
 from dualwrite.events import decode_row, encode_row
 from dualwrite.events import key_text as events_key_text
+from dualwrite.types import JSONType, OrderedString
 
 
 class ArchivedRecord(Base):

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import MappedColumn, mapped_column
 
-from dualwrite.demo.app.base import UTCDateTime, utcnow
 from dualwrite.demo.app.errors import (
     CrossTenantError,
     NotFoundError,
@@ -39,7 +38,7 @@ from dualwrite.demo.app.errors import (
     ValidationError,
     integrity_error,
 )
-from dualwrite.demo.app.types import ExactDecimal, OrderedString
+from dualwrite.types import ExactDecimal, OrderedString, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter, WriteTx

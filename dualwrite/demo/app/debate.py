@@ -37,7 +37,7 @@ from dualwrite.demo.app.common import (
     tenant_fk,
 )
 from dualwrite.demo.app.errors import StateError, ValidationError
-from dualwrite.demo.app.types import OrderedString
+from dualwrite.types import OrderedString
 
 DEBATE_STATUSES = ("open", "closed")
 

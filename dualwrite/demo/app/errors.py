@@ -46,10 +46,10 @@ class ReferenceViolation(StoreError):
 @cache
 def _constraints() -> dict[str, tuple[str, tuple[str, ...], str]]:
     """Constraint name -> (table, columns, kind) for every store table (names come from NAMING)."""
-    from dualwrite.registry import default_registry  # imports every store module: the map is complete
+    from dualwrite.demo.app import tables  # imports every store module: the map is complete
 
     found: dict[str, tuple[str, tuple[str, ...], str]] = {}
-    for table in (spec.table for spec in default_registry()):
+    for table in tables().tables():
         for con in table.constraints:
             kind = {UniqueConstraint: "unique", ForeignKeyConstraint: "fk", CheckConstraint: "check"}.get(type(con))
             if kind and isinstance(con.name, str):

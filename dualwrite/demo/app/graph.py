@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     DIRECTIONS,
     Direction,
@@ -38,7 +38,7 @@ from dualwrite.demo.app.common import (
     tenant_column,
     tenant_fk,
 )
-from dualwrite.demo.app.types import OrderedString
+from dualwrite.types import JSONType, OrderedString
 
 PROVENANCE = ("source", "extractor", "confidence", "observed_at")
 CONFIDENCE_CHECK = "confidence IS NULL OR (confidence >= 0 AND confidence <= 1)"

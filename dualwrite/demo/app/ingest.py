@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     TenantStore,
     check_choice,
@@ -39,7 +39,7 @@ from dualwrite.demo.app.common import (
     tenant_fk,
 )
 from dualwrite.demo.app.errors import DuplicateError, StateError, ValidationError
-from dualwrite.demo.app.types import OrderedString
+from dualwrite.types import JSONType, OrderedString
 
 if TYPE_CHECKING:
     from dualwrite.adapter import WriteTx

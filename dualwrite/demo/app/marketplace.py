@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     TenantStore,
     check_choice,
@@ -38,7 +38,7 @@ from dualwrite.demo.app.common import (
     tenant_fk,
 )
 from dualwrite.demo.app.errors import StateError, ValidationError
-from dualwrite.demo.app.types import ExactDecimal, OrderedString
+from dualwrite.types import ExactDecimal, JSONType, OrderedString
 
 LISTING_STATUSES = ("open", "closed")
 PRICE = ExactDecimal(12, 2)

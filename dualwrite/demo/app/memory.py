@@ -13,7 +13,7 @@ from typing import Any, TypedDict, cast
 from sqlalchemy import Index, Integer, Table, Text, UniqueConstraint, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     Row,
     TenantStore,
@@ -27,7 +27,7 @@ from dualwrite.demo.app.common import (
     tenant_column,
 )
 from dualwrite.demo.app.errors import ValidationError
-from dualwrite.demo.app.types import OrderedString
+from dualwrite.types import JSONType, OrderedString
 
 MAX_TTL_SECONDS = 100 * 366 * 86400
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, JSONType
+from dualwrite.demo.app.base import Base
 from dualwrite.demo.app.common import (
     DIRECTIONS,
     UNSET,
@@ -43,7 +43,7 @@ from dualwrite.demo.app.common import (
     tenant_fk,
 )
 from dualwrite.demo.app.errors import DuplicateError, ValidationError
-from dualwrite.demo.app.types import OrderedString
+from dualwrite.types import JSONType, OrderedString
 
 
 class Profile(Base):

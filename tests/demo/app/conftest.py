@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dualwrite.adapter import DualWriter
+from dualwrite.demo.app import tables
 from dualwrite.settings import Settings
 from dualwrite.testing import single_backend
 
@@ -48,7 +49,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def dw(settings: Settings, backend: str) -> Iterator[DualWriter]:
-    writer = single_backend(settings, backend)
+    writer = single_backend(settings, tables(), backend)
     yield writer
     writer.close()
 
@@ -56,11 +57,9 @@ def dw(settings: Settings, backend: str) -> Iterator[DualWriter]:
 @pytest.fixture
 def pair(settings: Settings, tmp_path) -> Iterator[dict[str, DualWriter]]:  # type: ignore[no-untyped-def]
     """{"sqlite": writer on SQLite alone, "postgres": writer on Postgres alone}, fully separate."""
-    lite = single_backend(settings, "sqlite")
-    pg = single_backend(
-        settings.with_(sqlite_url=f"sqlite:///{tmp_path / 'pg-side.db'}", namespace=f"{settings.namespace}:pg"),
-        "postgres",
-    )
+    lite = single_backend(settings, tables(), "sqlite")
+    other = settings.with_(sqlite_url=f"sqlite:///{tmp_path / 'pg-side.db'}", namespace=f"{settings.namespace}:pg")
+    pg = single_backend(other, tables(), "postgres")
     yield {"sqlite": lite, "postgres": pg}
     lite.close()
     pg.close()
@@ -71,12 +70,11 @@ def table_counts(writer: DualWriter) -> dict[str, int]:
     from sqlalchemy import func, select
 
     from dualwrite.bookkeeping import outbox
-    from dualwrite.registry import default_registry
 
-    engine = writer.write_engine(writer.phases.current().primary)
+    engine = writer.backends.write_engine(writer.phases.current().primary)
     with engine.connect() as conn:
         counts = {
-            s.name: conn.execute(select(func.count()).select_from(s.table)).scalar_one() for s in default_registry()
+            s.name: conn.execute(select(func.count()).select_from(s.table)).scalar_one() for s in tables()
         }
         counts["_dw_outbox"] = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
     return counts

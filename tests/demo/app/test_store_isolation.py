@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, update
 
+from dualwrite.demo.app import tables
 from dualwrite.demo.app.analytics import AnalyticsStore
 from dualwrite.demo.app.archive import ArchiveStore
 from dualwrite.demo.app.common import TenantStore
@@ -18,7 +19,6 @@ from dualwrite.demo.app.ingest import IngestStore
 from dualwrite.demo.app.marketplace import MarketplaceStore
 from dualwrite.demo.app.memory import MemoryStore
 from dualwrite.demo.app.profiles import ProfileStore, profile_links
-from dualwrite.registry import default_registry
 
 
 def test_reads_and_changes_stay_inside_the_tenant(dw, clock, counts) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ def test_the_database_refuses_cross_tenant_references_too(dw, clock, counts) -> 
     pa, pb = ProfileStore(dw, "tenant-a", clock=clock), ProfileStore(dw, "tenant-b", clock=clock)
     ann, ann2, bea = pa.create("ann"), pa.create("ann2"), pb.create("bea")
     raw = TenantStore(dw, "tenant-a")
-    profiles = default_registry().table("profiles")
+    profiles = tables().table("profiles")
     before = counts(dw)
     row = {"tenant_id": "tenant-a", "source_profile_id": ann["id"], "target_profile_id": bea["id"]}
     with pytest.raises(ReferenceViolation, match="^profile_links: foreign key violated"):

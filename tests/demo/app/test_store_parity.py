@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from dualwrite.adapter import DualWriter
+from dualwrite.demo.app import tables
 from dualwrite.demo.app.analytics import AnalyticsStore
 from dualwrite.demo.app.archive import ArchiveStore
 from dualwrite.demo.app.debate import DebateStore
@@ -19,7 +20,6 @@ from dualwrite.demo.app.ingest import IngestStore
 from dualwrite.demo.app.marketplace import MarketplaceStore
 from dualwrite.demo.app.memory import MemoryStore
 from dualwrite.demo.app.profiles import ProfileStore
-from dualwrite.registry import default_registry
 from dualwrite.testing import prepared_writer
 
 
@@ -106,15 +106,15 @@ def test_same_calls_same_results_on_both_backends(pair, make_clock) -> None:  # 
 
 
 def _dump(dw: DualWriter, backend: str) -> dict[str, list[dict[str, Any]]]:
-    with dw.read_engine(backend).connect() as conn:
+    with dw.backends.read_engine(backend).connect() as conn:
         return {
             s.name: [dict(r) for r in conn.execute(select(s.table).order_by(*s.table.primary_key.columns)).mappings()]
-            for s in default_registry()
+            for s in tables()
         }
 
 
 def test_dual_write_lands_identical_rows_on_both_sides(settings, make_clock) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, phase="dual_write")
+    dw = prepared_writer(settings, tables(), phase="dual_write")
     try:
         scenario(dw, make_clock())
         scenario(dw, make_clock(), tenant="other")

@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import DateTime, ForeignKeyConstraint, Integer, MetaData, String, UniqueConstraint, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dualwrite.demo.app.base import UTCDateTime
-from dualwrite.engines import postgres_engine, sqlite_engine
-from dualwrite.registry import STORES, default_registry
+from dualwrite.bookkeeping import create_schema
+from dualwrite.demo.app import STORES, tables
+from dualwrite.engines import pg_engine, sqlite_engine
+from dualwrite.types import UTCDateTime
 
-REG = default_registry()
-STORE_MODULES = {s: importlib.import_module(f"dualwrite.stores.{s}") for s in STORES}
+REG = tables()
+STORE_MODULES = {s: importlib.import_module(f"dualwrite.demo.app.{s}") for s in STORES}
 
 
 def test_every_store_module_is_registered_and_small() -> None:
@@ -27,7 +28,7 @@ def test_every_store_module_is_registered_and_small() -> None:
     assert listed == declared  # every table of the stores is in the registry, and nothing else
 
 
-@pytest.mark.parametrize("spec", REG.tables(), ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", list(REG), ids=lambda s: s.name)
 def test_table_rules(spec) -> None:  # type: ignore[no-untyped-def]
     table = spec.table
     assert spec.name.startswith(spec.store.rstrip("s")), "table names are prefixed by their store"
@@ -66,7 +67,7 @@ def test_row_types_match_columns(store: str) -> None:
         for name, obj in vars(module).items()
         if name.endswith("Row") and typing.is_typeddict(obj) and obj.__module__ == module.__name__
     }
-    tables = {t.name: t for t in (s.table for s in REG.tables(stores=store))}
+    tables = {t.name: t for t in REG.select(stores=store).tables()}
     assert len(rows) == len(tables)
     for row in rows.values():
         keys = set(typing.get_type_hints(row))
@@ -94,14 +95,14 @@ def _shape(engine) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
 def test_create_all_on_both_backends_gives_the_same_schema(settings) -> None:  # type: ignore[no-untyped-def]
     lite = sqlite_engine(settings.sqlite_url)
-    pg = postgres_engine(settings.postgres_url, settings.pg_schema)
+    pg = pg_engine(settings)
     try:
         for engine in (lite, pg):
-            REG.create_all(engine)
-            REG.create_all(engine)  # idempotent
+            create_schema(engine, REG.tables(), primary=True)
+            create_schema(engine, REG.tables(), primary=True)  # idempotent
         names = {s.name for s in REG}
-        assert set(inspect(lite).get_table_names()) == names
-        assert set(inspect(pg).get_table_names()) == names
+        assert {n for n in inspect(lite).get_table_names() if not n.startswith("_dw_")} == names
+        assert set(inspect(pg).get_table_names(schema=settings.pg_schema)) == names  # ours: in the state schema
         assert _shape(lite) == _shape(pg)
         # the rowid alias on SQLite (ids come from the rowid; no separate sequence table)
         with lite.connect() as conn:
@@ -120,14 +121,14 @@ def test_create_all_on_both_backends_gives_the_same_schema(settings) -> None:  #
 
 
 def test_reflected_schema_registers_as_a_foreign_app(settings) -> None:  # type: ignore[no-untyped-def]
-    from dualwrite.registry import Registry
+    from dualwrite.tables import Tables
 
     lite = sqlite_engine(settings.sqlite_url)
     try:
-        REG.create_all(lite)
+        create_schema(lite, REG.tables(), primary=True)
         reflected = MetaData()
         reflected.reflect(lite)
-        reg = Registry.from_metadata(reflected, store="legacy")
+        reg = Tables.of(reflected, store="legacy")
         assert {s.name for s in reg} == {s.name for s in REG}
         order = [s.name for s in reg]
         for spec in reg:

@@ -1,21 +1,69 @@
-"""Portable column types that behave the same on SQLite and Postgres (beyond those in base.py).
+"""Portable column types: the same values, order and comparisons on SQLite and Postgres.
 
+- `UTCDateTime`: timezone-aware, stored as UTC on both backends (TIMESTAMPTZ on Postgres, fixed-width
+  ISO-8601 text with +00:00 on SQLite, which sorts chronologically and keeps microseconds); naive values
+  are refused (ambiguous).
+- `JSONType`: JSON, JSONB on Postgres.
 - `OrderedString(n)`: text whose ORDER BY, range comparison and uniqueness go by code point on both
-  backends (SQLite's BINARY collation; `COLLATE "C"` on Postgres, whatever the database's locale), so a
-  sorted read or a prefix range returns the same rows in the same order on either side.
+  backends (SQLite's BINARY collation; `COLLATE "C"` on Postgres, whatever the database's locale).
 - `ExactDecimal(p, s)`: NUMERIC(p, s) on Postgres; on SQLite an integer count of 10**-s units, so values,
   comparisons and SUM stay exact there too (SQLite's NUMERIC affinity stores floats). Both sides refuse
   the same values: more than `s` decimal places (never silently rounded), more than p-s integer digits,
   NaN/infinity. Anything that reads SQLite rows must read them through these Table types, not raw SQL.
+
+An application may use them in its own models; dualwrite's bookkeeping tables use `UTCDateTime`.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import BigInteger, Dialect, Numeric, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Numeric, String, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetime, stored as UTC; naive datetimes are refused (ambiguous)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            # Fixed-width text sorts chronologically and keeps microseconds.
+            return dialect.type_descriptor(String(32))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} is ambiguous; give a timezone")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 def OrderedString(length: int) -> TypeEngine[str]:  # noqa: N802 - reads like a type in column definitions

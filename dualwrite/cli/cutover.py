@@ -1,0 +1,178 @@
+"""`dualwrite cutover check|flip|rollback|cancel|status` and `dualwrite status`: the gate, the phase moves
+and rollback, for the application's tables (a flip to postgres_primary moves every id sequence)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from dualwrite.cli.options import (
+    check_report_path,
+    connection_options,
+    load_tables,
+    open_backends,
+    tables_options,
+    write_report,
+)
+from dualwrite.settings import Settings, mask_text
+
+
+def _gate_options(fn: Any) -> Any:
+    fn = click.option("--max-mismatch-rate", type=float, default=0.001, show_default=True)(fn)
+    fn = click.option("--min-comparisons", type=int, default=0, show_default=True)(fn)
+    fn = click.option("--max-replay-lag", type=int, default=1000, show_default=True)(fn)
+    fn = click.option("--verify-max-age", type=float, default=None, help="seconds; an older verify fails the gate")(fn)
+    return fn
+
+
+def _config(max_mismatch_rate: float, min_comparisons: int, max_replay_lag: int, verify_max_age: float | None) -> Any:
+    from dualwrite.cutover.gate import GateConfig
+
+    return GateConfig(max_mismatch_rate, min_comparisons, max_replay_lag, verify_max_age)
+
+
+@click.group()
+def cutover() -> None:
+    """Check the gate, move the phase forward, roll back."""
+
+
+def _print_gate(gate: Any) -> None:
+    click.echo(f"gate {gate.current} -> {gate.target}: {'PASS' if gate.ok else 'FAIL'}")
+    for c in gate.conditions:
+        click.echo("  " + mask_text(c.line()))
+
+
+@cutover.command("check")
+@tables_options
+@connection_options
+@_gate_options
+@click.option("--report", "report_path", default=None)
+def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **cfg: Any) -> None:
+    """Evaluate the gate for the next phase. Exit 0 pass, 1 fail."""
+    from dualwrite.cutover.gate import check
+
+    check_report_path(report_path)
+    tables = load_tables(settings, reflect)
+    backends = open_backends(settings)
+    try:
+        gate = check(backends, tables, None, _config(**cfg))
+    finally:
+        backends.close()
+    _print_gate(gate)
+    write_report(report_path, gate.to_dict())
+    sys.exit(0 if gate.ok else 1)
+
+
+_HOOK_HELP = "after the change: a shell command (env DUALWRITE_FROM/_TO) or an http(s):// URL (JSON POST); repeatable"
+hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
+
+
+@cutover.command("flip")
+@tables_options
+@connection_options
+@_gate_options
+@click.option("--force", is_flag=True, help="flip even if the gate fails (needs --reason)")
+@click.option("--reason", default="")
+@click.option("--postpone", is_flag=True, help="wait until the gate passes (cancel: `dualwrite cutover cancel`)")
+@click.option("--deadline", type=float, default=None, help="with --postpone: give up after S seconds")
+@click.option("--poll", type=float, default=2.0, show_default=True)
+@hook_option
+def cutover_flip(
+    settings: Settings,
+    reflect: bool,
+    force: bool,
+    reason: str,
+    postpone: bool,
+    deadline: float | None,
+    poll: float,
+    hook: tuple[str, ...],
+    **cfg: Any,
+) -> None:
+    """Move one phase forward if the gate passes. Exit 0 moved, 1 refused / cancelled / timed out."""
+    from dualwrite.cutover.flip import flip, flip_postponed
+
+    tables = load_tables(settings, reflect)
+    backends = open_backends(settings)
+    config = _config(**cfg)
+    try:
+        if postpone and not force:
+            echo = click.echo
+            out = flip_postponed(
+                backends, tables, deadline=deadline, poll=poll, echo=echo, hook=hook, config=config, reason=reason
+            )
+        else:
+            out = flip(backends, tables, force=force, reason=reason, hook=hook, config=config)
+    finally:
+        backends.close()
+    if out.gate is not None:
+        _print_gate(out.gate)
+    click.echo(("moved: " if out.moved else "not moved: ") + mask_text(out.message))
+    if out.hook_rc not in (None, 0):
+        click.echo(f"warning: hook exited {out.hook_rc}", err=True)
+    sys.exit(0 if out.moved else 1)
+
+
+@cutover.command("rollback")
+@tables_options
+@connection_options
+@click.option("--to", "to", default=None, help="target phase (default: the last SQLite-primary, SQLite-read phase)")
+@click.option("--force", is_flag=True)
+@click.option("--reason", default="")
+@hook_option
+def cutover_rollback(
+    settings: Settings, reflect: bool, to: str | None, force: bool, reason: str, hook: tuple[str, ...]
+) -> None:
+    """Return to a phase where SQLite is complete (refused when it is not, unless forced)."""
+    from dualwrite.cutover.flip import rollback
+
+    tables = load_tables(settings, reflect)
+    backends = open_backends(settings)
+    try:
+        out = rollback(backends, tables, to=to, force=force, reason=reason, hook=hook)
+    finally:
+        backends.close()
+    click.echo("moved: " + out.message)
+
+
+@cutover.command("cancel")
+@connection_options
+def cutover_cancel(settings: Settings) -> None:
+    """Cancel a waiting `flip --postpone`."""
+    import redis
+
+    from dualwrite.cutover.flip import cancel_key
+
+    redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).set(cancel_key(settings.namespace), 1, ex=3600)
+    click.echo("cancel requested")
+
+
+@cutover.command("status")
+@tables_options
+@connection_options
+@_gate_options
+def cutover_status(settings: Settings, reflect: bool, **cfg: Any) -> None:
+    """Phase, recent history, the gate for the next phase and the shadow counts."""
+    from dualwrite.cutover.gate import check
+    from dualwrite.shadow.reader import read_counts
+    from dualwrite.tables import Tables
+
+    tables = load_tables(settings, reflect, required=False)
+    backends = open_backends(settings)
+    try:
+        phase = backends.phases.current(fresh=True)
+        click.echo(f"phase: {phase.name} (primary {phase.primary}, reads {phase.reads}, shadow {phase.shadow or '-'})")
+        for h in backends.phases.history(5):
+            click.echo(f"  {h['at']} {h['from']} -> {h['to']} by {h['by']}: {h['reason']}")
+        _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
+        counts = read_counts(backends.redis, settings.namespace)
+        click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
+    finally:
+        backends.close()
+
+
+# `dualwrite status`: the operator's first question, one word away (the same as `cutover status`).
+status = click.Command(
+    "status", callback=cutover_status.callback, params=list(cutover_status.params), help=cutover_status.help
+)

@@ -1,0 +1,145 @@
+"""What every command shares: the connection options, the application's tables, one-line failures and
+the JSON report.
+
+Tables come from `--metadata module:attr` (or DUALWRITE_METADATA): a `Tables`, a `MetaData`, a declarative
+base, or a function returning one; or, with `--reflect`, from the SQLite file's own schema (any
+database, no models needed). A command that needs tables and is given neither fails with exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dualwrite.errors import ConfigError
+from dualwrite.settings import Settings, load_settings, mask_text
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--sqlite/--postgres/--redis/--namespace/--pg-schema/--state-schema on every command that talks to a
+    backend."""
+    for opt in reversed(
+        [
+            click.option("--sqlite", "sqlite_url", help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]"),
+            click.option("--postgres", "postgres_url", help="postgresql:// URL [DUALWRITE_POSTGRES_URL]"),
+            click.option("--redis", "redis_url", help="redis:// URL [DUALWRITE_REDIS_URL]"),
+            click.option("--namespace", help="prefix of every Redis key [DUALWRITE_NAMESPACE]"),
+            click.option("--pg-schema", "pg_schema", help="Postgres schema of the tables [DUALWRITE_PG_SCHEMA]"),
+            click.option(
+                "--state-schema",
+                "state_schema",
+                help="Postgres schema of dualwrite's own tables (default _dualwrite) [DUALWRITE_STATE_SCHEMA]",
+            ),
+        ]
+    ):
+        fn = opt(fn)
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        sqlite_url: str | None,
+        postgres_url: str | None,
+        redis_url: str | None,
+        namespace: str | None,
+        pg_schema: str | None,
+        state_schema: str | None,
+        **kw: Any,
+    ) -> Any:
+        settings = load_settings(
+            sqlite_url=sqlite_url,
+            postgres_url=postgres_url,
+            redis_url=redis_url,
+            namespace=namespace,
+            pg_schema=pg_schema,
+            state_schema=state_schema,
+            metadata=kw.pop("metadata_spec", None),
+        )
+        return fn(*args, settings=settings, **kw)
+
+    return wrapper
+
+
+def tables_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--metadata and --reflect: where the command's tables come from (see the module docstring). Put it
+    above @connection_options; the command gets `reflect: bool` and reads the spec from settings."""
+    fn = click.option(
+        "--reflect", is_flag=True, help="use the SQLite file's own tables (no models needed) instead of --metadata"
+    )(fn)
+    return click.option(
+        "--metadata",
+        "metadata_spec",
+        default=None,
+        help="module:attr of the application's Tables, MetaData or declarative base [DUALWRITE_METADATA]",
+    )(fn)
+
+
+def load_tables(settings: Settings, reflect: bool = False, *, required: bool = True) -> Any:
+    """The application's Tables (see the module docstring); None when not required and not given."""
+    from dualwrite.engines import sqlite_read_engine
+    from dualwrite.tables import Tables
+
+    if reflect and settings.metadata:
+        raise ConfigError("--reflect and --metadata/DUALWRITE_METADATA: give one of them")
+    if settings.metadata:
+        return Tables.load(settings.metadata)
+    if reflect:
+        existing_sqlite(settings)
+        engine = sqlite_read_engine(settings.sqlite_url)
+        try:
+            return Tables.reflect(engine)
+        finally:
+            engine.dispose()
+    if required:
+        raise ConfigError(
+            "which tables? give --metadata module:attr (your models' MetaData or declarative base; "
+            "or DUALWRITE_METADATA), or --reflect to use the SQLite file's own tables"
+        )
+    return None
+
+
+def existing_sqlite(settings: Settings) -> None:
+    """Refuse a SQLite path that does not exist (opening it would create an empty database)."""
+    path = settings.sqlite_path
+    if not path.is_file():
+        raise ConfigError(f"--sqlite: file {str(path)!r} does not exist")
+
+
+def open_backends(settings: Settings) -> Any:
+    from dualwrite.engines import Backends
+
+    return Backends(settings)
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {mask_text(message)}", err=True)
+    sys.exit(code)
+
+
+def check_report_path(path: str | None) -> None:
+    """Fail before any work when a --report file could not be written (its folder is missing)."""
+    if path and not Path(path).expanduser().resolve().parent.is_dir():
+        raise ConfigError(f"--report: folder {str(Path(path).parent)!r} does not exist")
+
+
+def write_report(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+
+
+def csv(values: tuple[str, ...]) -> list[str]:
+    """Flag values given repeatedly and/or comma-separated, as one list."""
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def priorities(values: list[str]) -> list[int]:
+    try:
+        return [int(p[1:] if p[:1] in "Pp" else p) for p in values]
+    except ValueError:
+        raise ConfigError(f"--priority takes P0,P1,... (got {','.join(values)})") from None

@@ -1,0 +1,57 @@
+"""`dualwrite shadow report|reset`: the shadow readers' comparison counts and mismatch samples."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dualwrite.cli.options import connection_options
+from dualwrite.settings import Settings
+
+
+@click.group()
+def shadow() -> None:
+    """Shadow reads: comparison counts and mismatch samples."""
+
+
+@shadow.command("report")
+@connection_options
+@click.option("--limit", type=int, default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
+    """Counts by result (and A/A noise) and the latest mismatch samples."""
+    import redis
+
+    from dualwrite.shadow.reader import read_counts, read_mismatches
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    counts = read_counts(client, settings.namespace)
+    samples = read_mismatches(client, settings.namespace, limit)
+    if as_json:
+        click.echo(json.dumps({"counts": counts, "mismatches": samples}, indent=2))
+        return
+    real = {k: v for k, v in counts.items() if not k.startswith("aa:")}
+    noise = {k[3:]: v for k, v in counts.items() if k.startswith("aa:")}
+    compared = real.get("match", 0) + real.get("mismatch", 0)
+    click.echo("comparisons: " + (", ".join(f"{k}={v}" for k, v in sorted(real.items())) or "none"))
+    if compared:
+        click.echo(f"mismatch rate: {real.get('mismatch', 0) / compared:.4%}")
+    if noise:
+        click.echo("A/A noise:   " + ", ".join(f"{k}={v}" for k, v in sorted(noise.items())))
+    for s in samples:
+        click.echo(f"\n{s['at']} {s['store']}/{s['query']} vs {s.get('candidate_backend', '?')} params={s['params']}")
+        click.echo(s["diff"])
+
+
+@shadow.command("reset")
+@connection_options
+def shadow_reset(settings: Settings) -> None:
+    """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
+    import redis
+
+    from dualwrite.shadow.reader import counts_key, mismatches_key
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client.delete(counts_key(settings.namespace), mismatches_key(settings.namespace))
+    click.echo("shadow counts and samples cleared")
