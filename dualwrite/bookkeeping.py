@@ -27,8 +27,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -153,3 +155,23 @@ def read_meta(conn: Connection, name: str) -> int | None:
 def write_meta(conn: Connection, name: str, value: int) -> None:
     ins = dialect_insert(conn, meta).values(name=name, value=value)
     conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_={"value": value}))
+
+
+def move_sequences_past_keys(conn: Connection, tables: Iterable[Table]) -> None:
+    """On Postgres: move the serial/identity sequence of each table's single-column integer key past the
+    largest key, never lowering it. Rows copied or applied arrive with explicit ids, which do not advance
+    the sequence, so without this the first insert after Postgres becomes the primary would collide."""
+    prep = conn.dialect.identifier_preparer
+    for table in tables:
+        pk = list(table.primary_key.columns)
+        if len(pk) != 1 or pk[0].type._type_affinity is not Integer:  # noqa: SLF001 - the generic type
+            continue
+        name = prep.format_table(table)  # parsed as SQL by pg_get_serial_sequence: quoted where needed
+        seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": name, "c": pk[0].name}).scalar()
+        if seq is None:
+            continue
+        top = conn.execute(select(func.max(pk[0]))).scalar() or 0
+        conn.execute(
+            text(f"SELECT setval(CAST(:s AS regclass), GREATEST(:top, (SELECT last_value FROM {seq})), true)"),
+            {"s": seq, "top": top},
+        )

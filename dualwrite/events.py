@@ -24,6 +24,7 @@ import base64
 import json
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -143,8 +144,19 @@ def _is_utf8(raw: bytes) -> bool:
 
 
 def key_text(pk_values: list[Any] | tuple[Any, ...]) -> str:
-    """Canonical text of a primary key (the version/tombstone key on both backends)."""
+    """Canonical text of a primary key (the version/tombstone key on both backends). A single `int` (not a
+    bool, which is a subclass but encodes as true/false) takes a shortcut that gives the same text."""
+    if len(pk_values) == 1 and type(pk_values[0]) is int:
+        return f"[{pk_values[0]}]"
     return json.dumps([encode_value(v) for v in pk_values], separators=(",", ":"), ensure_ascii=False)
+
+
+def key_texts(rows: Sequence[Sequence[Any]], positions: Sequence[int]) -> list[str]:
+    """key_text of many rows' primary key values (taken at `positions`), fast for one integer key."""
+    if len(positions) == 1:
+        (i,) = positions
+        return [f"[{v}]" if type(v) is int else key_text([v]) for v in (row[i] for row in rows)]
+    return [key_text([row[i] for i in positions]) for row in rows]
 
 
 @dataclass

@@ -84,14 +84,6 @@ def _parts(sql: TableSQL, op: str, items: list[Item]) -> list[list[Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _key_text(key: Mapping[str, Any], pk: tuple[str, ...]) -> str:
-    """events.key_text, with a shortcut for the common single integer key (json.dumps gives the same)."""
-    if len(pk) == 1:
-        value = key[pk[0]]
-        if type(value) is int:
-            return f"[{value}]"
-    return key_text([key[c] for c in pk])
-
 
 def plan_events(conn: Connection | Engine, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
     """Keep the newest event per key (the rest are superseded or duplicates) and bind its values."""
@@ -102,7 +94,7 @@ def plan_events(conn: Connection | Engine, lookup: TableLookup, events: Sequence
         pk = pks.get(ev.table)
         if pk is None:
             pk = pks[ev.table] = pk_columns(lookup(ev.table))
-        key = (ev.table, _key_text(ev.key, pk))
+        key = (ev.table, key_text([ev.key[c] for c in pk]))
         prev = latest.get(key)
         if prev is None or ev.seq > prev.seq:
             if prev is not None:

@@ -1,29 +1,34 @@
-"""Backfill: copy existing SQLite rows to Postgres, then replay the change stream (one file per role).
+"""Backfill: copy the existing SQLite rows to Postgres under the apply rule, resumable and throttled.
+
+    from dualwrite.backfill import Copier, LeaseBook
+    Copier.for_backends(backends, leases=LeaseBook(backends.postgres)).copy_tables(tables.tables())
 
 - cursor.py      keyset pagination on the primary key; a chunk and `_dw_meta.last_seq` (S) in one read tx
-- copier.py      chunks read ahead, applied with the checkpoint in the same Postgres transaction; bisect
-                 refused chunks into rejects; public hooks prepare_chunk/load_rows (migrate uses them)
-- pipeline.py    two chunk transactions in flight (two backends), committed strictly in key order
-- fastpath.py    COPY version rows (S) + rows straight into keys Postgres has never seen; a unique-index
-                 conflict (a live write got there first) rolls back to a savepoint and merges those keys
-- merge.py       COPY into a TEMP staging table -> claim versions (S) + upsert winners, one statement
-- copyio.py, binary.py, keys.py   COPY encoding (binary where exact, column-wise text for psycopg2), key text
-- checkpoint.py  `_dw_backfill_checkpoints` (last key, rows copied/rejected, status, rate, lease head), the
-                 lease table and each chunk's recorded version
+- copier.py      Copier: chunks read ahead, applied with the checkpoint in the same Postgres transaction;
+                 refused chunks bisected into rejects; public hooks prepare_chunk/load_rows (migrate's)
+- steps.py       what the copy loops need of a copier (ChunkSteps: callables) and the TableReport they fill
+- lanes.py       two chunk transactions in flight (two backends), committed strictly in key order
 - leases.py      workers sharing a table: disjoint key ranges claimed under the checkpoint row's lock and
                  completed in the chunk's transaction; a dead worker's range is taken over at once
-- control.py     live limits (`backfill set`) and the automatic back-off (Postgres latency, replica lag)
-- worker.py      `backfill run`: copy then replay, /metrics + /health, heartbeat for status
-- progress.py    bars on a terminal, log lines otherwise; the end-of-copy summary table
-- status.py      `backfill status`: rows done/total, rate, ETA, state, workers and throttling
+- load.py        one chunk into Postgres: COPY version rows (S) + rows into keys Postgres has never seen; a
+                 unique-index conflict (a live write got there first) merges those keys through a staging table
+- copy_format.py COPY FROM STDIN in text or binary (binary only where every value's type is exact)
+- checkpoint.py  `_dw_backfill_checkpoints` (last key, rows copied/rejected, status, rate, lease head), the
+                 lease table and each chunk's recorded version
+- throttle.py    token bucket, live limits (`backfill set`), automatic back-off (Postgres latency, lag)
+- progress.py    bars or log lines, the summary table, `backfill status`
 - dryrun.py      `backfill run --dry-run`: every chunk validated in a rolled-back transaction
-- rollback.py    `backfill reset`: delete the rows the backfill wrote, then its progress
-- rejects.py     JSON-lines reject file
-- throttle.py    token bucket (--max-rows-per-second)
-- replay.py      consumer group replay (NOGROUP recreates the group at 0), XAUTOCLAIM, lag
-- deadletters.py the dead-letter stream: write, list (binary payloads escaped), redrive
-- cli.py         `dualwrite backfill run|status|set|reset|deadletters`
+- reset.py       `backfill reset`: delete the rows the backfill wrote, then its progress
+- rejects.py     the JSON-lines reject file
+- worker.py      `backfill run`: copy then replay, /metrics + /health, heartbeat for status
 
-Several `backfill run` workers may share the copy (through leases.py, which the CLI always uses). A bare
-Copier without leases still works alone per table; do not mix it with leased workers on the same table.
+The change stream's replay and dead letters live in `dualwrite.stream`. Several `backfill run` workers may
+share the copy (through leases.py, which the CLI always uses). A bare Copier without leases still works
+alone per table; do not mix it with leased workers on the same table.
 """
+
+from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.leases import LeaseBook
+from dualwrite.backfill.steps import TableReport
+
+__all__ = ["Copier", "LeaseBook", "TableReport"]

@@ -23,20 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg2
-from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite import metrics
-from dualwrite.apply.rule import ApplyResult, apply_snapshot_rows, pk_columns
+from dualwrite.apply.rule import ApplyResult, apply_snapshot_rows
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.backfill import lanes as pipeline
+from dualwrite.backfill import lanes
 from dualwrite.backfill.copy_format import copy_text
 from dualwrite.backfill.cursor import Chunk, count_rows, decode_key, read_chunk
-from dualwrite.backfill.keys import key_positions
-from dualwrite.backfill.load import load_chunk
-from dualwrite.backfill.merge import STAGING, copy_apply
+from dualwrite.backfill.leases import LeaseBook
+from dualwrite.backfill.load import STAGING, copy_apply, key_positions, load_chunk
 from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.backfill.steps import ChunkSteps, TableReport
 from dualwrite.backfill.throttle import TokenBucket
+from dualwrite.bookkeeping import move_sequences_past_keys
 from dualwrite.errors import first_line, sqlstate
 from dualwrite.events import key_text
 
@@ -68,24 +69,6 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 @dataclass
-class TableReport:
-    table: str
-    rows_copied: int = 0
-    rows_applied: int = 0
-    rows_stale: int = 0
-    rows_rejected: int = 0
-    chunks: int = 0
-    seconds: float = 0.0
-    status: str = "pending"
-    fallbacks: int = 0  # chunks merged because a live write landed in them during the fast COPY
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["rows_per_second"] = round(self.rows_copied / self.seconds, 1) if self.seconds else None
-        return d
-
-
-@dataclass
 class Copier:
     """Copies tables chunk by chunk. Subclasses may override the two public hooks: `prepare_chunk`
     (transform or set aside rows before loading; backfill.migrate casts values there) and `load_rows`
@@ -100,8 +83,8 @@ class Copier:
     should_stop: Callable[[], bool] = lambda: False
     max_retries: int = 5
     fallbacks: int = 0  # chunks whose fast COPY met a live write and were merged instead
-    leases: Any = None  # a leases.LeaseBook: several workers share each table's chunks
-    lanes: int = 2  # chunk transactions in flight at once, committed in order (pipeline.py)
+    leases: LeaseBook | None = None  # several workers share each table's chunks (leases.py)
+    lanes: int = 2  # chunk transactions in flight at once, committed in order (lanes.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,9 +127,21 @@ class Copier:
                 budget -= rep.chunks
         return reports
 
+    def steps(self) -> ChunkSteps:
+        """This copier's steps, for the copy loops (lanes.py, leases.py)."""
+        return ChunkSteps(
+            source=self.sqlite_read,
+            target=self.postgres,
+            chunk_size=lambda: self.chunk_size,
+            should_stop=lambda: self.should_stop(),
+            prepare=self.prepare_chunk,
+            apply=self.apply_chunk,
+            pace=lambda rows: self.throttle.take(rows, self.should_stop),
+        )
+
     def copy_table(self, table: Table, *, max_chunks: int | None = None) -> TableReport:
         if self.leases is not None:  # shared with other workers: ranges come from leases.py
-            return self.leases.copy_table(self, table, max_chunks=max_chunks)
+            return self.leases.copy_table(self.steps(), table, max_chunks=max_chunks)
         rep = TableReport(table.name)
         with self.postgres.connect() as conn:
             cp = ckpt.load(conn, table.name)
@@ -160,7 +155,7 @@ class Copier:
         fallbacks = self.fallbacks
         chunks = self.read_ahead(table, after)
 
-        def committed(chunk: Chunk, outcome: pipeline.Outcome) -> None:
+        def committed(chunk: Chunk, outcome: lanes.Outcome) -> None:
             result, bad, set_aside, seconds = outcome
             rep.chunks += 1
             rep.rows_applied += result.applied
@@ -171,7 +166,7 @@ class Copier:
             metrics.BACKFILL_CHUNK.labels(table.name).observe(seconds)
 
         try:
-            pipeline.run(self, table, cp, chunks, max(1, self.lanes), max_chunks, committed)
+            lanes.run(self.steps(), table, cp, chunks, max(1, self.lanes), max_chunks, committed)
         finally:
             chunks.close()  # waits for a read still in flight
         if cp.status == "done":
@@ -216,7 +211,7 @@ class Copier:
     ) -> tuple[ApplyResult, int]:
         """Apply the chunk with its version and `save` the checkpoint in one transaction; bisect on refusal.
         `set_aside` rows were already rejected by prepare_chunk: they count in the same checkpoint.
-        (leases.py passes its own `save`, which also completes the chunk's lease; pipeline.py a
+        (leases.py passes its own `save`, which also completes the chunk's lease; lanes.py a
         `before_save` that waits, rows loaded, for the previous chunk to commit.)"""
         bisect = False
         columns, values, version = chunk.columns, chunk.values, chunk.version
@@ -292,22 +287,6 @@ class Copier:
 
 
 def sync_sequence(engine: Engine, table: Table) -> None:
-    """Move a serial/identity sequence of the primary key past the copied ids (rows arrive with explicit
-    ids, which do not advance it), so inserts on Postgres do not collide after the switch. Never lowers it."""
-    pk = pk_columns(table)
-    if len(pk) != 1:
-        return
-    prep = engine.dialect.identifier_preparer
+    """Once a table is copied: move its id sequence past the copied ids (bookkeeping.move_sequences_past_keys)."""
     with engine.begin() as conn:
-        seq = conn.execute(
-            text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": prep.format_table(table), "c": pk[0]}
-        ).scalar()
-        if seq is None:
-            return
-        conn.execute(
-            text(
-                f"SELECT setval(:s, GREATEST((SELECT max({prep.quote(pk[0])}) FROM {prep.format_table(table)}),"
-                " (SELECT last_value FROM " + seq + ")), true)"
-            ),
-            {"s": seq},
-        )
+        move_sequences_past_keys(conn, [table])

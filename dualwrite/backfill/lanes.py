@@ -20,16 +20,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Table
 
 from dualwrite.apply.rule import ApplyResult
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.cursor import Chunk, encode_key
-
-if TYPE_CHECKING:
-    from dualwrite.backfill.copier import Copier
+from dualwrite.backfill.steps import ChunkSteps
 
 log = logging.getLogger("dualwrite.backfill.lanes")
 TURN_TIMEOUT_S = 10.0
@@ -74,12 +72,12 @@ class Turns:
 Outcome = tuple[ApplyResult, int, int, float]
 
 
-def _apply(copier: Copier, table: Table, cp: ckpt.Checkpoint, turns: Turns, i: int, chunk: Chunk) -> Outcome:
+def _apply(steps: ChunkSteps, table: Table, cp: ckpt.Checkpoint, turns: Turns, i: int, chunk: Chunk) -> Outcome:
     """One chunk in a lane: prepare, load, wait for the turn, then checkpoint and commit."""
     started = time.perf_counter()
-    status = "done" if len(chunk.values) < copier.chunk_size else "copying"
+    status = "done" if len(chunk.values) < steps.chunk_size() else "copying"
     last_key = encode_key(chunk.last_key) if chunk.values and chunk.last_key is not None else None
-    ready, set_aside = copier.prepare_chunk(table, chunk)
+    ready, set_aside = steps.prepare(table, chunk)
     eager = True
 
     def my_turn() -> None:
@@ -93,7 +91,7 @@ def _apply(copier: Copier, table: Table, cp: ckpt.Checkpoint, turns: Turns, i: i
             if not eager:
                 turns.wait(i, None)  # after a timeout: no keys held while waiting
             try:
-                result, bad = copier.apply_chunk(table, ready, cp, set_aside, before_save=my_turn)
+                result, bad = steps.apply(table, ready, cp, set_aside, before_save=my_turn)
             except TurnTimeout as exc:
                 log.warning("backfill %s: %s; rolled back, retrying in order", table.name, exc)
                 eager = False
@@ -106,7 +104,7 @@ def _apply(copier: Copier, table: Table, cp: ckpt.Checkpoint, turns: Turns, i: i
 
 
 def run(
-    copier: Copier,
+    steps: ChunkSteps,
     table: Table,
     cp: ckpt.Checkpoint,
     chunks: Iterator[Chunk],
@@ -121,16 +119,16 @@ def run(
     submitted = 0
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"backfill-{table.name}") as pool:
         try:
-            while not copier.should_stop() and (max_chunks is None or submitted < max_chunks):
+            while not steps.should_stop() and (max_chunks is None or submitted < max_chunks):
                 while len(inflight) >= lanes:
                     done, fut = inflight.popleft()
                     on_done(done, fut.result())
                 chunk = next(chunks)
-                inflight.append((chunk, pool.submit(_apply, copier, table, cp, turns, submitted, chunk)))
+                inflight.append((chunk, pool.submit(_apply, steps, table, cp, turns, submitted, chunk)))
                 submitted += 1
-                if len(chunk.values) < copier.chunk_size:
+                if len(chunk.values) < steps.chunk_size():
                     break
-                copier.throttle.take(len(chunk.values), copier.should_stop)
+                steps.pace(len(chunk.values))
             while inflight:
                 done, fut = inflight.popleft()
                 on_done(done, fut.result())

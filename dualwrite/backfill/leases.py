@@ -34,9 +34,10 @@ from dualwrite import metrics
 from dualwrite.apply.rule import pk_columns
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.checkpoint import checkpoints, leases
-from dualwrite.backfill.copier import Copier, TableReport, sync_sequence
 from dualwrite.backfill.cursor import Chunk, after_clause, count_rows, decode_key, encode_key, rowid_alias
-from dualwrite.bookkeeping import meta
+from dualwrite.backfill.steps import ChunkSteps, TableReport
+from dualwrite.bookkeeping import meta, move_sequences_past_keys
+from dualwrite.errors import first_line
 
 log = logging.getLogger("dualwrite.backfill.leases")
 LOCK_CLASS = 0x44570001  # first key of the two-int advisory locks: "DW" leases
@@ -284,30 +285,30 @@ class LeaseBook:
             conn.rollback()
         return cp
 
-    # -- the copy loop (Copier.copy_table delegates here when Copier.leases is set) ------------------
-    def copy_table(self, copier: Copier, table: Table, *, max_chunks: int | None = None) -> LeasedReport:
+    # -- the copy loop (Copier.copy_table delegates here when Copier.leases is set) -------------------
+    def copy_table(self, steps: ChunkSteps, table: Table, *, max_chunks: int | None = None) -> LeasedReport:
         rep = LeasedReport(table.name)
         started = time.perf_counter()
-        expected = count_rows(copier.sqlite_read, table)
+        expected = count_rows(steps.source, table)
         metrics.BACKFILL_EXPECTED.labels(table.name).set(expected)
-        while not copier.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
-            lease = self.claim(copier.sqlite_read, table, copier.chunk_size)
+        while not steps.should_stop() and (max_chunks is None or rep.chunks < max_chunks):
+            lease = self.claim(steps.source, table, steps.chunk_size())
             if lease is None:
                 if self.status(table.name).status == "done":
                     break
                 time.sleep(self.poll_s)  # the rest is leased to live workers: wait for them (or their death)
                 continue
             t0 = time.perf_counter()
-            chunk = read_range(copier.sqlite_read, table, decode_key(lease.after), decode_key(lease.upto))
+            chunk = read_range(steps.source, table, decode_key(lease.after), decode_key(lease.upto))
             done_rows: list[int] = []
 
             def save(conn: Connection, saved: ckpt.Checkpoint, ls: Lease = lease, out: list[int] = done_rows) -> None:
                 out.append(self.complete(conn, ls, saved))
 
             try:
-                ready, set_aside = copier.prepare_chunk(table, chunk)
+                ready, set_aside = steps.prepare(table, chunk)
                 cp = ckpt.Checkpoint(table.name, version=chunk.version)  # this chunk's rows only
-                result, bad = copier.apply_chunk(table, ready, cp, set_aside, save=save)
+                result, bad = steps.apply(table, ready, cp, set_aside, save=save)
                 bad += set_aside
             except LeaseLost as exc:
                 rep.leases_lost += 1
@@ -320,7 +321,7 @@ class LeaseBook:
                     lease.describe(),
                     len(chunk.values),
                     chunk.version,
-                    (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:300],
+                    first_line(exc, 300),
                 )
                 self.release(lease)
                 raise
@@ -333,11 +334,12 @@ class LeaseBook:
             metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
             if self.progress is not None and done_rows:
                 self.progress(table.name, done_rows[-1], expected)
-            copier.throttle.take(len(chunk.values), copier.should_stop)
+            steps.pace(len(chunk.values))
         cp = self.status(table.name)
         rep.rows_copied, rep.rows_rejected, rep.status = cp.rows_copied, cp.rows_rejected, cp.status
         if cp.status == "done":
-            sync_sequence(copier.postgres, table)
+            with steps.target.begin() as conn:
+                move_sequences_past_keys(conn, [table])
         rep.seconds = time.perf_counter() - started
         log.info(
             "backfill %s: %s, %d rows read by this worker (%d chunks), %d/%d rows copied by all, %d rejected",

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, text
 
 from dualwrite import metrics
-from dualwrite.backfill.control import WORKER_TTL_S, Limits, Throttler
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.progress import CopyProgress, print_summary, summary_rows
 from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.backfill.throttle import WORKER_TTL_S, Limits, Throttler
 from dualwrite.errors import first_line
 from dualwrite.settings import mask_text
 from dualwrite.stream.replay import DEFAULT_GROUP, Replayer

@@ -121,7 +121,7 @@ def run(
 
     SIGTERM/SIGINT finish the current chunk or batch, keep its checkpoint and exit 0. Live limits:
     `dualwrite backfill set`. Progress bars on a terminal, log lines otherwise; a summary table at the end."""
-    from dualwrite.backfill.control import Limits
+    from dualwrite.backfill.throttle import Limits
     from dualwrite.backfill.worker import RunOptions
     from dualwrite.backfill.worker import run as run_worker
 
@@ -209,7 +209,7 @@ def status(settings: Settings, reflect: bool, report_path: str | None) -> None:
     """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
     import redis
 
-    from dualwrite.backfill.status import render, table_progress, worker_lines
+    from dualwrite.backfill.progress import render, table_progress, worker_lines
     from dualwrite.engines import pg_engine, sqlite_read_engine
 
     check_report_path(report_path)
@@ -248,13 +248,13 @@ def reset(
     import redis
 
     from dualwrite.backfill import checkpoint as ckpt
-    from dualwrite.backfill.control import live_workers
     from dualwrite.backfill.reset import (
         ROWS_LOCKED_PHASES,
         count_candidates,
         delete_backfill_rows,
         tables_with_progress,
     )
+    from dualwrite.backfill.throttle import live_workers
     from dualwrite.engines import pg_engine
     from dualwrite.phase import PhaseStore
 
@@ -304,7 +304,7 @@ def set_cmd(settings: Settings, clear: bool, **limits: Any) -> None:
     """Change the running workers' limits (they pick them up between chunks, within a second)."""
     import redis
 
-    from dualwrite.backfill.control import clear_limits, set_limits
+    from dualwrite.backfill.throttle import clear_limits, set_limits
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     if clear:

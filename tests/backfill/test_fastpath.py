@@ -38,13 +38,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from dualwrite.apply.rule import apply_events
-from dualwrite.backfill.binary import binary_oids
+from dualwrite.backfill.copy_format import binary_oids
 from dualwrite.backfill.cursor import read_chunk
-from dualwrite.backfill.keys import key_texts
-from dualwrite.backfill.load import load_chunk
-from dualwrite.backfill.merge import copy_apply
+from dualwrite.backfill.load import copy_apply, load_chunk
 from dualwrite.engines import postgres_engine
-from dualwrite.events import ChangeEvent, key_text
+from dualwrite.events import ChangeEvent, key_text, key_texts
 from dualwrite.testing import prepared_writer
 from dualwrite.types import JSONType, UTCDateTime
 from tests.backfill.support import account_row, accounts, catalog, snapshot, tags

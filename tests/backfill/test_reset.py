@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from sqlalchemy import delete, func, insert, select, update
 
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.backfill.control import Limits, Throttler
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
+from dualwrite.backfill.throttle import Limits, Throttler
 from dualwrite.bookkeeping import versions
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, notes, seed, tags

@@ -190,7 +190,7 @@ def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: i
 
 
 def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from dualwrite.backfill.control import live_workers
+    from dualwrite.backfill.throttle import live_workers
 
     n = 600
     seed(dw, n)

@@ -11,9 +11,9 @@ import redis
 from click.testing import CliRunner
 
 from dualwrite import metrics
-from dualwrite.backfill.control import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
+from dualwrite.backfill.throttle import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
 from dualwrite.cli.main import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, seed
