@@ -94,7 +94,8 @@ def run(env: BenchEnv, n_rows: int, log: Any = print) -> dict[str, Any]:
     schema = env.new_schema("copy_migrate")
     pg_url = env.postgres_url.replace("+psycopg2", "")
     r = _run(
-        [sys.executable, "-m", "dualwrite", "migrate", "--sqlite", str(src), "--postgres", pg_url, "--schema", schema],
+        [sys.executable, "-m", "dualwrite", "migrate", "--sqlite", str(src), "--postgres", pg_url]
+        + ["--pg-schema", schema],
         cwd,
     )
     entry = {"method": "migrate", "wall_s": round(r["wall_s"], 3), "peak_rss_mib": r["rss_mib"]}

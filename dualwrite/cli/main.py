@@ -14,11 +14,10 @@ from typing import Any
 
 import click
 import redis
-from sqlalchemy.exc import OperationalError
 
 from dualwrite import __version__
-from dualwrite.cli.options import connection_options, fail, load_tables, tables_options
-from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
+from dualwrite.cli.options import connection_options, load_tables, one_line_errors, tables_options
+from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings, mask_text
 
 # command name -> "module:attribute", imported when the command is used or listed
@@ -35,8 +34,7 @@ COMMANDS = {
 
 
 class Group(click.Group):
-    """Turns known errors into one masked line and exit code 2 (1 for a refused phase change); loads
-    the command modules lazily."""
+    """Loads the command modules lazily; known errors become one masked line (options.one_line_errors)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *COMMANDS})
@@ -48,16 +46,7 @@ class Group(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PhaseError as exc:
-            fail(str(exc), 1)
-        except (ConfigError, DualwriteError) as exc:
-            fail(str(exc), 2)
-        except OperationalError as exc:
-            fail(f"database: {first_line(exc)}", 2)
-        except redis.ConnectionError as exc:
-            fail(f"redis: {exc}", 2)
+        return one_line_errors(super().invoke)(ctx)
 
 
 @click.group(cls=Group)

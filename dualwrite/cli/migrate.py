@@ -16,12 +16,8 @@ from typing import Any
 
 import click
 
-from dualwrite.settings import mask_text
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {mask_text(message)}", err=True)
-    sys.exit(code)
+from dualwrite.cli.options import connection_options, existing_sqlite, fail
+from dualwrite.settings import Settings
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> str:
@@ -44,9 +40,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 
 
 @click.command("migrate")
-@click.option("--sqlite", "sqlite_path", required=True, help="the SQLite file (opened read-only)")
-@click.option("--postgres", "postgres_url", required=True, help="postgresql://user@host/db")
-@click.option("--schema", default="public", show_default=True, help="target schema (created if missing)")
+@connection_options
 @click.option("--tables", "tables", multiple=True, help="only these source tables (repeatable)")
 @click.option("--cast", "casts", multiple=True, metavar="TABLE.COLUMN=TYPE", help="override a column's type")
 @click.option("--rename", "renames", multiple=True, metavar="TABLE[.COLUMN]=NAME", help="Postgres name")
@@ -59,9 +53,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
 @click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
 def command(
-    sqlite_path: str,
-    postgres_url: str,
-    schema: str,
+    settings: Settings,
     tables: tuple[str, ...],
     casts: tuple[str, ...],
     renames: tuple[str, ...],
@@ -74,7 +66,8 @@ def command(
     versioned: bool,
     max_chunks: int | None,
 ) -> None:
-    """Copy a SQLite database into PostgreSQL: schema with casting rules, data, constraints, verification."""
+    """Copy a SQLite database (--sqlite, opened read-only) into PostgreSQL (--postgres, schema --pg-schema,
+    created if missing): schema with casting rules, data, constraints, verification."""
     from dualwrite.migrate.load import MigrateError, Options, run
     from dualwrite.migrate.schema import parse_pairs
 
@@ -82,10 +75,11 @@ def command(
     # Table names may contain commas: --tables is repeatable, one name each.
     table_list = list(tables) or None
     try:
+        existing_sqlite(settings)
         opts = Options(
-            sqlite_path,
-            postgres_url,
-            schema,
+            str(settings.sqlite_path),
+            settings.postgres_url,
+            settings.pg_schema,
             tables=table_list,
             casts=parse_pairs(casts, "--cast"),
             renames=parse_pairs(renames, "--rename"),
@@ -98,7 +92,7 @@ def command(
             max_chunks=max_chunks,
         )
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
 
@@ -114,7 +108,7 @@ def command(
     try:
         outcome = run(opts)
     except MigrateError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report = outcome.as_dict()
     if report_path:
         with open(report_path, "w", encoding="utf-8") as fh:

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
+from sqlalchemy.exc import OperationalError
 
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
 from dualwrite.settings import Settings, load_settings, mask_text
 
 
@@ -61,6 +63,26 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             metadata=kw.pop("metadata_spec", None),
         )
         return fn(*args, settings=settings, **kw)
+
+    return one_line_errors(wrapper)
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Known errors become one masked line and exit code 2 (1 for a refused phase change), whether the
+    command runs under the `dualwrite` group or on its own."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except PhaseError as exc:
+            fail(str(exc), 1)
+        except DualwriteError as exc:
+            fail(str(exc), 2)
+        except OperationalError as exc:
+            fail(f"database: {first_line(exc)}", 2)
+        except redis.ConnectionError as exc:
+            fail(f"redis: {exc}", 2)
 
     return wrapper
 

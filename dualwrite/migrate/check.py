@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine
 
 from dualwrite.events import key_text
-from dualwrite.migrate import casts as T
+from dualwrite.migrate.convert import Dirty
 from dualwrite.migrate.schema import TablePlan, sq
 
 MASK = 2**64 - 1
@@ -70,7 +73,7 @@ def safe_key(values: list[Any]) -> str:
 
 def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys: set[str]) -> TableCheck:
     res = TableCheck(plan.name, rejected=len(rejected_keys))
-    norms = [T.normalizer(c.cast.kind) for c in plan.columns]
+    norms = [normalizer(c.cast.kind) for c in plan.columns]
     casts = [c.cast.convert for c in plan.columns]
     names = [c.name for c in plan.columns]
     pk_idx = [names.index(c) for c in plan.pk]
@@ -83,7 +86,7 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
                 res.read += 1
                 try:
                     values = [None if v is None else f(v) for f, v in zip(casts, row, strict=True)]
-                except T.Dirty:
+                except Dirty:
                     continue
                 if rejected_keys and safe_key([values[i] for i in pk_idx]) in rejected_keys:
                     continue
@@ -103,3 +106,41 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
                 res.target_hash = (res.target_hash + row_hash(norms, row)) & MASK
         conn.rollback()
     return res
+
+
+# -- the normal form both sides must agree on ---------------------------------------------------
+def _same(value: Any) -> Any:
+    return value
+
+
+def normalizer(kind: str) -> Callable[[Any], Any]:
+    """normal() for one kind, without the dispatch (None must be handled by the caller)."""
+    if kind in ("int", "text"):
+        return _same
+    return lambda v: normal(kind, v)
+
+
+def normal(kind: str, value: Any) -> Any:
+    """A value as both sides must agree on it (the converted source value, or the one Postgres returns)."""
+    if value is None:
+        return None
+    if kind == "ts":
+        return value.astimezone(UTC).isoformat()
+    if kind in ("date", "time"):
+        return value.isoformat()
+    if kind == "dec":
+        d = Decimal(value)
+        return "0" if not d else str(d.normalize())
+    if kind == "float":
+        return repr(float(value))
+    if kind == "bytes":
+        return bytes(value).hex()
+    if kind == "json":
+        if isinstance(value, str | bytes):
+            value = json.loads(value)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if kind == "uuid":
+        return str(value)
+    if kind == "bool":
+        return bool(value)
+    return value

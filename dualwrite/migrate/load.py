@@ -31,8 +31,8 @@ from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.bookkeeping import create_bookkeeping
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
-from dualwrite.migrate import casts as T
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
+from dualwrite.migrate.convert import Dirty
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
 log = logging.getLogger("dualwrite.migrate")
@@ -137,7 +137,7 @@ def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict
             for name, conv in convs:
                 value = row[name]
                 out[name] = None if value is None else conv(value)
-        except T.Dirty as exc:
+        except Dirty as exc:
             dirty.append((row, name, row[name], str(exc)))
         else:
             good.append(out)

@@ -29,7 +29,7 @@ def make_db(path: str | Path, script: str, rows: dict[str, list[tuple[Any, ...]]
 def migrate(sqlite_path: str, schema: str, *args: str, tmp: Path | None = None) -> tuple[Result, dict[str, Any]]:
     report = (tmp or Path(sqlite_path).parent) / f"report-{schema}.json"
     rejects = (tmp or Path(sqlite_path).parent) / f"rejects-{schema}"
-    argv = ["--sqlite", sqlite_path, "--postgres", PG_ADMIN_URL, "--schema", schema]
+    argv = ["--sqlite", sqlite_path, "--postgres", PG_ADMIN_URL, "--pg-schema", schema]
     argv += ["--report", str(report), "--rejects", str(rejects), *args]
     result = CliRunner().invoke(command, argv, catch_exceptions=False)
     data = json.loads(report.read_text()) if report.exists() else {}

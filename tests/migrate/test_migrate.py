@@ -291,10 +291,10 @@ def test_untyped_and_blob_values(tmp_path, pg_schema) -> None:  # type: ignore[n
 
 
 def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from dualwrite.migrate import casts as T
+    from dualwrite.migrate import casts, convert
 
-    monkeypatch.setattr(T, "check_text", lambda v: v)  # let a NUL byte reach Postgres
-    monkeypatch.setattr(T, "_text_fast", lambda v: v)
+    monkeypatch.setattr(convert, "check_text", lambda v: v)  # let a NUL byte reach Postgres
+    monkeypatch.setattr(casts, "_text_fast", lambda v: v)
     db = make_db(
         tmp_path / "app.db",
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"

@@ -78,7 +78,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
     assert full.exit_code == 0, full.output
     rejects_dir = tmp_path / f"rejects-{pg_schema}"
     argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
-    argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--schema", pg_schema, "--rejects", str(rejects_dir)]
+    argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--pg-schema", pg_schema, "--rejects", str(rejects_dir)]
     argv += ["--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
@@ -109,7 +109,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
 def test_sigterm_stops_after_the_chunk_then_resume(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
     db = build(tmp_path / "app.db", 6000)
     argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
-    argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--schema", pg_schema]
+    argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--pg-schema", pg_schema]
     argv += ["--rejects", str(tmp_path / f"rejects-{pg_schema}"), "--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
