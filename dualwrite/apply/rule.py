@@ -284,19 +284,3 @@ def apply_snapshot_rows(
     items = [(sql.image_params(r), k, version) for k, r in sorted(keyed.items())]
     plan = Plan(upserts=[(sql, items)] if items else [])
     return run_plan(conn, plan)
-
-
-def claim_versions(conn: Connection, table: str, keyed: Sequence[tuple[str, int]]) -> set[str]:
-    """Record the versions (key text, seq) that are newer than this side's; return the keys that won
-    (the caller then writes exactly the winners). Keys must be unique within `keyed`."""
-    from dualwrite.bookkeeping import dialect_insert, versions
-
-    won: set[str] = set()
-    step = MAX_PARAMS // 3
-    for i in range(0, len(keyed), step):
-        ins = dialect_insert(conn, versions).values([{"tbl": table, "pk": k, "seq": s} for k, s in keyed[i : i + step]])
-        stmt = ins.on_conflict_do_update(
-            index_elements=["tbl", "pk"], set_={"seq": ins.excluded.seq}, where=versions.c.seq < ins.excluded.seq
-        ).returning(versions.c.pk)
-        won.update(conn.execute(stmt).scalars())
-    return won

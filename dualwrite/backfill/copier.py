@@ -243,7 +243,6 @@ class Copier:
                 bisect = True
         raise RuntimeError("unreachable")
 
-    _apply_chunk = apply_chunk  # the old private name (leases.py still calls it)
 
     def _reject(self, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], bad: list[Bad]) -> None:
         if not bad:

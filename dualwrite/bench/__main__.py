@@ -1,5 +1,3 @@
-import sys
+from dualwrite.cli.bench import bench
 
-from dualwrite.cli.bench import main
-
-sys.exit(main())
+bench()

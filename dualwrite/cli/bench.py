@@ -1,8 +1,8 @@
-"""`dualwrite bench`; also `python -m dualwrite.bench`."""
+"""`dualwrite bench`: measure on this machine, every figure a ratio to a baseline run in the same run
+(also `python -m dualwrite.bench`). Writes report.md, report.json and one PNG per section."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -10,57 +10,100 @@ from pathlib import Path
 
 import click
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dualwrite bench", description="Benchmark dualwrite; writes report.md/json/PNGs")
-    p.add_argument("--quick", action="store_true", help="tiny counts, about a minute (CI smoke run)")
-    p.add_argument("--record-counts", type=int, nargs="+", help="records per operation run (default 100 500 1000)")
-    p.add_argument("--workers", type=int, nargs="+", help="concurrent workers (default 1 2 5)")
-    p.add_argument("--copy-rows", type=int, help="rows of the history-copy source (default 1000000, quick 2000)")
-    p.add_argument("--sections", nargs="+", help="subset of: ops overhead shadow copy replay verify")
-    p.add_argument("--report", default="bench-report", help="output directory (default ./bench-report)")
-    p.add_argument("--postgres", help="admin postgresql:// URL (a schema per run is created and dropped)")
-    p.add_argument("--redis", help="redis:// URL (a namespace per run is used and cleared)")
-    return p
+from dualwrite.cli.options import fail
 
 
-def main(argv: list[str] | None = None) -> int:
+def _counts(value: str | None, flag: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        out = [int(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        fail(f"{flag}: {value!r} is not a list of whole numbers")
+    if any(v <= 0 for v in out):
+        fail(f"{flag}: every value must be at least 1 (got {value!r})")
+    return out
+
+
+class _ListOptions(click.Command):
+    """`--record-counts 100 500 1000 --workers 1 2 5`: the values after a list option, up to the next
+    option, are its one value (as the Track C script took them); quoted or comma-separated works too."""
+
+    lists = ("--record-counts", "--workers", "--sections")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(args):
+            out.append(args[i])
+            i += 1
+            if out[-1] in self.lists:
+                values = []
+                while i < len(args) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                if values:
+                    out.append(" ".join(values))
+        return super().parse_args(ctx, out)
+
+
+@click.command("bench", cls=_ListOptions)
+@click.option("--quick", is_flag=True, help="tiny counts, about a minute (CI smoke run)")
+@click.option("--record-counts", default=None, help="records per operation run, e.g. '100 500 1000' (the default)")
+@click.option("--workers", default=None, help="concurrent workers, e.g. '1 2 5' (the default)")
+@click.option("--copy-rows", type=click.IntRange(min=1), default=None, help="rows of the history-copy source")
+@click.option("--sections", default=None, help="a subset of: ops overhead shadow copy replay verify")
+@click.option("--report", "report_dir", default="bench-report", show_default=True, help="output directory")
+@click.option("--postgres", "postgres_url", default=None, help="admin postgresql:// URL (a schema per run)")
+@click.option("--redis", "redis_url", default=None, help="redis:// URL (a namespace per run, cleared after)")
+def bench(
+    quick: bool,
+    record_counts: str | None,
+    workers: str | None,
+    copy_rows: int | None,
+    sections: str | None,
+    report_dir: str,
+    postgres_url: str | None,
+    redis_url: str | None,
+) -> None:
+    """Benchmark store operations, dual-write and shadow overhead, copy, replay and verify.
+    Exit 0 when every section ran, 1 when a section failed, 2 on bad flags."""
+    sys.exit(run_bench(quick, record_counts, workers, copy_rows, sections, report_dir, postgres_url, redis_url))
+
+
+def run_bench(
+    quick: bool = False,
+    record_counts: str | None = None,
+    workers: str | None = None,
+    copy_rows: int | None = None,
+    sections: str | None = None,
+    report_dir: str = "bench-report",
+    postgres_url: str | None = None,
+    redis_url: str | None = None,
+) -> int:
     from dualwrite.bench.runner import SECTIONS, BenchConfig, run
 
-    a = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the run's schemas, database, namespace and temp files are removed
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    kw = {
-        "record_counts": a.record_counts,
-        "workers": a.workers,
-        "copy_rows": a.copy_rows,
-        "postgres_url": a.postgres,
-        "redis_url": a.redis,
+    kw: dict[str, object] = {
+        "record_counts": _counts(record_counts, "--record-counts"),
+        "workers": _counts(workers, "--workers"),
+        "copy_rows": copy_rows,
+        "postgres_url": postgres_url,
+        "redis_url": redis_url,
     }
-    if a.sections:
-        bad = [s for s in a.sections if s not in SECTIONS]
+    if sections:
+        chosen = sections.replace(",", " ").split()
+        bad = [s for s in chosen if s not in SECTIONS]
         if bad:
-            print(f"error: unknown section(s) {bad}; choose from {SECTIONS}", file=sys.stderr)
-            return 2
-        kw["sections"] = tuple(a.sections)
-    config = BenchConfig.quick_config(**kw) if a.quick else BenchConfig(**{k: v for k, v in kw.items() if v})
-    doc = run(config, Path(a.report))
-    print(f"report: {Path(a.report) / 'report.md'}")
+            fail(f"--sections: unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+        kw["sections"] = tuple(chosen)
+    config = BenchConfig.quick_config(**kw) if quick else BenchConfig(**{k: v for k, v in kw.items() if v})
+    doc = run(config, Path(report_dir))
+    click.echo(f"report: {Path(report_dir) / 'report.md'}")
     for g in doc["goals"]:
-        print(f"  {'met    ' if g['met'] else 'NOT MET'} {g['name']}: {g['ratio']} x (goal {g['goal_ratio']} x)")
+        click.echo(f"  {'met    ' if g['met'] else 'NOT MET'} {g['name']}: {g['ratio']} x (goal {g['goal_ratio']} x)")
     if doc["errors"]:
-        print(f"sections failed: {doc['errors']}", file=sys.stderr)
+        click.echo(f"sections failed: {doc['errors']}", err=True)
         return 1
     return 0
-
-
-@click.command(
-    "bench",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args: tuple[str, ...]) -> None:
-    """Benchmark store operations, dual-write and shadow overhead, copy, replay and verify (--help for flags)."""
-    sys.exit(main(list(args)))

@@ -228,13 +228,6 @@ class Replayer:
         metrics.REPLAY_APPLIED.labels("dead").inc()
 
     # -- lag -------------------------------------------------------------------------------------
-    def group_info(self) -> dict[str, Any]:
-        for g in self.client.xinfo_groups(self.key):
-            name = _s(g.get("name") or g.get(b"name"))
-            if name == self.group:
-                return {_s(k): v for k, v in g.items()}
-        return {}
-
     def update_lag(self) -> tuple[int, int]:
         """Refresh the lag gauges; return (entries not yet delivered to the group, delivered but unacked)."""
         lag, pending = self.lag = group_lag(self.client, self.key, self.group)

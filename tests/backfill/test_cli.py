@@ -9,22 +9,14 @@ import subprocess
 import sys
 import time
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
 from dualwrite.cli.main import main
 from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, assert_equal, catalog, md, seed
+from tests.backfill.support import accounts, assert_equal, md, seed
 from tests.conftest import connection_args
-
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]

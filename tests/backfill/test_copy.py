@@ -13,15 +13,9 @@ from dualwrite.backfill.copier import Copier, copy_apply
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.stream.replay import Replayer
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, notes, seed, tags
+from tests.backfill.support import TABLES, accounts, assert_equal, drain_relay, notes, seed, tags
 
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="dual_write")
-    yield w
-    w.close()
+PHASE = "dual_write"  # the conftest's dw fixture
 
 
 @pytest.mark.parametrize("fast", [True, False])

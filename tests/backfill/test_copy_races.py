@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -17,8 +16,7 @@ from sqlalchemy import delete, insert, text, update
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.stream.replay import Replayer
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import account_row, accounts, catalog, clear, drain_relay, snapshot
+from tests.backfill.support import account_row, accounts, clear, drain_relay, snapshot
 
 N = 150
 op = st.one_of(
@@ -29,11 +27,7 @@ op = st.one_of(
 plans = st.lists(st.lists(op, min_size=5, max_size=40), min_size=2, max_size=2)
 
 
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="dual_write")
-    yield w
-    w.close()
+PHASE = "dual_write"  # the conftest's dw fixture
 
 
 def reset(dw) -> None:  # type: ignore[no-untyped-def]

@@ -43,16 +43,8 @@ from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.load import copy_apply, load_chunk
 from dualwrite.engines import postgres_engine
 from dualwrite.events import ChangeEvent, key_text, key_texts
-from dualwrite.testing import prepared_writer
 from dualwrite.types import JSONType, UTCDateTime
-from tests.backfill.support import account_row, accounts, catalog, snapshot, tags
-
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
+from tests.backfill.support import account_row, accounts, snapshot, tags
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])

@@ -5,7 +5,6 @@ keys, falling back to the merge for the keys a live write reached)."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -16,8 +15,7 @@ from dualwrite.backfill.copier import copy_apply
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.load import load_chunk
 from dualwrite.stream.replay import Replayer
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, clear, drain_relay, snapshot
+from tests.backfill.support import accounts, clear, drain_relay, snapshot
 
 KEYS = 12
 ops = st.lists(
@@ -32,11 +30,6 @@ ops = st.lists(
 )
 
 
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
 
 
 def reset(dw) -> None:  # type: ignore[no-untyped-def]

@@ -20,17 +20,12 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook, LeaseLost, read_range
 from dualwrite.backfill.throttle import TokenBucket
 from dualwrite.bookkeeping import versions
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, seed
+from tests.backfill.support import TABLES, accounts, assert_equal, seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="dual_write")
-    yield w
-    w.close()
+PHASE = "dual_write"  # the conftest's dw fixture
 
 
 def leased_copier(dw, chunk_size: int, **kw) -> Copier:  # type: ignore[no-untyped-def]

@@ -15,15 +15,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill import lanes as pipeline
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.cursor import decode_key
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, seed, snapshot
-
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
+from tests.backfill.support import accounts, seed, snapshot
 
 
 class Poisoned(Copier):

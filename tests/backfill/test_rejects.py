@@ -13,8 +13,7 @@ from sqlalchemy import update
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.rejects import RejectWriter
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import catalog, notes, seed
+from tests.backfill.support import notes, seed
 
 FULL = Path("/dev/full")  # every write fails with ENOSPC
 
@@ -43,11 +42,6 @@ def test_count_only_after_the_line_is_written(tmp_path) -> None:  # type: ignore
     assert rec["key"] == '["\udc80"]'  # the key as given, lone surrogate included
 
 
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
 
 
 @pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")

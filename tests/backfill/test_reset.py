@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, func, insert, select, update
 
@@ -19,16 +18,10 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.throttle import Limits, Throttler
 from dualwrite.bookkeeping import versions
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, account_row, accounts, assert_equal, catalog, notes, seed, tags
+from tests.backfill.support import TABLES, account_row, accounts, assert_equal, notes, seed, tags
 from tests.conftest import connection_args
 
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="dual_write")
-    yield w
-    w.close()
+PHASE = "dual_write"  # the conftest's dw fixture
 
 
 def reset(settings, *args: str):  # type: ignore[no-untyped-def]

@@ -14,26 +14,19 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, text, update
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import versions
 from dualwrite.demo.app import tables as app_tables
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import TABLES, accounts, assert_equal, catalog, notes, seed, tags
+from tests.backfill.support import TABLES, accounts, assert_equal, notes, seed, tags
 from tests.conftest import connection_args
 from tests.servers import free_port
 
 META = ["--metadata", "tests.backfill.support:md"]
 
 
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]

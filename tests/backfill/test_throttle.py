@@ -15,16 +15,10 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.throttle import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
 from dualwrite.cli.main import main
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, catalog, seed
+from tests.backfill.support import accounts, seed
 from tests.conftest import connection_args
 
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="dual_write")
-    yield w
-    w.close()
+PHASE = "dual_write"  # the conftest's dw fixture
 
 
 def cli_set(settings, *args: str) -> str:  # type: ignore[no-untyped-def]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-from dualwrite.cli.bench import main
+from dualwrite.cli.bench import run_bench
 from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL
 
 
 def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "report"
-    code = main(["--quick", "--report", str(out), "--postgres", PG_ADMIN_URL, "--redis", REDIS_TEST_URL])
+    code = run_bench(quick=True, report_dir=str(out), postgres_url=PG_ADMIN_URL, redis_url=REDIS_TEST_URL)
     assert code == 0
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
     doc = json.loads((out / "report.json").read_text())
