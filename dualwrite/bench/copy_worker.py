@@ -1,6 +1,6 @@
 """One history-copy method in its own process (so its peak RSS is its own):
 
-    python -m benchmarks.copy_worker METHOD SQLITE_PATH POSTGRES_URL SCHEMA
+    python -m dualwrite.bench.copy_worker METHOD SQLITE_PATH POSTGRES_URL SCHEMA
 
 Prints one JSON line {"method", "rows", "seconds"} (seconds: inside the process, after imports)."""
 

@@ -1,5 +1,5 @@
-"""`dualwrite bench`: measure on this machine, every figure a ratio to a baseline run in the same run
-(also `python -m dualwrite.bench`). Writes report.md, report.json and one PNG per section."""
+"""`dualwrite bench`: measure on this machine, every figure a ratio to a baseline run in the same run.
+Writes report.md, report.json and one PNG per section."""
 
 from __future__ import annotations
 

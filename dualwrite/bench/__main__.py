@@ -1,3 +1,0 @@
-from dualwrite.cli.bench import bench
-
-bench()
