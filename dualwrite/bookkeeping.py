@@ -171,7 +171,7 @@ def move_sequences_past_keys(conn: Connection, tables: Iterable[Table]) -> None:
         if seq is None:
             continue
         top = conn.execute(select(func.max(pk[0]))).scalar() or 0
-        conn.execute(
-            text(f"SELECT setval(CAST(:s AS regclass), GREATEST(:top, (SELECT last_value FROM {seq})), true)"),
-            {"s": seq, "top": top},
-        )
+        # the last value handed out (a fresh sequence has handed out none): raise it to `top`, never lower
+        used = f"(SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {seq})"
+        raise_to = text(f"SELECT setval(CAST(:s AS regclass), :top, true) WHERE :top > {used}")
+        conn.execute(raise_to, {"s": seq, "top": top})
