@@ -144,7 +144,8 @@ def postgres_engine(
     schema: str = "public",
     *,
     state_schema: str | None = None,
-    pool_size: int = 10,
+    pool_size: int = 5,
+    max_overflow: int = 5,
     replica: bool = False,
     autocommit: bool = False,
     pre_ping: bool = True,
@@ -158,7 +159,7 @@ def postgres_engine(
     engine = create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=10,
+        max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
         connect_args={"options": search_path_option(schema, state_schema), "connect_timeout": 5},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
@@ -180,7 +181,10 @@ def postgres_engine(
 
 
 def pg_engine(settings: Settings, **kw: Any) -> Engine:
-    """postgres_engine for these settings (URL, schema, state schema)."""
+    """postgres_engine for these settings (URL, schema, state schema, pool); `kw` overrides the pool."""
+    kw.setdefault("pool_size", settings.pool_size)
+    kw.setdefault("max_overflow", settings.max_overflow)
+    kw.setdefault("pre_ping", settings.pool_pre_ping)
     return postgres_engine(settings.postgres_url, settings.pg_schema, state_schema=settings.state_schema, **kw)
 
 
@@ -211,6 +215,8 @@ class Backends:
     - `postgres`: reads and primary writes; `postgres_apply`: session_replication_role = replica for
       replicated images; `postgres_direct`: the same in autocommit without pre-ping, for the one-statement
       inline apply (a broken connection fails the attempt, and the caller retries on a fresh one).
+    Each Postgres pool is Settings.pool_size + max_overflow (pre-ping: Settings.pool_pre_ping); connections
+    open on first use, so a role that never touches an engine costs nothing.
     """
 
     def __init__(

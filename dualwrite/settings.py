@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dualwrite.errors import ConfigError
 
-DEFAULT_SQLITE = "dualwrite.engines"
+DEFAULT_SQLITE = "dualwrite.db"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "dualwrite"
@@ -113,6 +113,13 @@ class Settings:
     phase_cache_seconds: float = 0.5
     # module:attr of the application's tables (a Tables, MetaData or declarative base), for the CLI
     metadata: str | None = None
+    # Each of a process' three Postgres engines (reads/primary writes, replicated applies, the inline apply)
+    # keeps up to pool_size connections and opens up to max_overflow more under load: at most
+    # 3 * (pool_size + max_overflow) per process (30 by default). pre-ping tests a pooled connection before
+    # use (one round trip) so a restarted server costs no failed statement; the inline apply never pings.
+    pool_size: int = 5
+    max_overflow: int = 5
+    pool_pre_ping: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -132,7 +139,14 @@ class Settings:
 
     def __repr__(self) -> str:
         # Settings end up in log lines and tracebacks with locals: never show a password there.
-        shown = {**self.masked(), "strict": self.strict, "phase_cache_seconds": self.phase_cache_seconds}
+        shown = {
+            **self.masked(),
+            "strict": self.strict,
+            "phase_cache_seconds": self.phase_cache_seconds,
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_pre_ping": self.pool_pre_ping,
+        }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     __str__ = __repr__
@@ -159,6 +173,9 @@ _ENV = {
     "state_schema": "DUALWRITE_STATE_SCHEMA",
     "strict": "DUALWRITE_STRICT",
     "metadata": "DUALWRITE_METADATA",
+    "pool_size": "DUALWRITE_POOL_SIZE",
+    "max_overflow": "DUALWRITE_MAX_OVERFLOW",
+    "pool_pre_ping": "DUALWRITE_POOL_PRE_PING",
 }
 _FLAGS = {
     "sqlite_url": "--sqlite",
@@ -169,7 +186,29 @@ _FLAGS = {
     "state_schema": "--state-schema",
     "strict": "--strict",
     "metadata": "--metadata",
+    "pool_size": "--pool-size",
+    "max_overflow": "--max-overflow",
+    "pool_pre_ping": "--pool-pre-ping",
 }
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _bool(value: object, setting: str) -> bool:
+    if isinstance(value, str):
+        if value.strip().lower() not in _BOOLS:
+            raise ConfigError(f"{setting}: {value!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+        return _BOOLS[value.strip().lower()]
+    return bool(value)
+
+
+def _count(value: object, setting: str, minimum: int) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{setting}: {value!r} is not a whole number") from None
+    if n < minimum:
+        raise ConfigError(f"{setting}: {n} is below {minimum}")
+    return n
 
 
 def load_settings(env: dict[str, str] | None = None, **flags: object) -> Settings:
@@ -204,13 +243,13 @@ def load_settings(env: dict[str, str] | None = None, **flags: object) -> Setting
             if not _SCHEMA_RE.match(schema):
                 raise ConfigError(f"{sources[name]}: schema {schema!r} is not a plain identifier")
             values[name] = schema
-    if "strict" in raw:
-        strict = raw["strict"]
-        if isinstance(strict, str):
-            if strict.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ConfigError(f"{sources['strict']}: {strict!r} is not a boolean")
-            strict = strict.lower() in ("1", "true", "yes", "on")
-        values["strict"] = bool(strict)
+    for name in ("strict", "pool_pre_ping"):
+        if name in raw:
+            values[name] = _bool(raw[name], sources[name])
+    if "pool_size" in raw:
+        values["pool_size"] = _count(raw["pool_size"], sources["pool_size"], 1)
+    if "max_overflow" in raw:
+        values["max_overflow"] = _count(raw["max_overflow"], sources["max_overflow"], 0)
     if "metadata" in raw:
         spec = str(raw["metadata"]).strip()
         if not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", spec):

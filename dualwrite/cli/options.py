@@ -24,8 +24,8 @@ from dualwrite.settings import Settings, load_settings, mask_text
 
 
 def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--sqlite/--postgres/--redis/--namespace/--pg-schema/--state-schema on every command that talks to a
-    backend."""
+    """--sqlite/--postgres/--redis/--namespace/--pg-schema/--state-schema and the Postgres pool
+    (--pool-size/--max-overflow/--pool-pre-ping) on every command that talks to a backend."""
     for opt in reversed(
         [
             click.option("--sqlite", "sqlite_url", help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]"),
@@ -37,6 +37,20 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--state-schema",
                 "state_schema",
                 help="Postgres schema of dualwrite's own tables (default _dualwrite) [DUALWRITE_STATE_SCHEMA]",
+            ),
+            click.option(
+                "--pool-size", "pool_size", help="connections kept by each Postgres engine (5) [DUALWRITE_POOL_SIZE]"
+            ),
+            click.option(
+                "--max-overflow",
+                "max_overflow",
+                help="extra connections per Postgres engine under load (default 5) [DUALWRITE_MAX_OVERFLOW]",
+            ),
+            click.option(
+                "--pool-pre-ping/--no-pool-pre-ping",
+                "pool_pre_ping",
+                default=None,
+                help="test a pooled connection before use (default on) [DUALWRITE_POOL_PRE_PING]",
             ),
         ]
     ):
@@ -51,6 +65,9 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         namespace: str | None,
         pg_schema: str | None,
         state_schema: str | None,
+        pool_size: str | None,
+        max_overflow: str | None,
+        pool_pre_ping: bool | None,
         **kw: Any,
     ) -> Any:
         settings = load_settings(
@@ -60,6 +77,9 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             namespace=namespace,
             pg_schema=pg_schema,
             state_schema=state_schema,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=pool_pre_ping,
             metadata=kw.pop("metadata_spec", None),
         )
         return fn(*args, settings=settings, **kw)

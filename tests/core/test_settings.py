@@ -56,3 +56,34 @@ def test_masking() -> None:
     assert "s3cret" not in mask_text("failed: postgresql://app:s3cret@db/x and then s3cret", ["s3cret"])
     s = load_settings(env={}, postgres_url="postgresql://app:s3cret@127.0.0.1/db")
     assert "s3cret" not in str(s.masked())
+
+
+def test_pool_settings_defaults_environment_and_flags() -> None:
+    s = load_settings(env={})
+    assert (s.pool_size, s.max_overflow, s.pool_pre_ping) == (5, 5, True)
+    env = {"DUALWRITE_POOL_SIZE": "3", "DUALWRITE_MAX_OVERFLOW": "0", "DUALWRITE_POOL_PRE_PING": "off"}
+    s = load_settings(env=env)
+    assert (s.pool_size, s.max_overflow, s.pool_pre_ping) == (3, 0, False)
+    s = load_settings(env=env, pool_size="7", pool_pre_ping=True)
+    assert (s.pool_size, s.max_overflow, s.pool_pre_ping) == (7, 0, True)
+    assert s.sources["pool_size"] == "--pool-size" and s.sources["max_overflow"] == "DUALWRITE_MAX_OVERFLOW"
+    assert "pool_size=7" in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"DUALWRITE_POOL_SIZE": "0"}, "DUALWRITE_POOL_SIZE: 0 is below 1"),
+        ({"DUALWRITE_POOL_SIZE": "many"}, "DUALWRITE_POOL_SIZE: 'many' is not a whole number"),
+        ({"DUALWRITE_MAX_OVERFLOW": "-1"}, "DUALWRITE_MAX_OVERFLOW: -1 is below 0"),
+        ({"DUALWRITE_POOL_PRE_PING": "maybe"}, "DUALWRITE_POOL_PRE_PING: 'maybe' is not a boolean"),
+    ],
+)
+def test_bad_pool_settings_name_the_variable(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_default_sqlite_file_is_dualwrite_db() -> None:
+    assert load_settings(env={}).sqlite_url == "sqlite:///dualwrite.db"
