@@ -113,6 +113,25 @@ def read_range(engine: Engine, table: Table, after: Key | None, upto: Key | None
     return Chunk(columns=names, values=values, version=int(version), last_key=upto)
 
 
+def sessions_alive(engine: Engine, owners: list[int]) -> set[int]:
+    """The owners among `owners` whose liveness lock is held, i.e. whose worker's session is still open
+    (pg_locks: a two-key advisory lock shows as classid, objid with objsubid 2). Takes no lock itself."""
+    if not owners:
+        return set()
+    with engine.connect() as conn:
+        held = conn.execute(
+            text(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                " AND classid = CAST(:c AS oid) AND database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database()) AND objid = ANY(CAST(:o AS oid[]))"
+            ),
+            {"c": LOCK_CLASS, "o": [int(o) for o in owners]},
+        ).scalars()
+        alive = {int(o) for o in held}
+        conn.rollback()
+    return alive
+
+
 # -- Postgres side: the book ----------------------------------------------------------------------
 @dataclass
 class LeaseBook:

@@ -198,10 +198,13 @@ def table_progress(pg: Engine, sqlite: Engine, tables: list[Table], workers_aliv
     return out
 
 
-def worker_lines(client: redis.Redis, namespace: str) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
-    """Live workers, the live limits, and an error line if Redis cannot be asked."""
+def worker_lines(
+    client: redis.Redis, namespace: str, postgres: Engine | None = None
+) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
+    """Live workers (a killed one left out at once when `postgres` is given: see live_workers), the live
+    limits, and an error line if Redis cannot be asked."""
     try:
-        return live_workers(client, namespace), read_overrides(client, namespace), None
+        return live_workers(client, namespace, postgres), read_overrides(client, namespace), None
     except redis.RedisError as exc:
         return [], {}, f"workers: unknown (redis: {exc})"
 

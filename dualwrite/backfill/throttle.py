@@ -120,13 +120,29 @@ def read_overrides(client: redis.Redis, namespace: str) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
 
 
-def live_workers(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
-    """The state every running worker published (throttle reason, limits, what it does)."""
-    out = []
+def live_workers(client: redis.Redis, namespace: str, postgres: Engine | None = None) -> list[dict[str, Any]]:
+    """The state every running worker published (throttle reason, limits, what it does).
+
+    With `postgres`, a worker whose Postgres session is gone (its lease liveness lock is free: it was
+    killed) is left out and its entry removed at once, instead of lingering until its heartbeat expires."""
+    listed: list[tuple[Any, dict[str, Any]]] = []
     for key in sorted(client.scan_iter(match=worker_key(namespace, "*"), count=100)):
         raw = client.get(key)
         if raw:
-            out.append(json.loads(raw))
+            listed.append((key, json.loads(raw)))
+    owners = [int(w["lease_owner"]) for _k, w in listed if w.get("lease_owner")]
+    if postgres is None or not owners:
+        return [w for _k, w in listed]
+    from dualwrite.backfill.leases import sessions_alive
+
+    alive = sessions_alive(postgres, owners)
+    out = []
+    for key, w in listed:
+        if w.get("lease_owner") and int(w["lease_owner"]) not in alive:
+            log.info("backfill worker %s is gone (its Postgres session ended); dropping its heartbeat", w.get("worker"))
+            client.delete(key)
+            continue
+        out.append(w)
     return out
 
 
@@ -182,6 +198,7 @@ class Throttler(TokenBucket):
         self.probe_interval_s = probe_interval_s
         self.on_chunk_size = on_chunk_size
         self.activity = "starting"
+        self.lease_owner: int | None = None  # the worker's lease liveness lock (leases.py), for live_workers
         self.reason: str | None = None
         self.since: datetime | None = None
         self.throttled_s = 0.0
@@ -284,6 +301,7 @@ class Throttler(TokenBucket):
             "throttled_since": self.since.isoformat() if self.since else None,
             "limits": {k: v for k, v in asdict(self.limits).items() if v is not None and v is not False},
             "at": datetime.now(UTC).isoformat(),
+            **({"lease_owner": self.lease_owner} if self.lease_owner else {}),
         }
 
     def publish(self) -> None:

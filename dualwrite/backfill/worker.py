@@ -89,6 +89,7 @@ def run(
         name=name,
     )
     book = LeaseBook(backends.postgres, ttl_s=opts.lease_ttl_s, name=name)
+    throttle.lease_owner = book.owner  # `backfill reset`/`status` see at once when this process is killed
     copier = Copier(
         backends.sqlite_read,
         backends.postgres_apply,
@@ -108,7 +109,7 @@ def run(
         server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(backends, throttle))
         log.info("serving /metrics and /health on 127.0.0.1:%d", server.server_address[1])
     beat = threading.Event()
-    heart = threading.Thread(target=_heartbeat, args=(throttle, beat), name="backfill-heartbeat", daemon=True)
+    heart = threading.Thread(target=_heartbeat, args=(throttle, book, beat), name="backfill-heartbeat", daemon=True)
     heart.start()
     try:
         if opts.replay:  # before copying, so the events written during the copy are kept for this group
@@ -145,6 +146,7 @@ def run(
     return report
 
 
-def _heartbeat(throttle: Throttler, done: threading.Event) -> None:
+def _heartbeat(throttle: Throttler, book: LeaseBook, done: threading.Event) -> None:
     while not done.wait(WORKER_TTL_S / 3):
+        throttle.lease_owner = book.owner  # a new one after the book lost its session and took another
         throttle.publish()

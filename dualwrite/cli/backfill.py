@@ -218,7 +218,7 @@ def status(settings: Settings, reflect: bool, report_path: str | None) -> None:
     sq = sqlite_read_engine(settings.sqlite_url)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     try:
-        workers, limits, redis_error = worker_lines(client, settings.namespace)
+        workers, limits, redis_error = worker_lines(client, settings.namespace, pg)
         rows = table_progress(pg, sq, tables.tables(), workers_alive=bool(workers) or redis_error is not None)
     finally:
         pg.dispose()
@@ -259,14 +259,16 @@ def reset(
     from dualwrite.phase import PhaseStore
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    workers = [str(w.get("worker")) for w in live_workers(client, settings.namespace)]
-    if workers:
-        fail(f"backfill worker(s) running: {', '.join(workers)}; stop them first", 1)
-    phase = PhaseStore(client, settings.namespace).current(fresh=True).name
-    if not keep_rows and phase in ROWS_LOCKED_PHASES:
-        fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
     pg = pg_engine(settings, pool_size=1)
     try:
+        # a SIGKILLed worker's Postgres session is gone at once: it does not block the reset until its
+        # heartbeat expires
+        workers = [str(w.get("worker")) for w in live_workers(client, settings.namespace, pg)]
+        if workers:
+            fail(f"backfill worker(s) running: {', '.join(workers)}; stop them first", 1)
+        phase = PhaseStore(client, settings.namespace).current(fresh=True).name
+        if not keep_rows and phase in ROWS_LOCKED_PHASES:
+            fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
         chosen = csv(table_names + table_lists) or tables_with_progress(pg)
         rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
         what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")

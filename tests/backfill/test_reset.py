@@ -137,3 +137,35 @@ def run_on_terminal(settings, answer: str) -> tuple[str, int]:  # type: ignore[n
     proc.wait(timeout=30)
     os.close(master)
     return out.decode(errors="replace"), proc.returncode
+
+
+def test_a_sigkilled_worker_does_not_block_reset(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Its heartbeat entry outlives it in Redis (30 s), but its Postgres session (the lease liveness lock)
+    ends with the process: reset goes ahead at once, and status stops listing it."""
+    from dualwrite.backfill.throttle import worker_key
+
+    seed(dw, 30)
+    argv = [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings)]
+    argv += ["--metadata", "tests.backfill.support:md", "--daemon", "--consumer", "doomed"]
+    argv += ["--rejects", str(tmp_path / "rej.jsonl")]
+    proc = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=os.getcwd()), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "replaying" not in str(
+            dw.backends.redis.get(worker_key(settings.namespace, "doomed"))
+        ):
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        r = reset(settings, "--yes")
+        assert r.exit_code == 1 and "doomed" in r.output, r.output  # alive: refused
+    finally:
+        proc.kill()  # SIGKILL: no chance to remove its entry
+        proc.wait(timeout=10)
+    assert dw.backends.redis.exists(worker_key(settings.namespace, "doomed")) == 1  # the heartbeat lingers
+    t0 = time.monotonic()
+    r = reset(settings, "--yes")
+    assert r.exit_code == 0 and "reset 3 checkpoint(s)" in r.output, r.output
+    assert time.monotonic() - t0 < 10
+    assert pg_ids(dw) == set()
+    assert dw.backends.redis.exists(worker_key(settings.namespace, "doomed")) == 0
