@@ -2,7 +2,8 @@
 replay of the change stream — until it has caught up, or with --daemon until SIGTERM/SIGINT.
 
 A stop signal lets the current chunk or replay batch finish (its checkpoint commits with it), then the
-worker exits 0. With --metrics-port, /metrics and /health are served on loopback: rows copied/expected
+worker exits 0. With --metrics-port, /metrics and /health are served (on loopback unless --metrics-host or
+DUALWRITE_METRICS_HOST names another address): rows copied/expected
 per table, chunk latency, replay lag (events, seconds), pending, dead letters, throttle state; /health
 answers 503 while Postgres or Redis does not. A heartbeat keeps this worker listed in `backfill status`.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,12 @@ class RunOptions:
     group: str = DEFAULT_GROUP
     consumer: str | None = None
     metrics_port: int | None = None
+    metrics_host: str | None = None  # None: DUALWRITE_METRICS_HOST, else loopback
     lease_ttl_s: float = 300.0
     tty: bool = False
+    # (every_s, fn): run while the worker lives, in a thread of its own (the CLI adds the gate's export,
+    # which this layer cannot import); a failing fn is logged and tried again next time
+    periodic: Sequence[tuple[float, Callable[[], object]]] = ()
 
 
 def health(backends: Backends, throttle: Throttler) -> tuple[bool, str]:
@@ -106,11 +112,14 @@ def run(
     metrics.prime(tables=[t.name for t in copy])
     server = None
     if opts.metrics_port is not None:
-        server = metrics.serve_metrics(opts.metrics_port, health=lambda: health(backends, throttle))
-        log.info("serving /metrics and /health on 127.0.0.1:%d", server.server_address[1])
+        server = metrics.serve(opts.metrics_port, opts.metrics_host, health=lambda: health(backends, throttle))
+        log.info("serving /metrics and /health on %s", server.url)
     beat = threading.Event()
     heart = threading.Thread(target=_heartbeat, args=(throttle, book, beat), name="backfill-heartbeat", daemon=True)
     heart.start()
+    ticker = threading.Thread(target=_periodic, args=(opts.periodic, beat), name="backfill-periodic", daemon=True)
+    if opts.periodic:
+        ticker.start()
     try:
         if opts.replay:  # before copying, so the events written during the copy are kept for this group
             replayer.ensure_group()
@@ -138,11 +147,12 @@ def run(
     finally:
         beat.set()
         heart.join(timeout=5)  # a last heartbeat must not re-list this worker after close()
+        if ticker.is_alive():
+            ticker.join(timeout=10)  # before the caller closes the backends it uses
         throttle.close()
         book.close()
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
     return report
 
 
@@ -150,3 +160,23 @@ def _heartbeat(throttle: Throttler, book: LeaseBook, done: threading.Event) -> N
     while not done.wait(WORKER_TTL_S / 3):
         throttle.lease_owner = book.owner  # a new one after the book lost its session and took another
         throttle.publish()
+
+
+def _periodic(tasks: Sequence[tuple[float, Callable[[], object]]], done: threading.Event) -> None:
+    due = [0.0] * len(tasks)
+    failing: dict[int, str] = {}
+    while not done.is_set():
+        now = time.monotonic()
+        for i, (every_s, fn) in enumerate(tasks):
+            if now < due[i]:
+                continue
+            due[i] = now + every_s
+            try:
+                fn()
+                failing.pop(i, None)
+            except Exception as exc:  # noqa: BLE001 - logged once per distinct error; the worker goes on
+                line = mask_text(first_line(exc, 300))
+                if failing.get(i) != line:
+                    log.warning("periodic task %s failed: %s", getattr(fn, "__name__", fn), line)
+                    failing[i] = line
+        done.wait(max(0.05, min(due) - time.monotonic()))

@@ -90,6 +90,12 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
 @click.option("--consumer", default=None, help="worker/consumer name (default host-pid)")
 @click.option("--lease-ttl", default=300.0, show_default=True, help="seconds before a stuck worker's range is retaken")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")
+@click.option(
+    "--metrics-host",
+    envvar="DUALWRITE_METRICS_HOST",
+    default=None,
+    help="address /metrics listens on (default 127.0.0.1; 0.0.0.0 in a container) [DUALWRITE_METRICS_HOST]",
+)
 @click.option("--dry-run", is_flag=True, help="read, count and validate every row against Postgres; write nothing")
 @click.option("--report", "report_path", default=None, help="write a JSON report here")
 @click.pass_context
@@ -113,6 +119,7 @@ def run(
     consumer: str | None,
     lease_ttl: float,
     metrics_port: int | None,
+    metrics_host: str | None,
     dry_run: bool,
     report_path: str | None,
 ) -> None:
@@ -153,13 +160,14 @@ def run(
                 group=group,
                 consumer=consumer,
                 metrics_port=metrics_port,
+                metrics_host=metrics_host,
                 lease_ttl_s=lease_ttl,
                 tty=tty,
             )
             report |= run_worker(backends, tables, opts, stop, copy=selected.tables())
     except Exception as exc:  # noqa: BLE001 - one line and exit 1; the log above has the table and range
-        if isinstance(exc, OperationalError):
-            raise  # a server that does not answer: the group's one-line message, exit 2
+        if isinstance(exc, OperationalError | ConfigError):
+            raise  # a server that does not answer, an address it cannot listen on: one line, exit 2
         error = first_line(exc)
         log.error("backfill failed: %s", mask_text(error))
     finally:

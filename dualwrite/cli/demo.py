@@ -16,9 +16,19 @@ from dualwrite.settings import Settings, mask_text
 @connection_options
 @click.option("--rows", default=200_000, show_default=True, envvar="DUALWRITE_DEMO_ROWS", help="history rows to seed")
 @click.option("--duration", default=30.0, show_default=True, help="seconds of traffic across the phases")
-@click.option("--metrics-port", type=int, default=None, help="serve /metrics on this loopback port")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")
+@click.option(
+    "--metrics-host", envvar="DUALWRITE_METRICS_HOST", default=None, help="address of /metrics (default 127.0.0.1)"
+)
 @click.option("--report", "report_path", default=None, help="write the final report as JSON")
-def demo(settings: Settings, rows: int, duration: float, metrics_port: int | None, report_path: str | None) -> None:
+def demo(
+    settings: Settings,
+    rows: int,
+    duration: float,
+    metrics_port: int | None,
+    metrics_host: str | None,
+    report_path: str | None,
+) -> None:
     """Run a whole SQLite -> Postgres cutover under live traffic and print the report."""
     import tempfile
     from pathlib import Path
@@ -37,7 +47,9 @@ def demo(settings: Settings, rows: int, duration: float, metrics_port: int | Non
     with EmbeddedServers(settings) as servers:
         for what in servers.started:
             click.echo(f"no server answered; started {what}", err=True)
-        result = Demo(servers.settings, rows=rows, duration=duration, metrics_port=metrics_port).run()
+        result = Demo(
+            servers.settings, rows=rows, duration=duration, metrics_port=metrics_port, metrics_host=metrics_host
+        ).run()
     report = {"ok": result.ok, "phases": result.phases, "checks": result.checks, "figures": result.figures}
     write_report(report_path, report)
     click.echo(mask_text(render(report)))

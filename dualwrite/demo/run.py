@@ -50,9 +50,17 @@ class DemoResult:
 
 
 class Demo:
-    def __init__(self, settings: Settings, *, rows: int, duration: float, metrics_port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rows: int,
+        duration: float,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
+    ) -> None:
         self.settings, self.rows, self.duration = settings, rows, duration
-        self.metrics_port = metrics_port
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.result = DemoResult()
         self.progress = Progress()
         self._tmp = Path(tempfile.mkdtemp(prefix="dualwrite-demo-"))
@@ -121,13 +129,15 @@ class Demo:
         tables = app_tables().tables()
         self._prepare_postgres()
         dw = DualWriter(self.settings, app_tables())
-        server = metrics.serve_metrics(self.metrics_port) if self.metrics_port else None
+        server = metrics.serve(self.metrics_port, self.metrics_host) if self.metrics_port is not None else None
+        if server is not None:
+            self.progress.line(f"serving /metrics and /health on {server.url}")
         try:
             return self._run(dw, tables)
         finally:
             dw.close()
             if server:
-                server.shutdown()
+                server.close()
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _run(self, dw: DualWriter, tables: list) -> DemoResult:  # type: ignore[type-arg]

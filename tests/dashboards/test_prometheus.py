@@ -1,7 +1,7 @@
 """Every panel query of every dashboard returns data from a real Prometheus scraping a real workload.
 
 A private `prometheus` (random loopback port, 1 s scrapes, tmp config and storage, our alert rules loaded)
-scrapes `serve_metrics()` of this test process while a workload runs on the real servers: a DualWriter
+scrapes `metrics.serve()` of this test process while a workload runs on the real servers: a DualWriter
 cycling through the phases (writes, reads, relay publishing, one secondary-apply failure from a drifted
 Postgres unique key), a ShadowReader comparing reads, the cutover gate, the replayer (which dead-letters
 the event the secondary refused) and a throttled backfill copier (one row Postgres refuses, so a reject).
@@ -54,14 +54,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prom,
     """A private Prometheus scraping this process' /metrics every second; killed and removed afterwards."""
     if PROMETHEUS is None:
         pytest.skip("prometheus not installed (Debian package 'prometheus'; CI installs it)")
-    server = metrics.serve_metrics(0)
-    mport = server.server_address[1]
+    server = metrics.serve(0)
+    mport = server.port
     try:
         with running_prometheus(tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{mport}"]) as prom:
             yield prom, mport
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 @pytest.fixture(scope="module")
