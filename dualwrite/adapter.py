@@ -105,7 +105,8 @@ class DualWriter:
             self.committed.notify()  # the relay publishes in its own thread, never on this path
             if phase.secondary:
                 self._apply_secondary(phase.secondary, tx.events, store, op)
-        _duration("dual", store, op).observe(time.perf_counter() - start)
+                # the whole write, both sides: only when there was a second side (none in sqlite/postgres)
+                _duration("dual", store, op).observe(time.perf_counter() - start)
 
     def execute(self, stmt: Insert | Update | Delete, params: Any = None) -> list[RowMapping]:
         with self.begin() as tx:
@@ -126,7 +127,7 @@ class DualWriter:
         while True:
             phase = self.phases.current(fresh=fresh)
             if phase.name != self._phase_shown:
-                metrics.set_phase(phase.name)
+                metrics.follow_phase(self.phases, phase.name)
                 self._phase_shown = phase.name
             conn = self.backends.write_engine(phase.primary).connect()
             try:

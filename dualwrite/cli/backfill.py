@@ -161,6 +161,7 @@ def run(
                 consumer=consumer,
                 metrics_port=metrics_port,
                 metrics_host=metrics_host,
+                periodic=_gate_export(backends, tables) if metrics_port is not None else (),
                 lease_ttl_s=lease_ttl,
                 tty=tty,
             )
@@ -181,6 +182,20 @@ def run(
         fail(f"backfill failed: {error}", 1)
     click.echo("backfill: stopped" if stop() else "backfill: dry run, nothing written" if dry_run else "backfill: done")
     sys.exit(0)
+
+
+GATE_EXPORT_S = 5.0
+
+
+def _gate_export(backends: Backends, tables: Tables) -> list[tuple[float, Any]]:
+    """While a worker serves /metrics it exports the cutover gate (every condition, the next flip's verdict,
+    the phase) every GATE_EXPORT_S: the dashboards' gate panels need a process that Prometheus scrapes."""
+    from dualwrite.cutover import gate
+
+    def export_gate() -> None:
+        gate.export(backends, tables)
+
+    return [(GATE_EXPORT_S, export_gate)]
 
 
 def _dry_run(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from dualwrite import metrics
 from dualwrite.cutover.gate import GateConfig, GateResult, check
 from dualwrite.engines import Backends
 from dualwrite.errors import PhaseError
@@ -114,6 +115,7 @@ def _move(
     backends: Backends, tables: Tables, src: str, dst: str, *, force: bool, reason: str, actor: str | None
 ) -> None:
     backends.phases.set(dst, force=force, reason=reason, actor=actor)
+    metrics.PHASE_CHANGED.labels(dst).set(time.time())  # the dashboards' flip annotation (if this is scraped)
     old_primary, new_primary = get_phase(src).primary, get_phase(dst).primary
     if old_primary != new_primary:
         switch_primary(backends, tables, new_primary)

@@ -10,7 +10,10 @@
 | replay_lag | the replay groups' lag (XINFO GROUPS) <= the bound (passes, saying so, if unavailable) |
 
 Which conditions apply depends on the target phase (REQUIRED). Each check sets
-`dualwrite_gate_condition{condition}` to 1 or 0.
+`dualwrite_gate_condition{condition}` to 1 or 0. `export` evaluates all of them (and the next flip's
+verdict, `dualwrite_gate_open`, and the phase): the backfill daemon calls it every few seconds while it
+serves /metrics, so the dashboards show the gate from a process Prometheus scrapes (a CLI run is gone
+before the next scrape).
 """
 
 from __future__ import annotations
@@ -177,23 +180,43 @@ CHECKS = {
 }
 
 
+def _evaluate(name: str, backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    try:
+        cond = CHECKS[name](backends, tables, cfg)
+    except Exception as exc:  # a check that cannot run fails, saying why
+        cond = Condition(name, False, None, f"check failed: {type(exc).__name__}: {first_line(exc)}")
+    metrics.GATE_CONDITION.labels(name).set(1 if cond.ok else 0)
+    return cond
+
+
+def _next(current: str) -> str:
+    from dualwrite.phase import ORDER, PHASES
+
+    idx = ORDER[current]
+    return PHASES[idx + 1].name if idx + 1 < len(PHASES) else current
+
+
 def check(
     backends: Backends, tables: Tables, target: str | None = None, config: GateConfig | None = None
 ) -> GateResult:
     """Evaluate the conditions for moving to `target` (default: the next phase)."""
-    from dualwrite.phase import ORDER, PHASES
-
     cfg = config or GateConfig()
     current = backends.phases.current(fresh=True).name
-    if target is None:
-        idx = ORDER[current]
-        target = PHASES[idx + 1].name if idx + 1 < len(PHASES) else current
+    target = target or _next(current)
     result = GateResult(current, target)
     for name in REQUIRED.get(target, _FULL):
-        try:
-            cond = CHECKS[name](backends, tables, cfg)
-        except Exception as exc:  # a check that cannot run fails, saying why
-            cond = Condition(name, False, None, f"check failed: {type(exc).__name__}: {first_line(exc)}")
-        metrics.GATE_CONDITION.labels(name).set(1 if cond.ok else 0)
-        result.conditions.append(cond)
+        result.conditions.append(_evaluate(name, backends, tables, cfg))
+    return result
+
+
+def export(backends: Backends, tables: Tables, config: GateConfig | None = None) -> GateResult:
+    """Evaluate every condition, whichever the next phase needs, and export them with the phase and
+    `dualwrite_gate_open` (1 when the next flip's conditions hold); returns the next flip's result."""
+    cfg = config or GateConfig()
+    current = backends.phases.current(fresh=True).name
+    metrics.follow_phase(backends.phases, current)
+    every = {name: _evaluate(name, backends, tables, cfg) for name in CHECKS}
+    target = _next(current)
+    result = GateResult(current, target, [every[name] for name in REQUIRED.get(target, _FULL)])
+    metrics.GATE_OPEN.set(1 if result.ok else 0)
     return result

@@ -307,18 +307,21 @@ class ShadowReader:
     def _candidate_read(
         self, backends: Backends, backend: str, store: str, query: str, fn: Callable[[Any], Any]
     ) -> Any:
-        """fn on `backend` in one transaction, as backends.timed_read does; Postgres through the reader's engine."""
-        if backend != "postgres":
-            return backends.timed_read(backend, store, query, fn)
-        engine = self._candidate_engine(backends)
+        """fn on `backend` in one transaction, as backends.timed_read does; Postgres through the reader's engine.
+        Timed as a read of `backend` and, apart, as the candidate (dualwrite_shadow_candidate_duration_seconds)."""
         start = time.perf_counter()
         try:
-            with engine.connect() as conn:
-                result = fn(conn)
-                conn.rollback()
-                return result
+            if backend != "postgres":
+                return backends.timed_read(backend, store, query, fn)
+            try:
+                with self._candidate_engine(backends).connect() as conn:
+                    result = fn(conn)
+                    conn.rollback()
+                    return result
+            finally:
+                self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
         finally:
-            self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
+            self._child(metrics.SHADOW_CANDIDATE, backend, store, query).observe(time.perf_counter() - start)
 
     def _candidate_engine(self, backends: Backends) -> Engine:
         owner = backends.postgres

@@ -124,9 +124,21 @@ def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp
         assert _all_done(dw)
         code, body = get(f"http://127.0.0.1:{port}/health")
         assert code == 200 and body.startswith("ok: replaying (daemon)"), body
+        # the daemon exports the cutover gate (every condition) and the phase while it serves /metrics
+        deadline = time.monotonic() + 15
+        while (
+            'dualwrite_gate_condition{condition="backfill_complete"} 1.0'
+            not in get(f"http://127.0.0.1:{port}/metrics")[1]
+        ):
+            assert time.monotonic() < deadline, "the daemon never exported a complete backfill to the gate"
+            time.sleep(0.2)
         code, body = get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
         for needle in (
+            'dualwrite_gate_condition{condition="verify_clean"} 0.0',
+            'dualwrite_gate_condition{condition="dead_letters_empty"} 1.0',
+            "dualwrite_gate_open 1.0",  # sqlite -> dual_write requires nothing
+            'dualwrite_phase{phase="sqlite"} 1.0',
             'dualwrite_backfill_rows_total{table="bf_accounts"} 150.0',
             'dualwrite_backfill_rows_expected{table="bf_notes"} 150.0',
             'dualwrite_backfill_chunk_duration_seconds_bucket{le="60.0",table="bf_tags"} 4.0',
@@ -189,8 +201,17 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
     seed(dw, n)
     assert invoke("backfill", "set", *connection_args(settings), "--pause").exit_code == 0  # line both up first
     procs = [
-        spawn(settings, "--chunk-size", "20", "--consumer", f"w{i}",
-              "--report", str(tmp_path / f"r{i}.json"), "--rejects", str(tmp_path / "rej.jsonl"))  # fmt: skip
+        spawn(
+            settings,
+            "--chunk-size",
+            "20",
+            "--consumer",
+            f"w{i}",
+            "--report",
+            str(tmp_path / f"r{i}.json"),
+            "--rejects",
+            str(tmp_path / "rej.jsonl"),
+        )  # fmt: skip
         for i in range(2)
     ]
     deadline = time.monotonic() + 60
