@@ -1,8 +1,10 @@
 """Generate the Grafana dashboards from code: `python -m dashboards.build` (or `--check` in CI).
 
 Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), plus `check()`, a small linter that
-catches what the JSON schema would not: every metric selector filtered by $job/$instance, known units,
-unique ids/refIds, panels inside the 24-column grid. Metric names are those of dualwrite/metrics.py.
+catches what the JSON schema would not: every metric selector (panels and annotations) filtered by
+$job/$instance, known units, unique ids/refIds, panels inside the 24-column grid. Metric names are those
+of dualwrite/metrics.py. (grafana-foundation-sdk was considered: its builders would replace these few
+helpers with more code, and the linter and the live Prometheus proof would stay, so plain dicts remain.)
 
 Committed output lives in dashboards/grafana/*.json; tests assert it equals what this module generates.
 """
@@ -159,6 +161,38 @@ def _variables() -> list[dict[str, Any]]:
     ]
 
 
+def annotations() -> list[dict[str, Any]]:
+    """Grafana's own annotations, and a marker at every phase flip on every time series panel: the time
+    each process recorded for the phase it moved into (dualwrite_phase_changed_timestamp_seconds, set by
+    the flip and by every process that notices it), used as the event's time, in milliseconds."""
+    flips = f"max by (phase) ({q('dualwrite_phase_changed_timestamp_seconds')}) * 1000"
+    return [
+        {
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+        },
+        {
+            "datasource": DS,
+            "enable": True,
+            "hide": False,
+            "iconColor": "orange",
+            "name": "Phase flips",
+            "expr": flips,
+            "step": "30s",
+            "titleFormat": "phase -> {{phase}}",
+            "textFormat": "the cutover moved to {{phase}}",
+            "tagKeys": "phase",
+            "useValueForTime": True,
+            "target": {"expr": flips, "interval": "30s", "refId": "PhaseFlips"},
+        },
+    ]
+
+
 def dashboard(uid: str, title: str, panels: list[Panel], description: str) -> dict[str, Any]:
     return {
         "uid": uid,
@@ -172,7 +206,7 @@ def dashboard(uid: str, title: str, panels: list[Panel], description: str) -> di
         "schemaVersion": 39,
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": _variables()},
-        "annotations": {"list": []},
+        "annotations": {"list": annotations()},
         "links": [{"type": "dashboards", "tags": ["dualwrite"], "asDropdown": True, "title": "dualwrite"}],
         "panels": _layout(panels),
     }
@@ -203,13 +237,44 @@ def overview() -> dict[str, Any]:
                 description="The phase whose dualwrite_phase gauge is 1 (DESIGN-NOTES §1).",
             ),
             stat(
+                "Next flip",
+                [(f"min by (target) ({q('dualwrite_gate_open')})", "to {{target}}")],
+                "bool",
+                w=4,
+                thresholds=[("orange", None), ("green", 1)],
+                defaults={
+                    "mappings": [{"type": "value", "options": {"0": {"text": "wait"}, "1": {"text": "gate open"}}}]
+                },
+                description="1 when every condition the next phase requires holds (`dualwrite cutover check`).",
+            ),
+            stat(
                 "Cutover gate conditions",
                 [(f"min by (condition) ({q('dualwrite_gate_condition')})", "{{condition}}")],
                 "bool",
-                w=18,
+                w=14,
                 thresholds=[("red", None), ("green", 1)],
                 defaults={"mappings": [{"type": "value", "options": {"0": {"text": "not met"}, "1": {"text": "met"}}}]},
-                description="1 while a cutover gate condition holds (min over instances).",
+                description="Every gate condition, evaluated every 5 s by the backfill daemon while it serves "
+                "/metrics (and by `cutover check`/`flip` where they run): 1 while it holds (min over instances).",
+            ),
+            _panel(
+                "state-timeline",
+                "Phase over time",
+                [(f"max by (phase) ({q('dualwrite_phase')})", "{{phase}}")],
+                "none",
+                24,
+                5,
+                options={"mergeValues": True, "showValue": "never", "rowHeight": 0.8, "legend": {"showLegend": False}},
+                defaults={
+                    "color": {"mode": "thresholds"},
+                    "thresholds": {
+                        "mode": "absolute",
+                        "steps": [{"color": "transparent", "value": None}, {"color": "green", "value": 1}],
+                    },
+                    "mappings": [{"type": "value", "options": {"0": {"text": "-"}, "1": {"text": "current"}}}],
+                },
+                description="Which phase the scraped processes reported when (each flip is also marked on every "
+                "graph of these dashboards).",
             ),
             row("Dual write and shadow reads"),
             timeseries(
@@ -365,6 +430,26 @@ def latency() -> dict[str, Any]:
             description="Mean time a write spends beyond its SQLite part (the inline secondary apply).",
         ),
         timeseries(
+            "Shadow candidate p50/p95/p99 by backend",
+            [
+                (_quantile(qt, "dualwrite_shadow_candidate_duration_seconds"), f"p{round(qt * 100)} {{{{backend}}}}")
+                for qt in (0.5, 0.95, 0.99)
+            ],
+            "s",
+            description="The compared (candidate) read, run off the request path: Postgres in phase shadow, "
+            "SQLite in postgres_reads. What reads will cost once they move.",
+        ),
+        timeseries(
+            "Shadow candidate p99 by store, query",
+            [
+                (
+                    _quantile(0.99, "dualwrite_shadow_candidate_duration_seconds", "backend, store, query"),
+                    "{{backend}} {{store}} {{query}}",
+                )
+            ],
+            "s",
+        ),
+        timeseries(
             "Shadow comparisons per second",
             [(f"sum by (store) ({rate('dualwrite_shadow_comparisons_total')})", "{{store}}")],
             "ops",
@@ -437,6 +522,19 @@ def backfill() -> dict[str, Any]:
             ),
             row("Replay"),
             timeseries(
+                "Change pipeline: outbox -> stream -> applied",
+                [
+                    (f"max({q('dualwrite_outbox_backlog')})", "outbox: not yet published"),
+                    (f"max({q('dualwrite_replay_lag_events')})", "stream: not yet replayed"),
+                    (f"sum({rate('dualwrite_events_published_total')})", "published /s"),
+                    (f"sum({rate('dualwrite_replay_events_total')})", "replayed /s"),
+                ],
+                "short",
+                w=24,
+                description="Where the changes wait: in the primary's outbox (the application's relay publishes "
+                "them) or in the stream (the backfill worker replays them); and how fast each moves.",
+            ),
+            timeseries(
                 "Replay lag (events)",
                 [(f"max by (instance) ({q('dualwrite_replay_lag_events')})", "{{instance}}")],
                 "short",
@@ -503,15 +601,26 @@ def check(dash: dict[str, Any]) -> list[str]:
         if not refs or len(refs) != len(set(refs)):
             problems.append(f"{where}: no targets or duplicate refIds")
         for t in p["targets"]:
-            expr = t["expr"]
-            if expr.count("(") != expr.count(")"):
-                problems.append(f"{where}: unbalanced parentheses in {expr}")
-            found = _METRIC.findall(expr)
-            if not found:
-                problems.append(f"{where}: no dualwrite metric in {expr}")
-            for metric, sel in found:
-                if SEL not in sel:
-                    problems.append(f"{where}: {metric} not filtered by $job/$instance")
+            problems += _expr_problems(where, t["expr"])
+    for a in dash["annotations"]["list"]:
+        if "expr" in a:
+            where = f"{dash['uid']} annotation {a['name']!r}"
+            problems += _expr_problems(where, a["expr"])
+            if a.get("target", {}).get("expr") != a["expr"]:
+                problems.append(f"{where}: target.expr differs from expr")
+    return problems
+
+
+def _expr_problems(where: str, expr: str) -> list[str]:
+    problems = []
+    if expr.count("(") != expr.count(")"):
+        problems.append(f"{where}: unbalanced parentheses in {expr}")
+    found = _METRIC.findall(expr)
+    if not found:
+        problems.append(f"{where}: no dualwrite metric in {expr}")
+    for metric, sel in found:
+        if SEL not in sel:
+            problems.append(f"{where}: {metric} not filtered by $job/$instance")
     return problems
 
 

@@ -137,7 +137,8 @@ GATE_CONDITION = Gauge(
 )
 GATE_OPEN = Gauge(
     "dualwrite_gate_open",
-    "1 if every gate condition the next phase requires holds (exported by the process evaluating the gate)",
+    "1 if every gate condition the next phase (target) requires holds; only a process evaluating the gate has it",
+    ["target"],
     multiprocess_mode=LATEST,
 )
 SHADOW_CANDIDATE = Histogram(

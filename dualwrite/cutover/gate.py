@@ -218,5 +218,6 @@ def export(backends: Backends, tables: Tables, config: GateConfig | None = None)
     every = {name: _evaluate(name, backends, tables, cfg) for name in CHECKS}
     target = _next(current)
     result = GateResult(current, target, [every[name] for name in REQUIRED.get(target, _FULL)])
-    metrics.GATE_OPEN.set(1 if result.ok else 0)
+    metrics.GATE_OPEN.clear()  # one series: the flip that comes next
+    metrics.GATE_OPEN.labels(target).set(1 if result.ok else 0)
     return result

@@ -137,7 +137,7 @@ def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp
         for needle in (
             'dualwrite_gate_condition{condition="verify_clean"} 0.0',
             'dualwrite_gate_condition{condition="dead_letters_empty"} 1.0',
-            "dualwrite_gate_open 1.0",  # sqlite -> dual_write requires nothing
+            'dualwrite_gate_open{target="dual_write"} 1.0',  # sqlite -> dual_write requires nothing
             'dualwrite_phase{phase="sqlite"} 1.0',
             'dualwrite_backfill_rows_total{table="bf_accounts"} 150.0',
             'dualwrite_backfill_rows_expected{table="bf_notes"} 150.0',

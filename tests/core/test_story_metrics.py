@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from prometheus_client import REGISTRY
 from sqlalchemy import func, insert, select
 
 from dualwrite import metrics
@@ -98,7 +99,7 @@ def test_gate_export_sets_every_condition_the_verdict_and_the_phase(settings) ->
             metrics.GATE_CONDITION.labels(name).set(-1)  # so every value below was set by this export
         result = gate.export(dw.backends, dw.tables)
         assert (result.current, result.target, result.ok) == ("sqlite", "dual_write", True)  # nothing required
-        assert metrics.sample("dualwrite_gate_open") == 1
+        assert metrics.sample("dualwrite_gate_open", {"target": "dual_write"}) == 1
         values = {name: metrics.sample("dualwrite_gate_condition", {"condition": name}) for name in gate.CHECKS}
         assert values["backfill_complete"] == 0 and values["verify_clean"] == 0  # never copied, never verified
         assert values["dead_letters_empty"] == 1 and values["outbox_drained"] == 1
@@ -106,7 +107,8 @@ def test_gate_export_sets_every_condition_the_verdict_and_the_phase(settings) ->
         assert metrics.sample("dualwrite_phase", {"phase": "sqlite"}) == 1
         dw.phases.set("dual_write", reason="test")
         assert not gate.export(dw.backends, dw.tables).ok  # shadow needs the copy done
-        assert metrics.sample("dualwrite_gate_open") == 0
+        assert metrics.sample("dualwrite_gate_open", {"target": "shadow"}) == 0
+        assert REGISTRY.get_sample_value("dualwrite_gate_open", {"target": "dual_write"}) is None  # the old one goes
         assert metrics.sample("dualwrite_phase", {"phase": "dual_write"}) == 1
     finally:
         dw.close()

@@ -38,12 +38,16 @@ def substitute(expr: str) -> str:
 
 
 def panel_targets() -> list[tuple[str, str]]:
-    """(test id, expression) for every target of every panel of every dashboard."""
+    """(test id, expression) for every target of every panel, and every annotation query, of every dashboard."""
     out = []
     for name, fn in build.DASHBOARDS.items():
-        for p in fn()["panels"]:
+        dash = fn()
+        for p in dash["panels"]:
             for t in p.get("targets", []):
                 out.append((f"{name}:{p['id']}:{p['title']}:{t['refId']}", t["expr"]))
+        for a in dash["annotations"]["list"]:
+            if "expr" in a:
+                out.append((f"{name}:annotation:{a['name']}", a["expr"]))
     return out
 
 

@@ -43,6 +43,7 @@ def test_required_content() -> None:
     for metric in (
         "dualwrite_phase",
         "dualwrite_gate_condition",
+        "dualwrite_gate_open",
         "dualwrite_secondary_failures_total",
         'result="mismatch"',
         "dualwrite_dead_letters_total",
@@ -67,9 +68,22 @@ def test_required_content() -> None:
         "dualwrite_throttle_active",
     ):
         assert metric in exprs["backfill"], metric
+    assert "dualwrite_shadow_candidate_duration_seconds_bucket" in exprs["latency"]
     for fn in build.DASHBOARDS.values():
         dash = fn()
+        flips = [a for a in dash["annotations"]["list"] if a.get("name") == "Phase flips"]
+        assert len(flips) == 1 and flips[0]["useValueForTime"] is True
+        assert "dualwrite_phase_changed_timestamp_seconds" in flips[0]["expr"] and "* 1000" in flips[0]["expr"]
         assert {v["name"] for v in dash["templating"]["list"]} >= {"job", "instance"}
         units = {p["fieldConfig"]["defaults"]["unit"] for p in dash["panels"] if p["type"] != "row"}
         assert units <= build.UNITS
         json.dumps(dash)  # serialisable
+
+
+def test_check_catches_an_unfiltered_annotation() -> None:
+    dash = build.latency()
+    flips = next(a for a in dash["annotations"]["list"] if a.get("name") == "Phase flips")
+    flips["expr"] = "dualwrite_phase_changed_timestamp_seconds * 1000"
+    problems = build.check(dash)
+    assert any("annotation 'Phase flips'" in p and "not filtered" in p for p in problems)
+    assert any("target.expr differs" in p for p in problems)

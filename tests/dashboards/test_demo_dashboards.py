@@ -46,4 +46,3 @@ def test_every_panel_answers_during_the_demo(demo_run: dict, tid: str, expr: str
 
 def test_the_scraped_demo_was_a_clean_cutover(demo_run: dict) -> None:  # type: ignore[type-arg]
     assert demo_run["report"]["ok"] is True
-

@@ -147,6 +147,7 @@ class Workload:
                 dw.read("dash", "item_by_id", lambda c, i=i: c.execute(select(items).where(items.c.id == i)).all())
                 dw.read("dash", "legacy_count", lambda c: c.execute(select(func.count()).select_from(legacy)).scalar())
             gate.check(dw.backends, dw.tables, target="postgres_reads")
+            gate.export(dw.backends, dw.tables)  # as the backfill daemon does every few seconds
             n += 1
             self.cycles = n
             time.sleep(0.05)

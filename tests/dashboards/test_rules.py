@@ -62,6 +62,8 @@ def test_expected_alerts_present() -> None:
         "DualwriteBackfillStalled",
         "DualwriteRelayLagHigh",
         "DualwriteOutboxBacklogHigh",
+        "DualwriteShadowCandidateSlow",
+        "DualwriteTargetDown",
     ):
         assert wanted in names
 
