@@ -78,9 +78,17 @@ class Prom:
 
 
 @contextmanager
-def running_prometheus(tmp: Path, targets: list[str], job: str = "dualwrite") -> Iterator[Prom]:
-    """Prometheus scraping `targets` every second; killed and its files removed on exit."""
+def running_prometheus(
+    tmp: Path,
+    targets: list[str] | None = None,
+    job: str = "dualwrite",
+    scrape_configs: list[dict[str, Any]] | None = None,
+) -> Iterator[Prom]:
+    """Prometheus scraping `targets` as `job` (or the given scrape_configs) every second; killed and its files
+    removed on exit."""
     assert PROMETHEUS is not None
+    if scrape_configs is None:
+        scrape_configs = [{"job_name": job, "static_configs": [{"targets": targets or []}]}]
     tmp.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dashboards" / "alerts.yml", tmp / "alerts.yml")
     (tmp / "prometheus.yml").write_text(
@@ -88,7 +96,7 @@ def running_prometheus(tmp: Path, targets: list[str], job: str = "dualwrite") ->
             {
                 "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
                 "rule_files": [str(tmp / "alerts.yml")],
-                "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+                "scrape_configs": scrape_configs,
             }
         )
     )

@@ -42,6 +42,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "DUALWRITE_NAMESPACE": settings.namespace,
         "DUALWRITE_PG_SCHEMA": settings.pg_schema,
         "DUALWRITE_STATE_SCHEMA": settings.state_schema,
+        "DUALWRITE_METADATA": METADATA,
         "DUALWRITE_POOL_SIZE": "2",
         "DUALWRITE_MAX_OVERFLOW": "2",
     }
