@@ -21,8 +21,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 
-from dualwrite.errors import ConfigError
-
 # Fine enough for sub-millisecond SQLite writes, wide enough for a stalled server.
 LATENCY_BUCKETS = (
     0.00005,
@@ -303,22 +301,28 @@ def serve(
 
     port defaults to DUALWRITE_METRICS_PORT, else 9464 (0: any free port). In prometheus-client's
     multiprocess mode (PROMETHEUS_MULTIPROC_DIR set; see dualwrite.prefork) it shows every process' metrics.
-    A host or port that cannot be bound raises ConfigError naming it."""
+    A host or port that cannot be bound raises OSError, a malformed DUALWRITE_METRICS_PORT ValueError, each
+    with one line naming it (a CLI turns them into its exit 2: see `listen_error`)."""
     host = (host or os.environ.get(HOST_ENV) or "127.0.0.1").strip()
     if port is None:
         raw = os.environ.get(PORT_ENV) or str(DEFAULT_PORT)
         if not raw.isdigit() or int(raw) > 65535:
-            raise ConfigError(f"{PORT_ENV}: {raw!r} is not a port number")
+            raise ValueError(f"{PORT_ENV}: {raw!r} is not a port number")
         port = int(raw)
     server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
     try:
         httpd = make_server(host, port, endpoint_app(health, registry), server_class, _Quiet)
     except (OSError, OverflowError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"--metrics-host/--metrics-port: cannot listen on {host}:{port} ({why})") from None
+        raise OSError(f"cannot listen on {host}:{port} ({why})") from None
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
+
+
+def listen_error(exc: Exception) -> str:
+    """The one line for a ConfigError (exit 2) when `serve` could not listen where it was told."""
+    return f"--metrics-host/--metrics-port: {exc}"
 
 
 def histogram_quantiles(name: str, by: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, dict[str, float]]:

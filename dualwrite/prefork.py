@@ -53,13 +53,13 @@ def on_starting(server: Any) -> None:
 def when_ready(server: Any) -> None:
     """Master: serve /metrics (every worker's, summed) and /health."""
     from dualwrite import metrics
-    from dualwrite.errors import ConfigError
 
     try:
         server.dualwrite_metrics = metrics.serve()
-    except ConfigError as exc:
-        server.log.error("dualwrite: %s", exc)
-        server.halt(str(exc), 2)
+    except (OSError, ValueError) as exc:
+        why = metrics.listen_error(exc)
+        server.log.error("dualwrite: %s", why)
+        server.halt(why, 2)
         return
     server.log.info("dualwrite: serving every worker's /metrics and /health on %s", server.dualwrite_metrics.url)
 

@@ -27,7 +27,7 @@ from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.progress import CopyProgress, print_summary, summary_rows
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.backfill.throttle import WORKER_TTL_S, Limits, Throttler
-from dualwrite.errors import first_line
+from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import mask_text
 from dualwrite.stream.replay import DEFAULT_GROUP, Replayer
 
@@ -112,7 +112,10 @@ def run(
     metrics.prime(tables=[t.name for t in copy])
     server = None
     if opts.metrics_port is not None:
-        server = metrics.serve(opts.metrics_port, opts.metrics_host, health=lambda: health(backends, throttle))
+        try:
+            server = metrics.serve(opts.metrics_port, opts.metrics_host, health=lambda: health(backends, throttle))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(metrics.listen_error(exc)) from None
         log.info("serving /metrics and /health on %s", server.url)
     beat = threading.Event()
     heart = threading.Thread(target=_heartbeat, args=(throttle, book, beat), name="backfill-heartbeat", daemon=True)

@@ -29,6 +29,7 @@ from dualwrite.demo.app import tables as app_tables
 from dualwrite.demo.progress import Progress
 from dualwrite.demo.synth import seed, split_counts
 from dualwrite.demo.traffic import Traffic
+from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings
 from dualwrite.shadow.reader import ShadowReader
 from dualwrite.stream.relay import Relay
@@ -129,7 +130,11 @@ class Demo:
         tables = app_tables().tables()
         self._prepare_postgres()
         dw = DualWriter(self.settings, app_tables())
-        server = metrics.serve(self.metrics_port, self.metrics_host) if self.metrics_port is not None else None
+        try:
+            server = metrics.serve(self.metrics_port, self.metrics_host) if self.metrics_port is not None else None
+        except (OSError, ValueError) as exc:
+            dw.close()
+            raise ConfigError(metrics.listen_error(exc)) from None
         if server is not None:
             self.progress.line(f"serving /metrics and /health on {server.url}")
         try:

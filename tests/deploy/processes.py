@@ -143,12 +143,14 @@ def gunicorn_app(
 
 
 @contextmanager
-def backfill_daemon(settings: Settings, tmp: Path, *, host: str, port: int, name: str = "w1") -> Iterator[Any]:
-    """`dualwrite backfill run --daemon` with its /metrics on host:port."""
+def backfill_daemon(
+    settings: Settings, tmp: Path, *, host: str, port: int, name: str = "w1", extra: tuple[str, ...] = ()
+) -> Iterator[Any]:
+    """`dualwrite backfill run --daemon` (and `extra` flags) with its /metrics on host:port."""
     tmp.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "dualwrite", "backfill", "run", "--metadata", METADATA, "--daemon"]
     argv += ["--consumer", name, "--metrics-host", host, "--metrics-port", str(port), "--chunk-size", "200"]
-    argv += ["--rejects", str(tmp / "rejects.jsonl"), "--report", str(tmp / "report.json")]
+    argv += ["--rejects", str(tmp / "rejects.jsonl"), "--report", str(tmp / "report.json"), *extra]
     log = tmp / "backfill.log"
     with log.open("a") as out:
         proc = subprocess.Popen(argv, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=tmp)

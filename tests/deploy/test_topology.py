@@ -37,6 +37,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML not installed (the dev extra i
 APP_HOST, WORKER_HOST = "127.0.0.2", "127.0.0.3"
 HISTORY_ACCOUNTS, ORDERS_EACH = 400, 5
 PHASE_SECONDS = 5.0  # of traffic in each phase
+COPY_ROWS_PER_SECOND = 600  # the history (2400 rows) takes ~4 s to copy
 
 
 class Traffic:
@@ -231,7 +232,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                     out["verify"].append((r.returncode, r.stdout + r.stderr))
 
                 flip("dual_write", paused=False)
-                with backfill_daemon(settings, tmp / "worker", host=WORKER_HOST, port=worker_mport):
+                # throttled as an operator would on a busy Postgres: the copy lasts seconds, so its progress,
+                # rate, ETA, chunk latency and throttle panels are scraped while it runs, not only after
+                limit = ("--max-rows-per-second", str(COPY_ROWS_PER_SECOND))
+                with backfill_daemon(settings, tmp / "worker", host=WORKER_HOST, port=worker_mport, extra=limit):
                     wait_until(lambda: _gate(backends, tables), 90, "backfill complete")
                     flip("shadow", paused=False)
                     time.sleep(PHASE_SECONDS)
