@@ -24,6 +24,7 @@ from dualwrite import metrics
 from dualwrite.adapter import DualWriter
 from dualwrite.backfill.copier import Copier
 from dualwrite.bookkeeping import create_schema
+from dualwrite.cutover import gate
 from dualwrite.cutover.flip import flip_postponed
 from dualwrite.demo.app import tables as app_tables
 from dualwrite.demo.progress import Progress
@@ -37,6 +38,7 @@ from dualwrite.stream.replay import Replayer
 from dualwrite.verify.verifier import verify_backends
 
 log = logging.getLogger("dualwrite.demo")
+GATE_EXPORT_S = 2.0
 
 
 @dataclass
@@ -160,7 +162,7 @@ class Demo:
         replayer = Replayer(dw.backends, dw.tables, consumer="demo-replayer")
         replayer.ensure_group()
         stop = threading.Event()
-        bg = threading.Thread(target=self._background, args=(relay, replayer, stop), daemon=True)
+        bg = threading.Thread(target=self._background, args=(relay, replayer, stop, dw), daemon=True)
         bg.start()
         traffic = Traffic(dw, tables)
         traffic.start()
@@ -232,11 +234,15 @@ class Demo:
         bg.join(timeout=30)
         return self.result
 
-    def _background(self, relay: Relay, replayer: Replayer, stop: threading.Event) -> None:
+    def _background(self, relay: Relay, replayer: Replayer, stop: threading.Event, dw: DualWriter) -> None:
+        exported = 0.0
         while not stop.is_set():
             try:
                 relay.run_once()
                 replayer.step(block_ms=100)
+                if self.metrics_port is not None and time.monotonic() - exported >= GATE_EXPORT_S:
+                    exported = time.monotonic()
+                    gate.export(dw.backends, dw.tables)  # the gate panels, as the backfill daemon exports them
             except Exception:  # noqa: BLE001 - the demo's workers keep going, like the daemon
                 log.exception("background round failed")
                 time.sleep(0.2)

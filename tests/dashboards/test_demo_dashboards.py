@@ -24,9 +24,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     port = free_port()
     uid = uuid.uuid4().hex[:10]
     with fresh_schema(uid) as schema, redis_namespace(uid) as namespace:
-        with running_prometheus(tmp / "prom", [f"127.0.0.1:{port}"], job="demo") as prom:
+        # a non-default loopback address, through --metrics-host: what Prometheus scrapes is what it was told
+        with running_prometheus(tmp / "prom", [f"127.0.0.2:{port}"], job="demo") as prom:
             argv = [sys.executable, "-m", "dualwrite", "demo", "--rows", "3000", "--duration", "12"]
-            argv += ["--metrics-port", str(port), "--postgres", PG_ADMIN_URL, "--redis", REDIS_TEST_URL]
+            argv += ["--metrics-port", str(port), "--metrics-host", "127.0.0.2"]
+            argv += ["--postgres", PG_ADMIN_URL, "--redis", REDIS_TEST_URL]
             argv += ["--namespace", namespace, "--pg-schema", schema, "--sqlite", str(tmp / "app.db")]
             argv += ["--report", str(tmp / "report.json")]
             start = time.time()
