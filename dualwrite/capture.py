@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Delete, Insert, Table, Update, false, select
+from sqlalchemy import Connection, Delete, Enum, Insert, Table, Update, false, select
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.exc import DBAPIError
 
@@ -143,17 +143,30 @@ def op_of(stmt: Insert | Update | Delete) -> str:
     return "delete" if isinstance(stmt, Delete) else "upsert"
 
 
-_shapes: dict[int, tuple[Table, tuple[str, ...], tuple[str, ...], str | None]] = {}
+_Stored = dict[str, dict[Any, str]]
+_shapes: dict[int, tuple[Table, tuple[str, ...], tuple[str, ...], str | None, _Stored]] = {}
 
 
-def _shape(table: Table) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
-    """(column names, key columns, tenant column) of a table, worked out once."""
+def _shape(table: Table) -> tuple[tuple[str, ...], tuple[str, ...], str | None, _Stored]:
+    """(column names, key columns, tenant column, enum columns) of a table, worked out once."""
     hit = _shapes.get(id(table))
     if hit is None or hit[0] is not table:
         names = tuple(c.name for c in table.columns)
         tenant = next((c for c in TENANT_COLUMNS if c in names), None)
-        hit = _shapes[id(table)] = (table, names, pk_columns(table), tenant)
-    return hit[1], hit[2], hit[3]
+        hit = _shapes[id(table)] = (table, names, pk_columns(table), tenant, _enum_columns(table))
+    return hit[1], hit[2], hit[3], hit[4]
+
+
+def _enum_columns(table: Table) -> _Stored:
+    """Per Enum column with a Python enum class: member -> the string the database stores. Images carry
+    that string (an event holds stored values; the Enum type binds it back unchanged on either side)."""
+    out: _Stored = {}
+    for col in table.columns:
+        t = col.type
+        if isinstance(t, Enum) and t.enum_class is not None:
+            members = t.enum_class.__members__
+            out[col.name] = {members[name]: stored for name, stored in zip(members, t.enums, strict=False)}
+    return out
 
 
 def events_from_rows(table: Table, op: str, rows: Sequence[Any]) -> list[ChangeEvent]:
@@ -168,9 +181,12 @@ def image_of(table: Table, row: Sequence[Any]) -> dict[str, Any]:
 
 
 def events_from_images(table: Table, op: str, images: Sequence[dict[str, Any]]) -> list[ChangeEvent]:
-    _names, pk, tenant_col = _shape(table)
+    _names, pk, tenant_col, enums = _shape(table)
     events = []
     for image in images:
+        for col, stored in enums.items():
+            if image.get(col) is not None:
+                image[col] = stored.get(image[col], image[col])
         tenant = None if tenant_col is None else image[tenant_col]
         events.append(
             ChangeEvent(

@@ -61,10 +61,26 @@ def _watch(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any
             watches.append((w, None if deleting else obj, table))
 
 
-def _capture(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]]) -> None:
+def _flushed_deletes(session: Session, flush_context: Any) -> list[Any]:
+    """Every object the flush deleted: those given to session.delete() and the orphans a delete-orphan
+    cascade removed during the flush (which never appear in session.deleted)."""
+    deleted = list(session.deleted)
+    seen = {id(obj) for obj in deleted}
+    for state, (isdelete, listonly) in getattr(flush_context, "states", {}).items():
+        obj = state.obj()
+        if isdelete and not listonly and obj is not None and id(obj) not in seen:
+            deleted.append(obj)
+            seen.add(id(obj))
+    return deleted
+
+
+def _capture(
+    tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]], flush_context: Any = None
+) -> None:
     conn = session.connection()
+    deleted = _flushed_deletes(session, flush_context)
     orm_deleted = set()
-    for obj in session.deleted:
+    for obj in deleted:
         state = inspect(obj)
         orm_deleted.add((state.mapper.local_table.name, tuple(state.identity)))
     for w, parent, table in watches:
@@ -88,7 +104,7 @@ def _capture(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, A
         rows = list(conn.execute(select(table).where(and_(*(table.c[c] == v for c, v in key.items())))).mappings())
         tx.events.extend(events_from_rows(table, "upsert", rows))
         tx.ops.add("orm")
-    for obj in session.deleted:
+    for obj in deleted:
         state = inspect(obj)
         table = state.mapper.local_table
         tx.tables.table(table.name)  # UnknownTableError: an uncaptured table
@@ -115,7 +131,7 @@ def captured_session(tx: WriteTx, **session_kw: Any) -> Iterator[Session]:
     session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", **session_kw)
     watches: list[tuple[cascade.Watch, Any, Any]] = []
     event.listen(session, "before_flush", lambda s, _ctx, _objs: _watch(tx, s, watches))
-    event.listen(session, "after_flush", lambda s, _ctx: _capture(tx, s, watches))
+    event.listen(session, "after_flush", lambda s, ctx: _capture(tx, s, watches, ctx))
     event.listen(session, "do_orm_execute", _refuse_statements)
     try:
         yield session

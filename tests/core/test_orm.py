@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+import enum
+
+from sqlalchemy import Enum, ForeignKey, String, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from dualwrite.bookkeeping import outbox
 from dualwrite.tables import Tables
@@ -57,5 +59,69 @@ def test_rolled_back_session_records_nothing(settings) -> None:  # type: ignore[
             assert conn.execute(select(Item.__table__)).all() == []
         with dw.backends.postgres.connect() as conn:
             assert conn.execute(select(Item.__table__)).all() == []
+    finally:
+        dw.close()
+
+
+class Basket(Base):
+    __tablename__ = "orm_baskets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    eggs: Mapped[list[Egg]] = relationship(cascade="all, delete-orphan")
+
+
+class Egg(Base):
+    __tablename__ = "orm_eggs"
+    basket_id: Mapped[int] = mapped_column(ForeignKey("orm_baskets.id"), primary_key=True)
+    n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+def test_orphans_removed_by_a_delete_orphan_cascade_are_captured(settings) -> None:  # type: ignore[no-untyped-def]
+    """The flush deletes an orphan without it ever being in session.deleted: its delete still reaches Postgres."""
+    dw = prepared_writer(settings, Tables.of(Base.metadata, only=["orm_baskets", "orm_eggs"]), phase="dual_write")
+    try:
+        with dw.session() as session:
+            session.add(Basket(id=1, eggs=[Egg(n=1), Egg(n=2), Egg(n=3)]))
+        with dw.session() as session:
+            basket = session.get(Basket, 1)
+            basket.eggs.remove(next(e for e in basket.eggs if e.n == 2))  # type: ignore[union-attr]
+        eggs = Egg.__table__
+        for engine in (dw.backends.sqlite_read, dw.backends.postgres):
+            with engine.connect() as conn:
+                assert conn.execute(select(eggs.c.n).order_by(eggs.c.n)).scalars().all() == [1, 3], engine.url
+    finally:
+        dw.close()
+
+
+class Mood(enum.Enum):
+    calm = "c"
+    angry = "a"
+
+
+class Person(Base):
+    __tablename__ = "orm_people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mood: Mapped[Mood] = mapped_column(Enum(Mood, name="orm_mood"))
+    shout: Mapped[Mood | None] = mapped_column(
+        Enum(Mood, name="orm_shout", values_callable=lambda e: [m.value for m in e])
+    )
+
+
+def test_enum_columns_reach_the_other_side_as_stored(settings) -> None:  # type: ignore[no-untyped-def]
+    """An Enum column's images carry the string the database stores (the member name, or its value with
+    values_callable), so Core and ORM writes of Python enum members apply on the other side."""
+    dw = prepared_writer(settings, Tables.of(Person.__table__), phase="dual_write")
+    try:
+        with dw.session() as session:
+            session.add(Person(id=1, mood=Mood.angry, shout=Mood.calm))
+        dw.execute(insert(Person.__table__).values(id=2, mood=Mood.calm, shout=None))
+        people = Person.__table__
+        for engine in (dw.backends.sqlite_read, dw.backends.postgres):
+            with engine.connect() as conn:
+                assert conn.execute(select(people).order_by(people.c.id)).all() == [
+                    (1, Mood.angry, Mood.calm),
+                    (2, Mood.calm, None),
+                ], engine.url
+                raw = conn.execute(select(people.c.mood.cast(String), people.c.shout.cast(String))).all()
+                assert sorted(raw, key=str) == sorted([("angry", "c"), ("calm", None)], key=str)
     finally:
         dw.close()
