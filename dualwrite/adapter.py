@@ -55,6 +55,27 @@ def _events_written(backend: str) -> Any:
     return metrics.EVENTS_WRITTEN.labels(backend)
 
 
+def _in_read_session(fn: Callable[[Any], T], session_kw: dict[str, Any]) -> Callable[[Connection], T]:
+    """`fn(session)` as a `fn(connection)`: a fresh read-only Session on the read connection per call (so
+    a shadow comparison's control and candidate never share objects)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    def run(conn: Connection) -> T:
+        session = Session(bind=conn, autoflush=False, **session_kw)
+        event.listen(session, "before_flush", _refuse_flush)
+        try:
+            return fn(session)
+        finally:
+            session.close()  # the objects are detached with what they loaded (close() does not expire them)
+
+    return run
+
+
+def _refuse_flush(_session: Any, _ctx: Any, _objs: Any) -> None:
+    raise ValueError("a dw.read(..., orm=True) session is read-only: write with dw.session() or dw.begin()")
+
+
 class DualWriter:
     """Writes through the primary with change capture and applies them to the other side; reads from the
     backend the phase names. `tables` are the application's captured tables (anything `Tables.of`
@@ -189,12 +210,24 @@ class DualWriter:
         self,
         store: str,
         query: str,
-        fn: Callable[[Connection], T],
+        fn: Callable[[Any], T],
         *,
         params: dict[str, Any] | None = None,
         ordered: bool = True,
+        orm: bool = False,
+        **session_kw: Any,
     ) -> T:
-        """Run a read on the backend the phase names; a shadow reader (if installed) may compare it."""
+        """Run `fn` in a read transaction on the backend the phase names; a shadow reader (if installed)
+        may run it on the other backend too and compare the results.
+
+        `fn` gets a Connection, or with `orm=True` an ORM Session bound to that connection (`session_kw`
+        go to the Session): `lambda s: s.scalars(select(Note)).all()` returns Note objects, compared by
+        their mapped values. The session is read-only (a flush raises) and closed when `fn` returns; the
+        objects keep what was loaded (load relationships inside `fn`, e.g. with selectinload)."""
+        if orm:
+            fn = _in_read_session(fn, session_kw)
+        elif session_kw:
+            raise TypeError(f"read() got session options {sorted(session_kw)} without orm=True")
         phase = self.phases.current()
         if self.reader is not None:
             return self.reader.read(self.backends, phase, store, query, fn, params=params, ordered=ordered)

@@ -8,6 +8,7 @@ all compare equal; `canonical_text` / `row_hash` build on it (verify uses them f
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -82,9 +83,44 @@ class Normalizer:
             if isinstance(value, set | frozenset):
                 out.sort(key=sort_key)
             return out
+        if isinstance(value, enum.Enum):
+            return {"$enum": f"{type(value).__name__}.{value.name}"}
+        state = _instance_state(value)
+        if state is not None:
+            return self._mapped(state, ())
         if hasattr(value, "__iter__"):
             return [self.normalize(v) for v in value]
         return {"$repr": repr(value)}
+
+    def _mapped(self, state: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+        """An ORM object as its class, key and loaded mapped values (columns, and loaded relationships
+        with their objects in turn; one met again on the way down is named by its key alone). What is not
+        loaded is left out: reading it would query a database, and both sides' fn load the same."""
+        mapper = state.mapper
+        ident = state.identity if state.identity is not None else mapper.primary_key_from_instance(state.obj())
+        head = {ORM_CLASS: mapper.class_.__name__, ORM_KEY: [self.normalize(v) for v in ident]}
+        marker = (mapper.class_, tuple(ident))
+        if marker in path:
+            return {**head, "$ref": True}
+        loaded = state.dict
+        out = dict(head)
+        for attr in mapper.column_attrs:
+            if attr.key in loaded:
+                out[attr.key] = self.normalize(loaded[attr.key])
+        for rel in mapper.relationships:
+            if rel.key not in loaded:
+                continue
+            value, inner = loaded[rel.key], (*path, marker)
+            if value is None:
+                out[rel.key] = None
+            elif rel.uselist:
+                items = [self._mapped(_instance_state(v), inner) for v in value]
+                if not rel.order_by:  # no defined order: the databases may return any
+                    items.sort(key=sort_key)
+                out[rel.key] = items
+            else:
+                out[rel.key] = self._mapped(_instance_state(value), inner)
+        return out
 
     def result(self, value: Any, *, ordered: bool = True) -> Any:
         """A whole query result; with ordered=False a top-level sequence is compared as a multiset."""
@@ -95,6 +131,17 @@ class Normalizer:
 
 
 DEFAULT = Normalizer()
+# The normalized form of an ORM object carries these two keys (its class name and primary key).
+ORM_CLASS, ORM_KEY = "$orm", "$key"
+
+
+def _instance_state(value: Any) -> Any:
+    """The ORM InstanceState of a mapped object, else None (SQLAlchemy imported only when one shows up)."""
+    if getattr(value, "_sa_instance_state", None) is None:
+        return None
+    from sqlalchemy import inspect
+
+    return inspect(value, raiseerr=False)
 
 
 def sort_key(value: Any) -> str:
@@ -173,3 +220,73 @@ def diff_text(a: Any, b: Any, *, a_name: str = "control", b_name: str = "candida
     lb = json.dumps(b, sort_keys=True, indent=1, ensure_ascii=False, default=repr).splitlines()
     out = "\n".join(difflib.unified_diff(la, lb, a_name, b_name, lineterm="", n=2))
     return out if len(out) <= limit else out[:limit] + "\n... (truncated)"
+
+
+def row_differences(
+    a: Any, b: Any, *, a_name: str = "control", b_name: str = "candidate", limit: int = 20
+) -> list[str]:
+    """The rows of two normalized results that differ, each named: an ORM object by its class and key
+    (`Customer[5]: balance, tier`, `Order['…']: only in candidate`, nested relationships followed), other
+    rows by position (`row 3: amount`). At most `limit` lines."""
+    out: list[str] = []
+    _diff_rows(a, b, "", a_name, b_name, out)
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _name(obj: dict[str, Any]) -> str:
+    key = obj.get(ORM_KEY, [])
+    return f"{obj.get(ORM_CLASS)}[{', '.join(canonical_text(k) for k in key)}]"
+
+
+def _is_orm(value: Any) -> bool:
+    return isinstance(value, dict) and ORM_CLASS in value
+
+
+def _diff_rows(a: Any, b: Any, where: str, a_name: str, b_name: str, out: list[str]) -> None:
+    if a == b:
+        return
+    if _is_orm(a) and _is_orm(b) and _name(a) == _name(b):
+        _diff_object(a, b, where, a_name, b_name, out)
+        return
+    if isinstance(a, list) and isinstance(b, list):
+        if all(_is_orm(x) for x in a + b):
+            left, right = {_name(x): x for x in a}, {_name(x): x for x in b}
+            for name in [n for n in left if n not in right]:
+                out.append(f"{where}{name}: only in {a_name}")
+            for name in [n for n in right if n not in left]:
+                out.append(f"{where}{name}: only in {b_name}")
+            for name in [n for n in left if n in right]:
+                _diff_object(left[name], right[name], where, a_name, b_name, out)
+            return
+        for i in range(max(len(a), len(b))):
+            if i >= len(a) or i >= len(b):
+                out.append(f"{where}row {i}: only in {a_name if i < len(a) else b_name}")
+            elif a[i] != b[i]:
+                cols = _differing_keys(a[i], b[i])
+                out.append(f"{where}row {i}" + (f": {', '.join(cols)}" if cols else ""))
+        return
+    if _is_orm(a) or _is_orm(b):
+        out.append(f"{where}{_name(a) if _is_orm(a) else _name(b)}: {a_name} and {b_name} return other objects")
+
+
+def _diff_object(a: dict[str, Any], b: dict[str, Any], where: str, a_name: str, b_name: str, out: list[str]) -> None:
+    name = _name(a)
+    plain = [k for k in _differing_keys(a, b) if not (_nested(a.get(k)) or _nested(b.get(k)))]
+    if plain:
+        out.append(f"{where}{name}: {', '.join(plain)}")
+    for k in sorted(set(a) | set(b)):
+        if (_nested(a.get(k)) or _nested(b.get(k))) and a.get(k) != b.get(k):
+            _diff_rows(a.get(k), b.get(k), f"{where}{name}.{k} -> ", a_name, b_name, out)
+
+
+def _nested(value: Any) -> bool:
+    return _is_orm(value) or (isinstance(value, list) and bool(value) and all(_is_orm(x) for x in value))
+
+
+def _differing_keys(a: Any, b: Any) -> list[str]:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return []
+    return sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()

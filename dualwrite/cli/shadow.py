@@ -41,6 +41,8 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
         click.echo("A/A noise:   " + ", ".join(f"{k}={v}" for k, v in sorted(noise.items())))
     for s in samples:
         click.echo(f"\n{s['at']} {s['store']}/{s['query']} vs {s.get('candidate_backend', '?')} params={s['params']}")
+        for line in filter(None, s.get("rows", "").splitlines()):
+            click.echo(f"  differs: {line}")
         click.echo(s["diff"])
 
 

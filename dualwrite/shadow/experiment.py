@@ -31,7 +31,8 @@ CHUNK = 256  # top-level items compared or normalized between two pause() calls
 
 class MismatchError(AssertionError):
     def __init__(self, result: Result) -> None:
-        super().__init__(f"experiment {result.name!r} mismatched: {result.diff or ''}")
+        rows = "".join(f"\n  {r}" for r in result.rows)
+        super().__init__(f"experiment {result.name!r} mismatched:{rows}\n{result.diff or ''}")
         self.result = result
 
 
@@ -67,6 +68,7 @@ class Result:
     context: dict[str, Any] = field(default_factory=dict)
     diff: str | None = None
     error: str | None = None
+    rows: list[str] = field(default_factory=list)  # the differing rows, named (ORM objects by their key)
 
     @property
     def matched(self) -> bool:
@@ -186,14 +188,12 @@ class Experiment:
                 return False
         return True
 
-    def evaluate(
-        self, control: Observation, candidate: Observation, pause: Callable[[], None] | None = None
-    ) -> Result:
+    def evaluate(self, control: Observation, candidate: Observation, pause: Callable[[], None] | None = None) -> Result:
         """Compare two observations: match, mismatch, ignored or error (never raises).
 
         Equal raw values of the same types (shadow.normalize.identical) match without normalizing; with
         `pause`, long results are handled in slices with a pause() before each (a worker's yield point)."""
-        from dualwrite.normalize import diff_text
+        from dualwrite.normalize import diff_text, row_differences
 
         result = Result(self.name, "error", control, candidate, dict(self.context))
         try:
@@ -208,9 +208,7 @@ class Experiment:
                 da = {"exception": list(a)} if a else control.cleaned
                 db = {"exception": list(b)} if b else candidate.cleaned
             elif (
-                self._compare is None
-                and self._clean is None
-                and self._identical(control.value, candidate.value, pause)
+                self._compare is None and self._clean is None and self._identical(control.value, candidate.value, pause)
             ):
                 result.outcome = "match"
                 return result
@@ -233,6 +231,7 @@ class Experiment:
                     return result
             result.outcome = "mismatch"
             result.diff = diff_text(da, db)
+            result.rows = row_differences(da, db)
         except Exception as exc:
             result.outcome = "error"
             result.error = f"{type(exc).__name__}: {exc}"

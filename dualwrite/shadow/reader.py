@@ -392,6 +392,7 @@ class ShadowReader:
             "params": mask_params(params),
             "control": shown(result.control),
             "candidate": shown(result.candidate),
+            "rows": mask_text("\n".join(result.rows)),
             "diff": mask_text(result.diff or ""),
             "at": datetime.now(UTC).isoformat(),
         }

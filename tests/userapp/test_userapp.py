@@ -81,7 +81,7 @@ def test_a_writer_process_agrees_with_both_databases_and_a_plant_is_named(settin
         assert proc.popen.wait(120) == 0, proc.stderr.read_text()
         stats = proc.read_stats()
         assert stats["committed"] == 80 and stats["errors"] == 0, stats
-        assert stats["reads"] > 0 and stats["read_disagreements"] == 0, stats
+        assert stats["reads"] > 0 and stats["read_errors"] == 0 and stats["read_disagreements"] == 0, stats
         dw = prepared_writer(settings, app.tables(), phase="dual_write")
         try:
             engines = {"sqlite": dw.backends.sqlite_read, "postgres": dw.backends.postgres}
