@@ -157,10 +157,11 @@ def write_meta(conn: Connection, name: str, value: int) -> None:
     conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_={"value": value}))
 
 
-def move_sequences_past_keys(conn: Connection, tables: Iterable[Table]) -> None:
+def move_sequences_past_keys(conn: Connection, tables: Iterable[Table], floors: dict[str, int] | None = None) -> None:
     """On Postgres: move the serial/identity sequence of each table's single-column integer key past the
-    largest key, never lowering it. Rows copied or applied arrive with explicit ids, which do not advance
-    the sequence, so without this the first insert after Postgres becomes the primary would collide."""
+    largest key (and past `floors[table]`, e.g. the largest id SQLite handed out), never lowering it. Rows
+    copied or applied arrive with explicit ids, which do not advance the sequence, so without this the
+    first insert after Postgres becomes the primary would collide."""
     prep = conn.dialect.identifier_preparer
     for table in tables:
         pk = list(table.primary_key.columns)
@@ -170,7 +171,7 @@ def move_sequences_past_keys(conn: Connection, tables: Iterable[Table]) -> None:
         seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": name, "c": pk[0].name}).scalar()
         if seq is None:
             continue
-        top = conn.execute(select(func.max(pk[0]))).scalar() or 0
+        top = max(conn.execute(select(func.max(pk[0]))).scalar() or 0, (floors or {}).get(table.name, 0))
         # the last value handed out (a fresh sequence has handed out none): raise it to `top`, never lower
         used = f"(SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {seq})"
         raise_to = text(f"SELECT setval(CAST(:s AS regclass), :top, true) WHERE :top > {used}")

@@ -201,9 +201,12 @@ def flip_postponed(
             return FlipOutcome(False, current, current, None, "cancelled")
         gate = check(backends, tables, None, config)
         if gate.ok:
-            return flip(
+            out = flip(
                 backends, tables, reason=reason or "postponed flip: gate passed", hook=hook, config=config, actor=actor
             )
+            if out.moved or out.gate is None or deadline is not None and time.monotonic() - start >= deadline:
+                return out
+            gate = out.gate  # the flip's own check failed a moment later (e.g. a write landed): keep waiting
         waiting = "; ".join(f"{c.name}: {c.detail}" for c in gate.failing)
         now = time.monotonic()
         if waiting != last_said or now - said_at >= 10:

@@ -16,7 +16,7 @@ Between them the tables hold every shape the issue names:
 
 Every row carries `writer`, the name of the process that made it (see tests/userapp/writer.py): each writer
 changes only its own rows, and a foreign key never crosses writers, so one writer's log alone decides
-its rows' final state (see tests/userapp/expected.py).
+its rows' final state (see tests/userapp/state.py).
 """
 
 from __future__ import annotations

@@ -193,13 +193,27 @@ class State:
     ) -> State:
         """Every committed transaction of every log applied in its writer's order. A transaction without
         a final "committed" (failed, or cut off by a kill) is applied if `resolve(writer, n)` says its
-        ledger row exists; without `resolve` such a transaction is an error."""
-        state = cls(schema)
+        ledger row exists; without `resolve` such a transaction is an error.
+
+        Each writer's rows are worked out apart and then put together: a writer changes only its own rows,
+        but a key the database generates may be handed out again after another writer deleted its row
+        (SQLite reuses the largest rowid), and the logs do not say in which order two writers committed.
+        A key that two writers both hold at the end is an error."""
+        merged = cls(schema)
+        owner: dict[tuple[str, Key], str] = {}
         for path in paths:
+            mine, writer = cls(schema), str(path)
             for tx in read_log(path, schema):
-                if tx.status == "committed" or (tx.status != "committed" and _resolved(resolve, tx)):
-                    state.apply_tx(tx)
-        return state
+                if tx.status == "committed" or _resolved(resolve, tx):
+                    mine.apply_tx(tx)
+                writer = tx.writer
+            for table, rows in mine.rows.items():
+                for key, row in rows.items():
+                    if (table, key) in owner:
+                        raise LogError(f"{table}{list(key)} is held by both {owner[table, key]} and {writer}")
+                    owner[table, key] = writer
+                    merged.rows[table][key] = row
+        return merged
 
 
 def _resolved(resolve: Callable[[str, int], bool] | None, tx: Tx) -> bool:

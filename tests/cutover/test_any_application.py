@@ -1,0 +1,213 @@
+"""The whole cutover of an application dualwrite did not write (tests.userapp), as its users run it: three
+writer processes, started separately, write through the adapter (ORM and Core, with shadow reads) while
+the operator's CLI, in processes of its own, moves sqlite -> dual_write -> backfill -> shadow -> verify
+-> postgres_reads -> postgres_primary -> postgres. At the end the writers' logs, SQLite and Postgres agree
+row for row, and no write failed at any flip.
+
+The primary switch must move every sequence whichever process runs the flip: the bug this issue opened
+with was `dualwrite cutover flip` (another process than the application's) leaving Postgres' sequences
+at their start, so every insert after postgres_primary failed with `duplicate key value violates unique
+constraint`. Here the writers keep inserting rows with database-generated ids (customers, documents)
+across that flip and after it, and their ids continue above every id SQLite handed out.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from dualwrite.engines import Backends, sqlite_engine
+from dualwrite.shadow.reader import read_counts
+from tests.conftest import connection_args
+from tests.userapp.compare import differences
+from tests.userapp.fleet import ROOT, Fleet, env
+from tests.userapp.models import Base, Customer, Document
+from tests.userapp.state import Schema, State
+
+METADATA = ["--metadata", "tests.userapp.writer:tables"]
+# Per writer: a steady rate the gate's outbox_drained can pass under without the write fence (issue 15).
+RATE = 12
+
+
+def dualwrite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The operator's CLI, as its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+STEPS: list[tuple[str, float]] = []
+
+
+def step(name: str) -> None:
+    """Note when a step of the cutover ends (printed at the end: where the test's time goes)."""
+    STEPS.append((name, time.monotonic()))
+
+
+def flip(conn: list[str], to: str, deadline: float = 60) -> str:
+    out = ok(dualwrite("cutover", "flip", *conn, *METADATA, "--postpone", "--deadline", str(deadline), "--poll", "0.2"))
+    assert f"-> {to}" in out, out
+    step(f"flip {to} ({out.count('waiting')} waits)")
+    return out
+
+
+def wait(what: str, check, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def max_id(engine, model) -> int:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(select(func.max(model.id))).scalar() or 0
+
+
+def test_three_writer_processes_through_the_whole_cutover_from_the_cli(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    conn = connection_args(settings)
+    app_db = sqlite_engine(settings.sqlite_url)
+    Base.metadata.create_all(app_db)  # the application's own schema, made by the application
+    app_db.dispose()
+    STEPS[:] = [("start", time.monotonic())]
+    out = ok(dualwrite("init", *conn, *METADATA, "--create-tables"))
+    assert "created" in out, out
+    step("init")
+    backends = Backends(settings)
+    fleet = Fleet(tmp_path)
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        # Three application processes, each with its own relay and shadow reader, in phase sqlite.
+        fleet.start(settings, count=3, rate=RATE, reads=0.3, shadow=100, population=25, documents=0.5)
+        fleet.wait_committed(10, timeout=60)  # history that predates the copy
+        step("writers started")
+
+        flip(conn, "dual_write")
+        err = (tmp_path / "backfill.stderr").open("wb")
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *conn, *METADATA, "--chunk-size", "100",
+             "--rejects", str(tmp_path / "rejects.jsonl")],
+            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        err.close()
+        flip(conn, "shadow")  # waits for every table's copy
+        at = fleet.committed()
+        fleet.wait_committed(10, more_than=at)  # shadow reads compare SQLite with Postgres meanwhile
+        step("writes in shadow")
+        counts = read_counts(backends.redis, settings.namespace)
+        assert counts.get("match", 0) > 0 and counts.get("mismatch", 0) == 0, counts
+
+        report = tmp_path / "verify.json"
+        ok(dualwrite("verify", *conn, *METADATA, "--report", str(report)))
+        step("verify")
+        assert json.loads(report.read_text())["clean"]
+        flip(conn, "postgres_reads")
+        at = fleet.committed()
+        fleet.wait_committed(10, more_than=at)
+
+        sqlite_top = {m.__name__: max_id(backends.sqlite_read, m) for m in (Customer, Document)}
+        flipped_at = time.time()
+        flip(conn, "postgres_primary")
+        at = fleet.committed()
+        fleet.wait_committed(20, more_than=at)  # inserts now get their ids from Postgres' sequences
+        flip(conn, "postgres")
+        at = fleet.committed()
+        fleet.wait_committed(10, more_than=at)
+        fleet.stop()
+        step("writers stopped")
+        assert fleet.errors() == {}, fleet.errors()  # no write failed, at any flip
+        assert fleet.total("read_errors") == 0 and fleet.total("read_disagreements") == 0, fleet.stats()
+
+        # Every transaction the writers committed is in both databases, exactly; SQLite gets the last
+        # phase's changes from the replay (the daemon), so wait for it to catch up.
+        state = fleet.state(truth=backends.postgres)
+        engines = {"postgres": backends.postgres, "sqlite": backends.sqlite_read}
+        assert differences(state, backends.postgres, "postgres") == []
+        wait("the replay to bring SQLite up to date", lambda: not differences(state, backends.sqlite_read), 60, 0.5)
+        assert [d for label, e in engines.items() for d in differences(state, e, label)] == []
+        step("compared")
+
+        # Rows inserted after postgres_primary got ids from Postgres' sequences, above every SQLite id.
+        later = _inserted_after(fleet, state, flipped_at)
+        assert later["customers"] and min(later["customers"]) > sqlite_top["Customer"], (later, sqlite_top)
+        assert all(i > sqlite_top["Document"] for i in later["documents"]), (later, sqlite_top)
+        phases = {p for s in fleet.stats().values() for p in s["phases"]}
+        assert {"sqlite", "dual_write", "shadow", "postgres_reads", "postgres_primary", "postgres"} <= phases
+    finally:
+        print("\n".join(f"{name:28} {t - STEPS[0][1]:6.1f}s" for name, t in STEPS))
+        from dualwrite.shadow.reader import read_mismatches
+
+        for m in read_mismatches(backends.redis, settings.namespace, 5):
+            print("MISMATCH", m["query"], m["rows"], m["diff"][:3000])
+        fleet.kill()
+        if daemon is not None:
+            daemon.terminate()
+            try:
+                rc = daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                rc = daemon.wait()
+            backfill_log = (tmp_path / "backfill.stderr").read_text()
+        backends.close()
+    assert rc == 0, backfill_log[-3000:]
+
+
+def _inserted_after(fleet: Fleet, state: State, t: float) -> dict[str, list[int]]:
+    """Ids of customers and documents the writers inserted in transactions begun after `t`."""
+    from tests.userapp.state import read_log
+
+    schema = Schema.of(Base.metadata)
+    out: dict[str, list[int]] = {"customers": [], "documents": []}
+    for path in fleet.logs():
+        for tx in read_log(path, schema):
+            if tx.status == "committed" and tx.t0 > t:
+                for ch in tx.changes:
+                    if ch.op == "insert" and ch.table in out:
+                        out[ch.table].append(ch.key["id"])
+    return out
+
+
+def test_a_flip_from_another_process_moves_sequences_past_ids_still_in_flight(settings) -> None:  # type: ignore[no-untyped-def]
+    """Rows SQLite committed just before the switch may not have reached Postgres yet (their inline apply
+    or replay is on its way): the next Postgres id must still be above them, not above Postgres' max."""
+    from sqlalchemy import insert
+
+    from dualwrite.testing import prepared_writer
+    from tests.userapp.workload import Workload
+    from tests.userapp.writer import tables
+
+    dw = prepared_writer(settings, tables(), phase="postgres_reads")
+    try:
+        work = Workload(dw, "t", 1, State(Schema.of(Base.metadata)))
+        customers = Customer.__table__
+        ids = [dw.execute(insert(customers).values(**work._customer_values()))[0]["id"] for _ in range(3)]
+        with dw.backends.sqlite.begin() as conn:  # committed on SQLite, not applied to Postgres (yet)
+            for _ in range(2):
+                conn.execute(insert(customers).values(**work._customer_values()))
+        backends = dw.backends
+        assert (
+            ids == [1, 2, 3]
+            and max_id(backends.postgres, Customer) == 3
+            and max_id(backends.sqlite_read, Customer) == 5
+        )
+        out = ok(dualwrite("cutover", "flip", *connection_args(settings), *METADATA, "--force", "--reason", "drill"))
+        assert "postgres_reads -> postgres_primary" in out, out
+        (row,) = dw.execute(insert(customers).values(**work._customer_values()))  # now on Postgres
+        assert row["id"] == 6
+        assert max_id(backends.sqlite_read, Customer) == 6 and max_id(backends.postgres, Customer) == 6
+    finally:
+        dw.close()
