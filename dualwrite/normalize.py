@@ -28,6 +28,9 @@ class Normalizer:
     strip_trailing_spaces: bool = True
     parse_json_text: bool = True  # a JSON document stored as text equals the parsed document
     naive_datetimes_are_utc: bool = True
+    # Decimals compared exactly (verify: both sides read through the same Numeric column type) instead of
+    # as floats of `float_digits` digits (shadow reads: SQLite's SUM of a Numeric column is a float).
+    exact_decimals: bool = False
 
     def number(self, value: float | Decimal | int) -> Any:
         if isinstance(value, int):
@@ -37,6 +40,8 @@ class Normalizer:
                 return {"$f": str(value).lower()}
             if value == value.to_integral_value():
                 return int(value)
+            if self.exact_decimals:
+                return {"$dec": str(value.normalize())}
             value = float(value)
         if not math.isfinite(value):
             return {"$f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
@@ -131,6 +136,7 @@ class Normalizer:
 
 
 DEFAULT = Normalizer()
+VERIFY = Normalizer(exact_decimals=True)  # verify's: 1234567890123.4567 and ...4568 differ
 # The normalized form of an ORM object carries these two keys (its class name and primary key).
 ORM_CLASS, ORM_KEY = "$orm", "$key"
 

@@ -69,7 +69,9 @@ def verify(
             click.echo(f"  {mask_text(t.error)}")
         for kind in ("missing", "extra", "differing"):
             keys = getattr(t, kind)
+            if kind == "differing":  # each key with the columns that differ
+                keys = [f"{k} ({', '.join(t.columns.get(k, []))})" for k in keys]
             if keys:
-                click.echo(f"  {kind}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+                click.echo(f"  {kind}: {', '.join(mask_text(k) for k in keys[:10])}{' ...' if len(keys) > 10 else ''}")
     write_report(report_path, report.to_dict())
     sys.exit(2 if report.errored else (0 if report.clean else 1))

@@ -12,7 +12,8 @@ Algorithm (data-diff's):
    parts at existing keys of its bigger side and both databases sum the parts; otherwise it is split
    near the middle and both halves are hashed here.
 3. Keys found different are re-checked once after `recheck_delay` seconds (an in-flight change may
-   have reached one side only); only keys still different are reported.
+   have reached one side only); only keys still different are reported, each with the columns that
+   differ. `verify_tables` scans every table first and waits once for all of them.
 
 Report per table: rows on each side, `missing` (in SQLite, not Postgres), `extra` (in Postgres only),
 `differing` keys (key text, as in `_dw_versions`), and `queries` issued (scans, split points, fetches).
@@ -40,7 +41,7 @@ from dualwrite.bookkeeping import read_meta
 from dualwrite.engines import Backends
 from dualwrite.errors import first_line
 from dualwrite.events import ChangeEvent, key_text
-from dualwrite.normalize import DEFAULT, Normalizer, canonical_text
+from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
 from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.row_checksums import Key, Side, Summary
 
@@ -61,6 +62,7 @@ class TableReport:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     differing: list[str] = field(default_factory=list)
+    columns: dict[str, list[str]] = field(default_factory=dict)  # differing key -> the columns that differ
     queries: int = 0
     seconds: float = 0.0
     fixed: int = 0
@@ -83,6 +85,7 @@ class TableReport:
         for k in ("missing", "extra", "differing"):
             d[f"{k}_count"] = len(self._keys.get(k, getattr(self, k)))
             d[k] = d[k][:MAX_KEYS_REPORTED]
+        d["differing_columns"] = d.pop("columns")
         return d
 
 
@@ -113,7 +116,7 @@ class TableVerifier:
         segment_rows: int = 10_000,
         leaf_rows: int = 64,
         recheck_delay: float = 0.0,
-        normalizer: Normalizer = DEFAULT,
+        normalizer: Normalizer = VERIFY,
         in_database: bool = True,
     ) -> None:
         self.table = table
@@ -124,10 +127,11 @@ class TableVerifier:
         self.normalizer = normalizer
         # First pass in the databases (shadow.sqlsum) when every column type has a rendering there and
         # the normalizer is the one those renderings implement; otherwise rows are hashed here.
-        cols = sqlsum.plan(table) if in_database and normalizer == DEFAULT else None
+        cols = sqlsum.plan(table) if in_database and normalizer in (DEFAULT, VERIFY) else None
         self.sql_cols = cols if cols is not None and sqlsum.supported_keys(table, cols) else None
         self.method = "python"
         self._queries: list[sqlsum.ChunkQuery] = []
+        self.columns: dict[Key, list[str]] = {}  # differing key -> the columns that differ (last diff)
 
     @property
     def queries(self) -> int:
@@ -228,12 +232,12 @@ class TableVerifier:
     def _diff(self, srows: dict[Key, dict[str, Any]], prows: dict[Key, dict[str, Any]]) -> dict[str, set[Key]]:
         missing = set(srows) - set(prows)
         extra = set(prows) - set(srows)
-        differing = {
-            k
-            for k in set(srows) & set(prows)
-            if canonical_text(self.normalizer.normalize(srows[k]))
-            != canonical_text(self.normalizer.normalize(prows[k]))
-        }
+        differing = set()
+        for k in set(srows) & set(prows):
+            a, b = self.normalizer.normalize(srows[k]), self.normalizer.normalize(prows[k])
+            if canonical_text(a) != canonical_text(b):
+                differing.add(k)
+                self.columns[k] = sorted(c for c in a if canonical_text(a[c]) != canonical_text(b.get(c)))
         return {"missing": missing, "extra": extra, "differing": differing}
 
     def recheck(self, keys: Sequence[Key]) -> dict[str, set[Key]]:
@@ -244,8 +248,17 @@ class TableVerifier:
         return self._diff(srows, prows)
 
     def run(self) -> TableReport:
+        """scan(), then re-check its suspects after `recheck_delay` seconds."""
+        rep, found = self.scan()
+        if found and self.recheck_delay > 0:
+            time.sleep(self.recheck_delay)
+        return self.settle(rep, found)
+
+    def scan(self) -> tuple[TableReport, dict[str, set[Key]]]:
+        """The checksum pass and the bisection: the report so far and the keys found different (unchecked)."""
         start = time.perf_counter()
         rep = TableReport(self.table.name)
+        found: dict[str, set[Key]] = {}
         try:
             bounds, s_sums, p_sums = self.segments()
             rep.sqlite_rows = sum(s.count for s in s_sums)
@@ -261,22 +274,36 @@ class TableVerifier:
                     except Exception as exc:  # the exact Python bisection still finds the rows
                         log.warning("verify %s: in-database bisection failed (%r)", self.table.name, exc)
                 self.bisect(lo, hi, ss, ps, leaves)
-            found: dict[str, set[Key]] = {"missing": set(), "extra": set(), "differing": set()}
+            found = {"missing": set(), "extra": set(), "differing": set()}
             for lo, hi in leaves:
                 for kind, keys in self.diff_range(lo, hi).items():
                     found[kind] |= keys
-            suspects = sorted(set().union(*found.values()), key=repr)
+        except Exception as exc:
+            rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            found = {}
+        rep.queries = self.queries
+        rep.seconds = round(time.perf_counter() - start, 3)
+        return rep, (found if any(found.values()) else {})
+
+    def settle(self, rep: TableReport, found: dict[str, set[Key]]) -> TableReport:
+        """Re-read the suspects of scan() (when a recheck delay is set: an in-flight change may have reached
+        one side only) and record what still differs, with the differing columns."""
+        start = time.perf_counter()
+        try:
+            suspects = sorted(set().union(*found.values()), key=repr) if found else []
             if suspects and self.recheck_delay > 0:
-                time.sleep(self.recheck_delay)
                 found = self.recheck(suspects)
             for kind, keys in found.items():
                 ordered = sorted(keys, key=lambda k: tuple(map(repr, k)))
                 rep._keys[kind] = ordered
                 setattr(rep, kind, [key_text(list(k)) for k in ordered[:MAX_KEYS_REPORTED]])
+            rep.columns = {
+                key_text(list(k)): self.columns[k] for k in rep._keys.get("differing", [])[:MAX_KEYS_REPORTED]
+            }
         except Exception as exc:
             rep.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         rep.queries = self.queries
-        rep.seconds = round(time.perf_counter() - start, 3)
+        rep.seconds = round(rep.seconds + time.perf_counter() - start, 3)
         return rep
 
     # -- fix ------------------------------------------------------------------------------------------
@@ -314,10 +341,14 @@ def verify_tables(
     fix_with: Engine | None = None,
     **kw: Any,
 ) -> VerifyReport:
+    verifiers = [TableVerifier(table, sqlite, postgres, **kw) for table in tables]
+    scanned = [tv.scan() for tv in verifiers]
+    delay = float(kw.get("recheck_delay", 0.0))
+    if delay > 0 and any(found for _rep, found in scanned):
+        time.sleep(delay)  # once for every table's suspects, not once per table
     reports = []
-    for table in tables:
-        tv = TableVerifier(table, sqlite, postgres, **kw)
-        rep = tv.run()
+    for tv, (rep, found) in zip(verifiers, scanned, strict=True):
+        rep = tv.settle(rep, found)
         if fix_with is not None and rep.error is None and not rep.clean:
             try:
                 tv.fix(rep, fix_with)
