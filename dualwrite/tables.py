@@ -15,13 +15,15 @@ here; nothing falls back to a built-in list.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, Table, inspect
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, inspect
+from sqlalchemy.exc import SAWarning
 
-from dualwrite import cascade
+from dualwrite import cascade, casts
 from dualwrite.errors import ConfigError, UnknownTableError
 
 # Tables of dualwrite's own (the bookkeeping) and SQLite's, never captured.
@@ -112,10 +114,20 @@ class Tables:
 
     @classmethod
     def reflect(cls, engine: Engine, *, store: str = "app", only: Iterable[str] | None = None) -> Tables:
-        """Every table of a database (dualwrite's bookkeeping and SQLite's own excluded), as one store."""
+        """Every table of a SQLite database (dualwrite's bookkeeping and SQLite's own excluded), as one store.
+        Each column's type reads the stored values the way `dualwrite migrate` casts them (dualwrite.casts:
+        ISO or epoch timestamps as UTC, 0/1 and 'yes'/'no' booleans, JSON text, UUID text...) and is the
+        cast's type on Postgres, so verify compares what migrate wrote with the value it came from."""
         md = MetaData()
         names = [n for n in inspect(engine).get_table_names() if not n.startswith(OWN_PREFIXES)]
-        md.reflect(engine, only=names)
+        with warnings.catch_warnings():  # "did not recognize type 'UUID'": the casts below decide the types
+            warnings.simplefilter("ignore", SAWarning)
+            md.reflect(engine, only=names)
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                for table in md.tables.values():
+                    _cast_columns(conn, table)
+                conn.rollback()
         return cls.of(md, store=store, only=only)
 
     @classmethod
@@ -209,6 +221,20 @@ class Tables:
 
     def __repr__(self) -> str:
         return f"Tables({', '.join(self.names())})"
+
+
+def _cast_columns(conn: Connection, table: Table) -> None:
+    """Give each reflected column the SQLiteCast of its declared type (as migrate's schema plan does)."""
+    declared = {
+        row[1]: row[2] or ""
+        for row in conn.exec_driver_sql(f"SELECT * FROM pragma_table_xinfo({_sql_string(table.name)})")
+    }
+    for col in table.columns:
+        col.type = casts.SQLiteCast(casts.cast_for(declared.get(col.name, "")))
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _tables_of(source: Any) -> list[Table]:

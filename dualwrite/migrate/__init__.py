@@ -4,7 +4,7 @@
         [--cast table.column=type ...] [--rename table[.column]=name ...] [--dry-run] [--report FILE]
         [--rejects DIR] [--on-error reject|stop] [--resume] [--chunk-size N] [--versioned]
 
-Steps: reflect the file (schema.py, opened read-only) → casting rules (types.py, table in its docstring)
+Steps: reflect the file (schema.py, opened read-only) → casting rules (dualwrite.casts, table in its docstring)
 → refuse before loading if two names collide after Postgres' 63-byte truncation (the message names the
 `--rename` that fixes it) → create the tables WITHOUT foreign keys → copy (load.py: the backfill Copier's
 chunks, checkpoints in the chunk's transaction, bisection of refused chunks, rejects) → indexes and

@@ -1,7 +1,7 @@
 """Verification after a migration: per table, counts and an order-independent hash of every row on both
 sides, computed on the client in bounded memory (both sides streamed in primary-key order).
 
-Source rows go through the same casts as the load (types.py), rows rejected (by a cast, or by Postgres
+Source rows go through the same casts as the load (dualwrite.casts), rows rejected (by a cast, or by Postgres
 and listed in the reject file) are left out, and every value is put in one normal form (types.normal)
 before hashing, so the engines' own sums/hashes never have to agree. The row hashes are summed mod 2**64
 (as data-diff does), so the result does not depend on the engines' collations.
@@ -19,8 +19,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from dualwrite.convert import Dirty
 from dualwrite.events import key_text
-from dualwrite.migrate.convert import Dirty
 from dualwrite.migrate.schema import TablePlan, sq
 
 MASK = 2**64 - 1

@@ -3,7 +3,7 @@ constraints → foreign keys → views → identity sequences → verify.
 
 Resumable: the Copier checkpoints every chunk in the same transaction as its rows (`--resume` continues
 after the last committed chunk; the post-load steps skip what already exists). Dirty values are cast
-on the client (types.py) and rejected with the column and reason before the chunk reaches Postgres; a
+on the client (dualwrite.casts) and rejected with the column and reason before the chunk reaches Postgres; a
 row Postgres still refuses is isolated by the Copier's bisection. Either way the reject file gets one
 JSON line per row: table, key, column, value, reason (readers de-duplicate on (table, key)).
 """
@@ -29,10 +29,10 @@ from dualwrite.backfill.copy_format import copy_rows
 from dualwrite.backfill.cursor import Chunk
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.bookkeeping import create_bookkeeping
+from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
-from dualwrite.migrate.convert import Dirty
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
 log = logging.getLogger("dualwrite.migrate")

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.types import NullType
 
-from dualwrite.migrate import casts as T
+from dualwrite import casts as T
 
 PG_MAX_IDENT = 63
 ROWID_COLUMN = "_dw_rowid"

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, String, Table, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, String, Table, TypeDecorator, and_, or_, select, tuple_
 
 from dualwrite.apply.rule import pk_columns
 from dualwrite.normalize import DEFAULT, Normalizer, values_hash
@@ -49,7 +49,8 @@ class Side:
 
     def col(self, name: str) -> ColumnElement[Any]:
         c = self.table.c[name]
-        if self.pg and isinstance(c.type, String):
+        t = c.type.impl_instance if isinstance(c.type, TypeDecorator) else c.type  # e.g. a reflected SQLiteCast
+        if self.pg and isinstance(t, String):
             return c.collate("C")
         return c
 

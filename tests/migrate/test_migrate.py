@@ -291,7 +291,7 @@ def test_untyped_and_blob_values(tmp_path, pg_schema) -> None:  # type: ignore[n
 
 
 def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from dualwrite.migrate import casts, convert
+    from dualwrite import casts, convert
 
     monkeypatch.setattr(convert, "check_text", lambda v: v)  # let a NUL byte reach Postgres
     monkeypatch.setattr(casts, "_text_fast", lambda v: v)

@@ -113,3 +113,94 @@ def test_verify_of_exact_decimals_sees_the_fifteenth_digit(settings, tmp_path) -
         assert rep.differing == ["[1]"] and rep.columns == {"[1]": ["v"]}
     finally:
         dw.close()
+
+
+# A database as apps leave them: declared types SQLite does not enforce, values in several forms each.
+MESSY = """
+CREATE TABLE artists (ArtistId INTEGER PRIMARY KEY, Name NVARCHAR(120));
+CREATE TABLE genres (Code TEXT PRIMARY KEY, Label TEXT);
+CREATE TABLE invoices (
+    InvoiceId INTEGER PRIMARY KEY, ArtistId INTEGER REFERENCES artists(ArtistId), InvoiceDate DATETIME,
+    Total NUMERIC(10,2), Paid BOOLEAN, Meta JSON, Ref UUID, Scan BLOB, Rate REAL, Note, Due DATE
+);
+CREATE TABLE playlist_track (PlaylistId INTEGER, TrackId INTEGER, Position INT, PRIMARY KEY (PlaylistId, TrackId));
+"""
+MESSY_ROWS = {
+    "artists": [(1, "AC/DC"), (2, "Zoë Keating"), (3, "日本")],
+    "genres": [("rock", "Rock"), ("Jazz", "Jazz"), ("émo", "Emo")],
+    "invoices": [
+        (
+            1,
+            1,
+            "2009-01-01 00:00:00",
+            1.98,
+            1,
+            '{"b": 1, "a": [1, 2]}',
+            "6F9619FF-8B86-D011-B42D-00C04FC964FF",
+            b"\x00\x01",
+            0.1,
+            5,
+            "2009-01-01",
+        ),
+        (
+            2,
+            2,
+            "2009-01-02T10:11:12.123456Z",
+            2.675,
+            "yes",
+            "5",
+            "6f9619ff-8b86-d011-b42d-00c04fc964fe",
+            "text in a blob",
+            1.5,
+            "five",
+            1230768000,
+        ),
+        (3, 3, 1234567890, "3.5", "f", '[true, null, "x"]', None, None, None, None, "2009-01-03T00:00:00"),
+        (4, 1, "2010-06-30 23:59:59.5+02:00", 0.01, 0, "{}", None, b"", -2.25, 7.5, None),
+    ],
+    "playlist_track": [(1, 10, 1), (1, 11, 2), (2, 10, 1)],
+}
+
+
+def test_verify_reflects_a_migrate_loaded_database_as_migrate_cast_it(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`verify --reflect` reads each SQLite column the way `dualwrite migrate` cast it (ISO text, 'Z',
+    offsets and epoch seconds as one instant; 0/1/'yes'/'f' as booleans; 2.675 as numeric 2.68; JSON text;
+    UUID text in any case; text in a BLOB as its bytes), so a fresh migration verifies clean, and each
+    difference planted on Postgres is named."""
+    from tests.migrate.support import make_db, migrate
+
+    path = make_db(tmp_path / "app.db", MESSY, MESSY_ROWS)
+    result, report = migrate(path, settings.pg_schema, "--state-schema", settings.state_schema, tmp=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert all(t["verified"] for t in report["tables"])
+    assert path == str(settings.sqlite_path)  # the application's file, where the commands look
+    args = ["verify", *connection_args(settings), "--reflect", "--segment-rows", "2"]  # several key ranges
+    run = lambda name: CliRunner().invoke(main, [*args, "--report", str(tmp_path / name)])  # noqa: E731
+    clean = run("clean.json")
+    assert clean.exit_code == 0, clean.output
+
+    from dualwrite.engines import pg_engine
+
+    engine = pg_engine(settings)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text('UPDATE artists SET "Name" = \'Acdc\' WHERE "ArtistId" = 1'))  # a value
+            conn.execute(text('DELETE FROM playlist_track WHERE "PlaylistId" = 2'))  # a missing row
+            conn.execute(text("INSERT INTO genres VALUES ('pop', 'Pop')"))  # an extra row
+            conn.execute(text('UPDATE invoices SET "Meta" = \'{"a": [1, 3], "b": 1}\' WHERE "InvoiceId" = 1'))
+            conn.execute(text('UPDATE invoices SET "Total" = 2.6 WHERE "InvoiceId" = 2'))  # precision lost
+            # the wall clock kept, the zone changed: an instant two hours earlier
+            conn.execute(text("""UPDATE invoices SET "InvoiceDate" = '2009-01-01 00:00:00+02' WHERE "InvoiceId" = 1"""))
+            # not a difference: the same JSON, keys in another order (jsonb keeps its own order anyway)
+            conn.execute(text('UPDATE invoices SET "Meta" = \'[true, null, "x"]\' WHERE "InvoiceId" = 3'))
+    finally:
+        engine.dispose()
+    planted = run("planted.json")
+    assert planted.exit_code == 1, planted.output
+    doc = json.loads((tmp_path / "planted.json").read_text())
+    assert _found(doc) == {
+        "artists": {"differing": {"[1]": ["Name"]}},
+        "playlist_track": {"missing": ["[2,10]"]},
+        "genres": {"extra": ['["pop"]']},
+        "invoices": {"differing": {"[1]": ["InvoiceDate", "Meta"], "[2]": ["Total"]}},
+    }, planted.output

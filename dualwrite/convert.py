@@ -1,5 +1,6 @@
-"""Value converters for `dualwrite migrate`: one function per Postgres target type, turning a SQLite value
-into the value Postgres stores, or raising `Dirty` with the reject reason (casts.py picks the converter
+"""Value converters of the casting rules (`dualwrite migrate`, reflected columns): one function per Postgres
+target type, turning a SQLite value
+into the value Postgres stores, or raising `Dirty` with the reject reason (dualwrite.casts picks the converter
 for each column). Every text value is checked: invalid UTF-8 and NUL bytes are rejected (Postgres refuses
 both).
 """
@@ -252,5 +253,3 @@ def _varchar(n: int) -> Callable[[Any], str]:
         return s
 
     return conv
-
-

@@ -1,4 +1,6 @@
-"""Casting rules from SQLite's declared types (and affinities) to PostgreSQL, with value conversion.
+"""Casting rules from SQLite's declared types (and affinities) to PostgreSQL, with value conversion: what
+`dualwrite migrate` does to each column, and how `Tables.reflect` reads a SQLite file (SQLiteCast), so
+every command sees a reflected SQLite column the way migrate cast it.
 
 Rules (first match on the upper-cased declared type; `--cast table.column=type` overrides):
 
@@ -27,9 +29,12 @@ A rejected value sends the whole row to the reject file with (table, key, column
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -42,14 +47,17 @@ from sqlalchemy import (
     SmallInteger,
     Text,
     Time,
+    TypeDecorator,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, TIMESTAMP
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import NullType, TypeEngine
 
-from dualwrite.migrate.convert import (
+from dualwrite.convert import (
     INT16,
     INT64,
+    Dirty,
     _bool,
     _bytes,
     _date,
@@ -186,3 +194,61 @@ def cast_for(declared: str | None) -> Cast:
     if any(k in base for k in ("REAL", "FLOA", "DOUB")):  # rule 4
         return SIMPLE["double precision"]()
     return numeric(a, b) if a else numeric()  # rule 5: NUMERIC affinity
+
+
+# -- reflected columns, read as the casts read them -------------------------------------------------
+class SQLiteCast(TypeDecorator[Any]):
+    """The type of a column reflected from a SQLite file (`Tables.reflect`): SQLite's stored values are read
+    the way `dualwrite migrate` casts them (this module's rules, `cast.convert`), and on Postgres the column
+    is the cast's type. So the same Table reads what migrate wrote to Postgres and the SQLite value it came
+    from as equal Python values (verify), and creates migrate's schema on Postgres (`init --create-tables`).
+
+    A SQLite value the cast refuses (migrate rejected its row) is returned as stored. Values written to
+    SQLite (replicated images) are stored in SQLite's usual forms: UTC timestamps as
+    'YYYY-MM-DD HH:MM:SS.ffffff' (SQLAlchemy's), dates and times in ISO form, JSON as text, booleans as 1/0.
+    """
+
+    impl = NullType
+    cache_ok = True
+
+    def __init__(self, cast: Cast) -> None:
+        super().__init__()
+        self.cast = cast
+        self.impl = cast.sa_type  # DDL, type affinity and comparisons are the Postgres type's
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(NullType())  # the stored value, untouched: cast.convert reads it
+        return dialect.type_descriptor(self.cast.sa_type)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        kind = self.cast.kind
+        if kind == "ts" and isinstance(value, datetime):
+            utc = value.astimezone(UTC) if value.tzinfo is not None else value
+            return utc.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        if kind in ("date", "time") and isinstance(value, date | time):
+            return value.isoformat()
+        if kind == "json":
+            return json.dumps(value, ensure_ascii=False)
+        if kind == "bool":
+            return int(bool(value))
+        if kind == "dec" and isinstance(value, Decimal):
+            return str(value)  # SQLite's NUMERIC affinity stores it as an integer or a real, as it would
+        if kind == "bytes":
+            return bytes(value)
+        return str(value) if kind == "uuid" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            try:
+                value = self.cast.convert(value)
+            except Dirty:
+                return value  # as stored: migrate rejected this row, so it differs from Postgres' (absent) one
+            return json.loads(value) if self.cast.kind == "json" else value
+        if isinstance(value, memoryview):
+            return bytes(value)
+        return value
