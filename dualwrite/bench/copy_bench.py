@@ -95,7 +95,7 @@ def run(env: BenchEnv, n_rows: int, log: Any = print) -> dict[str, Any]:
     pg_url = env.postgres_url.replace("+psycopg2", "")
     r = _run(
         [sys.executable, "-m", "dualwrite", "migrate", "--sqlite", str(src), "--postgres", pg_url]
-        + ["--pg-schema", schema],
+        + ["--pg-schema", schema, "--state-schema", f"{schema}_state"],  # its own (dropped when it is done)
         cwd,
     )
     entry = {"method": "migrate", "wall_s": round(r["wall_s"], 3), "peak_rss_mib": r["rss_mib"]}

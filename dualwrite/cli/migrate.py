@@ -51,6 +51,11 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
 @click.option("--chunk-size", default=25_000, show_default=True)
 @click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
+@click.option(
+    "--keep-state",
+    is_flag=True,
+    help="keep the migration's own tables (state schema) after success; they always stay for --resume",
+)
 @click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
 def command(
     settings: Settings,
@@ -64,10 +69,13 @@ def command(
     resume: bool,
     chunk_size: int,
     versioned: bool,
+    keep_state: bool,
     max_chunks: int | None,
 ) -> None:
     """Copy a SQLite database (--sqlite, opened read-only) into PostgreSQL (--postgres, schema --pg-schema,
-    created if missing): schema with casting rules, data, constraints, verification."""
+    created if missing): schema with casting rules, data, constraints, verification. The migration's own
+    tables live in --state-schema and are dropped after success (unless --keep-state): the target schema
+    holds the source's tables and nothing else."""
     from dualwrite.migrate.load import MigrateError, Options, run
     from dualwrite.migrate.schema import parse_pairs
 
@@ -90,6 +98,8 @@ def command(
             chunk_size=chunk_size,
             versioned=versioned,
             max_chunks=max_chunks,
+            state_schema=settings.state_schema,
+            keep_state=keep_state,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -136,5 +146,6 @@ def command(
     if not outcome.verified or hard_fail:
         click.echo("migrate: NOT verified")
         sys.exit(1)
+    click.echo(f"migration state: {outcome.state}")
     click.echo("migrate: done, every table verified")
     sys.exit(0)

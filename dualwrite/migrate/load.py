@@ -28,10 +28,10 @@ from dualwrite.backfill.copier import DB_ERRORS, Copier, TableReport
 from dualwrite.backfill.copy_format import copy_rows
 from dualwrite.backfill.cursor import Chunk
 from dualwrite.backfill.rejects import RejectWriter
-from dualwrite.bookkeeping import create_bookkeeping
 from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
+from dualwrite.migrate import state as migration_state
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
@@ -58,6 +58,8 @@ class Options:
     versioned: bool = False  # claim _dw_versions per row (the apply rule) instead of a plain COPY
     max_chunks: int | None = None  # stop after this many chunks (then --resume)
     should_stop: Callable[[], bool] = lambda: False
+    state_schema: str = "_dualwrite"  # where the migration's own tables live (see state.py)
+    keep_state: bool = False  # keep them after success (they always stay after a stop, for --resume)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Outcome:
     views: list[dict[str, Any]] = field(default_factory=list)
     sequences: list[dict[str, Any]] = field(default_factory=list)
     rejects_file: str | None = None
+    state: str = "kept"  # what became of the migration's own tables: dropped | kept (why)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
 
@@ -89,6 +92,7 @@ class Outcome:
             "views": self.views,
             "sequences": self.sequences,
             "rejects_file": self.rejects_file,
+            "state": self.state,
             "plan": self.plan.as_dict(),
         }
 
@@ -207,7 +211,7 @@ def run(opts: Options) -> Outcome:
         if not opts.resume and reject_path.exists():
             reject_path.unlink()
         out.rejects_file = str(reject_path)
-    pg = postgres_engine(opts.postgres, opts.schema, pool_size=2)
+    pg = postgres_engine(opts.postgres, opts.schema, state_schema=opts.state_schema, pool_size=2)
     src = source_engine(opts.sqlite, plan.tables)
     try:
         t0 = time.perf_counter()
@@ -241,6 +245,15 @@ def run(opts: Options) -> Outcome:
             out.tables.append(_summary(p, reports.get(p.name), chk))
         out.phases["verify"] = time.perf_counter() - t1
         out.status = "done"
+        if not out.verified:
+            out.state = f"kept in schema {opts.state_schema} (not verified)"
+        elif opts.keep_state or opts.versioned:
+            why = "--keep-state" if opts.keep_state else "--versioned: the live setup's versions"
+            migration_state.forget(pg, opts.schema)
+            out.state = f"kept in schema {opts.state_schema} ({why})"
+        else:
+            dropped = migration_state.drop_created(pg, opts.schema)
+            out.state = "dropped" + (f": {', '.join(dropped)}" if dropped else " (nothing of its own was left)")
         return out
     finally:
         out.seconds = time.perf_counter() - started
@@ -267,6 +280,11 @@ def _summary(p: TablePlan, rep: TableReport | None, chk: TableCheck | None) -> d
 
 
 def _create(pg: Engine, plan: Plan, opts: Options) -> None:
+    if opts.resume and not migration_state.resumable(pg, [p.name for p in plan.tables]):
+        raise MigrateError(
+            f"--resume: no checkpoints of these tables in schema {opts.state_schema!r} (a migration that "
+            "finished drops them unless --keep-state): nothing to resume"
+        )
     with pg.begin() as conn:
         conn.execute(CreateSchema(opts.schema, if_not_exists=True))
     with pg.begin() as conn:
@@ -277,9 +295,8 @@ def _create(pg: Engine, plan: Plan, opts: Options) -> None:
                 f"target table(s) already exist in schema {opts.schema!r}: {', '.join(clash)} "
                 "(use --resume to continue a migration, or drop them)"
             )
-        create_bookkeeping(conn, primary=False)
         plan.metadata.create_all(conn, checkfirst=True)
-    ckpt.ensure(pg)
+    migration_state.create(pg, opts.schema, resume=opts.resume)  # in the state schema, not opts.schema
     if not opts.resume:
         ckpt.reset(pg, [p.name for p in plan.tables])
 

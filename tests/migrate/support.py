@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
 from dualwrite.cli.migrate import command
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, state_schema_for
 
 
 def make_db(path: str | Path, script: str, rows: dict[str, list[tuple[Any, ...]]] | None = None) -> str:
@@ -30,6 +30,8 @@ def migrate(sqlite_path: str, schema: str, *args: str, tmp: Path | None = None) 
     report = (tmp or Path(sqlite_path).parent) / f"report-{schema}.json"
     rejects = (tmp or Path(sqlite_path).parent) / f"rejects-{schema}"
     argv = ["--sqlite", sqlite_path, "--postgres", PG_ADMIN_URL, "--pg-schema", schema]
+    if "--state-schema" not in args:  # the test's own, never the shared default (_dualwrite)
+        argv += ["--state-schema", state_schema_for(schema)]
     argv += ["--report", str(report), "--rejects", str(rejects), *args]
     result = CliRunner().invoke(command, argv, catch_exceptions=False)
     data = json.loads(report.read_text()) if report.exists() else {}
@@ -77,7 +79,9 @@ def column_types(schema: str, table: str) -> dict[str, str]:
 
 
 def drop_schema(schema: str) -> None:
+    """The schema and the state schema migrate() gave it."""
     engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        for name in (schema, state_schema_for(schema)):
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
     engine.dispose()

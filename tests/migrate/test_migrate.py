@@ -240,11 +240,11 @@ def test_dry_run_changes_nothing(tmp_path, pg_schema) -> None:  # type: ignore[n
 
 def test_existing_tables_refused_without_resume(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
     db = make_db(tmp_path / "app.db", SCHEMA, base_rows())
-    assert migrate(db, pg_schema)[0].exit_code == 0
+    assert migrate(db, pg_schema, "--keep-state")[0].exit_code == 0
     again, _ = migrate(db, pg_schema)
     assert again.exit_code == 2 and "--resume" in again.output
-    resumed, rep = migrate(db, pg_schema, "--resume")  # everything done: verifies again
-    assert resumed.exit_code == 0, resumed.output and rep["verified"]
+    resumed, rep = migrate(db, pg_schema, "--resume")  # everything done (its state kept): verifies again
+    assert resumed.exit_code == 0 and rep["verified"], resumed.output
 
 
 def test_orphan_foreign_key_added_not_valid(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
@@ -309,7 +309,7 @@ def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, m
 
 def test_tampered_target_is_not_verified(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
     db = make_db(tmp_path / "app.db", SCHEMA, base_rows())
-    assert migrate(db, pg_schema)[0].exit_code == 0
+    assert migrate(db, pg_schema, "--keep-state")[0].exit_code == 0  # kept: --resume verifies again below
     fetch(pg_schema, "UPDATE pairs SET label = 'changed' WHERE n = 3 RETURNING n")
     result, rep = migrate(db, pg_schema, "--resume")
     assert result.exit_code == 1 and "NOT verified" in result.output

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, state_schema_for
 from tests.migrate.support import drop_schema, fetch, make_db, migrate, rejects
 
 SCRIPT = """
@@ -37,6 +37,9 @@ def dump(schema: str) -> dict[str, list]:
     }
 
 
+SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = :s"
+
+
 def reject_keys(db: str, schema: str) -> set[tuple[str, str]]:
     return {(r["table"], r["key"]) for r in rejects(db, schema)}
 
@@ -59,8 +62,14 @@ def test_chunk_budget_then_resume_equals_uninterrupted(tmp_path, pg_schema, refe
     assert 0 < sum(len(v) for v in dump_partial(pg_schema)) < 4500
     done, rep2 = migrate(db, pg_schema, "--chunk-size", "100", "--resume", *mode)
     assert done.exit_code == 0, done.output
-    versions = fetch(pg_schema, "SELECT count(*) FROM _dw_versions")[0][0]
-    assert versions == (sum(t["written"] for t in rep2["tables"]) if mode else 0)
+    # the migration's own tables were in the state schema all along; a plain copy drops them after success,
+    # a --versioned one keeps the versions (a live setup uses them)
+    state = state_schema_for(pg_schema)
+    if mode:
+        versions = fetch(state, "SELECT count(*) FROM _dw_versions")[0][0]
+        assert versions == sum(t["written"] for t in rep2["tables"])
+    else:
+        assert rep2["state"].startswith("dropped") and not fetch(pg_schema, SCHEMA_EXISTS, s=state)
     assert dump(pg_schema) == dump(reference)
     assert reject_keys(db, pg_schema) == reject_keys(db, reference)
     assert [(t["read"], t["written"], t["rejected"]) for t in rep2["tables"]] == [
@@ -79,13 +88,16 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
     rejects_dir = tmp_path / f"rejects-{pg_schema}"
     argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
     argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--pg-schema", pg_schema, "--rejects", str(rejects_dir)]
+    argv += ["--state-schema", state_schema_for(pg_schema)]
     argv += ["--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                copied = fetch(pg_schema, "SELECT coalesce(sum(rows_copied), 0) FROM _dw_backfill_checkpoints")[0][0]
+                copied = fetch(
+                    state_schema_for(pg_schema), "SELECT coalesce(sum(rows_copied), 0) FROM _dw_backfill_checkpoints"
+                )[0][0]
             except Exception:  # noqa: BLE001 - not created yet
                 copied = 0
             if copied >= 2000:
@@ -97,7 +109,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    status = fetch(pg_schema, "SELECT tbl, status FROM _dw_backfill_checkpoints")
+    status = fetch(state_schema_for(pg_schema), "SELECT tbl, status FROM _dw_backfill_checkpoints")
     assert any(s != "done" for _, s in status) or len(status) < 3, "the run finished before the kill"
     done, rep = migrate(db, pg_schema, "--chunk-size", "200", "--resume")
     assert done.exit_code == 0, done.output
@@ -110,12 +122,18 @@ def test_sigterm_stops_after_the_chunk_then_resume(tmp_path, pg_schema) -> None:
     db = build(tmp_path / "app.db", 6000)
     argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
     argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--pg-schema", pg_schema]
+    argv += ["--state-schema", state_schema_for(pg_schema)]
     argv += ["--rejects", str(tmp_path / f"rejects-{pg_schema}"), "--chunk-size", "50"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            if fetch(pg_schema, "SELECT coalesce(sum(rows_copied), 0) FROM _dw_backfill_checkpoints")[0][0] > 500:
+            if (
+                fetch(
+                    state_schema_for(pg_schema), "SELECT coalesce(sum(rows_copied), 0) FROM _dw_backfill_checkpoints"
+                )[0][0]
+                > 500
+            ):
                 break
         except Exception:  # noqa: BLE001 - not created yet
             pass
