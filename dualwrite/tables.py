@@ -137,15 +137,23 @@ class Tables:
         module, _, attr = spec.partition(":")
         if not module:
             raise ConfigError(f"--metadata {spec!r}: give module:attribute, e.g. myapp.models:Base")
+        name = attr or "metadata"
         try:
-            found = getattr(importlib.import_module(module), attr or "metadata")
+            loaded = importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"--metadata {spec!r}: cannot import {module!r} ({exc})") from None
-        except AttributeError:
-            missing = attr or "metadata"
-            raise ConfigError(f"--metadata {spec!r}: module {module!r} has no attribute {missing!r}") from None
+        except Exception as exc:  # the module itself fails while importing: say so in one line
+            raise ConfigError(f"--metadata {spec!r}: importing {module!r} failed: {_one_line(exc)}") from None
+        if not hasattr(loaded, name):
+            raise ConfigError(f"--metadata {spec!r}: module {module!r} has no attribute {name!r}")
+        found = getattr(loaded, name)
         if callable(found) and not isinstance(found, type | Table | MetaData):
-            found = found()
+            try:
+                found = found()
+            except (ConfigError, UnknownTableError):
+                raise
+            except Exception as exc:
+                raise ConfigError(f"--metadata {spec!r}: calling {name}() failed: {_one_line(exc)}") from None
         try:
             return cls.of(found)
         except TypeError as exc:
@@ -221,6 +229,10 @@ class Tables:
 
     def __repr__(self) -> str:
         return f"Tables({', '.join(self.names())})"
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 def _cast_columns(conn: Connection, table: Table) -> None:
