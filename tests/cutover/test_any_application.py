@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from dualwrite.engines import Backends, sqlite_engine
@@ -79,6 +80,18 @@ def max_id(engine, model) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_three_writer_processes_through_the_whole_cutover_from_the_cli(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cutover_under_writers(settings, tmp_path, rate=RATE, per_phase=10, documents=0.5)
+
+
+@pytest.mark.soak
+def test_soak_three_writer_processes_through_the_whole_cutover(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same at a higher rate with a few hundred transactions per writer in every phase."""
+    cutover_under_writers(settings, tmp_path, rate=40, per_phase=300, documents=1.0)
+
+
+def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: int, documents: float) -> None:  # type: ignore[no-untyped-def]
+    """The whole cutover from the CLI while three writer processes write at `rate` transactions per second
+    each, `per_phase` transactions per writer in each phase (twice that after postgres_primary)."""
     conn = connection_args(settings)
     app_db = sqlite_engine(settings.sqlite_url)
     Base.metadata.create_all(app_db)  # the application's own schema, made by the application
@@ -92,8 +105,8 @@ def test_three_writer_processes_through_the_whole_cutover_from_the_cli(settings,
     daemon: subprocess.Popen[bytes] | None = None
     try:
         # Three application processes, each with its own relay and shadow reader, in phase sqlite.
-        fleet.start(settings, count=3, rate=RATE, reads=0.3, shadow=100, population=25, documents=0.5)
-        fleet.wait_committed(10, timeout=60)  # history that predates the copy
+        fleet.start(settings, count=3, rate=rate, reads=0.3, shadow=100, population=25, documents=documents)
+        fleet.wait_committed(per_phase, timeout=60 + per_phase / rate)  # history that predates the copy
         step("writers started")
 
         flip(conn, "dual_write")
@@ -106,7 +119,9 @@ def test_three_writer_processes_through_the_whole_cutover_from_the_cli(settings,
         err.close()
         flip(conn, "shadow")  # waits for every table's copy
         at = fleet.committed()
-        fleet.wait_committed(10, more_than=at)  # shadow reads compare SQLite with Postgres meanwhile
+        fleet.wait_committed(
+            per_phase, more_than=at, timeout=60 + per_phase / rate
+        )  # shadow reads compare SQLite with Postgres meanwhile
         step("writes in shadow")
         counts = read_counts(backends.redis, settings.namespace)
         assert counts.get("match", 0) > 0 and counts.get("mismatch", 0) == 0, counts
@@ -117,16 +132,18 @@ def test_three_writer_processes_through_the_whole_cutover_from_the_cli(settings,
         assert json.loads(report.read_text())["clean"]
         flip(conn, "postgres_reads")
         at = fleet.committed()
-        fleet.wait_committed(10, more_than=at)
+        fleet.wait_committed(per_phase, more_than=at, timeout=60 + per_phase / rate)
 
         sqlite_top = {m.__name__: max_id(backends.sqlite_read, m) for m in (Customer, Document)}
         flipped_at = time.time()
         flip(conn, "postgres_primary")
         at = fleet.committed()
-        fleet.wait_committed(20, more_than=at)  # inserts now get their ids from Postgres' sequences
+        fleet.wait_committed(
+            2 * per_phase, more_than=at, timeout=60 + 2 * per_phase / rate
+        )  # inserts now get their ids from Postgres' sequences
         flip(conn, "postgres")
         at = fleet.committed()
-        fleet.wait_committed(10, more_than=at)
+        fleet.wait_committed(per_phase, more_than=at, timeout=60 + per_phase / rate)
         fleet.stop()
         step("writers stopped")
         assert fleet.errors() == {}, fleet.errors()  # no write failed, at any flip
