@@ -71,9 +71,11 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
     from dualwrite.engines import check_postgres, pg_engine, sqlite_engine
 
     check_postgres(settings)
-    tables = load_tables(settings, reflect, required=create_tables)
-    if tables is not None and not create_tables:
+    flag = click.get_current_context().get_parameter_source("metadata_spec") is click.core.ParameterSource.COMMANDLINE
+    if not create_tables and (flag or reflect):
         raise ConfigError("--metadata/--reflect given without --create-tables: init creates only dualwrite's tables")
+    # DUALWRITE_METADATA alone (exported for every command) does not ask for the application's tables
+    tables = load_tables(settings, reflect) if create_tables else None
     for name, engine, primary, app in (
         ("sqlite", sqlite_engine(settings.sqlite_url), True, None),
         ("postgres", pg_engine(settings), False, tables.tables() if tables is not None else None),

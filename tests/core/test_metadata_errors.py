@@ -32,7 +32,7 @@ BAD = [
 
 @pytest.fixture
 def modules(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    (tmp_path / "broken_models.py").write_text("raise RuntimeError(\"the app's own bug\\nsecond line\")\n")
+    (tmp_path / "broken_models.py").write_text('raise RuntimeError("the app\'s own bug\\nsecond line")\n')
     plain = "NUMBER = 42\n\n\ndef failing():\n    raise ValueError('no tables today')\n"
     (tmp_path / "plain_module.py").write_text(plain)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -58,3 +58,16 @@ def test_unknown_table_and_no_tables_at_all(settings) -> None:  # type: ignore[n
     _one_line_exit_2(["backfill", "run", *connection_args(settings), *app, "--table", "nope"], "'nope'")
     _one_line_exit_2(["verify", *connection_args(settings)], "which tables? give --metadata")
     _one_line_exit_2(["cutover", "flip", *connection_args(settings)], "which tables? give --metadata")
+
+
+def test_init_with_the_metadata_exported_creates_only_dualwrites_tables(settings) -> None:  # type: ignore[no-untyped-def]
+    """DUALWRITE_METADATA exported for every command is no request for the application's tables; the flag
+    without --create-tables is (a usage error); with --create-tables the exported spec is used."""
+    env = {"DUALWRITE_METADATA": "tests.userapp.writer:tables"}
+    plain = CliRunner(env=env).invoke(main, ["init", *connection_args(settings)])
+    assert plain.exit_code == 0 and "customers" not in plain.output, plain.output
+    _one_line_exit_2(
+        ["init", *connection_args(settings), "--metadata", "tests.userapp.writer:tables"], "--create-tables"
+    )
+    full = CliRunner(env=env).invoke(main, ["init", *connection_args(settings), "--create-tables"])
+    assert full.exit_code == 0 and "customers" in full.output, full.output
