@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, inspect
+from sqlalchemy import BigInteger, Column, Connection, Engine, MetaData, Table, inspect
 from sqlalchemy.exc import SAWarning
 
 from dualwrite import cascade, casts
@@ -113,11 +113,22 @@ class Tables:
         return cls(TableSpec(t, store, priority, tenant_column) for t in tables if not t.name.startswith(OWN_PREFIXES))
 
     @classmethod
-    def reflect(cls, engine: Engine, *, store: str = "app", only: Iterable[str] | None = None) -> Tables:
+    def reflect(
+        cls,
+        engine: Engine,
+        *,
+        store: str = "app",
+        only: Iterable[str] | None = None,
+        rowid_key: str | None = None,
+    ) -> Tables:
         """Every table of a SQLite database (dualwrite's bookkeeping and SQLite's own excluded), as one store.
         Each column's type reads the stored values the way `dualwrite migrate` casts them (dualwrite.casts:
         ISO or epoch timestamps as UTC, 0/1 and 'yes'/'no' booleans, JSON text, UUID text...) and is the
-        cast's type on Postgres, so verify compares what migrate wrote with the value it came from."""
+        cast's type on Postgres, so verify compares what migrate wrote with the value it came from.
+
+        A table without a primary key is refused, unless `rowid_key` names the column that holds its rowid
+        (migrate's `_dw_rowid` on Postgres): it is then added as the key, and the table is marked
+        (`table.info["rowid_key"]`) for a reader that shows SQLite's rowid under that name (rowid_views)."""
         md = MetaData()
         names = [n for n in inspect(engine).get_table_names() if not n.startswith(OWN_PREFIXES)]
         with warnings.catch_warnings():  # "did not recognize type 'UUID'": the casts below decide the types
@@ -128,7 +139,28 @@ class Tables:
                 for table in md.tables.values():
                     _cast_columns(conn, table)
                 conn.rollback()
+        if rowid_key is not None:
+            for table in md.tables.values():
+                if not table.primary_key.columns and rowid_key not in table.c:
+                    table.append_column(Column(rowid_key, BigInteger, primary_key=True, autoincrement=False))
+                    table.info["rowid_key"] = rowid_key
         return cls.of(md, store=store, only=only)
+
+    def rowid_views(self) -> list[str]:
+        """SQLite statements that show each table reflected with a `rowid_key` under its own name, its rowid
+        in that column (TEMP VIEWs, which SQLite resolves before the table: run them on each connection of
+        a read engine)."""
+        out = []
+        for t in self.tables():
+            key = t.info.get("rowid_key")
+            if key:
+                taken = {c.name.lower() for c in t.columns if c.name != key}
+                alias = next(a for a in ("rowid", "_rowid_", "oid") if a not in taken)
+                name = _sql_ident(t.name)
+                out.append(
+                    f"CREATE TEMP VIEW IF NOT EXISTS {name} AS SELECT {alias} AS {_sql_ident(key)}, * FROM main.{name}"
+                )
+        return out
 
     @classmethod
     def load(cls, spec: str) -> Tables:
@@ -247,6 +279,10 @@ def _cast_columns(conn: Connection, table: Table) -> None:
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_ident(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
 
 
 def _tables_of(source: Any) -> list[Table]:

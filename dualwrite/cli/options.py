@@ -121,8 +121,11 @@ def tables_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def load_tables(settings: Settings, reflect: bool = False, *, required: bool = True) -> Any:
-    """The application's Tables (see the module docstring); None when not required and not given."""
+def load_tables(
+    settings: Settings, reflect: bool = False, *, required: bool = True, rowid_key: str | None = None
+) -> Any:
+    """The application's Tables (see the module docstring); None when not required and not given.
+    `rowid_key`: with --reflect, tables without a primary key are keyed by it (Tables.reflect)."""
     from dualwrite.engines import sqlite_read_engine
     from dualwrite.tables import Tables
 
@@ -134,7 +137,7 @@ def load_tables(settings: Settings, reflect: bool = False, *, required: bool = T
         existing_sqlite(settings)
         engine = sqlite_read_engine(settings.sqlite_url)
         try:
-            return Tables.reflect(engine)
+            return Tables.reflect(engine, rowid_key=rowid_key)
         finally:
             engine.dispose()
     if required:

@@ -4,6 +4,7 @@ bisection to the row), for the application's tables."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -17,6 +18,24 @@ from dualwrite.cli.options import (
     write_report,
 )
 from dualwrite.settings import Settings, mask_text
+
+
+def _rowid_reader(settings: Settings, views: list[str]) -> Any:
+    """A SQLite read engine whose connections show rowid tables with their rowid as a column (None: none)."""
+    if not views:
+        return None
+    from sqlalchemy import event
+
+    from dualwrite.engines import sqlite_read_engine
+
+    engine = sqlite_read_engine(settings.sqlite_url)
+
+    @event.listens_for(engine, "connect")
+    def _views(dbapi_conn: Any, _record: object) -> None:
+        for sql in views:
+            dbapi_conn.execute(sql)
+
+    return engine
 
 
 @click.command()
@@ -44,19 +63,24 @@ def verify(
 ) -> None:
     """Compare every row of SQLite and Postgres (checksums over key ranges, bisection).
     Exit 0 identical, 1 differences found, 2 error."""
+    from dualwrite.migrate.schema import ROWID_COLUMN
     from dualwrite.verify.verifier import verify_backends
 
     check_report_path(report_path)
-    tables = load_tables(settings, reflect)
+    # reflected: a table without a primary key is compared by its rowid, which migrate keeps in _dw_rowid
+    tables = load_tables(settings, reflect, rowid_key=ROWID_COLUMN)
     wanted = csv(table_lists)
     chosen = tables.select(names=wanted) if wanted else tables
     backends = open_backends(settings)
+    sqlite = _rowid_reader(settings, chosen.rowid_views())
     try:
         report = verify_backends(
-            backends, chosen.tables(), fix=fix, segment_rows=segment_rows, recheck_delay=recheck_delay
+            backends, chosen.tables(), fix=fix, sqlite=sqlite, segment_rows=segment_rows, recheck_delay=recheck_delay
         )
     finally:
         backends.close()
+        if sqlite is not None:
+            sqlite.dispose()
     for t in report.tables:
         state = "ERROR" if t.error else ("clean" if t.clean else "DIFFERENT")
         click.echo(

@@ -359,11 +359,18 @@ def verify_tables(
 
 
 def verify_backends(
-    backends: Backends, tables: Sequence[Table], *, fix: bool = False, store: bool = True, **kw: Any
+    backends: Backends,
+    tables: Sequence[Table],
+    *,
+    fix: bool = False,
+    store: bool = True,
+    sqlite: Engine | None = None,
+    **kw: Any,
 ) -> VerifyReport:
-    """verify_tables on a process's engines; remember the result in Redis for the cutover gate."""
+    """verify_tables on a process's engines (`sqlite`: another SQLite read engine, e.g. one showing rowids);
+    remember the result in Redis for the cutover gate."""
     fix_with = backends.postgres_apply if fix else None
-    report = verify_tables(tables, backends.sqlite_read, backends.postgres, fix_with=fix_with, **kw)
+    report = verify_tables(tables, sqlite or backends.sqlite_read, backends.postgres, fix_with=fix_with, **kw)
     if store:
         store_last(backends.redis, backends.settings.namespace, report, fixed=fix)
     return report

@@ -124,6 +124,7 @@ CREATE TABLE invoices (
     Total NUMERIC(10,2), Paid BOOLEAN, Meta JSON, Ref UUID, Scan BLOB, Rate REAL, Note, Due DATE
 );
 CREATE TABLE playlist_track (PlaylistId INTEGER, TrackId INTEGER, Position INT, PRIMARY KEY (PlaylistId, TrackId));
+CREATE TABLE logs (msg TEXT, at DATETIME);
 """
 MESSY_ROWS = {
     "artists": [(1, "AC/DC"), (2, "Zoë Keating"), (3, "日本")],
@@ -159,14 +160,16 @@ MESSY_ROWS = {
         (4, 1, "2010-06-30 23:59:59.5+02:00", 0.01, 0, "{}", None, b"", -2.25, 7.5, None),
     ],
     "playlist_track": [(1, 10, 1), (1, 11, 2), (2, 10, 1)],
+    "logs": [("started", "2024-01-01 00:00:00"), ("warn: é", 1700000000), ("stopped", None)],  # no key: rowid
 }
 
 
 def test_verify_reflects_a_migrate_loaded_database_as_migrate_cast_it(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`verify --reflect` reads each SQLite column the way `dualwrite migrate` cast it (ISO text, 'Z',
     offsets and epoch seconds as one instant; 0/1/'yes'/'f' as booleans; 2.675 as numeric 2.68; JSON text;
-    UUID text in any case; text in a BLOB as its bytes), so a fresh migration verifies clean, and each
-    difference planted on Postgres is named."""
+    UUID text in any case; text in a BLOB as its bytes; a table without a key by its rowid, which migrate
+    keeps in _dw_rowid), so a fresh migration verifies clean, and each difference planted on Postgres is
+    named."""
     from tests.migrate.support import make_db, migrate
 
     path = make_db(tmp_path / "app.db", MESSY, MESSY_ROWS)
@@ -186,6 +189,7 @@ def test_verify_reflects_a_migrate_loaded_database_as_migrate_cast_it(settings, 
         with engine.begin() as conn:
             conn.execute(text('UPDATE artists SET "Name" = \'Acdc\' WHERE "ArtistId" = 1'))  # a value
             conn.execute(text('DELETE FROM playlist_track WHERE "PlaylistId" = 2'))  # a missing row
+            conn.execute(text("UPDATE logs SET msg = 'tampered' WHERE _dw_rowid = 2"))  # in a rowid table
             conn.execute(text("INSERT INTO genres VALUES ('pop', 'Pop')"))  # an extra row
             conn.execute(text('UPDATE invoices SET "Meta" = \'{"a": [1, 3], "b": 1}\' WHERE "InvoiceId" = 1'))
             conn.execute(text('UPDATE invoices SET "Total" = 2.6 WHERE "InvoiceId" = 2'))  # precision lost
@@ -203,4 +207,5 @@ def test_verify_reflects_a_migrate_loaded_database_as_migrate_cast_it(settings, 
         "playlist_track": {"missing": ["[2,10]"]},
         "genres": {"extra": ['["pop"]']},
         "invoices": {"differing": {"[1]": ["InvoiceDate", "Meta"], "[2]": ["Total"]}},
+        "logs": {"differing": {"[2]": ["msg"]}},
     }, planted.output
