@@ -18,7 +18,7 @@ from dualwrite.bookkeeping import dialect_insert, outbox
 from dualwrite.events import ChangeEvent
 from dualwrite.phase import Phase
 from dualwrite.tables import Tables
-from dualwrite.types import utcnow
+from dualwrite.types import as_utc, timezone_aware, utcnow
 
 TENANT_COLUMNS = ("tenant_id", "tenant")
 
@@ -144,17 +144,19 @@ def op_of(stmt: Insert | Update | Delete) -> str:
 
 
 _Stored = dict[str, dict[Any, str]]
-_shapes: dict[int, tuple[Table, tuple[str, ...], tuple[str, ...], str | None, _Stored]] = {}
+_shapes: dict[int, tuple[Table, tuple[str, ...], tuple[str, ...], str | None, _Stored, tuple[str, ...]]] = {}
 
 
-def _shape(table: Table) -> tuple[tuple[str, ...], tuple[str, ...], str | None, _Stored]:
-    """(column names, key columns, tenant column, enum columns) of a table, worked out once."""
+def _shape(table: Table) -> tuple[tuple[str, ...], tuple[str, ...], str | None, _Stored, tuple[str, ...]]:
+    """(column names, key columns, tenant column, enum columns, timezone-aware columns) of a table, worked
+    out once."""
     hit = _shapes.get(id(table))
     if hit is None or hit[0] is not table:
         names = tuple(c.name for c in table.columns)
         tenant = next((c for c in TENANT_COLUMNS if c in names), None)
-        hit = _shapes[id(table)] = (table, names, pk_columns(table), tenant, _enum_columns(table))
-    return hit[1], hit[2], hit[3], hit[4]
+        aware = tuple(c.name for c in table.columns if timezone_aware(c.type))
+        hit = _shapes[id(table)] = (table, names, pk_columns(table), tenant, _enum_columns(table), aware)
+    return hit[1], hit[2], hit[3], hit[4], hit[5]
 
 
 def _enum_columns(table: Table) -> _Stored:
@@ -181,18 +183,24 @@ def image_of(table: Table, row: Sequence[Any]) -> dict[str, Any]:
 
 
 def events_from_images(table: Table, op: str, images: Sequence[dict[str, Any]]) -> list[ChangeEvent]:
-    _names, pk, tenant_col, enums = _shape(table)
+    """Events of row images. Values of timezone-aware columns are made aware UTC in the image (modified in
+    place; the one time-zone rule of types.py: SQLite hands them back naive); the key keeps the stored
+    values, since its text is the version key the backfill computes from the same SQLite rows."""
+    _names, pk, tenant_col, enums, aware = _shape(table)
     events = []
     for image in images:
         for col, stored in enums.items():
             if image.get(col) is not None:
                 image[col] = stored.get(image[col], image[col])
+        key = {c: image[c] for c in pk}
+        for c in aware:
+            image[c] = as_utc(image[c])
         tenant = None if tenant_col is None else image[tenant_col]
         events.append(
             ChangeEvent(
                 table=table.name,
                 op=op,
-                key={c: image[c] for c in pk},
+                key=key,
                 image=image if op == "upsert" else None,
                 tenant=None if tenant is None else str(tenant),
             )

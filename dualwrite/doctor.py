@@ -1,5 +1,6 @@
-"""`dualwrite doctor`: one line per backend, saying what is wrong and how to fix it, and a `schema` line
-for drift between the application's tables and the live ones.
+"""`dualwrite doctor`: one line per backend, saying what is wrong and how to fix it, a `timezone` line (the
+server's TimeZone and what dualwrite does about one that is not UTC), and a `schema` line for drift
+between the application's tables and the live ones.
 
 Capture copies exactly the model's columns (`RETURNING` of the Table's columns), so a column added on
 SQLite by an application migration that the model does not know is never carried to Postgres — a
@@ -15,9 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import Engine, Table, inspect, text
+from sqlalchemy import Engine, Table, create_engine, inspect, text
+from sqlalchemy.pool import NullPool
 
-from dualwrite.engines import check_postgres, pg_engine, sqlite_engine
+from dualwrite.engines import SESSION_TIMEZONE, check_postgres, pg_engine, sqlite_engine
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
@@ -45,6 +47,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
         out.append(
             ("postgres", True, f"{mask_url(settings.postgres_url)} (PostgreSQL {version}, schema {settings.pg_schema})")
         )
+        out.append(_timezone_line(settings))
     except ConfigError as exc:
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
     if tables is not None:
@@ -64,6 +67,30 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     finally:
         client.close()
     return out
+
+
+def _timezone_line(settings: Settings) -> tuple[str, bool, str]:
+    """The TimeZone a new session on this database gets (server, database or role setting). Not a failure:
+    dualwrite's own sessions always run in UTC, so the one rule (a naive value of a timezone-aware column
+    is UTC) holds whatever it is; but the application's own Postgres sessions read naive values in it."""
+    engine = create_engine(settings.postgres_url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            zone = str(conn.exec_driver_sql("SHOW TimeZone").scalar())
+    except Exception as exc:  # noqa: BLE001 - reported as a line
+        return ("timezone", False, f"cannot read the server's TimeZone: {first_line(exc)}")
+    finally:
+        engine.dispose()
+    if zone.upper() in ("UTC", "ETC/UTC", "UCT", "ETC/UCT", "ZULU", "ETC/ZULU", "GMT", "ETC/GMT"):
+        return ("timezone", True, f"server TimeZone {zone}")
+    return (
+        "timezone",
+        True,
+        f"server TimeZone is {zone}, not UTC: dualwrite's sessions run with TimeZone={SESSION_TIMEZONE}, so a "
+        f"naive value of a timezone-aware column is UTC on both sides (capture, apply, backfill COPY, verify); "
+        f"your application's own Postgres sessions still read naive values as {zone}: pass aware datetimes, "
+        "or set TimeZone=UTC for them (ALTER DATABASE ... SET TimeZone = 'UTC')",
+    )
 
 
 def _schema_line(

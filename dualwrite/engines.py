@@ -139,6 +139,18 @@ def search_path_option(schema: str, *more: str | None) -> str:
     return "-csearch_path=" + idents.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+# The one time-zone rule: a naive value of a timezone-aware column is UTC. Every Postgres session of
+# dualwrite runs with this TimeZone, whatever the server's or the database's setting, so a naive value
+# sent for a timestamptz column (SQLite hands them back for DateTime(timezone=True); the apply's casts,
+# COPY's text) is read as UTC, and timestamptz values come back in UTC (doctor reports another setting).
+SESSION_TIMEZONE = "UTC"
+
+
+def session_options(schema: str, *more: str | None) -> str:
+    """The libpq `options` of every dualwrite session: search_path (search_path_option) and TimeZone."""
+    return f"{search_path_option(schema, *more)} -cTimeZone={SESSION_TIMEZONE}"
+
+
 def postgres_engine(
     url: str,
     schema: str = "public",
@@ -150,7 +162,8 @@ def postgres_engine(
     autocommit: bool = False,
     pre_ping: bool = True,
 ) -> Engine:
-    """search_path: `schema`, then `state_schema` (where dualwrite's own tables live, see bookkeeping.py).
+    """search_path: `schema`, then `state_schema` (where dualwrite's own tables live, see bookkeeping.py);
+    TimeZone: UTC (SESSION_TIMEZONE).
     replica=True: sessions run with session_replication_role=replica, so foreign-key triggers do not
     fire while replicated row images are applied (the primary enforced them; events of different tables
     may arrive before the history they refer to is copied). Needs a superuser; otherwise FKs stay on.
@@ -161,7 +174,7 @@ def postgres_engine(
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
-        connect_args={"options": search_path_option(schema, state_schema), "connect_timeout": 5},
+        connect_args={"options": session_options(schema, state_schema), "connect_timeout": 5},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     if replica:

@@ -11,7 +11,9 @@ absent in events written by other producers, which are then applied to Postgres.
 
 Column values are JSON scalars where JSON is exact (null, bool, int of any size, finite float, str);
 everything else is a one-key object whose key starts with `$`:
-`{"$dt": iso-8601 with offset}` (aware datetime), `{"$ndt": iso}` (naive datetime), `{"$d": "YYYY-MM-DD"}`,
+`{"$dt": iso-8601 with offset}` (aware datetime), `{"$ndt": iso}` (naive datetime: a column without a
+time zone; capture carries values of timezone-aware columns as `$dt` in UTC, and the apply reads a naive
+value of such a column as UTC: the one rule of types.py), `{"$d": "YYYY-MM-DD"}`,
 `{"$t": "HH:MM:SS.ffffff"}`, `{"$b64": base64}` (bytes), `{"$dec": "123.450"}` (Decimal, exact),
 `{"$f": "nan" | "inf" | "-inf"}`, `{"$json": <any JSON value>}` (a JSON column's value, kept apart so
 a user dict can never be mistaken for a tag), `{"$uuid": "..."}`. Text is kept verbatim (NUL and

@@ -12,6 +12,12 @@
   NaN/infinity. Anything that reads SQLite rows must read them through these Table types, not raw SQL.
 
 An application may use them in its own models; dualwrite's bookkeeping tables use `UTCDateTime`.
+
+The one time-zone rule, everywhere (capture, events, apply, COPY, verify): a naive value of a
+timezone-aware column (`DateTime(timezone=True)`, `UTCDateTime`, a Postgres timestamptz) is UTC by
+definition. SQLite keeps no offset (SQLAlchemy's DateTime stores the wall time and hands it back naive),
+so `as_utc` makes such values aware at capture and before every apply, and dualwrite's Postgres sessions
+run with TimeZone UTC (engines.SESSION_TIMEZONE) for the values nobody converted.
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ from sqlalchemy.types import TypeEngine
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: Any) -> Any:
+    """A value of a timezone-aware column under the one rule: a naive datetime is UTC, an aware one is
+    converted to UTC (the same instant); anything else (None, a string) is returned as it is."""
+    if value.__class__ is not datetime and not isinstance(value, datetime):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def timezone_aware(type_: Any) -> bool:
+    """Whether a column type holds timezone-aware datetimes (DateTime(timezone=True), UTCDateTime, or a
+    TypeDecorator / variant built on one)."""
+    seen = 0
+    while isinstance(type_, TypeDecorator) and seen < 8:
+        type_ = type_.impl_instance
+        seen += 1
+    return isinstance(type_, DateTime) and bool(type_.timezone)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -1,5 +1,10 @@
 """Per-test isolation on the real local servers: a fresh SQLite file, a fresh Postgres schema and a
-unique Redis key prefix, all removed afterwards."""
+unique Redis key prefix, all removed afterwards.
+
+DUALWRITE_TEST_PG_TIMEZONE=America/New_York (any zone name) runs the whole suite against a Postgres whose
+TimeZone is not UTC: a private database is created on the shared server with `ALTER DATABASE ... SET
+TimeZone`, every test (and every subprocess, through DUALWRITE_TEST_POSTGRES_URL) uses it, and it is
+dropped at the end; private clusters (tests/servers.py) start with the same TimeZone."""
 
 from __future__ import annotations
 
@@ -11,15 +16,50 @@ from contextlib import contextmanager
 import pytest
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from dualwrite.settings import Settings, load_settings
 
-PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_SHARED_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_PG_TIMEZONE = os.environ.get("DUALWRITE_TEST_PG_TIMEZONE", "").strip()
+
+
+@contextmanager
+def database_in_timezone(zone: str, url: str = PG_SHARED_URL) -> Iterator[str]:
+    """A private database on `url`'s server whose sessions default to TimeZone `zone`; yields its URL and
+    drops it afterwards (it is ours: created here)."""
+    name = f"dw_tz_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'ALTER DATABASE "{name}" SET TimeZone = {_literal(zone)}'))
+        yield str(make_url(url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_tz_database = database_in_timezone(TEST_PG_TIMEZONE) if TEST_PG_TIMEZONE else None
+if _tz_database is not None:
+    # before any test module reads it: the whole run (and its subprocesses) uses the private database
+    os.environ["DUALWRITE_TEST_POSTGRES_URL"] = _tz_database.__enter__()
+PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", PG_SHARED_URL)
 REDIS_TEST_URL = os.environ.get("DUALWRITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", default=False, help="run long soak tests")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _tz_database is not None:
+        _tz_database.__exit__(None, None, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
 """Private server instances for tests that stop, restart or cut servers (never the shared ones):
 a redis-server and a PostgreSQL 15 cluster (initdb/pg_ctl as the postgres user), each on a random
-loopback port."""
+loopback port. Clusters take their TimeZone from DUALWRITE_TEST_PG_TIMEZONE when it is set."""
 
 from __future__ import annotations
 
@@ -105,6 +105,9 @@ class PrivatePostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        zone = os.environ.get("DUALWRITE_TEST_PG_TIMEZONE", "").strip()
+        if zone:  # the suite run against a Postgres whose TimeZone is not UTC (see tests/conftest.py)
+            opts += f" -c TimeZone={zone}"
         self._as_pg([PG_BIN / "pg_ctl", "-D", self.data, "-o", opts, "-l", self.dir / "log", "-w", "start"])
 
     def stop(self) -> None:

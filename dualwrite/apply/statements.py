@@ -25,7 +25,10 @@ assignment still enforces the column's length. Values with no JSON form fall bac
 same casts. SQLite (in-process, no round trips) gets a claim with RETURNING and an executemany of the winners.
 
 Values pass through each column type's own bind processor for the dialect (exactly what SQLAlchemy would
-apply), then to the driver as plain parameters.
+apply), then to the driver as plain parameters. Values of timezone-aware columns (the model's, or a
+timestamptz in the Postgres catalog) are made aware UTC first: a naive one is UTC by definition
+(types.as_utc), so the result never depends on a session's TimeZone, and SQLite's DateTime, which stores
+the wall time without its offset, gets the UTC wall time.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 
 from dualwrite.errors import SchemaDriftError
+from dualwrite.types import as_utc, timezone_aware
 
 # Bind parameters per statement, well under SQLite's 32766 (Postgres: psycopg binds client side).
 MAX_PARAMS = 30_000
@@ -88,6 +92,13 @@ class TableSQL:
         self._pk_active = [(j, self.procs[i]) for j, i in enumerate(self.pk_pos) if self.procs[i] is not None]
         prep = dialect.identifier_preparer
         self.postgres = dialect.name == "postgresql"
+        aware = {
+            i
+            for i, c in enumerate(table.columns)
+            if timezone_aware(c.type) or (pg_types or {}).get(c.name) == "timestamp with time zone"
+        }
+        self._aware = sorted(aware)
+        self._pk_aware = [j for j, i in enumerate(self.pk_pos) if i in aware]
         ph = self.ph = _placeholder(dialect)
 
         def q(name: str) -> str:
@@ -123,9 +134,7 @@ class TableSQL:
                 " ON CONFLICT (tbl, pk) DO UPDATE SET seq = excluded.seq WHERE _dw_versions.seq < excluded.seq"
                 " RETURNING pk"
             )
-            action = (
-                "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in nonpk) if nonpk else "DO NOTHING"
-            )
+            action = "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in nonpk) if nonpk else "DO NOTHING"
             self.upsert_sql = (
                 f"INSERT INTO {qt} ({', '.join(qcols)}) VALUES ({', '.join('?' for _ in qcols)}) "
                 f"ON CONFLICT ({', '.join(qpk)}) {action}"
@@ -146,12 +155,14 @@ class TableSQL:
         if len(row) > len(self.cols) or not self.colset.issuperset(row.keys()):
             self.check_columns(row)
         get = row.get
-        return self._bind([get(c) for c in self.cols], self._active)
+        return self._bind([get(c) for c in self.cols], self._active, self._aware)
 
     def key_params(self, key: Mapping[str, Any]) -> list[Any]:
-        return self._bind([key[c] for c in self.pk], self._pk_active)
+        return self._bind([key[c] for c in self.pk], self._pk_active, self._pk_aware)
 
-    def _bind(self, values: list[Any], active: list[tuple[int, Callable[[Any], Any]]]) -> list[Any]:
+    def _bind(self, values: list[Any], active: list[tuple[int, Callable[[Any], Any]]], aware: list[int]) -> list[Any]:
+        for i in aware:
+            values[i] = as_utc(values[i])
         for i, proc in active:
             values[i] = proc(values[i])
         if self.postgres:

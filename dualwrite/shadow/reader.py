@@ -46,7 +46,7 @@ import redis
 from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
-from dualwrite.engines import Backends, search_path_option
+from dualwrite.engines import Backends, session_options
 from dualwrite.normalize import DEFAULT, Normalizer
 from dualwrite.settings import mask_text
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
@@ -332,8 +332,8 @@ class ShadowReader:
             found = self._engines.get(id(owner))
             if found is not None and found[0] is owner:
                 return found[1]
-            settings = backends.settings  # the search_path of dualwrite.engines.postgres_engine
-            options = search_path_option(settings.pg_schema, settings.state_schema)
+            settings = backends.settings  # the session options of dualwrite.engines.postgres_engine
+            options = session_options(settings.pg_schema, settings.state_schema)
             timeout_ms = int(self.candidate_timeout * 1000)
             if timeout_ms > 0:
                 options += f" -cstatement_timeout={timeout_ms}"

@@ -47,6 +47,7 @@ def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None
     assert [line.split()[:2] for line in doctor.output.splitlines()] == [
         ["sqlite", "ok"],
         ["postgres", "ok"],
+        ["timezone", "ok"],
         ["schema", "ok"],
         ["redis", "ok"],
     ]
