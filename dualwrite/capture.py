@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from dualwrite import cascade
 from dualwrite.apply.statements import pk_columns
 from dualwrite.bookkeeping import dialect_insert, outbox
-from dualwrite.events import ChangeEvent
+from dualwrite.events import ChangeEvent, check_size
 from dualwrite.phase import Phase
 from dualwrite.tables import Tables
 from dualwrite.types import as_utc, timezone_aware, utcnow
@@ -245,7 +245,8 @@ def _created_at_processor(dialect: Dialect) -> Callable[[Any], Any] | None:
 
 
 def write_outbox(conn: Connection, events: list[ChangeEvent]) -> None:
-    """Give the events their seq (commit order: the last_seq row stays locked until commit) and store them."""
+    """Give the events their seq (commit order: the last_seq row stays locked until commit) and store them.
+    An event over events.MAX_EVENT_BYTES raises EventTooLargeError (the caller rolls the write back)."""
     if not events:
         return
     ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -259,7 +260,9 @@ def write_outbox(conn: Connection, events: list[ChangeEvent]) -> None:
         ev.seq = top - len(events) + 1 + i
         ev.ts = now
         ev.origin = origin
-        params += (ev.seq, ev.id, ev.table, ev.op, ev.to_json(), stamp)
+        payload = ev.to_json()
+        check_size(ev, payload)  # EventTooLargeError: the caller's transaction rolls back
+        params += (ev.seq, ev.id, ev.table, ev.op, payload, stamp)
     row = "(" + ", ".join([ph] * _OUTBOX_COLS) + ")"
     step = _OUTBOX_CHUNK * _OUTBOX_COLS
     for i in range(0, len(params), step):

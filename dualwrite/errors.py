@@ -20,6 +20,11 @@ class EventDecodeError(DualwriteError):
     """A stream event could not be decoded (poison): it goes to the dead-letter stream."""
 
 
+class EventTooLargeError(DualwriteError):
+    """A change's event would exceed MAX_EVENT_BYTES: the write is refused on the primary (nothing committed),
+    since no replayer could ever decode it."""
+
+
 class UnknownTableError(DualwriteError):
     """An event or request names a table that is not among the captured tables."""
 

@@ -32,11 +32,13 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from dualwrite.errors import EventDecodeError
+from dualwrite.errors import EventDecodeError, EventTooLargeError
 
 FORMAT_VERSION = 1
 OPS = ("upsert", "delete")
-# An event larger than this is refused by the decoder (a stream entry of this size is an attack or a bug).
+# The largest event (its UTF-8 JSON), checked where it is made (check_size, on the primary before commit:
+# a write whose event is larger is refused with EventTooLargeError) and again by the decoder (a stream
+# entry of this size that no primary wrote is an attack or a bug).
 MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
@@ -143,6 +145,21 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def check_size(ev: ChangeEvent, payload: str) -> None:
+    """Refuse an event whose JSON is over MAX_EVENT_BYTES, before it is committed with its change: it could
+    be committed and published, but never decoded, so its row would never reach the other side."""
+    if len(payload) * 4 <= MAX_EVENT_BYTES:  # at most 4 UTF-8 bytes a character: no encoding needed
+        return
+    size = len(payload.encode("utf-8", "surrogatepass"))
+    if size > MAX_EVENT_BYTES:
+        key = ", ".join(f"{k}={v!r}" for k, v in ev.key.items())[:200]
+        raise EventTooLargeError(
+            f"table {ev.table!r} row ({key}): its change event is {size:,} bytes ({size / 2**20:.1f} MiB), over "
+            f"the {MAX_EVENT_BYTES:,}-byte limit (events.MAX_EVENT_BYTES); the write was refused and nothing "
+            "committed: keep values this large outside the row (a file or object store)"
+        )
 
 
 def key_text(pk_values: list[Any] | tuple[Any, ...]) -> str:
