@@ -9,7 +9,17 @@
     # committed on the primary with its events; applied to the secondary; the relay publishes to Redis
 
 The primary is the truth: if the secondary apply still fails after a brief retry, the write succeeds,
-the failure is counted, and the replayer heals it from the stream (Settings.strict raises instead).
+the failure is counted, and the replayer heals it from the stream.
+
+Strict mode (Settings.strict, DUALWRITE_STRICT=1) applies to the other side BEFORE the primary commits,
+in a transaction of its own that is committed right after the primary's: if that apply fails (after the
+same brief retry) the primary is rolled back and SecondaryApplyError is raised, so nothing is committed
+anywhere and a retry by the application is safe; if the primary's commit fails, the other side's is
+rolled back. Once the primary has committed the write is never reported as failed: should the other
+side's COMMIT itself fail then (its connection lost in that instant), the failure is counted and logged
+and the replayer heals it, as outside strict mode. The cost: the primary's write lock (SQLite's database
+lock, Postgres' `last_seq` row, which every writer takes) is held across the other side's apply and
+commit, so strict writes are serialised over one more round trip each.
 """
 
 from __future__ import annotations
@@ -108,11 +118,16 @@ class DualWriter:
         conn, phase = self._open_primary()
         tx = WriteTx(conn, phase, self.tables)
         start = time.perf_counter()
+        held: Connection | None = None  # strict mode: the other side's open transaction
         try:
             yield tx
             write_outbox(conn, tx.events)
+            if self.settings.strict and phase.secondary and tx.events:
+                held = self._prepare_secondary(phase.secondary, tx.events)  # raises: nothing committed
             conn.commit()
         except BaseException:
+            if held is not None:
+                held.close()  # rolls the other side's transaction back
             conn.rollback()
             conn.close()
             raise
@@ -124,7 +139,9 @@ class DualWriter:
         if tx.events:
             _events_written(phase.primary).inc(len(tx.events))
             self.committed.notify()  # the relay publishes in its own thread, never on this path
-            if phase.secondary:
+            if held is not None:
+                self._commit_secondary(held, phase.secondary or "", tx.events, store)
+            elif phase.secondary:
                 self._apply_secondary(phase.secondary, tx.events, store, op)
                 # the whole write, both sides: only when there was a second side (none in sqlite/postgres)
                 _duration("dual", store, op).observe(time.perf_counter() - start)
@@ -190,10 +207,54 @@ class DualWriter:
                 events[-1].seq,
                 first_line(exc, 300),
             )
-            if self.settings.strict:
-                raise SecondaryApplyError(f"apply to {backend} failed: {first_line(exc)}") from exc
         finally:
             _duration(backend, store, op).observe(time.perf_counter() - start)
+
+    def _prepare_secondary(self, backend: str, events: list[ChangeEvent]) -> Connection:
+        """Strict mode, before the primary commits: apply `events` to `backend` in a transaction that is
+        left open (the caller commits it after the primary). Raises SecondaryApplyError after the brief
+        retry; the caller then rolls the primary back."""
+        error: BaseException | None = None
+        for attempt in range(APPLY_ATTEMPTS):
+            conn = self.backends.apply_engine(backend).connect()
+            try:
+                conn.begin()
+                apply_events(conn, self.tables.table, events)
+                return conn
+            except DBAPIError as exc:  # a dropped connection, a deadlock, a constraint: try again briefly
+                conn.close()
+                error = exc
+                if attempt < APPLY_ATTEMPTS - 1:
+                    time.sleep(0.01 * 2**attempt)
+            except Exception as exc:  # the events cannot be applied (schema drift, unknown table)
+                conn.close()
+                error = exc
+                break
+        store = self.tables.store(events[0].table)
+        metrics.SECONDARY_FAILURES.labels(store).inc()
+        raise SecondaryApplyError(
+            f"strict: apply to {backend} failed, so the write was rolled back and nothing committed: "
+            f"{first_line(error) if error else 'unknown error'}"
+        ) from error
+
+    def _commit_secondary(self, conn: Connection, backend: str, events: list[ChangeEvent], store: str) -> None:
+        """Strict mode, after the primary committed: commit the other side. A failure now is not the
+        application's (its write is committed): counted and logged; the replayer heals it."""
+        try:
+            conn.commit()
+        except Exception as exc:  # noqa: BLE001 - never report a committed write as failed
+            metrics.SECONDARY_FAILURES.labels(store).inc()
+            log.warning(
+                "strict: commit on %s failed after the primary committed %d event(s) (seq %d-%d); the replayer "
+                "will heal: %s",
+                backend,
+                len(events),
+                events[0].seq,
+                events[-1].seq,
+                first_line(exc, 300),
+            )
+        finally:
+            conn.close()
 
     def apply(self, backend: str, events: list[ChangeEvent]) -> None:
         """Apply events to `backend` in one transaction with the ordered, idempotent rule."""
