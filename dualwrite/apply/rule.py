@@ -14,6 +14,10 @@ delete's are two in one transaction (a DELETE inside the claim's statement would
 snapshot and miss a row an older apply committed while the claim waited). On SQLite the claim runs first
 and the winners are written in the same transaction.
 
+Unique constraints: a batch a unique constraint refuses (two rows exchanging a value inside one transaction)
+is applied again event by event in seq order, and an image that collides with a newer row is stale (see
+uniques.py): neither fails the inline apply nor makes a dead letter.
+
 Foreign keys are not enforced while applying (the apply engines of db.py: Postgres sessions run with
 session_replication_role = replica, as logical replication does; SQLite's has foreign_keys off): the
 primary already enforced them, and events of different tables may arrive before the history they refer
@@ -30,6 +34,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite.apply.statements import MAX_PARAMS, TableSQL, pk_columns, statements
+from dualwrite.apply.uniques import is_unique_violation, superseded
 from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent, key_text
 
@@ -67,6 +72,7 @@ class Plan:
     deletes: list[tuple[TableSQL, list[Item]]] = field(default_factory=list)
     upserts: list[tuple[TableSQL, list[Item]]] = field(default_factory=list)
     superseded: int = 0  # events dropped because a newer event of their key is in the same batch
+    events: list[ChangeEvent] = field(default_factory=list)  # the batch, for the ordered retry (uniques.py)
 
     def statement_count(self) -> int:
         """Statements on Postgres (a delete takes two: claim, then delete; SQLite is in-process)."""
@@ -102,6 +108,7 @@ def plan_events(conn: Connection | Engine, lookup: TableLookup, events: Sequence
             latest[key] = ev
         else:
             plan.superseded += 1
+    plan.events = list(events)
     by_table: dict[tuple[str, str], list[Item]] = {}
     tables = {name: statements.get(conn, lookup(name)) for name in pks}
     # key order: concurrent appliers lock version rows in the same order (fewer deadlocks)
@@ -136,21 +143,83 @@ def run_plan_direct(engine: Engine, plan: Plan) -> ApplyResult:
 
 
 def _run(ex: _SAExec | _RawExec, plan: Plan, own: bool) -> ApplyResult:
+    """The plan as one statement per table and op; if a unique constraint refuses it, the batch again
+    event by event in seq order (uniques.py). In the caller's transaction that retry needs a savepoint
+    around the first attempt: taken only when an event's table has a unique constraint besides its key."""
+    groups = list(plan.groups())
+    in_callers_tx = isinstance(ex, _SAExec) and not own
+    guard = in_callers_tx and bool(plan.events) and any(sql.has_uniques for _op, sql, _i in groups)
     result = ApplyResult(stale=plan.superseded)
     run = _Runner(ex, own)
+    if guard:
+        ex(f"SAVEPOINT {_SAVEPOINT}")
     try:
-        groups = list(plan.groups())
         for i, (op, sql, items) in enumerate(groups):
             try:
                 won = _run_group(run, op, sql, items, last=i == len(groups) - 1)
-            except DBAPIError:
-                statements.forget(ex.engine, sql.table)  # the table may have changed: re-read its catalog
+            except DBAPIError as exc:
+                if not is_unique_violation(exc):
+                    statements.forget(ex.engine, sql.table)  # the table may have changed: re-read its catalog
                 raise
             result.applied += won
             result.stale += len(items) - won
         run.finish()
+    except DBAPIError as exc:
+        if not (plan.events and is_unique_violation(exc)) or (in_callers_tx and not guard):
+            run.abort()
+            raise
+        if guard:
+            ex(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        else:
+            run.abort()  # autocommit or our own transaction: nothing of the attempt is left
+        return _run_ordered(ex, plan, groups, begin=not in_callers_tx)
     except BaseException:
         run.abort()
+        raise
+    if guard:
+        ex(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    return result
+
+
+_SAVEPOINT = "dw_apply"
+
+
+def _run_ordered(
+    ex: _SAExec | _RawExec, plan: Plan, groups: list[tuple[str, TableSQL, list[Item]]], *, begin: bool
+) -> ApplyResult:
+    """Every event of the batch on its own, in seq order (the primary's order of valid states), each in a
+    savepoint so that an image a newer row supersedes (uniques.superseded) is skipped as stale."""
+    by_name = {sql.name: sql for _op, sql, _items in groups}
+    result = ApplyResult()
+    run = _Runner(ex, False)
+    if begin:
+        ex("BEGIN")
+    try:
+        for ev in sorted(plan.events, key=lambda e: e.seq):
+            sql = by_name[ev.table]
+            values = sql.key_params(ev.key) if ev.op == "delete" else sql.image_params(ev.image or {})
+            item = (values, _key_text(ev.key, sql.pk), ev.seq)
+            ex(f"SAVEPOINT {_SAVEPOINT}_ev")
+            try:
+                won = _run_group(run, ev.op, sql, [item], last=False)
+            except DBAPIError as exc:
+                if not is_unique_violation(exc):
+                    raise
+                ex(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}_ev")
+                if not superseded(ex, exc, sql, values, ev.seq):
+                    raise
+                won = 0  # stale: a newer row holds the value (see uniques.py)
+            ex(f"RELEASE SAVEPOINT {_SAVEPOINT}_ev")
+            result.applied += won
+            result.stale += 1 - won
+        if begin:
+            ex("COMMIT")
+    except BaseException:
+        if begin:
+            try:
+                ex("ROLLBACK")
+            except Exception:  # noqa: BLE001 - a broken connection: never reuse it
+                ex.invalidate()
         raise
     return result
 
@@ -215,15 +284,17 @@ class _Runner:
                 sql = "BEGIN; " + sql
             else:
                 self.ex("BEGIN")
-        if self.own and commit and self.psycopg2:
-            sql, self.committed = sql + "; COMMIT", True
+        commits = self.own and commit and self.psycopg2
+        if commits:
+            sql += "; COMMIT"
         try:
             rows = self.ex(sql, params)
         except BaseException:
             if op is not None and self.psycopg2:  # whatever was prepared, use fresh names from now on
                 names["gen"] += 1
                 names["names"].clear()
-            raise
+            raise  # the COMMIT did not run (the server skips the rest of a failed string): abort() rolls back
+        self.committed = self.committed or commits
         if prepared:
             names["names"].add(prepared)
         return rows
@@ -275,9 +346,7 @@ def apply_events(conn: Connection, lookup: TableLookup, events: Sequence[ChangeE
     return run_plan(conn, plan_events(conn, lookup, events))
 
 
-def apply_snapshot_rows(
-    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], version: int
-) -> ApplyResult:
+def apply_snapshot_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], version: int) -> ApplyResult:
     """Apply rows read from the primary in one snapshot that reflects every change up to `version`."""
     sql = statements.get(conn, table)
     keyed = {key_text([r[c] for c in sql.pk]): r for r in rows}

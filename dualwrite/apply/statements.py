@@ -44,7 +44,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, UniqueConstraint
 from sqlalchemy.engine import Dialect
 
 from dualwrite.errors import SchemaDriftError
@@ -105,13 +105,20 @@ class TableSQL:
             quoted = prep.quote(name)
             return quoted.replace("%", "%%") if ph == "%s" else quoted  # a literal % next to pyformat params
 
-        qt = prep.format_table(table)
+        qt = self.regclass = prep.format_table(table)
         qt = self.qtable = qt.replace("%", "%%") if ph == "%s" else qt
         qcols = [q(c) for c in self.cols]
         qpk = [q(c) for c in self.pk]
+        self._q = dict(zip(self.cols, qcols, strict=True))
         nonpk = [qc for c, qc in zip(self.cols, qcols, strict=True) if c not in self.pk]
+        self.version_sql = f"SELECT seq FROM _dw_versions WHERE tbl = {ph} AND pk = {ph}"
+        pkset = set(table.primary_key.columns)
+        self.has_uniques = any(
+            isinstance(c, UniqueConstraint) and set(c.columns) != pkset for c in table.constraints
+        ) or any(ix.unique for ix in table.indexes)
+        self._types: dict[str, str] = {}
         if self.postgres:
-            types = {c: (pg_types or {}).get(c) or _fallback_type(table, c, dialect) for c in self.cols}
+            types = self._types = {c: (pg_types or {}).get(c) or _fallback_type(table, c, dialect) for c in self.cols}
             # a table of key columns only still updates something, so the write's effect is uniform
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in (nonpk or qpk[:1]))
             src_all = ", ".join(f"src.c{i}" for i in range(len(self.cols)))
@@ -140,6 +147,17 @@ class TableSQL:
                 f"ON CONFLICT ({', '.join(qpk)}) {action}"
             )
             self.delete_sql = f"DELETE FROM {qt} WHERE " + " AND ".join(f"{c} = ?" for c in qpk)
+
+    def collider_sql(self, cols: Sequence[str]) -> str:
+        """The keys of the rows other than one key (bound after the values) holding these values in
+        `cols` (see uniques.py)."""
+
+        def eq(c: str) -> str:
+            return f"{self._q[c]} = " + (f"CAST({self.ph} AS {self._types[c]})" if self.postgres else self.ph)
+
+        own = " AND ".join(eq(c) for c in self.pk)
+        keys = ", ".join(self._q[c] for c in self.pk)
+        return f"SELECT {keys} FROM {self.qtable} WHERE {' AND '.join(eq(c) for c in cols)} AND NOT ({own})"
 
     # -- values ------------------------------------------------------------------------------------
     def check_columns(self, row: Mapping[str, Any]) -> None:
