@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from dualwrite import metrics
 from dualwrite.errors import ConfigError
 from dualwrite.phase import PhaseStore
+from dualwrite.phase_record import PhaseRecord
 from dualwrite.settings import Settings, mask_text, mask_url
 
 T = TypeVar("T")
@@ -221,7 +222,8 @@ def mask_text_safe(text_: str, settings: Settings) -> str:
 
 
 class Backends:
-    """The connections of one process to SQLite, Postgres and Redis, and the shared phase.
+    """The connections of one process to SQLite, Postgres and Redis, and the shared phase (recorded in both
+    databases, with Redis as its fast copy).
 
     - `sqlite`: writes (BEGIN IMMEDIATE, the in-process writer lock); `sqlite_apply`: the same with foreign
       keys off, for replicated images; `sqlite_read`: deferred transactions, never the write lock.
@@ -239,13 +241,20 @@ class Backends:
         self.redis = redis_client or redis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
-        self.phases = phases or PhaseStore(self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds)
         self.sqlite = sqlite_engine(settings.sqlite_url)
         self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
         self.sqlite_read = sqlite_read_engine(settings.sqlite_url)
         self.postgres = pg_engine(settings)
         self.postgres_apply = pg_engine(settings, replica=True)
         self.postgres_direct = pg_engine(settings, replica=True, autocommit=True, pre_ping=False)
+        # the phase of record in both databases, Redis its fast copy (phase.py, phase_record.py)
+        record = PhaseRecord(
+            readers={"sqlite": self.sqlite_read, "postgres": self.postgres},
+            writers={"sqlite": self.sqlite, "postgres": self.postgres},
+        )
+        self.phases = phases or PhaseStore(
+            self.redis, settings.namespace, cache_seconds=settings.phase_cache_seconds, record=record
+        )
 
     def write_engine(self, backend: str) -> Engine:
         return self.sqlite if backend == "sqlite" else self.postgres

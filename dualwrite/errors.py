@@ -16,6 +16,10 @@ class PhaseError(DualwriteError):
     """A phase change was refused (too far forward, or a rollback past the last complete side)."""
 
 
+class PhaseUnknownError(DualwriteError):
+    """Neither Redis nor any database could be read for the phase: this process does not write."""
+
+
 class EventDecodeError(DualwriteError):
     """A stream event could not be decoded (poison): it goes to the dead-letter stream."""
 

@@ -279,7 +279,6 @@ def reset(
     )
     from dualwrite.backfill.throttle import live_workers
     from dualwrite.engines import pg_engine
-    from dualwrite.phase import PhaseStore
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     pg = pg_engine(settings, pool_size=1)
@@ -289,7 +288,11 @@ def reset(
         workers = [str(w.get("worker")) for w in live_workers(client, settings.namespace, pg)]
         if workers:
             fail(f"backfill worker(s) running: {', '.join(workers)}; stop them first", 1)
-        phase = PhaseStore(client, settings.namespace).current(fresh=True).name
+        backends = open_backends(settings)  # the phase of record, not only Redis' copy (it may be empty)
+        try:
+            phase = backends.phases.current(fresh=True).name
+        finally:
+            backends.close()
         if not keep_rows and phase in ROWS_LOCKED_PHASES:
             fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
         chosen = csv(table_names + table_lists) or tables_with_progress(pg)

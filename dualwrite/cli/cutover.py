@@ -13,6 +13,7 @@ from dualwrite.cli.options import (
     connection_options,
     load_tables,
     open_backends,
+    phase_lines,
     tables_options,
     write_report,
 )
@@ -161,10 +162,11 @@ def cutover_status(settings: Settings, reflect: bool, **cfg: Any) -> None:
     tables = load_tables(settings, reflect, required=False)
     backends = open_backends(settings)
     try:
-        phase = backends.phases.current(fresh=True)
-        click.echo(f"phase: {phase.name} (primary {phase.primary}, reads {phase.reads}, shadow {phase.shadow or '-'})")
-        for h in backends.phases.history(5):
-            click.echo(f"  {h['at']} {h['from']} -> {h['to']} by {h['by']}: {h['reason']}")
+        lines, known = phase_lines(backends)
+        for line in lines:
+            click.echo(mask_text(line))
+        if not known:  # no source of the phase answers: nothing below could be judged either
+            sys.exit(1)
         _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
         counts = read_counts(backends.redis, settings.namespace)
         click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))

@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 import click
-import redis
 
 from dualwrite import __version__
 from dualwrite.cli.options import connection_options, load_tables, one_line_errors, tables_options
@@ -113,15 +112,18 @@ def doctor(settings: Settings, reflect: bool) -> None:
 @click.option("--force", is_flag=True, help="allow a jump or an unsafe rollback")
 @click.option("--reason", default="", help="why (recorded in the history)")
 def phase(settings: Settings, target: str | None, force: bool, reason: str) -> None:
-    """Show the phase and its history, or set it (prefer `dualwrite cutover flip`)."""
-    from dualwrite.phase import PhaseStore
+    """Show the phase and its history, or set it (prefer `dualwrite cutover flip`). The phase of record is
+    kept in both databases, Redis holds its copy; `unknown` (exit 1) when none of them can be read."""
+    from dualwrite.cli.options import open_backends, phase_lines
 
-    store = PhaseStore(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2), settings.namespace)
-    if target:
-        store.set(target, force=force, reason=reason)
-    click.echo(f"phase: {store.current(fresh=True).name}")
-    for h in store.history(10):
-        click.echo(
-            f"  {h['at']} {h['from']} -> {h['to']} by {h['by']}{' (forced)' if h['forced'] else ''}"
-            f"{': ' + str(h['reason']) if h['reason'] else ''}"
-        )
+    backends = open_backends(settings)
+    try:
+        if target:
+            backends.phases.set(target, force=force, reason=reason)
+        lines, known = phase_lines(backends, history=10)
+    finally:
+        backends.close()
+    for line in lines:
+        click.echo(mask_text(line))
+    if not known:
+        sys.exit(1)

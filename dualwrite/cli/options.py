@@ -161,6 +161,50 @@ def open_backends(settings: Settings) -> Any:
     return Backends(settings)
 
 
+def phase_lines(backends: Any, *, history: int = 5) -> tuple[list[str], bool]:
+    """The phase (or `unknown`: neither Redis nor a database answers), where it comes from, each copy
+    (the record on both databases, Redis'), and the recent history; and whether the phase is known."""
+    import redis
+
+    from dualwrite.errors import PhaseUnknownError
+
+    phases = backends.phases
+    try:
+        p = phases.current(fresh=True)
+    except PhaseUnknownError as exc:
+        return [f"phase: unknown ({exc})"], False
+    lines = [
+        f"phase: {p.name} (primary {p.primary}, reads {p.reads}, shadow {p.shadow or '-'}; "
+        f"epoch {phases.epoch}, from {phases.source})"
+    ]
+    if phases.record is not None:
+        copies = [f"{side} {_copy(found)}" for side, found in phases.record.read_sides().items()]
+        redis_copy = "unreachable" if not phases.redis_ok else "-"
+        try:
+            name, epoch = backends.redis.mget(phases.key, phases.epoch_key)
+            if name is not None:
+                redis_copy = f"{name.decode()}@{int(epoch) if epoch is not None else '?'}"
+        except redis.RedisError:
+            redis_copy = "unreachable"
+        lines.append("  of record: " + "; ".join(copies) + f"; redis copy: {redis_copy}")
+    try:
+        for h in phases.history(history):
+            lines.append(
+                f"  {h['at']} {h['from']} -> {h['to']} by {h['by']}{' (forced)' if h['forced'] else ''}"
+                f"{': ' + str(h['reason']) if h['reason'] else ''}"
+            )
+    except redis.RedisError as exc:
+        lines.append(f"  history: unavailable (redis: {exc})")
+    return lines, True
+
+
+def _copy(found: Any) -> str:
+    """One side's record for a status line: phase@epoch, none recorded, or why it could not be read."""
+    if isinstance(found, str):
+        return f"unreadable ({found})"
+    return "none recorded" if found is None else f"{found.phase}@{found.epoch}"
+
+
 def fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {mask_text(message)}", err=True)
     sys.exit(code)

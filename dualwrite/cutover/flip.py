@@ -1,8 +1,9 @@
 """Moving the phase: one step forward when the gate passes, rollback while SQLite is complete.
 
-- `flip` moves to the next phase only if the gate passes (or force with a reason). Moving from
-  postgres_reads to postgres_primary also moves the write primary (switch_primary) after setting the
-  phase; writers that meet the retired side re-read the phase and retry.
+- `flip` moves to the next phase only if the gate passes (or force with a reason). The phase of record
+  is written on both databases, then Redis' copy (phase.py). Moving from postgres_reads to
+  postgres_primary also moves the write primary (switch_primary), recording the phase in the switch's
+  transactions; writers that meet the retired side re-read the phase and retry.
 - `rollback` returns (by default) to the last phase before the current one where SQLite is the primary
   and serves reads; refused when SQLite misses changes (from `postgres`) unless forced. Leaving a
   Postgres-primary phase moves the primary back to SQLite.
@@ -114,11 +115,15 @@ def run_hook(
 def _move(
     backends: Backends, tables: Tables, src: str, dst: str, *, force: bool, reason: str, actor: str | None
 ) -> None:
-    backends.phases.set(dst, force=force, reason=reason, actor=actor)
-    metrics.PHASE_CHANGED.labels(dst).set(time.time())  # the dashboards' flip annotation (if this is scraped)
     old_primary, new_primary = get_phase(src).primary, get_phase(dst).primary
-    if old_primary != new_primary:
-        switch_primary(backends, tables, new_primary)
+    if old_primary == new_primary:
+        backends.phases.set(dst, force=force, reason=reason, actor=actor)  # recorded on both sides, then Redis
+    else:
+        # the phase of record moves in the switch's own transactions; Redis' copy follows
+        rec, previous = backends.phases.prepare(dst, force=force)
+        switch_primary(backends, tables, new_primary, record=rec if backends.phases.record is not None else None)
+        backends.phases.publish(rec, previous, force=force, reason=reason, actor=actor)
+    metrics.PHASE_CHANGED.labels(dst).set(time.time())  # the dashboards' flip annotation (if this is scraped)
 
 
 def flip(
