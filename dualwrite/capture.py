@@ -30,10 +30,18 @@ class WriteTx:
         self.connection, self.phase, self.tables = conn, phase, tables
         self.events: list[ChangeEvent] = []
         self.ops: set[str] = set()
+        self.busy = False  # inside execute(): a captured session's statement listener leaves it to us (orm.py)
 
     def execute(
         self, stmt: Insert | Update | Delete, params: list[dict[str, Any]] | dict[str, Any] | None = None
     ) -> list[RowMapping]:
+        busy, self.busy = self.busy, True
+        try:
+            return self._execute(stmt, params)
+        finally:
+            self.busy = busy
+
+    def _execute(self, stmt: Insert | Update | Delete, params: Any) -> list[RowMapping]:
         table = statement_table(stmt)
         self.tables.table(table.name)  # UnknownTableError: an uncaptured table would be lost
         before, watched, stmt = self._rows_before(stmt, table, params)
@@ -129,7 +137,7 @@ def statement_table(stmt: Insert | Update | Delete) -> Table:
     table = stmt.table
     if not isinstance(table, Table):
         raise TypeError("dualwrite captures statements on a plain Table (not a join or alias)")
-    return table
+    return table._deannotate()  # type: ignore[return-value]  # an ORM statement's annotated copy: the Table
 
 
 def with_returning(stmt: Insert | Update | Delete) -> Insert | Update | Delete:

@@ -1,12 +1,25 @@
 """ORM integration: existing Session code gets change capture without changes.
 
     with dw.session() as session:       # a Session joined to the primary's write transaction (a WriteTx)
-        session.add(Item(...)); obj.name = "x"; session.delete(other)
+        session.add(Item(...)); obj.name = "x"; session.delete(other); parent.kids.remove(kid)
+        session.execute(update(Item).where(Item.stock == 0).values(hidden=True))
     # on exit: flushed, events in the outbox, committed, applied to the other side
 
-After every flush the changed rows are re-read by primary key inside the same transaction, so the
-events carry the exact stored images (server defaults, triggers and type processing included), never
-the Python objects' idea of them. Mapped classes must map one table with a primary key.
+Capture comes from the statements themselves, not from the session's lists (orm_capture.py): every row
+any statement on the session's connection inserts, updates or deletes while the session is open,
+whatever made the ORM emit it (delete-orphan, save-update and delete cascades, many-to-many association
+rows, self-referencing post_update rows, the legacy bulk_* methods), and every row the database's
+referential actions change (`passive_deletes`: ON DELETE CASCADE / SET NULL, ON UPDATE CASCADE). At the
+end of the block each touched key is read again in the same transaction, so the events carry the exact
+stored images (server defaults, triggers and type processing included).
+
+`session.execute(insert/update/delete(...))` (ORM-enabled or Core, bulk INSERT with a list of
+parameters, bulk UPDATE by primary key) runs through the WriteTx path with RETURNING, exactly as
+`tx.execute` in `dw.begin()`: the session is flushed first, and afterwards the objects it holds of the
+rows changed are synchronised as `synchronize_session="fetch"` would: expired (reloaded on next access)
+or, when deleted, expunged. Refused with one line: a `.returning()` of the application's own (the
+adapter returns the images itself: use `tx.execute` in `dw.begin()`), an ORM statement on a mapper of
+several tables (joined inheritance), raw SQL text that changes rows.
 """
 
 from __future__ import annotations
@@ -15,129 +28,124 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, event, inspect, select
+from sqlalchemy import Table, and_, event, insert, inspect, update
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from dualwrite import cascade
-from dualwrite.apply.statements import pk_columns
-from dualwrite.capture import events_from_rows
+from dualwrite.orm_capture import StatementCapture, UncapturableStatementError, _kt
 
 if TYPE_CHECKING:
     from dualwrite.capture import WriteTx
+    from dualwrite.events import ChangeEvent
 
 
-def _key_rows(conn: Any, table: Any, key: dict[str, Any]) -> list[Any]:
-    query = select(table).where(and_(*(table.c[c] == v for c, v in key.items())))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=table)
-    return list(conn.execute(query).mappings())
+class DMLResult(IteratorResult):  # type: ignore[type-arg]
+    """What session.execute(insert/update/delete) returns in dw.session(): no rows, the rows' count."""
+
+    def __init__(self, rowcount: int) -> None:
+        super().__init__(SimpleResultMetaData([]), iter([]))
+        self.rowcount = rowcount
 
 
-def _watch(tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]]) -> None:
-    """before_flush: read (locked) the rows the flush's deletes and key updates can reach through the
-    database's referential actions (see cascade.py); after_flush reports what happened to them."""
-    refs = tx.tables.referrers()
-    conn = session.connection()
-    todo = [(obj, True) for obj in session.deleted] + [(obj, False) for obj in session.dirty]
-    for obj, deleting in todo:
-        state = inspect(obj)
-        table = state.mapper.local_table
-        mine = refs.get(table.name, [])
-        if deleting:
-            if not any(r.ondelete for r in mine):
-                continue
-            changed: set[str] = set()
-        else:
-            referenced = {c for r in mine if r.onupdate for c in r.parent_cols}
-            props = {c.name: state.mapper.get_property_by_column(c).key for c in table.columns if c.name in referenced}
-            changed = {name for name, prop in props.items() if state.attrs[prop].history.has_changes()}
-            if not changed:
-                continue
-        pk = pk_columns(table)
-        key = dict(zip(pk, state.identity, strict=True))  # stored key
-        rows = _key_rows(conn, table, key)
-        w = cascade.watch(conn, refs, table, rows, delete=deleting, changed=changed)
-        if w:
-            watches.append((w, None if deleting else obj, table))
-
-
-def _flushed_deletes(session: Session, flush_context: Any) -> list[Any]:
-    """Every object the flush deleted: those given to session.delete() and the orphans a delete-orphan
-    cascade removed during the flush (which never appear in session.deleted)."""
-    deleted = list(session.deleted)
-    seen = {id(obj) for obj in deleted}
-    for state, (isdelete, listonly) in getattr(flush_context, "states", {}).items():
-        obj = state.obj()
-        if isdelete and not listonly and obj is not None and id(obj) not in seen:
-            deleted.append(obj)
-            seen.add(id(obj))
-    return deleted
-
-
-def _capture(
-    tx: WriteTx, session: Session, watches: list[tuple[cascade.Watch, Any, Any]], flush_context: Any = None
-) -> None:
-    conn = session.connection()
-    deleted = _flushed_deletes(session, flush_context)
-    orm_deleted = set()
-    for obj in deleted:
-        state = inspect(obj)
-        orm_deleted.add((state.mapper.local_table.name, tuple(state.identity)))
-    for w, parent, table in watches:
-        new_rows: list[Any] = []
-        if parent is not None:
-            key = dict(zip(pk_columns(table), inspect(parent).mapper.primary_key_from_instance(parent), strict=True))
-            new_rows = _key_rows(conn, table, key)
-        for child, op, image in cascade.changes_after(conn, w, new_rows):
-            if op == "delete" and (child.name, tuple(image[c] for c in pk_columns(child))) in orm_deleted:
-                continue  # the ORM deleted it itself: its event follows below
-            tx.events.extend(events_from_rows(child, op, [image]))
-    watches.clear()
-    for obj in list(session.new) + list(session.dirty):
-        if not session.is_modified(obj) and obj not in session.new:
-            continue
-        mapper = inspect(obj).mapper
-        table = mapper.local_table
-        tx.tables.table(table.name)  # UnknownTableError: an uncaptured table
-        pk = pk_columns(table)
-        key = dict(zip(pk, mapper.primary_key_from_instance(obj), strict=True))
-        rows = list(conn.execute(select(table).where(and_(*(table.c[c] == v for c, v in key.items())))).mappings())
-        tx.events.extend(events_from_rows(table, "upsert", rows))
-        tx.ops.add("orm")
-    for obj in deleted:
-        state = inspect(obj)
-        table = state.mapper.local_table
-        tx.tables.table(table.name)  # UnknownTableError: an uncaptured table
-        image = {
-            c.name: state.mapper.get_property_by_column(c).class_attribute.__get__(obj, type(obj))
-            for c in table.columns
-        }
-        tx.events.extend(events_from_rows(table, "delete", [image]))  # type: ignore[list-item]
-        tx.ops.add("orm")
-
-
-def _refuse_statements(state: ORMExecuteState) -> None:
-    if state.is_insert or state.is_update or state.is_delete:
-        raise ValueError(
-            "session.execute(insert/update/delete) in dw.session() bypasses change capture: "
-            "change mapped objects, or run the statement with dw.begin() / tx.execute()"
+def _run_dml(tx: WriteTx, session: Session, state: ORMExecuteState) -> DMLResult | None:
+    """do_orm_execute: an INSERT/UPDATE/DELETE through the session, run by `tx` (see the docstring)."""
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return None
+    stmt = state.statement
+    if getattr(stmt, "_returning", ()):
+        raise UncapturableStatementError(
+            "session.execute(...returning()) in dw.session(): the adapter returns the row images itself; "
+            "run it in dw.begin() with tx.execute(), which returns them"
         )
+    mapper = state.bind_mapper if state.is_orm_statement else None
+    if mapper is not None and len(mapper.tables) > 1:
+        raise UncapturableStatementError(
+            f"session.execute() of an ORM INSERT/UPDATE/DELETE on {mapper.class_.__name__}, which maps several "
+            "tables, cannot be captured as one statement: change the objects, or run one statement per table"
+        )
+    if session.autoflush:
+        session.flush()  # what the ORM does before a DML statement; the statements are then ours
+    table: Table = stmt.table._deannotate()  # noqa: SLF001 - the Table behind an ORM statement
+    params = state.parameters
+    rows = params if isinstance(params, list) else None
+    first = len(tx.events)
+    count = 0
+    if rows and mapper is not None:  # ORM bulk: parameters by attribute name
+        rows = [_columns_of(mapper, r) for r in rows]
+    if rows and state.is_update:  # bulk UPDATE by primary key: one statement per row
+        pk = [c for c in table.primary_key.columns]
+        for r in rows:
+            missing = [c.key for c in pk if c.key not in r]
+            if missing:
+                raise UncapturableStatementError(
+                    f"bulk UPDATE of {table.name!r} without primary-key value(s) {', '.join(missing)} in a row"
+                )
+            where = and_(*(c == r[c.key] for c in pk))
+            count += len(
+                tx.execute(
+                    update(table).where(where).values({k: v for k, v in r.items() if k not in {c.key for c in pk}})
+                )
+            )
+    elif rows and state.is_insert and mapper is not None:
+        count = len(tx.execute(insert(table), rows))
+    else:
+        count = len(tx.execute(stmt, params or None))
+    _synchronize(session, tx.events[first:])
+    return DMLResult(count)
+
+
+def _columns_of(mapper: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """An ORM bulk parameter row (attribute names) by column key."""
+    out = {}
+    for name, value in row.items():
+        prop = mapper.attrs.get(name)
+        columns = getattr(prop, "columns", None)
+        if not columns:
+            raise UncapturableStatementError(f"bulk parameter {name!r} is not a column attribute of {mapper}")
+        out[columns[0].key] = value
+    return out
+
+
+def _synchronize(session: Session, events: list[ChangeEvent]) -> None:
+    """The session's objects of the rows `events` changed: expired (reloaded on access), or expunged when
+    deleted, as synchronize_session="fetch" leaves them."""
+    if not events:
+        return
+    changed = {(ev.table, _kt(ev.key.values())): ev.op for ev in events}
+    for obj in list(session.identity_map.values()):
+        st = inspect(obj)
+        table = st.mapper.local_table
+        if st.identity is None or not isinstance(table, Table):
+            continue
+        op = changed.get((table.name, _kt(st.identity)))
+        if op == "delete":
+            session.expunge(obj)
+        elif op == "upsert":
+            session.expire(obj)
 
 
 @contextmanager
 def captured_session(tx: WriteTx, **session_kw: Any) -> Iterator[Session]:
-    """A Session on `tx`'s connection (in a savepoint) whose flushes become `tx`'s events; committed into
-    `tx` when the block ends (the caller commits `tx`)."""
-    session = Session(bind=tx.connection, join_transaction_mode="create_savepoint", **session_kw)
-    watches: list[tuple[cascade.Watch, Any, Any]] = []
-    event.listen(session, "before_flush", lambda s, _ctx, _objs: _watch(tx, s, watches))
-    event.listen(session, "after_flush", lambda s, ctx: _capture(tx, s, watches, ctx))
-    event.listen(session, "do_orm_execute", _refuse_statements)
+    """A Session on `tx`'s connection (in a savepoint) whose statements become `tx`'s events; committed
+    into `tx` when the block ends (the caller commits `tx`)."""
+    conn = tx.connection
+    capture = StatementCapture(tx)
+    session = Session(bind=conn, join_transaction_mode="create_savepoint", **session_kw)
+    event.listen(conn, "before_execute", capture.before, retval=True)
+    event.listen(conn, "after_execute", capture.after)
+    event.listen(session, "do_orm_execute", lambda state: _run_dml(tx, session, state))
     try:
-        yield session
-        session.commit()  # flushes; releases the savepoint; the caller commits the transaction
+        try:
+            yield session
+            session.commit()  # flushes; releases the savepoint; the caller commits the transaction
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+            event.remove(conn, "before_execute", capture.before)
+            event.remove(conn, "after_execute", capture.after)
+        capture.resolve(conn)
     except BaseException:
-        session.rollback()
+        capture.touched.clear()
         raise
-    finally:
-        session.close()
