@@ -216,19 +216,22 @@ class DualWriter:
         retry; the caller then rolls the primary back."""
         error: BaseException | None = None
         for attempt in range(APPLY_ATTEMPTS):
-            conn = self.backends.apply_engine(backend).connect()
+            conn: Connection | None = None
             try:
+                conn = self.backends.apply_engine(backend).connect()
                 conn.begin()
                 apply_events(conn, self.tables.table, events)
                 return conn
-            except DBAPIError as exc:  # a dropped connection, a deadlock, a constraint: try again briefly
-                conn.close()
+            except DBAPIError as exc:  # unreachable, a dropped connection, a deadlock: try again briefly
                 error = exc
+                if conn is not None:
+                    conn.close()
                 if attempt < APPLY_ATTEMPTS - 1:
                     time.sleep(0.01 * 2**attempt)
             except Exception as exc:  # the events cannot be applied (schema drift, unknown table)
-                conn.close()
                 error = exc
+                if conn is not None:
+                    conn.close()
                 break
         store = self.tables.store(events[0].table)
         metrics.SECONDARY_FAILURES.labels(store).inc()

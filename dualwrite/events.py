@@ -152,7 +152,7 @@ def check_size(ev: ChangeEvent, payload: str) -> None:
     be committed and published, but never decoded, so its row would never reach the other side."""
     if len(payload) * 4 <= MAX_EVENT_BYTES:  # at most 4 UTF-8 bytes a character: no encoding needed
         return
-    size = len(payload.encode("utf-8", "surrogatepass"))
+    size = len(payload) if payload.isascii() else len(payload.encode("utf-8", "surrogatepass"))
     if size > MAX_EVENT_BYTES:
         key = ", ".join(f"{k}={v!r}" for k, v in ev.key.items())[:200]
         raise EventTooLargeError(
