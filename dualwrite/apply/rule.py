@@ -198,7 +198,7 @@ def _run_ordered(
         for ev in sorted(plan.events, key=lambda e: e.seq):
             sql = by_name[ev.table]
             values = sql.key_params(ev.key) if ev.op == "delete" else sql.image_params(ev.image or {})
-            item = (values, _key_text(ev.key, sql.pk), ev.seq)
+            item = (values, key_text([ev.key[c] for c in sql.pk]), ev.seq)
             ex(f"SAVEPOINT {_SAVEPOINT}_ev")
             try:
                 won = _run_group(run, ev.op, sql, [item], last=False)
