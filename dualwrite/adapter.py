@@ -163,7 +163,7 @@ class DualWriter:
         deadline = time.monotonic() + SWITCH_WAIT_SECONDS
         fresh = False
         while True:
-            phase = self.phases.current(fresh=fresh)
+            phase = self.phases.current(fresh=fresh, verify=fresh)  # after a fence: the record decides
             if phase.name != self._phase_shown:
                 metrics.follow_phase(self.phases, phase.name)
                 self._phase_shown = phase.name

@@ -130,22 +130,24 @@ class PhaseStore:
     def epoch(self) -> int:
         return self._epoch
 
-    def current(self, *, fresh: bool = False) -> Phase:
+    def current(self, *, fresh: bool = False, verify: bool = False) -> Phase:
+        """The phase (cached for cache_seconds; fresh: read now). verify: also ask the record, even when
+        Redis answers (a writer that met a retired primary: Redis' copy may be stale)."""
         now = time.monotonic()
-        if fresh or now - self._read_at >= self.cache_seconds:
+        if fresh or verify or now - self._read_at >= self.cache_seconds:
             with self._lock:
-                if fresh or now - self._read_at >= self.cache_seconds:
-                    self._refresh()
+                if fresh or verify or now - self._read_at >= self.cache_seconds:
+                    self._refresh(verify=verify)
                     self._read_at = time.monotonic()
         return BY_NAME[self._value]
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, verify: bool = False) -> None:
         name, epoch = self._from_redis()
         if self.record is None:
             if name is not None:
                 self._adopt(name, epoch or 0, "redis")
             return  # Redis down: the last value seen is kept
-        if name is not None and epoch is not None and epoch >= self._epoch:
+        if name is not None and epoch is not None and epoch >= self._epoch and not verify:
             self._adopt(name, epoch, "redis")
             return
         # Redis empty, unreachable, unversioned or behind this process: the databases decide. Without
@@ -160,6 +162,8 @@ class PhaseStore:
             return
         if rec is None:  # nothing recorded yet: Redis' copy from before records existed, else the default
             self._adopt(name or self._default, 0, "redis" if name else "default")
+        elif name is not None and epoch is not None and epoch >= max(rec.epoch, self._epoch):
+            self._adopt(name, epoch, "redis")  # verified: Redis' copy is current
         elif rec.epoch >= self._epoch:
             self._adopt(rec.phase, rec.epoch, "record")
             if self.redis_ok and (epoch is None or epoch < rec.epoch):

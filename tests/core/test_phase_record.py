@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,5 +204,27 @@ def test_a_new_process_after_the_restart_writes_postgres_first(settings: Setting
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == ["postgres_primary", "record"]
         assert _outbox(dw, "sqlite") == before and len(_outbox(dw, "postgres")) == 1
+    finally:
+        dw.close()
+
+
+def test_a_stale_redis_copy_is_overruled_at_the_first_fence(settings: Settings) -> None:
+    """Redis holds an older epoch (a restored snapshot): a new instance that believes it is the old primary
+    meets the retired side's fence, asks the record, and writes Postgres at once (no 15 s wait)."""
+    dw = prepared_writer(settings, catalog(), phase="dual_write")
+    try:
+        _flip_to(dw, "postgres_primary")
+        epoch = dw.phases.epoch
+        dw.backends.redis.mset({dw.phases.key: "shadow", dw.phases.epoch_key: epoch - 2})
+        fresh = DualWriter(settings, catalog())
+        try:
+            assert fresh.phases.current().name == "shadow"  # it believes the stale copy...
+            t0 = time.monotonic()
+            fresh.execute(insert(items).values(row(7, 7)))  # ...until the fence
+            assert time.monotonic() - t0 < 2 and fresh.phases.current().name == "postgres_primary"
+        finally:
+            fresh.close()
+        assert len(_outbox(dw, "postgres")) == 1
+        assert dw.backends.redis.get(dw.phases.key) == b"postgres_primary"  # the copy repaired
     finally:
         dw.close()
