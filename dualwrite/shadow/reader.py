@@ -10,8 +10,10 @@ cutover gate of another process sees the rate; sent by the workers, never from t
 and each mismatch is kept (params masked) in the capped
 stream `{ns}:shadow:mismatches`.
 
-A mismatch is read again on both sides before it counts: if the second pair matches, a write landed
-between the reads and the comparison counts as "ignored" (in flight), not "mismatch".
+A mismatch is read again on both sides before it counts, after each of `recheck_delays` (seconds): if a
+later pair matches, a write landed between the reads or had not reached the other side yet (an inline
+apply that failed is healed by the replay within moments), and the comparison counts as "ignored" (in
+flight), not "mismatch". Only a difference that outlives every re-read counts.
 
 The candidate runs with a statement timeout on Postgres (`candidate_timeout`); a candidate that times
 out is counted as result="error", not as a mismatch. Postgres candidates use the reader's own small
@@ -62,6 +64,7 @@ class _Writer(Protocol):
 log = logging.getLogger("dualwrite.shadow.reader")
 
 MISMATCH_MAXLEN = 1000
+RECHECK_DELAYS = (0.0, 0.2, 1.0, 3.0)  # re-reads of a mismatch before it counts: about the replay's reach
 SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "credential")
 
 
@@ -99,6 +102,7 @@ class ShadowReader:
         run_if: Callable[[], bool] | None = None,
         per_query: dict[str, dict[str, Any]] | None = None,
         recheck_mismatches: bool = True,
+        recheck_delays: tuple[float, ...] | None = None,
         max_defer: float = 0.1,
         flush_interval: float = 0.5,
     ) -> None:
@@ -108,6 +112,8 @@ class ShadowReader:
         self.synchronous, self.raise_on_mismatches = synchronous, raise_on_mismatches
         self.candidate_timeout = candidate_timeout
         self.recheck_mismatches = recheck_mismatches
+        # Off the request path a difference may take seconds to heal; synchronously the caller would wait.
+        self.recheck_delays = recheck_delays if recheck_delays is not None else (0.0,) if synchronous else RECHECK_DELAYS
         self.defaults: dict[str, Any] = {
             "normalizer": normalizer,
             "compare": compare,
@@ -286,14 +292,9 @@ class ShadowReader:
             else:  # right after the candidate's own burst: short results match in microseconds
                 result = exp.evaluate(control, candidate, pause)
             if result.mismatched and self.recheck_mismatches and not label.startswith("aa:"):
-                # A write may have landed between the two reads: read both again; a match now is in-flight.
-                again = exp.evaluate(
-                    Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
-                    Observation.capture("candidate", lambda: self._candidate_read(backends, backend, store, query, fn)),
-                    pause,
-                )
-                if again.matched:
-                    result.outcome, result.error = "ignored", "in flight: matched when read again"
+                again = self._recheck(exp, backends, backend, control_backend, store, query, fn, pause)
+                if again is not None:
+                    result.outcome, result.error = "ignored", f"in flight: matched when read again after {again:g}s"
         except Exception as exc:
             log.warning("shadow %s: %r", query, exc)
             self._count(backends, store, label, "error")
@@ -302,6 +303,32 @@ class ShadowReader:
         if result.mismatched:
             self._record(backends, store, label, params, result, backend)
         return result
+
+    def _recheck(
+        self,
+        exp: Experiment,
+        backends: Backends,
+        backend: str,
+        control_backend: str,
+        store: str,
+        query: str,
+        fn: Callable[[Any], Any],
+        pause: Callable[[], None] | None,
+    ) -> float | None:
+        """Read both sides again after each delay; the delay after which they matched, or None."""
+        waited = 0.0
+        for delay in self.recheck_delays:
+            if delay > 0:
+                time.sleep(delay)  # a worker thread (off the request path), or a test in synchronous mode
+                waited += delay
+            again = exp.evaluate(
+                Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
+                Observation.capture("candidate", lambda: self._candidate_read(backends, backend, store, query, fn)),
+                pause,
+            )
+            if again.matched:
+                return waited
+        return None
 
     # -- the candidate read ---------------------------------------------------------------------------
     def _candidate_read(

@@ -210,3 +210,35 @@ def test_in_flight_change_between_reads_is_not_a_mismatch(dw, uid):
     ShadowReader(synchronous=True).install(dw)
     assert dw.read("shtest", q, racing) == "new"
     assert _count(q, "ignored") == 1 and _count(q, "mismatch") == 0
+
+
+def test_a_difference_the_replay_heals_within_the_recheck_window_is_not_a_mismatch(dw, uid):
+    """Off the request path a mismatch is read again over seconds: Postgres catches up 0.5 s later
+    (an inline apply that failed, healed by the replay) and the comparison counts as in flight."""
+    q = f"slowheal-{uid}"
+    healed_at = time.monotonic() + 0.5
+
+    def lagging(conn):
+        if conn.dialect.name == "postgresql" and time.monotonic() < healed_at:
+            return "old"
+        return "new"
+
+    reader = ShadowReader(recheck_delays=(0.0, 0.2, 1.0)).install(dw)
+    try:
+        assert dw.read("shtest", q, lagging) == "new"
+        assert reader.wait_idle(10)
+    finally:
+        reader.close()
+    assert _count(q, "ignored") == 1 and _count(q, "mismatch") == 0
+
+
+def test_a_difference_that_outlives_every_recheck_is_a_mismatch(dw, uid):
+    q = f"persists-{uid}"
+    reader = ShadowReader(recheck_delays=(0.0, 0.1, 0.2)).install(dw)
+    try:
+        dw.read("shtest", q, lambda conn: conn.dialect.name)  # 'sqlite' vs 'postgresql', forever
+        assert reader.wait_idle(10)
+    finally:
+        reader.close()
+    assert _count(q, "mismatch") == 1 and _count(q, "ignored") == 0
+    assert read_mismatches(dw.backends.redis, dw.settings.namespace, 5)[0]["query"] == q
