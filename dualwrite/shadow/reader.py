@@ -113,7 +113,8 @@ class ShadowReader:
         self.candidate_timeout = candidate_timeout
         self.recheck_mismatches = recheck_mismatches
         # Off the request path a difference may take seconds to heal; synchronously the caller would wait.
-        self.recheck_delays = recheck_delays if recheck_delays is not None else (0.0,) if synchronous else RECHECK_DELAYS
+        default_delays = (0.0,) if synchronous else RECHECK_DELAYS
+        self.recheck_delays = default_delays if recheck_delays is None else recheck_delays
         self.defaults: dict[str, Any] = {
             "normalizer": normalizer,
             "compare": compare,
