@@ -13,6 +13,13 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from dualwrite.cli.options import (
+    MILLIS,
+    PORT,
+    RATE,
+    REPORT_PATH,
+    SECONDS,
+    Count,
+    FiniteFloat,
     check_report_path,
     connection_options,
     csv,
@@ -78,18 +85,24 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
 @click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
 @click.option("--priority", "priorities", multiple=True, help="only these registry priorities: P0,P1")
 @click.option("--stores", "store_lists", multiple=True, help="only these registry stores: memory,profiles")
-@click.option("--chunk-size", default=5000, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-rows-per-second", type=click.FloatRange(min=0), default=None, help="rate limit of the copy")
-@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), default=None, help="back off above this probe time")
-@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), default=None, help="back off above this lag")
-@click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True)
+@click.option("--chunk-size", default=5000, show_default=True, type=Count(1, 10_000_000))
+@click.option("--max-rows-per-second", type=RATE, default=None, help="rate limit of the copy")
+@click.option("--max-pg-latency-ms", type=MILLIS, default=None, help="back off above this probe time")
+@click.option("--max-replication-lag-s", type=SECONDS, default=None, help="back off above this lag")
+@click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True, type=REPORT_PATH)
 @click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
 @click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
 @click.option("--no-replay", is_flag=True, help="copy only")
 @click.option("--group", default="backfill", show_default=True, help="consumer group")
 @click.option("--consumer", default=None, help="worker/consumer name (default host-pid)")
-@click.option("--lease-ttl", default=300.0, show_default=True, help="seconds before a stuck worker's range is retaken")
-@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")
+@click.option(
+    "--lease-ttl",
+    default=300.0,
+    show_default=True,
+    type=FiniteFloat(0, 86400, min_open=True),
+    help="seconds before a stuck worker's range is retaken",
+)
+@click.option("--metrics-port", type=PORT, default=None, help="serve /metrics, /health")
 @click.option(
     "--metrics-host",
     envvar="DUALWRITE_METRICS_HOST",
@@ -97,7 +110,7 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
     help="address /metrics listens on (default 127.0.0.1; 0.0.0.0 in a container) [DUALWRITE_METRICS_HOST]",
 )
 @click.option("--dry-run", is_flag=True, help="read, count and validate every row against Postgres; write nothing")
-@click.option("--report", "report_path", default=None, help="write a JSON report here")
+@click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write a JSON report here")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -227,7 +240,7 @@ def _dry_run(
 @backfill.command()
 @tables_options
 @connection_options
-@click.option("--report", "report_path", default=None, help="write the status as JSON here")
+@click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the status as JSON here")
 def status(settings: Settings, reflect: bool, report_path: str | None) -> None:
     """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
     import redis
@@ -321,11 +334,11 @@ def reset(
 
 
 @backfill.command("set")
-@connection_options
-@click.option("--max-rows-per-second", type=click.FloatRange(min=0), help="rate limit of the copy (0: none)")
-@click.option("--chunk-size", type=click.IntRange(min=0), help="rows per chunk (0: the worker's own)")
-@click.option("--max-pg-latency-ms", type=click.FloatRange(min=0), help="back off above this probe latency")
-@click.option("--max-replication-lag-s", type=click.FloatRange(min=0), help="back off above this replica lag")
+@connection_options(sqlite="unused")
+@click.option("--max-rows-per-second", type=RATE, help="rate limit of the copy (0: none)")
+@click.option("--chunk-size", type=Count(0, 10_000_000), help="rows per chunk (0: the worker's own)")
+@click.option("--max-pg-latency-ms", type=MILLIS, help="back off above this probe latency")
+@click.option("--max-replication-lag-s", type=SECONDS, help="back off above this replica lag")
 @click.option("--pause/--resume", "paused", default=None, help="hold every worker's copy / let it go on")
 @click.option("--clear", is_flag=True, help="drop every live setting (workers use their own flags again)")
 def set_cmd(settings: Settings, clear: bool, **limits: Any) -> None:
@@ -347,8 +360,8 @@ def deadletters() -> None:
 
 
 @deadletters.command("list")
-@connection_options
-@click.option("--count", default=100, show_default=True)
+@connection_options(sqlite="unused")
+@click.option("--count", default=100, show_default=True, type=Count(1, 100_000), help="at most this many")
 def list_cmd(settings: Settings, count: int) -> None:
     import redis
 

@@ -138,7 +138,7 @@ def cutover_rollback(
 
 
 @cutover.command("cancel")
-@connection_options
+@connection_options(sqlite="unused")
 def cutover_cancel(settings: Settings) -> None:
     """Cancel a waiting `flip --postpone`."""
     import redis

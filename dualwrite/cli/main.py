@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from dualwrite import __version__
-from dualwrite.cli.options import connection_options, load_tables, one_line_errors, tables_options
-from dualwrite.errors import ConfigError
+from dualwrite.cli.options import connection_options, fail, load_tables, one_line_errors, tables_options
+from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_text
 
 # command name -> "module:attribute", imported when the command is used or listed
@@ -45,7 +45,37 @@ class Group(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        return one_line_errors(super().invoke)(ctx)
+        try:
+            return one_line_errors(super().invoke)(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - never a traceback: one line, the traceback with -v
+            logging.getLogger("dualwrite.cli").debug("unexpected error", exc_info=True)
+            fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (dualwrite -v shows the traceback)", 1)
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Click's own handling, except that a usage error is one line naming the flag (not usage + hint)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "dualwrite"
+            fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=Group)
@@ -60,7 +90,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @tables_options
-@connection_options
+@connection_options(sqlite="create")
 @click.option("--create-tables", is_flag=True, help="also create the application's tables on Postgres (--metadata)")
 def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
     """Create dualwrite's bookkeeping tables on SQLite (in the application's file) and Postgres (in the
@@ -92,7 +122,7 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
 
 @main.command()
 @tables_options
-@connection_options
+@connection_options(sqlite="unused")  # doctor reports a missing or foreign file on its own line
 def doctor(settings: Settings, reflect: bool) -> None:
     """Check SQLite, Postgres and Redis: one line each; with --metadata/--reflect, schema drift of the
     application's tables too."""

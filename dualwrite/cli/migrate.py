@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from dualwrite.cli.options import connection_options, existing_sqlite, fail
+from dualwrite.cli.options import REPORT_PATH, Count, connection_options, existing_sqlite, fail
 from dualwrite.settings import Settings
 
 
@@ -45,11 +45,11 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--cast", "casts", multiple=True, metavar="TABLE.COLUMN=TYPE", help="override a column's type")
 @click.option("--rename", "renames", multiple=True, metavar="TABLE[.COLUMN]=NAME", help="Postgres name")
 @click.option("--dry-run", is_flag=True, help="print the plan (types, names, problems); change nothing")
-@click.option("--report", "report_path", default=None, help="write the JSON report here")
+@click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the JSON report here")
 @click.option("--rejects", "rejects_dir", default="migrate-rejects", show_default=True, help="reject dir")
 @click.option("--on-error", type=click.Choice(["reject", "stop"]), default="reject", show_default=True)
 @click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
-@click.option("--chunk-size", default=25_000, show_default=True)
+@click.option("--chunk-size", default=25_000, show_default=True, type=Count(1, 10_000_000))
 @click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
 @click.option(
     "--keep-state",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +24,27 @@ from sqlalchemy.exc import OperationalError
 from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
 from dualwrite.settings import Settings, load_settings, mask_text
 
+SQLITE_HEADER = b"SQLite format 3\x00"
 
-def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+
+def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "existing") -> Any:
     """--sqlite/--postgres/--redis/--namespace/--pg-schema/--state-schema and the Postgres pool
-    (--pool-size/--max-overflow/--pool-pre-ping) on every command that talks to a backend."""
+    (--pool-size/--max-overflow/--pool-pre-ping) on every command that talks to a backend.
+
+    `sqlite`: "existing" (the default) refuses, before the command runs, a SQLite path that does not exist
+    (opening it would create an empty database) or a file that is not SQLite; "create" (init, demo) accepts
+    a missing path but not a file that is not SQLite; "unused" checks nothing (the command never opens it).
+    `--sqlite` given twice is refused: one file per command."""
+    if fn is None:
+        return functools.partial(connection_options, sqlite=sqlite)
     for opt in reversed(
         [
-            click.option("--sqlite", "sqlite_url", help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]"),
+            click.option(
+                "--sqlite",
+                "sqlite_url",
+                multiple=True,
+                help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]",
+            ),
             click.option("--postgres", "postgres_url", help="postgresql:// URL [DUALWRITE_POSTGRES_URL]"),
             click.option("--redis", "redis_url", help="redis:// URL [DUALWRITE_REDIS_URL]"),
             click.option("--namespace", help="prefix of every Redis key [DUALWRITE_NAMESPACE]"),
@@ -59,7 +75,7 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(
         *args: Any,
-        sqlite_url: str | None,
+        sqlite_url: tuple[str, ...],
         postgres_url: str | None,
         redis_url: str | None,
         namespace: str | None,
@@ -70,8 +86,13 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         pool_pre_ping: bool | None,
         **kw: Any,
     ) -> Any:
+        if len(sqlite_url) > 1:
+            raise ConfigError(
+                f"--sqlite given {len(sqlite_url)} times ({', '.join(sqlite_url)}): a command takes one SQLite "
+                "file (several files into one database is not supported yet)"
+            )
         settings = load_settings(
-            sqlite_url=sqlite_url,
+            sqlite_url=sqlite_url[0] if sqlite_url else None,
             postgres_url=postgres_url,
             redis_url=redis_url,
             namespace=namespace,
@@ -82,6 +103,8 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             pool_pre_ping=pool_pre_ping,
             metadata=kw.pop("metadata_spec", None),
         )
+        if sqlite != "unused":
+            sqlite_file(settings, create=sqlite == "create")
         return fn(*args, settings=settings, **kw)
 
     return one_line_errors(wrapper)
@@ -150,9 +173,28 @@ def load_tables(
 
 def existing_sqlite(settings: Settings) -> None:
     """Refuse a SQLite path that does not exist (opening it would create an empty database)."""
+    sqlite_file(settings, create=False)
+
+
+def sqlite_file(settings: Settings, *, create: bool = False) -> None:
+    """Refuse a SQLite path that does not exist (unless `create`), is not a file, or is not SQLite."""
+    where = settings.sources.get("sqlite_url", "the default --sqlite")
     path = settings.sqlite_path
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"{where}: file {str(path)!r} does not exist (only `dualwrite init` creates one)")
+        if not path.parent.is_dir():
+            raise ConfigError(f"{where}: folder {str(path.parent)!r} does not exist")
+        return
     if not path.is_file():
-        raise ConfigError(f"--sqlite: file {str(path)!r} does not exist")
+        raise ConfigError(f"{where}: {str(path)!r} is not a file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    if head and head != SQLITE_HEADER:  # an empty file is an empty database
+        raise ConfigError(f"{where}: {str(path)!r} is not a SQLite database file")
 
 
 def open_backends(settings: Settings) -> Any:
@@ -210,10 +252,86 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def check_report_path(path: str | None) -> None:
-    """Fail before any work when a --report file could not be written (its folder is missing)."""
-    if path and not Path(path).expanduser().resolve().parent.is_dir():
-        raise ConfigError(f"--report: folder {str(Path(path).parent)!r} does not exist")
+def check_report_path(path: str | None, flag: str = "--report") -> None:
+    """Fail before any work when a --report file could not be written (see `writable_file`)."""
+    if path:
+        why = writable_file(path)
+        if why:
+            raise ConfigError(f"{flag}: {why}")
+
+
+def writable_file(path: str) -> str | None:
+    """Why a file could not be written at `path` (missing or read-only folder, a directory), or None."""
+    target = Path(path).expanduser()
+    folder = target.resolve().parent
+    if target.is_dir():
+        return f"{path!r} is a directory"
+    if not folder.is_dir():
+        return f"folder {str(target.parent)!r} does not exist"
+    if target.exists() and not os.access(target, os.W_OK):
+        return f"{path!r} is not writable"
+    if not target.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {str(folder)!r} is not writable"
+    return None
+
+
+# -- parameter types: every command checks its flags the same way, before any work -------------------
+class FiniteFloat(click.ParamType):
+    """A finite number (never nan/inf) within [min, max] (`min_open`: strictly above min)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False) -> None:  # noqa: A002
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        if low or (self.max is not None and number > self.max):
+            self.fail(f"{value!r} is not in {self.describe()}", param, ctx)
+        return number
+
+    def describe(self) -> str:
+        lo = "" if self.min is None else f"{'>' if self.min_open else '>='} {_num(self.min)}"
+        hi = "" if self.max is None else f"<= {_num(self.max)}"
+        return "the range " + " and ".join(x for x in (lo, hi) if x)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def Count(min: int = 0, max: int | None = None) -> click.IntRange:  # noqa: A002, N802
+    """A whole number within [min, max] (click.IntRange, named for what it holds)."""
+    return click.IntRange(min=min, max=max)
+
+
+PORT = click.IntRange(min=0, max=65535)
+# Upper bounds: far above any real use, low enough that a typo (an extra zero or six) is caught.
+RATE = FiniteFloat(0, 1e9)  # rows per second
+MILLIS = FiniteFloat(0, 3_600_000)  # at most an hour
+SECONDS = FiniteFloat(0, 7 * 86400)  # at most a week
+FRACTION = FiniteFloat(0, 1)  # a rate such as mismatches per comparison
+
+
+class ReportPath(click.ParamType):
+    """A file the command will write (a --report, a rejects file): refused at once when it could not be."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        why = writable_file(str(value))
+        if why:
+            self.fail(why, param, ctx)
+        return str(value)
+
+
+REPORT_PATH = ReportPath()
 
 
 def write_report(path: str | None, data: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ def shadow() -> None:
 
 
 @shadow.command("report")
-@connection_options
+@connection_options(sqlite="unused")
 @click.option("--limit", type=int, default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
@@ -47,7 +47,7 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
 
 
 @shadow.command("reset")
-@connection_options
+@connection_options(sqlite="unused")
 def shadow_reset(settings: Settings) -> None:
     """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
     import redis

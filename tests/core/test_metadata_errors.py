@@ -48,11 +48,13 @@ def _one_line_exit_2(args: list[str], expected: str) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_bad_metadata_is_one_line_exit_2_on_every_command(settings, modules, command) -> None:  # type: ignore[no-untyped-def]
+    settings.sqlite_path.touch()  # the application's file exists (a missing one is refused before the tables)
     for spec, expected in BAD:
         _one_line_exit_2([*command, *connection_args(settings), "--metadata", spec], expected)
 
 
 def test_unknown_table_and_no_tables_at_all(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.sqlite_path.touch()
     app = ["--metadata", "tests.userapp.writer:tables"]
     _one_line_exit_2(["verify", *connection_args(settings), *app, "--tables", "customers,nope"], "'nope'")
     _one_line_exit_2(["backfill", "run", *connection_args(settings), *app, "--table", "nope"], "'nope'")

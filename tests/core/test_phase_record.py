@@ -124,9 +124,10 @@ def test_unknown_when_nothing_can_be_read(settings: Settings, rds: PrivateRedis,
     dw = prepared_writer(s, catalog(), phase="dual_write")
     dw.close()
     rds.stop()
-    gone = s.with_(
-        postgres_url="postgresql://postgres@127.0.0.1:1/none", sqlite_url=f"sqlite:///{tmp_path}/nowhere/x.db"
-    )
+    # a SQLite file that exists (a missing one is refused before anything) but cannot be read
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    gone = s.with_(postgres_url="postgresql://postgres@127.0.0.1:1/none", sqlite_url=f"sqlite:///{broken}")
     for command in ("status", "phase"):
         res = CliRunner().invoke(main, [command, *connection_args(gone)])
         assert res.exit_code == 1, res.output
