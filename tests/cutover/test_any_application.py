@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from dualwrite.engines import Backends, sqlite_engine
 from dualwrite.shadow.reader import read_counts
+from dualwrite.stream.protocol import stream_key
 from tests.conftest import connection_args
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env
@@ -154,7 +155,15 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
         state = fleet.state(truth=backends.postgres)
         engines = {"postgres": backends.postgres, "sqlite": backends.sqlite_read}
         assert differences(state, backends.postgres, "postgres") == []
-        wait("the replay to bring SQLite up to date", lambda: not differences(state, backends.sqlite_read), 60, 0.5)
+        try:
+            wait("the replay to bring SQLite up to date", lambda: not differences(state, backends.sqlite_read), 90, 0.5)
+        except AssertionError as exc:  # say why: what differs, where the replay stands, what it logged
+            groups = backends.redis.xinfo_groups(stream_key(settings.namespace))
+            dead = backends.redis.xlen(f"{settings.namespace}:changes:dead")
+            log = (tmp_path / "backfill.stderr").read_text()[-2000:]
+            raise AssertionError(
+                f"{exc}: {differences(state, backends.sqlite_read)[:10]}; groups {groups}; dead letters {dead}; {log}"
+            ) from None
         assert [d for label, e in engines.items() for d in differences(state, e, label)] == []
         step("compared")
 
