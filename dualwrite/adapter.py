@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Delete, Insert, Update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import DBAPIError
 
 from dualwrite import metrics
 from dualwrite.apply.rule import apply_events, plan_events, run_plan_direct
@@ -42,16 +41,16 @@ from dualwrite.engines import Backends
 from dualwrite.errors import PrimaryMovedError, SecondaryApplyError, first_line
 from dualwrite.events import ChangeEvent
 from dualwrite.phase import Phase
+from dualwrite.retry import SECONDARY_APPLY, primary_switch
 from dualwrite.settings import Settings
 from dualwrite.stream.relay import Relay, Wakeup
 from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.adapter")
 T = TypeVar("T")
-# Attempts at the inline apply to the other side before the replayer is left to heal it.
-APPLY_ATTEMPTS = 3
 # How long a writer waits for a primary switch to finish before giving up.
 SWITCH_WAIT_SECONDS = 15.0
+_SWITCH_WAIT = primary_switch(SWITCH_WAIT_SECONDS)
 
 
 @functools.cache
@@ -160,10 +159,10 @@ class DualWriter:
             yield session
 
     def _open_primary(self) -> tuple[Connection, Phase]:
-        deadline = time.monotonic() + SWITCH_WAIT_SECONDS
-        fresh = False
-        while True:
-            phase = self.phases.current(fresh=fresh, verify=fresh)  # after a fence: the record decides
+        fresh, last = [False], [""]  # after the first miss: re-read the phase from its record
+
+        def attempt() -> tuple[Connection, Phase] | None:
+            phase = self.phases.current(fresh=fresh[0], verify=fresh[0])  # after a fence: the record decides
             if phase.name != self._phase_shown:
                 metrics.follow_phase(self.phases, phase.name)
                 self._phase_shown = phase.name
@@ -177,26 +176,22 @@ class DualWriter:
                 raise
             conn.rollback()
             conn.close()
-            if time.monotonic() > deadline:
-                raise PrimaryMovedError(
-                    f"{phase.primary} is not the primary and no switch completed in {SWITCH_WAIT_SECONDS:.0f}s"
-                )
-            fresh = True
-            time.sleep(0.02)
+            fresh[0] = True
+            last[0] = phase.primary
+            return None
+
+        opened = _SWITCH_WAIT(attempt)
+        if opened is None:
+            raise PrimaryMovedError(
+                f"{last[0]} is not the primary and no switch completed in {SWITCH_WAIT_SECONDS:.0f}s"
+            )
+        return opened
 
     def _apply_secondary(self, backend: str, events: list[ChangeEvent], store: str, op: str) -> None:
         start = time.perf_counter()
         try:
-            # a brief retry (10 ms, then 20 ms) for a dropped connection or a deadlock; a plain loop, since
-            # a retry library's per-call setup costs more than the rest of this method
-            for attempt in range(APPLY_ATTEMPTS):
-                try:
-                    self.apply(backend, events)
-                    break
-                except DBAPIError:
-                    if attempt == APPLY_ATTEMPTS - 1:
-                        raise
-                    time.sleep(0.01 * 2**attempt)
+            # a brief retry for a dropped connection or a deadlock (retry.SECONDARY_APPLY, built once)
+            SECONDARY_APPLY(self.apply, backend, events)
         except Exception as exc:
             metrics.SECONDARY_FAILURES.labels(store).inc()
             log.warning(
@@ -214,31 +209,27 @@ class DualWriter:
         """Strict mode, before the primary commits: apply `events` to `backend` in a transaction that is
         left open (the caller commits it after the primary). Raises SecondaryApplyError after the brief
         retry; the caller then rolls the primary back."""
-        error: BaseException | None = None
-        for attempt in range(APPLY_ATTEMPTS):
-            conn: Connection | None = None
+
+        def prepare() -> Connection:
+            conn = self.backends.apply_engine(backend).connect()
             try:
-                conn = self.backends.apply_engine(backend).connect()
                 conn.begin()
                 apply_events(conn, self.tables.table, events)
-                return conn
-            except DBAPIError as exc:  # unreachable, a dropped connection, a deadlock: try again briefly
-                error = exc
-                if conn is not None:
-                    conn.close()
-                if attempt < APPLY_ATTEMPTS - 1:
-                    time.sleep(0.01 * 2**attempt)
-            except Exception as exc:  # the events cannot be applied (schema drift, unknown table)
-                error = exc
-                if conn is not None:
-                    conn.close()
-                break
-        store = self.tables.store(events[0].table)
-        metrics.SECONDARY_FAILURES.labels(store).inc()
-        raise SecondaryApplyError(
-            f"strict: apply to {backend} failed, so the write was rolled back and nothing committed: "
-            f"{first_line(error) if error else 'unknown error'}"
-        ) from error
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        # unreachable, a dropped connection, a deadlock: tried again briefly; the events cannot be applied
+        # (schema drift, an unknown table): not
+        try:
+            return SECONDARY_APPLY(prepare)
+        except Exception as exc:  # noqa: BLE001 - any failure rolls the primary back (SecondaryApplyError)
+            metrics.SECONDARY_FAILURES.labels(self.tables.store(events[0].table)).inc()
+            raise SecondaryApplyError(
+                f"strict: apply to {backend} failed, so the write was rolled back and nothing committed: "
+                f"{first_line(exc)}"
+            ) from exc
 
     def _commit_secondary(self, conn: Connection, backend: str, events: list[ChangeEvent], store: str) -> None:
         """Strict mode, after the primary committed: commit the other side. A failure now is not the

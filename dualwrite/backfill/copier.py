@@ -40,6 +40,7 @@ from dualwrite.backfill.throttle import TokenBucket
 from dualwrite.bookkeeping import move_sequences_past_keys
 from dualwrite.errors import first_line, sqlstate
 from dualwrite.events import key_text
+from dualwrite.retry import is_transient, transient_db
 
 __all__ = ["STAGING", "Copier", "TableReport", "copy_apply", "copy_text", "sync_sequence"]
 
@@ -48,17 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualwrite.backfill.copier")
 Bad = tuple[int, BaseException]  # (position in the chunk, why Postgres refused that row)
-TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
 # ValueError/TypeError: a driver refusing a value client-side (psycopg2: NUL in a string literal).
 DB_ERRORS = (DBAPIError, psycopg.Error, psycopg2.Error, ValueError, TypeError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    state = sqlstate(exc)
-    if state in TRANSIENT_SQLSTATES or (state or "").startswith("08"):
-        return True
-    orig = getattr(exc, "orig", exc)
-    return isinstance(orig, psycopg.OperationalError | psycopg2.OperationalError) and state is None
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -213,36 +205,34 @@ class Copier:
         `set_aside` rows were already rejected by prepare_chunk: they count in the same checkpoint.
         (leases.py passes its own `save`, which also completes the chunk's lease; lanes.py a
         `before_save` that waits, rows loaded, for the previous chunk to commit.)"""
-        bisect = False
         columns, values, version = chunk.columns, chunk.values, chunk.version
-        for attempt in range(self.max_retries + 1):
-            bad: list[Bad] = []
-            try:
-                with self.postgres.begin() as conn:
-                    if bisect:
-                        result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
-                    else:
-                        result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
-                    if before_save is not None:
-                        before_save()
-                    self._reject(table, columns, values, bad)
-                    saved = ckpt.Checkpoint(**cp.__dict__)
-                    saved.rows_copied += len(values) - len(bad)
-                    saved.rows_rejected += len(bad) + set_aside
-                    save(conn, saved)
-                cp.__dict__.update(saved.__dict__)
-                return result, len(bad)
-            except DB_ERRORS as exc:
-                if is_transient(exc) and attempt < self.max_retries:
-                    log.warning("backfill %s: transient error, retrying chunk: %s", table.name, first_line(exc, 300))
-                    time.sleep(min(2.0, 0.05 * 2**attempt))
-                    continue
-                if bisect or is_transient(exc) or is_fatal(exc):
-                    raise
-                log.warning("backfill %s: chunk refused, bisecting: %s", table.name, first_line(exc, 300))
-                bisect = True
-        raise RuntimeError("unreachable")
 
+        def attempt(bisect: bool) -> tuple[ApplyResult, int]:
+            bad: list[Bad] = []
+            with self.postgres.begin() as conn:
+                if bisect:
+                    result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
+                else:
+                    result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
+                if before_save is not None:
+                    before_save()
+                self._reject(table, columns, values, bad)
+                saved = ckpt.Checkpoint(**cp.__dict__)
+                saved.rows_copied += len(values) - len(bad)
+                saved.rows_rejected += len(bad) + set_aside
+                save(conn, saved)
+            cp.__dict__.update(saved.__dict__)
+            return result, len(bad)
+
+        # a deadlock or serialization failure with a live event on the same keys: the whole chunk again
+        retrying = transient_db(self.max_retries, f"backfill {table.name}: chunk", log)
+        try:
+            return retrying(attempt, False)
+        except DB_ERRORS as exc:
+            if is_transient(exc) or is_fatal(exc):
+                raise
+            log.warning("backfill %s: chunk refused, bisecting: %s", table.name, first_line(exc, 300))
+        return retrying(attempt, True)
 
     def _reject(self, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], bad: list[Bad]) -> None:
         if not bad:

@@ -16,7 +16,7 @@ apply rule locks in), so a live event on one of these keys waits, then applies a
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,9 +24,11 @@ from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, inspect, 
 
 from dualwrite.apply.rule import pk_columns
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.backfill.copier import is_transient
 from dualwrite.backfill.cursor import decode_key
 from dualwrite.bookkeeping import versions
+from dualwrite.retry import transient_db
+
+log = logging.getLogger("dualwrite.backfill.reset")
 
 # Phases in which Postgres serves reads or is the primary: deleting rows there would lose answers.
 ROWS_LOCKED_PHASES = ("postgres_reads", "postgres_primary", "postgres")
@@ -80,17 +82,15 @@ def delete_backfill_rows(
         conn.rollback()
     if table is None:  # never created on Postgres: only version entries can be left
         return out
+
+    def one_batch(after: str) -> tuple[str, bool]:
+        with engine.begin() as conn:
+            return _batch(conn, table, after, batch, out)
+
+    retrying = transient_db(5, f"backfill reset {name}: batch", log)  # a deadlock with a live event
     after = ""
     while True:
-        for attempt in range(6):
-            try:
-                with engine.begin() as conn:
-                    after, done = _batch(conn, table, after, batch, out)
-                break
-            except Exception as exc:
-                if not is_transient(exc) or attempt == 5:
-                    raise
-                time.sleep(0.05 * 2**attempt)  # a deadlock with a live event: retry the batch
+        after, done = retrying(one_batch, after)
         if progress is not None:
             progress(out)
         if done:

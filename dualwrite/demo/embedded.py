@@ -108,7 +108,16 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
 def _kill(pid: int | None) -> None:
     import os
     import signal
-    import time
+
+    from dualwrite.retry import poll_until
+
+    def gone() -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            os.kill(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            return True
+        return False
 
     if not pid:
         return
@@ -117,10 +126,5 @@ def _kill(pid: int | None) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        for _ in range(20):
-            try:
-                os.waitpid(pid, os.WNOHANG)
-                os.kill(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                return
-            time.sleep(0.1)
+        if poll_until(2.0, 0.1, gone):
+            return

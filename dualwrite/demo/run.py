@@ -31,6 +31,7 @@ from dualwrite.demo.progress import Progress
 from dualwrite.demo.synth import seed, split_counts
 from dualwrite.demo.traffic import Traffic
 from dualwrite.errors import ConfigError
+from dualwrite.retry import outage
 from dualwrite.settings import Settings
 from dualwrite.shadow.reader import ShadowReader
 from dualwrite.stream.relay import Relay
@@ -236,13 +237,22 @@ class Demo:
 
     def _background(self, relay: Relay, replayer: Replayer, stop: threading.Event, dw: DualWriter) -> None:
         exported = 0.0
+
+        def one_round() -> None:
+            nonlocal exported
+            relay.run_once()
+            replayer.step(block_ms=100)
+            if self.metrics_port is not None and time.monotonic() - exported >= GATE_EXPORT_S:
+                exported = time.monotonic()
+                gate.export(dw.backends, dw.tables)  # the gate panels, as the backfill daemon exports them
+
+        def on_failure(exc: BaseException, _wait: float) -> None:
+            log.error("background round failed", exc_info=exc)
+
+        # the demo's workers keep going, like the daemon (retry.outage, for any failure)
+        rounds = outage(stop.is_set, on_failure, errors=(Exception,))
         while not stop.is_set():
             try:
-                relay.run_once()
-                replayer.step(block_ms=100)
-                if self.metrics_port is not None and time.monotonic() - exported >= GATE_EXPORT_S:
-                    exported = time.monotonic()
-                    gate.export(dw.backends, dw.tables)  # the gate panels, as the backfill daemon exports them
-            except Exception:  # noqa: BLE001 - the demo's workers keep going, like the daemon
-                log.exception("background round failed")
-                time.sleep(0.2)
+                rounds(one_round)
+            except Exception:  # noqa: BLE001 - stopped while waiting out a failure
+                break

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
+from dualwrite.retry import outage, poll_until
 from dualwrite.stream.protocol import entry_id, stream_key
 from dualwrite.types import utcnow
 
@@ -290,16 +291,12 @@ class Relay:
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Publish until the outbox is empty above the stream's top, or the timeout passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self.run_once()
-                if self.backlog == 0:
-                    return True
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        return False
+
+        def published_all() -> bool:
+            self.run_once()
+            return self.backlog == 0
+
+        return bool(poll_until(timeout, 0.05, published_all, errors=(redis.RedisError,)))
 
     # -- background thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -307,23 +304,30 @@ class Relay:
         self._thread.start()
 
     def _loop(self) -> None:
-        backoff = self.interval
         flag = self.wakeup.subscribe()
+
+        def wait_for_commits(seconds: float) -> None:
+            """Until a commit wakes this relay (then a moment more, to batch a burst) or `seconds` pass."""
+            if flag.wait(timeout=seconds):
+                flag.clear()
+                self._stop.wait(self.coalesce)
+
+        def on_failure(exc: BaseException, wait: float) -> None:
+            if isinstance(exc, redis.RedisError):
+                metrics.PUBLISH_FAILURES.inc()
+                log.warning("relay: Redis unavailable (%s); the outbox keeps the events", str(exc)[:120])
+            else:
+                log.error("relay round failed", exc_info=exc)
+
+        # the relay must outlive any single failure: retry.outage, woken early by a commit
+        rounds = outage(self._stop.is_set, on_failure, errors=(Exception,), sleep=wait_for_commits)
         try:
             while not self._stop.is_set():
                 try:
-                    self.run_once()
-                    backoff = self.interval
-                except redis.RedisError as exc:
-                    metrics.PUBLISH_FAILURES.inc()
-                    log.warning("relay: Redis unavailable (%s); the outbox keeps the events", str(exc)[:120])
-                    backoff = min(backoff * 2, 5.0)
-                except Exception:  # noqa: BLE001 - the relay must outlive any single failure
-                    log.exception("relay round failed")
-                    backoff = min(backoff * 2, 5.0)
-                if flag.wait(timeout=backoff):
-                    flag.clear()
-                    self._stop.wait(self.coalesce)
+                    rounds(self.run_once)
+                except Exception:  # noqa: BLE001 - stopped while waiting out a failure
+                    break
+                wait_for_commits(self.interval)
         finally:
             self.wakeup.unsubscribe(flag)
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from dualwrite import metrics
 from dualwrite.errors import DualwriteError, SchemaDriftError, UnknownTableError, first_line
 from dualwrite.events import ChangeEvent
+from dualwrite.retry import OUTAGE_ERRORS, outage, poison_event
 from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
 from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
 
@@ -196,28 +197,25 @@ class Replayer:
         metrics.REPLAY_APPLIED.labels("stale").inc(result.stale)
 
     def _apply_one(self, eid: bytes, payload: bytes, ev: ChangeEvent) -> None:
-        error: BaseException | None = None
-        for attempt in range(self.max_failures):
-            try:
-                self._apply([ev])
-                self.client.xack(self.key, self.group, eid)
-                self._last_ts = ev.ts
-                return
-            except OperationalError:
-                raise
-            except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
-                error = exc
-                if isinstance(exc, (UnknownTableError, SchemaDriftError)):  # retrying cannot help
-                    break
-                time.sleep(0.02 * (attempt + 1))
-        reason = (
-            "unknown_table"
-            if isinstance(error, UnknownTableError)
-            else "schema"
-            if isinstance(error, SchemaDriftError)
-            else "apply"
-        )
-        line = first_line(error) if error else ""
+        def apply() -> None:
+            self._apply([ev])
+            self.client.xack(self.key, self.group, eid)
+            self._last_ts = ev.ts
+
+        try:
+            # a passing conflict is retried; an outage is raised (run() waits it out, nothing dead-lettered)
+            return poison_event(self.max_failures)(apply)
+        except OperationalError:
+            raise
+        except (DBAPIError, DualwriteError, ValueError, KeyError, TypeError) as exc:
+            reason = (
+                "unknown_table"
+                if isinstance(exc, UnknownTableError)
+                else "schema"
+                if isinstance(exc, SchemaDriftError)
+                else "apply"
+            )
+            line = first_line(exc)
         self._dead(eid, payload, line, reason)
         log.warning("replay: event %s dead-lettered (%s): %s", _s(eid), reason, line)
 
@@ -246,28 +244,28 @@ class Replayer:
 
     def run(self, *, once: bool = False, should_stop: Callable[[], bool] = lambda: False) -> ReplayStats:
         """Loop until should_stop(); with once=True stop when the group has nothing left."""
-        backoff = 0.1
         group_ready = False
+
+        def on_outage(exc: BaseException, wait: float) -> None:
+            # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
+            log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, wait, first_line(exc))
+            self._own_pending_done = False  # re-read what this consumer holds
+
+        def one_step() -> int:
+            nonlocal group_ready
+            if should_stop():  # stopped while an outage was waited out: no step more
+                return 0
+            if not group_ready:
+                self.ensure_group()
+                group_ready = True
+            return self.step()
+
+        through_outages = outage(should_stop, on_outage)
         while not should_stop():
             try:
-                if not group_ready:
-                    self.ensure_group()
-                    group_ready = True
-                n = self.step()
-                backoff = 0.1
-            except (OperationalError, redis.RedisError) as exc:
-                # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
-                log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, backoff, first_line(exc))
-                self._own_pending_done = False  # re-read what this consumer holds
-                self._sleep(backoff, should_stop)
-                backoff = min(5.0, backoff * 2)
-                continue
+                n = through_outages(one_step)
+            except OUTAGE_ERRORS:
+                break  # should_stop() while waiting out an outage
             if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
                 break
         return self.stats
-
-    @staticmethod
-    def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
-        end = time.monotonic() + seconds
-        while not should_stop() and time.monotonic() < end:
-            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
