@@ -81,6 +81,35 @@ RELAY_LAG = Gauge("dualwrite_relay_lag_seconds", "Age of the oldest unpublished 
 STREAM_RESETS = Counter(
     "dualwrite_stream_resets_total", "Times the relay found the stream gone and republished the outbox"
 )
+STREAM_LENGTH = Gauge(
+    "dualwrite_stream_length", "Entries in the change stream (XLEN), after the last trim", multiprocess_mode=LATEST
+)
+STREAM_RETENTION = Gauge(
+    "dualwrite_stream_retention_events",
+    "Acknowledged entries the stream keeps below its trim point (the configured window)",
+    multiprocess_mode=LATEST,
+)
+STREAM_TRIMMED = Counter(
+    "dualwrite_stream_trimmed_total", "Stream entries trimmed once every consumer group had acknowledged them"
+)
+OUTBOX_ROWS = Gauge(
+    "dualwrite_outbox_rows",
+    "Rows in an outbox: unpublished ones and published ones kept for the retention window",
+    ["backend"],
+    multiprocess_mode=LATEST,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "dualwrite_outbox_oldest_age_seconds",
+    "Age of an outbox's oldest row (pruning keeps it near the retention window)",
+    ["backend"],
+    multiprocess_mode=LATEST,
+)
+OUTBOX_RETENTION = Gauge(
+    "dualwrite_outbox_retention_seconds",
+    "How long published outbox rows are kept (how far back a lost stream can be rebuilt)",
+    multiprocess_mode=LATEST,
+)
+OUTBOX_PRUNED = Counter("dualwrite_outbox_pruned_total", "Published outbox rows deleted past their retention")
 
 SHADOW_COMPARISONS = Counter(
     "dualwrite_shadow_comparisons_total", "Shadow read comparisons by result", ["store", "query", "result"]

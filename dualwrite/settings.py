@@ -120,6 +120,10 @@ class Settings:
     pool_size: int = 5
     max_overflow: int = 5
     pool_pre_ping: bool = True
+    # Bounded state (stream/retention.py): acknowledged stream entries kept below the trim point, and how
+    # long published outbox rows are kept (how far back a lost stream can be rebuilt).
+    stream_retention: int = 10_000
+    outbox_retention_s: float = 86_400.0
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -146,6 +150,8 @@ class Settings:
             "pool_size": self.pool_size,
             "max_overflow": self.max_overflow,
             "pool_pre_ping": self.pool_pre_ping,
+            "stream_retention": self.stream_retention,
+            "outbox_retention_s": self.outbox_retention_s,
         }
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
@@ -176,6 +182,8 @@ _ENV = {
     "pool_size": "DUALWRITE_POOL_SIZE",
     "max_overflow": "DUALWRITE_MAX_OVERFLOW",
     "pool_pre_ping": "DUALWRITE_POOL_PRE_PING",
+    "stream_retention": "DUALWRITE_STREAM_RETENTION",
+    "outbox_retention_s": "DUALWRITE_OUTBOX_RETENTION",
 }
 _FLAGS = {
     "sqlite_url": "--sqlite",
@@ -189,6 +197,8 @@ _FLAGS = {
     "pool_size": "--pool-size",
     "max_overflow": "--max-overflow",
     "pool_pre_ping": "--pool-pre-ping",
+    "stream_retention": "--stream-retention",
+    "outbox_retention_s": "--outbox-retention",
 }
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -209,6 +219,35 @@ def _count(value: object, setting: str, minimum: int) -> int:
     if n < minimum:
         raise ConfigError(f"{setting}: {n} is below {minimum}")
     return n
+
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _span_s(value: object, setting: str) -> float:
+    """A duration: seconds, or a number with s/m/h/d (e.g. 24h)."""
+    m = _SPAN.match(str(value).lower())
+    if not m:
+        raise ConfigError(f"{setting}: {value!r} is not a duration (seconds, or a number with s/m/h/d: 24h)")
+    return float(m[1]) * _UNIT_S[m[2]]
+
+
+def _retention(values: dict[str, object], raw: dict[str, object], sources: dict[str, str]) -> None:
+    if "stream_retention" in raw:
+        values["stream_retention"] = _count(raw["stream_retention"], sources["stream_retention"], 0)
+    if "outbox_retention_s" in raw:
+        values["outbox_retention_s"] = _span_s(raw["outbox_retention_s"], sources["outbox_retention_s"])
+
+
+def with_retention(settings: Settings, stream: object = None, outbox: object = None) -> Settings:
+    """`settings` with the --stream-retention/--outbox-retention flags of a command applied (None: keep)."""
+    raw = {k: v for k, v in (("stream_retention", stream), ("outbox_retention_s", outbox)) if v is not None}
+    if not raw:
+        return settings
+    values: dict[str, object] = {}
+    _retention(values, raw, {k: _FLAGS[k] for k in raw})
+    return replace(settings, **values, sources={**settings.sources, **{k: _FLAGS[k] for k in raw}})  # type: ignore[arg-type]
 
 
 def load_settings(env: dict[str, str] | None = None, **flags: object) -> Settings:
@@ -250,6 +289,7 @@ def load_settings(env: dict[str, str] | None = None, **flags: object) -> Setting
         values["pool_size"] = _count(raw["pool_size"], sources["pool_size"], 1)
     if "max_overflow" in raw:
         values["max_overflow"] = _count(raw["max_overflow"], sources["max_overflow"], 0)
+    _retention(values, raw, sources)
     if "metadata" in raw:
         spec = str(raw["metadata"]).strip()
         if not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", spec):

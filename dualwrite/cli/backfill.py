@@ -26,6 +26,7 @@ from dualwrite.cli.options import (
     fail,
     load_tables,
     open_backends,
+    retention_options,
     tables_options,
     write_report,
 )
@@ -81,6 +82,7 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
 @backfill.command()
 @tables_options
 @connection_options
+@retention_options
 @click.option("--table", "table_names", multiple=True, help="only this table (repeatable)")
 @click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b")
 @click.option("--priority", "priorities", multiple=True, help="only these registry priorities: P0,P1")

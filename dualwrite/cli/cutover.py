@@ -14,6 +14,7 @@ from dualwrite.cli.options import (
     load_tables,
     open_backends,
     phase_lines,
+    retention_options,
     tables_options,
     write_report,
 )
@@ -152,6 +153,7 @@ def cutover_cancel(settings: Settings) -> None:
 @cutover.command("status")
 @tables_options
 @connection_options
+@retention_options
 @_gate_options
 def cutover_status(settings: Settings, reflect: bool, **cfg: Any) -> None:
     """Phase, recent history, the gate for the next phase and the shadow counts."""
@@ -170,8 +172,23 @@ def cutover_status(settings: Settings, reflect: bool, **cfg: Any) -> None:
         _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
         counts = read_counts(backends.redis, settings.namespace)
         click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
+        for line in _bounded_state(backends):
+            click.echo(mask_text(line))
     finally:
         backends.close()
+
+
+def _bounded_state(backends: Any) -> list[str]:
+    """The stream's length and trim point, each outbox's size and retention (stream/retention.py)."""
+    from datetime import timedelta
+
+    from dualwrite.stream.protocol import stream_key
+    from dualwrite.stream.retention import status_lines
+
+    s = backends.settings
+    sources = [("sqlite", backends.sqlite_read), ("postgres", backends.postgres)]
+    retention = timedelta(seconds=s.outbox_retention_s)
+    return status_lines(backends.redis, stream_key(s.namespace), s.stream_retention, retention, sources)
 
 
 # `dualwrite status`: the operator's first question, one word away (the same as `cutover status`).

@@ -8,12 +8,13 @@ import uuid
 
 import click
 
-from dualwrite.cli.options import connection_options, write_report
+from dualwrite.cli.options import connection_options, retention_options, write_report
 from dualwrite.settings import Settings, mask_text
 
 
 @click.command()
 @connection_options(sqlite="create")
+@retention_options
 @click.option("--rows", default=200_000, show_default=True, envvar="DUALWRITE_DEMO_ROWS", help="history rows to seed")
 @click.option("--duration", default=30.0, show_default=True, help="seconds of traffic across the phases")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None, help="serve /metrics, /health")

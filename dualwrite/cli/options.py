@@ -110,6 +110,33 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
     return one_line_errors(wrapper)
 
 
+def retention_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--stream-retention/--outbox-retention (stream/retention.py) for the commands that trim, prune or show
+    it; put it below @connection_options (it overrides the loaded settings)."""
+    fn = click.option(
+        "--outbox-retention",
+        "outbox_retention",
+        default=None,
+        help="keep published outbox rows this long, e.g. 24h (default 24h) [DUALWRITE_OUTBOX_RETENTION]",
+    )(fn)
+    fn = click.option(
+        "--stream-retention",
+        "stream_retention",
+        default=None,
+        help="acknowledged stream entries kept below the trim point (default 10000) [DUALWRITE_STREAM_RETENTION]",
+    )(fn)
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, settings: Settings, stream_retention: str | None, outbox_retention: str | None, **kw: Any
+    ) -> Any:
+        from dualwrite.settings import with_retention
+
+        return fn(*args, settings=with_retention(settings, stream_retention, outbox_retention), **kw)
+
+    return wrapper
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Known errors become one masked line and exit code 2 (1 for a refused phase change), whether the
     command runs under the `dualwrite` group or on its own."""

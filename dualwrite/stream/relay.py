@@ -5,7 +5,9 @@ Each round finds the stream's top entry *of ours* (one script call), reads the o
 row with the id `<seq>-0`. So the stream is the relay's cursor: a crash between XADD and anything else
 loses nothing and duplicates nothing, and a second relay is harmless. If the stream is gone (Redis
 restarted, it keeps nothing on disk), its top is 0 and every retained outbox row is published again
-(counted as a reset); consumers are idempotent. Published rows older than the retention window are pruned.
+(counted as a reset); consumers are idempotent. Every `trim_every` seconds the stream is trimmed to what
+every consumer group has acknowledged, less `stream_retention` entries; every `prune_every` seconds
+published rows older than `retention` are pruned from the outbox (retention.py).
 
 An entry is ours iff its id is `<n>-0` and its event's seq is n. Anything else at the top of the stream
 (say an XADD with an auto id: a millisecond timestamp far above every seq) would make every later XADD of
@@ -23,13 +25,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
 from dualwrite.retry import outage, poll_until
 from dualwrite.stream.protocol import entry_id, stream_key
+from dualwrite.stream.retention import StreamTrimmer, measure_outboxes, prune_outbox
 from dualwrite.types import utcnow
 
 if TYPE_CHECKING:
@@ -138,6 +141,9 @@ class Relay:
         *,
         batch: int = 1000,
         retention: timedelta = timedelta(hours=24),
+        stream_retention: int = 10_000,
+        trim_every: float = 1.0,
+        prune_every: float = 60.0,
         maxlen: int | None = None,
         wakeup: Wakeup | None = None,
         interval: float = 0.2,
@@ -153,6 +159,10 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._seen_stream = False
         self._last_prune = 0.0
+        self._last_trim = float("-inf")
+        self.trim_every, self.prune_every = trim_every, prune_every
+        self.trimmer = StreamTrimmer(client, self.key, stream_retention)
+        self.trimmed = 0  # stream entries this relay trimmed
         self._top = 0  # the last cursor seen (for the backlog while Redis is away)
         self._cursor_script = client.register_script(OUR_TOP_LUA)
         self.published = 0
@@ -163,7 +173,10 @@ class Relay:
     def for_backends(cls, backends: Backends, **kw: Any) -> Relay:
         """A relay over both outboxes of `backends` (a writer passes its commit Wakeup as `wakeup`)."""
         sources = [("sqlite", backends.sqlite_read), ("postgres", backends.postgres)]
-        return cls(backends.redis, backends.settings.namespace, sources, **kw)
+        s = backends.settings
+        kw.setdefault("retention", timedelta(seconds=s.outbox_retention_s))
+        kw.setdefault("stream_retention", s.stream_retention)
+        return cls(backends.redis, s.namespace, sources, **kw)
 
     def run_once(self) -> int:
         """Publish what is pending; return how many events were added to the stream."""
@@ -193,9 +206,22 @@ class Relay:
             metrics.RELAY_LAG.set(0)
         self._top = top
         self._seen_stream = self._seen_stream or added > 0 or top > 0
-        if time.monotonic() - self._last_prune > 60:
+        if time.monotonic() - self._last_trim >= self.trim_every:
+            self.trim()
+        if time.monotonic() - self._last_prune > self.prune_every:
             self.prune(top)
         return added
+
+    def trim(self) -> int:
+        """Trim the stream to what every consumer group acknowledged, less the retention window."""
+        self._last_trim = time.monotonic()
+        try:
+            n = self.trimmer.trim().trimmed
+        except redis.RedisError as exc:  # the publishing went through; trimming waits for the next round
+            log.warning("stream trim failed: %s", str(exc)[:200])
+            return 0
+        self.trimmed += n
+        return n
 
     def our_top(self) -> int | None:
         """The seq of our newest entry in the stream (None: no stream). Foreign entries above it are moved
@@ -268,25 +294,21 @@ class Relay:
         return int(count), oldest
 
     def prune(self, top: int) -> int:
-        """Delete published rows older than the retention window (kept to rebuild a lost stream)."""
+        """Delete published rows (seq <= top) older than the retention window, in batches; then export each
+        outbox's size (dualwrite_outbox_rows)."""
         self._last_prune = time.monotonic()
-        cutoff, pruned = utcnow() - self.retention, 0
+        pruned = 0
         for _backend, engine in self.sources:
             try:
                 write = engine if engine.dialect.name == "postgresql" else _writable(engine)
                 try:
-                    with write.begin() as conn:
-                        pruned += (
-                            conn.execute(
-                                delete(outbox).where(outbox.c.seq <= top, outbox.c.created_at < cutoff)
-                            ).rowcount
-                            or 0
-                        )
+                    pruned += prune_outbox(write, top, self.retention)
                 finally:
                     if write is not engine:
                         write.dispose()
             except SQLAlchemyError as exc:
                 log.warning("outbox prune failed: %s", str(exc).splitlines()[0][:200])
+        measure_outboxes(self.sources, self.retention)
         return pruned
 
     def drain(self, timeout: float = 30.0) -> bool:

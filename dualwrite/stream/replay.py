@@ -9,6 +9,8 @@
 - A group lost with the stream (Redis restarted; the relay republishes from the outbox) is recreated at
   id 0, so everything still or again in the stream is read; the apply rule makes the re-reads no-ops.
 - `run()` never dies of a Redis or Postgres outage: one log line, back off, go on.
+- Every `trim_every_s` the stream is trimmed to what every group acknowledged, less the settings'
+  `stream_retention` (retention.py; the relay does the same: either alone keeps the stream bounded).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dualwrite.events import ChangeEvent
 from dualwrite.retry import OUTAGE_ERRORS, outage, poison_event
 from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
 from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
+from dualwrite.stream.retention import StreamTrimmer
 
 if TYPE_CHECKING:
     from dualwrite.engines import Backends
@@ -71,6 +74,7 @@ class Replayer:
     claim_idle_ms: int = 30_000
     target: str = "postgres"
     lag_every_s: float = 0.5  # while busy, the lag gauges are refreshed at most this often (a round trip each)
+    trim_every_s: float = 1.0
     stats: ReplayStats = field(default_factory=ReplayStats)
 
     def __post_init__(self) -> None:
@@ -82,6 +86,8 @@ class Replayer:
         self._last_ts: datetime | None = None
         self._lag_at = float("-inf")
         self.lag: tuple[int, int] | None = None  # (undelivered, pending) at the last update_lag()
+        self.trimmer = StreamTrimmer(self.client, self.key, self.backends.settings.stream_retention)
+        self._trim_at = float("-inf")
 
     def ensure_group(self) -> None:
         try:
@@ -109,6 +115,9 @@ class Replayer:
             self.process(entries)
         if not entries or time.monotonic() - self._lag_at >= self.lag_every_s:
             self.update_lag()
+        if time.monotonic() - self._trim_at >= self.trim_every_s:
+            self._trim_at = time.monotonic()
+            self.trimmer.trim()
         return len(entries)
 
     def _next_entries(self, block_ms: int) -> Entries:

@@ -64,6 +64,8 @@ def test_expected_alerts_present() -> None:
         "DualwriteOutboxBacklogHigh",
         "DualwriteShadowCandidateSlow",
         "DualwriteTargetDown",
+        "DualwriteStreamUnbounded",
+        "DualwriteOutboxUnbounded",
     ):
         assert wanted in names
 
