@@ -1,4 +1,6 @@
-"""One settings object: flags override DUALWRITE_* environment variables, which override defaults.
+"""One settings object: flags override DUALWRITE_* environment variables, which override the project file
+(`dualwrite.toml`, see project.py), which overrides defaults. `load_sources` gives one Settings per source
+the project file declares (the ones a command selected, in priority order).
 
 Every problem is raised as ConfigError with one line that names the setting and what is wrong; a
 URL is never printed with its password (see `mask_url`).
@@ -10,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -124,7 +127,13 @@ class Settings:
     # long published outbox rows are kept (how far back a lost stream can be rebuilt).
     stream_retention: int = 10_000
     outbox_retention_s: float = 86_400.0
-    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # where each setting came from: a flag, a DUALWRITE_* variable, or "FILE line N: [table] key"
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+    # the project file's source these settings are for (None: no project file, or its shared settings)
+    source: str | None = None
+    priority: int = 0
+    # the source's tables are its SQLite file's own (`reflect = true`), not models
+    reflect: bool = False
 
     @property
     def sqlite_path(self) -> Path:
@@ -144,6 +153,7 @@ class Settings:
     def __repr__(self) -> str:
         # Settings end up in log lines and tracebacks with locals: never show a password there.
         shown = {
+            **({"source": self.source} if self.source else {}),
             **self.masked(),
             "strict": self.strict,
             "phase_cache_seconds": self.phase_cache_seconds,
@@ -233,11 +243,11 @@ def _span_s(value: object, setting: str) -> float:
     return float(m[1]) * _UNIT_S[m[2]]
 
 
-def _retention(values: dict[str, object], raw: dict[str, object], sources: dict[str, str]) -> None:
+def _retention(values: dict[str, object], raw: dict[str, object], origins: dict[str, str]) -> None:
     if "stream_retention" in raw:
-        values["stream_retention"] = _count(raw["stream_retention"], sources["stream_retention"], 0)
+        values["stream_retention"] = _count(raw["stream_retention"], origins["stream_retention"], 0)
     if "outbox_retention_s" in raw:
-        values["outbox_retention_s"] = _span_s(raw["outbox_retention_s"], sources["outbox_retention_s"])
+        values["outbox_retention_s"] = _span_s(raw["outbox_retention_s"], origins["outbox_retention_s"])
 
 
 def with_retention(settings: Settings, stream: object = None, outbox: object = None) -> Settings:
@@ -247,52 +257,128 @@ def with_retention(settings: Settings, stream: object = None, outbox: object = N
         return settings
     values: dict[str, object] = {}
     _retention(values, raw, {k: _FLAGS[k] for k in raw})
-    return replace(settings, **values, sources={**settings.sources, **{k: _FLAGS[k] for k in raw}})  # type: ignore[arg-type]
+    return replace(settings, **values, origins={**settings.origins, **{k: _FLAGS[k] for k in raw}})  # type: ignore[arg-type]
 
 
-def load_settings(env: dict[str, str] | None = None, **flags: object) -> Settings:
-    """Settings from flags (non-None values win), then the environment, then defaults."""
+# Settings that belong to one SQLite store: given by a flag or variable they cannot apply to several sources.
+PER_SOURCE = ("sqlite_url", "pg_schema", "metadata")
+
+
+def load_settings(
+    env: dict[str, str] | None = None, *, source: str | None = None, config: str | None = None, **flags: object
+) -> Settings:
+    """Settings from flags (non-None values win), then the environment, then the project file (its
+    `source`, then its [dualwrite] table), then defaults."""
     env = dict(os.environ if env is None else env)
+    project = _project(config, env)
+    if source is None:
+        return _build(env, flags, project, None)
+    if project is None:
+        raise ConfigError(f"--source {source}: no project file (dualwrite.toml here, --config or DUALWRITE_CONFIG)")
+    return _build(env, flags, project, project.select(source)[0])
+
+
+def load_sources(
+    env: dict[str, str] | None = None,
+    *,
+    source: str | None = None,
+    priorities: list[int] | None = None,
+    config: str | None = None,
+    **flags: object,
+) -> list[Settings]:
+    """One Settings per selected source of the project file (by name, by priority, or all), in priority
+    order; without a project file that declares sources, the one Settings of load_settings (a
+    --source is then refused; `priorities` are left to the command, e.g. backfill's table filter)."""
+    env = dict(os.environ if env is None else env)
+    project = _project(config, env)
+    if project is None or not project.sources:
+        if source is not None:
+            where = f"{project.path} declares no [sources.*]" if project else "no project file"
+            raise ConfigError(f"--source {source}: {where} (dualwrite.toml here, --config or DUALWRITE_CONFIG)")
+        return [_build(env, flags, project, None)]
+    chosen = project.select(source, priorities)
+    if len(chosen) > 1:
+        for name in PER_SOURCE:
+            given = _FLAGS[name] if flags.get(name) is not None else (_ENV[name] if env.get(_ENV[name]) else None)
+            if given:
+                raise ConfigError(
+                    f"{given}: {len(chosen)} sources are selected ({', '.join(s.name for s in chosen)}) and it would "
+                    "apply to each; pick one with --source NAME, or set it in the project file"
+                )
+    return [_build(env, flags, project, s) for s in chosen]
+
+
+def _project(config: str | None, env: dict[str, str]) -> Any:
+    from dualwrite import project
+
+    path = project.find(config, env)
+    return project.load(path) if path is not None else None
+
+
+def _build(env: dict[str, str], flags: dict[str, object], project: Any, src: Any) -> Settings:
     raw: dict[str, object] = {}
-    sources: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    derived: dict[str, str] = {}  # namespace/state_schema of a source: derived from the base unless it sets them
     for name, var in _ENV.items():
-        if flags.get(name) is not None:
-            raw[name], sources[name] = flags[name], _FLAGS[name]
+        if src is not None and name in ("namespace", "state_schema") and name in src.values:
+            raw[name], origins[name] = src.values[name], src.where[name]
+        elif flags.get(name) is not None:
+            raw[name], origins[name] = flags[name], _FLAGS[name]
         elif env.get(var):
-            raw[name], sources[name] = env[var], var
+            raw[name], origins[name] = env[var], var
+        elif src is not None and name in src.values:
+            raw[name], origins[name] = src.values[name], src.where[name]
+        elif project is not None and name in project.shared:
+            raw[name], origins[name] = project.shared[name], project.where[name]
+        if src is not None and name in ("namespace", "state_schema") and name not in src.values:
+            derived[name] = name
     values: dict[str, object] = {}
+    if src is not None:
+        values.update(source=src.name, priority=src.priority, reflect=src.reflect)
+        base_ns = str(raw.get("namespace", DEFAULT_NAMESPACE))
+        base_state = str(raw.get("state_schema", DEFAULT_STATE_SCHEMA))
+        if "namespace" in derived:
+            raw["namespace"] = f"{base_ns}:{src.name}"
+            origins["namespace"] = origins.get("namespace", "default") + f" + ':{src.name}'"
+        if "state_schema" in derived:
+            raw["state_schema"] = f"{base_state}_{src.name}"
+            origins["state_schema"] = origins.get("state_schema", "default") + f" + '_{src.name}'"
+        if "pg_schema" not in raw:
+            raw["pg_schema"], origins["pg_schema"] = src.name, f"[sources.{src.name}] (its name)"
     if "sqlite_url" in raw:
-        values["sqlite_url"] = _sqlite_url(str(raw["sqlite_url"]), sources["sqlite_url"])
+        values["sqlite_url"] = _sqlite_url(str(raw["sqlite_url"]), origins["sqlite_url"])
     if "postgres_url" in raw:
-        values["postgres_url"] = _postgres_url(str(raw["postgres_url"]), sources["postgres_url"])
+        values["postgres_url"] = _postgres_url(str(raw["postgres_url"]), origins["postgres_url"])
     else:
         values["postgres_url"] = _postgres_url(DEFAULT_POSTGRES, "default postgres URL")
     if "redis_url" in raw:
-        values["redis_url"] = _redis_url(str(raw["redis_url"]), sources["redis_url"])
+        values["redis_url"] = _redis_url(str(raw["redis_url"]), origins["redis_url"])
     if "namespace" in raw:
         ns = str(raw["namespace"])
         if not _NAMESPACE_RE.match(ns):
             raise ConfigError(
-                f"{sources['namespace']}: namespace {ns!r} must be 1-64 characters of letters, digits, _ . : -"
+                f"{origins['namespace']}: namespace {ns!r} must be 1-64 characters of letters, digits, _ . : -"
             )
         values["namespace"] = ns
     for name in ("pg_schema", "state_schema"):
         if name in raw:
             schema = str(raw[name])
             if not _SCHEMA_RE.match(schema):
-                raise ConfigError(f"{sources[name]}: schema {schema!r} is not a plain identifier")
+                raise ConfigError(f"{origins[name]}: schema {schema!r} is not a plain identifier")
             values[name] = schema
     for name in ("strict", "pool_pre_ping"):
         if name in raw:
-            values[name] = _bool(raw[name], sources[name])
+            values[name] = _bool(raw[name], origins[name])
     if "pool_size" in raw:
-        values["pool_size"] = _count(raw["pool_size"], sources["pool_size"], 1)
+        values["pool_size"] = _count(raw["pool_size"], origins["pool_size"], 1)
     if "max_overflow" in raw:
-        values["max_overflow"] = _count(raw["max_overflow"], sources["max_overflow"], 0)
-    _retention(values, raw, sources)
+        values["max_overflow"] = _count(raw["max_overflow"], origins["max_overflow"], 0)
+    _retention(values, raw, origins)
     if "metadata" in raw:
         spec = str(raw["metadata"]).strip()
         if not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", spec):
-            raise ConfigError(f"{sources['metadata']}: {spec!r} is not module:attribute (e.g. myapp.models:Base)")
+            raise ConfigError(f"{origins['metadata']}: {spec!r} is not module:attribute (e.g. myapp.models:Base)")
         values["metadata"] = spec
-    return Settings(**values, sources=sources)  # type: ignore[arg-type]
+    if values.get("reflect") and "metadata" in values and origins["metadata"] in (_FLAGS["metadata"], _ENV["metadata"]):
+        values["reflect"] = False  # --metadata (or the variable) for a `reflect = true` source: the models win
+    return Settings(**values, origins=origins)  # type: ignore[arg-type]

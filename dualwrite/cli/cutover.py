@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from dualwrite.cli.options import (
+    all_sources,
     check_report_path,
     connection_options,
     load_tables,
@@ -154,13 +155,21 @@ def cutover_cancel(settings: Settings) -> None:
 @tables_options
 @connection_options
 @retention_options
+@all_sources
 @_gate_options
-def cutover_status(settings: Settings, reflect: bool, **cfg: Any) -> None:
-    """Phase, recent history, the gate for the next phase and the shadow counts."""
+def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, **cfg: Any) -> None:
+    """Phase, recent history, the gate for the next phase and the shadow counts; with a project file's
+    sources, one row per selected source (phase, gate, verification freshness)."""
     from dualwrite.cutover.gate import check
     from dualwrite.shadow.reader import read_counts
     from dualwrite.tables import Tables
 
+    if settings.source is not None:
+        from dualwrite.cli.sources_status import print_sources, source_rows
+
+        rows = source_rows(sources, _config(**cfg))
+        print_sources(rows)
+        sys.exit(0 if all(r["phase"] != "unknown" for r in rows) else 1)
     tables = load_tables(settings, reflect, required=False)
     backends = open_backends(settings)
     try:

@@ -37,13 +37,13 @@ def demo(
     from dualwrite.demo.embedded import EmbeddedServers
     from dualwrite.demo.run import Demo
 
-    if "sqlite_url" not in settings.sources:
+    if "sqlite_url" not in settings.origins:
         settings = settings.with_(sqlite_url=f"sqlite:///{Path(tempfile.mkdtemp(prefix='dualwrite-app-')) / 'app.db'}")
-    if "namespace" not in settings.sources:
+    if "namespace" not in settings.origins:
         settings = settings.with_(namespace=f"demo-{uuid.uuid4().hex[:8]}")
-    if "pg_schema" not in settings.sources:
+    if "pg_schema" not in settings.origins:
         settings = settings.with_(pg_schema="dualwrite_demo")
-    if "state_schema" not in settings.sources:  # the demo's own bookkeeping, beside its own tables
+    if "state_schema" not in settings.origins:  # the demo's own bookkeeping, beside its own tables
         settings = settings.with_(state_schema=f"{settings.pg_schema}_dw")
     with EmbeddedServers(settings) as servers:
         for what in servers.started:

@@ -22,21 +22,43 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
-from dualwrite.settings import Settings, load_settings, mask_text
+from dualwrite.settings import Settings, load_sources, mask_text
+
+
+def all_sources(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a command (below @connection_options) that takes every selected source at once, as
+    `sources: list[Settings]` (status, migrate), instead of being run once per source."""
+    fn.dualwrite_all_sources = True  # type: ignore[attr-defined]
+    return fn
+
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "existing") -> Any:
     """--sqlite/--postgres/--redis/--namespace/--pg-schema/--state-schema and the Postgres pool
-    (--pool-size/--max-overflow/--pool-pre-ping) on every command that talks to a backend.
+    (--pool-size/--max-overflow/--pool-pre-ping) on every command that talks to a backend; --config (the
+    project file) with --source NAME / --priority P0: with a project file that declares sources, the
+    command runs once per selected source, in priority order, and says which (see `run_per_source`).
 
     `sqlite`: "existing" (the default) refuses, before the command runs, a SQLite path that does not exist
     (opening it would create an empty database) or a file that is not SQLite; "create" (init, demo) accepts
     a missing path but not a file that is not SQLite; "unused" checks nothing (the command never opens it).
-    `--sqlite` given twice is refused: one file per command."""
+    `--sqlite` given twice is refused: one file per command (several: a project file's sources)."""
     if fn is None:
         return functools.partial(connection_options, sqlite=sqlite)
+    own_priority = any("--priority" in getattr(p, "opts", ()) for p in getattr(fn, "__click_params__", ()))
+    takes_all = getattr(fn, "dualwrite_all_sources", False)
+    selectors = [
+        click.option("--config", "config", help="project file (default ./dualwrite.toml) [DUALWRITE_CONFIG]"),
+        click.option("--source", "source", help="only this source of the project file"),
+    ]
+    if not own_priority:
+        selectors.append(
+            click.option(
+                "--priority", "source_priorities", multiple=True, help="only the sources of these priorities: P0,P1"
+            )
+        )
     for opt in reversed(
         [
             click.option(
@@ -68,6 +90,7 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
                 default=None,
                 help="test a pooled connection before use (default on) [DUALWRITE_POOL_PRE_PING]",
             ),
+            *selectors,
         ]
     ):
         fn = opt(fn)
@@ -84,14 +107,20 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
         pool_size: str | None,
         max_overflow: str | None,
         pool_pre_ping: bool | None,
+        config: str | None,
+        source: str | None,
         **kw: Any,
     ) -> Any:
         if len(sqlite_url) > 1:
             raise ConfigError(
                 f"--sqlite given {len(sqlite_url)} times ({', '.join(sqlite_url)}): a command takes one SQLite "
-                "file (several files into one database is not supported yet)"
+                "file; several files into one database are a project file's [sources.NAME] (dualwrite.toml)"
             )
-        settings = load_settings(
+        wanted = csv(kw.get("priorities", ()) if own_priority else kw.pop("source_priorities", ()))
+        runs = load_sources(
+            source=source,
+            priorities=priorities(wanted) or None,
+            config=config,
             sqlite_url=sqlite_url[0] if sqlite_url else None,
             postgres_url=postgres_url,
             redis_url=redis_url,
@@ -103,9 +132,16 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
             pool_pre_ping=pool_pre_ping,
             metadata=kw.pop("metadata_spec", None),
         )
+        if wanted and runs[0].source is None and not own_priority:
+            raise ConfigError("--priority selects sources of a project file; none is given (dualwrite.toml, --config)")
         if sqlite != "unused":
-            sqlite_file(settings, create=sqlite == "create")
-        return fn(*args, settings=settings, **kw)
+            for each in runs:
+                sqlite_file(each, create=sqlite == "create")
+        if takes_all:
+            return fn(*args, settings=runs[0], sources=runs, **kw)
+        if runs[0].source is None:
+            return fn(*args, settings=runs[0], **kw)
+        return run_per_source(fn, runs, selection(runs, source, wanted), args, kw)
 
     return one_line_errors(wrapper)
 
@@ -135,6 +171,43 @@ def retention_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, settings=with_retention(settings, stream_retention, outbox_retention), **kw)
 
     return wrapper
+
+
+def selection(runs: list[Settings], source: str | None, wanted: list[str]) -> str:
+    """What a command works on, in one line: one source, those of a priority, or all in priority order."""
+    names = ", ".join(f"{s.source} (P{s.priority})" for s in runs)
+    if source:
+        return f"source {names}"
+    if wanted:
+        return f"priority {','.join(wanted)}: {len(runs)} source(s) in priority order: {names}"
+    return f"all {len(runs)} source(s) in priority order: {names}"
+
+
+def run_per_source(fn: Callable[..., Any], runs: list[Settings], said: str, args: Any, kw: dict[str, Any]) -> None:
+    """Run the command for each source in turn (a failure of one does not stop the next); its --report
+    gets the source's name; the exit code is the worst of them."""
+    click.echo(f"dualwrite: {said}")
+    worst = 0
+    for settings in runs:
+        if len(runs) > 1:
+            click.echo(f"== source {settings.source} (P{settings.priority}) ==")
+        each = dict(kw)
+        if len(runs) > 1 and each.get("report_path"):
+            path = Path(each["report_path"])
+            each["report_path"] = str(path.with_name(f"{path.stem}-{settings.source}{path.suffix}"))
+        code: int | str | None = 0
+        try:
+            fn(*args, settings=settings, **each)
+        except SystemExit as exc:
+            code = exc.code
+        except PhaseError as exc:
+            click.echo(f"error: source {settings.source}: {mask_text(str(exc))}", err=True)
+            code = 1
+        except DualwriteError as exc:
+            click.echo(f"error: source {settings.source}: {mask_text(str(exc))}", err=True)
+            code = 2
+        worst = max(worst, code if isinstance(code, int) else 1)
+    sys.exit(worst)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,10 +250,15 @@ def load_tables(
     """The application's Tables (see the module docstring); None when not required and not given.
     `rowid_key`: with --reflect, tables without a primary key are keyed by it (Tables.reflect)."""
     from dualwrite.engines import sqlite_read_engine
-    from dualwrite.tables import Tables
+    from dualwrite.tables import Tables, TableSpec
 
     if reflect and settings.metadata:
         raise ConfigError("--reflect and --metadata/DUALWRITE_METADATA: give one of them")
+    if settings.source is not None:  # a project file's source: its tables, labelled with its name and priority
+        reflect = reflect or settings.reflect
+        if settings.metadata or reflect:
+            found = load_tables(settings.with_(source=None), reflect, rowid_key=rowid_key)
+            return Tables(TableSpec(s.table, settings.source, settings.priority, s.tenant_key) for s in found)
     if settings.metadata:
         return Tables.load(settings.metadata)
     if reflect:
@@ -205,7 +283,7 @@ def existing_sqlite(settings: Settings) -> None:
 
 def sqlite_file(settings: Settings, *, create: bool = False) -> None:
     """Refuse a SQLite path that does not exist (unless `create`), is not a file, or is not SQLite."""
-    where = settings.sources.get("sqlite_url", "the default --sqlite")
+    where = settings.origins.get("sqlite_url", "the default --sqlite")
     path = settings.sqlite_path
     if not path.exists():
         if not create:

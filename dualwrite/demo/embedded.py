@@ -41,9 +41,9 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
 
     def __enter__(self) -> EmbeddedServers:
         changes: dict[str, str] = {}
-        if "postgres_url" not in self.settings.sources and not answers("127.0.0.1", 5432):
+        if "postgres_url" not in self.settings.origins and not answers("127.0.0.1", 5432):
             changes["postgres_url"] = self._start_postgres()
-        if "redis_url" not in self.settings.sources and not answers("127.0.0.1", 6379):
+        if "redis_url" not in self.settings.origins and not answers("127.0.0.1", 6379):
             changes["redis_url"] = self._start_redis()
         if changes:
             self.settings = self.settings.with_(**changes)

@@ -14,7 +14,7 @@ def test_flags_override_environment_which_overrides_defaults(tmp_path) -> None:
     assert s.sqlite_path == tmp_path / "flag.db"
     assert s.namespace == "fromenv"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    assert s.sources["sqlite_url"] == "--sqlite" and s.sources["namespace"] == "DUALWRITE_NAMESPACE"
+    assert s.origins["sqlite_url"] == "--sqlite" and s.origins["namespace"] == "DUALWRITE_NAMESPACE"
 
 
 def test_sqlite_accepts_path_and_url(tmp_path) -> None:
@@ -66,7 +66,7 @@ def test_pool_settings_defaults_environment_and_flags() -> None:
     assert (s.pool_size, s.max_overflow, s.pool_pre_ping) == (3, 0, False)
     s = load_settings(env=env, pool_size="7", pool_pre_ping=True)
     assert (s.pool_size, s.max_overflow, s.pool_pre_ping) == (7, 0, True)
-    assert s.sources["pool_size"] == "--pool-size" and s.sources["max_overflow"] == "DUALWRITE_MAX_OVERFLOW"
+    assert s.origins["pool_size"] == "--pool-size" and s.origins["max_overflow"] == "DUALWRITE_MAX_OVERFLOW"
     assert "pool_size=7" in repr(s)
 
 

@@ -1,0 +1,67 @@
+"""`dualwrite status` of a project file's sources: one row per source (its phase, the gate for its next
+phase, how fresh its last verify is, the shadow counts), at a glance."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from typing import Any
+
+from dualwrite.settings import Settings, mask_text
+
+
+def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
+    """Each source's phase, gate and verification, read from its own setup (an unreachable one says so)."""
+    from dualwrite.cli.options import load_tables, open_backends
+    from dualwrite.cutover.gate import check
+    from dualwrite.errors import first_line
+    from dualwrite.shadow.reader import read_counts
+    from dualwrite.tables import Tables
+    from dualwrite.verify.verifier import load_last
+
+    rows = []
+    for s in sources:
+        row: dict[str, Any] = {"source": s.source, "priority": f"P{s.priority}", "sqlite": str(s.sqlite_path)}
+        row.update(pg_schema=s.pg_schema, namespace=s.namespace)
+        try:
+            tables = load_tables(s, required=False)
+            backends = open_backends(s)
+            try:
+                gate = check(backends, tables if tables is not None else Tables([]), None, config)
+                last = load_last(backends.redis, s.namespace)
+                counts = read_counts(backends.redis, s.namespace)
+            finally:
+                backends.close()
+        except Exception as exc:  # noqa: BLE001 - one source's trouble is its row, not the command's
+            row.update(phase="unknown", gate=f"unavailable: {first_line(exc)}", ok=False)
+            rows.append(row)
+            continue
+        row.update(phase=gate.current, next=gate.target, ok=gate.ok)
+        row["gate"] = "PASS" if gate.ok else "FAIL: " + ", ".join(c.name for c in gate.failing)
+        if gate.target == gate.current:
+            row["gate"] = "final phase" if gate.ok else row["gate"]
+        if last is None:
+            row["verify"] = "never"
+        else:
+            age = (datetime.now(UTC) - datetime.fromisoformat(last["at"])).total_seconds()
+            state = "clean" if last.get("clean") else "differences"
+            stale = config.verify_max_age_seconds is not None and age > config.verify_max_age_seconds
+            row["verify"] = f"{state}, {age:.0f}s ago" + (" (stale)" if stale else "")
+        row["shadow"] = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+        rows.append(row)
+    return rows
+
+
+def print_sources(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} source(s), in priority order", title_justify="left")
+    for head in ("source", "priority", "phase", "next", "gate", "verify", "shadow", "pg_schema"):
+        table.add_column(head, overflow="fold")
+    for r in rows:
+        cells = [
+            r.get(k, "-") for k in ("source", "priority", "phase", "next", "gate", "verify", "shadow", "pg_schema")
+        ]
+        table.add_row(*(mask_text(str(c)) for c in cells))
+    Console(width=max(shutil.get_terminal_size().columns, 160)).print(table)
