@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from dualwrite.cli.options import REPORT_PATH, Count, connection_options, existing_sqlite, fail
+from dualwrite.cli.options import REPORT_PATH, Count, all_sources, connection_options, existing_sqlite, fail, selection
 from dualwrite.settings import Settings
 
 
@@ -41,6 +41,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 
 @click.command("migrate")
 @connection_options
+@all_sources
 @click.option("--tables", "tables", multiple=True, help="only these source tables (repeatable)")
 @click.option("--cast", "casts", multiple=True, metavar="TABLE.COLUMN=TYPE", help="override a column's type")
 @click.option("--rename", "renames", multiple=True, metavar="TABLE[.COLUMN]=NAME", help="Postgres name")
@@ -56,9 +57,12 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
     is_flag=True,
     help="keep the migration's own tables (state schema) after success; they always stay for --resume",
 )
+@click.option("--undo", is_flag=True, help="drop what migrate created from these files (tables, views, schema)")
 @click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
 def command(
     settings: Settings,
+    sources: list[Settings],
+    undo: bool,
     tables: tuple[str, ...],
     casts: tuple[str, ...],
     renames: tuple[str, ...],
@@ -75,11 +79,32 @@ def command(
     """Copy a SQLite database (--sqlite, opened read-only) into PostgreSQL (--postgres, schema --pg-schema,
     created if missing): schema with casting rules, data, constraints, verification. The migration's own
     tables live in --state-schema and are dropped after success (unless --keep-state): the target schema
-    holds the source's tables and nothing else."""
+    holds the source's tables and nothing else. With a project file, every selected source's file in priority
+    order (--source, --priority); --undo drops what migrate created, and only that."""
     from dualwrite.migrate.load import MigrateError, Options, run
     from dualwrite.migrate.schema import parse_pairs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if undo or settings.source is not None:
+        from dualwrite.cli import migrate_sources as many
+
+        ctx = click.get_current_context()
+        said = selection(sources, ctx.params.get("source"), list(ctx.params.get("source_priorities") or ()))
+        if undo:
+            click.echo(f"dualwrite: {said}")
+            sys.exit(many.undo_sources(sources, report_path))
+        kw = dict(
+            casts=parse_pairs(casts, "--cast"), renames=parse_pairs(renames, "--rename"), tables=list(tables) or None
+        )
+        if len(sources) > 1 and any(kw.values()):
+            fail("--tables/--cast/--rename name one file's tables: pick its source with --source NAME")
+        sys.exit(
+            many.migrate_sources(
+                sources, said, report_path=report_path, dry_run=dry_run, rejects_dir=rejects_dir,
+                on_error=on_error, resume=resume, chunk_size=chunk_size, versioned=versioned,
+                keep_state=keep_state, max_chunks=max_chunks, **kw,
+            )
+        )  # fmt: skip
     # Table names may contain commas: --tables is repeatable, one name each.
     table_list = list(tables) or None
     try:

@@ -32,6 +32,7 @@ from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
 from dualwrite.migrate import state as migration_state
+from dualwrite.migrate import undo
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
@@ -236,6 +237,8 @@ def run(opts: Options) -> Outcome:
             out.indexes = _indexes(conn, plan)
             out.foreign_keys = _foreign_keys(conn, plan)
             out.views = _views(conn, plan)
+            made = [v["name"] for v in out.views if v.get("created") and not v.get("existing")]
+            undo.mark(conn, opts.schema, made, opts.sqlite, "VIEW")
             out.sequences = _sequences(conn, plan, opts.sqlite)
         t1 = time.perf_counter()
         out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
@@ -286,7 +289,10 @@ def _create(pg: Engine, plan: Plan, opts: Options) -> None:
             "finished drops them unless --keep-state): nothing to resume"
         )
     with pg.begin() as conn:
+        schema_created = not undo.schema_exists(conn, opts.schema)
         conn.execute(CreateSchema(opts.schema, if_not_exists=True))
+        if schema_created:
+            undo.mark_schema(conn, opts.schema, opts.sqlite)
     with pg.begin() as conn:
         existing = set(inspect(conn).get_table_names(schema=opts.schema))
         clash = [p.name for p in plan.tables if p.name in existing]
@@ -296,6 +302,8 @@ def _create(pg: Engine, plan: Plan, opts: Options) -> None:
                 "(use --resume to continue a migration, or drop them)"
             )
         plan.metadata.create_all(conn, checkfirst=True)
+        if not opts.resume:  # what `migrate --undo` may drop (undo.py)
+            undo.mark(conn, opts.schema, [p.name for p in plan.tables], opts.sqlite)
     migration_state.create(pg, opts.schema, resume=opts.resume)  # in the state schema, not opts.schema
     if not opts.resume:
         ckpt.reset(pg, [p.name for p in plan.tables])
