@@ -9,46 +9,34 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Date, Index, Table, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    TenantStore,
-    check_aware,
-    check_limit,
-    check_text,
-    id_column,
-    stamp_column,
-    tenant_column,
-)
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.common import TenantStore, check_aware, check_limit, check_text
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.types import ExactDecimal, JSONType, OrderedString
 
 VALUE = ExactDecimal(18, 6)
 
 
-class AnalyticsEvent(Base):
+class AnalyticsEvent(TenantKeyed, Base):
     __tablename__ = "analytics_events"
     __table_args__ = (
         Index(None, "tenant_id", "name", "occurred_at"),
         Index(None, "tenant_id", "occurred_at"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     name: Mapped[str] = mapped_column(OrderedString(128))
     properties: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     value: Mapped[Decimal | None] = mapped_column(VALUE)
     occurred_at: Mapped[datetime] = stamp_column()
 
 
-class AnalyticsRollup(Base):
+class AnalyticsRollup(TenantKeyed, Base):
     __tablename__ = "analytics_rollups"
     __table_args__ = (UniqueConstraint("tenant_id", "day", "metric"),)
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     day: Mapped[date] = mapped_column(Date)
     metric: Mapped[str] = mapped_column(OrderedString(128))
     count: Mapped[int] = mapped_column(BigInteger)
@@ -60,18 +48,14 @@ analytics_events = cast(Table, AnalyticsEvent.__table__)
 analytics_rollups = cast(Table, AnalyticsRollup.__table__)
 
 
-class AnalyticsEventRow(TypedDict):
-    id: int
-    tenant_id: str
+class AnalyticsEventRow(TenantKeyedRow):
     name: str
     properties: dict[str, Any]
     value: Decimal | None
     occurred_at: datetime
 
 
-class AnalyticsRollupRow(TypedDict):
-    id: int
-    tenant_id: str
+class AnalyticsRollupRow(TenantKeyedRow):
     day: date
     metric: str
     count: int

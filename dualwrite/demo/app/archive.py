@@ -10,22 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from sqlalchemy import Index, Table, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    TenantStore,
-    check_id,
-    check_json,
-    check_limit,
-    check_text,
-    id_column,
-    stamp_column,
-    tenant_column,
-)
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.common import TenantStore, check_id, check_json, check_limit, check_text
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.errors import EventDecodeError
 from dualwrite.events import decode_row, encode_row
@@ -33,11 +24,9 @@ from dualwrite.events import key_text as events_key_text
 from dualwrite.types import JSONType, OrderedString
 
 
-class ArchivedRecord(Base):
+class ArchivedRecord(TenantKeyed, Base):
     __tablename__ = "archive_records"
     __table_args__ = (Index(None, "tenant_id", "original_store", "original_table", "original_key"),)
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     original_store: Mapped[str] = mapped_column(OrderedString(64))
     original_table: Mapped[str] = mapped_column(OrderedString(128))
     original_key: Mapped[str] = mapped_column(OrderedString(255))
@@ -48,9 +37,7 @@ class ArchivedRecord(Base):
 archive_records = cast(Table, ArchivedRecord.__table__)
 
 
-class ArchivedRecordRow(TypedDict):
-    id: int
-    tenant_id: str
+class ArchivedRecordRow(TenantKeyedRow):
     original_store: str
     original_table: str
     original_key: str

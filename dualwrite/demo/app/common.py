@@ -1,4 +1,4 @@
-"""What every store shares: column helpers, value checks, and the tenant-bound repository base class.
+"""What every store shares beyond its schema (base.py): value checks and the tenant-bound repository base.
 
 Values are checked before any SQL runs, against the column they go to, so both backends accept and
 store exactly the same things (SQLite would take a too-long string, a NUL or a NaN that Postgres refuses
@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Connection,
     Double,
     Executable,
@@ -29,8 +28,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import MappedColumn, mapped_column
 
+from dualwrite.demo.app.base import STAMPS, TENANT_MAX
 from dualwrite.demo.app.errors import (
     CrossTenantError,
     NotFoundError,
@@ -38,7 +37,7 @@ from dualwrite.demo.app.errors import (
     ValidationError,
     integrity_error,
 )
-from dualwrite.types import ExactDecimal, OrderedString, UTCDateTime, utcnow
+from dualwrite.types import ExactDecimal, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
     from dualwrite.adapter import DualWriter, WriteTx
@@ -46,33 +45,7 @@ if TYPE_CHECKING:
 Row = dict[str, Any]
 Direction = Literal["out", "in", "both"]  # which way along links/edges a query follows
 DIRECTIONS = ("out", "in", "both")
-ID = BigInteger().with_variant(Integer, "sqlite")
 INT64 = 2**63 - 1
-TENANT_MAX = 64
-
-
-def id_column() -> MappedColumn[Any]:
-    """Integer surrogate key: BIGSERIAL on Postgres, the rowid alias on SQLite."""
-    return mapped_column(ID, primary_key=True, autoincrement=True)
-
-
-def tenant_column() -> MappedColumn[Any]:
-    # Indexed through the unique constraints and indexes that lead with it (every table has one).
-    return mapped_column(OrderedString(TENANT_MAX), nullable=False)
-
-
-def ref_column(nullable: bool = False) -> MappedColumn[Any]:
-    return mapped_column(ID, nullable=nullable)
-
-
-def stamp_column(nullable: bool = False) -> MappedColumn[Any]:
-    return mapped_column(UTCDateTime, nullable=nullable, default=None if nullable else utcnow)
-
-
-def tenant_fk(column: str, parent: str, *extra: str) -> tuple[list[str], list[str]]:
-    """Columns of a composite foreign key (column, *extra, tenant_id) -> parent (id, *extra, tenant_id):
-    the database itself refuses a reference to another tenant's row."""
-    return [column, *extra, "tenant_id"], [f"{parent}.id", *(f"{parent}.{e}" for e in extra), f"{parent}.tenant_id"]
 
 
 # -- value checks ----------------------------------------------------------------------------------
@@ -219,21 +192,27 @@ class TenantStore:
     def mine(self, table: Table) -> Any:
         return table.c.tenant_id == self.tenant_id
 
+    def stamped(self, table: Table, values: Mapping[str, Any], stamps: tuple[str, ...] = STAMPS) -> dict[str, Any]:
+        """`values` with the table's `stamps` columns the caller left out set to one reading of the clock."""
+        missing = [s for s in stamps if s in table.c and s not in values]
+        now = self.now() if missing else None
+        return {**values, **dict.fromkeys(missing, now)}
+
     def insert(self, tx: WriteTx, table: Table, values: Mapping[str, Any]) -> Row:
-        values = check_row(table, {**values, "tenant_id": self.tenant_id})
+        values = check_row(table, {**self.stamped(table, values), "tenant_id": self.tenant_id})
         return dict(tx.execute(insert(table).values(values))[0])
 
     def upsert(
         self, tx: WriteTx, table: Table, values: Mapping[str, Any], conflict: list[str], keep: tuple[str, ...]
     ) -> Row:
         """Insert, or on conflict update every column but the key, conflict columns and `keep`."""
-        values = check_row(table, {**values, "tenant_id": self.tenant_id})
+        values = check_row(table, {**self.stamped(table, values), "tenant_id": self.tenant_id})
         pk = {c.name for c in table.primary_key.columns}
         cols = [c for c in values if c not in pk and c not in conflict and c not in keep]
         return dict(tx.upsert(table, values, ["tenant_id", *conflict], cols)[0])
 
     def update_by_id(self, tx: WriteTx, table: Table, row_id: int, values: Mapping[str, Any]) -> Row | None:
-        values = check_row(table, values)
+        values = check_row(table, self.stamped(table, values, ("updated_at",)))
         stmt = update(table).where(table.c.id == row_id, self.mine(table)).values(values)
         rows = tx.execute(stmt)
         return dict(rows[0]) if rows else None

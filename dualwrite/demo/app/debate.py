@@ -25,47 +25,34 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    TenantStore,
-    check_id,
-    check_text,
-    id_column,
-    ref_column,
-    stamp_column,
-    tenant_column,
-    tenant_fk,
-)
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, ref_column, stamp_column, tenant_fk
+from dualwrite.demo.app.common import TenantStore, check_id, check_text
 from dualwrite.demo.app.errors import StateError, ValidationError
 from dualwrite.types import OrderedString
 
 DEBATE_STATUSES = ("open", "closed")
 
 
-class Debate(Base):
+class Debate(TenantKeyed, Base):
     __tablename__ = "debates"
     __table_args__ = (
         UniqueConstraint("id", "tenant_id"),
         Index(None, "tenant_id", "created_at"),
         CheckConstraint(f"status IN {DEBATE_STATUSES}", name="status"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     topic: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = stamp_column()
     closed_at: Mapped[datetime | None] = stamp_column(nullable=True)
 
 
-class DebateAgent(Base):
+class DebateAgent(TenantKeyed, Base):
     __tablename__ = "debate_agents"
     __table_args__ = (
         UniqueConstraint("tenant_id", "debate_id", "name"),
         UniqueConstraint("id", "debate_id", "tenant_id"),  # target of the turns' foreign key
         ForeignKeyConstraint(*tenant_fk("debate_id", "debates")),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     debate_id: Mapped[int] = ref_column()
     name: Mapped[str] = mapped_column(OrderedString(128))
     role: Mapped[str | None] = mapped_column(String(128))  # the agent's role or stance
@@ -73,7 +60,7 @@ class DebateAgent(Base):
     created_at: Mapped[datetime] = stamp_column()
 
 
-class DebateTurn(Base):
+class DebateTurn(TenantKeyed, Base):
     __tablename__ = "debate_turns"
     __table_args__ = (
         UniqueConstraint("tenant_id", "debate_id", "turn_no"),
@@ -82,8 +69,6 @@ class DebateTurn(Base):
         Index(None, "tenant_id", "agent_id"),
         CheckConstraint("turn_no >= 1", name="turn_no"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     debate_id: Mapped[int] = ref_column()
     agent_id: Mapped[int] = ref_column()
     turn_no: Mapped[int] = mapped_column(Integer)
@@ -96,18 +81,14 @@ debate_agents = cast(Table, DebateAgent.__table__)
 debate_turns = cast(Table, DebateTurn.__table__)
 
 
-class DebateRow(TypedDict):
-    id: int
-    tenant_id: str
+class DebateRow(TenantKeyedRow):
     topic: str
     status: str
     created_at: datetime
     closed_at: datetime | None
 
 
-class DebateAgentRow(TypedDict):
-    id: int
-    tenant_id: str
+class DebateAgentRow(TenantKeyedRow):
     debate_id: int
     name: str
     role: str | None
@@ -115,9 +96,7 @@ class DebateAgentRow(TypedDict):
     created_at: datetime
 
 
-class DebateTurnRow(TypedDict):
-    id: int
-    tenant_id: str
+class DebateTurnRow(TenantKeyedRow):
     debate_id: int
     agent_id: int
     turn_no: int
@@ -140,9 +119,7 @@ class DebateStore(TenantStore):
     def start(self, topic: str) -> DebateRow:
         check_text(topic, "debates.topic", empty=False)
         with self.write() as tx:
-            return cast(
-                DebateRow, self.insert(tx, debates, {"topic": topic, "status": "open", "created_at": self.now()})
-            )
+            return cast(DebateRow, self.insert(tx, debates, {"topic": topic, "status": "open"}))
 
     def close(self, debate_id: int) -> DebateRow:
         with self.write() as tx:
@@ -156,7 +133,7 @@ class DebateStore(TenantStore):
         self, debate_id: int, name: str, *, role: str | None = None, model: str | None = None
     ) -> DebateAgentRow:
         check_text(name, "debate_agents.name", 128, empty=False)
-        values = {"debate_id": debate_id, "name": name, "role": role, "model": model, "created_at": self.now()}
+        values = {"debate_id": debate_id, "name": name, "role": role, "model": model}
         with self.write() as tx:
             self.owned(tx, debates, debate_id, "debate_agents.debate_id")
             return cast(DebateAgentRow, self.insert(tx, debate_agents, values))
@@ -181,7 +158,6 @@ class DebateStore(TenantStore):
                 "agent_id": agent_id,
                 "turn_no": (last or 0) + 1,
                 "content": content,
-                "created_at": self.now(),
             }
             return cast(DebateTurnRow, self.insert(tx, debate_turns, values))
 

@@ -24,35 +24,30 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    DIRECTIONS,
-    Direction,
-    TenantStore,
-    check_choice,
-    check_id,
-    check_text,
-    id_column,
+from dualwrite.demo.app.base import (
+    Base,
+    Stamped,
+    StampedRow,
+    TenantKeyed,
+    TenantKeyedRow,
     ref_column,
     stamp_column,
-    tenant_column,
     tenant_fk,
 )
+from dualwrite.demo.app.common import DIRECTIONS, Direction, TenantStore, check_choice, check_id, check_text
 from dualwrite.types import JSONType, OrderedString
 
 PROVENANCE = ("source", "extractor", "confidence", "observed_at")
 CONFIDENCE_CHECK = "confidence IS NULL OR (confidence >= 0 AND confidence <= 1)"
 
 
-class GraphNode(Base):
+class GraphNode(TenantKeyed, Stamped, Base):
     __tablename__ = "graph_nodes"
     __table_args__ = (
         UniqueConstraint("tenant_id", "kind", "name"),
         UniqueConstraint("id", "tenant_id"),  # target of the edges' tenant-safe foreign keys
         CheckConstraint(CONFIDENCE_CHECK, name="confidence"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     kind: Mapped[str] = mapped_column(OrderedString(64))
     name: Mapped[str] = mapped_column(OrderedString(255))
     properties: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -60,11 +55,9 @@ class GraphNode(Base):
     extractor: Mapped[str | None] = mapped_column(String(128))
     confidence: Mapped[float | None] = mapped_column(Double)
     observed_at: Mapped[datetime | None] = stamp_column(nullable=True)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
 
 
-class GraphEdge(Base):
+class GraphEdge(TenantKeyed, Stamped, Base):
     __tablename__ = "graph_edges"
     __table_args__ = (
         UniqueConstraint("tenant_id", "src_node_id", "dst_node_id", "relation"),
@@ -73,8 +66,6 @@ class GraphEdge(Base):
         Index(None, "tenant_id", "dst_node_id"),
         CheckConstraint(CONFIDENCE_CHECK, name="confidence"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     src_node_id: Mapped[int] = ref_column()
     dst_node_id: Mapped[int] = ref_column()
     relation: Mapped[str] = mapped_column(OrderedString(64))
@@ -83,17 +74,13 @@ class GraphEdge(Base):
     extractor: Mapped[str | None] = mapped_column(String(128))
     confidence: Mapped[float | None] = mapped_column(Double)
     observed_at: Mapped[datetime | None] = stamp_column(nullable=True)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
 
 
 graph_nodes = cast(Table, GraphNode.__table__)
 graph_edges = cast(Table, GraphEdge.__table__)
 
 
-class GraphNodeRow(TypedDict):
-    id: int
-    tenant_id: str
+class GraphNodeRow(TenantKeyedRow, StampedRow):
     kind: str
     name: str
     properties: dict[str, Any]
@@ -101,13 +88,9 @@ class GraphNodeRow(TypedDict):
     extractor: str | None
     confidence: float | None
     observed_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
 
 
-class GraphEdgeRow(TypedDict):
-    id: int
-    tenant_id: str
+class GraphEdgeRow(TenantKeyedRow, StampedRow):
     src_node_id: int
     dst_node_id: int
     relation: str
@@ -116,8 +99,6 @@ class GraphEdgeRow(TypedDict):
     extractor: str | None
     confidence: float | None
     observed_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
 
 
 class Provenance(TypedDict):
@@ -156,14 +137,11 @@ class GraphStore(TenantStore):
         """Insert the node (kind, name), or replace its properties and provenance if it exists."""
         check_text(kind, "graph_nodes.kind", 64, empty=False)
         check_text(name, "graph_nodes.name", 255, empty=False)
-        now = self.now()
         values = {
             "kind": kind,
             "name": name,
             "properties": {} if properties is None else properties,
             **_provenance(source, extractor, confidence, observed_at),
-            "created_at": now,
-            "updated_at": now,
         }
         with self.write() as tx:
             row = self.upsert(tx, graph_nodes, values, ["kind", "name"], keep=("created_at",))
@@ -184,15 +162,12 @@ class GraphStore(TenantStore):
         """Insert the edge (src, relation, dst) between this tenant's nodes, or update its weight and
         provenance; CrossTenantError if either node is another tenant's."""
         check_text(relation, "graph_edges.relation", 64, empty=False)
-        now = self.now()
         values = {
             "src_node_id": src_node_id,
             "dst_node_id": dst_node_id,
             "relation": relation,
             "weight": weight,
             **_provenance(source, extractor, confidence, observed_at),
-            "created_at": now,
-            "updated_at": now,
         }
         with self.write() as tx:
             self.owned(tx, graph_nodes, src_node_id, "graph_edges.src_node_id")

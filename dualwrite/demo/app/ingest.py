@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -25,19 +25,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    TenantStore,
-    check_choice,
-    check_id,
-    check_limit,
-    check_text,
-    id_column,
+from dualwrite.demo.app.base import (
+    Base,
+    Stamped,
+    StampedRow,
+    TenantKeyed,
+    TenantKeyedRow,
     ref_column,
     stamp_column,
-    tenant_column,
     tenant_fk,
 )
+from dualwrite.demo.app.common import TenantStore, check_choice, check_id, check_limit, check_text
 from dualwrite.demo.app.errors import DuplicateError, StateError, ValidationError
 from dualwrite.types import JSONType, OrderedString
 
@@ -48,15 +46,13 @@ JOB_STATUSES = ("running", "succeeded", "failed")
 DOC_STATUSES = ("pending", "processed", "failed")
 
 
-class IngestJob(Base):
+class IngestJob(TenantKeyed, Base):
     __tablename__ = "ingest_jobs"
     __table_args__ = (
         UniqueConstraint("id", "tenant_id"),
         Index(None, "tenant_id", "status", "id"),
         CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     source: Mapped[str] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(16), default="running")
     documents_total: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -67,7 +63,7 @@ class IngestJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class IngestDocument(Base):
+class IngestDocument(TenantKeyed, Stamped, Base):
     __tablename__ = "ingest_documents"
     __table_args__ = (
         UniqueConstraint("tenant_id", "content_hash"),
@@ -75,8 +71,6 @@ class IngestDocument(Base):
         Index(None, "tenant_id", "job_id", "status"),
         CheckConstraint(f"status IN {DOC_STATUSES}", name="status"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     job_id: Mapped[int] = ref_column()
     content_hash: Mapped[str] = mapped_column(OrderedString(128))
     title: Mapped[str | None] = mapped_column(String(500))
@@ -84,17 +78,13 @@ class IngestDocument(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
 
 
 ingest_jobs = cast(Table, IngestJob.__table__)
 ingest_documents = cast(Table, IngestDocument.__table__)
 
 
-class IngestJobRow(TypedDict):
-    id: int
-    tenant_id: str
+class IngestJobRow(TenantKeyedRow):
     source: str
     status: str
     documents_total: int
@@ -105,9 +95,7 @@ class IngestJobRow(TypedDict):
     error: str | None
 
 
-class IngestDocumentRow(TypedDict):
-    id: int
-    tenant_id: str
+class IngestDocumentRow(TenantKeyedRow, StampedRow):
     job_id: int
     content_hash: str
     title: str | None
@@ -115,8 +103,6 @@ class IngestDocumentRow(TypedDict):
     status: str
     error: str | None
     metadata: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
 
 
 def content_hash(content: str) -> str:
@@ -155,7 +141,6 @@ class IngestStore(TenantStore):
         if digest is None:
             digest = content_hash(content)
         check_text(digest, "ingest_documents.content_hash", 128, empty=False)
-        now = self.now()
         values = {
             "job_id": job_id,
             "content_hash": digest,
@@ -163,8 +148,6 @@ class IngestStore(TenantStore):
             "content": content,
             "status": "pending",
             "metadata": {} if metadata is None else metadata,
-            "created_at": now,
-            "updated_at": now,
         }
         with self.write() as tx:
             job = self.owned(tx, ingest_jobs, job_id, "ingest_documents.job_id", lock=True)
@@ -190,9 +173,7 @@ class IngestStore(TenantStore):
             raise ValidationError("ingest_documents.error: only a failed document carries an error")
         with self.write() as tx:
             doc = self.owned(tx, ingest_documents, document_id, "ingest_documents.id")
-            row = self.update_by_id(
-                tx, ingest_documents, document_id, {"status": status, "error": error, "updated_at": self.now()}
-            )
+            row = self.update_by_id(tx, ingest_documents, document_id, {"status": status, "error": error})
             self._recount(tx, doc["job_id"])
         return cast(IngestDocumentRow, row)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -24,19 +24,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    TenantStore,
-    check_choice,
-    check_id,
-    check_limit,
-    check_text,
-    id_column,
+from dualwrite.demo.app.base import (
+    Base,
+    Stamped,
+    StampedRow,
+    TenantKeyed,
+    TenantKeyedRow,
     ref_column,
     stamp_column,
-    tenant_column,
     tenant_fk,
 )
+from dualwrite.demo.app.common import TenantStore, check_choice, check_id, check_limit, check_text
 from dualwrite.demo.app.errors import StateError, ValidationError
 from dualwrite.types import ExactDecimal, JSONType, OrderedString
 
@@ -47,7 +45,7 @@ MAX_QUANTITY = 1_000_000
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-class MarketplaceListing(Base):
+class MarketplaceListing(TenantKeyed, Stamped, Base):
     __tablename__ = "marketplace_listings"
     __table_args__ = (
         UniqueConstraint("id", "tenant_id"),  # target of the purchases' tenant-safe foreign key
@@ -56,19 +54,15 @@ class MarketplaceListing(Base):
         CheckConstraint("price >= 0", name="price"),
         CheckConstraint(f"status IN {LISTING_STATUSES}", name="status"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     seller: Mapped[str] = mapped_column(OrderedString(128))  # a profile handle or any seller reference
     title: Mapped[str] = mapped_column(String(300))
     price: Mapped[Decimal] = mapped_column(PRICE)
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default="open")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
 
 
-class MarketplacePurchase(Base):
+class MarketplacePurchase(TenantKeyed, Base):
     __tablename__ = "marketplace_purchases"
     __table_args__ = (
         ForeignKeyConstraint(*tenant_fk("listing_id", "marketplace_listings")),
@@ -76,8 +70,6 @@ class MarketplacePurchase(Base):
         Index(None, "tenant_id", "buyer"),
         CheckConstraint(f"quantity >= 1 AND quantity <= {MAX_QUANTITY}", name="quantity"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     listing_id: Mapped[int] = ref_column()
     buyer: Mapped[str] = mapped_column(OrderedString(128))
     quantity: Mapped[int] = mapped_column(Integer)
@@ -90,22 +82,16 @@ marketplace_listings = cast(Table, MarketplaceListing.__table__)
 marketplace_purchases = cast(Table, MarketplacePurchase.__table__)
 
 
-class ListingRow(TypedDict):
-    id: int
-    tenant_id: str
+class ListingRow(TenantKeyedRow, StampedRow):
     seller: str
     title: str
     price: Decimal
     currency: str
     status: str
     attributes: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
 
 
-class PurchaseRow(TypedDict):
-    id: int
-    tenant_id: str
+class PurchaseRow(TenantKeyedRow):
     listing_id: int
     buyer: str
     quantity: int
@@ -132,7 +118,6 @@ class MarketplaceStore(TenantStore):
             raise ValidationError("marketplace_listings.price: give a Decimal, int or str, not a float")
         if not isinstance(currency, str) or not _CURRENCY.match(currency):
             raise ValidationError(f"marketplace_listings.currency: {currency!r} is not a 3-letter code like USD")
-        now = self.now()
         values = {
             "seller": seller,
             "title": title,
@@ -140,8 +125,6 @@ class MarketplaceStore(TenantStore):
             "currency": currency,
             "status": "open",
             "attributes": {} if attributes is None else attributes,
-            "created_at": now,
-            "updated_at": now,
         }
         with self.write() as tx:
             return cast(ListingRow, self.insert(tx, marketplace_listings, values))
@@ -151,8 +134,7 @@ class MarketplaceStore(TenantStore):
             listing = self.owned(tx, marketplace_listings, listing_id, "marketplace_listings.id", lock=True)
             if listing["status"] == "closed":
                 return cast(ListingRow, listing)
-            values = {"status": "closed", "updated_at": self.now()}
-            return cast(ListingRow, self.update_by_id(tx, marketplace_listings, listing_id, values))
+            return cast(ListingRow, self.update_by_id(tx, marketplace_listings, listing_id, {"status": "closed"}))
 
     def purchase(self, listing_id: int, buyer: str, quantity: int = 1) -> PurchaseRow:
         """Buy `quantity` of an open listing; amount = price x quantity in the listing's currency."""

@@ -8,53 +8,36 @@ deleted by `prune()`, which is one transaction (every deletion is captured as a 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from sqlalchemy import Index, Integer, Table, Text, UniqueConstraint, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
-from dualwrite.demo.app.common import (
-    Row,
-    TenantStore,
-    check_aware,
-    check_id,
-    check_limit,
-    check_text,
-    id_column,
-    prefix_range,
-    stamp_column,
-    tenant_column,
-)
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.common import Row, TenantStore, check_aware, check_id, check_limit, check_text, prefix_range
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.types import JSONType, OrderedString
 
 MAX_TTL_SECONDS = 100 * 366 * 86400
 
 
-class MemoryItem(Base):
+class MemoryItem(TenantKeyed, Stamped, Base):
     __tablename__ = "memory_items"
     __table_args__ = (
         UniqueConstraint("tenant_id", "namespace", "key"),
         Index(None, "tenant_id", "expires_at"),
         Index(None, "tenant_id", "namespace", "updated_at"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     namespace: Mapped[str] = mapped_column(OrderedString(128))
     key: Mapped[str] = mapped_column(OrderedString(255))
     content: Mapped[str] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
     expires_at: Mapped[datetime | None] = stamp_column(nullable=True)
 
 
-class MemoryRetention(Base):
+class MemoryRetention(TenantKeyed, Base):
     __tablename__ = "memory_retention"
     __table_args__ = (UniqueConstraint("tenant_id", "namespace"),)
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     namespace: Mapped[str] = mapped_column(OrderedString(128))
     ttl_seconds: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = stamp_column()
@@ -64,24 +47,18 @@ memory_items = cast(Table, MemoryItem.__table__)
 memory_retention = cast(Table, MemoryRetention.__table__)
 
 
-class MemoryItemRow(TypedDict):
-    id: int
-    tenant_id: str
+class MemoryItemRow(TenantKeyedRow, StampedRow):
     namespace: str
     key: str
     content: str
     metadata: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
     expires_at: datetime | None
 
 
 ItemList = list[MemoryItemRow]
 
 
-class RetentionRow(TypedDict):
-    id: int
-    tenant_id: str
+class RetentionRow(TenantKeyedRow):
     namespace: str
     ttl_seconds: int
     updated_at: datetime
@@ -117,9 +94,9 @@ class MemoryStore(TenantStore):
             "key": key,
             "content": content,
             "metadata": {} if metadata is None else metadata,
-            "created_at": now,
-            "updated_at": now,
             "expires_at": expires_at,
+            "created_at": now,  # given, not left to TenantStore.stamped: the instant expires_at counts from
+            "updated_at": now,
         }
         with self.write() as tx:
             row = self.upsert(tx, memory_items, values, ["namespace", "key"], keep=("created_at",))
@@ -160,7 +137,6 @@ class MemoryStore(TenantStore):
             values = {
                 "namespace": namespace,
                 "ttl_seconds": _ttl(ttl_seconds, "memory_retention.ttl_seconds"),
-                "updated_at": self.now(),
             }
             return cast(RetentionRow, self.upsert(tx, memory_retention, values, ["namespace"], keep=()))
 

@@ -9,7 +9,7 @@ without change events).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -24,7 +24,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base
+from dualwrite.demo.app.base import (
+    Base,
+    Stamped,
+    StampedRow,
+    TenantKeyed,
+    TenantKeyedRow,
+    ref_column,
+    stamp_column,
+    tenant_fk,
+)
 from dualwrite.demo.app.common import (
     DIRECTIONS,
     UNSET,
@@ -35,34 +44,25 @@ from dualwrite.demo.app.common import (
     check_limit,
     check_text,
     given,
-    id_column,
     not_found,
-    ref_column,
-    stamp_column,
-    tenant_column,
-    tenant_fk,
 )
 from dualwrite.demo.app.errors import DuplicateError, ValidationError
 from dualwrite.types import JSONType, OrderedString
 
 
-class Profile(Base):
+class Profile(TenantKeyed, Stamped, Base):
     __tablename__ = "profiles"
     __table_args__ = (
         UniqueConstraint("tenant_id", "handle"),
         UniqueConstraint("id", "tenant_id"),  # target of the links' tenant-safe foreign keys
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     handle: Mapped[str] = mapped_column(OrderedString(64))
     display_name: Mapped[str | None] = mapped_column(String(200))
     bio: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    created_at: Mapped[datetime] = stamp_column()
-    updated_at: Mapped[datetime] = stamp_column()
 
 
-class ProfileLink(Base):
+class ProfileLink(TenantKeyed, Base):
     __tablename__ = "profile_links"
     __table_args__ = (
         UniqueConstraint("tenant_id", "source_profile_id", "target_profile_id", "relation"),
@@ -71,8 +71,6 @@ class ProfileLink(Base):
         CheckConstraint("source_profile_id <> target_profile_id", name="no_self_link"),
         Index(None, "tenant_id", "target_profile_id"),
     )
-    id: Mapped[int] = id_column()
-    tenant_id: Mapped[str] = tenant_column()
     source_profile_id: Mapped[int] = ref_column()
     target_profile_id: Mapped[int] = ref_column()
     relation: Mapped[str] = mapped_column(OrderedString(64))
@@ -83,20 +81,14 @@ profiles = cast(Table, Profile.__table__)
 profile_links = cast(Table, ProfileLink.__table__)
 
 
-class ProfileRow(TypedDict):
-    id: int
-    tenant_id: str
+class ProfileRow(TenantKeyedRow, StampedRow):
     handle: str
     display_name: str | None
     bio: str | None
     attributes: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
 
 
-class ProfileLinkRow(TypedDict):
-    id: int
-    tenant_id: str
+class ProfileLinkRow(TenantKeyedRow):
     source_profile_id: int
     target_profile_id: int
     relation: str
@@ -125,14 +117,11 @@ class ProfileStore(TenantStore):
         bio: str | None = None,
         attributes: dict[str, Any] | None = None,
     ) -> ProfileRow:
-        now = self.now()
         values = {
             "handle": _handle(handle),
             "display_name": display_name,
             "bio": bio,
             "attributes": {} if attributes is None else attributes,
-            "created_at": now,
-            "updated_at": now,
         }
         with self.write() as tx:
             taken = tx.connection.execute(
@@ -164,7 +153,7 @@ class ProfileStore(TenantStore):
         if "handle" in values:
             values["handle"] = _handle(values["handle"])
         with self.write() as tx:
-            row = self.update_by_id(tx, profiles, profile_id, {**values, "updated_at": self.now()})
+            row = self.update_by_id(tx, profiles, profile_id, values)
             if row is None:
                 raise not_found(profiles, profile_id)
             return cast(ProfileRow, row)
@@ -206,7 +195,6 @@ class ProfileStore(TenantStore):
                 "source_profile_id": source_id,
                 "target_profile_id": target_id,
                 "relation": relation,
-                "created_at": self.now(),
             }
             return cast(ProfileLinkRow, self.insert(tx, profile_links, values))
 

@@ -73,9 +73,7 @@ def table_counts(writer: DualWriter) -> dict[str, int]:
 
     engine = writer.backends.write_engine(writer.phases.current().primary)
     with engine.connect() as conn:
-        counts = {
-            s.name: conn.execute(select(func.count()).select_from(s.table)).scalar_one() for s in tables()
-        }
+        counts = {s.name: conn.execute(select(func.count()).select_from(s.table)).scalar_one() for s in tables()}
         counts["_dw_outbox"] = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
     return counts
 

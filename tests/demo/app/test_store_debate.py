@@ -14,6 +14,7 @@ def test_transcript_is_complete_and_ordered(dw, clock) -> None:  # type: ignore[
     assert debate["status"] == "open" and ds.get(debate["id"]) == debate
     pro = ds.add_agent(debate["id"], "prover", role="for", model="m-large")
     con = ds.add_agent(debate["id"], "skeptic", role="against")
+    assert debate["created_at"] == pro["created_at"] == clock.now  # stamped from the store's clock
     assert [a["name"] for a in ds.agents(debate["id"])] == ["prover", "skeptic"]
     lines = [(pro, "Yes."), (con, "No."), (pro, "Proof sketch..."), (con, "Counterexample..."), (con, "Also...")]
     turns = []

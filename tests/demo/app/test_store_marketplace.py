@@ -27,8 +27,11 @@ def test_listings_and_exact_purchases(dw, clock, counts) -> None:  # type: ignor
     assert [x["listing_id"] for x in mk.purchases(buyer="dan")] == [big["id"], lamp["id"]]
     assert [x["title"] for x in mk.listings(seller="ada")] == ["Lamp", "Sticker"]
 
+    assert lamp["created_at"] == lamp["updated_at"] == clock.now  # stamped from the store's clock
+    clock.advance(5)
     closed = mk.close_listing(lamp["id"])
     assert closed["status"] == "closed" and mk.get_listing(lamp["id"]) == closed
+    assert (closed["created_at"], closed["updated_at"]) == (lamp["created_at"], clock.now)
     assert [x["title"] for x in mk.listings("open")] == ["Yacht", "Sticker"]
     before = counts(dw)
     with pytest.raises(StateError, match=rf"marketplace_listings: listing {lamp['id']} is closed"):
