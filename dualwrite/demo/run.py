@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 from dualwrite import metrics
 from dualwrite.adapter import DualWriter
 from dualwrite.backfill.copier import Copier
@@ -27,6 +25,7 @@ from dualwrite.bookkeeping import create_schema
 from dualwrite.cutover import gate
 from dualwrite.cutover.flip import flip_postponed
 from dualwrite.demo.app import tables as app_tables
+from dualwrite.demo.ownership import claim
 from dualwrite.demo.progress import Progress
 from dualwrite.demo.synth import seed, split_counts
 from dualwrite.demo.traffic import Traffic
@@ -106,13 +105,10 @@ class Demo:
         self.progress.line(f"phase -> {phase}: {why} (writes paused {pause_ms} ms)")
         return outcome.moved
 
-    def _prepare_postgres(self) -> None:
-        admin = create_engine(self.settings.postgres_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            for schema in (self.settings.pg_schema, self.settings.state_schema):
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(text(f'CREATE SCHEMA "{self.settings.pg_schema}"'))
-        admin.dispose()
+    def _claim(self) -> None:
+        """Refuse a schema, file or namespace that is not the demo's; empty the demo's own (ownership.py)."""
+        own = {t.name for t in app_tables().tables()}
+        claim(self.settings, own)
 
     def _settle(self, relay: Relay, replayer: Replayer, *, drive: bool, timeout: float = 60) -> bool:
         """Wait until the outbox is published and the replay group has applied everything
@@ -131,7 +127,7 @@ class Demo:
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> DemoResult:
         tables = app_tables().tables()
-        self._prepare_postgres()
+        self._claim()
         dw = DualWriter(self.settings, app_tables())
         try:
             server = metrics.serve(self.metrics_port, self.metrics_host) if self.metrics_port is not None else None
