@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -71,21 +71,12 @@ def sqlite_engine(
     def _commit(conn: Connection) -> None:
         # The event comes before SQLAlchemy's own commit: commit here, then let the next writer in
         # (SQLAlchemy's commit then finds no transaction and does nothing).
-        if _HELD in conn.info:
-            try:
-                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
-            finally:
-                _release(conn.info)
+        _end_held(conn, "commit")
 
     @event.listens_for(engine, "rollback")
     def _rollback(conn: Connection) -> None:
-        if conn.invalidated:  # released when it was invalidated (below); SQLite rolled back with it
-            return
-        if _HELD in conn.info:
-            try:
-                conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
-            finally:
-                _release(conn.info)
+        if not conn.invalidated:  # else released when it was invalidated (below); SQLite rolled back with it
+            _end_held(conn, "rollback")
 
     @event.listens_for(engine, "checkin")
     @event.listens_for(engine, "invalidate")
@@ -113,6 +104,15 @@ def _release(info: dict[Any, Any]) -> None:
     lock = info.pop(_HELD, None)
     if lock is not None:
         lock.release()
+
+
+def _end_held(conn: Connection, how: Literal["commit", "rollback"]) -> None:
+    """End (commit or rollback) the transaction `conn` holds the write lock for, then let the next writer in."""
+    if _HELD in conn.info:
+        try:
+            getattr(conn.connection.dbapi_connection, how)()
+        finally:
+            _release(conn.info)
 
 
 def sqlite_read_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
