@@ -64,6 +64,21 @@ def _events_written(backend: str) -> Any:
     return metrics.EVENTS_WRITTEN.labels(backend)
 
 
+def _secondary_behind(what: str, backend: str, events: list[ChangeEvent], store: str, exc: Exception) -> None:
+    """The other side failed after the primary committed: not the application's failure (its write is
+    committed), so counted and logged; the replayer heals it."""
+    metrics.SECONDARY_FAILURES.labels(store).inc()
+    log.warning(
+        "%s on %s failed after the primary committed %d event(s) (seq %d-%d); the replayer will heal: %s",
+        what,
+        backend,
+        len(events),
+        events[0].seq,
+        events[-1].seq,
+        first_line(exc, 300),
+    )
+
+
 def _in_read_session(fn: Callable[[Any], T], session_kw: dict[str, Any]) -> Callable[[Connection], T]:
     """`fn(session)` as a `fn(connection)`: a fresh read-only Session on the read connection per call (so
     a shadow comparison's control and candidate never share objects)."""
@@ -193,15 +208,7 @@ class DualWriter:
             # a brief retry for a dropped connection or a deadlock (retry.SECONDARY_APPLY, built once)
             SECONDARY_APPLY(self.apply, backend, events)
         except Exception as exc:
-            metrics.SECONDARY_FAILURES.labels(store).inc()
-            log.warning(
-                "secondary apply to %s failed for %d event(s) (seq %d-%d); the replayer will heal: %s",
-                backend,
-                len(events),
-                events[0].seq,
-                events[-1].seq,
-                first_line(exc, 300),
-            )
+            _secondary_behind("secondary apply", backend, events, store, exc)
         finally:
             _duration(backend, store, op).observe(time.perf_counter() - start)
 
@@ -237,16 +244,7 @@ class DualWriter:
         try:
             conn.commit()
         except Exception as exc:  # noqa: BLE001 - never report a committed write as failed
-            metrics.SECONDARY_FAILURES.labels(store).inc()
-            log.warning(
-                "strict: commit on %s failed after the primary committed %d event(s) (seq %d-%d); the replayer "
-                "will heal: %s",
-                backend,
-                len(events),
-                events[0].seq,
-                events[-1].seq,
-                first_line(exc, 300),
-            )
+            _secondary_behind("strict: commit", backend, events, store, exc)
         finally:
             conn.close()
 
