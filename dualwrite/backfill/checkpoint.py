@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dualwrite.bookkeeping import has_state_table, in_state_schema
 
+# The backfill's own tables, declared as bookkeeping.py declares dualwrite's: alike in shape, not logic.
 checkpoint_metadata = MetaData()
 
 checkpoints = Table(

@@ -14,7 +14,7 @@ from dualwrite.backfill.cursor import Chunk
 
 
 @dataclass
-class TableReport:
+class TableReport:  # a declarative field list (shaped like bench.runner.BenchConfig's, nothing shared)
     table: str
     rows_copied: int = 0
     rows_applied: int = 0
