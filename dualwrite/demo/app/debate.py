@@ -9,7 +9,7 @@ makes the database refuse anything else too.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import (
     CheckConstraint,
@@ -149,9 +149,7 @@ class DebateStore(TenantStore):
             if agent["debate_id"] != debate_id:
                 raise ValidationError(f"debate_turns.agent_id: agent {agent_id} is not in debate {debate_id}")
             last = tx.connection.execute(
-                select(func.max(debate_turns.c.turn_no)).where(
-                    self.mine(debate_turns), debate_turns.c.debate_id == debate_id
-                )
+                select(func.max(debate_turns.c.turn_no)).where(*self._in_debate(debate_turns, debate_id))
             ).scalar()
             values = {
                 "debate_id": debate_id,
@@ -165,20 +163,16 @@ class DebateStore(TenantStore):
         return cast(DebateRow | None, self.get_row("get", debates, debate_id))
 
     def agents(self, debate_id: int) -> list[DebateAgentRow]:
-        stmt = (
-            select(debate_agents)
-            .where(self.mine(debate_agents), debate_agents.c.debate_id == check_id(debate_id, "debate_id"))
-            .order_by(debate_agents.c.id)
-        )
+        stmt = select(debate_agents).where(*self._in_debate(debate_agents, debate_id)).order_by(debate_agents.c.id)
         return cast(list[DebateAgentRow], self.rows("agents", stmt, debate_id=debate_id))
 
     def turns(self, debate_id: int) -> list[DebateTurnRow]:
-        stmt = (
-            select(debate_turns)
-            .where(self.mine(debate_turns), debate_turns.c.debate_id == check_id(debate_id, "debate_id"))
-            .order_by(debate_turns.c.turn_no)
-        )
+        stmt = select(debate_turns).where(*self._in_debate(debate_turns, debate_id)).order_by(debate_turns.c.turn_no)
         return cast(list[DebateTurnRow], self.rows("turns", stmt, debate_id=debate_id))
+
+    def _in_debate(self, table: Table, debate_id: int) -> list[Any]:
+        """Conditions for the tenant's rows of `table` (agents or turns) in one debate."""
+        return [self.mine(table), table.c.debate_id == check_id(debate_id, "debate_id")]
 
     def transcript(self, debate_id: int) -> list[TranscriptTurn]:
         """The whole conversation in turn order, with each turn's agent name and role."""
@@ -193,7 +187,7 @@ class DebateStore(TenantStore):
                 t.c.created_at,
             )
             .join(a, (a.c.id == t.c.agent_id) & (a.c.tenant_id == t.c.tenant_id))
-            .where(self.mine(t), t.c.debate_id == check_id(debate_id, "debate_id"))
+            .where(*self._in_debate(t, debate_id))
             .order_by(t.c.turn_no)
         )
         return cast(list[TranscriptTurn], self.rows("transcript", stmt, debate_id=debate_id))
