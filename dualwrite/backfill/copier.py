@@ -34,7 +34,7 @@ from dualwrite.backfill.copy_format import copy_text
 from dualwrite.backfill.cursor import Chunk, count_rows, decode_key, read_chunk
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.load import STAGING, copy_apply, key_positions, load_chunk
-from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.backfill.rejects import RefusedValue, RejectWriter
 from dualwrite.backfill.steps import ChunkSteps, TableReport
 from dualwrite.backfill.throttle import TokenBucket
 from dualwrite.bookkeeping import move_sequences_past_keys
@@ -89,8 +89,20 @@ class Copier:
 
     # -- public hooks ----------------------------------------------------------------------------
     def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
-        """Rows to load and how many were set aside (already recorded as rejects by the hook)."""
-        return chunk, 0
+        """Rows to load and how many were set aside (already recorded as rejects by the hook): here, the
+        rows with a stored value their column's type could not read (cursor.fetch). An override calls it."""
+        if not chunk.undecodable:
+            return chunk, 0
+        pos = key_positions(table, chunk.columns)
+        names = [table.c[c].name for c in chunk.columns]
+        for i, (column, value, reason) in chunk.undecodable.items():
+            row = chunk.values[i]
+            refused = RefusedValue(table.c[column].name, value, reason)
+            self.rejects.reject(
+                table.name, key_text([row[p] for p in pos]), dict(zip(names, row, strict=True)), refused
+            )
+        good = [v for i, v in enumerate(chunk.values) if i not in chunk.undecodable]
+        return Chunk(chunk.columns, good, chunk.version, chunk.last_key), len(chunk.undecodable)
 
     def load_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int

@@ -18,7 +18,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, literal_column, or_, select, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.types import NullType
 
 from dualwrite.apply.rule import pk_columns
 from dualwrite.bookkeeping import meta
@@ -43,6 +58,9 @@ class Chunk:
     version: int  # last_seq read in the same SQLite transaction
     last_key: tuple[Any, ...] | None  # cursor after the last row: its key (+ its rowid if the key has a NULL)
     _dicts: list[dict[str, Any]] | None = field(default=None, repr=False)
+    # rows whose stored value the column's type could not read: position -> (column, raw value, why);
+    # such a row stays in `values` (with the raw value) until the copier sets it aside as a reject
+    undecodable: dict[int, tuple[str, Any, str]] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -55,6 +73,47 @@ class Chunk:
     @classmethod
     def from_dicts(cls, columns: tuple[str, ...], rows: list[dict[str, Any]], version: int = 0) -> Chunk:
         return cls(columns, [tuple(r.get(c) for c in columns) for r in rows], version, None, rows)
+
+
+# What a column type's result processor raises on a stored value it cannot read: 'not a date' in a Date
+# column (ValueError), bad JSON (JSONDecodeError), an unknown Enum value (LookupError), a bad Decimal.
+DECODE_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError)
+
+
+def fetch(conn: Connection, table: Table, query: Select[Any]) -> tuple[tuple[str, ...], list[Any], dict[int, Any]]:
+    """(column keys, rows, undecodable) of `query` (a select(table)...). The chunk is read with the column
+    types' processing as usual; only if a value cannot be decoded is it read again raw, in the same
+    transaction, and decoded row by row, so one bad value costs its chunk a slower read, not the copy."""
+    result = conn.execute(query)
+    names = tuple(result.keys())
+    try:
+        return names, result.all(), {}
+    except DECODE_ERRORS:
+        result.close()
+    raw = query.with_only_columns(
+        *[type_coerce(c, NullType()).label(c.key) for c in table.columns], maintain_column_froms=True
+    )
+    dialect = conn.dialect
+    procs = []
+    for i, key in enumerate(names):
+        proc = table.c[key].type.dialect_impl(dialect).result_processor(dialect, None)
+        if proc is not None:
+            procs.append((i, proc))
+    values: list[Any] = []
+    bad: dict[int, Any] = {}
+    for n, row in enumerate(conn.execute(raw)):
+        out = list(row)
+        for i, proc in procs:
+            if out[i] is None:
+                continue
+            try:
+                out[i] = proc(out[i])
+            except DECODE_ERRORS as exc:
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                bad[n] = (names[i], out[i], f"cannot read the stored value as {table.c[names[i]].type}: {why}")
+                break
+        values.append(tuple(out))
+    return names, values, bad
 
 
 def rowid_alias(conn: Connection, name: str) -> str | None:
@@ -102,9 +161,7 @@ def read_chunk(engine: Engine, table: Table, after: tuple[Any, ...] | None, limi
         rowid = literal_column(alias) if alias else None
         where = true() if after is None else after_clause(cols, after, rowid)
         order = [*cols, *([rowid] if rowid is not None else [])]
-        result = conn.execute(select(table).where(where).order_by(*order).limit(limit))
-        names = tuple(result.keys())
-        values: list[Any] = result.all()
+        names, values, bad = fetch(conn, table, select(table).where(where).order_by(*order).limit(limit))
         last: tuple[Any, ...] | None = None
         if values:
             idx = [names.index(c) for c in pk]
@@ -115,7 +172,7 @@ def read_chunk(engine: Engine, table: Table, after: tuple[Any, ...] | None, limi
                     select(rowid).select_from(table).where(where).order_by(*order).offset(len(values) - 1).limit(1)
                 ).scalar()
                 last = (*last, rid)
-    return Chunk(columns=names, values=values, version=int(version), last_key=last)
+    return Chunk(columns=names, values=values, version=int(version), last_key=last, undecodable=bad)
 
 
 def count_rows(engine: Engine, table: Table) -> int:

@@ -19,13 +19,13 @@ from sqlalchemy import Table, text
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Bad, Copier
 from dualwrite.backfill.cursor import read_chunk
-from dualwrite.backfill.rejects import RejectWriter, guess_column
+from dualwrite.backfill.rejects import RejectWriter, refused_column, shown
 from dualwrite.bookkeeping import has_state_table
 
 if TYPE_CHECKING:
     from dualwrite.engines import Backends
 
-SAMPLES = 5  # rejected rows printed per table
+SAMPLES = 1000  # rejected rows printed per table (every one in the --rejects file)
 
 
 class _Inspect(Copier):
@@ -42,15 +42,16 @@ class _Collect(RejectWriter):
 
     def reject(self, table: str, key: str, row: dict[str, Any], exc: BaseException) -> None:
         self.count += 1
-        column = guess_column(row)
+        column = refused_column(row, exc)
         reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        record = {"table": table, "key": key, "column": column, "reason": reason}
+        value = shown(row.get(column)) if column else None
+        record = {"table": table, "key": key, "column": column, "value": value, "reason": reason}
         kept = self.samples.setdefault(table, [])
         if len(kept) < SAMPLES:
             kept.append(record)
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record | {"row": {k: repr(v) for k, v in row.items()}}, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(record | {"row": {k: shown(v) for k, v in row.items()}}, ensure_ascii=False) + "\n")
 
 
 @dataclass
@@ -85,8 +86,15 @@ def dry_run(
     fast: bool,
     rejects_path: str | None,
     stop: Callable[[], bool],
+    *,
+    max_rejects: int | None = None,
 ) -> list[DryTable]:
     collect = _Collect(rejects_path)
+    asked = stop
+
+    def stop() -> bool:  # noqa: F811 - the caller's stop, or more rejects than --max-rejects
+        return asked() or (max_rejects is not None and collect.count > max_rejects)
+
     copier = _Inspect(backends.sqlite_read, backends.postgres_apply, chunk_size=chunk_size, fast=fast, rejects=collect)
     cps = _checkpoints(backends)
     out = []
@@ -134,7 +142,9 @@ def describe(reps: list[DryTable], chunk_size: int) -> list[str]:
             f"would copy {r.table}: {r.rows} rows in {r.chunks} chunk(s) of {chunk_size}; {r.would_write} to write,"
             f" {r.would_skip} already newer on Postgres, {r.rejected} would be rejected{resume}"
         )
-        lines.extend(f"  reject {s['key']} column={s['column']}: {s['reason']}" for s in r.samples)
+        lines.extend(f"  reject {s['key']} column={s['column']} value={s['value']}: {s['reason']}" for s in r.samples)
+        if r.rejected > len(r.samples):
+            lines.append(f"  ... {r.rejected - len(r.samples)} more (every one in --rejects FILE)")
     return lines
 
 

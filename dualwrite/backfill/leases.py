@@ -34,7 +34,7 @@ from dualwrite import metrics
 from dualwrite.apply.rule import pk_columns
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.checkpoint import checkpoints, leases
-from dualwrite.backfill.cursor import Chunk, after_clause, count_rows, decode_key, encode_key, rowid_alias
+from dualwrite.backfill.cursor import Chunk, after_clause, count_rows, decode_key, encode_key, fetch, rowid_alias
 from dualwrite.backfill.steps import ChunkSteps, TableReport
 from dualwrite.bookkeeping import meta, move_sequences_past_keys
 from dualwrite.errors import first_line
@@ -107,10 +107,8 @@ def read_range(engine: Engine, table: Table, after: Key | None, upto: Key | None
         version = conn.execute(select(meta.c.value).where(meta.c.name == "last_seq")).scalar() or 0
         cols, rowid = _order(conn, table)
         order = [*cols, *([rowid] if rowid is not None else [])]
-        result = conn.execute(select(table).where(_within(cols, rowid, after, upto)).order_by(*order))
-        names = tuple(result.keys())
-        values: list[Any] = result.all()
-    return Chunk(columns=names, values=values, version=int(version), last_key=upto)
+        names, values, bad = fetch(conn, table, select(table).where(_within(cols, rowid, after, upto)).order_by(*order))
+    return Chunk(columns=names, values=values, version=int(version), last_key=upto, undecodable=bad)
 
 
 def sessions_alive(engine: Engine, owners: list[int]) -> set[int]:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,16 @@ from typing import Any
 
 from dualwrite import metrics
 from dualwrite.errors import first_line
+
+VALUE_CHARS = 200  # a rejected value is kept as its repr, cut to this many characters
+
+
+class RefusedValue(ValueError):
+    """A value the copy could not take (it could not be read as its column's type): the row is a reject."""
+
+    def __init__(self, column: str, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.column, self.value = column, value
 
 
 def guess_column(row: dict[str, Any]) -> str | None:
@@ -27,6 +38,27 @@ def guess_column(row: dict[str, Any]) -> str | None:
     return None
 
 
+_COPY_COLUMN = re.compile(r"\bcolumn (\w+)")
+
+
+def refused_column(row: dict[str, Any], exc: BaseException) -> str | None:
+    """The column a reject is about: the one named by the error (ours, or COPY's context line, e.g.
+    `COPY t, line 1, column n: "abc"`), else the one with a NUL byte."""
+    if isinstance(exc, RefusedValue):
+        return exc.column
+    context = getattr(getattr(getattr(exc, "orig", exc), "diag", None), "context", None) or ""
+    found = _COPY_COLUMN.search(context)
+    if found and found.group(1) in row:
+        return found.group(1)
+    return guess_column(row)
+
+
+def shown(value: Any) -> str:
+    """A rejected value as its repr, truncated."""
+    text = repr(value)
+    return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 3] + "..."
+
+
 class RejectWriter:
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
@@ -34,13 +66,13 @@ class RejectWriter:
         self._lock = threading.Lock()
 
     def reject(self, table: str, key: str, row: dict[str, Any], exc: BaseException) -> None:
-        column = guess_column(row)
+        column = refused_column(row, exc)
         record = {
             "table": table,
             "key": key,
             "column": column,
-            "value": repr(row.get(column)) if column else None,
-            "row": {k: repr(v) for k, v in row.items()},
+            "value": shown(row.get(column)) if column else None,
+            "row": {k: shown(v) for k, v in row.items()},
             "reason": first_line(exc),
             "at": datetime.now(UTC).isoformat(),
         }

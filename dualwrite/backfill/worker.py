@@ -51,6 +51,7 @@ class RunOptions:
     metrics_port: int | None = None
     metrics_host: str | None = None  # None: DUALWRITE_METRICS_HOST, else loopback
     lease_ttl_s: float = 300.0
+    max_rejects: int | None = None  # stop the copy once more rows than this were rejected
     tty: bool = False
     # (every_s, fn): run while the worker lives, in a thread of its own (the CLI adds the gate's export,
     # which this layer cannot import); a failing fn is logged and tried again next time
@@ -85,6 +86,12 @@ def run(
     """Copy `copy` (default: every table of `tables`, in their order), print the summary, then replay the
     events of every table of `tables`. Returns the --report document."""
     copy = tables.tables() if copy is None else list(copy)
+    rejects = RejectWriter(opts.rejects_path)
+
+    def too_many() -> bool:
+        return opts.max_rejects is not None and rejects.count > opts.max_rejects
+
+    stop = _or(stop, too_many)  # --max-rejects stops the copy as a signal would (after the current chunk)
     name = opts.consumer or f"{socket.gethostname()}-{os.getpid()}"
     report: dict[str, Any] = {"worker": name, "tables": [], "summary": [], "replay": None}
     throttle = Throttler(
@@ -101,7 +108,7 @@ def run(
         backends.postgres_apply,
         chunk_size=opts.chunk_size,
         fast=opts.fast,
-        rejects=RejectWriter(opts.rejects_path),
+        rejects=rejects,
         throttle=throttle,
         should_stop=stop,
         leases=book,
@@ -139,6 +146,8 @@ def run(
         report["tables"] = [r.as_dict() for r in reports]
         report["summary"] = summary_rows(reports)
         report["rejects_file"] = opts.rejects_path if copier.rejects.count else None
+        report["rejected"] = copier.rejects.count
+        report["stopped_by_max_rejects"] = too_many()
         print_summary(report["summary"], opts.tty)
         if copier.rejects.count:
             log.warning("%d row(s) rejected: see %s", copier.rejects.count, opts.rejects_path)
@@ -157,6 +166,10 @@ def run(
         if server is not None:
             server.close()
     return report
+
+
+def _or(first: Callable[[], bool], second: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: first() or second()
 
 
 def _heartbeat(throttle: Throttler, book: LeaseBook, done: threading.Event) -> None:

@@ -92,6 +92,12 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
 @click.option("--max-pg-latency-ms", type=MILLIS, default=None, help="back off above this probe time")
 @click.option("--max-replication-lag-s", type=SECONDS, default=None, help="back off above this lag")
 @click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True, type=REPORT_PATH)
+@click.option(
+    "--max-rejects",
+    type=Count(0),
+    default=None,
+    help="stop the copy (after its current chunk, exit 1) once more rows than this were rejected",
+)
 @click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
 @click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
 @click.option("--no-replay", is_flag=True, help="copy only")
@@ -127,6 +133,7 @@ def run(
     max_pg_latency_ms: float | None,
     max_replication_lag_s: float | None,
     rejects_path: str,
+    max_rejects: int | None,
     slow: bool,
     daemon: bool,
     no_replay: bool,
@@ -162,7 +169,9 @@ def run(
             explicit = ctx.get_parameter_source("rejects_path") is not click.core.ParameterSource.DEFAULT
             rejects = rejects_path if explicit else None
             group_ = None if no_replay else group
-            report |= _dry_run(backends, selected.tables(), chunk_size, not slow, rejects, stop, tty, group_)
+            report |= _dry_run(
+                backends, selected.tables(), chunk_size, not slow, rejects, stop, tty, group_, max_rejects
+            )
         else:
             limits = Limits(max_rows_per_second, None, max_pg_latency_ms, max_replication_lag_s)
             opts = RunOptions(
@@ -178,6 +187,7 @@ def run(
                 metrics_host=metrics_host,
                 periodic=_gate_export(backends, tables) if metrics_port is not None else (),
                 lease_ttl_s=lease_ttl,
+                max_rejects=max_rejects,
                 tty=tty,
             )
             report |= run_worker(backends, tables, opts, stop, copy=selected.tables())
@@ -195,8 +205,16 @@ def run(
         stop.restore()
     if error:
         fail(f"backfill failed: {error}", 1)
-    click.echo("backfill: stopped" if stop() else "backfill: dry run, nothing written" if dry_run else "backfill: done")
-    sys.exit(0)
+    rejected = int(report.get("rejected") or 0)
+    where = f": see {rejects_path}" if rejected and not (dry_run and report.get("rejects_file") is None) else ""
+    verdict = f"; {rejected} row(s) rejected{where}" if rejected else ""
+    if report.get("stopped_by_max_rejects"):
+        click.echo(f"backfill: stopped, more than --max-rejects {max_rejects} row(s) rejected{verdict}")
+    elif dry_run:
+        click.echo(f"backfill: dry run, nothing written{verdict.replace('rejected', 'would be rejected')}")
+    else:
+        click.echo(("backfill: stopped" if stop() else "backfill: done") + verdict)
+    sys.exit(1 if rejected else 0)
 
 
 GATE_EXPORT_S = 5.0
@@ -222,11 +240,12 @@ def _dry_run(
     stop: StopFlag,
     tty: bool,
     group: str | None,
+    max_rejects: int | None = None,
 ) -> dict[str, Any]:
     from dualwrite.backfill.dryrun import describe, dry_run
     from dualwrite.backfill.progress import print_summary
 
-    reps = dry_run(backends, tables, chunk_size, fast, rejects, stop)
+    reps = dry_run(backends, tables, chunk_size, fast, rejects, stop, max_rejects=max_rejects)
     for line in describe(reps, chunk_size):
         click.echo(line)
     summary = [r.summary() for r in reps]
@@ -236,7 +255,16 @@ def _dry_run(
     backlog = backends.redis.xlen(stream_key(backends.settings.namespace))
     if group:
         click.echo(f"would then replay the stream ({backlog} event(s) in it now) as group {group!r}")
-    return {"summary": summary, "tables": [r.__dict__ for r in reps], "stream_events": backlog}
+    rejected = sum(r.rejected for r in reps)
+    over = max_rejects is not None and rejected > max_rejects
+    return {
+        "summary": summary,
+        "tables": [r.__dict__ for r in reps],
+        "stream_events": backlog,
+        "rejected": rejected,
+        "rejects_file": rejects if rejected else None,
+        "stopped_by_max_rejects": over,
+    }
 
 
 @backfill.command()

@@ -1,8 +1,9 @@
 """`dualwrite migrate`: move a SQLite file into a PostgreSQL schema (see backfill/migrate/__init__.py).
 
-Exit codes: 0 every table verified; 1 a table did not verify (or a constraint/view could not be
-created: see the report); 2 refused before loading (name collisions, existing tables, bad options) or
-stopped by `--on-error stop`; 3 stopped early (signal or --max-chunks): run again with `--resume`.
+Exit codes: 0 every table verified; 1 rows were rejected (see the rejects file), a table did not verify
+(or a constraint/view could not be created: see the report); 2 refused before loading (name collisions,
+existing tables, bad options) or stopped by `--on-error stop`; 3 stopped early (signal or --max-chunks):
+run again with `--resume`.
 """
 
 from __future__ import annotations
@@ -172,5 +173,9 @@ def command(
         click.echo("migrate: NOT verified")
         sys.exit(1)
     click.echo(f"migration state: {outcome.state}")
+    rejected = sum(int(t["rejected"] or 0) for t in outcome.tables)
+    if rejected:  # verified means read = written + rejected: the rejected rows are still not in Postgres
+        click.echo(f"migrate: done, every table verified; {rejected} row(s) rejected: see {outcome.rejects_file}")
+        sys.exit(1)
     click.echo("migrate: done, every table verified")
     sys.exit(0)

@@ -27,7 +27,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import DB_ERRORS, Copier, TableReport
 from dualwrite.backfill.copy_format import copy_rows
 from dualwrite.backfill.cursor import Chunk
-from dualwrite.backfill.rejects import RejectWriter
+from dualwrite.backfill.rejects import RejectWriter, shown
 from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
@@ -106,10 +106,13 @@ class MigrateRejects(RejectWriter):
         self.stop = stop
 
     def reject(self, table: str, key: str, row: dict[str, Any], exc: BaseException) -> None:  # Postgres refused
-        from dualwrite.backfill.rejects import guess_column
+        from dualwrite.backfill.rejects import RefusedValue, refused_column
 
+        if isinstance(exc, RefusedValue):  # a stored value its column's type could not read
+            self.write(table, key, exc.column, exc.value, str(exc), row)
+            return
         reason = first_line(exc)
-        column = guess_column(row) or next(
+        column = refused_column(row, exc) or next(
             (c for c in row if f'column "{c}"' in reason or f"column {c}:" in reason or reason.endswith(f"column {c}")),
             None,
         )
@@ -122,7 +125,7 @@ class MigrateRejects(RejectWriter):
             "table": table,
             "key": key,
             "column": column,
-            "value": None if value is None else repr(value),
+            "value": None if value is None else shown(value),
             "reason": reason,
             "row": {k: repr(v) for k, v in row.items()},
             "at": datetime.now(UTC).isoformat(),
@@ -163,11 +166,12 @@ class MigrateCopier(Copier):
 
     def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
         plan = self.plans[table.name]
+        chunk, unread = super().prepare_chunk(table, chunk)
         good, dirty = convert_rows(plan, chunk.rows)
         writer: MigrateRejects = self.rejects  # type: ignore[assignment]
         for row, column, value, reason in dirty:
             writer.write(table.name, safe_key([row[c] for c in plan.pk]), column, value, reason, row)
-        return Chunk.from_dicts(chunk.columns, good, chunk.version), len(dirty)
+        return Chunk.from_dicts(chunk.columns, good, chunk.version), unread + len(dirty)
 
     def load_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int

@@ -87,7 +87,7 @@ def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path)
     report = tmp_path / "r.json"
     r = invoke("backfill", "run", "--dry-run", *connection_args(settings), *META, "--chunk-size", "32",
                "--report", str(report))  # fmt: skip
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # two rows would be rejected
     assert "would copy bf_accounts: 70 rows in 3 chunk(s) of 32; 70 to write" in r.output
     assert "would copy bf_notes: 70 rows" in r.output and "2 would be rejected" in r.output
     assert "reject [3] column=body" in r.output and "reject [44] column=body" in r.output

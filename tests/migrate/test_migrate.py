@@ -168,7 +168,7 @@ def test_dirty_values_rejected_with_reason(tmp_path, pg_schema) -> None:  # type
         """,
     )
     result, rep = migrate(db, pg_schema)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # verified, but rows were rejected
     (summary,) = rep["tables"]
     assert (summary["read"], summary["written"], summary["rejected"], summary["verified"]) == (10, 2, 8, True)
     got = {r["key"]: (r["column"], r["reason"]) for r in rejects(db, pg_schema)}
@@ -280,7 +280,7 @@ def test_untyped_and_blob_values(tmp_path, pg_schema) -> None:  # type: ignore[n
         "INSERT INTO t VALUES (1, 12, 'text as blob'), (2, 1.5, x''), (3, x'68c3a9', NULL), (4, x'ff', NULL);",
     )
     result, rep = migrate(db, pg_schema)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # verified, but rows were rejected
     rows = fetch(pg_schema, "SELECT id, any_value, b FROM t ORDER BY id")
     assert [(i, v, None if b is None else bytes(b)) for i, v, b in rows] == [
         (1, "12", b"text as blob"),
@@ -301,7 +301,7 @@ def test_row_refused_by_postgres_is_bisected_into_rejects(tmp_path, pg_schema, m
         "INSERT INTO t VALUES (1, 'a'), (2, 'b' || char(0)), (3, 'c');",
     )
     result, rep = migrate(db, pg_schema)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # verified, but rows were rejected
     assert (rep["tables"][0]["written"], rep["tables"][0]["rejected"], rep["verified"]) == (2, 1, True)
     (rej,) = rejects(db, pg_schema)
     assert rej["key"] == "[2]" and rej["column"] == "name" and rej["reason"]
@@ -324,7 +324,7 @@ def test_null_in_composite_primary_key_rejected_by_postgres(tmp_path, pg_schema)
         "INSERT INTO t VALUES (NULL, 1, 'n'), ('x', 2, 'ok');",
     )
     result, rep = migrate(db, pg_schema)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # verified, but rows were rejected
     (rej,) = rejects(db, pg_schema)
     assert rej["column"] == "a" and "not-null" in rej["reason"]
     assert fetch(pg_schema, "SELECT a, b FROM t") == [("x", 2)]

@@ -55,13 +55,13 @@ def reference(tmp_path, uid):  # type: ignore[no-untyped-def]
 def test_chunk_budget_then_resume_equals_uninterrupted(tmp_path, pg_schema, reference, mode) -> None:  # type: ignore[no-untyped-def]
     db = build(tmp_path / "app.db", 1500)
     full, rep = migrate(db, reference, "--chunk-size", "100")
-    assert full.exit_code == 0, full.output
+    assert full.exit_code == 1, full.output  # verified; its dirty rows rejected
     stopped, rep1 = migrate(db, pg_schema, "--chunk-size", "100", "--max-chunks", "20", *mode)
     assert stopped.exit_code == 3 and "--resume" in stopped.output
     assert rep1["status"] == "stopped"
     assert 0 < sum(len(v) for v in dump_partial(pg_schema)) < 4500
     done, rep2 = migrate(db, pg_schema, "--chunk-size", "100", "--resume", *mode)
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 1, done.output
     # the migration's own tables were in the state schema all along; a plain copy drops them after success,
     # a --versioned one keeps the versions (a live setup uses them)
     state = state_schema_for(pg_schema)
@@ -84,7 +84,7 @@ def dump_partial(schema: str) -> list[list]:
 def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, reference) -> None:  # type: ignore[no-untyped-def]
     db = build(tmp_path / "app.db", 6000)
     full, _ = migrate(db, reference, "--chunk-size", "200")
-    assert full.exit_code == 0, full.output
+    assert full.exit_code == 1, full.output  # verified; its dirty rows rejected
     rejects_dir = tmp_path / f"rejects-{pg_schema}"
     argv = [sys.executable, "-c", "from dualwrite.cli.migrate import command; command()"]
     argv += ["--sqlite", db, "--postgres", PG_ADMIN_URL, "--pg-schema", pg_schema, "--rejects", str(rejects_dir)]
@@ -112,7 +112,7 @@ def test_killed_process_then_resume_equals_uninterrupted(tmp_path, pg_schema, re
     status = fetch(state_schema_for(pg_schema), "SELECT tbl, status FROM _dw_backfill_checkpoints")
     assert any(s != "done" for _, s in status) or len(status) < 3, "the run finished before the kill"
     done, rep = migrate(db, pg_schema, "--chunk-size", "200", "--resume")
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 1, done.output
     assert rep["verified"]
     assert dump(pg_schema) == dump(reference)
     assert reject_keys(db, pg_schema) == reject_keys(db, reference)
@@ -143,5 +143,5 @@ def test_sigterm_stops_after_the_chunk_then_resume(tmp_path, pg_schema) -> None:
     assert proc.returncode == 3, output
     assert "run again with --resume" in output
     done, rep = migrate(db, pg_schema, "--resume")
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 1, done.output
     assert [(t["read"], t["written"] + t["rejected"]) for t in rep["tables"]] == [(6000, 6000)] * 3
