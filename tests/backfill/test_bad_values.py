@@ -115,4 +115,3 @@ def test_migrate_rejects_the_three_rows_and_exits_1(dirty: DualWriter, settings:
         assert "3 row(s) rejected" in res.output and "Traceback" not in res.output, res.output
         _assert_three_rejected(_rejects(out / "rejects.jsonl"), "bv_items")
         assert _pg_ids(PG_ADMIN_URL, schema, "bv_items") == set(range(1, ROWS + 1)) - set(BAD)
-
