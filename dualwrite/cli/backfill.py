@@ -21,6 +21,7 @@ from dualwrite.cli.options import (
     Count,
     FiniteFloat,
     check_report_path,
+    confirm_destructive,
     connection_options,
     csv,
     fail,
@@ -341,11 +342,7 @@ def reset(
         chosen = csv(table_names + table_lists) or tables_with_progress(pg)
         rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
         what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")
-        question = f"{what[0].upper()}{what[1:]} on Postgres ({', '.join(chosen) or 'no table'})?"
-        if not yes:
-            if not sys.stdin.isatty():
-                fail(f"refusing to reset without --yes (would {what})", 1)
-            click.confirm(question, abort=True)
+        confirm_destructive("reset", f"{what} on Postgres ({', '.join(chosen) or 'no table'})", yes)
         deleted = kept = 0
         if not keep_rows:
             apply_pg = pg_engine(settings, pool_size=1, replica=True)

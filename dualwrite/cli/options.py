@@ -352,6 +352,16 @@ def _copy(found: Any) -> str:
     return "none recorded" if found is None else f"{found.phase}@{found.epoch}"
 
 
+def confirm_destructive(action: str, what: str, yes: bool) -> None:
+    """A command about to delete or overwrite rows (`what` says which): `--yes` goes on; on a terminal, ask
+    (no: Aborted, exit 1); otherwise refuse, exit 2: a script must say so."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"refusing to {action} without --yes (stdin is not a terminal); it would {what}")
+    click.confirm(f"{what[0].upper()}{what[1:]}?", abort=True)
+
+
 def fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {mask_text(message)}", err=True)
     sys.exit(code)

@@ -10,6 +10,7 @@ import click
 
 from dualwrite.cli.options import (
     check_report_path,
+    confirm_destructive,
     connection_options,
     csv,
     load_tables,
@@ -38,12 +39,29 @@ def _rowid_reader(settings: Settings, views: list[str]) -> Any:
     return engine
 
 
+def _confirm_fix(plans: list[Any], yes: bool) -> bool:
+    """Say what --fix will change, table by table; ask on a terminal, refuse without --yes otherwise."""
+    touched = [p for p in plans if not p.empty]
+    if not touched:
+        return True
+    parts = ", ".join(f"{p.table}: {len(p.upserts)} re-applied, {len(p.deletes)} deleted" for p in touched)
+    what = f"re-apply rows from SQLite to Postgres and delete extra rows dualwrite wrote ({parts})"
+    confirm_destructive("fix", what, yes)
+    return True
+
+
 @click.command()
 @tables_options
 @connection_options
 @click.option("--tables", "table_lists", multiple=True, help="only these tables: a,b (default: every captured table)")
 @click.option("--report", "report_path", default=None, help="write the JSON report to this file")
-@click.option("--fix", is_flag=True, help="re-apply differing rows from SQLite to Postgres (apply rule)")
+@click.option("--fix", is_flag=True, help="re-apply differing rows from SQLite to Postgres (apply rule); asks first")
+@click.option("--yes", is_flag=True, help="with --fix: do not ask (required when not on a terminal)")
+@click.option(
+    "--fix-unowned",
+    is_flag=True,
+    help="with --fix: also overwrite/delete rows dualwrite never wrote (no version entry: plain migrate, direct write)",
+)
 @click.option("--segment-rows", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
     "--recheck-delay",
@@ -58,11 +76,14 @@ def verify(
     table_lists: tuple[str, ...],
     report_path: str | None,
     fix: bool,
+    yes: bool,
+    fix_unowned: bool,
     segment_rows: int,
     recheck_delay: float,
 ) -> None:
     """Compare every row of SQLite and Postgres (checksums over key ranges, bisection).
-    Exit 0 identical, 1 differences found, 2 error."""
+    Exit 0 identical, 1 differences found, 2 error. --fix says what it would change and asks (--yes: not);
+    it touches only rows dualwrite wrote (others are listed as unowned) unless --fix-unowned."""
     from dualwrite.migrate.schema import ROWID_COLUMN
     from dualwrite.verify.verifier import verify_backends
 
@@ -75,7 +96,14 @@ def verify(
     sqlite = _rowid_reader(settings, chosen.rowid_views())
     try:
         report = verify_backends(
-            backends, chosen.tables(), fix=fix, sqlite=sqlite, segment_rows=segment_rows, recheck_delay=recheck_delay
+            backends,
+            chosen.tables(),
+            fix=fix,
+            fix_unowned=fix_unowned,
+            confirm=lambda plans: _confirm_fix(plans, yes),
+            sqlite=sqlite,
+            segment_rows=segment_rows,
+            recheck_delay=recheck_delay,
         )
     finally:
         backends.close()
@@ -91,6 +119,9 @@ def verify(
         )
         if t.error:
             click.echo(f"  {mask_text(t.error)}")
+        if t.unowned:
+            more = " ..." if len(t.unowned) > 10 else ""
+            click.echo(f"  not fixed, dualwrite never wrote them (--fix-unowned): {', '.join(t.unowned[:10])}{more}")
         for kind in ("missing", "extra", "differing"):
             keys = getattr(t, kind)
             if kind == "differing":  # each key with the columns that differ

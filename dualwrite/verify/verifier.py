@@ -18,9 +18,8 @@ Algorithm (data-diff's):
 Report per table: rows on each side, `missing` (in SQLite, not Postgres), `extra` (in Postgres only),
 `differing` keys (key text, as in `_dw_versions`), and `queries` issued (scans, split points, fetches).
 
-`fix` re-reads those keys from SQLite in one read transaction with `_dw_meta.last_seq` = S and applies
-them to Postgres through the apply rule with version S (extras: a delete event with version S). A key
-whose Postgres version is already >= S is left alone and reported as `stale` (a newer change owns it).
+`fix` (fix.py) re-applies SQLite's rows to the keys dualwrite wrote (missing ones are inserted), through the
+apply rule; a `confirm` callback sees every table's plan first and may refuse.
 """
 
 from __future__ import annotations
@@ -29,19 +28,18 @@ import bisect
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table
 
-from dualwrite.apply.rule import apply_events, apply_snapshot_rows
-from dualwrite.bookkeeping import read_meta
 from dualwrite.engines import Backends
 from dualwrite.errors import first_line
-from dualwrite.events import ChangeEvent, key_text
+from dualwrite.events import key_text
 from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
+from dualwrite.verify import fix as fix_rows
 from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.row_checksums import Key, Side, Summary
 
@@ -67,6 +65,7 @@ class TableReport:
     seconds: float = 0.0
     fixed: int = 0
     stale: int = 0
+    unowned: list[str] = field(default_factory=list)  # differing/extra keys dualwrite never wrote: not fixed
     error: str | None = None
     # keys as tuples, for fix (not serialized)
     _keys: dict[str, list[Key]] = field(default_factory=dict, repr=False)
@@ -306,31 +305,9 @@ class TableVerifier:
         rep.seconds = round(rep.seconds + time.perf_counter() - start, 3)
         return rep
 
-    # -- fix ------------------------------------------------------------------------------------------
-    def fix(self, rep: TableReport, postgres_apply: Engine) -> TableReport:
-        """Re-apply SQLite's rows for missing/differing keys and delete extras, through the apply rule."""
-        want = list(rep._keys.get("missing", [])) + list(rep._keys.get("differing", []))
-        extras = list(rep._keys.get("extra", []))
-        if not want and not extras:
-            return rep
-        with self.s.engine.connect() as sc:
-            version = read_meta(sc, "last_seq") or 0
-            rows = self.s.fetch(sc, want)
-            gone = [k for k in extras if k not in self.s.fetch(sc, extras)] if extras else []
-            sc.rollback()
-        with postgres_apply.begin() as pc:
-            res = apply_snapshot_rows(pc, self.table, list(rows.values()), version)
-            rep.fixed += res.applied
-            rep.stale += res.stale
-            if gone:
-                events = [
-                    ChangeEvent(self.table.name, "delete", dict(zip(self.s.pk, k, strict=True)), None, seq=version)
-                    for k in gone
-                ]
-                dres = apply_events(pc, lambda _name: self.table, events)
-                rep.fixed += dres.applied
-                rep.stale += dres.stale
-        return rep
+    # -- fix (fix.py) ---------------------------------------------------------------------------------
+    def fix(self, rep: TableReport, postgres_apply: Engine, *, unowned: bool = False) -> TableReport:
+        return fix_rows.apply(self, rep, fix_rows.plan(self, rep, unowned=unowned), postgres_apply)
 
 
 def verify_tables(
@@ -339,22 +316,34 @@ def verify_tables(
     postgres: Engine,
     *,
     fix_with: Engine | None = None,
+    fix_unowned: bool = False,
+    confirm: Callable[[list[fix_rows.FixPlan]], object] | None = None,
     **kw: Any,
 ) -> VerifyReport:
+    """Verify `tables`; with `fix_with` (an apply engine), fix what differs: every table's plan is made
+    first and handed to `confirm` (which may raise, or return False: nothing is fixed)."""
     verifiers = [TableVerifier(table, sqlite, postgres, **kw) for table in tables]
     scanned = [tv.scan() for tv in verifiers]
     delay = float(kw.get("recheck_delay", 0.0))
     if delay > 0 and any(found for _rep, found in scanned):
         time.sleep(delay)  # once for every table's suspects, not once per table
-    reports = []
-    for tv, (rep, found) in zip(verifiers, scanned, strict=True):
-        rep = tv.settle(rep, found)
-        if fix_with is not None and rep.error is None and not rep.clean:
+    reports = [tv.settle(rep, found) for tv, (rep, found) in zip(verifiers, scanned, strict=True)]
+    if fix_with is None:
+        return VerifyReport(reports)
+    plans: list[tuple[TableVerifier, TableReport, fix_rows.FixPlan]] = []
+    for tv, rep in zip(verifiers, reports, strict=True):
+        if rep.error is None and not rep.clean:
             try:
-                tv.fix(rep, fix_with)
+                plans.append((tv, rep, fix_rows.plan(tv, rep, unowned=fix_unowned)))
             except Exception as exc:
                 rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
-        reports.append(rep)
+    if confirm is not None and confirm([p for _tv, _rep, p in plans]) is False:
+        return VerifyReport(reports)
+    for tv, rep, plan in plans:
+        try:
+            fix_rows.apply(tv, rep, plan, fix_with)
+        except Exception as exc:
+            rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
     return VerifyReport(reports)
 
 
@@ -363,6 +352,8 @@ def verify_backends(
     tables: Sequence[Table],
     *,
     fix: bool = False,
+    fix_unowned: bool = False,
+    confirm: Callable[[list[fix_rows.FixPlan]], object] | None = None,
     store: bool = True,
     sqlite: Engine | None = None,
     **kw: Any,
@@ -370,7 +361,15 @@ def verify_backends(
     """verify_tables on a process's engines (`sqlite`: another SQLite read engine, e.g. one showing rowids);
     remember the result in Redis for the cutover gate."""
     fix_with = backends.postgres_apply if fix else None
-    report = verify_tables(tables, sqlite or backends.sqlite_read, backends.postgres, fix_with=fix_with, **kw)
+    report = verify_tables(
+        tables,
+        sqlite or backends.sqlite_read,
+        backends.postgres,
+        fix_with=fix_with,
+        fix_unowned=fix_unowned,
+        confirm=confirm,
+        **kw,
+    )
     if store:
         store_last(backends.redis, backends.settings.namespace, report, fixed=fix)
     return report

@@ -42,7 +42,9 @@ def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[
     assert_equal(dw)
     r = invoke("backfill", "status", *c, *meta)
     assert r.exit_code == 0 and "bf_accounts" in r.output and "120/120" in r.output and "done" in r.output
-    assert invoke("backfill", "reset", *c).exit_code == 1
+    r = invoke("backfill", "reset", *c)  # not a terminal and no --yes: refused, a usage error
+    assert r.exit_code == 2 and "refusing to reset without --yes" in r.output, r.output
+    assert "it would clear the backfill progress and delete up to" in r.output, r.output
     r = invoke("backfill", "reset", *c, "--yes")
     assert r.exit_code == 0 and "reset 3" in r.output
     r = invoke("backfill", "deadletters", "list", *c)

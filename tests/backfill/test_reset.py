@@ -4,8 +4,6 @@ stay), clears its progress, asks first, and refuses when deleting would hurt."""
 from __future__ import annotations
 
 import os
-import pty
-import select as fdselect
 import subprocess
 import sys
 import time
@@ -60,7 +58,7 @@ def test_reset_deletes_the_backfill_rows_only_and_a_new_copy_restores(dw, settin
     assert pg_ids(dw) == (set(range(1, 101)) - {5, 7}) | {1000}
 
     r = reset(settings)
-    assert r.exit_code == 1 and "refusing to reset without --yes" in r.output  # not a terminal: --yes needed
+    assert r.exit_code == 2 and "refusing to reset without --yes" in r.output  # not a terminal: --yes needed
     assert len(pg_ids(dw)) == 99
     r = reset(settings, "--yes")
     assert r.exit_code == 0, r.output
@@ -109,34 +107,9 @@ def test_asks_on_a_terminal(dw, settings) -> None:  # type: ignore[no-untyped-de
 
 
 def run_on_terminal(settings, answer: str) -> tuple[str, int]:  # type: ignore[no-untyped-def]
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "reset", *connection_args(settings)],
-        stdin=slave, stdout=slave, stderr=slave, env=env,
-    )  # fmt: skip
-    os.close(slave)
-    out = b""
-    answered = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = fdselect.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if not answered and b"[y/N]" in out:
-                os.write(master, answer.encode())
-                answered = True
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(master)
-    return out.decode(errors="replace"), proc.returncode
+    from tests.terminal import run_on_terminal as on_terminal
+
+    return on_terminal(["backfill", "reset", *connection_args(settings)], answer)
 
 
 def test_a_sigkilled_worker_does_not_block_reset(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

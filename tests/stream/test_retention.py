@@ -158,6 +158,7 @@ def test_a_cutover_of_50k_events_ends_with_the_stream_within_the_retention_windo
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_soak_a_cutover_of_1m_events_ends_with_the_stream_within_the_retention_window(settings: Settings) -> None:
     out = _cutover(settings, 1_000_000, retention=10_000, batch=1000)
     print(f"1M cutover: {out}")

@@ -4,7 +4,7 @@ import json
 import time
 
 from click.testing import CliRunner
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, func, insert, select, update
 
 from dualwrite.bookkeeping import write_meta
 from dualwrite.verify.verifier import load_last, verify_backends
@@ -45,8 +45,16 @@ def test_verify_finds_exactly_the_planted_keys_and_fix_cleans(settings):
         assert not report.clean
         last = load_last(dw.backends.redis, settings.namespace)
         assert last and last["clean"] is False and last["tables"]["sh_items"]["missing"] == 1
-        fixed = verify_backends(dw.backends, TABLES, fix=True)
-        assert fixed.tables[0].fixed == 3 and fixed.tables[1].fixed == 1
+        # seed() wrote Postgres directly (no version entries): a fix touches only what dualwrite wrote, so
+        # it inserts the missing row and leaves the others, listed as unowned
+        safe = verify_backends(dw.backends, TABLES, fix=True)
+        assert safe.tables[0].fixed == 1 and safe.tables[1].fixed == 0
+        assert safe.tables[0].unowned == ["[4242]", f"[{N + 5}]"] and safe.tables[1].unowned == ['["émile",3]']
+        with dw.backends.postgres.connect() as conn:
+            assert conn.execute(select(items.c.name).where(items.c.id == 4242)).scalar() == "changed"
+            assert conn.execute(select(func.count()).select_from(items).where(items.c.id == N + 5)).scalar() == 1
+        fixed = verify_backends(dw.backends, TABLES, fix=True, fix_unowned=True)
+        assert fixed.tables[0].fixed == 2 and fixed.tables[1].fixed == 1
         again = verify_backends(dw.backends, TABLES)
         assert again.clean, again.to_dict()
         assert load_last(dw.backends.redis, settings.namespace)["clean"] is True
@@ -76,6 +84,12 @@ def test_verify_cli_exit_codes_and_report(settings, tmp_path):
     assert res.exit_code == 1, res.output
     assert json.loads(out.read_text())["tables"][0]["missing"] == ["[5]"]
     res = runner.invoke(main, ["verify", *args, "--tables", "sh_items", "--fix"])
+    assert res.exit_code == 2, res.output  # not a terminal: a fix needs --yes, and says what it would touch
+    assert "refusing to fix without --yes" in res.output and "it would re-apply rows from SQLite" in res.output
+    assert "sh_items: 1 re-applied, 0 deleted" in res.output
+    res = runner.invoke(main, ["verify", *args, "--tables", "sh_items"])
+    assert res.exit_code == 1, res.output  # nothing was fixed
+    res = runner.invoke(main, ["verify", *args, "--tables", "sh_items", "--fix", "--yes"])
     assert res.exit_code == 1, res.output  # differences were found (and fixed)
     res = runner.invoke(main, ["verify", *args, "--tables", "sh_items"])
     assert res.exit_code == 0, res.output

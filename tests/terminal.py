@@ -1,0 +1,41 @@
+"""Run a `dualwrite` command on a pseudo-terminal and answer its [y/N] question: what an operator sees."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select as fdselect
+import subprocess
+import sys
+import time
+
+
+def run_on_terminal(args: list[str], answer: str, timeout: float = 120) -> tuple[str, int]:
+    """(everything printed, exit code) of `python -m dualwrite *args` with stdin/stdout on a pty."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualwrite", *args], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    out = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = fdselect.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not answered and b"[y/N]" in out:
+                os.write(master, answer.encode())
+                answered = True
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    return out.decode(errors="replace"), proc.returncode
