@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dualwrite.bench.common import machine_line  # noqa: E402
+from dualwrite.bench.goals import spread_text  # noqa: E402
 
 
 class Figures:
@@ -169,12 +170,13 @@ def fig_simple(figs: Figures, name: str, section: str, data: dict[str, Any], met
 # -- markdown ------------------------------------------------------------------------------------------
 def _goal_line(g: dict[str, Any]) -> str:
     verdict = "**met**" if g["met"] else "**not met**"
-    if g.get("higher_is_better"):
+    cmp = ">=" if g.get("higher_is_better") else "<="
+    if "unit" in g:  # goals.goal(): medians of several runs and the spread of their ratios
+        nums = f"{g['value']} {g['unit']} vs {g['baseline_value']} {g['unit']}; {spread_text(g)}"
+    elif g.get("higher_is_better"):
         nums = f"{g['value_rows_per_s']} rows/s vs {g['baseline_rows_per_s']} rows/s"
-        cmp = ">="
     else:
         nums = f"{g['value_ms']:.3f} ms vs {g['baseline_ms']:.3f} ms"
-        cmp = "<="
     return (
         f"- {g['name']}: goal ratio {cmp} {g['goal_ratio']} x ({g['baseline']}); got {g['ratio']} x ({nums}): {verdict}"
     )

@@ -190,3 +190,29 @@ def test_oversized_event_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "MAX_EVENT_BYTES", 100)
     with pytest.raises(EventDecodeError, match="exceeds the 100-byte limit"):
         ChangeEvent.from_json(_doc(image={"id": 1, "s": "x" * 200}))
+
+
+@pytest.mark.parametrize(
+    ("seq", "key", "extra"),
+    [
+        (2**64 + 5, 1, {}),
+        (3, 2**64 + 1, {}),
+        (3, -(2**63) - 1, {}),
+        (3, 1, {"doc": {"n": [1, {"deep": -(2**70)}]}}),
+        (3, 1, {"f": 1e300, "g": -1e19}),  # real floats that large come back as floats
+    ],
+)
+def test_integers_beyond_64_bits_stay_exact_wherever_they_are(seq: int, key: int, extra: dict[str, Any]) -> None:
+    """orjson (the fast decoder) reads such an integer as a float: the codec must notice and read it exactly."""
+    ev = ChangeEvent(table="t", op="upsert", key={"id": key}, image={"id": key, **extra}, seq=seq)
+    back = ChangeEvent.from_json(ev.to_json().encode())
+    assert back.seq == seq and type(back.seq) is int
+    assert back.key == {"id": key} and type(back.key["id"]) is int
+    assert back.image is not None and same(back.image, ev.image)
+
+
+def test_lone_surrogates_and_plain_events_decode_alike_with_bytes_and_text() -> None:
+    ev = ChangeEvent(table="t", op="upsert", key={"id": 1}, image={"id": 1, "s": "x\udc80y", "g": "ok"}, seq=9)
+    raw = ev.to_json()
+    for payload in (raw, raw.encode("utf-8", "surrogatepass")):
+        assert ChangeEvent.from_json(payload).image == {"id": 1, "s": "x\udc80y", "g": "ok"}
