@@ -105,6 +105,15 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
         raise ConfigError("--metadata/--reflect given without --create-tables: init creates only dualwrite's tables")
     # DUALWRITE_METADATA alone (exported for every command) does not ask for the application's tables
     tables = load_tables(settings, reflect) if create_tables else None
+    if tables is not None:  # the tables' schema (a project file's source names its own): created if missing
+        from sqlalchemy.schema import CreateSchema
+
+        engine = pg_engine(settings, pool_size=1)
+        try:
+            with engine.begin() as conn:
+                conn.execute(CreateSchema(settings.pg_schema, if_not_exists=True))
+        finally:
+            engine.dispose()
     for name, engine, primary, app in (
         ("sqlite", sqlite_engine(settings.sqlite_url), True, None),
         ("postgres", pg_engine(settings), False, tables.tables() if tables is not None else None),

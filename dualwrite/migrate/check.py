@@ -138,6 +138,8 @@ def normal(kind: str, value: Any) -> Any:
     if kind == "json":
         if isinstance(value, str | bytes):
             value = json.loads(value)
+        if value is None:  # the text 'null' (SQLAlchemy's JSON None) is jsonb null, which the driver reads as None
+            return None
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     if kind == "uuid":
         return str(value)

@@ -27,7 +27,7 @@ def schemas_like(prefix: str) -> list[str]:
 @pytest.fixture
 def project(tmp_path: Path, pg_schema: str, redis_prefix: str) -> Iterator[ProjectFactory]:
     """project({"alpha": "P0", "beta": "P1"}, models=..., shared_schema=False) -> the file's path. Source
-    NAME: sqlite tmp/NAME.db, pg_schema {pg_schema}_NAME (or pg_schema itself when shared), state schema
+    NAME: sqlite tmp/NAME.db, pg_schema {pg_schema}_{schema_prefix}NAME (or pg_schema itself when shared), state schema
     {pg_schema}_dw_NAME, namespace {redis_prefix}:NAME (derived, not written)."""
 
     def make(
@@ -37,6 +37,7 @@ def project(tmp_path: Path, pg_schema: str, redis_prefix: str) -> Iterator[Proje
         shared_schema: bool = False,
         name: str = "dualwrite.toml",
         extra: str = "",
+        schema_prefix: str = "",
     ) -> Path:
         lines = [
             "[dualwrite]",
@@ -48,7 +49,7 @@ def project(tmp_path: Path, pg_schema: str, redis_prefix: str) -> Iterator[Proje
         ]
         for source, priority in sources.items():
             lines += ["", f"[sources.{source}]", f'sqlite = "{source}.db"', f'priority = "{priority}"']
-            lines.append(f'pg_schema = "{pg_schema if shared_schema else f"{pg_schema}_{source}"}"')
+            lines.append(f'pg_schema = "{pg_schema if shared_schema else f"{pg_schema}_{schema_prefix}{source}"}"')
             lines.append(f'models = "{models}"' if models else "reflect = true")
         path = tmp_path / name
         path.write_text("\n".join(lines) + "\n")

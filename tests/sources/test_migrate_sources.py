@@ -128,3 +128,17 @@ def test_a_collision_in_a_shared_schema_is_refused_before_anything_is_written(
     assert tables == {"items", "tags", "beta_notes"}
     assert cli("--config", config, "--undo").exit_code == 0
     assert _snapshot(pg_schema) == before
+
+
+def test_json_null_text_verifies(tmp_path: Path, pg_schema: str) -> None:
+    """SQLAlchemy's JSON type stores Python None as the text 'null' (the example stores do): migrate loads it
+    as jsonb null, which the driver reads back as None; verification must not call that a difference."""
+    from tests.migrate.support import make_db, migrate
+
+    db = make_db(
+        tmp_path / "j.db",
+        "CREATE TABLE d (id INTEGER PRIMARY KEY, j JSON);",
+        {"d": [(1, "null"), (2, None), (3, '{"a": 1e-07}')]},
+    )
+    result, report = migrate(db, pg_schema)
+    assert result.exit_code == 0 and report["verified"], result.output
