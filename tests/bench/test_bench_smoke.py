@@ -53,3 +53,26 @@ def test_bench_command_help() -> None:
     assert result.exit_code == 0
     for flag in ("--quick", "--record-counts", "--workers", "--report"):
         assert flag in result.output
+
+
+def test_the_track_c_benchmark_command_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`benchmark_postgresql_migration.py --record-counts 100 500 1000` of the Track C plan is
+    `dualwrite bench --sections ops --record-counts ... --workers ...` (tiny counts here): avg, median, p95,
+    p99, max and success rate per run, and the plan's p99 < 100 ms target as a goal line."""
+    from click.testing import CliRunner
+
+    from dualwrite.cli.bench import bench
+
+    out = tmp_path / "report"
+    args = ["--sections", "ops", "--record-counts", "4", "8", "--workers", "1", "2", "--report", str(out)]
+    result = CliRunner().invoke(bench, [*args, "--postgres", PG_ADMIN_URL, "--redis", REDIS_TEST_URL])
+    assert result.exit_code == 0, result.output
+    ops = json.loads((out / "report.json").read_text())["sections"]["ops"]
+    assert {(r["records"], r["workers"]) for r in ops["results"]} == {(4, 1), (4, 2), (8, 1), (8, 2)}
+    for r in ops["results"]:
+        assert {"avg_ms", "median_ms", "p95_ms", "p99_ms", "max_ms", "success_rate"} <= set(r), r
+    target = ops["target_p99"]
+    assert target["goal_ms"] == 100 and target["runs"] == len(ops["results"]) and target["worst"]["p99_ms"] > 0
+    md = (out / "report.md").read_text()
+    assert "| avg_ms | median_ms | p95_ms | p99_ms | max_ms | success_rate |" in md.replace("  ", " ")
+    assert f"- goal p99 < 100 ms per operation, 100 % success: {target['met']}/{target['runs']} runs; worst p99" in md
