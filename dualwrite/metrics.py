@@ -114,7 +114,11 @@ OUTBOX_PRUNED = Counter("dualwrite_outbox_pruned_total", "Published outbox rows 
 SHADOW_COMPARISONS = Counter(
     "dualwrite_shadow_comparisons_total", "Shadow read comparisons by result", ["store", "query", "result"]
 )
-BACKFILL_ROWS = Counter("dualwrite_backfill_rows_total", "Rows copied by the backfill", ["table"])
+BACKFILL_ROWS = Counter(
+    "dualwrite_backfill_rows_total",
+    "Rows copied by the backfill: every worker's, from the shared checkpoints (backfill/progress.export_shared)",
+    ["table"],
+)
 BACKFILL_EXPECTED = Gauge(
     "dualwrite_backfill_rows_expected", "Rows the backfill expects to copy", ["table"], multiprocess_mode=LATEST
 )
@@ -124,7 +128,14 @@ BACKFILL_CHUNK = Histogram(
     ["table"],
     buckets=CHUNK_BUCKETS,
 )
-BACKFILL_REJECTS = Counter("dualwrite_backfill_rejected_rows_total", "Rows sent to the reject file", ["table"])
+BACKFILL_REJECTS = Counter(
+    "dualwrite_backfill_rejected_rows_total", "Rows sent to the reject file (every worker's, as rows_total)", ["table"]
+)
+BACKFILL_PAUSED = Gauge(
+    "dualwrite_backfill_paused",
+    "1 while an operator holds the copy (dualwrite backfill set --pause): a pause, not a stall",
+    multiprocess_mode="livemax",
+)
 REPLAY_LAG_EVENTS = Gauge(
     "dualwrite_replay_lag_events", "Stream events not yet applied by the replay group", multiprocess_mode=LATEST
 )
@@ -201,6 +212,15 @@ def prime(*, stores: Iterable[str] = (), tables: Iterable[str] = (), queries: It
     for store, query in queries:
         for result in SHADOW_RESULTS:
             SHADOW_COMPARISONS.labels(store, query, result)
+
+
+def follow_total(counter: Counter, label: str, total: float) -> None:
+    """Raise a per-table counter to `total`, a count kept in shared state (the checkpoints every worker
+    writes): one process's counter then shows everyone's progress and never goes back."""
+    child = counter.labels(label)
+    now = child._value.get()  # noqa: SLF001 - prometheus-client has no public read of one child
+    if total > now:
+        child.inc(total - now)
 
 
 def set_phase(name: str, changed_at: float | None = None) -> None:

@@ -151,6 +151,7 @@ class Copier:
             cp = ckpt.load(conn, table.name)
             conn.rollback()
         rep.rows_copied, rep.rows_rejected, rep.status = cp.rows_copied, cp.rows_rejected, cp.status
+        metrics.follow_total(metrics.BACKFILL_ROWS, table.name, cp.rows_copied)  # a resumed copy starts there
         if cp.status == "done":
             return rep
         metrics.BACKFILL_EXPECTED.labels(table.name).set(count_rows(self.sqlite_read, table))

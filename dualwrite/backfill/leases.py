@@ -347,7 +347,8 @@ class LeaseBook:
             rep.rows_applied += result.applied
             rep.rows_stale += result.stale
             rep.rows_rejected_run += bad
-            metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad)
+            if done_rows:  # every worker's rows so far (the checkpoint this chunk committed with)
+                metrics.follow_total(metrics.BACKFILL_ROWS, table.name, done_rows[-1])
             metrics.BACKFILL_CHUNK.labels(table.name).observe(time.perf_counter() - t0)
             if self.progress is not None and done_rows:
                 self.progress(table.name, done_rows[-1], expected)

@@ -7,6 +7,9 @@ table at most every `every_s` seconds and when the table ends. At the end of the
 rows/s), which also goes into the --report JSON. read = written + skipped + rejected for every table.
 
 `dualwrite backfill status`: per-table progress from the checkpoints, and what each live worker does.
+The metrics come from the same checkpoints (`export_shared`): every worker exports every worker's rows, so a
+resumed or replaying daemon does not show its own counts as the table's progress; `dualwrite_backfill_paused`
+says an operator holds the copy (the stall alert stays quiet then).
 
 Rate is the checkpoint's moving average over the last chunks of every worker (checkpoint.moving_rate),
 so it reflects now, not the whole run; ETA = rows left / rate. The total is SQLite's count(*) at the time
@@ -26,9 +29,10 @@ import click
 import redis
 from sqlalchemy import Engine, Table
 
+from dualwrite import metrics
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.cursor import count_rows
-from dualwrite.backfill.throttle import live_workers, read_overrides
+from dualwrite.backfill.throttle import Limits, live_workers, read_overrides
 
 log = logging.getLogger("dualwrite.backfill.progress")
 
@@ -196,6 +200,24 @@ def table_progress(pg: Engine, sqlite: Engine, tables: list[Table], workers_aliv
             TableProgress(name, cp.rows_copied, total, cp.rows_rejected, state, rate, eta, cp.started_at, cp.updated_at)
         )
     return out
+
+
+def export_shared(
+    engine: Engine, tables: list[str], client: redis.Redis | None = None, namespace: str = ""
+) -> None:
+    """Export rows copied/rejected per table from the shared checkpoints (a done table's expected rows are
+    then what it holds: live writes move SQLite's count), and whether an operator paused the copy."""
+    cps = ckpt.load_all(engine)
+    for name in tables:
+        cp = cps.get(name)
+        if cp is None:
+            continue
+        metrics.follow_total(metrics.BACKFILL_ROWS, name, cp.rows_copied)
+        metrics.follow_total(metrics.BACKFILL_REJECTS, name, cp.rows_rejected)
+        if cp.status == "done":
+            metrics.BACKFILL_EXPECTED.labels(name).set(cp.rows_copied + cp.rows_rejected)
+    if client is not None:
+        metrics.BACKFILL_PAUSED.set(1 if Limits().with_overrides(read_overrides(client, namespace)).paused else 0)
 
 
 def worker_lines(

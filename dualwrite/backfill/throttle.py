@@ -233,6 +233,7 @@ class Throttler(TokenBucket):
         if size and self.on_chunk_size is not None:
             self.on_chunk_size(size)
         metrics.BACKFILL_RATE_LIMIT.set(self.rate or 0)
+        metrics.BACKFILL_PAUSED.set(1 if limits.paused else 0)
         if size:
             metrics.BACKFILL_CHUNK_ROWS.set(size)
 

@@ -4,7 +4,9 @@ replay of the change stream — until it has caught up, or with --daemon until S
 A stop signal lets the current chunk or replay batch finish (its checkpoint commits with it), then the
 worker exits 0. With --metrics-port, /metrics and /health are served (on loopback unless --metrics-host or
 DUALWRITE_METRICS_HOST names another address): rows copied/expected
-per table, chunk latency, replay lag (events, seconds), pending, dead letters, throttle state; /health
+per table (every worker's, from the shared checkpoints, refreshed every PROGRESS_EXPORT_S while the worker
+lives: also while it replays), paused, chunk latency, replay lag (events, seconds), pending, dead letters,
+throttle state; /health
 answers 503 while Postgres or Redis does not. A heartbeat keeps this worker listed in `backfill status`.
 """
 
@@ -24,7 +26,7 @@ from sqlalchemy import Table, text
 from dualwrite import metrics
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
-from dualwrite.backfill.progress import CopyProgress, print_summary, summary_rows
+from dualwrite.backfill.progress import CopyProgress, export_shared, print_summary, summary_rows
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.backfill.throttle import WORKER_TTL_S, Limits, Throttler
 from dualwrite.errors import ConfigError, first_line
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.backfill.worker")
+PROGRESS_EXPORT_S = 5.0
 
 
 @dataclass
@@ -117,6 +120,17 @@ def run(
     throttle.refresh(force=True)  # live limits set before this worker started apply from its first chunk
     replayer = Replayer(backends, tables, group=opts.group, consumer=name)
     metrics.prime(tables=[t.name for t in copy])
+    names = [t.name for t in copy]
+
+    def export_progress() -> None:
+        export_shared(backends.postgres, names, backends.redis, backends.settings.namespace)
+
+    try:
+        export_progress()  # the first scrape sees every worker's rows, not 0
+    except Exception as exc:  # noqa: BLE001 - a metric; the copy reports a server that is away on its own
+        log.warning("backfill progress export failed: %s", mask_text(first_line(exc, 200)))
+    served = [(PROGRESS_EXPORT_S, export_progress)] if opts.metrics_port is not None else []
+    periodic = [*opts.periodic, *served]
     server = None
     if opts.metrics_port is not None:
         try:
@@ -127,8 +141,8 @@ def run(
     beat = threading.Event()
     heart = threading.Thread(target=_heartbeat, args=(throttle, book, beat), name="backfill-heartbeat", daemon=True)
     heart.start()
-    ticker = threading.Thread(target=_periodic, args=(opts.periodic, beat), name="backfill-periodic", daemon=True)
-    if opts.periodic:
+    ticker = threading.Thread(target=_periodic, args=(periodic, beat), name="backfill-periodic", daemon=True)
+    if periodic:
         ticker.start()
     try:
         if opts.replay:  # before copying, so the events written during the copy are kept for this group
