@@ -202,9 +202,7 @@ def table_progress(pg: Engine, sqlite: Engine, tables: list[Table], workers_aliv
     return out
 
 
-def export_shared(
-    engine: Engine, tables: list[str], client: redis.Redis | None = None, namespace: str = ""
-) -> None:
+def export_shared(engine: Engine, tables: list[str], client: redis.Redis | None = None, namespace: str = "") -> None:
     """Export rows copied/rejected per table from the shared checkpoints (a done table's expected rows are
     then what it holds: live writes move SQLite's count), and whether an operator paused the copy."""
     cps = ckpt.load_all(engine)
