@@ -9,7 +9,9 @@
     # committed on the primary with its events; applied to the secondary; the relay publishes to Redis
 
 The primary is the truth: if the secondary apply still fails after a brief retry, the write succeeds,
-the failure is counted, and the replayer heals it from the stream.
+the failure is counted, and the replayer heals it from the stream. With Settings.write_behind
+(DUALWRITE_WRITE_BEHIND=1), while reads come from the primary, the other side is not applied inline at
+all: the replayer applies it from the stream (README: Write-behind, its consistency rules).
 
 Strict mode (Settings.strict, DUALWRITE_STRICT=1) applies to the other side BEFORE the primary commits,
 in a transaction of its own that is committed right after the primary's: if that apply fails (after the
@@ -155,7 +157,8 @@ class DualWriter:
             self.committed.notify()  # the relay publishes in its own thread, never on this path
             if held is not None:
                 self._commit_secondary(held, phase.secondary or "", tx.events, store)
-            elif phase.secondary:
+            elif phase.secondary and not (self.settings.write_behind and phase.reads == phase.primary):
+                # write-behind (while reads come from the primary): the replayer applies it from the stream
                 self._apply_secondary(phase.secondary, tx.events, store, op)
                 # the whole write, both sides: only when there was a second side (none in sqlite/postgres)
                 _duration("dual", store, op).observe(time.perf_counter() - start)

@@ -113,6 +113,9 @@ class Settings:
     state_schema: str = DEFAULT_STATE_SCHEMA
     # strict: a failed secondary apply raises instead of being left to the replayer.
     strict: bool = False
+    # write_behind: while reads come from the primary, the other side is applied by the replayer from the
+    # stream, off the request path (README: Write-behind); refused with strict.
+    write_behind: bool = False
     phase_cache_seconds: float = 0.5
     # module:attr of the application's tables (a Tables, MetaData or declarative base), for the CLI
     metadata: str | None = None
@@ -156,6 +159,7 @@ class Settings:
             **({"source": self.source} if self.source else {}),
             **self.masked(),
             "strict": self.strict,
+            "write_behind": self.write_behind,
             "phase_cache_seconds": self.phase_cache_seconds,
             "pool_size": self.pool_size,
             "max_overflow": self.max_overflow,
@@ -188,6 +192,7 @@ _ENV = {
     "pg_schema": "DUALWRITE_PG_SCHEMA",
     "state_schema": "DUALWRITE_STATE_SCHEMA",
     "strict": "DUALWRITE_STRICT",
+    "write_behind": "DUALWRITE_WRITE_BEHIND",
     "metadata": "DUALWRITE_METADATA",
     "pool_size": "DUALWRITE_POOL_SIZE",
     "max_overflow": "DUALWRITE_MAX_OVERFLOW",
@@ -203,6 +208,7 @@ _FLAGS = {
     "pg_schema": "--pg-schema",
     "state_schema": "--state-schema",
     "strict": "--strict",
+    "write_behind": "--write-behind",
     "metadata": "--metadata",
     "pool_size": "--pool-size",
     "max_overflow": "--max-overflow",
@@ -366,9 +372,11 @@ def _build(env: dict[str, str], flags: dict[str, object], project: Any, src: Any
             if not _SCHEMA_RE.match(schema):
                 raise ConfigError(f"{origins[name]}: schema {schema!r} is not a plain identifier")
             values[name] = schema
-    for name in ("strict", "pool_pre_ping"):
+    for name in ("strict", "write_behind", "pool_pre_ping"):
         if name in raw:
             values[name] = _bool(raw[name], origins[name])
+    if values.get("strict") and values.get("write_behind"):
+        raise ConfigError(f"{origins['write_behind']}: write-behind and strict mode exclude each other")
     if "pool_size" in raw:
         values["pool_size"] = _count(raw["pool_size"], origins["pool_size"], 1)
     if "max_overflow" in raw:
