@@ -24,7 +24,9 @@ from dualwrite.settings import Settings, mask_text
 
 def _gate_options(fn: Any) -> Any:
     fn = click.option("--max-mismatch-rate", type=float, default=0.001, show_default=True)(fn)
-    fn = click.option("--min-comparisons", type=int, default=0, show_default=True)(fn)
+    fn = click.option(
+        "--min-comparisons", type=int, default=100, show_default=True, help="shadow comparisons since the last clean verify"
+    )(fn)
     fn = click.option("--max-replay-lag", type=int, default=1000, show_default=True)(fn)
     fn = click.option("--verify-max-age", type=float, default=None, help="seconds; an older verify fails the gate")(fn)
     return fn
@@ -57,10 +59,11 @@ def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **
     from dualwrite.cutover.gate import check
 
     check_report_path(report_path)
+    config = _config(**cfg)
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
     try:
-        gate = check(backends, tables, None, _config(**cfg))
+        gate = check(backends, tables, None, config)
     finally:
         backends.close()
     _print_gate(gate)
@@ -96,9 +99,9 @@ def cutover_flip(
     """Move one phase forward if the gate passes. Exit 0 moved, 1 refused / cancelled / timed out."""
     from dualwrite.cutover.flip import flip, flip_postponed
 
+    config = _config(**cfg)
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
-    config = _config(**cfg)
     try:
         if postpone and not force:
             echo = click.echo

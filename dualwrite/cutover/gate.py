@@ -5,9 +5,14 @@
 | outbox_drained | no `_dw_outbox` row on the primary above the stream's top seq |
 | dead_letters_empty | the dead-letter stream holds no event |
 | verify_clean | the last `dualwrite verify` (kept in Redis `{ns}:verify:last`) found no difference |
-| shadow_mismatch_rate | mismatches / compared (from `{ns}:shadow:counts`) <= the threshold |
-| backfill_complete | every captured table has a finished copy (`_dw_backfill_checkpoints` status 'done') |
-| replay_lag | the replay groups' lag (XINFO GROUPS) <= the bound (passes, saying so, if unavailable) |
+| shadow_mismatch_rate | at least `min_comparisons` (default 100) comparisons, and mismatches / compared <= the
+  threshold, both counted since the last clean verify (`{ns}:shadow:counts` less the snapshot that verify took) |
+| backfill_complete | every captured table (the application's Tables) has a finished copy (`_dw_backfill_checkpoints`
+  status 'done'); a table with no checkpoint at all is named as never copied |
+| replay_lag | every replay group's entries not yet delivered plus those delivered but unacknowledged <= the bound,
+  on Redis 6.2 (no `lag` field) and 7 alike; fails when the stream has no replay group (nothing heals it) |
+
+Thresholds must be finite and in range (GateConfig refuses nan, inf and negatives with one line).
 
 Which conditions apply depends on the target phase (REQUIRED). Each check sets
 `dualwrite_gate_condition{condition}` to 1 or 0. `export` evaluates all of them (and the next flip's
@@ -18,6 +23,7 @@ before the next scrape).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +35,11 @@ from dualwrite import metrics
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import outbox
 from dualwrite.engines import Backends
-from dualwrite.errors import first_line
+from dualwrite.errors import ConfigError, first_line
 from dualwrite.shadow.reader import read_counts
-from dualwrite.stream.protocol import dead_letter_key, stream_key, top_seq
+from dualwrite.stream.protocol import dead_letter_key, group_lag, stream_key, top_seq
 from dualwrite.tables import Tables
-from dualwrite.verify.verifier import load_last
+from dualwrite.verify.verifier import load_last, load_shadow_window
 
 _SAFETY = ["outbox_drained", "dead_letters_empty", "replay_lag"]
 _FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
@@ -47,12 +53,29 @@ REQUIRED: dict[str, list[str]] = {
 }
 
 
+DEFAULT_MIN_COMPARISONS = 100
+
+
 @dataclass
 class GateConfig:
     max_mismatch_rate: float = 0.001
-    min_comparisons: int = 0
+    min_comparisons: int = DEFAULT_MIN_COMPARISONS
     max_replay_lag: int = 1000
     verify_max_age_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a threshold that would make a condition vacuous (nan compares false with everything)."""
+        checks: list[tuple[str, float, float, float | None]] = [
+            ("--max-mismatch-rate", self.max_mismatch_rate, 0.0, 1.0),
+            ("--min-comparisons", self.min_comparisons, 0, None),
+            ("--max-replay-lag", self.max_replay_lag, 0, None),
+        ]
+        if self.verify_max_age_seconds is not None:
+            checks.append(("--verify-max-age", self.verify_max_age_seconds, 0.0, None))
+        for flag, value, low, high in checks:
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
+                span = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+                raise ConfigError(f"{flag} {value}: must be a finite number {span}")
 
 
 @dataclass
@@ -119,16 +142,33 @@ def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Conditi
     return Condition("verify_clean", ok, last["at"], detail)
 
 
+def shadow_window(client: redis.Redis, namespace: str) -> tuple[dict[str, int], str | None]:
+    """The shadow counts since the last clean verify (the counts less the snapshot it took), and when
+    that verify ran; all counts when there was none, or when they were reset below the snapshot."""
+    counts = read_counts(client, namespace)
+    window = load_shadow_window(client, namespace)
+    if window is None:
+        return counts, None
+    base = {k: int(v) for k, v in window.get("counts", {}).items()}
+    if any(counts.get(k, 0) < v for k, v in base.items()):  # `shadow reset` since: count from zero
+        return counts, window.get("since")
+    return {k: v - base.get(k, 0) for k, v in counts.items()}, window.get("since")
+
+
 def shadow_mismatch_rate(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
-    counts = read_counts(backends.redis, backends.settings.namespace)
+    counts, since = shadow_window(backends.redis, backends.settings.namespace)
     mism = counts.get("mismatch", 0)
     compared = mism + counts.get("match", 0)
     rate = mism / compared if compared else 0.0
-    ok = compared >= cfg.min_comparisons and rate <= cfg.max_mismatch_rate
+    enough = compared >= cfg.min_comparisons
+    ok = enough and rate <= cfg.max_mismatch_rate
     noise = counts.get("aa:mismatch", 0)
     detail = (
-        f"{mism} mismatch(es) in {compared} comparison(s) (max {cfg.max_mismatch_rate:.4%}, "
-        f"need >= {cfg.min_comparisons}); skipped {counts.get('skipped', 0)}, errors {counts.get('error', 0)}"
+        f"{mism} mismatch(es) in {compared} comparison(s)"
+        + (f" since the clean verify of {since}" if since else "")
+        + f" (max {cfg.max_mismatch_rate:.4%}, need >= {cfg.min_comparisons}"
+        + ("" if enough else f": {cfg.min_comparisons - compared} more to go")
+        + f"); skipped {counts.get('skipped', 0)}, errors {counts.get('error', 0)}"
         + (f"; A/A noise {noise}" if noise else "")
     )
     return Condition("shadow_mismatch_rate", ok, round(rate, 6), detail)
@@ -151,22 +191,34 @@ def backfill_complete(backends: Backends, tables: Tables, _cfg: GateConfig) -> C
 
 
 def replay_lag(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    """Per replay group: not yet delivered + delivered but unacknowledged (a consumer that read entries
+    and died holds them pending: they are not applied). protocol.group_lag computes the first from the
+    ids where Redis 6.2 has no `lag` field."""
     key = stream_key(backends.settings.namespace)
     try:
         groups = backends.redis.xinfo_groups(key)
     except redis.ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return Condition("replay_lag", True, None, "no change stream yet (nothing to replay)")
-        raise
-    if not groups:
-        return Condition("replay_lag", True, None, "no replay group on the stream (lag unavailable)")
-    lags = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g.get("lag") for g in groups}
-    known = [v for v in lags.values() if v is not None]
-    if not known:
-        return Condition("replay_lag", True, None, "Redis reports no lag for the groups (unavailable)")
-    worst = max(known)
+        if "no such key" not in str(exc).lower():
+            raise
+        groups = []
+    names = [g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"]) for g in groups]
+    if not names:
+        return Condition(
+            "replay_lag", False, None,
+            "no replay group on the change stream: nothing would heal a failed apply "
+            "(start `dualwrite backfill run --daemon`, which replays)",
+        )  # fmt: skip
+    lags = {}
+    for name in names:
+        undelivered, pending = group_lag(backends.redis, key, name)
+        lags[name] = (undelivered + pending, undelivered, pending)
+    worst_name = max(lags, key=lambda n: lags[n][0])
+    worst, undelivered, pending = lags[worst_name]
     return Condition(
-        "replay_lag", worst <= cfg.max_replay_lag, worst, f"max lag {worst} event(s) (bound {cfg.max_replay_lag})"
+        "replay_lag",
+        worst <= cfg.max_replay_lag,
+        worst,
+        f"group {worst_name}: {undelivered} undelivered + {pending} pending event(s) (bound {cfg.max_replay_lag})",
     )
 
 

@@ -198,6 +198,12 @@ class Demo:
         r.figures["verify_differences"] = {
             t.table: len(t.missing) + len(t.extra) + len(t.differing) for t in vrep.tables if not t.clean
         }
+        # the gate counts shadow comparisons since this clean verify: let traffic bring enough of them
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline and not gate.shadow_mismatch_rate(dw.backends, dw.tables, gate.GateConfig()).ok
+        ):
+            time.sleep(0.1)
 
         if not self._flip(dw, traffic, relay, replayer, "verify clean; reads now served by Postgres"):
             return self._abort(traffic, stop, bg)

@@ -361,6 +361,7 @@ def verify_backends(
     """verify_tables on a process's engines (`sqlite`: another SQLite read engine, e.g. one showing rowids);
     remember the result in Redis for the cutover gate."""
     fix_with = backends.postgres_apply if fix else None
+    shadow_before = read_shadow_counts(backends.redis, backends.settings.namespace) if store else {}
     report = verify_tables(
         tables,
         sqlite or backends.sqlite_read,
@@ -371,12 +372,44 @@ def verify_backends(
         **kw,
     )
     if store:
-        store_last(backends.redis, backends.settings.namespace, report, fixed=fix)
+        store_last(backends.redis, backends.settings.namespace, report, fixed=fix, shadow_counts=shadow_before)
     return report
 
 
-def store_last(client: Any, namespace: str, report: VerifyReport, *, fixed: bool = False) -> None:
-    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified."""
+# The shadow reader's Redis hash of comparison counts (shadow.reader.counts_key; the floors keep verify
+# from importing shadow). A clean verify snapshots it, taken when the verify began: the gate's mismatch
+# rate counts only the comparisons after that (the window since the last clean verify).
+def shadow_counts_key(namespace: str) -> str:
+    return f"{namespace}:shadow:counts"
+
+
+def shadow_window_key(namespace: str) -> str:
+    return f"{namespace}:shadow:window"
+
+
+def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): int(v)
+        for k, v in client.hgetall(shadow_counts_key(namespace)).items()
+    }
+
+
+def load_shadow_window(client: Any, namespace: str) -> dict[str, Any] | None:
+    """{"since": the clean verify's time, "counts": the shadow counts when it began}, or None."""
+    raw = client.get(shadow_window_key(namespace))
+    return None if raw is None else json.loads(raw)
+
+
+def store_last(
+    client: Any,
+    namespace: str,
+    report: VerifyReport,
+    *,
+    fixed: bool = False,
+    shadow_counts: dict[str, int] | None = None,
+) -> None:
+    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified.
+    A clean one also opens a new shadow window (`shadow_counts`: the counts when it began)."""
     doc = {
         "at": report.at,
         "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
@@ -393,6 +426,8 @@ def store_last(client: Any, namespace: str, report: VerifyReport, *, fixed: bool
         },
     }
     client.set(verify_key(namespace), json.dumps(doc))
+    if doc["clean"] and shadow_counts is not None:
+        client.set(shadow_window_key(namespace), json.dumps({"since": report.at, "counts": shadow_counts}))
 
 
 def load_last(client: Any, namespace: str) -> dict[str, Any] | None:

@@ -9,8 +9,9 @@ from sqlalchemy import insert, select, text
 from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import meta
 from dualwrite.cutover.flip import cancel_key, flip, flip_postponed, rollback
-from dualwrite.cutover.gate import check
+from dualwrite.cutover.gate import GateConfig, check
 from dualwrite.stream.protocol import dead_letter_key
+from dualwrite.stream.replay import Replayer
 from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args
 from tests.shadow.helpers import TABLES, catalog, item_rows, items, seed, writer
@@ -54,6 +55,9 @@ def test_gate_refuses_and_says_which_then_flips_reach_another_process(settings, 
         out = flip(dw.backends, dw.tables)
         assert not out.moved and "not done: sh_items" in out.message
         _mark_backfill(dw)
+        out = flip(dw.backends, dw.tables)  # nothing replays the stream yet: a failed apply would stay lost
+        assert not out.moved and "replay_lag (no replay group on the change stream" in out.message, out.message
+        Replayer(dw.backends, dw.tables).ensure_group()
         assert other.phases.current().name == "dual_write"
         out = flip(dw.backends, dw.tables, hook=hook)
         assert out.moved and out.current == "shadow" and out.hook_rc == 0
@@ -61,14 +65,15 @@ def test_gate_refuses_and_says_which_then_flips_reach_another_process(settings, 
         while other.phases.current().name != "shadow":
             assert time.monotonic() - t0 < 1.0, "flip did not reach the other process within a second"
             time.sleep(0.02)
-        # Next: postgres_reads needs a clean verify (none yet).
+        # Next: postgres_reads needs a clean verify (none yet) and shadow comparisons (none here).
         gate = check(dw.backends, dw.tables)
         assert gate.target == "postgres_reads" and not gate.ok
-        assert [c.name for c in gate.failing] == ["verify_clean"]
+        assert [c.name for c in gate.failing] == ["verify_clean", "shadow_mismatch_rate"]
         assert verify_backends(dw.backends, TABLES).clean
-        assert flip(dw.backends, dw.tables, hook=hook).moved
+        no_reads = GateConfig(min_comparisons=0)  # this application serves no reads through dualwrite
+        assert flip(dw.backends, dw.tables, hook=hook, config=no_reads).moved
         # postgres_reads -> postgres_primary moves the write primary.
-        assert flip(dw.backends, dw.tables, hook=hook).moved
+        assert flip(dw.backends, dw.tables, hook=hook, config=no_reads).moved
         assert dw.phases.current(fresh=True).name == "postgres_primary"
         assert _is_primary(dw.backends.postgres) == 1 and _is_primary(dw.backends.sqlite) == 0
         time.sleep(0.6)
@@ -113,6 +118,7 @@ def test_forced_flip_needs_reason_and_rollback_from_postgres_is_refused(settings
 def test_postponed_flip_says_why_it_waits_and_can_be_cancelled(settings):
     dw = writer(settings, phase="postgres_primary")
     try:
+        Replayer(dw.backends, dw.tables, target="sqlite").ensure_group()
         dw.backends.redis.xadd(dead_letter_key(settings.namespace), {"e": "poison"})
         lines: list[str] = []
         result = {}
