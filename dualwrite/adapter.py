@@ -42,6 +42,7 @@ from dualwrite.capture import WriteTx, check_primary, write_outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import PrimaryMovedError, SecondaryApplyError, first_line
 from dualwrite.events import ChangeEvent
+from dualwrite.fence import FenceMember
 from dualwrite.phase import Phase
 from dualwrite.retry import SECONDARY_APPLY, primary_switch
 from dualwrite.settings import Settings
@@ -114,6 +115,7 @@ class DualWriter:
         *,
         backends: Backends | None = None,
         relay: bool = False,
+        fence: bool = True,
     ) -> None:
         self.settings = settings
         self.tables = tables if isinstance(tables, Tables) else Tables.of(tables)
@@ -125,12 +127,32 @@ class DualWriter:
         self.committed = Wakeup()  # notified after every commit (wakes the relays)
         self._relay: Relay | None = None
         self._phase_shown = ""
+        # a member of the write fence (fence.py): a flip that moves the primary or the reads pauses this
+        # process' writes for a bounded moment; after it, the new phase is read before they go on
+        self.fence: FenceMember | None = None
+        if fence:
+            self.fence = FenceMember(
+                self.backends.redis, settings.namespace, on_lift=lambda: self.phases.current(fresh=True)
+            )
+            self.fence.start()
         if relay:
             self.start_relay()
 
     # -- writes ----------------------------------------------------------------------------------
     @contextmanager
     def begin(self) -> Iterator[WriteTx]:
+        fence = self.fence
+        if fence is not None:
+            fence.enter()  # waits while a flip's write fence stands (bounded)
+        try:
+            with self._begin() as tx:
+                yield tx
+        finally:
+            if fence is not None:
+                fence.exit()
+
+    @contextmanager
+    def _begin(self) -> Iterator[WriteTx]:
         conn, phase = self._open_primary()
         tx = WriteTx(conn, phase, self.tables)
         start = time.perf_counter()
@@ -301,6 +323,8 @@ class DualWriter:
             self._relay = None
 
     def close(self) -> None:
+        if self.fence is not None:
+            self.fence.close()
         self.stop_relay()
         self.backends.close()
 

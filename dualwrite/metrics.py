@@ -62,6 +62,11 @@ WRITE_DURATION = Histogram(
     ["backend", "store", "op"],
     buckets=LATENCY_BUCKETS,
 )
+FENCE_PAUSE = Histogram(
+    "dualwrite_fence_pause_seconds",
+    "How long a write was held by a flip's write fence (one observation per held write, in its process)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0),
+)
 READ_DURATION = Histogram(
     "dualwrite_read_duration_seconds",
     "Read latency per backend",

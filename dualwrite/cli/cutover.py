@@ -25,7 +25,11 @@ from dualwrite.settings import Settings, mask_text
 def _gate_options(fn: Any) -> Any:
     fn = click.option("--max-mismatch-rate", type=float, default=0.001, show_default=True)(fn)
     fn = click.option(
-        "--min-comparisons", type=int, default=100, show_default=True, help="shadow comparisons since the last clean verify"
+        "--min-comparisons",
+        type=int,
+        default=100,
+        show_default=True,
+        help="shadow comparisons since the last clean verify",
     )(fn)
     fn = click.option("--max-replay-lag", type=int, default=1000, show_default=True)(fn)
     fn = click.option("--verify-max-age", type=float, default=None, help="seconds; an older verify fails the gate")(fn)
@@ -71,6 +75,44 @@ def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **
     sys.exit(0 if gate.ok else 1)
 
 
+def _fence_timeout(fn: Any) -> Any:
+    return click.option(
+        "--fence-timeout",
+        type=float,
+        default=0.5,
+        show_default=True,
+        envvar="DUALWRITE_FENCE_TIMEOUT",
+        help="seconds: the longest a fenced flip holds the application's writes",
+    )(fn)
+
+
+def _check_fence_timeout(seconds: float) -> float:
+    import math
+
+    from dualwrite.errors import ConfigError
+
+    if not math.isfinite(seconds) or not 0 < seconds <= 30:
+        raise ConfigError(f"--fence-timeout {seconds}: must be a finite number of seconds above 0, at most 30")
+    return seconds
+
+
+def _print_outcome(out: Any, report_path: str | None = None) -> None:
+    """The gate, the fence, what happened, the routing now and the next step (and the --report JSON)."""
+    from dualwrite.cutover.fenced import next_step, routing
+
+    for step in out.steps:
+        click.echo(step)
+    if out.gate is not None:
+        _print_gate(out.gate)
+    if out.fence is not None:
+        click.echo(out.fence.line())
+    prefix = "" if out.steps else ("moved: " if out.moved else "not moved: ")
+    click.echo(prefix + mask_text(out.message))
+    click.echo(routing(out.current))
+    click.echo(next_step(out.current))
+    write_report(report_path, out.to_dict())
+
+
 _HOOK_HELP = "after the change: a shell command (env DUALWRITE_FROM/_TO) or an http(s):// URL (JSON POST); repeatable"
 hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
 
@@ -79,11 +121,14 @@ hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
 @tables_options
 @connection_options
 @_gate_options
+@_fence_timeout
 @click.option("--force", is_flag=True, help="flip even if the gate fails (needs --reason)")
 @click.option("--reason", default="")
-@click.option("--postpone", is_flag=True, help="wait until the gate passes (cancel: `dualwrite cutover cancel`)")
+@click.option("--postpone", is_flag=True, help="retry until the flip goes through (cancel: `dualwrite cutover cancel`)")
 @click.option("--deadline", type=float, default=None, help="with --postpone: give up after S seconds")
 @click.option("--poll", type=float, default=2.0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="print the steps and the gate; change nothing")
+@click.option("--report", "report_path", default=None, help="write the outcome (gate, fence, pauses) as JSON")
 @hook_option
 def cutover_flip(
     settings: Settings,
@@ -93,53 +138,73 @@ def cutover_flip(
     postpone: bool,
     deadline: float | None,
     poll: float,
+    dry_run: bool,
+    report_path: str | None,
+    fence_timeout: float,
     hook: tuple[str, ...],
     **cfg: Any,
 ) -> None:
-    """Move one phase forward if the gate passes. Exit 0 moved, 1 refused / cancelled / timed out."""
+    """Move one phase forward if the gate passes, behind the write fence when the primary or the reads
+    move. Exit 0 moved (or a dry run), 1 refused / cancelled / timed out."""
     from dualwrite.cutover.flip import flip, flip_postponed
 
+    check_report_path(report_path)
     config = _config(**cfg)
+    timeout = _check_fence_timeout(fence_timeout)
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
     try:
-        if postpone and not force:
-            echo = click.echo
+        if postpone and not force and not dry_run:
             out = flip_postponed(
-                backends, tables, deadline=deadline, poll=poll, echo=echo, hook=hook, config=config, reason=reason
-            )
+                backends, tables, deadline=deadline, poll=poll, echo=click.echo, hook=hook, config=config,
+                reason=reason, fence_timeout=timeout,
+            )  # fmt: skip
         else:
-            out = flip(backends, tables, force=force, reason=reason, hook=hook, config=config)
+            out = flip(
+                backends, tables, force=force, reason=reason, hook=hook, config=config, fence_timeout=timeout,
+                dry_run=dry_run,
+            )  # fmt: skip
     finally:
         backends.close()
-    if out.gate is not None:
-        _print_gate(out.gate)
-    click.echo(("moved: " if out.moved else "not moved: ") + mask_text(out.message))
+    _print_outcome(out, report_path)
     if out.hook_rc not in (None, 0):
         click.echo(f"warning: hook exited {out.hook_rc}", err=True)
-    sys.exit(0 if out.moved else 1)
+    sys.exit(0 if out.moved or dry_run else 1)
 
 
 @cutover.command("rollback")
 @tables_options
 @connection_options
+@_fence_timeout
 @click.option("--to", "to", default=None, help="target phase (default: the last SQLite-primary, SQLite-read phase)")
 @click.option("--force", is_flag=True)
 @click.option("--reason", default="")
+@click.option("--report", "report_path", default=None, help="write the outcome (fence, pauses) as JSON")
 @hook_option
 def cutover_rollback(
-    settings: Settings, reflect: bool, to: str | None, force: bool, reason: str, hook: tuple[str, ...]
+    settings: Settings,
+    reflect: bool,
+    to: str | None,
+    force: bool,
+    reason: str,
+    fence_timeout: float,
+    report_path: str | None,
+    hook: tuple[str, ...],
 ) -> None:
-    """Return to a phase where SQLite is complete (refused when it is not, unless forced)."""
+    """Return to a phase where SQLite is complete (refused when it is not, unless forced), behind the
+    write fence. Exit 0 moved, 1 refused."""
     from dualwrite.cutover.flip import rollback
 
+    check_report_path(report_path)
+    timeout = _check_fence_timeout(fence_timeout)
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
     try:
-        out = rollback(backends, tables, to=to, force=force, reason=reason, hook=hook)
+        out = rollback(backends, tables, to=to, force=force, reason=reason, hook=hook, fence_timeout=timeout)
     finally:
         backends.close()
-    click.echo("moved: " + out.message)
+    _print_outcome(out, report_path)
+    sys.exit(0 if out.moved else 1)
 
 
 @cutover.command("cancel")
@@ -181,6 +246,15 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
             click.echo(mask_text(line))
         if not known:  # no source of the phase answers: nothing below could be judged either
             sys.exit(1)
+        from dualwrite.cutover.flip import read_armed
+
+        armed = read_armed(backends.redis, settings.namespace)
+        if armed:
+            left = "" if armed.get("deadline_in") is None else f", {armed['deadline_in']:.0f}s left"
+            click.echo(
+                f"armed: flip --postpone {armed['from']} -> {armed['to']} (pid {armed['pid']}, since {armed['since']}"
+                f"{left}; cancel: `dualwrite cutover cancel`): waiting for {mask_text(str(armed['waiting']))}"
+            )
         _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
         counts = read_counts(backends.redis, settings.namespace)
         click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))

@@ -7,8 +7,13 @@
 - `rollback` returns (by default) to the last phase before the current one where SQLite is the primary
   and serves reads; refused when SQLite misses changes (from `postgres`) unless forced. Leaving a
   Postgres-primary phase moves the primary back to SQLite.
-- `flip_postponed` waits for the gate, printing what it waits for, until it passes, a deadline, or a
-  cancel (the Redis key `{ns}:cutover:cancel`, set by `dualwrite cutover cancel`).
+- A move that changes the primary or the read source (or whose gate needs the outbox drained) runs
+  behind the write fence (fenced.py, dualwrite/fence.py): every instance holds its writes for a bounded
+  moment while the outbox is relayed and the replay catches up; past the bound nothing moves and the
+  flip names what blocked it. The outcome carries the fence's summary (each held write's pause).
+- `flip_postponed` retries the (fenced) flip, printing what it waits for, until it moves, a deadline, or
+  a cancel (the Redis key `{ns}:cutover:cancel`, set by `dualwrite cutover cancel`); meanwhile it is
+  armed (`{ns}:cutover:armed`, shown by `dualwrite status`).
 - Hooks run after each phase change: a shell command gets DUALWRITE_FROM / DUALWRITE_TO /
   DUALWRITE_REASON / DUALWRITE_FORCED / DUALWRITE_NAMESPACE in its environment; an http(s):// URL gets
   the same as a JSON POST. Several may be given; a failing hook is reported, never reverts the change.
@@ -24,15 +29,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from dualwrite import metrics
+from dualwrite.cutover.fenced import UNDER_FENCE, FencedMove, fenced_move, needs_fence, next_step, plan, routing
 from dualwrite.cutover.gate import GateConfig, GateResult, check
 from dualwrite.engines import Backends
 from dualwrite.errors import PhaseError
-from dualwrite.phase import ORDER, PHASES, get_phase
+from dualwrite.fence import DEFAULT_TIMEOUT, FenceSummary
+from dualwrite.phase import ORDER, PHASES, check_transition, get_phase
 from dualwrite.settings import mask_text
 from dualwrite.switch import switch_primary
 from dualwrite.tables import Tables
@@ -45,6 +52,10 @@ def cancel_key(namespace: str) -> str:
     return f"{namespace}:cutover:cancel"
 
 
+def armed_key(namespace: str) -> str:
+    return f"{namespace}:cutover:armed"
+
+
 @dataclass
 class FlipOutcome:
     moved: bool
@@ -53,6 +64,22 @@ class FlipOutcome:
     gate: GateResult | None = None
     message: str = ""
     hook_rc: int | None = None
+    fence: FenceSummary | None = None
+    steps: list[str] = field(default_factory=list)  # --dry-run: what it would do
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "moved": self.moved,
+            "phase": self.current,
+            "target": self.target,
+            "message": self.message,
+            "gate": self.gate.to_dict() if self.gate else None,
+            "fence": self.fence.to_dict() if self.fence else None,
+            "steps": self.steps,
+            "routing": routing(self.current),
+            "next": next_step(self.current),
+            "hook_rc": self.hook_rc,
+        }
 
 
 def _post_hook(url: str, payload: dict[str, Any]) -> int:
@@ -112,6 +139,35 @@ def run_hook(
     return next((c for c in codes if c != 0), 0)
 
 
+def _fenced(
+    backends: Backends,
+    tables: Tables,
+    src: str,
+    dst: str,
+    *,
+    force: bool,
+    reason: str,
+    actor: str | None,
+    config: GateConfig | None,
+    fence_timeout: float,
+) -> FencedMove | None:
+    """Move src -> dst, behind the write fence where it needs one (None: moved without a fence)."""
+    if not force:
+        check_transition(src, dst)  # an unsafe move is refused before any write is held
+    if not needs_fence(src, dst):
+        _move(backends, tables, src, dst, force=force, reason=reason, actor=actor)
+        return None
+    return fenced_move(
+        backends,
+        tables,
+        f"{src} -> {dst}",
+        lambda: _move(backends, tables, src, dst, force=force, reason=reason, actor=actor),
+        config=config or GateConfig(),
+        timeout=fence_timeout,
+        force=force,
+    )
+
+
 def _move(
     backends: Backends, tables: Tables, src: str, dst: str, *, force: bool, reason: str, actor: str | None
 ) -> None:
@@ -135,21 +191,59 @@ def flip(
     hook: str | Sequence[str] | None = None,
     config: GateConfig | None = None,
     actor: str | None = None,
+    fence_timeout: float = DEFAULT_TIMEOUT,
+    dry_run: bool = False,
 ) -> FlipOutcome:
+    """One phase forward if the gate passes: behind the write fence when the move needs one (then the
+    outbox is judged under the fence, where no write races it). dry_run: the steps and the gate only."""
     current = backends.phases.current(fresh=True).name
     idx = ORDER[current]
     if idx + 1 >= len(PHASES):
         raise PhaseError(f"already at the last phase ({current})")
     target = PHASES[idx + 1].name
-    if force and not reason:
+    if force and not reason and not dry_run:
         raise PhaseError("a forced flip needs --reason")
     gate = check(backends, tables, target, config)
-    if not gate.ok and not force:
-        names = ", ".join(f"{c.name} ({c.detail})" for c in gate.failing)
+    fenced = needs_fence(current, target)
+    blocking = [c for c in gate.failing if not (fenced and c.name == "outbox_drained")]
+    if dry_run:
+        verdict = "would move" if not blocking or force else "would refuse"
+        return FlipOutcome(
+            False,
+            current,
+            target,
+            gate,
+            f"dry run: {verdict} {current} -> {target}; nothing changed",
+            steps=plan(backends, current, target, fence_timeout),
+        )
+    if blocking and not force:
+        names = ", ".join(f"{c.name} ({c.detail})" for c in blocking)
         return FlipOutcome(False, current, target, gate, f"refusing {current} -> {target}: {names}")
-    _move(backends, tables, current, target, force=force, reason=reason or "gate passed", actor=actor)
+    why = reason or "gate passed"
+    done = _fenced(
+        backends,
+        tables,
+        current,
+        target,
+        force=force,
+        reason=why,
+        actor=actor,
+        config=config,
+        fence_timeout=fence_timeout,
+    )
+    if done is not None:
+        _judged_under_fence(gate, done)
+        if not done.ok:
+            msg = f"refusing {current} -> {target}: fence: {done.blocked}; the phase is unchanged, no write lost"
+            return FlipOutcome(False, current, target, gate, msg, fence=done.summary)
     rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
-    return FlipOutcome(True, target, target, gate, f"{current} -> {target}", rc)
+    return FlipOutcome(True, target, target, gate, f"{current} -> {target}", rc, done.summary if done else None)
+
+
+def _judged_under_fence(gate: GateResult, done: FencedMove) -> None:
+    """The gate as it was when the phase moved: the live conditions as judged under the fence."""
+    fresh = {c.name: c for c in done.conditions}
+    gate.conditions = [fresh.get(c.name, c) if c.name in UNDER_FENCE else c for c in gate.conditions]
 
 
 def rollback_target(current: str) -> str:
@@ -169,6 +263,7 @@ def rollback(
     reason: str = "",
     hook: str | Sequence[str] | None = None,
     actor: str | None = None,
+    fence_timeout: float = DEFAULT_TIMEOUT,
 ) -> FlipOutcome:
     current = backends.phases.current(fresh=True).name
     target = to or rollback_target(current)
@@ -176,9 +271,22 @@ def rollback(
         raise PhaseError(f"{target} is not before {current}; use flip to move forward")
     if force and not reason:
         raise PhaseError("a forced rollback needs --reason")
-    _move(backends, tables, current, target, force=force, reason=reason or "rollback", actor=actor)
+    done = _fenced(
+        backends,
+        tables,
+        current,
+        target,
+        force=force,
+        reason=reason or "rollback",
+        actor=actor,
+        config=None,
+        fence_timeout=fence_timeout,
+    )
+    if done is not None and not done.ok:
+        msg = f"refusing rollback {current} -> {target}: fence: {done.blocked}; the phase is unchanged (or --force)"
+        return FlipOutcome(False, current, target, None, msg, fence=done.summary)
     rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
-    return FlipOutcome(True, target, target, None, f"{current} -> {target}", rc)
+    return FlipOutcome(True, target, target, None, f"{current} -> {target}", rc, done.summary if done else None)
 
 
 def flip_postponed(
@@ -192,31 +300,64 @@ def flip_postponed(
     config: GateConfig | None = None,
     reason: str = "",
     actor: str | None = None,
+    fence_timeout: float = DEFAULT_TIMEOUT,
 ) -> FlipOutcome:
-    """Wait until the gate passes, then flip. Says what it waits for; stops on cancel or deadline."""
-    key = cancel_key(backends.settings.namespace)
+    """Retry the (fenced) flip until it moves, a deadline, or a cancel; says what it waits for. While it
+    waits it is armed: `{ns}:cutover:armed` (shown by `dualwrite status`), refreshed at every poll. After a
+    fence that did not hold, the next attempt waits at least a second (the writers were just paused)."""
+    ns = backends.settings.namespace
+    key = cancel_key(ns)
     backends.redis.delete(key)
     start = time.monotonic()
     last_said, said_at = "", 0.0
-    while True:
-        current = backends.phases.current(fresh=True).name
-        if backends.redis.get(key) is not None:
-            backends.redis.delete(key)
-            echo("cancelled")
-            return FlipOutcome(False, current, current, None, "cancelled")
-        gate = check(backends, tables, None, config)
-        if gate.ok:
+    armed_since = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        while True:
+            current = backends.phases.current(fresh=True).name
+            if backends.redis.get(key) is not None:
+                backends.redis.delete(key)
+                echo("cancelled")
+                return FlipOutcome(False, current, current, None, "cancelled")
             out = flip(
-                backends, tables, reason=reason or "postponed flip: gate passed", hook=hook, config=config, actor=actor
+                backends,
+                tables,
+                reason=reason or "postponed flip: gate passed",
+                hook=hook,
+                config=config,
+                actor=actor,
+                fence_timeout=fence_timeout,
             )
-            if out.moved or out.gate is None or deadline is not None and time.monotonic() - start >= deadline:
+            if out.moved or out.gate is None:
                 return out
-            gate = out.gate  # the flip's own check failed a moment later (e.g. a write landed): keep waiting
-        waiting = "; ".join(f"{c.name}: {c.detail}" for c in gate.failing)
-        now = time.monotonic()
-        if waiting != last_said or now - said_at >= 10:
-            echo(f"waiting {now - start:.0f}s to flip {gate.current} -> {gate.target}: {waiting}")
-            last_said, said_at = waiting, now
-        if deadline is not None and now - start >= deadline:
-            return FlipOutcome(False, current, gate.target, gate, f"deadline of {deadline:.0f}s passed; {waiting}")
-        time.sleep(poll)
+            waiting = out.message.split(": ", 1)[-1]
+            now = time.monotonic()
+            if waiting != last_said or now - said_at >= 10:
+                echo(f"waiting {now - start:.0f}s to flip {out.current} -> {out.target}: {waiting}")
+                last_said, said_at = waiting, now
+            if deadline is not None and now - start >= deadline:
+                return FlipOutcome(
+                    False,
+                    current,
+                    out.target,
+                    out.gate,
+                    f"deadline of {deadline:.0f}s passed; {waiting}",
+                    fence=out.fence,
+                )
+            doc = {
+                "from": current,
+                "to": out.target,
+                "since": armed_since,
+                "pid": os.getpid(),
+                "waiting": waiting,
+                "deadline_in": None if deadline is None else round(deadline - (now - start), 1),
+            }
+            backends.redis.set(armed_key(ns), json.dumps(doc), ex=int(max(10, 3 * poll)))
+            time.sleep(max(poll, 1.0) if out.fence is not None else poll)
+    finally:
+        backends.redis.delete(armed_key(ns))
+
+
+def read_armed(client: Any, namespace: str) -> dict[str, Any] | None:
+    """The waiting `flip --postpone`, if one is armed."""
+    raw = client.get(armed_key(namespace))
+    return None if raw is None else json.loads(raw)

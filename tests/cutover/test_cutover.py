@@ -11,6 +11,7 @@ from dualwrite.bookkeeping import meta
 from dualwrite.cutover.flip import cancel_key, flip, flip_postponed, rollback
 from dualwrite.cutover.gate import GateConfig, check
 from dualwrite.stream.protocol import dead_letter_key
+from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args
@@ -80,6 +81,13 @@ def test_gate_refuses_and_says_which_then_flips_reach_another_process(settings, 
         other.execute(insert(items).values(id=100_000, name="after flip", amount=1.0))
         with dw.backends.sqlite.connect() as conn:  # written to Postgres first, applied to SQLite
             assert conn.execute(select(items.c.name).where(items.c.id == 100_000)).scalar() == "after flip"
+        # Rollback moves the primary back behind the write fence: not while an event is unpublished.
+        out = rollback(dw.backends, dw.tables, reason="test", hook=hook)
+        assert not out.moved and "outbox_drained: 1 unpublished event(s)" in out.message, out.message
+        assert out.fence is not None and out.fence.members and not out.fence.missing, out.fence
+        assert dw.phases.current(fresh=True).name == "postgres_primary"
+        Relay.for_backends(dw.backends).run_once()
+        Replayer(dw.backends, dw.tables, target="sqlite").run(once=True)
         # Rollback goes to the last SQLite-primary, SQLite-read phase and moves the primary back.
         out = rollback(dw.backends, dw.tables, reason="test", hook=hook)
         assert out.current == "shadow"

@@ -1,0 +1,149 @@
+"""A phase move behind the write fence (dualwrite.fence), and what the operator sees of a move.
+
+Vitess' SwitchTraffic for writes, across every application process: raise the fence (each instance
+finishes its in-flight transactions, holds new ones, acknowledges), wait for the outbox to be relayed
+and every replay group to have applied everything (0 undelivered, 0 pending), move the phase, lift the
+fence. The acknowledgements and the catch-up share one bound, a little short of the fence's timeout
+(so the move is done before any instance stops holding by itself); past it the fence is lifted, the
+phase is unchanged, nothing is lost (the writes were only held), and the result names what blocked:
+the instances that did not acknowledge, or the lag. A forced move goes on regardless, saying so.
+
+Fenced: every move that changes the primary or the read source, and every move whose gate requires the
+outbox drained (a check that live writes would otherwise race).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dualwrite.cutover.gate import REQUIRED, Condition, GateConfig, outbox_drained, replay_lag
+from dualwrite.engines import Backends
+from dualwrite.fence import DEFAULT_TIMEOUT, EXPIRY_SECONDS, Fence, FenceSummary, live_members
+from dualwrite.phase import ORDER, PHASES, get_phase
+from dualwrite.tables import Tables
+
+# Conditions that live writes race: judged again under the fence (outbox_drained is only judged there).
+UNDER_FENCE = ("outbox_drained", "replay_lag")
+# The move itself (a primary switch is a few transactions) must finish before members stop holding.
+SWITCH_RESERVE = 0.25
+
+
+def needs_fence(src: str, dst: str) -> bool:
+    a, b = get_phase(src), get_phase(dst)
+    return a.primary != b.primary or a.reads != b.reads or "outbox_drained" in REQUIRED.get(dst, [])
+
+
+@dataclass
+class FencedMove:
+    ok: bool
+    summary: FenceSummary | None
+    blocked: str = ""
+    conditions: list[Condition] = field(default_factory=list)
+
+
+def caught_up(backends: Backends, tables: Tables, cfg: GateConfig) -> list[Condition]:
+    """Under the fence: the outbox relayed and every replay group at 0 undelivered + 0 pending."""
+    strict = GateConfig(cfg.max_mismatch_rate, cfg.min_comparisons, 0, cfg.verify_max_age_seconds)
+    return [outbox_drained(backends, tables, cfg), replay_lag(backends, tables, strict)]
+
+
+def fenced_move(
+    backends: Backends,
+    tables: Tables,
+    label: str,
+    move: Callable[[], None],
+    *,
+    config: GateConfig,
+    timeout: float = DEFAULT_TIMEOUT,
+    force: bool = False,
+) -> FencedMove:
+    """Raise the fence, wait for acknowledgements and catch-up, `move()`, lift; see the module doc."""
+    fence = Fence(backends.redis, backends.settings.namespace, timeout=timeout, label=label)
+    summary = fence.raise_()
+    budget = timeout - min(SWITCH_RESERVE * timeout, 0.1)
+    bound = fence.deadline - timeout + budget
+    try:
+        missing = fence.wait_acks(bound)
+        if missing and not force:
+            return FencedMove(
+                False,
+                summary,
+                f"instance(s) {', '.join(missing)} did not acknowledge the fence within {budget * 1000:.0f} ms "
+                "(a transaction still in flight there, or the process is gone: its heartbeat expires after "
+                f"{EXPIRY_SECONDS:.0f} s)",
+            )
+        while True:
+            conds = caught_up(backends, tables, config)
+            if all(c.ok for c in conds) or time.monotonic() >= bound:
+                break
+            time.sleep(0.003)
+        late = [c for c in conds if not c.ok]
+        if late and not force:
+            why = "; ".join(f"{c.name}: {c.detail}" for c in late)
+            return FencedMove(False, summary, f"no catch-up within {budget * 1000:.0f} ms: {why}", conds)
+        move()
+        return FencedMove(True, summary, "", conds)
+    finally:
+        fence.lift()
+        fence.collect(wait=1.0)
+
+
+def routing(name: str) -> str:
+    """The routing of a phase, in one line."""
+    p = get_phase(name)
+    other = "postgres" if p.primary == "sqlite" else "sqlite"
+    shadow = f"compared against {p.shadow}" if p.shadow else "off"
+    return (
+        f"routing: primary {p.primary}; {other} {'written too' if p.secondary_written else 'not written'}; "
+        f"reads from {p.reads}; shadow reads {shadow}"
+    )
+
+
+_NEXT = {
+    "sqlite": "`dualwrite cutover flip` to dual_write (every write reaches Postgres too)",
+    "dual_write": "copy the history (`dualwrite backfill run --daemon`, which also replays the stream), "
+    "then `dualwrite cutover flip` to shadow",
+    "shadow": "let shadow reads compare, run `dualwrite verify`, then `dualwrite cutover flip` to postgres_reads "
+    "(the gate counts comparisons since that clean verify)",
+    "postgres_reads": "watch the comparisons against SQLite, then `dualwrite cutover flip` to postgres_primary "
+    "(moves the writes, behind the fence)",
+    "postgres_primary": "`dualwrite cutover flip` to postgres (after it SQLite is no longer written: a rollback "
+    "then needs a re-backfill of SQLite)",
+}
+
+
+def next_step(name: str) -> str:
+    idx = ORDER[get_phase(name).name]
+    if idx + 1 >= len(PHASES):
+        return "next: nothing: the cutover is complete (Postgres alone)"
+    back = "; to go back: `dualwrite cutover rollback`" if idx >= ORDER["shadow"] else ""
+    return f"next: {_NEXT[name]}{back}"
+
+
+def plan(backends: Backends, src: str, dst: str, timeout: float) -> list[str]:
+    """The steps a move would take, in order (`flip --dry-run`)."""
+    a, b = get_phase(src), get_phase(dst)
+    steps = [f"check the gate for {src} -> {dst} (below)"]
+    switch = a.primary != b.primary
+    record = (
+        f"move the primary to {b.primary} (retire {a.primary} under its lock, continue seq"
+        + (", move Postgres' id sequences past SQLite's ids" if b.primary == "postgres" else "")
+        + ") and record the phase in the same transactions, then Redis' copy"
+        if switch
+        else f"record {dst} on both databases, then Redis' copy (every instance follows within a second)"
+    )
+    if needs_fence(src, dst):
+        members = live_members(backends.redis, backends.settings.namespace)
+        steps += [
+            f"raise the write fence: each of the {len(members)} live instance(s) finishes its in-flight "
+            f"transactions, holds new ones (at most {timeout * 1000:.0f} ms) and acknowledges",
+            "wait for the outbox to be relayed and every replay group to apply everything (same bound)",
+            record,
+            "lift the fence: the instances re-read the phase and their held writes go on",
+            f"past the bound: lift the fence, keep {src}, and name the instance or the lag that blocked",
+        ]
+    else:
+        steps.append(record)
+    return [f"{i}. {s}" for i, s in enumerate(steps, 1)]
