@@ -66,25 +66,28 @@ def fenced_move(
     bound = fence.deadline - timeout + budget
     try:
         missing = fence.wait_acks(bound)
-        if missing and not force:
-            return FencedMove(
-                False,
-                summary,
+        blocked = ""
+        if missing:
+            blocked = (
                 f"instance(s) {', '.join(missing)} did not acknowledge the fence within {budget * 1000:.0f} ms "
                 "(a transaction still in flight there, or the process is gone: its heartbeat expires after "
-                f"{EXPIRY_SECONDS:.0f} s)",
+                f"{EXPIRY_SECONDS:.0f} s)"
             )
+            if not force:
+                return FencedMove(False, summary, blocked)
         while True:
             conds = caught_up(backends, tables, config)
             if all(c.ok for c in conds) or time.monotonic() >= bound:
                 break
             time.sleep(0.003)
         late = [c for c in conds if not c.ok]
-        if late and not force:
+        if late:
             why = "; ".join(f"{c.name}: {c.detail}" for c in late)
-            return FencedMove(False, summary, f"no catch-up within {budget * 1000:.0f} ms: {why}", conds)
+            blocked = "; ".join(filter(None, [blocked, f"no catch-up within {budget * 1000:.0f} ms: {why}"]))
+            if not force:
+                return FencedMove(False, summary, blocked, conds)
         move()
-        return FencedMove(True, summary, "", conds)
+        return FencedMove(True, summary, blocked, conds)  # forced: `blocked` says what it went past
     finally:
         fence.lift()
         fence.collect(wait=1.0)

@@ -237,7 +237,12 @@ def flip(
             msg = f"refusing {current} -> {target}: fence: {done.blocked}; the phase is unchanged, no write lost"
             return FlipOutcome(False, current, target, gate, msg, fence=done.summary)
     rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
-    return FlipOutcome(True, target, target, gate, f"{current} -> {target}", rc, done.summary if done else None)
+    return FlipOutcome(True, target, target, gate, _moved(current, target, done), rc, done.summary if done else None)
+
+
+def _moved(src: str, dst: str, done: FencedMove | None) -> str:
+    forced_past = f" (forced past the fence: {done.blocked})" if done is not None and done.blocked else ""
+    return f"{src} -> {dst}{forced_past}"
 
 
 def _judged_under_fence(gate: GateResult, done: FencedMove) -> None:
@@ -286,7 +291,7 @@ def rollback(
         msg = f"refusing rollback {current} -> {target}: fence: {done.blocked}; the phase is unchanged (or --force)"
         return FlipOutcome(False, current, target, None, msg, fence=done.summary)
     rc = run_hook(hook, backends.settings.namespace, current, target, reason, force)
-    return FlipOutcome(True, target, target, None, f"{current} -> {target}", rc, done.summary if done else None)
+    return FlipOutcome(True, target, target, None, _moved(current, target, done), rc, done.summary if done else None)
 
 
 def flip_postponed(
