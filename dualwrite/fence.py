@@ -126,26 +126,21 @@ class FenceMember:
 
     # -- the member's thread --------------------------------------------------------------------
     def start(self) -> None:
-        """Register (heartbeat), look for a fence already up, then watch in a thread."""
-        try:
-            self._heartbeat()
-            current = read_fence(self.client, self.namespace)
-            if current is not None:  # registered after a flipper read the members: hold anyway (the
-                left = min(float(current["deadline"]) - time.time(), float(current["timeout"]))  # thread
-                if left > 0:  # acknowledges and releases it at once)
-                    with self._cond:
-                        self._held, self._hold_until = True, time.monotonic() + left
-        except redis.RedisError as exc:
-            log.warning("fence: cannot register %s: %s", self.id, first_line(exc, 200))
+        """Watch in a thread: it registers (heartbeat) and looks for a fence already up, first thing; the
+        constructor of a writer never waits for Redis."""
         self._thread = threading.Thread(target=self._run, name="dualwrite-fence", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._release(None)
         try:
+            self.client.publish(channel(self.namespace), f"bye:{self.id}")  # wakes the thread's listen
+        except redis.RedisError:
+            pass
+        if self._thread is not None:
+            self._thread.join(2)
+        self._release(None)
+        try:  # after the thread: no heartbeat can put it back
             self.client.zrem(instances_key(self.namespace), self.id)
         except redis.RedisError:
             pass  # it expires by itself
@@ -155,7 +150,7 @@ class FenceMember:
 
     def _run(self) -> None:
         pubsub = None
-        beat_at = time.monotonic()
+        beat_at = float("-inf")
         look = True  # at once: a fence may already stand
         while not self._stop.is_set():
             try:
@@ -172,6 +167,8 @@ class FenceMember:
                     if current is not None:
                         self._fenced(current, pubsub)
             except (redis.RedisError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    break
                 log.warning("fence: %s: %s", self.id, first_line(exc, 200))
                 self._release(None)
                 if pubsub is not None:
@@ -182,7 +179,10 @@ class FenceMember:
                 pubsub = None
                 self._stop.wait(0.5)
         if pubsub is not None:
-            pubsub.close()
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001 - closing on the way out
+                pass
 
     def _hold(self, fence: dict[str, Any]) -> int | None:
         """Start holding new writes for `fence`; None when it is stale or already handled."""
