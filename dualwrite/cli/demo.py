@@ -22,8 +22,17 @@ from dualwrite.settings import Settings, mask_text
     "--metrics-host", envvar="DUALWRITE_METRICS_HOST", default=None, help="address of /metrics (default 127.0.0.1)"
 )
 @click.option("--report", "report_path", default=None, help="write the final report as JSON")
+@click.option(
+    "--multi-source",
+    "multi_source",
+    default=None,
+    metavar="DIR",
+    help="write the example application as one seeded SQLite file per store and a dualwrite.toml declaring "
+    "them (P0 memory, profiles, ingest; P1 graph, analytics, debate; P2 marketplace, archive), then stop",
+)
 def demo(
     settings: Settings,
+    multi_source: str | None,
     rows: int,
     duration: float,
     metrics_port: int | None,
@@ -37,6 +46,15 @@ def demo(
     from dualwrite.demo.embedded import EmbeddedServers
     from dualwrite.demo.run import Demo
 
+    if multi_source:
+        from dualwrite.demo.multi import write_stores
+
+        schema = settings.pg_schema if "pg_schema" in settings.origins else "dualwrite_demo"
+        path = write_stores(Path(multi_source), settings, rows=rows, schema=schema)
+        click.echo(f"wrote {path} and one SQLite file per store beside it; next, in {path.parent}:")
+        for step in ("dualwrite init --create-tables", "dualwrite migrate --priority P0 --dry-run", "dualwrite status"):
+            click.echo(f"  {step}")
+        return
     if "sqlite_url" not in settings.origins:
         settings = settings.with_(sqlite_url=f"sqlite:///{Path(tempfile.mkdtemp(prefix='dualwrite-app-')) / 'app.db'}")
     if "namespace" not in settings.origins:
