@@ -59,11 +59,13 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
     help="keep the migration's own tables (state schema) after success; they always stay for --resume",
 )
 @click.option("--undo", is_flag=True, help="drop what migrate created from these files (tables, views, schema)")
+@click.option("--yes", is_flag=True, help="with --undo: do not ask (required when not on a terminal)")
 @click.option("--max-chunks", type=int, default=None, hidden=True, help="stop after N chunks (testing)")
 def command(
     settings: Settings,
     sources: list[Settings],
     undo: bool,
+    yes: bool,
     tables: tuple[str, ...],
     casts: tuple[str, ...],
     renames: tuple[str, ...],
@@ -93,7 +95,7 @@ def command(
         said = selection(sources, ctx.params.get("source"), list(ctx.params.get("source_priorities") or ()))
         if undo:
             click.echo(f"dualwrite: {said}")
-            sys.exit(many.undo_sources(sources, report_path))
+            sys.exit(many.undo_sources(sources, report_path, yes))
         kw = dict(
             casts=parse_pairs(casts, "--cast"), renames=parse_pairs(renames, "--rename"), tables=list(tables) or None
         )

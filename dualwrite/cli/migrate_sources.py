@@ -17,7 +17,7 @@ from typing import Any
 import click
 from sqlalchemy import inspect
 
-from dualwrite.cli.options import existing_sqlite, write_report
+from dualwrite.cli.options import confirm_destructive, existing_sqlite, write_report
 from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings, mask_text
 
@@ -32,9 +32,24 @@ def _engine(s: Settings) -> Any:
     return postgres_engine(s.postgres_url, s.pg_schema, state_schema=s.state_schema, pool_size=1)
 
 
-def undo_sources(sources: list[Settings], report_path: str | None) -> int:
-    from dualwrite.migrate.undo import undo
+def undo_sources(sources: list[Settings], report_path: str | None, yes: bool = False) -> int:
+    """Say what would be dropped (only what migrate created and marked), ask or need --yes, then drop it."""
+    from dualwrite.migrate.undo import created, undo
 
+    planned = []
+    for s in sources:
+        pg = _engine(s)
+        try:
+            with pg.connect() as conn:
+                found = created(conn, s.pg_schema, str(s.sqlite_path))
+                conn.rollback()
+        finally:
+            pg.dispose()
+        if found["tables"] or found["views"] or found["schema"]:
+            what = f"{len(found['tables'])} table(s), {len(found['views'])} view(s) in schema {s.pg_schema}"
+            planned.append(what + (" and the schema" if found["schema"] else "") + f" (from {s.sqlite_path})")
+    if planned:
+        confirm_destructive("undo the migration", "drop " + "; ".join(planned), yes)
     report = []
     for s in reversed(sources):  # the last migrated first
         pg = _engine(s)

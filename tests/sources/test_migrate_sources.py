@@ -91,13 +91,16 @@ def test_many_files_in_priority_order_then_undo_leaves_the_target_as_found(
             assert tuple(got) == (rows, f"{name}-0")
     engine.dispose()
 
-    undo = cli("--config", config, "--undo", "--priority", "P1")  # one source alone
+    undo = cli("--config", config, "--undo", "--priority", "P1")  # not a terminal: it says what, needs --yes
+    assert undo.exit_code == 2 and "refusing to undo the migration without --yes" in undo.output, undo.output
+    assert f"it would drop 2 table(s), 1 view(s) in schema {pg_schema}_beta" in undo.output, undo.output
+    undo = cli("--config", config, "--undo", "--priority", "P1", "--yes")  # one source alone
     assert undo.exit_code == 0, undo.output
     assert "source beta (P1)" in undo.output and "dropped 2 table(s), 1 view(s)" in undo.output, undo.output
     assert f"{pg_schema}_beta" in _snapshot(pg_schema)  # not ours: it stays, with its own table
     assert _snapshot(pg_schema)[f"{pg_schema}_beta"] == before[f"{pg_schema}_beta"]
     assert _snapshot(pg_schema)[f"{pg_schema}_alpha"]  # the others are untouched
-    undo = cli("--config", config, "--undo")
+    undo = cli("--config", config, "--undo", "--yes")
     assert undo.exit_code == 0, undo.output
     assert _snapshot(pg_schema) == before  # as it was found
 
@@ -126,7 +129,7 @@ def test_a_collision_in_a_shared_schema_is_refused_before_anything_is_written(
     assert out.exit_code == 0, out.output
     tables = {r[0] for r in _snapshot(pg_schema)[pg_schema] if r[1] == "r"}
     assert tables == {"items", "tags", "beta_notes"}
-    assert cli("--config", config, "--undo").exit_code == 0
+    assert cli("--config", config, "--undo", "--yes").exit_code == 0
     assert _snapshot(pg_schema) == before
 
 

@@ -158,6 +158,6 @@ def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory,
         "[3/3] source gamma (P2)",
     ], out
     assert "every table of every source verified" in out, out
-    ok(dualwrite("migrate", "--config", target, "--undo"))
+    ok(dualwrite("migrate", "--config", target, "--undo", "--yes"))
     assert _snapshot(prefix) == before
     step("migrate")
