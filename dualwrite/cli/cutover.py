@@ -229,7 +229,7 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
     """Phase, recent history, the gate for the next phase and the shadow counts; with a project file's
     sources, one row per selected source (phase, gate, verification freshness)."""
     from dualwrite.cutover.gate import check
-    from dualwrite.shadow.reader import read_counts
+    from dualwrite.shadow.records import read_counts
     from dualwrite.tables import Tables
 
     if settings.source is not None:

@@ -23,7 +23,7 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
     """Counts by result (and A/A noise) and the latest mismatch samples."""
     import redis
 
-    from dualwrite.shadow.reader import read_counts, read_mismatches
+    from dualwrite.shadow.records import read_counts, read_mismatches
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     counts = read_counts(client, settings.namespace)
@@ -52,7 +52,7 @@ def shadow_reset(settings: Settings) -> None:
     """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
     import redis
 
-    from dualwrite.shadow.reader import counts_key, mismatches_key
+    from dualwrite.shadow.records import counts_key, mismatches_key
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     client.delete(counts_key(settings.namespace), mismatches_key(settings.namespace))

@@ -15,7 +15,7 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     from dualwrite.cli.options import load_tables, open_backends
     from dualwrite.cutover.gate import check
     from dualwrite.errors import first_line
-    from dualwrite.shadow.reader import read_counts
+    from dualwrite.shadow.records import read_counts
     from dualwrite.tables import Tables
     from dualwrite.verify.verifier import load_last
 

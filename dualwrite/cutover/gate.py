@@ -36,7 +36,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
-from dualwrite.shadow.reader import read_counts
+from dualwrite.shadow.records import read_counts
 from dualwrite.stream.protocol import dead_letter_key, group_lag, stream_key, top_seq
 from dualwrite.tables import Tables
 from dualwrite.verify.verifier import load_last, load_shadow_window

@@ -7,7 +7,9 @@
                  raise_on_mismatches; exceptions compared as results; errors in the experiment's code
                  counted as "error"); mismatches name the differing rows (ORM objects by class and key)
 - reader.py      ShadowReader, installed as `dw.reader`: compares off the request path (bounded pool;
-                 skipped when full), A/A noise, counts and mismatch samples in Redis for the gate and CLI
+                 skipped when full), re-reads a mismatch before it counts, A/A noise
+- candidate.py   the candidate read on the other backend (its own engine, a statement timeout)
+- records.py     the counts and mismatch samples in Redis, for the gate and the CLI of any process
 - pacing.py      the workers wait (bounded) for a moment with no request in flight before each step
 
 Normalization (JSON key order, UTC datetimes, float tolerance, Decimal vs float, ORM objects by their

@@ -15,11 +15,8 @@ later pair matches, a write landed between the reads or had not reached the othe
 apply that failed is healed by the replay within moments), and the comparison counts as "ignored" (in
 flight), not "mismatch". Only a difference that outlives every re-read counts.
 
-The candidate runs with a statement timeout on Postgres (`candidate_timeout`); a candidate that times
-out is counted as result="error", not as a mismatch. Postgres candidates use the reader's own small
-engine whose sessions carry that timeout (set once per connection, not per read) and that does not ping
-on checkout: a candidate is 3 round trips (BEGIN, the read, ROLLBACK), not 5, and takes no connection
-from the application's pool. A stale connection costs one comparison (counted "error"), never a read.
+The candidate runs with a statement timeout on Postgres (`candidate_timeout`; shadow.candidate); a
+candidate that times out is counted as result="error", not as a mismatch.
 
 The request path does no comparison work and no I/O besides the control read: workers wait for a
 moment when no request is in flight before each step (shadow.pacing), equal results of the same types
@@ -33,7 +30,6 @@ and subtracted from nothing automatically; `shadow report` shows both side by si
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -41,18 +37,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
-from dualwrite.engines import Backends, session_options
+from dualwrite.engines import Backends
 from dualwrite.normalize import DEFAULT, Normalizer
-from dualwrite.settings import mask_text
+from dualwrite.shadow.candidate import CandidateReads
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
 from dualwrite.shadow.pacing import RequestGate
+from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the gate and the CLI found them
+    MISMATCH_MAXLEN,
+    counts_key,
+    mask_params,
+    mismatches_key,
+    read_counts,
+    read_mismatches,
+    record_mismatch,
+)
 
 
 class _Writer(Protocol):
@@ -63,25 +66,7 @@ class _Writer(Protocol):
 
 log = logging.getLogger("dualwrite.shadow.reader")
 
-MISMATCH_MAXLEN = 1000
 RECHECK_DELAYS = (0.0, 0.2, 1.0, 3.0)  # re-reads of a mismatch before it counts: about the replay's reach
-SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "credential")
-
-
-def mismatches_key(namespace: str) -> str:
-    return f"{namespace}:shadow:mismatches"
-
-
-def counts_key(namespace: str) -> str:
-    return f"{namespace}:shadow:counts"
-
-
-def mask_params(params: dict[str, Any] | None) -> str:
-    """Params as JSON with secret-looking values and URL passwords masked."""
-    if not params:
-        return "{}"
-    safe = {k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) else v) for k, v in params.items()}
-    return mask_text(json.dumps(safe, default=str, ensure_ascii=False, sort_keys=True))
 
 
 class ShadowReader:
@@ -137,8 +122,7 @@ class ShadowReader:
         self._max_workers = max_workers
         self._experiments: dict[tuple[Any, ...], Experiment] = {}
         self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (labels() takes a lock)
-        self._engines: dict[int, tuple[Any, Engine]] = {}  # Postgres candidate engine per writer
-        self._engines_lock = threading.Lock()
+        self.candidates = CandidateReads(candidate_timeout, max_workers)
 
     def install(self, writer: _Writer) -> ShadowReader:
         """Serve `writer.read` through this reader from now on."""
@@ -148,10 +132,7 @@ class ShadowReader:
     def close(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.flush()
-        with self._engines_lock:
-            engines, self._engines = list(self._engines.values()), {}
-        for _owner, engine in engines:
-            engine.dispose()
+        self.candidates.close()
 
     def experiment(self, store: str, query: str, ordered: bool) -> Experiment:
         """The query's Experiment, built once per configuration (the request path asks for it every read)."""
@@ -286,7 +267,7 @@ class ShadowReader:
             if pause is not None:
                 pause()
             candidate = Observation.capture(
-                "candidate", lambda: self._candidate_read(backends, backend, store, query, fn)
+                "candidate", lambda: self.candidates.read(backends, backend, store, query, fn)
             )
             if candidate.exception is not None and "statement timeout" in str(candidate.exception):
                 result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
@@ -302,7 +283,7 @@ class ShadowReader:
             return None
         self._count(backends, store, label, result.outcome)
         if result.mismatched:
-            self._record(backends, store, label, params, result, backend)
+            record_mismatch(backends, store, label, params, result, backend)
         return result
 
     def _recheck(
@@ -324,55 +305,12 @@ class ShadowReader:
                 waited += delay
             again = exp.evaluate(
                 Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
-                Observation.capture("candidate", lambda: self._candidate_read(backends, backend, store, query, fn)),
+                Observation.capture("candidate", lambda: self.candidates.read(backends, backend, store, query, fn)),
                 pause,
             )
             if again.matched:
                 return waited
         return None
-
-    # -- the candidate read ---------------------------------------------------------------------------
-    def _candidate_read(
-        self, backends: Backends, backend: str, store: str, query: str, fn: Callable[[Any], Any]
-    ) -> Any:
-        """fn on `backend` in one transaction, as backends.timed_read does; Postgres through the reader's engine.
-        Timed as a read of `backend` and, apart, as the candidate (dualwrite_shadow_candidate_duration_seconds)."""
-        start = time.perf_counter()
-        try:
-            if backend != "postgres":
-                return backends.timed_read(backend, store, query, fn)
-            try:
-                with self._candidate_engine(backends).connect() as conn:
-                    result = fn(conn)
-                    conn.rollback()
-                    return result
-            finally:
-                self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
-        finally:
-            self._child(metrics.SHADOW_CANDIDATE, backend, store, query).observe(time.perf_counter() - start)
-
-    def _candidate_engine(self, backends: Backends) -> Engine:
-        owner = backends.postgres
-        found = self._engines.get(id(owner))
-        if found is not None and found[0] is owner:
-            return found[1]
-        with self._engines_lock:
-            found = self._engines.get(id(owner))
-            if found is not None and found[0] is owner:
-                return found[1]
-            settings = backends.settings  # the session options of dualwrite.engines.postgres_engine
-            options = session_options(settings.pg_schema, settings.state_schema)
-            timeout_ms = int(self.candidate_timeout * 1000)
-            if timeout_ms > 0:
-                options += f" -cstatement_timeout={timeout_ms}"
-            engine = create_engine(
-                owner.url,
-                pool_size=self._max_workers,
-                max_overflow=self._max_workers,
-                connect_args={"options": options, "connect_timeout": 5},
-            )
-            self._engines[id(owner)] = (owner, engine)
-            return engine
 
     def _count(self, backends: Backends, store: str, label: str, outcome: str) -> None:
         if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
@@ -400,46 +338,3 @@ class ShadowReader:
         except redis.RedisError:
             with self._stats_lock:
                 self._pending.update(pending)  # keep them for the next flush
-
-    def _record(
-        self, backends: Backends, store: str, label: str, params: dict[str, Any] | None, result: Result, backend: str
-    ) -> None:
-        def shown(obs: Observation | None) -> str:
-            if obs is None:
-                return ""
-            if obs.exception is not None:
-                text = f"{type(obs.exception).__name__}: {obs.exception}"
-            else:
-                text = json.dumps(obs.cleaned, default=repr, ensure_ascii=False, sort_keys=True)
-            return mask_text(text[:8000])
-
-        fields = {
-            "store": store,
-            "query": label,
-            "candidate_backend": backend,
-            "params": mask_params(params),
-            "control": shown(result.control),
-            "candidate": shown(result.candidate),
-            "rows": mask_text("\n".join(result.rows)),
-            "diff": mask_text(result.diff or ""),
-            "at": datetime.now(UTC).isoformat(),
-        }
-        try:
-            backends.redis.xadd(
-                mismatches_key(backends.settings.namespace), fields, maxlen=MISMATCH_MAXLEN, approximate=True
-            )
-        except redis.RedisError as exc:
-            log.warning("could not record a shadow mismatch: %r", exc)
-
-
-def read_mismatches(client: redis.Redis, namespace: str, count: int = 20) -> list[dict[str, str]]:
-    out = []
-    for eid, fields in client.xrevrange(mismatches_key(namespace), count=count):
-        row = {k.decode(): v.decode() for k, v in fields.items()}
-        row["id"] = eid.decode()
-        out.append(row)
-    return out
-
-
-def read_counts(client: redis.Redis, namespace: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(counts_key(namespace)).items()}
