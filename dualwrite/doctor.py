@@ -25,6 +25,28 @@ from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
 
 
+def replication_role_problem(settings: Settings) -> str | None:
+    """Why this login cannot apply replicated rows (None: it can). The apply engine sets
+    session_replication_role = replica so that foreign-key triggers do not refuse rows arriving out of
+    order; a role that may not set it (not a superuser, no GRANT SET) breaks every apply on foreign keys."""
+    engine = create_engine(settings.postgres_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            user = conn.execute(text("SELECT current_user")).scalar()
+            try:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+            except Exception as exc:  # noqa: BLE001 - the refusal is the finding
+                return (
+                    f"role {user!r} cannot set session_replication_role ({first_line(exc)}); the apply needs it: "
+                    f"connect as a superuser, or GRANT SET ON PARAMETER session_replication_role TO {user}"
+                )
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
+    return None
+
+
 def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[str, bool, str]]:
     """(name, passed, line) per check; the schema line only when the application's tables are given."""
     out: list[tuple[str, bool, str]] = []
@@ -44,9 +66,9 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
             engine.dispose()
     try:
         version = check_postgres(settings)
-        out.append(
-            ("postgres", True, f"{mask_url(settings.postgres_url)} (PostgreSQL {version}, schema {settings.pg_schema})")
-        )
+        problem = replication_role_problem(settings)
+        where = f"{mask_url(settings.postgres_url)} (PostgreSQL {version}, schema {settings.pg_schema})"
+        out.append(("postgres", problem is None, f"{where}: {problem}" if problem else where))
         out.append(_timezone_line(settings))
     except ConfigError as exc:
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))

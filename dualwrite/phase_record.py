@@ -76,7 +76,7 @@ class PhaseRecord:
                     out[side] = read_record(conn)
                     conn.rollback()
             except Exception as exc:  # noqa: BLE001 - an unreadable side is reported, the other may do
-                out[side] = first_line(exc, 200)
+                out[side] = first_line(exc, 200) + (f" ({path})" if path else "")
         return out
 
     def read(self, sides: tuple[str, ...] = SIDES) -> Record | None:
@@ -101,8 +101,10 @@ class PhaseRecord:
                 raise
             except Exception as exc:
                 written = f"recorded on {', '.join(done)} only" if done else "recorded nowhere"
+                engine = self.writers[side]
+                path = f" ({engine.url.database})" if engine.dialect.name == "sqlite" else ""
                 raise PhaseError(
-                    f"phase {record.phase} (epoch {record.epoch}) {written}: {side}: {first_line(exc, 200)}; "
+                    f"phase {record.phase} (epoch {record.epoch}) {written}: {side}{path}: {first_line(exc, 200)}; "
                     "fix it and run the same change again"
                 ) from exc
             done.append(side)

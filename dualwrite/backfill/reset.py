@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, inspect, 
 from dualwrite.apply.rule import pk_columns
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.cursor import decode_key
-from dualwrite.bookkeeping import versions
+from dualwrite.bookkeeping import has_state_table, versions
 from dualwrite.retry import transient_db
 
 log = logging.getLogger("dualwrite.backfill.reset")
@@ -47,11 +47,13 @@ class TableRollback:
 
 
 def tables_with_progress(engine: Engine) -> list[str]:
-    """Tables that have a checkpoint or recorded chunk versions."""
-    ckpt.ensure(engine)
+    """Tables that have a checkpoint or recorded chunk versions (none before any backfill: nothing is created)."""
+    names: set[str] = set()
     with engine.connect() as conn:
-        names = set(conn.execute(select(ckpt.checkpoints.c.tbl)).scalars())
-        names |= set(conn.execute(select(ckpt.chunk_versions.c.tbl).distinct()).scalars())
+        if has_state_table(conn, ckpt.checkpoints.name):
+            names |= set(conn.execute(select(ckpt.checkpoints.c.tbl)).scalars())
+        if has_state_table(conn, ckpt.chunk_versions.name):
+            names |= set(conn.execute(select(ckpt.chunk_versions.c.tbl).distinct()).scalars())
         conn.rollback()
     return sorted(names)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from dualwrite.cli.options import (
     SECONDS,
     Count,
     FiniteFloat,
+    check_listen,
     check_report_path,
     confirm_destructive,
     connection_options,
@@ -156,6 +158,8 @@ def run(
     from dualwrite.backfill.worker import run as run_worker
 
     check_report_path(report_path)
+    if not dry_run:
+        check_listen(metrics_host, metrics_port)
     tables = load_tables(settings, reflect)
     selected = _selected(tables, csv(table_names + table_lists), csv(priorities), csv(store_lists))
     tty = sys.stdout.isatty()
@@ -339,7 +343,18 @@ def reset(
             backends.close()
         if not keep_rows and phase in ROWS_LOCKED_PHASES:
             fail(f"phase is {phase}: Postgres serves reads, its rows stay (roll the phase back, or --keep-rows)", 1)
-        chosen = csv(table_names + table_lists) or tables_with_progress(pg)
+        known = tables_with_progress(pg)
+        asked = csv(table_names + table_lists)
+        unknown = [t for t in asked if t not in known]
+        if unknown:  # a typo, another --state-schema, or nothing copied yet: never a silent no-op
+            raise ConfigError(
+                f"--tables: no backfill progress for {', '.join(map(repr, unknown))} in state schema "
+                f"{settings.state_schema!r} (tables with progress: {', '.join(known) or 'none'})"
+            )
+        chosen = asked or known
+        if not chosen:
+            click.echo(f"nothing to reset: no backfill progress in state schema {settings.state_schema!r}")
+            return
         rows = 0 if keep_rows else sum(count_candidates(pg, t) for t in chosen)
         what = "clear the backfill progress" + ("" if keep_rows else f" and delete up to {rows} row(s) it wrote")
         confirm_destructive("reset", f"{what} on Postgres ({', '.join(chosen) or 'no table'})", yes)
@@ -399,6 +414,25 @@ def list_cmd(settings: Settings, count: int) -> None:
         click.echo(f"{row['dead_id']} id={row.get('id')} reason={row.get('reason')} error={row.get('error', '')[:200]}")
 
 
+STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+def _known_dead_letters(backends: Backends, ids: tuple[str, ...]) -> None:
+    """Refuse an id that is not a stream id, or that names no dead letter (a typo would re-drive nothing)."""
+    from dualwrite.stream.protocol import dead_letter_key
+
+    bad = [i for i in ids if not STREAM_ID.match(i)]
+    if bad:
+        raise ConfigError(f"{', '.join(map(repr, bad))}: not a dead-letter id (MS-N, as `deadletters list` shows)")
+    key = dead_letter_key(backends.settings.namespace)
+    missing = [i for i in ids if not backends.redis.xrange(key, i, i)]
+    if missing:
+        raise ConfigError(
+            f"no dead letter {', '.join(map(repr, missing))} in namespace {backends.settings.namespace!r}"
+            " (see `dualwrite backfill deadletters list`)"
+        )
+
+
 @deadletters.command("redrive")
 @tables_options
 @connection_options
@@ -410,6 +444,7 @@ def redrive_cmd(settings: Settings, reflect: bool, ids: tuple[str, ...]) -> None
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
     try:
+        _known_dead_letters(backends, ids)
         counts = redrive(backends, tables, list(ids) or None)
     finally:
         backends.close()

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+import redis
 
 from dualwrite.cli.options import (
     all_sources,
@@ -119,7 +120,7 @@ hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
 
 @cutover.command("flip")
 @tables_options
-@connection_options
+@connection_options(sqlite="answering")
 @_gate_options
 @_fence_timeout
 @click.option("--force", is_flag=True, help="flip even if the gate fails (needs --reason)")
@@ -174,7 +175,7 @@ def cutover_flip(
 
 @cutover.command("rollback")
 @tables_options
-@connection_options
+@connection_options(sqlite="answering")
 @_fence_timeout
 @click.option("--to", "to", default=None, help="target phase (default: the last SQLite-primary, SQLite-read phase)")
 @click.option("--force", is_flag=True)
@@ -248,7 +249,10 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
             sys.exit(1)
         from dualwrite.cutover.flip import read_armed
 
-        armed = read_armed(backends.redis, settings.namespace)
+        try:
+            armed = read_armed(backends.redis, settings.namespace)
+        except redis.RedisError:
+            armed = None  # said below, once
         if armed:
             left = "" if armed.get("deadline_in") is None else f", {armed['deadline_in']:.0f}s left"
             click.echo(
@@ -256,10 +260,14 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
                 f"{left}; cancel: `dualwrite cutover cancel`): waiting for {mask_text(str(armed['waiting']))}"
             )
         _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
-        counts = read_counts(backends.redis, settings.namespace)
-        click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
-        for line in _bounded_state(backends):
-            click.echo(mask_text(line))
+        try:
+            counts = read_counts(backends.redis, settings.namespace)
+            click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
+            for line in _bounded_state(backends):
+                click.echo(mask_text(line))
+        except redis.RedisError as exc:  # the phase came from its record; what only Redis holds is unknown
+            click.echo(mask_text(f"shadow, stream: unknown (redis: {exc})"))
+            sys.exit(1)
     finally:
         backends.close()
 

@@ -78,7 +78,7 @@ class Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, name="dualwrite")
 @click.version_option(__version__, prog_name="dualwrite")
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
@@ -153,8 +153,13 @@ def doctor(settings: Settings, reflect: bool) -> None:
 def phase(settings: Settings, target: str | None, force: bool, reason: str) -> None:
     """Show the phase and its history, or set it (prefer `dualwrite cutover flip`). The phase of record is
     kept in both databases, Redis holds its copy; `unknown` (exit 1) when none of them can be read."""
-    from dualwrite.cli.options import open_backends, phase_lines
+    from dualwrite.cli.options import open_backends, phase_lines, sqlite_answers
+    from dualwrite.phase import ORDER
 
+    if target and target not in ORDER:  # a usage error, found before anything is opened
+        raise ConfigError(f"unknown phase {target!r}; phases are: {', '.join(ORDER)}")
+    if target:
+        sqlite_answers(settings)  # a phase change must not find out half-way that SQLite does not answer
     backends = open_backends(settings)
     try:
         if target:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +44,8 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
 
     `sqlite`: "existing" (the default) refuses, before the command runs, a SQLite path that does not exist
     (opening it would create an empty database) or a file that is not SQLite; "create" (init, demo) accepts
-    a missing path but not a file that is not SQLite; "unused" checks nothing (the command never opens it).
+    a missing path but not a file that is not SQLite; "answering" (a flip) also refuses a file that does not
+    answer a read; "unused" checks nothing (the command never opens it).
     `--sqlite` given twice is refused: one file per command (several: a project file's sources)."""
     if fn is None:
         return functools.partial(connection_options, sqlite=sqlite)
@@ -136,7 +138,7 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
             raise ConfigError("--priority selects sources of a project file; none is given (dualwrite.toml, --config)")
         if sqlite != "unused":
             for each in runs:
-                sqlite_file(each, create=sqlite == "create")
+                sqlite_file(each, create=sqlite == "create", answers=sqlite == "answering")
         if takes_all:
             return fn(*args, settings=runs[0], sources=runs, **kw)
         if runs[0].source is None:
@@ -281,7 +283,7 @@ def existing_sqlite(settings: Settings) -> None:
     sqlite_file(settings, create=False)
 
 
-def sqlite_file(settings: Settings, *, create: bool = False) -> None:
+def sqlite_file(settings: Settings, *, create: bool = False, answers: bool = False) -> None:
     """Refuse a SQLite path that does not exist (unless `create`), is not a file, or is not SQLite."""
     where = settings.origins.get("sqlite_url", "the default --sqlite")
     path = settings.sqlite_path
@@ -300,6 +302,24 @@ def sqlite_file(settings: Settings, *, create: bool = False) -> None:
         raise ConfigError(f"{where}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if head and head != SQLITE_HEADER:  # an empty file is an empty database
         raise ConfigError(f"{where}: {str(path)!r} is not a SQLite database file")
+    if answers:
+        sqlite_answers(settings)
+
+
+def sqlite_answers(settings: Settings) -> None:
+    """Refuse a SQLite file that does not answer a read (corrupt, unreadable): a command about to change
+    the phase or the data must not find that out half-way."""
+    import sqlite3
+
+    path = settings.sqlite_path
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"sqlite {str(path)!r} does not answer: {exc}") from None
 
 
 def open_backends(settings: Settings) -> Any:
@@ -388,6 +408,21 @@ def writable_file(path: str) -> str | None:
     if not target.exists() and not os.access(folder, os.W_OK | os.X_OK):
         return f"folder {str(folder)!r} is not writable"
     return None
+
+
+def check_listen(host: str | None, port: int | None) -> None:
+    """Fail before any work when /metrics could not listen at host:port (the port taken, a bad address):
+    the same address metrics.serve would use, bound once and released."""
+    if not port:  # None: no endpoint; 0: any free port
+        return
+    host = (host or os.environ.get("DUALWRITE_METRICS_HOST") or "127.0.0.1").strip()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server binds
+        try:
+            probe.bind((host, port))
+        except (OSError, OverflowError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"--metrics-port {port}: cannot listen on {host}:{port} ({why})") from None
 
 
 # -- parameter types: every command checks its flags the same way, before any work -------------------

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from dualwrite.cli.options import connection_options
+from dualwrite.cli.options import Count, connection_options
 from dualwrite.settings import Settings
 
 
@@ -17,7 +17,7 @@ def shadow() -> None:
 
 @shadow.command("report")
 @connection_options(sqlite="unused")
-@click.option("--limit", type=int, default=10, show_default=True)
+@click.option("--limit", type=Count(1, 10_000), default=10, show_default=True, help="mismatch samples shown")
 @click.option("--json", "as_json", is_flag=True)
 def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
     """Counts by result (and A/A noise) and the latest mismatch samples."""

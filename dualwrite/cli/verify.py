@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from dualwrite.cli.options import (
+    SECONDS,
+    Count,
     check_report_path,
     confirm_destructive,
     connection_options,
@@ -19,6 +21,25 @@ from dualwrite.cli.options import (
     write_report,
 )
 from dualwrite.settings import Settings, mask_text
+
+SHOWN_TABLES = 10  # more tables than this: the clean ones share one line
+
+
+def _verdict(report: Any, clean: list[str], report_path: str | None) -> str:
+    """The one line that sums the run up."""
+    total = len(report.tables)
+    if report.errored:
+        failed = [t.table for t in report.tables if t.error]
+        return f"verify: {len(failed)} of {total} table(s) could not be compared: {', '.join(failed)}"
+    if report.clean:
+        return f"verify: every table identical ({total})"
+    sums = {k: sum(len(getattr(t, k)) for t in report.tables) for k in ("missing", "extra", "differing")}
+    where = f"; every key in {report_path}" if report_path else "; every key with --report FILE"
+    return (
+        f"verify: {total - len(clean)} of {total} table(s) differ ("
+        + ", ".join(f"{n} {k}" for k, n in sums.items())
+        + f" row(s)){where}"
+    )
 
 
 def _rowid_reader(settings: Settings, views: list[str]) -> Any:
@@ -62,10 +83,10 @@ def _confirm_fix(plans: list[Any], yes: bool) -> bool:
     is_flag=True,
     help="with --fix: also overwrite/delete rows dualwrite never wrote (no version entry: plain migrate, direct write)",
 )
-@click.option("--segment-rows", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--segment-rows", type=Count(1, 10_000_000), default=10_000, show_default=True)
 @click.option(
     "--recheck-delay",
-    type=click.FloatRange(min=0),
+    type=SECONDS,
     default=1.0,
     show_default=True,
     help="re-check differing keys after",
@@ -84,10 +105,12 @@ def verify(
     """Compare every row of SQLite and Postgres (checksums over key ranges, bisection).
     Exit 0 identical, 1 differences found, 2 error. --fix says what it would change and asks (--yes: not);
     it touches only rows dualwrite wrote (others are listed as unowned) unless --fix-unowned."""
+    from dualwrite.engines import check_postgres
     from dualwrite.migrate.schema import ROWID_COLUMN
     from dualwrite.verify.verifier import verify_backends
 
     check_report_path(report_path)
+    check_postgres(settings)  # one line, exit 2, rather than an ERROR per table
     # reflected: a table without a primary key is compared by its rowid, which migrate keeps in _dw_rowid
     tables = load_tables(settings, reflect, rowid_key=ROWID_COLUMN)
     wanted = csv(table_lists)
@@ -109,7 +132,11 @@ def verify(
         backends.close()
         if sqlite is not None:
             sqlite.dispose()
+    clean = [t.table for t in report.tables if t.clean and not t.error]
+    many = len(report.tables) > SHOWN_TABLES
     for t in report.tables:
+        if many and t.table in clean:
+            continue  # listed on one line below
         state = "ERROR" if t.error else ("clean" if t.clean else "DIFFERENT")
         click.echo(
             f"{t.table:30} {state:9} sqlite={t.sqlite_rows} postgres={t.postgres_rows} "
@@ -122,11 +149,17 @@ def verify(
         if t.unowned:
             more = " ..." if len(t.unowned) > 10 else ""
             click.echo(f"  not fixed, dualwrite never wrote them (--fix-unowned): {', '.join(t.unowned[:10])}{more}")
+        found = []
         for kind in ("missing", "extra", "differing"):
             keys = getattr(t, kind)
             if kind == "differing":  # each key with the columns that differ
                 keys = [f"{k} ({', '.join(t.columns.get(k, []))})" for k in keys]
             if keys:
-                click.echo(f"  {kind}: {', '.join(mask_text(k) for k in keys[:10])}{' ...' if len(keys) > 10 else ''}")
+                found.append(f"{kind} {', '.join(mask_text(k) for k in keys[:5])}{' ...' if len(keys) > 5 else ''}")
+        if found:
+            click.echo("  " + "; ".join(found))
+    if many and clean:
+        click.echo(f"clean: {len(clean)} table(s): {', '.join(clean)}")
+    click.echo(_verdict(report, clean, report_path))
     write_report(report_path, report.to_dict())
     sys.exit(2 if report.errored else (0 if report.clean else 1))

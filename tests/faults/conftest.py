@@ -59,6 +59,7 @@ class Collector:
     def __init__(self) -> None:
         self.cases: dict[str, CaseRecord] = {}
         self.bad_input: dict[str, str] = {}
+        self.cli_bad_input: dict[str, tuple[str, int, str]] = {}  # case -> (command, exit code, the line shown)
         self.security: dict[str, str] = {}
 
     def case(
@@ -82,7 +83,29 @@ class Collector:
         if note:
             rec.notes.add(note)
 
+    def cli_section(self) -> list[str]:
+        """The CLI's bad-input table (tests/faults/test_cli_bad_input.py), one row per case."""
+        rows = self.cli_bad_input
+        lines = [
+            CLI_HEADING,
+            "",
+            f"{len(rows)} bad inputs to the `dualwrite` commands (`tests/faults/test_cli_bad_input.py`), each its own",
+            "test: the exit code is the documented one (2 usage/configuration, 1 a check failed), the line names",
+            "what and where, no traceback, no password (the Postgres URL carries one), and nothing changed (SQLite",
+            "file, both Postgres schemas, the Redis namespace, the folder's files; a mistyped path is never created).",
+            "",
+            "| input | command | exit | what it says |",
+            "|---|---|---|---|",
+        ]
+        for name, (command, code, line) in rows.items():
+            said = line.replace("|", "\\|")
+            lines.append(f"| {name} | `{command}` | {code} | {said} |")
+        return lines
+
     def write(self) -> None:
+        if not self.cases and self.cli_bad_input:  # only the CLI table ran: replace its section alone
+            REPORT.write_text(splice(REPORT.read_text(encoding="utf-8"), self.cli_section()), encoding="utf-8")
+            return
         if not (self.cases or self.bad_input or self.security):
             return
         lines = [
@@ -112,6 +135,10 @@ class Collector:
         lines += ["", "## Bad input × handling", "", "| input | handling |", "|---|---|"]
         for kind, how in sorted(self.bad_input.items()):
             lines.append(f"| {kind} | {how} |")
+        if self.cli_bad_input:
+            lines += ["", *self.cli_section()]
+        elif REPORT.exists() and CLI_HEADING in REPORT.read_text(encoding="utf-8"):  # kept from its own run
+            lines += ["", *section(REPORT.read_text(encoding="utf-8"), CLI_HEADING)]
         lines += ["", "## Security: the Postgres password", "", "| where | result |", "|---|---|"]
         for where, res in sorted(self.security.items()):
             lines.append(f"| {where} | {res} |")
@@ -131,6 +158,31 @@ class Collector:
 
 
 XFAILS: dict[str, str] = {}
+CLI_HEADING = "## Bad input × handling: the CLI"
+
+
+def section(text: str, heading: str) -> list[str]:
+    """The lines of `heading`'s section of a markdown text, up to the next `## ` heading (without blank tail)."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    out = lines[start:end]
+    while out and not out[-1].strip():
+        out.pop()
+    return out
+
+
+def splice(text: str, new: list[str]) -> str:
+    """`text` with the CLI section replaced by `new` (or put before the security section)."""
+    lines = text.splitlines()
+    if CLI_HEADING in lines:
+        old = section(text, CLI_HEADING)
+        start = lines.index(CLI_HEADING)
+        lines[start : start + len(old)] = new
+    else:
+        at = next((i for i, line in enumerate(lines) if line.startswith("## Security")), len(lines))
+        lines[at:at] = [*new, ""]
+    return "\n".join(lines) + "\n"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
