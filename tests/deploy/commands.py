@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import os
+import tempfile
 from typing import Any
 
 import click
@@ -25,8 +27,22 @@ def dualwrite_params(argv: list[str]) -> tuple[str, dict[str, Any]]:
         assert sub is not None, f"{' '.join(path)} has no command {rest[0]!r}"
         path.append(rest.pop(0))
         cmd = sub
-    ctx = cmd.make_context(" ".join(path), rest)  # parses and validates every flag; invokes nothing
-    return " ".join(path), dict(ctx.params)
+    with tempfile.TemporaryDirectory() as root:
+        # Paths under the container's volumes (/data, /var/lib/dualwrite) do not exist on this host: the
+        # parser checks a report or rejects file's folder, so they are checked inside a stand-in root.
+        moved = {_in_root(root, a): a for a in rest if _volume_path(a)}
+        ctx = cmd.make_context(" ".join(path), [_in_root(root, a) if _volume_path(a) else a for a in rest])
+        params = {k: moved.get(v, v) if isinstance(v, str) else v for k, v in ctx.params.items()}
+    return " ".join(path), params  # parsed and validated every flag; invoked nothing
+
+
+def _volume_path(arg: str) -> bool:
+    return arg.startswith("/") and not os.path.isdir(os.path.dirname(arg))
+
+
+def _in_root(root: str, path: str) -> str:
+    os.makedirs(os.path.dirname(root + path), exist_ok=True)
+    return root + path
 
 
 def gunicorn_args(argv: list[str]) -> Any:
