@@ -106,7 +106,7 @@ def parse_priority(value: object, where: str) -> int:
     text = str(value).strip()
     digits = text[1:] if text[:1] in "Pp" else text
     if not digits.isdigit():
-        raise ConfigError(f"{where}: priority {value!r} is not P0, P1, P2...")
+        raise ConfigError(f"{where} {value!r} is not P0, P1, P2...")
     return int(digits)
 
 

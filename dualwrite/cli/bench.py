@@ -53,7 +53,9 @@ class _ListOptions(click.Command):
 @click.option("--copy-rows", type=click.IntRange(min=1), default=None, help="rows of the history-copy source")
 @click.option("--sections", default=None, help="a subset of: ops overhead shadow copy replay verify")
 @click.option("--report", "report_dir", default="bench-report", show_default=True, help="output directory")
-@click.option("--postgres", "postgres_url", default=None, help="admin postgresql:// URL (a schema per run)")
+@click.option(
+    "--postgres", "--postgresql-url", "postgres_url", default=None, help="admin postgresql:// URL (a schema per run)"
+)
 @click.option("--redis", "redis_url", default=None, help="redis:// URL (a namespace per run, cleared after)")
 def bench(
     quick: bool,

@@ -69,7 +69,12 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
                 multiple=True,
                 help="SQLite file path or sqlite:/// URL [DUALWRITE_SQLITE_URL]",
             ),
-            click.option("--postgres", "postgres_url", help="postgresql:// URL [DUALWRITE_POSTGRES_URL]"),
+            click.option(
+                "--postgres",
+                "--postgresql-url",  # the Track C plan's scripts' name for it
+                "postgres_url",
+                help="postgresql:// URL [DUALWRITE_POSTGRES_URL]",
+            ),
             click.option("--redis", "redis_url", help="redis:// URL [DUALWRITE_REDIS_URL]"),
             click.option("--namespace", help="prefix of every Redis key [DUALWRITE_NAMESPACE]"),
             click.option("--pg-schema", "pg_schema", help="Postgres schema of the tables [DUALWRITE_PG_SCHEMA]"),
