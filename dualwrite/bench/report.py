@@ -340,6 +340,19 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             else:
                 md.append(f"Baseline: {s[key]['baseline']}.")
                 md += [""] + _table(s[key]["results"], ["method", "events_per_s", "rows_per_s", "seconds", "ratio"])
+    if "fence" in s:
+        f = s["fence"]
+        md += ["", "## 7. Write fence pause", ""]
+        md.append(
+            f"{f['writers']} writer instances (fence members), {f['flips']} fenced flips shadow <-> postgres_reads, "
+            f"fence timeout {f['fence_timeout_ms']:.0f} ms; a write's p99 with no fence standing: "
+            f"{f['write_p99_without_fence_ms']} ms."
+        )
+        md += [_goal_line(g) for g in f["goals"]]
+        md += [""] + _table(
+            f["results"],
+            ["flips", "failed", "writes_held", "pause_p50_ms", "pause_p99_ms", "pause_max_ms", "held_max_ms"],
+        )
     md += ["", "## Figures", ""]
     for f in doc["figures"]:
         ratios = ", ".join(f"{k} {v}x" for k, v in f["ratios"].items())

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dualwrite.bench import copy_bench, ops, overhead, replay_bench, report, shadow_overhead, verify_bench
+from dualwrite.bench import copy_bench, fence_bench, ops, overhead, replay_bench, report, shadow_overhead, verify_bench
 from dualwrite.bench.common import bench_env, machine_info
 
-SECTIONS = ("ops", "overhead", "shadow", "copy", "replay", "verify")
+SECTIONS = ("ops", "overhead", "shadow", "copy", "replay", "verify", "fence")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class BenchConfig:
     copy_rows: int = 1_000_000
     replay_events: int = 20_000
     verify_records: int = 100_000
+    fence_flips: int = 30
     sections: tuple[str, ...] = SECTIONS
     postgres_url: str | None = None
     redis_url: str | None = None
@@ -42,6 +43,7 @@ class BenchConfig:
             copy_rows=2000,
             replay_events=200,
             verify_records=2000,
+            fence_flips=6,
         )
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
@@ -67,6 +69,7 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
             "copy": lambda: copy_bench.run(env, config.copy_rows, log),
             "replay": lambda: replay_bench.run(env, config.replay_events, log),
             "verify": lambda: verify_bench.run(env, config.verify_records, log),
+            "fence": lambda: fence_bench.run(env, config.fence_flips, log),
         }
         for name in config.sections:
             log(f"[bench] {name}")

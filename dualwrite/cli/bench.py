@@ -51,7 +51,7 @@ class _ListOptions(click.Command):
 @click.option("--record-counts", default=None, help="records per operation run, e.g. '100 500 1000' (the default)")
 @click.option("--workers", default=None, help="concurrent workers, e.g. '1 2 5' (the default)")
 @click.option("--copy-rows", type=click.IntRange(min=1), default=None, help="rows of the history-copy source")
-@click.option("--sections", default=None, help="a subset of: ops overhead shadow copy replay verify")
+@click.option("--sections", default=None, help="a subset of: ops overhead shadow copy replay verify fence")
 @click.option("--report", "report_dir", default="bench-report", show_default=True, help="output directory")
 @click.option(
     "--postgres", "--postgresql-url", "postgres_url", default=None, help="admin postgresql:// URL (a schema per run)"

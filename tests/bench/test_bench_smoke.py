@@ -25,7 +25,7 @@ def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignor
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
     doc = json.loads((out / "report.json").read_text())
     assert not doc["errors"]
-    assert set(doc["sections"]) == {"ops", "overhead", "shadow", "copy", "replay", "verify"}
+    assert set(doc["sections"]) == {"ops", "overhead", "shadow", "copy", "replay", "verify", "fence"}
     for r in doc["sections"]["ops"]["results"]:  # a broken setup shows as failed ops, not as a slow machine
         assert r["success_rate"] > 0, r
     figures = doc["figures"]
@@ -41,6 +41,24 @@ def test_quick_bench_writes_report_with_ratios(tmp_path) -> None:  # type: ignor
         assert goal["ratio"] is not None, goal
         assert goal["name"] in md
     assert md.count(": **met**") + md.count(": **not met**") >= len(doc["goals"])
+
+
+def test_the_fence_section_tracks_the_write_pause(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`dualwrite bench --sections fence`: fenced flips under three writer instances; the pause p99 and max
+    are goal lines against 100 ms and the fence timeout, each round's figures in the table."""
+    out = tmp_path / "report"
+    code = run_bench(
+        quick=True, sections="fence", report_dir=str(out), postgres_url=PG_ADMIN_URL, redis_url=REDIS_TEST_URL
+    )
+    doc = json.loads((out / "report.json").read_text())
+    assert code == 0 and not doc["errors"], doc["errors"]
+    fence = doc["sections"]["fence"]
+    assert fence["flips"] >= 3 and all(r["writes_held"] > 0 for r in fence["results"]), fence
+    goals = {g["name"]: g for g in doc["goals"]}
+    assert goals["fence pause p99"]["baseline_value"] == 100.0 and goals["fence pause p99"]["ratio"] is not None
+    assert goals["fence pause max"]["baseline_value"] == fence["fence_timeout_ms"] == 500.0
+    md = (out / "report.md").read_text()
+    assert "## 7. Write fence pause" in md and "fence pause max: goal ratio <= 1.0 x" in md
 
 
 def test_bench_command_help() -> None:

@@ -40,6 +40,7 @@ from tests.userapp.writer import tables
 RATE = 80  # per writer: 240 transactions per second in total
 FENCE_TIMEOUT = 0.5  # the default
 SOAK_RUNS = int(os.environ.get("DW_SOAK_RUNS", "20"))
+PER_PHASE = 15  # transactions per writer in each phase after its flip
 
 
 def _flip(conn: list[str], tmp: Path, *args: str, name: str) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def fenced_cutover(settings, tmp: Path) -> dict[str, dict[str, Any]]:  # type: i
     daemon = None
     fences: dict[str, dict[str, Any]] = {}
     try:
-        fleet.start(settings, count=3, rate=RATE, reads=0.3, shadow=100, population=30, documents=0.05)
+        fleet.start(settings, count=3, rate=RATE, reads=0.5, shadow=100, population=30, documents=0.05)
         fleet.wait_committed(50, timeout=120)
         wait("three fence members", lambda: len(live_members(backends.redis, settings.namespace)) >= 3, 30)
 
@@ -103,14 +104,14 @@ def fenced_cutover(settings, tmp: Path) -> dict[str, dict[str, Any]]:  # type: i
         for name in ("postgres_reads", "postgres_primary"):
             fences[name] = _flip(conn, tmp, name=name)["fence"]
             at = fleet.committed()
-            fleet.wait_committed(40, more_than=at, timeout=120)
+            fleet.wait_committed(PER_PHASE, more_than=at, timeout=120)
         fences["rollback"] = _flip(conn, tmp, "rollback", "--reason", "drill", name="rollback")["fence"]
         at = fleet.committed()
-        fleet.wait_committed(40, more_than=at, timeout=120)
+        fleet.wait_committed(PER_PHASE, more_than=at, timeout=120)
         for name in ("postgres_reads", "postgres_primary", "postgres"):
             fences[f"{name} again" if name != "postgres" else name] = _flip(conn, tmp, name=name)["fence"]
             at = fleet.committed()
-            fleet.wait_committed(40, more_than=at, timeout=120)
+            fleet.wait_committed(PER_PHASE, more_than=at, timeout=120)
         fleet.stop()
         assert fleet.errors() == {}, fleet.errors()  # no application write failed, at any flip
         assert fleet.total("read_errors") == 0 and fleet.total("read_disagreements") == 0, fleet.stats()
