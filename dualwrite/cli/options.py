@@ -141,6 +141,10 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
         )
         if wanted and runs[0].source is None and not own_priority:
             raise ConfigError("--priority selects sources of a project file; none is given (dualwrite.toml, --config)")
+        if kw.get("daemon") and len(runs) > 1:  # it would serve the first source for ever, the others never
+            raise ConfigError(
+                f"--daemon serves one source, {len(runs)} are selected: start one per source (--source NAME)"
+            )
         if sqlite != "unused":
             for each in runs:
                 sqlite_file(each, create=sqlite == "create", answers=sqlite == "answering")

@@ -123,5 +123,7 @@ def test_the_cli_says_what_it_works_on_and_refuses_an_unknown_source(tmp_path: P
     assert out.stdout.startswith("dualwrite: priority P1,P2: 2 source(s) in priority order: graph (P1), archive (P2)")
     bad = cli("cutover", "cancel", "--config", config, "--source", "nope")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no source 'nope'" in bad.stderr, bad
+    bad = cli("backfill", "run", "--config", config, "--daemon")  # it would never get past the first source
+    assert bad.returncode == 2 and "--daemon serves one source, 3 are selected" in bad.stderr, bad
     bad = cli("cutover", "cancel", "--priority", "P0")  # no project file
     assert bad.returncode == 2 and "--priority selects sources of a project file" in bad.stderr, bad
