@@ -259,6 +259,7 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
                 f"armed: flip --postpone {armed['from']} -> {armed['to']} (pid {armed['pid']}, since {armed['since']}"
                 f"{left}; cancel: `dualwrite cutover cancel`): waiting for {mask_text(str(armed['waiting']))}"
             )
+        click.echo(_fence_line(backends.redis, settings.namespace))
         _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
         try:
             counts = read_counts(backends.redis, settings.namespace)
@@ -270,6 +271,20 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
             sys.exit(1)
     finally:
         backends.close()
+
+
+def _fence_line(client: Any, namespace: str) -> str:
+    """The write fence's members (the application instances a fenced flip waits for) and a standing fence."""
+    import redis
+
+    from dualwrite.fence import live_members, read_fence
+
+    try:
+        members, up = live_members(client, namespace), read_fence(client, namespace)
+    except redis.RedisError as exc:
+        return f"fence: unknown (redis: {exc})"
+    standing = f"; a fence stands ({up.get('flip', '?')})" if up else ""
+    return f"fence: {len(members)} live writer instance(s){standing}"
 
 
 def _bounded_state(backends: Any) -> list[str]:
