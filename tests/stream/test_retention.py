@@ -182,6 +182,7 @@ def test_status_shows_the_stream_trim_point_and_the_outboxes(settings: Settings)
         out = CliRunner().invoke(main, ["status", *args]).output
         assert "stream: 30 entries, not trimmed (no consumer group has read it)" in out, out
         assert "outbox sqlite: 30 rows" in out and "(published rows kept 1d)" in out, out
+        assert "outbox postgres: 0 rows (published rows kept 1d)" in out, out  # the primary's holds them
         replayer = Replayer(dw.backends, dw.tables, consumer="c", block_ms=10)
         replayer.ensure_group()
         replayer.run(once=True)
