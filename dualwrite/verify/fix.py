@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from dualwrite.verify.verifier import TableReport, TableVerifier
 
 KEYS_PER_QUERY = 1000
+UNOWNED_REPORTED = 1000  # keys listed in the report (all are counted in the plan)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def plan(tv: TableVerifier, rep: TableReport, *, unowned: bool = False) -> FixPl
     mine = set(differing) | set(extras) if unowned else owned(tv.p.engine, tv.table.name, differing + extras)
     out = FixPlan(tv.table.name, missing + [k for k in differing if k in mine], [k for k in extras if k in mine])
     out.unowned = [k for k in differing + extras if k not in mine]
-    rep.unowned = [key_text(list(k)) for k in out.unowned]
+    rep.unowned = [key_text(list(k)) for k in out.unowned[:UNOWNED_REPORTED]]
     return out
 
 

@@ -189,7 +189,13 @@ def test_status_shows_the_stream_trim_point_and_the_outboxes(settings: Settings)
         out = CliRunner().invoke(main, ["status", *args]).output
         # the replayer trimmed with the settings' window (10,000): all 30 are left; status shows what 5 would do
         assert "stream: 30 entries, trim point 26-0 (group backfill needs 30-1 on; 5 acknowledged" in out, out
+        env = CliRunner().invoke(main, ["status", *connection_args(settings)], env={"DUALWRITE_STREAM_RETENTION": "7"})
+        assert "trim point 24-0" in env.output, env.output  # the variable, when no flag is given
         bad = CliRunner().invoke(main, ["status", *connection_args(settings), "--stream-retention", "-1"])
         assert bad.exit_code == 2 and "--stream-retention: -1 is below 0" in bad.output, bad.output
+        out = CliRunner().invoke(main, ["status", *connection_args(settings), "--outbox-retention", "90m"]).output
+        assert "outbox sqlite: 30 rows" in out and "(published rows kept 90m)" in out, out
+        bad = CliRunner().invoke(main, ["status", *connection_args(settings), "--outbox-retention", "soon"])
+        assert bad.exit_code == 2 and "--outbox-retention: 'soon' is not a duration" in bad.output, bad.output
     finally:
         dw.close()
