@@ -147,7 +147,28 @@ def machine_info(postgres_url: str, redis_url: str) -> dict[str, Any]:
         info["dualwrite"] = version("dualwrite")
     except Exception:  # noqa: BLE001
         info["dualwrite"] = "?"
+    info["commit"] = source_commit()
     return info
+
+
+def source_commit() -> str:
+    """The commit of the dualwrite source this run measured ('+dirty' with uncommitted changes), or '?'."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno", "--", "dualwrite"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head}{'+dirty' if dirty else ''}" if head else "?"
 
 
 def _cpu_model() -> str:
@@ -163,7 +184,8 @@ def _cpu_model() -> str:
 def machine_line(info: dict[str, Any]) -> str:
     return (
         f"{info.get('cpu')} x{info.get('cpus')} | Python {info.get('python')} | SQLite {info.get('sqlite')} | "
-        f"PostgreSQL {info.get('postgres')} | Redis {info.get('redis')} | SQLAlchemy {info.get('sqlalchemy')}"
+        f"PostgreSQL {info.get('postgres')} | Redis {info.get('redis')} | SQLAlchemy {info.get('sqlalchemy')} | "
+        f"commit {info.get('commit', '?')}"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dualwrite.bench import copy_bench, fence_bench, ops, overhead, replay_bench, report, shadow_overhead, verify_bench
-from dualwrite.bench.common import bench_env, machine_info
+from dualwrite.bench.common import bench_env, machine_info, machine_line
 
 SECTIONS = ("ops", "overhead", "shadow", "copy", "replay", "verify", "fence")
 
@@ -24,7 +24,7 @@ class BenchConfig:
     shadow_reads: int = 3000
     shadow_records: int = 5000
     copy_rows: int = 1_000_000
-    replay_events: int = 20_000
+    replay_events: int = 100_000  # 20k measured mostly start-up (issue 18)
     verify_records: int = 100_000
     fence_flips: int = 30
     sections: tuple[str, ...] = SECTIONS
@@ -86,6 +86,12 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
 
 
 def _write(doc: dict[str, Any], out: Path, started: float) -> None:
-    doc["goals"] = [g for sec in doc["sections"].values() for g in sec.get("goals", [])]
+    machine = doc.get("machine", {})
+    doc["goals"] = []
+    for name, sec in doc["sections"].items():
+        for g in sec.get("goals", []):  # every goal names its section, machine and commit (issue 18)
+            g.setdefault("section", name)
+            g.update(machine=machine_line(machine), commit=machine.get("commit", "?"))
+            doc["goals"].append(g)
     doc["seconds"] = round(time.perf_counter() - started, 1)
     report.write(out, doc)
