@@ -30,6 +30,7 @@ _EXPORTS = {
     "TableSpec": "dualwrite.tables",
     "Settings": "dualwrite.settings",
     "load_settings": "dualwrite.settings",
+    "load_sources": "dualwrite.settings",
     "ChangeEvent": "dualwrite.events",
     "Phase": "dualwrite.phase",
     "PHASES": "dualwrite.phase",
@@ -54,6 +55,7 @@ __all__ = [
     "TableSpec",
     "Settings",
     "load_settings",
+    "load_sources",
     "ChangeEvent",
     "Phase",
     "PHASES",
@@ -87,7 +89,7 @@ if TYPE_CHECKING:
     )
     from dualwrite.events import ChangeEvent
     from dualwrite.phase import PHASES, Phase
-    from dualwrite.settings import Settings, load_settings
+    from dualwrite.settings import Settings, load_settings, load_sources
     from dualwrite.tables import Tables, TableSpec
 
 
