@@ -145,7 +145,7 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
             raise ConfigError(
                 f"--daemon serves one source, {len(runs)} are selected: start one per source (--source NAME)"
             )
-        if sqlite != "unused":
+        if sqlite != "unused" and not (takes_all and runs[0].source is not None):  # those check each source
             for each in runs:
                 sqlite_file(each, create=sqlite == "create", answers=sqlite == "answering")
         if takes_all:

@@ -12,7 +12,7 @@ from dualwrite.settings import Settings, mask_text
 
 def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     """Each source's phase, gate and verification, read from its own setup (an unreachable one says so)."""
-    from dualwrite.cli.options import load_tables, open_backends
+    from dualwrite.cli.options import load_tables, open_backends, sqlite_file
     from dualwrite.cutover.gate import check
     from dualwrite.errors import first_line
     from dualwrite.shadow.records import read_counts
@@ -24,6 +24,7 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"source": s.source, "priority": f"P{s.priority}", "sqlite": str(s.sqlite_path)}
         row.update(pg_schema=s.pg_schema, namespace=s.namespace)
         try:
+            sqlite_file(s)  # a missing or foreign file is this source's row, not the whole command's failure
             tables = load_tables(s, required=False)
             backends = open_backends(s)
             try:

@@ -123,6 +123,10 @@ def test_the_cli_says_what_it_works_on_and_refuses_an_unknown_source(tmp_path: P
     assert out.stdout.startswith("dualwrite: priority P1,P2: 2 source(s) in priority order: graph (P1), archive (P2)")
     bad = cli("cutover", "cancel", "--config", config, "--source", "nope")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no source 'nope'" in bad.stderr, bad
+    out = cli("status", "--config", config)  # no store file exists yet: each source's row says so
+    assert out.returncode == 1, out
+    rows = [line for line in out.stdout.splitlines() if "unavailable" in line]
+    assert [r.split("│")[1].strip() for r in rows] == ["memory", "graph", "archive"], out.stdout
     bad = cli("backfill", "run", "--config", config, "--daemon")  # it would never get past the first source
     assert bad.returncode == 2 and "--daemon serves one source, 3 are selected" in bad.stderr, bad
     bad = cli("cutover", "cancel", "--priority", "P0")  # no project file
