@@ -205,7 +205,7 @@ def flip(
         raise PhaseError("a forced flip needs --reason")
     gate = check(backends, tables, target, config)
     fenced = needs_fence(current, target)
-    blocking = [c for c in gate.failing if not (fenced and c.name == "outbox_drained")]
+    blocking = gate.blocking if fenced else gate.failing
     if dry_run:
         verdict = "would move" if not blocking or force else "would refuse"
         return FlipOutcome(
