@@ -94,7 +94,8 @@ def command(
         ctx = click.get_current_context()
         said = selection(sources, ctx.params.get("source"), list(ctx.params.get("source_priorities") or ()))
         if undo:
-            click.echo(f"dualwrite: {said}")
+            if settings.source is not None:
+                click.echo(f"dualwrite: {said}")
             sys.exit(many.undo_sources(sources, report_path, yes))
         kw = dict(
             casts=parse_pairs(casts, "--cast"), renames=parse_pairs(renames, "--rename"), tables=list(tables) or None

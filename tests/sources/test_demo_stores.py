@@ -50,5 +50,5 @@ def test_the_stores_as_separate_files_then_migrated_in_priority_order(
     doc = json.loads(report.read_text())
     assert [s["source"] for s in doc["sources"]] == sorted(STORES, key=lambda s: (STORES[s], list(STORES).index(s)))
     assert doc["verified"] and all(t["written"] > 0 for s in doc["sources"] for t in s["outcome"]["tables"])
-    assert CliRunner().invoke(main, ["migrate", *config, "--undo"]).exit_code == 0
+    assert CliRunner().invoke(main, ["migrate", *config, "--undo", "--yes"]).exit_code == 0
     assert _snapshot(pg_schema) == before

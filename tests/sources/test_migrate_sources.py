@@ -143,5 +143,10 @@ def test_json_null_text_verifies(tmp_path: Path, pg_schema: str) -> None:
         "CREATE TABLE d (id INTEGER PRIMARY KEY, j JSON);",
         {"d": [(1, "null"), (2, None), (3, '{"a": 1e-07}')]},
     )
+    before = _snapshot(pg_schema)
     result, report = migrate(db, pg_schema)
     assert result.exit_code == 0 and report["verified"], result.output
+    # --undo works on one file without a project file too: the schema was there before, it stays
+    undone, _ = migrate(db, pg_schema, "--undo", "--yes")
+    assert undone.exit_code == 0 and "dropped 1 table(s), 0 view(s)" in undone.output, undone.output
+    assert _snapshot(pg_schema) == before
