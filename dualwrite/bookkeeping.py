@@ -9,6 +9,8 @@ file: the outbox row is written in the same transaction as the change.
 - `_dw_versions`: per (table, key) the `seq` of the last event (or backfill chunk) applied to this side.
   The row outlives a delete, so it is also the tombstone; its unique index is what serialises a live
   event and a backfill chunk that touch the same key (see apply.py).
+- `_dw_ranges` (Postgres only, apply/ranges.py): one version per key range a backfill chunk copied, so
+  copied keys need no `_dw_versions` row of their own.
 - `_dw_meta`: `last_seq` (the sequence high-water mark, bumped under a row lock at commit so seq order
   is commit order) and `is_primary` (1 on the side that accepts writes; the fence for a primary switch).
 """
@@ -36,6 +38,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dualwrite.types import UTCDateTime
+
+RANGES = "_dw_ranges"
+_RANGES_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {{schema}}.{RANGES} (tbl text NOT NULL, span int8range NOT NULL, seq bigint NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {RANGES}_span ON {{schema}}.{RANGES} USING gist (span)",
+)
+
+
+def create_ranges(conn: Connection, schema: str) -> None:
+    """`_dw_ranges` in the state schema (Postgres only; idempotent; see apply/ranges.py)."""
+    quoted = conn.dialect.identifier_preparer.quote(schema)
+    for stmt in _RANGES_DDL:
+        conn.exec_driver_sql(stmt.format(schema=quoted))
+
 
 internal_metadata = MetaData()
 
@@ -126,6 +142,11 @@ def create_bookkeeping(conn: Connection, *, primary: bool) -> list[str]:
     """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent); return the names created."""
     missing = [t.name for t in internal_metadata.sorted_tables if not has_state_table(conn, t.name)]
     internal_metadata.create_all(in_state_schema(conn), checkfirst=True)
+    schema = state_schema_of(conn)
+    if schema is not None:
+        if not has_state_table(conn, RANGES):
+            missing.append(RANGES)
+        create_ranges(conn, schema)
     ins = dialect_insert(conn, meta)
     conn.execute(ins.values(name="last_seq", value=0).on_conflict_do_nothing(index_elements=["name"]))
     conn.execute(

@@ -90,7 +90,6 @@ def _parts(sql: TableSQL, op: str, items: list[Item]) -> list[list[Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-
 def plan_events(conn: Connection | Engine, lookup: TableLookup, events: Sequence[ChangeEvent]) -> Plan:
     """Keep the newest event per key (the rest are superseded or duplicates) and bind its values."""
     plan = Plan()
@@ -136,8 +135,11 @@ def run_plan_direct(engine: Engine, plan: Plan) -> ApplyResult:
     """run_plan on a connection of an autocommit engine, straight through the driver: the inline apply of
     one write is one statement, and SQLAlchemy's execution machinery would cost a fifth of its round trip."""
     raw = engine.raw_connection()
+    # a ranged table's shared lock (ranges.py) must be held in the claim's transaction: psycopg2 sends it
+    # in the claim's own string (one implicit transaction); other drivers need BEGIN .. COMMIT around both
+    locks = engine.dialect.driver != "psycopg2" and any(sql.lock_sql for _op, sql, _i in plan.groups())
     try:
-        return _run(_RawExec(engine, raw), plan, plan.statement_count() > 1)
+        return _run(_RawExec(engine, raw), plan, plan.statement_count() > 1 or locks)
     finally:
         raw.close()
 
@@ -267,9 +269,12 @@ class _Runner:
         # its own); psycopg 3 binds on the server, one command per execute, and prepares repeated ones itself
         self.psycopg2 = ex.driver == "psycopg2"
 
-    def __call__(self, sql: str, params: Any, op: Any = None, *, commit: bool = False) -> list[Any]:
+    def __call__(
+        self, sql: str, params: Any, op: Any = None, *, commit: bool = False, lock: str | None = None
+    ) -> list[Any]:
         """The statement's rows. op: its preparable form. commit=True: the caller needs no result from
-        this statement, so COMMIT may follow it."""
+        this statement, so COMMIT may follow it. lock: a statement to run first, in its own snapshot (a
+        ranged table's shared lock, ranges.py)."""
         prepared = None
         if op is not None and self.psycopg2:
             names = self.ex.info.setdefault(_PREPARED, {"gen": 0, "names": set()})
@@ -278,12 +283,16 @@ class _Runner:
                 sql = f"EXECUTE {name}{op.execute}"
             else:
                 sql, prepared = f"PREPARE {name}{op.prepare}; EXECUTE {name}{op.execute}", name
+        if lock is not None and self.psycopg2:
+            sql = f"{lock}; {sql}"  # one round trip; each statement of the string gets its own snapshot
         if self.own and not self.open:
             self.open = True
             if self.psycopg2:
                 sql = "BEGIN; " + sql
             else:
                 self.ex("BEGIN")
+        if lock is not None and not self.psycopg2:
+            self.ex(lock)
         commits = self.own and commit and self.psycopg2
         if commits:
             sql += "; COMMIT"
@@ -318,11 +327,12 @@ def _run_group(run: _Runner, op: str, sql: TableSQL, items: list[Item], *, last:
     won = 0
     if sql.postgres:
         parts = _parts(sql, op, items)
+        lock = sql.lock_sql  # taken again by each part: a lock already held is granted at once
         for j, part in enumerate(parts):
             if op == "upsert":
-                won += int(run(*sql.pg_upsert(part))[0][0])
+                won += int(run(*sql.pg_upsert(part), lock=lock)[0][0])
                 continue
-            keys = {r[0] for r in run(*sql.pg_delete_claim(part))}
+            keys = {r[0] for r in run(*sql.pg_delete_claim(part), lock=lock)}
             winners = [item for item in part if item[1] in keys]
             if winners:
                 run(*sql.pg_delete_rows(winners), commit=last and j == len(parts) - 1)

@@ -47,6 +47,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, Table, UniqueConstraint
 from sqlalchemy.engine import Dialect
 
+from dualwrite.apply import ranges
 from dualwrite.errors import SchemaDriftError
 from dualwrite.types import as_utc, timezone_aware
 
@@ -79,7 +80,14 @@ def _fallback_type(table: Table, col: str, dialect: Dialect) -> str:
 class TableSQL:
     """Everything needed to apply images and deletes to one table on one dialect."""
 
-    def __init__(self, table: Table, dialect: Dialect, pg_types: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        table: Table,
+        dialect: Dialect,
+        pg_types: Mapping[str, str] | None = None,
+        state_schema: str | None = None,
+    ) -> None:
+        """state_schema: on Postgres, where `_dw_ranges` is (None: it is not there, no range versions)."""
         self.table, self.name = table, table.name
         self.cols = [c.name for c in table.columns]
         self.colset = frozenset(self.cols)
@@ -112,6 +120,18 @@ class TableSQL:
         self._q = dict(zip(self.cols, qcols, strict=True))
         nonpk = [qc for c, qc in zip(self.cols, qcols, strict=True) if c not in self.pk]
         self.version_sql = f"SELECT seq FROM _dw_versions WHERE tbl = {ph} AND pk = {ph}"
+        # range versions (ranges.py): Postgres, one integer key column, `_dw_ranges` present
+        rkey = ranges.ranged_key(table) if self.postgres and state_schema is not None else None
+        self.ranged = rkey is not None
+        self.state_schema = state_schema
+        self.lock_sql = ranges.shared_lock_sql(state_schema, self.name) if rkey and state_schema else None
+        if rkey is not None:  # the greater of the key's own version and the ranges covering it
+            self.version_sql = (
+                "SELECT greatest(coalesce((SELECT v.seq FROM _dw_versions v WHERE v.tbl = q.t AND v.pk = q.p), 0), "
+                f"coalesce((SELECT max(r.seq) FROM {ranges.RANGES} r WHERE r.tbl = q.t "
+                "AND r.span @> CAST(btrim(q.p, '[]') AS bigint)), 0)) "
+                "FROM (SELECT CAST(%s AS text) AS t, CAST(%s AS text) AS p) q"
+            )
         pkset = set(table.primary_key.columns)
         self.has_uniques = any(
             isinstance(c, UniqueConstraint) and set(c.columns) != pkset for c in table.constraints
@@ -122,16 +142,22 @@ class TableSQL:
             # a table of key columns only still updates something, so the write's effect is uniform
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in (nonpk or qpk[:1]))
             src_all = ", ".join(f"src.c{i}" for i in range(len(self.cols)))
+            pk_at = self.pk_pos[0]
             self._up = _PgOp(
                 [types[c] for c in self.cols],
                 f", w AS (INSERT INTO {qt} ({', '.join(qcols)}) SELECT {src_all} FROM src JOIN claim ON "
                 f"claim.pk = src.k ON CONFLICT ({', '.join(qpk)}) DO UPDATE SET {sets}) SELECT count(*) FROM claim",
+                covered=ranges.not_covered(self.name, f"src.c{pk_at}", "src.s") if self.ranged else None,
             )
             # A delete is two statements: a DELETE is a snapshot scan, so inside the claim's statement it would
             # miss a row that a concurrent apply (an older seq, whose version row the claim waited for)
             # committed after that statement began. Run after the claim, it sees it.
             key_types = [types[c] for c in self.pk]
-            self._del_claim = _PgOp(key_types, " SELECT pk FROM claim")
+            self._del_claim = _PgOp(
+                key_types,
+                " SELECT pk FROM claim",
+                covered=ranges.not_covered(self.name, "src.c0", "src.s") if self.ranged else None,
+            )
             match = " AND ".join(f"d.{c} = src.c{i}" for i, c in enumerate(qpk))
             self._del_rows = _PgOp(key_types, f" DELETE FROM {qt} AS d USING src WHERE {match}", claim=False)
         else:
@@ -209,7 +235,7 @@ class TableSQL:
 
 
 _CLAIM = (
-    ", claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT {tbl}, k, s FROM src "
+    ", claim AS (INSERT INTO _dw_versions (tbl, pk, seq) SELECT {tbl}, k, s FROM src{where} "
     "ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq WHERE _dw_versions.seq < EXCLUDED.seq RETURNING pk)"
 )
 
@@ -246,15 +272,17 @@ class _PgOp:
     The json form's text never changes, so on psycopg2 (no automatic preparing) it is PREPAREd once per
     connection: parsing and planning the CTE cost the server about as much as the write itself."""
 
-    def __init__(self, types: list[str], tail: str, *, claim: bool = True) -> None:
+    def __init__(self, types: list[str], tail: str, *, claim: bool = True, covered: str | None = None) -> None:
+        """covered: SQL that holds when no range version covering a src row is at its s or newer (ranges.py)."""
         n = len(types)
+        where = f" WHERE {covered}" if covered else ""
         cols = ", ".join(f"CAST(e->>{i} AS {t}) AS c{i}" for i, t in enumerate(types))
 
         def build(doc: str, tbl: str) -> str:
             return (
                 f"WITH src AS (SELECT {cols}, e->>{n} AS k, CAST(e->>{n + 1} AS bigint) AS s "
                 f"FROM jsonb_array_elements(CAST({doc} AS jsonb)) AS e)"
-                + (_CLAIM.format(tbl=tbl) if claim else "")
+                + (_CLAIM.format(tbl=tbl, where=where) if claim else "")
                 + tail
             )
 
@@ -267,7 +295,7 @@ class _PgOp:
         self.json_ok = not any(t.endswith("]") for t in types)
         self.values_head = f"WITH src({', '.join(f'c{i}' for i in range(n))}, k, s) AS (VALUES "
         self.values_row = "(" + ", ".join(f"CAST(%s AS {t})" for t in [*types, "text", "bigint"]) + ")"
-        self.values_tail = ")" + (_CLAIM.format(tbl="%s") if claim else "") + tail
+        self.values_tail = ")" + (_CLAIM.format(tbl="%s", where=where) if claim else "") + tail
 
     def statement(
         self, rows: Sequence[tuple[list[Any], str, int]], table: str | None
@@ -304,14 +332,15 @@ class _Cache:
         sql = per.get(id(table)) if per is not None else None
         if sql is not None and sql.table is table:
             return sql
-        types = None
+        types, state = None, None
         if conn.dialect.name == "postgresql":
             if isinstance(conn, Engine):
                 with conn.connect() as c:
-                    types = _pg_catalog_types(c, table)
+                    types, state = _pg_catalog_types(c, table), ranges.located(c)
+                    c.rollback()
             else:
-                types = _pg_catalog_types(conn, table)
-        sql = TableSQL(table, conn.dialect, types)
+                types, state = _pg_catalog_types(conn, table), ranges.located(conn)
+        sql = TableSQL(table, conn.dialect, types, state)
         if types is not None and not types:
             return sql  # the table is not there (yet): do not remember the model's guesses
         with self._lock:

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite import metrics
+from dualwrite.apply.ranges import ranged_key
 from dualwrite.apply.rule import ApplyResult, apply_snapshot_rows
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill import lanes
@@ -35,6 +36,7 @@ from dualwrite.backfill.cursor import Chunk, count_rows, decode_key, read_chunk
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.load import STAGING, copy_apply, key_positions, load_chunk
 from dualwrite.backfill.rejects import RefusedValue, RejectWriter
+from dualwrite.backfill.spans import Span, load_span
 from dualwrite.backfill.steps import ChunkSteps, TableReport
 from dualwrite.backfill.throttle import TokenBucket
 from dualwrite.bookkeeping import move_sequences_past_keys
@@ -77,6 +79,7 @@ class Copier:
     fallbacks: int = 0  # chunks whose fast COPY met a live write and were merged instead
     leases: LeaseBook | None = None  # several workers share each table's chunks (leases.py)
     lanes: int = 2  # chunk transactions in flight at once, committed in order (lanes.py)
+    ranges: bool = True  # range versions for tables with one integer key (spans.py); they take one lane
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,12 +105,24 @@ class Copier:
                 table.name, key_text([row[p] for p in pos]), dict(zip(names, row, strict=True)), refused
             )
         good = [v for i, v in enumerate(chunk.values) if i not in chunk.undecodable]
-        return Chunk(chunk.columns, good, chunk.version, chunk.last_key), len(chunk.undecodable)
+        return Chunk(chunk.columns, good, chunk.version, chunk.last_key, chunk.span), len(chunk.undecodable)
 
     def load_rows(
-        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
+        version: int,
+        span: Span | None = None,
     ) -> ApplyResult:
-        """Apply rows (tuples in `columns` order) with `version` inside the chunk's transaction."""
+        """Apply rows (tuples in `columns` order) with `version` inside the chunk's transaction. `span`:
+        the key range the rows are all of at `version` (a ranged table then records one range version
+        for it, spans.py, instead of a version row per key)."""
+        if span is not None and self._ranged(table):
+            ranged = load_span(conn, table, columns, values, version, span)
+            if ranged is not None:
+                return ranged
         if not self.fast:
             names = [table.c[c].name for c in columns]
             return apply_snapshot_rows(conn, table, [dict(zip(names, v, strict=True)) for v in values], version)
@@ -116,6 +131,9 @@ class Copier:
             with self._lock:  # lanes run this concurrently
                 self.fallbacks += 1
         return result
+
+    def _ranged(self, table: Table) -> bool:
+        return self.fast and self.ranges and ranged_key(table) is not None
 
     # -- tables ----------------------------------------------------------------------------------
     def copy_tables(self, tables: Sequence[Table], *, max_chunks: int | None = None) -> list[TableReport]:
@@ -170,8 +188,10 @@ class Copier:
             metrics.BACKFILL_ROWS.labels(table.name).inc(len(chunk.values) - bad - set_aside)
             metrics.BACKFILL_CHUNK.labels(table.name).observe(seconds)
 
+        # a ranged table's chunks take its range lock for their whole transaction (spans.py): one at a time
+        width = 1 if self._ranged(table) else max(1, self.lanes)
         try:
-            lanes.run(self.steps(), table, cp, chunks, max(1, self.lanes), max_chunks, committed)
+            lanes.run(self.steps(), table, cp, chunks, width, max_chunks, committed)
         finally:
             chunks.close()  # waits for a read still in flight
         if cp.status == "done":
@@ -225,6 +245,8 @@ class Copier:
             with self.postgres.begin() as conn:
                 if bisect:
                     result = self._bisect(conn, table, columns, values, version, 0, len(values), bad)
+                elif chunk.span is not None and self._ranged(table):  # its span, even empty (spans.py)
+                    result = self.load_rows(conn, table, columns, values, version, span=chunk.span)
                 else:
                     result = self.load_rows(conn, table, columns, values, version) if values else ApplyResult()
                 if before_save is not None:

@@ -57,6 +57,9 @@ class Chunk:
     values: list[Any]  # one tuple-like row per source row, in `columns` order (read-side types applied)
     version: int  # last_seq read in the same SQLite transaction
     last_key: tuple[Any, ...] | None  # cursor after the last row: its key (+ its rowid if the key has a NULL)
+    # the key range whose every row (at `version`) the chunk holds: (after, upto], None = unbounded;
+    # None when unknown (rows built elsewhere): such a chunk carries a version row per key
+    span: tuple[tuple[Any, ...] | None, tuple[Any, ...] | None] | None = None
     _dicts: list[dict[str, Any]] | None = field(default=None, repr=False)
     # rows whose stored value the column's type could not read: position -> (column, raw value, why);
     # such a row stays in `values` (with the raw value) until the copier sets it aside as a reject
@@ -72,7 +75,7 @@ class Chunk:
 
     @classmethod
     def from_dicts(cls, columns: tuple[str, ...], rows: list[dict[str, Any]], version: int = 0) -> Chunk:
-        return cls(columns, [tuple(r.get(c) for c in columns) for r in rows], version, None, rows)
+        return cls(columns, [tuple(r.get(c) for c in columns) for r in rows], version, None, None, rows)
 
 
 # What a column type's result processor raises on a stored value it cannot read: 'not a date' in a Date
@@ -172,7 +175,8 @@ def read_chunk(engine: Engine, table: Table, after: tuple[Any, ...] | None, limi
                     select(rowid).select_from(table).where(where).order_by(*order).offset(len(values) - 1).limit(1)
                 ).scalar()
                 last = (*last, rid)
-    return Chunk(columns=names, values=values, version=int(version), last_key=last, undecodable=bad)
+    span = (after, last if len(values) >= limit else None)  # a short chunk reached the end of the table
+    return Chunk(columns=names, values=values, version=int(version), last_key=last, span=span, undecodable=bad)
 
 
 def count_rows(engine: Engine, table: Table) -> int:

@@ -108,7 +108,7 @@ def read_range(engine: Engine, table: Table, after: Key | None, upto: Key | None
         cols, rowid = _order(conn, table)
         order = [*cols, *([rowid] if rowid is not None else [])]
         names, values, bad = fetch(conn, table, select(table).where(_within(cols, rowid, after, upto)).order_by(*order))
-    return Chunk(columns=names, values=values, version=int(version), last_key=upto, undecodable=bad)
+    return Chunk(columns=names, values=values, version=int(version), last_key=upto, span=(after, upto), undecodable=bad)
 
 
 def sessions_alive(engine: Engine, owners: list[int]) -> set[int]:

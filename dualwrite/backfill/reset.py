@@ -8,6 +8,10 @@ ambiguous: the live event whose seq is exactly S, on a key of the same table (at
 version, as every event has its own seq). Its row is the very image the chunk read and SQLite still holds
 it, so deleting it too loses nothing that the next copy does not bring back.
 
+Ranged tables (apply/ranges.py): a row covered by a range version was written by the chunk of that
+range unless its own version is newer than every range covering it (a live change after the copy); those
+rows go first, in batches holding the table's range lock exclusively, then the table's ranges.
+
 Only keys whose row exists are touched: a version entry without a row is a tombstone (a delete whose seq
 happens to equal a chunk's S) and is kept, or an older event could resurrect the row. A row and its
 version entry go in the same transaction, in batches that lock the version entries first (the order the
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, inspect, select, text, tuple_
 
+from dualwrite.apply import ranges
 from dualwrite.apply.rule import pk_columns
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.cursor import decode_key
@@ -46,6 +51,33 @@ class TableRollback:
     kept: int = 0  # backfill-versioned keys without a row (tombstones), left as they are
 
 
+def _ranged_rows(table: Table, prep: object, *, count: bool = False) -> str:
+    """Rows of a ranged table covered by a range and not changed since (no own version above it)."""
+    key = prep.quote(table.c[ranges.ranged_key(table)].name)  # type: ignore[attr-defined]
+    target = prep.format_table(table)  # type: ignore[attr-defined]
+    cover = f"(SELECT max(r.seq) FROM {ranges.RANGES} r WHERE r.tbl = :t AND r.span @> CAST(a.{key} AS bigint))"
+    head = "SELECT count(*)" if count else f"SELECT a.{key}"
+    tail = "" if count else f" AND a.{key} > :after ORDER BY a.{key} LIMIT :n FOR UPDATE OF a"
+    return (
+        f"{head} FROM {target} a WHERE {cover} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM _dw_versions v "
+        f"WHERE v.tbl = :t AND v.pk = '[' || a.{key} || ']' AND v.seq > {cover}){tail}"
+    )
+
+
+def _has_ranges(conn: Connection, table: Table) -> bool:
+    if ranges.ranged_key(table) is None or conn.dialect.name != "postgresql":
+        return False
+    if ranges.located(conn) is None:
+        return False
+    return bool(
+        conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {ranges.RANGES} WHERE tbl = :t)"), {"t": table.name}).scalar()
+    )
+
+
+def _reflect(conn: Connection, name: str) -> Table | None:
+    return Table(name, MetaData(), autoload_with=conn) if inspect(conn).has_table(name) else None
+
+
 def tables_with_progress(engine: Engine) -> list[str]:
     """Tables that have a checkpoint or recorded chunk versions (none before any backfill: nothing is created)."""
     names: set[str] = set()
@@ -68,6 +100,11 @@ def count_candidates(engine: Engine, table: str) -> int:
             ),
             {"t": table},
         ).scalar()
+        reflected = _reflect(conn, table)
+        if reflected is not None and _has_ranges(conn, reflected):
+            n = (n or 0) + conn.execute(
+                text(_ranged_rows(reflected, conn.dialect.identifier_preparer, count=True)), {"t": table}
+            ).scalar()
         conn.rollback()
     return int(n or 0)
 
@@ -79,11 +116,13 @@ def delete_backfill_rows(
     foreign-key triggers stay off as during the copy). The table is reflected from Postgres."""
     out = TableRollback(name)
     with engine.connect() as conn:
-        has = inspect(conn).has_table(name)
-        table = Table(name, MetaData(), autoload_with=conn) if has else None
+        table = _reflect(conn, name)
+        ranged = table is not None and _has_ranges(conn, table)
         conn.rollback()
     if table is None:  # never created on Postgres: only version entries can be left
         return out
+    if ranged:
+        _delete_ranged(engine, table, batch, out, progress)
 
     def one_batch(after: str) -> tuple[str, bool]:
         with engine.begin() as conn:
@@ -97,6 +136,34 @@ def delete_backfill_rows(
             progress(out)
         if done:
             return out
+
+
+def _delete_ranged(
+    engine: Engine, table: Table, batch: int, out: TableRollback, progress: Callable[[TableRollback], None] | None
+) -> None:
+    """The rows the chunks of a ranged table wrote, then its ranges (each batch under the range lock)."""
+    key = table.c[ranges.ranged_key(table) or ""]
+
+    def one_batch(after: int) -> list[int]:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(ranges.exclusive_lock_sql(ranges.located(conn) or "", table.name))
+            params = {"t": table.name, "after": after, "n": batch}
+            found = list(conn.execute(text(_ranged_rows(table, conn.dialect.identifier_preparer)), params).scalars())
+            if found:
+                conn.execute(table.delete().where(key.in_(found)))
+                pks = [f"[{k}]" for k in found]
+                conn.execute(versions.delete().where(versions.c.tbl == table.name, versions.c.pk.in_(pks)))
+            else:  # every row of the ranges is gone: the ranges go too
+                conn.execute(text(f"DELETE FROM {ranges.RANGES} WHERE tbl = :t"), {"t": table.name})
+            return found
+
+    retrying = transient_db(5, f"backfill reset {table.name}: ranged batch", log)
+    after = -(2**63)
+    while found := retrying(one_batch, after):
+        out.deleted += len(found)
+        if progress is not None:
+            progress(out)
+        after = found[-1]
 
 
 def _batch(conn: Connection, table: Table, after: str, n: int, out: TableRollback) -> tuple[str, bool]:

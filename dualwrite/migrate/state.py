@@ -16,10 +16,14 @@ import hashlib
 from sqlalchemy import Connection, Engine, delete, select
 
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.bookkeeping import create_bookkeeping, internal_metadata, meta, state_schema_of
+from dualwrite.bookkeeping import RANGES, create_bookkeeping, internal_metadata, meta, state_schema_of
 
 SCHEMA = "(schema)"
-TABLES = [t.name for t in internal_metadata.sorted_tables] + [t.name for t in ckpt.checkpoint_metadata.sorted_tables]
+TABLES = [
+    *(t.name for t in internal_metadata.sorted_tables),
+    RANGES,  # Postgres only, made with the bookkeeping (apply/ranges.py)
+    *(t.name for t in ckpt.checkpoint_metadata.sorted_tables),
+]
 
 
 def mark(target_schema: str) -> str:

@@ -95,10 +95,13 @@ def drain_relay(dw: DualWriter) -> None:
 
 
 def clear(dw: DualWriter) -> None:
-    """Empty accounts, versions, outbox and stream on both sides, between hypothesis examples."""
+    """Empty accounts, versions (and Postgres' range versions), outbox and stream on both sides, between
+    hypothesis examples."""
     for engine in (dw.backends.sqlite, dw.backends.postgres):
         with engine.begin() as conn:
             conn.execute(delete(accounts))
             conn.execute(text("DELETE FROM _dw_versions"))
             conn.execute(text("DELETE FROM _dw_outbox"))
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("DELETE FROM _dw_ranges"))
     dw.backends.redis.delete(stream_key(dw.settings.namespace))

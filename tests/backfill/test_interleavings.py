@@ -1,7 +1,8 @@
 """Hypothesis tries to break the apply rule for the backfill: random interleavings of live writes, chunk
 reads, chunk applies (in any order, late, twice) and partial replays; then both sides must be equal.
-Each chunk apply path runs: the staging merge, INSERT .. ON CONFLICT, and the fast path (COPY into fresh
-keys, falling back to the merge for the keys a live write reached)."""
+Each chunk apply path runs: the staging merge, INSERT .. ON CONFLICT, the fast path (COPY into fresh
+keys, falling back to the merge for the keys a live write reached), and the range path (one range version
+per chunk span, spans.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dualwrite.apply.rule import apply_snapshot_rows
 from dualwrite.backfill.copier import copy_apply
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.load import load_chunk
+from dualwrite.backfill.spans import load_span
 from dualwrite.stream.replay import Replayer
 from tests.backfill.support import accounts, clear, drain_relay, snapshot
 
@@ -41,12 +43,14 @@ def apply_chunk(conn, chunk, mode: str) -> None:  # type: ignore[no-untyped-def]
         copy_apply(conn, accounts, chunk.rows, chunk.version)
     elif mode == "slow":
         apply_snapshot_rows(conn, accounts, chunk.rows, chunk.version)
+    elif mode == "ranges":
+        assert load_span(conn, accounts, chunk.columns, chunk.values, chunk.version, chunk.span) is not None
     else:
         load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
 
 
-@hsettings(max_examples=36, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=ops, mode=st.sampled_from(["merge", "slow", "fastpath"]))
+@hsettings(max_examples=48, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=ops, mode=st.sampled_from(["merge", "slow", "fastpath", "ranges"]))
 def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore[no-untyped-def]
     reset(dw)
     replayer = Replayer(dw.backends, dw.tables, consumer="h", batch=3, block_ms=0)
@@ -78,14 +82,16 @@ def test_random_interleavings_converge(dw, steps, mode) -> None:  # type: ignore
     after = None
     while True:
         chunk = read_chunk(dw.backends.sqlite_read, accounts, after, 5)
-        if not chunk.rows:
+        if not chunk.rows and mode != "ranges":
             break
         with dw.backends.postgres_apply.begin() as conn:
-            apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
+            apply_chunk(conn, chunk, mode if mode in ("fastpath", "ranges") else "merge")
+        if not chunk.rows:
+            break
         after = chunk.last_key
     for chunk in pending:  # late, stale chunks change nothing
         with dw.backends.postgres_apply.begin() as conn:
-            apply_chunk(conn, chunk, "fastpath" if mode == "fastpath" else "merge")
+            apply_chunk(conn, chunk, mode if mode in ("fastpath", "ranges") else "merge")
     drain_relay(dw)
     replayer.run(once=True)
     assert snapshot(dw.backends.sqlite_read, accounts) == snapshot(dw.backends.postgres, accounts)

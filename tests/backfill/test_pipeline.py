@@ -45,7 +45,9 @@ def pg_count(dw) -> int:  # type: ignore[no-untyped-def]
 
 def test_a_failed_chunk_rolls_back_the_later_ones(dw) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 100)
-    copier = Poisoned(dw.backends.sqlite_read, dw.backends.postgres_apply, chunk_size=10, lanes=2)
+    # ranges=False: chunks with a version row per key, the path that runs lanes (a ranged table's chunks
+    # take its range lock for their whole transaction, one at a time: spans.py)
+    copier = Poisoned(dw.backends.sqlite_read, dw.backends.postgres_apply, chunk_size=10, lanes=2, ranges=False)
     copier.poison, copier.next_loaded = 35, threading.Event()
     with pytest.raises(RuntimeError, match="poisoned chunk"):
         copier.copy_tables([accounts])
@@ -60,7 +62,7 @@ def test_a_failed_chunk_rolls_back_the_later_ones(dw) -> None:  # type: ignore[n
 def test_a_stuck_predecessor_makes_the_next_chunk_retry_in_order(dw, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 60)
     monkeypatch.setattr(pipeline, "TURN_TIMEOUT_S", 0.2)
-    copier = Poisoned(dw.backends.sqlite_read, dw.backends.postgres_apply, chunk_size=10, lanes=3)
+    copier = Poisoned(dw.backends.sqlite_read, dw.backends.postgres_apply, chunk_size=10, lanes=3, ranges=False)
     copier.poison, copier.next_loaded, copier.slow_s = 25, threading.Event(), 1.0
     with caplog.at_level(logging.WARNING, logger="dualwrite.backfill.lanes"):
         (rep,) = copier.copy_tables([accounts])

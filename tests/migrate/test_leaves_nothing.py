@@ -77,7 +77,7 @@ def test_kept_state_stays_and_a_live_setups_state_is_never_dropped(tmp_path, pg_
         assert result.exit_code == 0, result.output
         assert _ours(other) == set()
         left = {n for n, kind in _relations(live).items() if kind == "r"}
-        assert left == {"_dw_outbox", "_dw_versions", "_dw_meta"}, left
+        assert left == {"_dw_outbox", "_dw_versions", "_dw_meta", "_dw_ranges"}, left  # the live setup's own
         assert fetch(live, "SELECT name, value FROM _dw_meta ORDER BY name") == [("is_primary", 1), ("last_seq", 41)]
         assert "_dw_backfill_checkpoints" in report["state"] and "schema" not in report["state"]
     finally:
