@@ -16,8 +16,9 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.spans import load_span
 from tests.backfill.support import accounts
-from tests.backfill.test_fastpath import (  # noqa: F401 - copier_pg is a fixture
-    copier_pg,
+from tests.backfill.test_fastpath import copier_pg as _copier_pg
+from tests.backfill.test_fastpath import delete as delete_event
+from tests.backfill.test_fastpath import (
     in_thread,
     names,
     pid,
@@ -26,7 +27,8 @@ from tests.backfill.test_fastpath import (  # noqa: F401 - copier_pg is a fixtur
     versions,
     wait_until_blocked,
 )
-from tests.backfill.test_fastpath import delete as delete_event
+
+copier_pg = _copier_pg  # the fixture: a chunk (or live) engine on each driver
 
 
 def ranges(engine: Engine) -> list[tuple[str, int]]:

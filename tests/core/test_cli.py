@@ -35,7 +35,7 @@ def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None
     assert first.exit_code == 0, first.output
     assert first.output.count("_dw_outbox") == 2 and "memory_items" not in first.output
     assert _tables_in(settings.pg_schema) == set()  # nothing of ours in the application's schema
-    assert _tables_in(settings.state_schema) == {"_dw_outbox", "_dw_versions", "_dw_meta"}
+    assert _tables_in(settings.state_schema) == {"_dw_outbox", "_dw_versions", "_dw_meta", "_dw_ranges"}
     second = runner.invoke(main, ["init", *connection_args(settings)])
     assert second.exit_code == 0 and second.output.count("already complete") == 2, second.output
     created = runner.invoke(main, ["init", *connection_args(settings), *APP, "--create-tables"])
