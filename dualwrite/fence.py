@@ -249,6 +249,7 @@ class FenceSummary:
     held_seconds: float = 0.0
     pauses: list[float] = field(default_factory=list)
     reported: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds of each fenced step (ack, catch_up, move)
 
     @property
     def missing(self) -> list[str]:
@@ -272,6 +273,7 @@ class FenceSummary:
             "pause_p50_seconds": round(self.percentile(0.5), 4),
             "pause_p99_seconds": round(self.percentile(0.99), 4),
             "pause_max_seconds": round(max(self.pauses, default=0.0), 4),
+            "steps_seconds": self.steps,
         }
 
     def line(self) -> str:
@@ -282,6 +284,7 @@ class FenceSummary:
             f"(timeout {self.timeout * ms:.0f} ms); {len(self.pauses)} write(s) paused: p50 "
             f"{self.percentile(0.5) * ms:.1f} ms, p99 {self.percentile(0.99) * ms:.1f} ms, "
             f"max {max(self.pauses, default=0.0) * ms:.1f} ms"
+            + (" [" + ", ".join(f"{k} {v * ms:.0f} ms" for k, v in self.steps.items()) + "]" if self.steps else "")
         )
 
 

@@ -66,6 +66,7 @@ def run(env: BenchEnv, flips: int, log: Any = print, timeout: float = DEFAULT_TI
             pauses: list[float] = []
             held: list[float] = []
             failed: list[str] = []
+            steps: dict[str, list[float]] = {}
             for _ in range(per_round):
                 src = first.phases.current(fresh=True).name
                 dst = "postgres_reads" if src == "shadow" else "shadow"
@@ -79,6 +80,8 @@ def run(env: BenchEnv, flips: int, log: Any = print, timeout: float = DEFAULT_TI
                 assert done.summary is not None
                 pauses += done.summary.pauses
                 held.append(done.summary.held_seconds)
+                for k, v in done.summary.steps.items():
+                    steps.setdefault(k, []).append(v)
                 if not done.ok:
                     failed.append(done.blocked)
                 time.sleep(0.3)
@@ -92,6 +95,7 @@ def run(env: BenchEnv, flips: int, log: Any = print, timeout: float = DEFAULT_TI
                     "pause_p99_ms": round(percentile(pauses, 99) * 1000, 2) if pauses else 0.0,
                     "pause_max_ms": round(max(pauses, default=0.0) * 1000, 2),
                     "held_max_ms": round(max(held, default=0.0) * 1000, 2),
+                    **{f"{k}_max_ms": round(max(v) * 1000, 2) for k, v in steps.items()},  # where it went
                 }
             )
             log(f"  fence: {rounds[-1]}")

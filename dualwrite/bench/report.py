@@ -177,7 +177,18 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         md += [_goal_line(g) for g in f["goals"]]
         md += [""] + _table(
             f["results"],
-            ["flips", "failed", "writes_held", "pause_p50_ms", "pause_p99_ms", "pause_max_ms", "held_max_ms"],
+            [
+                "flips",
+                "failed",
+                "writes_held",
+                "pause_p50_ms",
+                "pause_p99_ms",
+                "pause_max_ms",
+                "held_max_ms",
+                "ack_max_ms",
+                "catch_up_max_ms",
+                "move_max_ms",
+            ],
         )
     md += ["", "## Figures", ""]
     for f in doc["figures"]:

@@ -28,6 +28,8 @@ from dualwrite.tables import Tables
 UNDER_FENCE = ("outbox_drained", "replay_lag")
 # The move itself (a primary switch is a few transactions) must finish before members stop holding.
 SWITCH_RESERVE = 0.25
+# Before raising the fence: up to SETTLE_SECONDS for the backlog to be this small (nothing is held then).
+SETTLE_SECONDS, SETTLED_EVENTS = 3.0, 5
 
 
 def needs_fence(src: str, dst: str) -> bool:
@@ -59,13 +61,24 @@ def fenced_move(
     timeout: float = DEFAULT_TIMEOUT,
     force: bool = False,
 ) -> FencedMove:
-    """Raise the fence, wait for acknowledgements and catch-up, `move()`, lift; see the module doc."""
+    """Settle (unfenced), raise the fence, wait for acknowledgements and catch-up, `move()`, lift; see the
+    module doc. The summary's `steps` say where the fenced time went (ack, catch-up, move)."""
+    settle(backends, tables, config)
     fence = Fence(backends.redis, backends.settings.namespace, timeout=timeout, label=label)
     summary = fence.raise_()
     budget = timeout - min(SWITCH_RESERVE * timeout, 0.1)
     bound = fence.deadline - timeout + budget
+    mark = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        summary.steps[name] = round(now - mark, 4)
+        mark = now
+
     try:
         missing = fence.wait_acks(bound)
+        step("ack")
         blocked = ""
         if missing:
             blocked = (
@@ -80,6 +93,7 @@ def fenced_move(
             if all(c.ok for c in conds) or time.monotonic() >= bound:
                 break
             time.sleep(0.003)
+        step("catch_up")
         late = [c for c in conds if not c.ok]
         if late:
             why = "; ".join(f"{c.name}: {c.detail}" for c in late)
@@ -87,10 +101,24 @@ def fenced_move(
             if not force:
                 return FencedMove(False, summary, blocked, conds)
         move()
+        step("move")
         return FencedMove(True, summary, blocked, conds)  # forced: `blocked` says what it went past
     finally:
         fence.lift()
         fence.collect(wait=1.0)
+
+
+def settle(backends: Backends, tables: Tables, config: GateConfig, *, within: float = SETTLE_SECONDS) -> None:
+    """Before the fence, without holding anything: wait (briefly) until the outbox and the replay are
+    nearly caught up, so the fenced catch-up has only the last few events to wait for."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        conds = caught_up(backends, tables, config)
+        if any(c.value is None for c in conds):  # no replay group: waiting cannot help (the fence says so)
+            return
+        if all(c.value <= SETTLED_EVENTS for c in conds):
+            return
+        time.sleep(0.01)
 
 
 def routing(name: str) -> str:
