@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from dualwrite.cutover.gate import REQUIRED, Condition, GateConfig, outbox_drained, replay_lag
 from dualwrite.engines import Backends
+from dualwrite.errors import first_line
 from dualwrite.fence import DEFAULT_TIMEOUT, EXPIRY_SECONDS, Fence, FenceSummary, live_members
 from dualwrite.phase import ORDER, PHASES, get_phase
 from dualwrite.tables import Tables
@@ -48,7 +49,17 @@ class FencedMove:
 def caught_up(backends: Backends, tables: Tables, cfg: GateConfig) -> list[Condition]:
     """Under the fence: the outbox relayed and every replay group at 0 undelivered + 0 pending."""
     strict = GateConfig(cfg.max_mismatch_rate, cfg.min_comparisons, 0, cfg.verify_max_age_seconds)
-    return [outbox_drained(backends, tables, cfg), replay_lag(backends, tables, strict)]
+    return [_judged(outbox_drained, backends, tables, cfg), _judged(replay_lag, backends, tables, strict)]
+
+
+def _judged(check: Callable[..., Condition], backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    """A check that cannot run now (a busy SQLite file, a slow Redis) is a failed poll, not a failed flip:
+    the next poll may pass, and past the bound the fence is lifted saying why."""
+    try:
+        return check(backends, tables, cfg)
+    except Exception as exc:  # noqa: BLE001 - reported in the condition
+        name = check.__name__
+        return Condition(name, False, None, f"check failed: {type(exc).__name__}: {first_line(exc)}")
 
 
 def fenced_move(
@@ -114,9 +125,9 @@ def settle(backends: Backends, tables: Tables, config: GateConfig, *, within: fl
     end = time.monotonic() + within
     while time.monotonic() < end:
         conds = caught_up(backends, tables, config)
-        if any(c.value is None for c in conds):  # no replay group: waiting cannot help (the fence says so)
-            return
-        if all(c.value <= SETTLED_EVENTS for c in conds):
+        if any(c.value is None and "check failed" not in c.detail for c in conds):
+            return  # no replay group: waiting cannot help (the fence says so)
+        if all(c.value is not None and c.value <= SETTLED_EVENTS for c in conds):
             return
         time.sleep(0.01)
 

@@ -48,6 +48,8 @@ def _flip(conn: list[str], tmp: Path, *args: str, name: str) -> dict[str, Any]:
     report = tmp / f"{name}.json"
     command = ["cutover", *args] if args and args[0] == "rollback" else ["cutover", "flip", *args]
     proc = dualwrite(*command, *conn, *METADATA, "--report", str(report))
+    with (tmp / "flips.log").open("a") as log:  # every flip's output, for a run that failed
+        log.write(f"== {name}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
     assert proc.returncode == 0, f"{name}: exit {proc.returncode} on the first try\n{proc.stdout}\n{proc.stderr}"
     assert "routing: primary" in proc.stdout and "next:" in proc.stdout, proc.stdout
     return json.loads(report.read_text())
