@@ -10,6 +10,8 @@ import click
 import redis
 
 from dualwrite.cli.options import (
+    REPORT_PATH,
+    FiniteFloat,
     all_sources,
     check_report_path,
     connection_options,
@@ -59,7 +61,7 @@ def _print_gate(gate: Any) -> None:
 @tables_options
 @connection_options
 @_gate_options
-@click.option("--report", "report_path", default=None)
+@click.option("--report", "report_path", default=None, type=REPORT_PATH)
 def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **cfg: Any) -> None:
     """Evaluate the gate for the next phase. Exit 0 pass, 1 fail."""
     from dualwrite.cutover.gate import check
@@ -127,10 +129,17 @@ hook_option = click.option("--hook", "hook", multiple=True, help=_HOOK_HELP)
 @click.option("--force", is_flag=True, help="flip even if the gate fails (needs --reason)")
 @click.option("--reason", default="")
 @click.option("--postpone", is_flag=True, help="retry until the flip goes through (cancel: `dualwrite cutover cancel`)")
-@click.option("--deadline", type=float, default=None, help="with --postpone: give up after S seconds")
-@click.option("--poll", type=float, default=2.0, show_default=True)
+@click.option(
+    "--deadline",
+    type=FiniteFloat(0, 30 * 86400, min_open=True),
+    default=None,
+    help="with --postpone: give up after S seconds",
+)
+@click.option("--poll", type=FiniteFloat(0.05, 3600), default=2.0, show_default=True, help="seconds between tries")
 @click.option("--dry-run", is_flag=True, help="print the steps and the gate; change nothing")
-@click.option("--report", "report_path", default=None, help="write the outcome (gate, fence, pauses) as JSON")
+@click.option(
+    "--report", "report_path", default=None, type=REPORT_PATH, help="write the outcome (gate, fence, pauses) as JSON"
+)
 @hook_option
 def cutover_flip(
     settings: Settings,
