@@ -12,7 +12,6 @@ import redis
 from dualwrite.cli.options import (
     REPORT_PATH,
     FiniteFloat,
-    all_sources,
     check_report_path,
     connection_options,
     load_tables,
@@ -22,6 +21,7 @@ from dualwrite.cli.options import (
     tables_options,
     write_report,
 )
+from dualwrite.cli.per_source import all_sources
 from dualwrite.settings import Settings, mask_text
 
 

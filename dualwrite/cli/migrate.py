@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from dualwrite.cli.options import REPORT_PATH, Count, all_sources, connection_options, existing_sqlite, fail, selection
+from dualwrite.cli.options import REPORT_PATH, Count, connection_options, existing_sqlite, fail
+from dualwrite.cli.per_source import all_sources, selection
 from dualwrite.settings import Settings
 
 

@@ -22,16 +22,9 @@ import click
 import redis
 from sqlalchemy.exc import OperationalError
 
+from dualwrite.cli.per_source import run_per_source, selection
 from dualwrite.errors import ConfigError, DualwriteError, PhaseError, first_line
 from dualwrite.settings import Settings, load_sources, mask_text
-
-
-def all_sources(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a command (below @connection_options) that takes every selected source at once, as
-    `sources: list[Settings]` (status, migrate), instead of being run once per source."""
-    fn.dualwrite_all_sources = True  # type: ignore[attr-defined]
-    return fn
-
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -182,43 +175,6 @@ def retention_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, settings=with_retention(settings, stream_retention, outbox_retention), **kw)
 
     return wrapper
-
-
-def selection(runs: list[Settings], source: str | None, wanted: list[str]) -> str:
-    """What a command works on, in one line: one source, those of a priority, or all in priority order."""
-    names = ", ".join(f"{s.source} (P{s.priority})" for s in runs)
-    if source:
-        return f"source {names}"
-    if wanted:
-        return f"priority {','.join(wanted)}: {len(runs)} source(s) in priority order: {names}"
-    return f"all {len(runs)} source(s) in priority order: {names}"
-
-
-def run_per_source(fn: Callable[..., Any], runs: list[Settings], said: str, args: Any, kw: dict[str, Any]) -> None:
-    """Run the command for each source in turn (a failure of one does not stop the next); its --report
-    gets the source's name; the exit code is the worst of them."""
-    click.echo(f"dualwrite: {said}")
-    worst = 0
-    for settings in runs:
-        if len(runs) > 1:
-            click.echo(f"== source {settings.source} (P{settings.priority}) ==")
-        each = dict(kw)
-        if len(runs) > 1 and each.get("report_path"):
-            path = Path(each["report_path"])
-            each["report_path"] = str(path.with_name(f"{path.stem}-{settings.source}{path.suffix}"))
-        code: int | str | None = 0
-        try:
-            fn(*args, settings=settings, **each)
-        except SystemExit as exc:
-            code = exc.code
-        except PhaseError as exc:
-            click.echo(f"error: source {settings.source}: {mask_text(str(exc))}", err=True)
-            code = 1
-        except DualwriteError as exc:
-            click.echo(f"error: source {settings.source}: {mask_text(str(exc))}", err=True)
-            code = 2
-        worst = max(worst, code if isinstance(code, int) else 1)
-    sys.exit(worst)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
