@@ -250,6 +250,7 @@ class FenceSummary:
     pauses: list[float] = field(default_factory=list)
     reported: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of each fenced step (ack, catch_up, move)
+    attempts: int = 1  # fences raised for this move (the pauses are those of all of them)
 
     @property
     def missing(self) -> list[str]:
@@ -274,12 +275,15 @@ class FenceSummary:
             "pause_p99_seconds": round(self.percentile(0.99), 4),
             "pause_max_seconds": round(max(self.pauses, default=0.0), 4),
             "steps_seconds": self.steps,
+            "attempts": self.attempts,
         }
 
     def line(self) -> str:
         ms = 1000
         return (
-            f"fence: {len(self.acked)}/{len(self.members)} instance(s) acknowledged, "
+            ("" if self.attempts == 1 else f"fence (attempt {self.attempts}): ")
+            + ("fence: " if self.attempts == 1 else "")
+            + f"{len(self.acked)}/{len(self.members)} instance(s) acknowledged, "
             f"held {self.held_seconds * ms:.0f} ms "
             f"(timeout {self.timeout * ms:.0f} ms); {len(self.pauses)} write(s) paused: p50 "
             f"{self.percentile(0.5) * ms:.1f} ms, p99 {self.percentile(0.99) * ms:.1f} ms, "

@@ -80,6 +80,13 @@ def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **
 
 
 def _fence_timeout(fn: Any) -> Any:
+    fn = click.option(
+        "--fence-attempts",
+        type=click.IntRange(1, 10),
+        default=3,
+        show_default=True,
+        help="fences raised before giving up (the writes flow for a second in between)",
+    )(fn)
     return click.option(
         "--fence-timeout",
         type=float,
@@ -152,6 +159,7 @@ def cutover_flip(
     dry_run: bool,
     report_path: str | None,
     fence_timeout: float,
+    fence_attempts: int,
     hook: tuple[str, ...],
     **cfg: Any,
 ) -> None:
@@ -168,12 +176,12 @@ def cutover_flip(
         if postpone and not force and not dry_run:
             out = flip_postponed(
                 backends, tables, deadline=deadline, poll=poll, echo=click.echo, hook=hook, config=config,
-                reason=reason, fence_timeout=timeout,
+                reason=reason, fence_timeout=timeout, fence_attempts=fence_attempts,
             )  # fmt: skip
         else:
             out = flip(
                 backends, tables, force=force, reason=reason, hook=hook, config=config, fence_timeout=timeout,
-                dry_run=dry_run,
+                dry_run=dry_run, fence_attempts=fence_attempts,
             )  # fmt: skip
     finally:
         backends.close()
@@ -199,6 +207,7 @@ def cutover_rollback(
     force: bool,
     reason: str,
     fence_timeout: float,
+    fence_attempts: int,
     report_path: str | None,
     hook: tuple[str, ...],
 ) -> None:
@@ -211,7 +220,10 @@ def cutover_rollback(
     tables = load_tables(settings, reflect)
     backends = open_backends(settings)
     try:
-        out = rollback(backends, tables, to=to, force=force, reason=reason, hook=hook, fence_timeout=timeout)
+        out = rollback(
+            backends, tables, to=to, force=force, reason=reason, hook=hook, fence_timeout=timeout,
+            fence_attempts=fence_attempts,
+        )  # fmt: skip
     finally:
         backends.close()
     _print_outcome(out, report_path)

@@ -31,6 +31,8 @@ UNDER_FENCE = ("outbox_drained", "replay_lag")
 SWITCH_RESERVE = 0.25
 # Before raising the fence: up to SETTLE_SECONDS for the backlog to be this small (nothing is held then).
 SETTLE_SECONDS, SETTLED_EVENTS = 3.0, 5
+# A fence that did not hold is tried again, this many times in all, the writes flowing in between.
+FENCE_ATTEMPTS, BETWEEN_ATTEMPTS = 3, 1.0
 
 
 def needs_fence(src: str, dst: str) -> bool:
@@ -44,6 +46,7 @@ class FencedMove:
     summary: FenceSummary | None
     blocked: str = ""
     conditions: list[Condition] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)  # why the earlier attempts gave up
 
 
 def caught_up(backends: Backends, tables: Tables, cfg: GateConfig) -> list[Condition]:
@@ -117,6 +120,38 @@ def fenced_move(
     finally:
         fence.lift()
         fence.collect(wait=1.0)
+
+
+def fenced_move_retried(
+    backends: Backends,
+    tables: Tables,
+    label: str,
+    move: Callable[[], None],
+    *,
+    config: GateConfig,
+    timeout: float = DEFAULT_TIMEOUT,
+    force: bool = False,
+    attempts: int = FENCE_ATTEMPTS,
+    between: float = BETWEEN_ATTEMPTS,
+) -> FencedMove:
+    """fenced_move, tried again (as gh-ost retries its cut-over lock) when the fence did not hold: the
+    writes flow for `between` seconds in between, and no attempt holds them longer than `timeout`. The
+    result's summary counts the pauses of every attempt; `earlier` says why the earlier ones gave up."""
+    earlier: list[str] = []
+    pauses: list[float] = []
+    while True:
+        done = fenced_move(backends, tables, label, move, config=config, timeout=timeout, force=force)
+        assert done.summary is not None
+        pauses += done.summary.pauses
+        if done.ok or len(earlier) + 1 >= attempts:
+            done.summary.pauses = pauses
+            done.summary.attempts = len(earlier) + 1
+            done.earlier = earlier
+            if not done.ok:
+                done.blocked = f"{done.blocked} (attempt {attempts} of {attempts}; earlier: {'; '.join(earlier)})"
+            return done
+        earlier.append(done.blocked)
+        time.sleep(between)
 
 
 def settle(backends: Backends, tables: Tables, config: GateConfig, *, within: float = SETTLE_SECONDS) -> None:

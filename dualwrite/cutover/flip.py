@@ -34,7 +34,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dualwrite import metrics
-from dualwrite.cutover.fenced import UNDER_FENCE, FencedMove, fenced_move, needs_fence, next_step, plan, routing
+from dualwrite.cutover.fenced import (
+    FENCE_ATTEMPTS,
+    UNDER_FENCE,
+    FencedMove,
+    fenced_move_retried,
+    needs_fence,
+    next_step,
+    plan,
+    routing,
+)
 from dualwrite.cutover.gate import GateConfig, GateResult, check
 from dualwrite.engines import Backends
 from dualwrite.errors import PhaseError
@@ -150,6 +159,7 @@ def _fenced(
     actor: str | None,
     config: GateConfig | None,
     fence_timeout: float,
+    fence_attempts: int = FENCE_ATTEMPTS,
 ) -> FencedMove | None:
     """Move src -> dst, behind the write fence where it needs one (None: moved without a fence)."""
     if not force:
@@ -157,7 +167,7 @@ def _fenced(
     if not needs_fence(src, dst):
         _move(backends, tables, src, dst, force=force, reason=reason, actor=actor)
         return None
-    return fenced_move(
+    return fenced_move_retried(
         backends,
         tables,
         f"{src} -> {dst}",
@@ -165,6 +175,7 @@ def _fenced(
         config=config or GateConfig(),
         timeout=fence_timeout,
         force=force,
+        attempts=fence_attempts,
     )
 
 
@@ -193,6 +204,7 @@ def flip(
     actor: str | None = None,
     fence_timeout: float = DEFAULT_TIMEOUT,
     dry_run: bool = False,
+    fence_attempts: int = FENCE_ATTEMPTS,
 ) -> FlipOutcome:
     """One phase forward if the gate passes: behind the write fence when the move needs one (then the
     outbox is judged under the fence, where no write races it). dry_run: the steps and the gate only."""
@@ -230,6 +242,7 @@ def flip(
         actor=actor,
         config=config,
         fence_timeout=fence_timeout,
+        fence_attempts=fence_attempts,
     )
     if done is not None:
         _judged_under_fence(gate, done)
@@ -242,7 +255,12 @@ def flip(
 
 def _moved(src: str, dst: str, done: FencedMove | None) -> str:
     forced_past = f" (forced past the fence: {done.blocked})" if done is not None and done.blocked else ""
-    return f"{src} -> {dst}{forced_past}"
+    retried = (
+        f" (the fence held on attempt {len(done.earlier) + 1}: {'; '.join(done.earlier)})"
+        if done and done.earlier
+        else ""
+    )
+    return f"{src} -> {dst}{forced_past}{retried}"
 
 
 def _judged_under_fence(gate: GateResult, done: FencedMove) -> None:
@@ -269,6 +287,7 @@ def rollback(
     hook: str | Sequence[str] | None = None,
     actor: str | None = None,
     fence_timeout: float = DEFAULT_TIMEOUT,
+    fence_attempts: int = FENCE_ATTEMPTS,
 ) -> FlipOutcome:
     current = backends.phases.current(fresh=True).name
     target = to or rollback_target(current)
@@ -286,6 +305,7 @@ def rollback(
         actor=actor,
         config=None,
         fence_timeout=fence_timeout,
+        fence_attempts=fence_attempts,
     )
     if done is not None and not done.ok:
         msg = f"refusing rollback {current} -> {target}: fence: {done.blocked}; the phase is unchanged (or --force)"
@@ -306,6 +326,7 @@ def flip_postponed(
     reason: str = "",
     actor: str | None = None,
     fence_timeout: float = DEFAULT_TIMEOUT,
+    fence_attempts: int = FENCE_ATTEMPTS,
 ) -> FlipOutcome:
     """Retry the (fenced) flip until it moves, a deadline, or a cancel; says what it waits for. While it
     waits it is armed: `{ns}:cutover:armed` (shown by `dualwrite status`), refreshed at every poll. After a
@@ -331,6 +352,7 @@ def flip_postponed(
                 config=config,
                 actor=actor,
                 fence_timeout=fence_timeout,
+                fence_attempts=fence_attempts,
             )
             if out.moved or out.gate is None:
                 return out
