@@ -131,3 +131,15 @@ def test_the_cli_says_what_it_works_on_and_refuses_an_unknown_source(tmp_path: P
     assert bad.returncode == 2 and "--daemon serves one source, 3 are selected" in bad.stderr, bad
     bad = cli("cutover", "cancel", "--priority", "P0")  # no project file
     assert bad.returncode == 2 and "--priority selects sources of a project file" in bad.stderr, bad
+
+
+def test_the_readme_example_is_a_valid_project_file(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Several SQLite files") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml\n") + 8)]
+    runs = load_sources(env={}, config=_file(tmp_path, example))
+    assert [(s.source, s.priority, s.pg_schema, s.namespace) for s in runs] == [
+        ("memory", 0, "memory", "myapp:memory"),
+        ("archive", 2, "archive", "myapp:archive"),
+    ]
+    assert runs[1].reflect and runs[0].metadata == "myapp.memory:Base"
