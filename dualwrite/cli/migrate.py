@@ -51,6 +51,12 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the JSON report here")
 @click.option("--rejects", "rejects_dir", default="migrate-rejects", show_default=True, help="reject dir")
 @click.option("--on-error", type=click.Choice(["reject", "stop"]), default="reject", show_default=True)
+@click.option(
+    "--max-rejects",
+    type=Count(0),
+    default=None,
+    help="stop (after the current chunk, exit 1; then --resume) once more rows than this were rejected",
+)
 @click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
 @click.option("--chunk-size", default=25_000, show_default=True, type=Count(1, 10_000_000))
 @click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")
@@ -74,6 +80,7 @@ def command(
     report_path: str | None,
     rejects_dir: str,
     on_error: str,
+    max_rejects: int | None,
     resume: bool,
     chunk_size: int,
     versioned: bool,
@@ -106,7 +113,7 @@ def command(
         sys.exit(
             many.migrate_sources(
                 sources, said, report_path=report_path, dry_run=dry_run, rejects_dir=rejects_dir,
-                on_error=on_error, resume=resume, chunk_size=chunk_size, versioned=versioned,
+                on_error=on_error, max_rejects=max_rejects, resume=resume, chunk_size=chunk_size, versioned=versioned,
                 keep_state=keep_state, max_chunks=max_chunks, **kw,
             )
         )  # fmt: skip
@@ -124,6 +131,7 @@ def command(
             dry_run=dry_run,
             rejects_dir=rejects_dir,
             on_error=on_error,
+            max_rejects=max_rejects,
             resume=resume,
             chunk_size=chunk_size,
             versioned=versioned,
@@ -169,6 +177,9 @@ def command(
             click.echo(f"view {v['name']}: not created ({v.get('error')}); recreate it by hand", err=True)
     if outcome.rejects_file and any(t["rejected"] for t in outcome.tables):
         click.echo(f"rejected rows: {outcome.rejects_file}")
+    if outcome.over_max_rejects:
+        click.echo(f"migrate: stopped, more than --max-rejects {max_rejects} row(s) rejected; run again with --resume")
+        sys.exit(1)
     if outcome.status == "stopped":
         click.echo("migrate: stopped; run again with --resume")
         sys.exit(3)

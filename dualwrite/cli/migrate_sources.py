@@ -135,7 +135,7 @@ def migrate_sources(sources: list[Settings], said: str, *, report_path: str | No
     stop = _stop_on_signal()
     rejects_dir = kw.pop("rejects_dir")
     results: list[tuple[Settings, Any]] = []
-    code = 0
+    code = rejected = 0
     for i, s in enumerate(sources, 1):
         click.echo(f"[{i}/{len(sources)}] {_label(s)}: {s.sqlite_path} -> schema {s.pg_schema}")
         opts = Options(
@@ -154,16 +154,24 @@ def migrate_sources(sources: list[Settings], said: str, *, report_path: str | No
             raise ConfigError(f"{_label(s)}: {exc}") from None
         results.append((s, outcome))
         hard = [x for x in outcome.indexes + outcome.foreign_keys if not x.get("created")]
+        if outcome.over_max_rejects:
+            code = 1
+            break
         if outcome.status == "stopped":
             code = 3
             break
-        code = max(code, 0 if outcome.verified and not hard else 1)
+        rejected += sum(int(t["rejected"] or 0) for t in outcome.tables)
+        code = max(code, 0 if outcome.verified and not hard and not rejected else 1)
     click.echo(summary_table(results))
     for s, outcome in results:
         for note in outcome.plan.notes:
             click.echo(f"note: {s.source}: {note}")
     write_report(report_path, {"verified": code == 0, "sources": [_entry(s, o) for s, o in results]})
     verdict = {0: "every table of every source verified", 1: "NOT verified", 3: "stopped; run again with --resume"}
+    if code == 1 and all(o.verified for _s, o in results):  # verified: read = written + rejected
+        verdict[1] = f"every table of every source verified; {rejected} row(s) rejected: see {rejects_dir}"
+    if results and results[-1][1].over_max_rejects:
+        verdict[1] = "stopped, more than --max-rejects row(s) rejected; run again with --resume"
     click.echo(f"migrate: {verdict[code]}")
     return code
 

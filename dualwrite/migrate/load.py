@@ -58,6 +58,7 @@ class Options:
     chunk_size: int = 25_000
     versioned: bool = False  # claim _dw_versions per row (the apply rule) instead of a plain COPY
     max_chunks: int | None = None  # stop after this many chunks (then --resume)
+    max_rejects: int | None = None  # stop the copy once more rows than this were rejected (then --resume)
     should_stop: Callable[[], bool] = lambda: False
     state_schema: str = "_dualwrite"  # where the migration's own tables live (see state.py)
     keep_state: bool = False  # keep them after success (they always stay after a stop, for --resume)
@@ -73,6 +74,7 @@ class Outcome:
     views: list[dict[str, Any]] = field(default_factory=list)
     sequences: list[dict[str, Any]] = field(default_factory=list)
     rejects_file: str | None = None
+    over_max_rejects: bool = False  # stopped because more rows than --max-rejects were rejected
     state: str = "kept"  # what became of the migration's own tables: dropped | kept (why)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
@@ -222,19 +224,24 @@ def run(opts: Options) -> Outcome:
         t0 = time.perf_counter()
         _create(pg, plan, opts)
         out.phases["create"] = time.perf_counter() - t0
+        rejects = MigrateRejects(reject_path, stop=opts.on_error == "stop")
+
+        def over() -> bool:
+            return opts.max_rejects is not None and rejects.count > opts.max_rejects
+
         copier = MigrateCopier(
             src,
             pg,
             chunk_size=opts.chunk_size,
-            rejects=MigrateRejects(reject_path, stop=opts.on_error == "stop"),
-            should_stop=opts.should_stop,
+            rejects=rejects,
+            should_stop=lambda: opts.should_stop() or over(),
             plans={p.name: p for p in plan.tables},
             versioned=opts.versioned,
         )
         reports = {r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)}
         out.phases["copy"] = time.perf_counter() - t0 - out.phases["create"]
         if len(reports) < len(plan.tables) or any(r.status != "done" for r in reports.values()):
-            out.status = "stopped"
+            out.status, out.over_max_rejects = "stopped", over()
             out.tables = [_summary(p, reports.get(p.name), None) for p in plan.tables]
             return out
         with pg.begin() as conn:

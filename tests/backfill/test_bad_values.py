@@ -115,3 +115,12 @@ def test_migrate_rejects_the_three_rows_and_exits_1(dirty: DualWriter, settings:
         assert "3 row(s) rejected" in res.output and "Traceback" not in res.output, res.output
         _assert_three_rejected(_rejects(out / "rejects.jsonl"), "bv_items")
         assert _pg_ids(PG_ADMIN_URL, schema, "bv_items") == set(range(1, ROWS + 1)) - set(BAD)
+
+
+def test_migrate_max_rejects_stops_early(dirty: DualWriter, settings: Settings, tmp_path, uid) -> None:  # type: ignore[no-untyped-def]
+    with fresh_schema(f"n{uid}") as schema:
+        argv = ["migrate", "--sqlite", str(settings.sqlite_path), "--postgres", PG_ADMIN_URL, "--pg-schema", schema]
+        argv += ["--state-schema", state_schema_for(schema), "--rejects", str(tmp_path / "r"), "--tables", "bv_items"]
+        res = CliRunner().invoke(main, [*argv, "--chunk-size", "8", "--max-rejects", "0"])
+        assert res.exit_code == 1 and "more than --max-rejects 0" in res.output, res.output
+        assert _pg_ids(PG_ADMIN_URL, schema, "bv_items") == set(range(1, 9)) - {5}  # the first chunk only
