@@ -90,16 +90,17 @@ def _pnames(priorities: list[int]) -> str:
     return ",".join(f"P{p}" for p in priorities)
 
 
-def find(config: str | None, env: dict[str, str]) -> Path | None:
-    """The project file: --config, else DUALWRITE_CONFIG (each must exist), else ./dualwrite.toml if present."""
+def find(config: str | None, env: dict[str, str], *, here: bool = True) -> Path | None:
+    """The project file: --config, else DUALWRITE_CONFIG (each must exist), else ./dualwrite.toml if present
+    (and `here`: not for a caller that gave its own environment)."""
     for value, origin in ((config, "--config"), (env.get("DUALWRITE_CONFIG"), "DUALWRITE_CONFIG")):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
                 raise ConfigError(f"{origin}: project file {str(path)!r} does not exist")
             return path
-    here = Path.cwd() / FILE_NAME
-    return here if here.is_file() else None
+    found = Path.cwd() / FILE_NAME
+    return found if here and found.is_file() else None
 
 
 def parse_priority(value: object, where: str) -> int:

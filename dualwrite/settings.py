@@ -274,9 +274,10 @@ def load_settings(
     env: dict[str, str] | None = None, *, source: str | None = None, config: str | None = None, **flags: object
 ) -> Settings:
     """Settings from flags (non-None values win), then the environment, then the project file (its
-    `source`, then its [dualwrite] table), then defaults."""
-    env = dict(os.environ if env is None else env)
-    project = _project(config, env)
+    `source`, then its [dualwrite] table), then defaults. An `env` given (even {}) is the whole
+    environment: no ./dualwrite.toml is looked for then, only `config`."""
+    ambient, env = env is None, dict(os.environ if env is None else env)
+    project = _project(config, env, ambient)
     if source is None:
         return _build(env, flags, project, None)
     if project is None:
@@ -295,8 +296,8 @@ def load_sources(
     """One Settings per selected source of the project file (by name, by priority, or all), in priority
     order; without a project file that declares sources, the one Settings of load_settings (a
     --source is then refused; `priorities` are left to the command, e.g. backfill's table filter)."""
-    env = dict(os.environ if env is None else env)
-    project = _project(config, env)
+    ambient, env = env is None, dict(os.environ if env is None else env)
+    project = _project(config, env, ambient)
     if project is None or not project.sources:
         if source is not None:
             where = f"{project.path} declares no [sources.*]" if project else "no project file"
@@ -314,10 +315,10 @@ def load_sources(
     return [_build(env, flags, project, s) for s in chosen]
 
 
-def _project(config: str | None, env: dict[str, str]) -> Any:
+def _project(config: str | None, env: dict[str, str], ambient: bool) -> Any:
     from dualwrite import project
 
-    path = project.find(config, env)
+    path = project.find(config, env, here=ambient)
     return project.load(path) if path is not None else None
 
 

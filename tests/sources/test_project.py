@@ -3,6 +3,7 @@ selection (one, a priority, all in priority order), and one clear line naming th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,13 @@ def test_the_readme_example_is_a_valid_project_file(tmp_path: Path) -> None:
         ("archive", 2, "archive", "myapp:archive"),
     ]
     assert runs[1].reflect and runs[0].metadata == "myapp.memory:Base"
+
+
+def test_the_working_directory_file_is_found_only_from_the_real_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("DUALWRITE_")]:  # the real environment, minus ours
+        monkeypatch.delenv(name)
+    assert [s.source for s in load_sources()] == ["memory", "graph", "archive"]  # ./dualwrite.toml
+    isolated = load_sources(env={})  # a caller's own environment (the bench, tests): nothing ambient
+    assert len(isolated) == 1 and isolated[0].source is None and isolated[0].namespace == "dualwrite"
