@@ -227,34 +227,3 @@ def worker_lines(
         return live_workers(client, namespace, postgres), read_overrides(client, namespace), None
     except redis.RedisError as exc:
         return [], {}, f"workers: unknown (redis: {exc})"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-def render(rows: list[TableProgress], workers: list[dict[str, Any]], limits: dict[str, str]) -> list[str]:
-    lines = [f"{'table':30} {'done':>10}/{'total':<10} {'%':>6} {'rows/s':>9} {'ETA':>7}  {'state':8} rejected"]
-    for r in rows:
-        total = "?" if r.total is None else str(r.total)
-        pct = "-" if r.percent is None else f"{r.percent:.1f}"
-        rate = "-" if r.rows_per_second is None else f"{r.rows_per_second:.0f}"
-        lines.append(
-            f"{r.table:30} {r.done:>10}/{total:<10} {pct:>6} {rate:>9} {duration(r.eta_seconds):>7}"
-            f"  {r.state:8} {r.rejected}"
-        )
-    if not workers:
-        lines.append("workers: none running")
-    for w in workers:
-        throttle = f"throttled: {w['throttle']} since {w['throttled_since']}" if w.get("throttle") else "not throttled"
-        own = " ".join(f"{k}={v}" for k, v in sorted((w.get("limits") or {}).items()))
-        lines.append(f"worker {w.get('worker')}: {w.get('activity')}, {throttle}{'; ' + own if own else ''}")
-    lines.append("live limits: " + (" ".join(f"{k}={v}" for k, v in sorted(limits.items())) or "none"))
-    return lines

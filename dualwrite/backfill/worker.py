@@ -56,6 +56,7 @@ class RunOptions:
     lease_ttl_s: float = 300.0
     max_rejects: int | None = None  # stop the copy once more rows than this were rejected
     tty: bool = False
+    progress_every_s: float = 5.0  # a copy line per table and a replay status line at most this often
     # (every_s, fn): run while the worker lives, in a thread of its own (the CLI adds the gate's export,
     # which this layer cannot import); a failing fn is logged and tried again next time
     periodic: Sequence[tuple[float, Callable[[], object]]] = ()
@@ -118,7 +119,7 @@ def run(
     )
     throttle.on_chunk_size = lambda n: setattr(copier, "chunk_size", n)
     throttle.refresh(force=True)  # live limits set before this worker started apply from its first chunk
-    replayer = Replayer(backends, tables, group=opts.group, consumer=name)
+    replayer = Replayer(backends, tables, group=opts.group, consumer=name, report_every_s=opts.progress_every_s)
     metrics.prime(tables=[t.name for t in copy])
     names = [t.name for t in copy]
 
@@ -148,7 +149,7 @@ def run(
         if opts.replay:  # before copying, so the events written during the copy are kept for this group
             replayer.ensure_group()
         reports = []
-        with CopyProgress(opts.tty) as progress:
+        with CopyProgress(opts.tty, opts.progress_every_s) as progress:
             book.progress = progress.update
             for table in copy:
                 if stop():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import OperationalError
 
+from dualwrite.cli.backfill_status import status
 from dualwrite.cli.options import (
     MILLIS,
     PORT,
@@ -120,6 +121,14 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
     default=None,
     help="address /metrics listens on (default 127.0.0.1; 0.0.0.0 in a container) [DUALWRITE_METRICS_HOST]",
 )
+@click.option(
+    "--progress-every",
+    "progress_every",
+    type=SECONDS,
+    default=5.0,
+    show_default=True,
+    help="seconds between progress lines (copy per table, replay: applied, backlog, lag, ETA)",
+)
 @click.option("--dry-run", is_flag=True, help="read, count and validate every row against Postgres; write nothing")
 @click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write a JSON report here")
 @click.pass_context
@@ -145,6 +154,7 @@ def run(
     lease_ttl: float,
     metrics_port: int | None,
     metrics_host: str | None,
+    progress_every: float,
     dry_run: bool,
     report_path: str | None,
 ) -> None:
@@ -194,6 +204,7 @@ def run(
                 lease_ttl_s=lease_ttl,
                 max_rejects=max_rejects,
                 tty=tty,
+                progress_every_s=progress_every,
             )
             report |= run_worker(backends, tables, opts, stop, copy=selected.tables())
     except Exception as exc:  # noqa: BLE001 - one line and exit 1; the log above has the table and range
@@ -272,33 +283,7 @@ def _dry_run(
     }
 
 
-@backfill.command()
-@tables_options
-@connection_options
-@click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the status as JSON here")
-def status(settings: Settings, reflect: bool, report_path: str | None) -> None:
-    """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling."""
-    import redis
-
-    from dualwrite.backfill.progress import render, table_progress, worker_lines
-    from dualwrite.engines import pg_engine, sqlite_read_engine
-
-    check_report_path(report_path)
-    tables = load_tables(settings, reflect)
-    pg = pg_engine(settings, pool_size=1)
-    sq = sqlite_read_engine(settings.sqlite_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    try:
-        workers, limits, redis_error = worker_lines(client, settings.namespace, pg)
-        rows = table_progress(pg, sq, tables.tables(), workers_alive=bool(workers) or redis_error is not None)
-    finally:
-        pg.dispose()
-        sq.dispose()
-    for line in render(rows, workers, limits):
-        click.echo(line)
-    if redis_error:
-        click.echo(mask_text(redis_error))
-    write_report(report_path, {"tables": [r.as_dict() for r in rows], "workers": workers, "live_limits": limits})
+backfill.add_command(status)
 
 
 @backfill.command()

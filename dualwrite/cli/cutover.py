@@ -9,6 +9,7 @@ from typing import Any
 import click
 import redis
 
+from dualwrite.cli import next_steps, render
 from dualwrite.cli.options import (
     REPORT_PATH,
     FiniteFloat,
@@ -16,6 +17,7 @@ from dualwrite.cli.options import (
     connection_options,
     load_tables,
     open_backends,
+    phase_doc,
     phase_lines,
     retention_options,
     tables_options,
@@ -53,8 +55,9 @@ def cutover() -> None:
 def _print_gate(gate: Any) -> None:
     verdict = "PASS" if gate.ok else "OPEN (the outbox is judged under the write fence)" if gate.open else "FAIL"
     click.echo(f"gate {gate.current} -> {gate.target}: {verdict}")
-    for c in gate.conditions:
-        click.echo("  " + mask_text(c.line()))
+    if gate.conditions:
+        rows = [["PASS" if c.ok else "FAIL", c.name, c.value, c.detail] for c in gate.conditions]
+        render.table(["result", "condition", "value", "detail"], rows, left=2, text_last=True)
 
 
 @cutover.command("check")
@@ -62,8 +65,9 @@ def _print_gate(gate: Any) -> None:
 @connection_options
 @_gate_options
 @click.option("--report", "report_path", default=None, type=REPORT_PATH)
-def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **cfg: Any) -> None:
-    """Evaluate the gate for the next phase. Exit 0 pass, 1 fail."""
+@render.json_option
+def cutover_check(settings: Settings, reflect: bool, report_path: str | None, as_json: bool, **cfg: Any) -> None:
+    """Evaluate the gate for the next phase, with what to run next. Exit 0 pass, 1 fail."""
     from dualwrite.cutover.gate import check
 
     check_report_path(report_path)
@@ -74,8 +78,13 @@ def cutover_check(settings: Settings, reflect: bool, report_path: str | None, **
         gate = check(backends, tables, None, config)
     finally:
         backends.close()
-    _print_gate(gate)
+    steps = next_steps.after_gate(gate, next_steps.tables_flag(reflect))
     write_report(report_path, gate.to_dict())
+    if as_json:
+        render.emit_json(gate.to_dict() | {"next_steps": steps})
+    else:
+        _print_gate(gate)
+        render.next_steps(steps)
     sys.exit(0 if gate.open else 1)
 
 
@@ -248,9 +257,11 @@ def cutover_cancel(settings: Settings) -> None:
 @retention_options
 @all_sources
 @_gate_options
-def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, **cfg: Any) -> None:
-    """Phase, recent history, the gate for the next phase and the shadow counts; with a project file's
-    sources, one row per selected source (phase, gate, verification freshness)."""
+@render.json_option
+def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, as_json: bool, **cfg: Any) -> None:
+    """Phase, recent history, the gate for the next phase, the shadow counts, the stream and outboxes, and
+    what to run next (--json: the same as one document); with a project file's sources, one row per
+    selected source (phase, gate, verification freshness). Exit 1 when a phase is unknown."""
     from dualwrite.cutover.gate import check
     from dualwrite.shadow.records import read_counts
     from dualwrite.tables import Tables
@@ -259,15 +270,25 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
         from dualwrite.cli.sources_status import print_sources, source_rows
 
         rows = source_rows(sources, _config(**cfg))
-        print_sources(rows)
+        if as_json:
+            render.emit_json({"sources": rows, "next_steps": _source_steps(rows)})
+        else:
+            print_sources(rows)
         sys.exit(0 if all(r["phase"] != "unknown" for r in rows) else 1)
     tables = load_tables(settings, reflect, required=False)
     backends = open_backends(settings)
     try:
-        lines, known = phase_lines(backends)
-        for line in lines:
-            click.echo(mask_text(line))
+        phase: dict[str, Any] = {}
+        if as_json:
+            phase = phase_doc(backends)
+            known = phase["known"]
+        else:
+            lines, known = phase_lines(backends)
+            for line in lines:
+                click.echo(mask_text(line))
         if not known:  # no source of the phase answers: nothing below could be judged either
+            if as_json:
+                render.emit_json({"phase": phase, "next_steps": [f"dualwrite doctor{next_steps.tables_flag(reflect)}"]})
             sys.exit(1)
         from dualwrite.cutover.flip import read_armed
 
@@ -275,24 +296,43 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, *
             armed = read_armed(backends.redis, settings.namespace)
         except redis.RedisError:
             armed = None  # said below, once
-        if armed:
+        if armed and not as_json:
             left = "" if armed.get("deadline_in") is None else f", {armed['deadline_in']:.0f}s left"
             click.echo(
                 f"armed: flip --postpone {armed['from']} -> {armed['to']} (pid {armed['pid']}, since {armed['since']}"
                 f"{left}; cancel: `dualwrite cutover cancel`): waiting for {mask_text(str(armed['waiting']))}"
             )
-        click.echo(_fence_line(backends.redis, settings.namespace))
-        _print_gate(check(backends, tables if tables is not None else Tables([]), None, _config(**cfg)))
+        fence = _fence_line(backends.redis, settings.namespace)
+        if not as_json:
+            click.echo(fence)
+        gate = check(backends, tables if tables is not None else Tables([]), None, _config(**cfg))
+        redis_error = None
         try:
             counts = read_counts(backends.redis, settings.namespace)
-            click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
-            for line in _bounded_state(backends):
-                click.echo(mask_text(line))
+            bounded = _bounded_state(backends)
         except redis.RedisError as exc:  # the phase came from its record; what only Redis holds is unknown
-            click.echo(mask_text(f"shadow, stream: unknown (redis: {exc})"))
-            sys.exit(1)
+            counts, bounded, redis_error = {}, [], f"shadow, stream: unknown (redis: {exc})"
     finally:
         backends.close()
+    steps = next_steps.after_gate(gate, next_steps.tables_flag(reflect))
+    if as_json:
+        doc = {"phase": phase, "armed": armed, "fence": fence, "gate": gate.to_dict(), "shadow": counts}
+        render.emit_json(doc | {"stream_and_outboxes": bounded, "redis_error": redis_error, "next_steps": steps})
+        sys.exit(1 if redis_error else 0)
+    _print_gate(gate)
+    if redis_error:
+        click.echo(mask_text(redis_error))
+    else:
+        click.echo("shadow: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no comparisons"))
+        for line in bounded:
+            click.echo(mask_text(line))
+    render.next_steps(steps)
+    sys.exit(1 if redis_error else 0)
+
+
+def _source_steps(rows: list[dict[str, Any]]) -> list[str]:
+    """Per source whose gate fails or phase is unknown: its own status, which names its next steps."""
+    return [f"dualwrite status --source {r['source']}" for r in rows if not r.get("ok")]
 
 
 def _fence_line(client: Any, namespace: str) -> str:

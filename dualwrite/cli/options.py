@@ -330,6 +330,36 @@ def phase_lines(backends: Any, *, history: int = 5) -> tuple[list[str], bool]:
     return lines, True
 
 
+def phase_doc(backends: Any, *, history: int = 5) -> dict[str, Any]:
+    """phase_lines as data, for --json: the phase (name None when unknown, with the reason), where it
+    comes from, the record on each database, Redis' copy, and the recent history."""
+    import redis
+
+    from dualwrite.errors import PhaseUnknownError
+
+    phases = backends.phases
+    try:
+        p = phases.current(fresh=True)
+    except PhaseUnknownError as exc:
+        return {"name": None, "known": False, "error": str(exc)}
+    doc: dict[str, Any] = {
+        "name": p.name,
+        "known": True,
+        "primary": p.primary,
+        "reads": p.reads,
+        "shadow": p.shadow,
+        "epoch": phases.epoch,
+        "source": phases.source,
+    }
+    if phases.record is not None:
+        doc["record"] = {side: _copy(found) for side, found in phases.record.read_sides().items()}
+    try:
+        doc["history"] = phases.history(history)
+    except redis.RedisError as exc:
+        doc["history"], doc["history_error"] = [], f"redis: {exc}"
+    return doc
+
+
 def _copy(found: Any) -> str:
     """One side's record for a status line: phase@epoch, none recorded, or why it could not be read."""
     if isinstance(found, str):

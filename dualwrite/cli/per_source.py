@@ -33,12 +33,14 @@ def selection(runs: list[Settings], source: str | None, wanted: list[str]) -> st
 
 def run_per_source(fn: Callable[..., Any], runs: list[Settings], said: str, args: Any, kw: dict[str, Any]) -> None:
     """Run the command for each source in turn (a failure of one does not stop the next); its --report
-    gets the source's name; the exit code is the worst of them."""
-    click.echo(f"dualwrite: {said}")
+    gets the source's name; the exit code is the worst of them. With --json the headers go to stderr:
+    stdout is then one JSON document per line, one per source."""
+    to_stderr = bool(kw.get("as_json"))
+    click.echo(f"dualwrite: {said}", err=to_stderr)
     worst = 0
     for settings in runs:
         if len(runs) > 1:
-            click.echo(f"== source {settings.source} (P{settings.priority}) ==")
+            click.echo(f"== source {settings.source} (P{settings.priority}) ==", err=to_stderr)
         each = dict(kw)
         if len(runs) > 1 and each.get("report_path"):
             path = Path(each["report_path"])

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from dualwrite.cli import next_steps, render
 from dualwrite.cli.options import (
     SECONDS,
     Count,
@@ -60,14 +61,15 @@ def _rowid_reader(settings: Settings, views: list[str]) -> Any:
     return engine
 
 
-def _confirm_fix(plans: list[Any], yes: bool) -> bool:
+def _confirm_fix(plans: list[Any], yes: bool, progress: render.Progress) -> bool:
     """Say what --fix will change, table by table; ask on a terminal, refuse without --yes otherwise."""
     touched = [p for p in plans if not p.empty]
     if not touched:
         return True
     parts = ", ".join(f"{p.table}: {len(p.upserts)} re-applied, {len(p.deletes)} deleted" for p in touched)
     what = f"re-apply rows from SQLite to Postgres and delete extra rows dualwrite wrote ({parts})"
-    confirm_destructive("fix", what, yes)
+    with progress.paused():
+        confirm_destructive("fix", what, yes)
     return True
 
 
@@ -91,6 +93,7 @@ def _confirm_fix(plans: list[Any], yes: bool) -> bool:
     show_default=True,
     help="re-check differing keys after",
 )
+@render.json_option
 def verify(
     settings: Settings,
     reflect: bool,
@@ -101,10 +104,12 @@ def verify(
     fix_unowned: bool,
     segment_rows: int,
     recheck_delay: float,
+    as_json: bool,
 ) -> None:
-    """Compare every row of SQLite and Postgres (checksums over key ranges, bisection).
-    Exit 0 identical, 1 differences found, 2 error. --fix says what it would change and asks (--yes: not);
-    it touches only rows dualwrite wrote (others are listed as unowned) unless --fix-unowned."""
+    """Compare every row of SQLite and Postgres (checksums over key ranges, bisection); progress per table
+    with its ETA on stderr. Exit 0 identical, 1 differences found, 2 error. --fix says what it would change
+    and asks (--yes: not); it touches only rows dualwrite wrote (others are listed as unowned) unless
+    --fix-unowned."""
     from dualwrite.engines import check_postgres
     from dualwrite.migrate.schema import ROWID_COLUMN
     from dualwrite.verify.verifier import verify_backends
@@ -118,48 +123,61 @@ def verify(
     backends = open_backends(settings)
     sqlite = _rowid_reader(settings, chosen.rowid_views())
     try:
-        report = verify_backends(
-            backends,
-            chosen.tables(),
-            fix=fix,
-            fix_unowned=fix_unowned,
-            confirm=lambda plans: _confirm_fix(plans, yes),
-            sqlite=sqlite,
-            segment_rows=segment_rows,
-            recheck_delay=recheck_delay,
-        )
+        with render.Progress("verify") as progress:
+            report = verify_backends(
+                backends,
+                chosen.tables(),
+                fix=fix,
+                fix_unowned=fix_unowned,
+                confirm=lambda plans: _confirm_fix(plans, yes, progress),
+                sqlite=sqlite,
+                segment_rows=segment_rows,
+                recheck_delay=recheck_delay,
+                progress=progress.update,
+            )
     finally:
         backends.close()
         if sqlite is not None:
             sqlite.dispose()
+    steps = next_steps.after_verify(report, next_steps.tables_flag(reflect), fixed=fix)
+    write_report(report_path, report.to_dict())
+    if as_json:
+        render.emit_json(report.to_dict() | {"next_steps": steps})
+    else:
+        _print(report, fix, report_path)
+        render.next_steps(steps)
+    sys.exit(2 if report.errored else (0 if report.clean else 1))
+
+
+def _print(report: Any, fix: bool, report_path: str | None) -> None:
+    """One row per table (the clean ones on one line when there are many), what differs, the verdict."""
     clean = [t.table for t in report.tables if t.clean and not t.error]
-    many = len(report.tables) > SHOWN_TABLES
-    for t in report.tables:
-        if many and t.table in clean:
-            continue  # listed on one line below
+    shown = [t for t in report.tables if not (len(report.tables) > SHOWN_TABLES and t.table in clean)]
+    columns = ["table", "state", "sqlite", "postgres", "missing", "extra", "differing", "queries", "seconds"]
+    rows = []
+    for t in shown:
         state = "ERROR" if t.error else ("clean" if t.clean else "DIFFERENT")
-        click.echo(
-            f"{t.table:30} {state:9} sqlite={t.sqlite_rows} postgres={t.postgres_rows} "
-            + " ".join(f"{k}={n}" for k, n in t.counts().items())
-            + f" queries={t.queries} {t.seconds:.1f}s"
-            + (f" fixed={t.fixed} stale={t.stale}" if fix else "")
-        )
+        n = t.counts()
+        rows.append([t.table, state, t.sqlite_rows, t.postgres_rows, n["missing"], n["extra"], n["differing"]])
+        rows[-1] += [t.queries, f"{t.seconds:.1f}"] + ([t.fixed, t.stale] if fix else [])
+    if rows:
+        render.table(columns + (["fixed", "stale"] if fix else []), rows, left=2)
+    for t in shown:
         if t.error:
-            click.echo(f"  {mask_text(t.error)}")
+            click.echo(f"{t.table}: {mask_text(t.error)}")
         if t.unowned:
             more = " ..." if len(t.unowned) > 10 else ""
-            click.echo(f"  not fixed, dualwrite never wrote them (--fix-unowned): {', '.join(t.unowned[:10])}{more}")
+            unowned = ", ".join(t.unowned[:10])
+            click.echo(f"{t.table}  not fixed, dualwrite never wrote them (--fix-unowned): {unowned}{more}")
         found = []
         for kind in ("missing", "extra", "differing"):
             keys = getattr(t, kind)
             if kind == "differing":  # each key with the columns that differ
                 keys = [f"{k} ({', '.join(t.columns.get(k, []))})" for k in keys]
             if keys:
-                found.append(f"{kind} {', '.join(mask_text(k) for k in keys[:5])}{' ...' if len(keys) > 5 else ''}")
+                found.append(f"{kind}: {', '.join(mask_text(k) for k in keys[:5])}{' ...' if len(keys) > 5 else ''}")
         if found:
-            click.echo("  " + "; ".join(found))
-    if many and clean:
+            click.echo(f"{t.table}  " + "; ".join(found))
+    if len(shown) < len(report.tables):
         click.echo(f"clean: {len(clean)} table(s): {', '.join(clean)}")
     click.echo(_verdict(report, clean, report_path))
-    write_report(report_path, report.to_dict())
-    sys.exit(2 if report.errored else (0 if report.clean else 1))

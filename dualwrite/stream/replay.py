@@ -33,6 +33,7 @@ from dualwrite.events import ChangeEvent
 from dualwrite.retry import OUTAGE_ERRORS, outage, poison_event
 from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
 from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
+from dualwrite.stream.replay_lines import ReplayLines
 from dualwrite.stream.retention import StreamTrimmer
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Replayer:
     target: str = "postgres"
     lag_every_s: float = 0.5  # while busy, the lag gauges are refreshed at most this often (a round trip each)
     trim_every_s: float = 1.0
+    report_every_s: float | None = None  # run() logs a status line this often (replay_lines); None: never
     stats: ReplayStats = field(default_factory=ReplayStats)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,7 @@ class Replayer:
         self.lag: tuple[int, int] | None = None  # (undelivered, pending) at the last update_lag()
         self.trimmer = StreamTrimmer(self.client, self.key, self.backends.settings.stream_retention)
         self._trim_at = float("-inf")
+        self.lag_seconds = 0.0  # behind the newest applied event's commit time, at the last update_lag()
 
     def ensure_group(self) -> None:
         try:
@@ -249,9 +252,10 @@ class Replayer:
         metrics.REPLAY_LAG_EVENTS.set(lag + pending)
         metrics.REPLAY_PENDING.set(pending)
         if lag + pending == 0 or self._last_ts is None:
-            metrics.REPLAY_LAG_SECONDS.set(0)
+            self.lag_seconds = 0.0
         else:
-            metrics.REPLAY_LAG_SECONDS.set(max(0.0, (datetime.now(UTC) - self._last_ts).total_seconds()))
+            self.lag_seconds = max(0.0, (datetime.now(UTC) - self._last_ts).total_seconds())
+        metrics.REPLAY_LAG_SECONDS.set(self.lag_seconds)
         return lag, pending
 
     def caught_up(self) -> bool:
@@ -277,11 +281,22 @@ class Replayer:
             return self.step()
 
         through_outages = outage(should_stop, on_outage)
+        lines = None if self.report_every_s is None else ReplayLines(self.report_every_s)
         while not should_stop():
             try:
                 n = through_outages(one_step)
             except OUTAGE_ERRORS:
                 break  # should_stop() while waiting out an outage
             if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
+                self._status_line(lines, force=True)
                 break
+            self._status_line(lines)
         return self.stats
+
+    def _status_line(self, lines: ReplayLines | None, force: bool = False) -> None:
+        if lines is None or self.lag is None:
+            return
+        done = self.stats.applied + self.stats.stale + self.stats.dead
+        text = lines.line(done, self.stats.dead, sum(self.lag), self.lag_seconds, force=force)
+        if text:
+            log.info("%s", text)

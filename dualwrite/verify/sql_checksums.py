@@ -33,7 +33,7 @@ Python comparison, which decides. So the fast pass may cost a bisection, never a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -261,9 +261,13 @@ def split_keys(engine: Engine, query: ChunkQuery, lo: Key | None, hi: Key | None
 
 
 def chunk_sums(
-    engine: Engine, query: ChunkQuery, ranges: Sequence[tuple[Key | None, Key | None]]
+    engine: Engine,
+    query: ChunkQuery,
+    ranges: Sequence[tuple[Key | None, Key | None]],
+    on_range: Callable[[], None] | None = None,
 ) -> list[ChunkSum]:
-    """Every range's ChunkSum in one read transaction (one snapshot, as a single scan would see)."""
+    """Every range's ChunkSum in one read transaction (one snapshot, as a single scan would see);
+    `on_range()` after each range's query (verify's progress)."""
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -277,12 +281,16 @@ def chunk_sums(
             for lo, hi in ranges:
                 cur.execute(*query.statement(lo, hi))
                 out.append(query.parse(cur.fetchone()))
+                if on_range is not None:
+                    on_range()
         else:  # hash chunk i here (hashlib drops the GIL) while SQLite aggregates chunk i+1
             with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
                 pending = []
                 for lo, hi in ranges:
                     cur.execute(*query.statement(lo, hi))
                     pending.append(pool.submit(query.parse, cur.fetchone()))
+                    if on_range is not None:
+                        on_range()
                 out = [f.result() for f in pending]
         cur.close()
         raw.rollback()

@@ -25,12 +25,9 @@ apply rule; a `confirm` callback sees every table's plan first and may refuse.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table
@@ -41,68 +38,37 @@ from dualwrite.events import key_text
 from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
 from dualwrite.verify import fix as fix_rows
 from dualwrite.verify import sql_checksums as sqlsum
+from dualwrite.verify.last import (
+    load_last,
+    load_shadow_window,
+    read_shadow_counts,
+    shadow_counts_key,
+    shadow_window_key,
+    store_last,
+    verify_key,
+)
+from dualwrite.verify.report import MAX_KEYS_REPORTED, TableReport, VerifyReport
 from dualwrite.verify.row_checksums import Key, Side, Summary
 
+__all__ = [
+    "MAX_KEYS_REPORTED",
+    "TableReport",
+    "TableVerifier",
+    "VerifyReport",
+    "load_last",
+    "load_shadow_window",
+    "read_shadow_counts",
+    "shadow_counts_key",
+    "shadow_window_key",
+    "store_last",
+    "verify_backends",
+    "verify_key",
+]
+
 log = logging.getLogger("dualwrite.verify.verifier")
-MAX_KEYS_REPORTED = 1000
+# (table, ranges summed, ranges in all) after each range of the first pass: `dualwrite verify`'s progress
+Progress = Callable[[str, int, int], None]
 SPLIT = 4  # parts a differing range is cut into per bisection step (in-database checksums)
-
-
-def verify_key(namespace: str) -> str:
-    return f"{namespace}:verify:last"
-
-
-@dataclass
-class TableReport:
-    table: str
-    sqlite_rows: int = 0
-    postgres_rows: int = 0
-    missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    differing: list[str] = field(default_factory=list)
-    columns: dict[str, list[str]] = field(default_factory=dict)  # differing key -> the columns that differ
-    queries: int = 0
-    seconds: float = 0.0
-    fixed: int = 0
-    stale: int = 0
-    unowned: list[str] = field(default_factory=list)  # differing/extra keys dualwrite never wrote: not fixed
-    error: str | None = None
-    # keys as tuples, for fix (not serialized)
-    _keys: dict[str, list[Key]] = field(default_factory=dict, repr=False)
-
-    @property
-    def clean(self) -> bool:
-        return self.error is None and not (self.missing or self.extra or self.differing)
-
-    def counts(self) -> dict[str, int]:
-        return {k: len(self._keys.get(k, getattr(self, k))) for k in ("missing", "extra", "differing")}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_keys", None)
-        d["clean"] = self.clean
-        for k in ("missing", "extra", "differing"):
-            d[f"{k}_count"] = len(self._keys.get(k, getattr(self, k)))
-            d[k] = d[k][:MAX_KEYS_REPORTED]
-        d["differing_columns"] = d.pop("columns")
-        return d
-
-
-@dataclass
-class VerifyReport:
-    tables: list[TableReport]
-    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-
-    @property
-    def clean(self) -> bool:
-        return all(t.clean for t in self.tables)
-
-    @property
-    def errored(self) -> bool:
-        return any(t.error for t in self.tables)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "clean": self.clean, "tables": [t.to_dict() for t in self.tables]}
 
 
 class TableVerifier:
@@ -117,6 +83,7 @@ class TableVerifier:
         recheck_delay: float = 0.0,
         normalizer: Normalizer = VERIFY,
         in_database: bool = True,
+        progress: Progress | None = None,
     ) -> None:
         self.table = table
         self.s = Side("sqlite", sqlite, table, normalizer)
@@ -131,6 +98,7 @@ class TableVerifier:
         self.method = "python"
         self._queries: list[sqlsum.ChunkQuery] = []
         self.columns: dict[Key, list[str]] = {}  # differing key -> the columns that differ (last diff)
+        self.progress = progress
 
     @property
     def queries(self) -> int:
@@ -150,7 +118,7 @@ class TableVerifier:
         spans = sqlsum.ranges(self.s.engine, self.table, cols, self.segment_rows)
         self.s.queries += 1
         self._queries = [sqlsum.ChunkQuery(self.table, cols, side.engine.dialect.name) for side in (self.s, self.p)]
-        s_sums, p_sums = self._sums(spans)
+        s_sums, p_sums = self._sums(spans, first_pass=True)
         self.method = "in-database"
         return [() if lo is None else lo for lo, _hi in spans], s_sums, p_sums
 
@@ -164,6 +132,8 @@ class TableVerifier:
                     s_sums.append(Summary())
                 s_sums[-1].add(self.s.hash(row))
             conn.rollback()
+        if self.progress is not None:  # one scan per side: half done
+            self.progress(self.table.name, 1, 2)
         if not bounds:
             bounds, s_sums = [()], [Summary()]
         p_sums = [Summary() for _ in bounds]
@@ -172,6 +142,8 @@ class TableVerifier:
                 idx = max(0, bisect.bisect_right(bounds, self.p.tuple_key(row)) - 1) if bounds != [()] else 0
                 p_sums[idx].add(self.p.hash(row))
             conn.rollback()
+        if self.progress is not None:
+            self.progress(self.table.name, 2, 2)
         return bounds, s_sums, p_sums
 
     # -- step 2: bisection ----------------------------------------------------------------------------
@@ -210,14 +182,27 @@ class TableVerifier:
         for (a, b), sa, pa in zip(spans, s_sums, p_sums, strict=True):
             self.bisect_sql(a, b, sa, pa, out)
 
-    def _sums(self, spans: list[tuple[Key | None, Key | None]]) -> tuple[list[Summary], list[Summary]]:
-        """Both sides' chunk checksums of `spans`, computed by the two databases at the same time."""
+    def _sums(
+        self, spans: list[tuple[Key | None, Key | None]], first_pass: bool = False
+    ) -> tuple[list[Summary], list[Summary]]:
+        """Both sides' chunk checksums of `spans`, computed by the two databases at the same time (the
+        first pass reports its progress)."""
         from concurrent.futures import ThreadPoolExecutor
+
+        done = [0, 0]  # ranges summed by each side; progress is the slower side's
+
+        def counted(i: int) -> Callable[[], None]:
+            def one_more() -> None:
+                done[i] += 1
+                if self.progress is not None and first_pass:
+                    self.progress(self.table.name, min(done), len(spans))
+
+            return one_more
 
         with ThreadPoolExecutor(2, thread_name_prefix="verify") as pool:
             futures = [
-                pool.submit(sqlsum.chunk_sums, side.engine, q, spans)
-                for side, q in zip((self.s, self.p), self._queries, strict=True)
+                pool.submit(sqlsum.chunk_sums, side.engine, q, spans, counted(i))
+                for i, (side, q) in enumerate(zip((self.s, self.p), self._queries, strict=True))
             ]
             s_chunks, p_chunks = (f.result() for f in futures)
         self.s.queries += len(spans)
@@ -374,62 +359,3 @@ def verify_backends(
     if store:
         store_last(backends.redis, backends.settings.namespace, report, fixed=fix, shadow_counts=shadow_before)
     return report
-
-
-# The shadow reader's Redis hash of comparison counts (shadow.reader.counts_key; the floors keep verify
-# from importing shadow). A clean verify snapshots it, taken when the verify began: the gate's mismatch
-# rate counts only the comparisons after that (the window since the last clean verify).
-def shadow_counts_key(namespace: str) -> str:
-    return f"{namespace}:shadow:counts"
-
-
-def shadow_window_key(namespace: str) -> str:
-    return f"{namespace}:shadow:window"
-
-
-def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): int(v)
-        for k, v in client.hgetall(shadow_counts_key(namespace)).items()
-    }
-
-
-def load_shadow_window(client: Any, namespace: str) -> dict[str, Any] | None:
-    """{"since": the clean verify's time, "counts": the shadow counts when it began}, or None."""
-    raw = client.get(shadow_window_key(namespace))
-    return None if raw is None else json.loads(raw)
-
-
-def store_last(
-    client: Any,
-    namespace: str,
-    report: VerifyReport,
-    *,
-    fixed: bool = False,
-    shadow_counts: dict[str, int] | None = None,
-) -> None:
-    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified.
-    A clean one also opens a new shadow window (`shadow_counts`: the counts when it began)."""
-    doc = {
-        "at": report.at,
-        "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
-        "fixed": fixed,
-        "tables": {
-            t.table: {
-                "clean": t.clean,
-                "missing": len(t._keys.get("missing", [])),
-                "extra": len(t._keys.get("extra", [])),
-                "differing": len(t._keys.get("differing", [])),
-                "error": t.error,
-            }
-            for t in report.tables
-        },
-    }
-    client.set(verify_key(namespace), json.dumps(doc))
-    if doc["clean"] and shadow_counts is not None:
-        client.set(shadow_window_key(namespace), json.dumps({"since": report.at, "counts": shadow_counts}))
-
-
-def load_last(client: Any, namespace: str) -> dict[str, Any] | None:
-    raw = client.get(verify_key(namespace))
-    return None if raw is None else json.loads(raw)

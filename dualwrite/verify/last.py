@@ -1,0 +1,73 @@
+"""The last `dualwrite verify` result, kept in Redis (`{ns}:verify:last`) for the cutover gate, and the
+shadow window a clean verify opens."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dualwrite.verify.verifier import VerifyReport
+
+
+def verify_key(namespace: str) -> str:
+    return f"{namespace}:verify:last"
+
+
+# The shadow reader's Redis hash of comparison counts (shadow.reader.counts_key; the floors keep verify
+# from importing shadow). A clean verify snapshots it, taken when the verify began: the gate's mismatch
+# rate counts only the comparisons after that (the window since the last clean verify).
+def shadow_counts_key(namespace: str) -> str:
+    return f"{namespace}:shadow:counts"
+
+
+def shadow_window_key(namespace: str) -> str:
+    return f"{namespace}:shadow:window"
+
+
+def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): int(v)
+        for k, v in client.hgetall(shadow_counts_key(namespace)).items()
+    }
+
+
+def load_shadow_window(client: Any, namespace: str) -> dict[str, Any] | None:
+    """{"since": the clean verify's time, "counts": the shadow counts when it began}, or None."""
+    raw = client.get(shadow_window_key(namespace))
+    return None if raw is None else json.loads(raw)
+
+
+def store_last(
+    client: Any,
+    namespace: str,
+    report: VerifyReport,
+    *,
+    fixed: bool = False,
+    shadow_counts: dict[str, int] | None = None,
+) -> None:
+    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified.
+    A clean one also opens a new shadow window (`shadow_counts`: the counts when it began)."""
+    doc = {
+        "at": report.at,
+        "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
+        "fixed": fixed,
+        "tables": {
+            t.table: {
+                "clean": t.clean,
+                "missing": len(t._keys.get("missing", [])),
+                "extra": len(t._keys.get("extra", [])),
+                "differing": len(t._keys.get("differing", [])),
+                "error": t.error,
+            }
+            for t in report.tables
+        },
+    }
+    client.set(verify_key(namespace), json.dumps(doc))
+    if doc["clean"] and shadow_counts is not None:
+        client.set(shadow_window_key(namespace), json.dumps({"since": report.at, "counts": shadow_counts}))
+
+
+def load_last(client: Any, namespace: str) -> dict[str, Any] | None:
+    raw = client.get(verify_key(namespace))
+    return None if raw is None else json.loads(raw)
