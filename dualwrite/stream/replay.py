@@ -9,6 +9,9 @@
 - A group lost with the stream (Redis restarted; the relay republishes from the outbox) is recreated at
   id 0, so everything still or again in the stream is read; the apply rule makes the re-reads no-ops.
 - `run()` never dies of a Redis or Postgres outage: one log line, back off, go on.
+- In `run()`, after a full batch the next one is read (non-blocking XREADGROUP, a helper thread) while
+  this one is applied: the Redis round trip overlaps the Postgres one. A batch read ahead is pending for
+  this consumer like any other; after an outage it is dropped and re-read with the own pending entries.
 - Every `trim_every_s` the stream is trimmed to what every group acknowledged, less the settings'
   `stream_retention` (retention.py; the relay does the same: either alone keeps the stream bounded).
 """
@@ -20,6 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -91,6 +95,8 @@ class Replayer:
         self.trimmer = StreamTrimmer(self.client, self.key, self.backends.settings.stream_retention)
         self._trim_at = float("-inf")
         self.lag_seconds = 0.0  # behind the newest applied event's commit time, at the last update_lag()
+        self._reader: ThreadPoolExecutor | None = None  # run() only: reads the next batch ahead
+        self._ahead: Future[Entries] | None = None
 
     def ensure_group(self) -> None:
         try:
@@ -115,6 +121,8 @@ class Replayer:
             self.lag = None  # unknown until the next look: run(once=True) must not stop on an old (0, 0)
             return 0
         if entries:
+            if self._reader is not None and len(entries) >= self.batch and self._own_pending_done:
+                self._ahead = self._reader.submit(self._read, ">", 0)  # more is likely waiting
             self.process(entries)
         if not entries or time.monotonic() - self._lag_at >= self.lag_every_s:
             self.update_lag()
@@ -124,6 +132,11 @@ class Replayer:
         return len(entries)
 
     def _next_entries(self, block_ms: int) -> Entries:
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            got = ahead.result()  # a Redis error here is the step's, as if read now
+            if got:
+                return got
         entries: Entries = []
         if not self._own_pending_done:
             entries = self._read("0", 0)
@@ -269,7 +282,8 @@ class Replayer:
         def on_outage(exc: BaseException, wait: float) -> None:
             # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
             log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, wait, first_line(exc))
-            self._own_pending_done = False  # re-read what this consumer holds
+            self._drop_ahead()
+            self._own_pending_done = False  # re-read what this consumer holds (a batch read ahead too)
 
         def one_step() -> int:
             nonlocal group_ready
@@ -282,16 +296,30 @@ class Replayer:
 
         through_outages = outage(should_stop, on_outage)
         lines = None if self.report_every_s is None else ReplayLines(self.report_every_s)
-        while not should_stop():
-            try:
-                n = through_outages(one_step)
-            except OUTAGE_ERRORS:
-                break  # should_stop() while waiting out an outage
-            if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
-                self._status_line(lines, force=True)
-                break
-            self._status_line(lines)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read-ahead")
+        try:
+            while not should_stop():
+                try:
+                    n = through_outages(one_step)
+                except OUTAGE_ERRORS:
+                    break  # should_stop() while waiting out an outage
+                if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
+                    self._status_line(lines, force=True)
+                    break
+                self._status_line(lines)
+        finally:
+            self._drop_ahead()  # what it read stays pending for this consumer: re-read at the next start
+            self._reader.shutdown(wait=True)
+            self._reader = None
         return self.stats
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            try:
+                ahead.result()
+            except Exception:  # noqa: BLE001 - an outage's error: the entries are re-read from pending
+                pass
 
     def _status_line(self, lines: ReplayLines | None, force: bool = False) -> None:
         if lines is None or self.lag is None:

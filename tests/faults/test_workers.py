@@ -54,17 +54,20 @@ REPLAY_CHILD = textwrap.dedent(
     from dualwrite.settings import Settings
     from tests.core.support import catalog
 
-    real, calls, kill_at = A.apply_events, [0], int(sys.argv[2])
+    real, calls, kill_at, applied = A.run_plan_direct, [0], int(sys.argv[2]), sys.argv[4] == "applied"
 
-    def apply_then_hang(conn, resolve, events):  # the kill point: inside the batch's Postgres transaction
-        result = real(conn, resolve, events)
+    def hang_in_batch(engine, plan):  # the kill point: a batch read, applied or not, never acknowledged
         calls[0] += 1
+        if calls[0] == kill_at and not applied:
+            print("MIDBATCH", len(plan.events), flush=True)
+            time.sleep(600)
+        result = real(engine, plan)
         if calls[0] == kill_at:
-            print("MIDBATCH", len(events), flush=True)
+            print("MIDBATCH", len(plan.events), flush=True)
             time.sleep(600)
         return result
 
-    A.apply_events = apply_then_hang
+    A.run_plan_direct = hang_in_batch  # what the replayer applies a Postgres batch with
     dw = DualWriter(Settings(**json.loads(sys.argv[1])), catalog())
     Replayer(dw.backends, dw.tables, consumer="doomed", batch=int(sys.argv[3]), block_ms=50).run()
     """
@@ -179,7 +182,8 @@ def _replay_kill(fsettings: Settings, collector: Collector, tmp_path: Path, seed
         script.write_text(REPLAY_CHILD.format(root=str(ROOT)))
         args = json.dumps({k: getattr(fsettings, k) for k in SETTING_KEYS})
         batch = 10
-        proc = _spawn(script, args, str(rng.randrange(1, 4)), str(batch))
+        # killed before the batch reached Postgres, or after it committed there but before its XACK
+        proc = _spawn(script, args, str(rng.randrange(1, 4)), str(batch), rng.choice(["read", "applied"]))
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline().split()
