@@ -124,6 +124,7 @@ class TableSQL:
         rkey = ranges.ranged_key(table) if self.postgres and state_schema is not None else None
         self.ranged = rkey is not None
         self.state_schema = state_schema
+        self.copy_types: tuple[list[str], Any] | None = None  # the backfill's binary COPY types (spans.py)
         self.lock_sql = ranges.shared_lock_sql(state_schema, self.name) if rkey and state_schema else None
         if rkey is not None:  # the greater of the key's own version and the ranges covering it
             self.version_sql = (

@@ -47,23 +47,26 @@ def load_span(
     pos = names.index(sql.pk[0])
     if lo is False or hi is False or any(type(row[pos]) is not int for row in values):
         return None
-    conn.exec_driver_sql(ranges.exclusive_lock_sql(sql.state_schema, sql.name))
+    # The commit need not wait for its WAL flush: a crash loses the chunk with its checkpoint (the same
+    # transaction), and any later commit that is flushed flushes this one first (WAL order).
+    conn.exec_driver_sql(f"SET LOCAL synchronous_commit = off; {ranges.exclusive_lock_sql(sql.state_schema, sql.name)}")
     prep = conn.dialect.identifier_preparer
     target, key = prep.format_table(table), prep.quote(sql.pk[0])
     where = " AND ".join([f"{key} > %(lo)s"] * (lo is not None) + [f"{key} <= %(hi)s"] * (hi is not None)) or "true"
-    present = [r[0] for r in conn.exec_driver_sql(f"SELECT {key} FROM {target} WHERE {where}", {"lo": lo, "hi": hi})]
     bounds = {"t": sql.name, "lo": lo, "hi": hi, "s": version}
-    # ranges of this span at S or newer (a re-run with nothing new, another worker): their keys stay
-    held = conn.exec_driver_sql(
-        f"SELECT lower(span), upper(span) FROM {ranges.RANGES} WHERE tbl = %(t)s AND seq >= %(s)s AND span && {_SPAN}",
+    # one round trip: the span's rows already there, the ranges of the span at S or newer (a re-run with
+    # nothing new, another worker: their keys stay), and whether any key of the table has its own version
+    present, held, own = conn.exec_driver_sql(
+        f"SELECT ARRAY(SELECT {key} FROM {target} WHERE {where}), "
+        f"ARRAY(SELECT ARRAY[lower(span), upper(span)] FROM {ranges.RANGES} WHERE tbl = %(t)s "
+        f"AND seq >= %(s)s AND span && {_SPAN}), EXISTS (SELECT 1 FROM _dw_versions WHERE tbl = %(t)s)",
         bounds,
-    ).all()
+    ).one()
     newer: set[int] = set()
     if held:
         keys = set(present) | {row[pos] for row in values}
         newer = {k for k in keys if any((a is None or a <= k) and (b is None or k < b) for a, b in held)}
-    own = conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM _dw_versions WHERE tbl = %(t)s)", {"t": sql.name})
-    if own.scalar():
+    if own:
         probe = {f"[{k}]" for k in present} | {f"[{row[pos]}]" for row in values}
         found = conn.exec_driver_sql(
             "SELECT pk FROM _dw_versions WHERE tbl = %(t)s AND pk = ANY(%(k)s) AND seq >= %(s)s",
@@ -76,16 +79,18 @@ def load_span(
     rows = [row for row in values if row[pos] not in newer] if newer else values
     if rows:
         conv = list(converted(rows, converters(conn, table, columns)))
-        oids = binary_oids(conv, column_types(conn, table, names)) if BINARY and binary_capable(conn) else None
+        if BINARY and binary_capable(conn):
+            if sql.copy_types is None or sql.copy_types[0] != names:
+                sql.copy_types = (list(names), column_types(conn, table, names))
+            oids = binary_oids(conv, sql.copy_types[1])
+        else:
+            oids = None
         copy_rows(conn, f"COPY {target} ({', '.join(map(prep.quote, names))}) FROM STDIN", conv, oids)
+    # the span's range, replacing the ranges it dominates (inside it and older), unless one covers it
     conn.exec_driver_sql(
-        f"DELETE FROM {ranges.RANGES} WHERE tbl = %(t)s AND span <@ {_SPAN} AND seq < %(s)s",
-        bounds,
-    )
-    conn.exec_driver_sql(
+        f"WITH gone AS (DELETE FROM {ranges.RANGES} WHERE tbl = %(t)s AND span <@ {_SPAN} AND seq < %(s)s) "
         f"INSERT INTO {ranges.RANGES} (tbl, span, seq) SELECT CAST(%(t)s AS text), {_SPAN}, %(s)s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {ranges.RANGES} WHERE tbl = %(t)s "
-        f"AND span @> {_SPAN} AND seq >= %(s)s)",
+        f"WHERE NOT EXISTS (SELECT 1 FROM {ranges.RANGES} WHERE tbl = %(t)s AND span @> {_SPAN} AND seq >= %(s)s)",
         bounds,
     )
     return ApplyResult(applied=len(rows), stale=len(values) - len(rows))
