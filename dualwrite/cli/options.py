@@ -13,6 +13,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,11 +142,18 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
         if sqlite != "unused" and not (takes_all and runs[0].source is not None):  # those check each source
             for each in runs:
                 sqlite_file(each, create=sqlite == "create", answers=sqlite == "answering")
-        if takes_all:
-            return fn(*args, settings=runs[0], sources=runs, **kw)
-        if runs[0].source is None:
-            return fn(*args, settings=runs[0], **kw)
-        return run_per_source(fn, runs, selection(runs, source, wanted), args, kw)
+        try:
+            if takes_all:
+                return fn(*args, settings=runs[0], sources=runs, **kw)
+            if runs[0].source is None:
+                return fn(*args, settings=runs[0], **kw)
+            return run_per_source(fn, runs, selection(runs, source, wanted), args, kw)
+        except OperationalError as exc:
+            if not isinstance(getattr(exc, "orig", None), sqlite3.Error):
+                raise
+            # "database is locked" says neither which file nor who holds it: name the file at least
+            files = ", ".join(dict.fromkeys(str(r.sqlite_path) for r in runs))
+            raise ConfigError(f"sqlite {files}: {first_line(exc.orig)}") from None
 
     return one_line_errors(wrapper)
 
@@ -274,8 +282,6 @@ def sqlite_file(settings: Settings, *, create: bool = False, answers: bool = Fal
 def sqlite_answers(settings: Settings) -> None:
     """Refuse a SQLite file that does not answer a read (corrupt, unreadable): a command about to change
     the phase or the data must not find that out half-way."""
-    import sqlite3
-
     path = settings.sqlite_path
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)

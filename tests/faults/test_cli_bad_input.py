@@ -64,6 +64,7 @@ class Case:
     fragment: str  # expected in the one error line (or, exit 1, in the output)
     env: tuple[tuple[str, str], ...] = ()
     writes: bool = False  # a real run that found a problem (verify records its result): may change state
+    locked: bool = False  # another process holds the SQLite file's write lock meanwhile
 
 
 class ConnWith:
@@ -77,9 +78,15 @@ TYPO = "{root}/typo.db"
 
 
 def C(  # noqa: N802
-    name: str, args: list[Any], code: int, fragment: str, env: dict[str, str] | None = None, writes: bool = False
+    name: str,
+    args: list[Any],
+    code: int,
+    fragment: str,
+    env: dict[str, str] | None = None,
+    writes: bool = False,
+    locked: bool = False,
 ) -> Case:
-    return Case(name, tuple(args), code, fragment, tuple((env or {}).items()), writes)
+    return Case(name, tuple(args), code, fragment, tuple((env or {}).items()), writes, locked)
 
 
 CASES = [
@@ -246,7 +253,14 @@ CASES = [
         1,
         "redis copy: unreachable",
     ),
-    C("a locked SQLite file", ["phase", CONN, "sqlite", "--force"], 1, "sqlite ({sqlite}): database is locked"),
+    C(
+        "a locked SQLite file (phase change)",
+        ["phase", CONN, "sqlite", "--force"],
+        1,
+        "sqlite ({sqlite}): database is locked",
+        locked=True,
+    ),
+    C("a locked SQLite file (init)", ["init", CONN], 2, "sqlite {sqlite}: database is locked", locked=True),
 ]
 
 
@@ -357,7 +371,7 @@ def test_bad_input(case: Case, env: Env, weak_role: str, monkeypatch: pytest.Mon
     env.files["busy_port"] = busy.getsockname()[1]  # type: ignore[assignment]
     env.files["dead_port"] = free_port()  # type: ignore[assignment]
     lock = None
-    if case.name == "a locked SQLite file":  # another process holds the write lock
+    if case.locked:  # another process holds the write lock
         from dualwrite import engines
 
         monkeypatch.setitem(engines.sqlite_engine.__kwdefaults__, "busy_ms", 300)  # fail fast, not in 10 s
