@@ -3,11 +3,10 @@ phase, how fresh its last verify is, the shadow counts), at a glance."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from typing import Any
 
-from dualwrite.settings import Settings, mask_text
+from dualwrite.settings import Settings
 
 
 def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
@@ -53,16 +52,12 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def print_sources(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COLUMNS = ("source", "priority", "phase", "next", "gate", "verify", "shadow", "pg_schema")
 
-    table = Table(title=f"{len(rows)} source(s), in priority order", title_justify="left")
-    for head in ("source", "priority", "phase", "next", "gate", "verify", "shadow", "pg_schema"):
-        table.add_column(head, overflow="fold")
-    for r in rows:
-        cells = [
-            r.get(k, "-") for k in ("source", "priority", "phase", "next", "gate", "verify", "shadow", "pg_schema")
-        ]
-        table.add_row(*(mask_text(str(c)) for c in cells))
-    Console(width=max(shutil.get_terminal_size().columns, 160)).print(table)
+
+def print_sources(rows: list[dict[str, Any]]) -> None:
+    """One row per source: rich on a terminal, aligned plain lines otherwise (cli.render.table)."""
+    from dualwrite.cli import render
+
+    cells = [[r.get(k, "-") for k in COLUMNS] for r in rows]
+    render.table(COLUMNS, cells, title=f"{len(rows)} source(s), in priority order", left=len(COLUMNS))

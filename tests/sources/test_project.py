@@ -126,8 +126,12 @@ def test_the_cli_says_what_it_works_on_and_refuses_an_unknown_source(tmp_path: P
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no source 'nope'" in bad.stderr, bad
     out = cli("status", "--config", config)  # no store file exists yet: each source's row says so
     assert out.returncode == 1, out
-    rows = [line for line in out.stdout.splitlines() if "unavailable" in line]
-    assert [r.split("│")[1].strip() for r in rows] == ["memory", "graph", "archive"], out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if "unavailable" in line]  # plain lines: no terminal
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("memory", "P0", "unknown"),
+        ("graph", "P1", "unknown"),
+        ("archive", "P2", "unknown"),
+    ], out.stdout
     bad = cli("backfill", "run", "--config", config, "--daemon")  # it would never get past the first source
     assert bad.returncode == 2 and "--daemon serves one source, 3 are selected" in bad.stderr, bad
     bad = cli("cutover", "cancel", "--priority", "P0")  # no project file
