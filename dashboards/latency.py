@@ -106,10 +106,26 @@ def latency() -> dict[str, Any]:
             [(f"sum by (store) ({rate('dualwrite_shadow_comparisons_total')})", "{{store}}")],
             "ops",
         ),
+        row("Write fence (flips under live traffic)"),
+        timeseries(
+            "Fence pause p50/p99 by instance",
+            [
+                (quantile(qt, "dualwrite_fence_pause_seconds", "instance"), f"p{round(qt * 100)} {{{{instance}}}}")
+                for qt in (0.5, 0.99)
+            ],
+            "s",
+            description="How long a flip's write fence held each write (DualwriteFencePauseHigh past 100 ms at "
+            "p99); a flip that could not drain in --fence-timeout gives up with the phase unchanged.",
+        ),
+        timeseries(
+            "Writes held by the fence",
+            [(f"sum by (instance) ({rate('dualwrite_fence_pause_seconds_count')})", "{{instance}}")],
+            "ops",
+        ),
     ]
     return dashboard(
         "dualwrite-latency",
         "dualwrite / Latency",
         panels,
-        "Read and write p50/p95/p99 per backend from the histograms; shadow and dual-write overhead.",
+        "Read and write p50/p95/p99 per backend from the histograms; shadow and dual-write overhead; fence pauses.",
     )

@@ -161,6 +161,43 @@ def overview() -> dict[str, Any]:
                 ],
                 "ops",
             ),
+            row("Stream and outbox size (trimming, pruning)"),
+            timeseries(
+                "Stream length vs its retention window",
+                [
+                    (f"max by (instance) ({q('dualwrite_stream_length')})", "length {{instance}}"),
+                    (f"max by (instance) ({q('dualwrite_stream_retention_events')})", "window {{instance}}"),
+                ],
+                "short",
+                w=6,
+                description="Trimmed to what every consumer group acknowledged, less the window: a length far "
+                "above the window means a group holds the trim point back (`dualwrite status` names it).",
+            ),
+            timeseries(
+                "Stream entries trimmed, outbox rows pruned",
+                [
+                    (f"sum({rate('dualwrite_stream_trimmed_total')})", "stream trimmed"),
+                    (f"sum({rate('dualwrite_outbox_pruned_total')})", "outbox pruned"),
+                ],
+                "ops",
+                w=6,
+            ),
+            timeseries(
+                "Outbox rows by backend",
+                [(f"max by (backend) ({q('dualwrite_outbox_rows')})", "{{backend}}")],
+                "short",
+                w=6,
+                description="Unpublished rows and published ones kept for the retention (to rebuild a lost stream).",
+            ),
+            timeseries(
+                "Outbox oldest row vs retention",
+                [
+                    (f"max by (backend) ({q('dualwrite_outbox_oldest_age_seconds')})", "oldest {{backend}}"),
+                    (f"max({q('dualwrite_outbox_retention_seconds')})", "retention"),
+                ],
+                "s",
+                w=6,
+            ),
         ],
-        "Cutover phase, gate, dual-write health, shadow reads, outbox/relay and dead letters.",
+        "Cutover phase, gate, dual-write health, shadow reads, outbox/relay, dead letters, stream and outbox size.",
     )

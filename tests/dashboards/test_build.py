@@ -49,6 +49,13 @@ def test_required_content() -> None:
         "dualwrite_dead_letters_total",
         "dualwrite_outbox_backlog",
         "dualwrite_relay_lag_seconds",
+        "dualwrite_stream_length",
+        "dualwrite_stream_retention_events",
+        "dualwrite_stream_trimmed_total",
+        "dualwrite_outbox_rows",
+        "dualwrite_outbox_oldest_age_seconds",
+        "dualwrite_outbox_retention_seconds",
+        "dualwrite_outbox_pruned_total",
     ):
         assert metric in exprs["overview"], metric
     for q in ("0.5", "0.95", "0.99"):
@@ -69,6 +76,9 @@ def test_required_content() -> None:
     ):
         assert metric in exprs["backfill"], metric
     assert "dualwrite_shadow_candidate_duration_seconds_bucket" in exprs["latency"]
+    assert (
+        "histogram_quantile(0.99, sum by (le, instance) (rate(dualwrite_fence_pause_seconds_bucket" in exprs["latency"]
+    )
     for fn in build.DASHBOARDS.values():
         dash = fn()
         flips = [a for a in dash["annotations"]["list"] if a.get("name") == "Phase flips"]

@@ -66,6 +66,7 @@ def test_expected_alerts_present() -> None:
         "DualwriteTargetDown",
         "DualwriteStreamUnbounded",
         "DualwriteOutboxUnbounded",
+        "DualwriteFencePauseHigh",
     ):
         assert wanted in names
 
