@@ -1,0 +1,41 @@
+"""What `next_steps` says for each failing gate condition (the gate's own result objects, as `cutover check`
+and `status` build them): each remedy a command to run as printed, the check again last."""
+
+from __future__ import annotations
+
+from dualwrite.cli.next_steps import DAEMON, after_gate
+from dualwrite.cutover.gate import Condition, GateResult
+
+
+def gate(current: str, target: str, *failing: tuple[str, str]) -> GateResult:
+    names = {"outbox_drained", "dead_letters_empty", "replay_lag", "backfill_complete", "verify_clean"}
+    conds = [Condition(n, True, 0, "ok") for n in sorted(names - {f for f, _ in failing})]
+    return GateResult(current, target, conds + [Condition(n, False, None, d) for n, d in failing])
+
+
+def test_each_failing_condition_names_its_remedy() -> None:
+    g = gate("shadow", "postgres_reads", ("dead_letters_empty", "2 event(s) in the dead-letter stream"))
+    assert after_gate(g, " --reflect") == [
+        "dualwrite backfill deadletters list",
+        "dualwrite backfill deadletters redrive --reflect",
+        "dualwrite cutover check --reflect",
+    ]
+    g = gate("shadow", "postgres_reads", ("replay_lag", "group backfill: 5000 undelivered + 0 pending event(s)"))
+    assert after_gate(g)[:2] == [f"dualwrite backfill run --daemon{DAEMON}", "dualwrite backfill status"]
+    g = gate("shadow", "postgres_reads", ("verify_clean", "last verify 3s ago: differences in orders, users"))
+    assert after_gate(g) == [
+        "dualwrite verify --tables orders,users --fix",
+        "dualwrite verify --tables orders,users",
+        "dualwrite cutover check",
+    ]
+    g = gate("shadow", "postgres_reads", ("verify_clean", "no verify recorded: run `dualwrite verify`"))
+    assert after_gate(g) == ["dualwrite verify", "dualwrite cutover check"]
+    g = gate("dual_write", "shadow", ("backfill_complete", "check failed: OperationalError: connection refused"))
+    assert "dualwrite doctor" in after_gate(g)
+
+
+def test_a_passing_or_open_gate_leads_to_the_flip_and_the_last_phase_to_nothing() -> None:
+    assert after_gate(gate("shadow", "postgres_reads")) == ["dualwrite cutover flip  # to postgres_reads"]
+    only_outbox = gate("shadow", "postgres_reads", ("outbox_drained", "3 unpublished event(s)"))
+    assert only_outbox.open and after_gate(only_outbox) == ["dualwrite cutover flip  # to postgres_reads"]
+    assert after_gate(gate("postgres", "postgres")) == []
