@@ -138,7 +138,16 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             md += ["", f"Comparison results per shadow configuration: {s['shadow']['comparisons']}", ""]
             md += _table(
                 s["shadow"]["results"],
-                ["mode", "median_ms", "p95_ms", "p99_ms", "max_ms", "success_rate", "compared_fraction"],
+                [
+                    "mode",
+                    "median_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "max_ms",
+                    "success_rate",
+                    "compared_fraction",
+                    "request_cpu_us",
+                ],
             )
     if "copy" in s:
         c = s["copy"]

@@ -9,6 +9,7 @@
 - reader.py      ShadowReader, installed as `dw.reader`: compares off the request path (bounded pool;
                  skipped when full), re-reads a mismatch before it counts, A/A noise
 - candidate.py   the candidate read on the other backend (its own engine, a statement timeout)
+- comparator.py  comparator="process": the comparisons in a process of their own, fed a record per read
 - records.py     the counts and mismatch samples in Redis, for the gate and the CLI of any process
 - pacing.py      the workers wait (bounded) for a moment with no request in flight before each step
 

@@ -2,30 +2,17 @@
 
     reader = ShadowReader(percentage=5).install(dw)     # dw.read(...) now goes through it
 
-The comparison runs **off the request path** in a bounded thread pool: the caller gets the control's
-result as soon as it is read. When the pool and its queue are full the comparison is skipped (counted
-result="skipped"); the caller never waits for it. Every comparison is counted in
-`dualwrite_shadow_comparisons_total{store,query,result}` and in a Redis hash `{ns}:shadow:counts` (so the
-cutover gate of another process sees the rate; sent by the workers, never from the request path),
-and each mismatch is kept (params masked) in the capped
-stream `{ns}:shadow:mismatches`.
+The comparison runs **off the request path**: in a bounded thread pool (the default; workers wait for a
+moment with no request in flight before each step, shadow.pacing) or in a process of its own
+(`comparator="process"`, shadow.comparator). The caller gets the control's result as soon as it is read;
+when the queue is full the comparison is skipped (counted result="skipped"), never waited for. Counts go
+to `dualwrite_shadow_comparisons_total{store,query,result}` and, in batches, to the Redis hash the gate
+reads; mismatch samples, params masked, to a capped stream (shadow.records).
 
-A mismatch is read again on both sides before it counts, after each of `recheck_delays` (seconds): if a
-later pair matches, a write landed between the reads or had not reached the other side yet (an inline
-apply that failed is healed by the replay within moments), and the comparison counts as "ignored" (in
-flight), not "mismatch". Only a difference that outlives every re-read counts.
-
-The candidate runs with a statement timeout on Postgres (`candidate_timeout`; shadow.candidate); a
-candidate that times out is counted as result="error", not as a mismatch.
-
-The request path does no comparison work and no I/O besides the control read: workers wait for a
-moment when no request is in flight before each step (shadow.pacing), equal results of the same types
-match without normalizing, labelled metric children are cached, and counts reach Redis in batches (at
-most every `flush_interval` seconds, or as soon as the queue is empty).
-
-A/A mode (`aa_percentage`) runs the control's backend a second time and compares it with itself: the
-noise of non-deterministic queries. It is counted apart (query label `aa:<query>`, Redis fields `aa:*`)
-and subtracted from nothing automatically; `shadow report` shows both side by side.
+A mismatch is read again on both sides after each of `recheck_delays` (seconds): if a later pair matches,
+a write was in flight and the comparison counts as "ignored", not "mismatch". A candidate that times out
+(`candidate_timeout`, shadow.candidate) counts as "error". A/A mode (`aa_percentage`) runs the control's
+backend a second time against itself (the noise of non-deterministic queries), counted apart as `aa:<query>`.
 """
 
 from __future__ import annotations
@@ -45,6 +32,7 @@ from dualwrite import metrics
 from dualwrite.engines import Backends
 from dualwrite.normalize import DEFAULT, Normalizer
 from dualwrite.shadow.candidate import CandidateReads
+from dualwrite.shadow.comparator import ComparatorProcess
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
 from dualwrite.shadow.pacing import RequestGate
 from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the gate and the CLI found them
@@ -90,9 +78,31 @@ class ShadowReader:
         recheck_delays: tuple[float, ...] | None = None,
         max_defer: float = 0.1,
         flush_interval: float = 0.5,
+        comparator: str = "thread",
     ) -> None:
         """per_query: Experiment keyword overrides by query name (compare, clean, ignores, percentage...).
-        max_defer: longest a worker waits for the request path to be idle before a step (shadow.pacing)."""
+        max_defer: longest a worker waits for the request path to be idle before a step (shadow.pacing).
+        comparator: "thread" (this process' bounded pool) or "process" (shadow.comparator: a process of its
+        own, so that comparing every read costs the request path no interpreter time; reads whose function
+        does not pickle, and A/A runs, stay on the threads)."""
+        if comparator not in ("thread", "process"):
+            raise ValueError(f"comparator must be 'thread' or 'process', not {comparator!r}")
+        self.comparator = comparator
+        # what the comparator process builds its own reader from (the percentage is decided here)
+        self._process_kwargs: dict[str, Any] = {
+            "candidate_timeout": candidate_timeout,
+            "normalizer": normalizer,
+            "compare": compare,
+            "clean": clean,
+            "ignores": ignores,
+            "per_query": per_query,
+            "recheck_mismatches": recheck_mismatches,
+            "recheck_delays": recheck_delays,
+            "max_defer": 0.0,
+            "max_queue": max_queue,
+        }
+        self._remote: ComparatorProcess | None = None
+        self._remote_lock = threading.Lock()
         self.percentage, self.aa_percentage = percentage, aa_percentage
         self.synchronous, self.raise_on_mismatches = synchronous, raise_on_mismatches
         self.candidate_timeout = candidate_timeout
@@ -133,6 +143,9 @@ class ShadowReader:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.flush()
         self.candidates.close()
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
     def experiment(self, store: str, query: str, ordered: bool) -> Experiment:
         """The query's Experiment, built once per configuration (the request path asks for it every read)."""
@@ -195,6 +208,13 @@ class ShadowReader:
             if self.aa_percentage > 0 and random.random() * 100 < self.aa_percentage:
                 jobs.append((phase.reads, f"aa:{query}"))
         for backend, label in jobs:
+            if self.comparator == "process" and not self.synchronous and not label.startswith("aa:"):
+                record = (store, label, query, fn, params, ordered, backend, phase.reads)
+                sent = self._remote_for(backends).submit(record, query)
+                if sent is None:
+                    self._count(backends, store, label, "skipped")
+                if sent is not False:
+                    continue
             job = (backends, backend, store, label, query, fn, params, ordered, control, phase.reads)
             if self.synchronous:
                 result = self._compare(*job)
@@ -204,6 +224,23 @@ class ShadowReader:
             else:
                 self._submit(job)
         return control.unwrap()
+
+    def _remote_for(self, backends: Backends) -> ComparatorProcess:
+        if self._remote is None:
+            with self._remote_lock:
+                if self._remote is None:
+                    self._remote = ComparatorProcess(
+                        backends.settings, self._process_kwargs, self._process_kwargs["max_queue"], self._counted
+                    )
+        return self._remote
+
+    def _counted(self, store: str, label: str, outcome: str) -> None:
+        """An outcome of the comparator process: into this process' metrics and stats (it sent Redis its own)."""
+        if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
+            metrics.prime(queries=[(store, label)])
+        self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
+        with self._stats_lock:
+            self.stats[outcome] += 1
 
     def _submit(self, job: tuple[Any, ...]) -> None:
         if not self._slots.acquire(blocking=False):
@@ -244,6 +281,8 @@ class ShadowReader:
                 if left <= 0:
                     return False
                 self._idle.wait(left)
+        if self._remote is not None and not self._remote.wait_idle(deadline):
+            return False
         self.flush()
         return True
 
