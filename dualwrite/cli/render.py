@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -124,6 +125,7 @@ class Progress:
         self._task: Any = None
         self._unit = ""
         self._started = self._last = 0.0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Progress:
         if sys.stderr.isatty():
@@ -158,7 +160,13 @@ class Progress:
         finally:
             self._bar.start()
 
-    def update(self, unit: str, done: int, total: int, what: str = "") -> None:
+    def update(self, unit: str, done: int, total: int) -> None:
+        """`done` of `total` steps of `unit` (verify: both databases' checksums of its key ranges); called
+        from the threads that do the work."""
+        with self._lock:
+            self._update(unit, done, total)
+
+    def _update(self, unit: str, done: int, total: int) -> None:
         now = self.clock()
         if unit != self._unit:
             self._unit, self._started, self._last = unit, now, float("-inf")
@@ -174,7 +182,6 @@ class Progress:
         eta = elapsed / done * (total - done) if done and total > done else (0.0 if done >= total else None)
         pct = 100.0 * done / total if total else 100.0
         click.echo(
-            f"{self.verb} {unit}: {done}/{total} {what} ({pct:.0f}%), {duration(elapsed)} elapsed, "
-            f"ETA {duration(eta)}".replace("  ", " "),
+            f"{self.verb} {unit}: {done}/{total} ({pct:.0f}%), {duration(elapsed)} elapsed, ETA {duration(eta)}",
             err=True,
         )
