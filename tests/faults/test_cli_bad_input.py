@@ -193,6 +193,12 @@ CASES = [
     C("migrate --chunk-size 0", ["migrate", CONN, "--chunk-size", "0"], 2, "--chunk-size"),
     C("bench --copy-rows 0", ["bench", "--copy-rows", "0"], 2, "--copy-rows"),
     C("--metrics-port 70000", ["backfill", "run", CONN, *META, "--metrics-port", "70000"], 2, "--metrics-port"),
+    C(
+        "--metrics-host not on this machine",
+        ["backfill", "run", CONN, *META, "--metrics-host", "203.0.113.7", "--metrics-port", "{dead_port}"],
+        2,
+        "cannot listen on 203.0.113.7",
+    ),
     C("--metrics-port in use", ["backfill", "run", CONN, *META, "--metrics-port", "{busy_port}"], 2, "{busy_port}"),
     # -- options of one command ------------------------------------------------------------------------------
     C("migrate --on-error bogus", ["migrate", CONN, "--on-error", "bogus"], 2, "--on-error"),
