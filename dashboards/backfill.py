@@ -19,8 +19,9 @@ from dashboards.panels import (
 def backfill() -> dict[str, Any]:
     done, expected = q("dualwrite_backfill_rows_total"), q("dualwrite_backfill_rows_expected")
     rejected = q("dualwrite_backfill_rejected_rows_total")
-    # Rows dealt with: copied plus rejected (the rejected counter exists only once a row was refused).
-    processed = f"(sum by (table) ({done}) + sum by (table) ({rejected}) or sum by (table) ({done}))"
+    # Rows dealt with: copied plus rejected (the rejected counter exists only once a row was refused). Every
+    # worker exports every worker's rows (the shared checkpoints): aggregate with max, never sum.
+    processed = f"(max by (table) ({done}) + max by (table) ({rejected}) or max by (table) ({done}))"
     rows_rate = rate("dualwrite_backfill_rows_total", window="5m")
     return dashboard(
         "dualwrite-backfill",
@@ -29,21 +30,21 @@ def backfill() -> dict[str, Any]:
             row("Backfill"),
             bargauge(
                 "Progress per table",
-                [(f"{processed} / sum by (table) ({expected})", "{{table}}")],
+                [(f"{processed} / max by (table) ({expected})", "{{table}}")],
                 "percentunit",
                 defaults={"max": 1},
                 description="(rows copied + rows rejected) / rows expected at the start of the table's copy.",
             ),
             timeseries(
                 "Rows copied per second",
-                [(f"sum by (table) ({rate('dualwrite_backfill_rows_total')})", "{{table}}")],
+                [(f"max by (table) ({rate('dualwrite_backfill_rows_total')})", "{{table}}")],
                 "ops",
             ),
             timeseries(
                 "ETA per table",
                 [
                     (
-                        f"(sum by (table) ({expected}) - {processed}) / sum by (table) ({rows_rate})",
+                        f"(max by (table) ({expected}) - {processed}) / max by (table) ({rows_rate})",
                         "{{table}}",
                     )
                 ],
@@ -60,7 +61,7 @@ def backfill() -> dict[str, Any]:
             ),
             timeseries(
                 "Rejected rows",
-                [(f"sum by (table) ({q('dualwrite_backfill_rejected_rows_total')})", "{{table}}")],
+                [(f"max by (table) ({q('dualwrite_backfill_rejected_rows_total')})", "{{table}}")],
                 "short",
             ),
             timeseries(
@@ -72,6 +73,18 @@ def backfill() -> dict[str, Any]:
                     "max": 1,
                     "custom": {"drawStyle": "line", "lineInterpolation": "stepAfter", "fillOpacity": 30},
                 },
+            ),
+            timeseries(
+                "Paused by an operator",
+                [(f"max by (instance) ({q('dualwrite_backfill_paused')})", "{{instance}}")],
+                "bool",
+                defaults={
+                    "min": 0,
+                    "max": 1,
+                    "custom": {"drawStyle": "line", "lineInterpolation": "stepAfter", "fillOpacity": 30},
+                },
+                description="1 while `dualwrite backfill set --pause` holds the copy: no rows then is a pause, "
+                "not a stall (DualwriteBackfillStalled stays quiet; `--resume` lets it go on).",
             ),
             row("Replay"),
             timeseries(
