@@ -156,10 +156,13 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             "## 4. History copy",
             "",
             f"{c['rows']} rows ({c['bytes_per_row']} bytes/row, {c['source_mib']} MiB SQLite file). Each method "
-            "in its own process; rows/s over the process wall time; peak RSS of that process. Baseline: pgloader.",
+            "in its own process; rows/s over the process wall time; peak RSS of that process. Baselines: raw "
+            "`COPY FROM STDIN` (psycopg 3) and pgloader, measured in the same round; `rerun` is the Copier again "
+            "over its own full target (checkpoints forgotten).",
             "",
         ]
-        md += _table(c["results"], ["method", "rows", "wall_s", "inner_s", "rows_per_s", "ratio", "peak_rss_mib"])
+        md += [_goal_line(g) for g in c.get("goals", [])] + [""]
+        md += _table(c["results"], ["method", "runs", "rows", "wall_s", "rows_per_s", "ratio", "peak_rss_mib"])
         errs = [f"- {r['method']}: {' / '.join(r['error'])}" for r in c["results"] if r.get("error")]
         md += ([""] + errs) if errs else []
     for key, title in (("replay", "5. Replay throughput"), ("verify", "6. Verification speed")):

@@ -66,7 +66,7 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
             "ops": lambda: ops.run(env, config.record_counts, config.workers, log),
             "overhead": lambda: overhead.run(env, config.overhead_writes, log=log),
             "shadow": lambda: shadow_overhead.run(env, config.shadow_reads, config.shadow_records, log),
-            "copy": lambda: copy_bench.run(env, config.copy_rows, log),
+            "copy": lambda: copy_bench.run(env, config.copy_rows, log, runs=1 if config.quick else 3),
             "replay": lambda: replay_bench.run(env, config.replay_events, log),
             "verify": lambda: verify_bench.run(env, config.verify_records, log),
             "fence": lambda: fence_bench.run(env, config.fence_flips, log),
