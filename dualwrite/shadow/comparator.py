@@ -92,12 +92,16 @@ class ComparatorProcess:
             time.sleep(SEND_S)
             self._ready.clear()
             batch, self._batch = self._batch, []
-            if batch:
-                try:
-                    with self._send:
-                        self._conn.send(batch)
-                except OSError:
-                    break
+            if batch and not self._send_batch(batch):
+                break  # the comparator is gone: its pipe is closed
+
+    def _send_batch(self, batch: list[bytes]) -> bool:
+        try:
+            with self._send:
+                self._conn.send(batch)
+        except OSError:
+            return False
+        return True
 
     def _receive(self) -> None:
         while True:
