@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
 
+from dualwrite.cli import migrate_sources as many
 from dualwrite.cli.options import REPORT_PATH, Count, connection_options, existing_sqlite, fail
 from dualwrite.cli.per_source import all_sources, selection
 from dualwrite.settings import Settings
@@ -97,8 +96,6 @@ def command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if undo or settings.source is not None:
-        from dualwrite.cli import migrate_sources as many
-
         ctx = click.get_current_context()
         said = selection(sources, ctx.params.get("source"), list(ctx.params.get("source_priorities") or ()))
         if undo:
@@ -141,18 +138,7 @@ def command(
         )
     except ValueError as exc:
         fail(str(exc))
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def handler(signum: int, _frame: object) -> None:
-            if stop.is_set():
-                raise SystemExit(130)
-            click.echo(f"signal {signum}: finishing the current chunk (run again with --resume)", err=True)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-    opts.should_stop = stop.is_set
+    opts.should_stop = many.stop_on_signal().is_set
     try:
         outcome = run(opts)
     except MigrateError as exc:

@@ -132,7 +132,7 @@ def migrate_sources(sources: list[Settings], said: str, *, report_path: str | No
         write_report(report_path, {"dry_run": True, "sources": report})
         click.echo("migrate --dry-run: nothing written")
         return 0
-    stop = _stop_on_signal()
+    stop = stop_on_signal()
     rejects_dir = kw.pop("rejects_dir")
     results: list[tuple[Settings, Any]] = []
     code = rejected = 0
@@ -206,7 +206,8 @@ def summary_table(results: list[tuple[Settings, Any]]) -> str:
     )
 
 
-def _stop_on_signal() -> threading.Event:
+def stop_on_signal() -> threading.Event:
+    """SIGTERM/SIGINT finish the current chunk (a second one exits 130); both migrate paths use it."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
 
