@@ -41,11 +41,17 @@ class ComparatorProcess:
     """The application side: sends records, receives outcomes (`on_outcome(store, label, outcome)`)."""
 
     def __init__(self, settings: Any, reader_kwargs: dict[str, Any], max_queue: int, on_outcome: Callable) -> None:
-        # a fresh interpreter (never a fork of a process with live threads and connections), started as a
-        # module rather than by multiprocessing's spawn, which would run the application's __main__ again
+        # a fresh interpreter (never a fork of a process with live threads and connections), started by -c
+        # rather than by multiprocessing's spawn, which would run the application's __main__ again; not by -m,
+        # which would load this module twice (as __main__ and through the package's import of it)
         ours, theirs = socket.socketpair()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "dualwrite.shadow.comparator", str(theirs.fileno())],
+            [
+                sys.executable,
+                "-c",
+                "import sys; from dualwrite.shadow.comparator import main; main(int(sys.argv[1]))",
+                str(theirs.fileno()),
+            ],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
         )
@@ -198,8 +204,9 @@ def _compare(reader: Any, backends: Backends, observation: Any, record: tuple[An
     return "error" if result is None else result.outcome
 
 
-if __name__ == "__main__":
-    _conn = Connection(int(sys.argv[1]))
-    _path, _settings, _kwargs = _conn.recv()
-    sys.path[:0] = [p for p in _path if p not in sys.path]
-    _serve(_settings, _kwargs, _conn)
+def main(fd: int) -> None:
+    """The comparator process: the application's sys.path, settings and reader options, then records."""
+    conn = Connection(fd)
+    path, settings, kwargs = conn.recv()
+    sys.path[:0] = [p for p in path if p not in sys.path]
+    _serve(settings, kwargs, conn)
