@@ -23,6 +23,7 @@ from dualwrite.engines import Backends
 from dualwrite.errors import first_line
 from dualwrite.fence import DEFAULT_TIMEOUT, EXPIRY_SECONDS, Fence, FenceSummary, live_members
 from dualwrite.phase import ORDER, PHASES, get_phase
+from dualwrite.stream.relay import Relay
 from dualwrite.tables import Tables
 
 # Conditions that live writes race: judged again under the fence (outbox_drained is only judged there).
@@ -47,6 +48,22 @@ class FencedMove:
     blocked: str = ""
     conditions: list[Condition] = field(default_factory=list)
     earlier: list[str] = field(default_factory=list)  # why the earlier attempts gave up
+
+
+class Publisher:
+    """The flipper relays the outbox itself while it waits: the application's relays publish another
+    process's commits only on their next poll (up to their interval, 200 ms), which the fence would hold
+    the writes for. Publishing is idempotent across relays (entry id = seq), so racing them is safe; the
+    housekeeping (trim, prune) stays theirs."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.relay = Relay.for_backends(backends, trim_every=float("inf"), prune_every=float("inf"))
+
+    def __call__(self) -> None:
+        try:
+            self.relay.run_once()
+        except Exception:  # noqa: BLE001 - the catch-up check that follows reports what is not relayed
+            pass
 
 
 def caught_up(backends: Backends, tables: Tables, cfg: GateConfig) -> list[Condition]:
@@ -77,7 +94,8 @@ def fenced_move(
 ) -> FencedMove:
     """Settle (unfenced), raise the fence, wait for acknowledgements and catch-up, `move()`, lift; see the
     module doc. The summary's `steps` say where the fenced time went (ack, catch-up, move)."""
-    settle(backends, tables, config)
+    publish = Publisher(backends)
+    settle(backends, tables, config, publish=publish)
     fence = Fence(backends.redis, backends.settings.namespace, timeout=timeout, label=label)
     summary = fence.raise_()
     budget = timeout - min(SWITCH_RESERVE * timeout, 0.1)
@@ -103,6 +121,7 @@ def fenced_move(
             if not force:
                 return FencedMove(False, summary, blocked)
         while True:
+            publish()
             conds = caught_up(backends, tables, config)
             if all(c.ok for c in conds) or time.monotonic() >= bound:
                 break
@@ -154,11 +173,20 @@ def fenced_move_retried(
         time.sleep(between)
 
 
-def settle(backends: Backends, tables: Tables, config: GateConfig, *, within: float = SETTLE_SECONDS) -> None:
+def settle(
+    backends: Backends,
+    tables: Tables,
+    config: GateConfig,
+    *,
+    within: float = SETTLE_SECONDS,
+    publish: Callable[[], None] | None = None,
+) -> None:
     """Before the fence, without holding anything: wait (briefly) until the outbox and the replay are
     nearly caught up, so the fenced catch-up has only the last few events to wait for."""
     end = time.monotonic() + within
     while time.monotonic() < end:
+        if publish is not None:
+            publish()
         conds = caught_up(backends, tables, config)
         if any(c.value is None and "check failed" not in c.detail for c in conds):
             return  # no replay group: waiting cannot help (the fence says so)
