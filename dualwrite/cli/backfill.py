@@ -15,6 +15,16 @@ from sqlalchemy.exc import OperationalError
 
 from dualwrite.cli.backfill_status import status
 from dualwrite.cli.options import (
+    confirm_destructive,
+    connection_options,
+    fail,
+    load_tables,
+    open_backends,
+    retention_options,
+    tables_options,
+    write_report,
+)
+from dualwrite.cli.params import (
     MILLIS,
     PORT,
     RATE,
@@ -24,17 +34,9 @@ from dualwrite.cli.options import (
     FiniteFloat,
     check_listen,
     check_report_path,
-    confirm_destructive,
-    connection_options,
     csv,
-    fail,
-    load_tables,
-    open_backends,
-    retention_options,
-    tables_options,
-    write_report,
 )
-from dualwrite.cli.options import priorities as prio
+from dualwrite.cli.params import priorities as prio
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_text
 

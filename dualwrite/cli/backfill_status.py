@@ -8,14 +8,8 @@ from typing import Any
 import click
 
 from dualwrite.cli import next_steps, render
-from dualwrite.cli.options import (
-    REPORT_PATH,
-    check_report_path,
-    connection_options,
-    load_tables,
-    tables_options,
-    write_report,
-)
+from dualwrite.cli.options import connection_options, load_tables, tables_options, write_report
+from dualwrite.cli.params import REPORT_PATH, check_report_path
 from dualwrite.settings import Settings, mask_text
 
 

@@ -11,9 +11,6 @@ import redis
 
 from dualwrite.cli import next_steps, render
 from dualwrite.cli.options import (
-    REPORT_PATH,
-    FiniteFloat,
-    check_report_path,
     connection_options,
     load_tables,
     open_backends,
@@ -23,6 +20,7 @@ from dualwrite.cli.options import (
     tables_options,
     write_report,
 )
+from dualwrite.cli.params import REPORT_PATH, FiniteFloat, check_report_path
 from dualwrite.cli.per_source import all_sources
 from dualwrite.settings import Settings, mask_text
 

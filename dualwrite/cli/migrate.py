@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from dualwrite.cli import migrate_sources as many
-from dualwrite.cli.options import REPORT_PATH, Count, connection_options, existing_sqlite, fail
+from dualwrite.cli.options import connection_options, existing_sqlite, fail
+from dualwrite.cli.params import REPORT_PATH, Count
 from dualwrite.cli.per_source import all_sources, selection
 from dualwrite.settings import Settings
 

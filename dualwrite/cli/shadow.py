@@ -6,7 +6,8 @@ import json
 
 import click
 
-from dualwrite.cli.options import Count, connection_options
+from dualwrite.cli.options import connection_options
+from dualwrite.cli.params import Count
 from dualwrite.settings import Settings
 
 

@@ -10,17 +10,14 @@ import click
 
 from dualwrite.cli import next_steps, render
 from dualwrite.cli.options import (
-    SECONDS,
-    Count,
-    check_report_path,
     confirm_destructive,
     connection_options,
-    csv,
     load_tables,
     open_backends,
     tables_options,
     write_report,
 )
+from dualwrite.cli.params import SECONDS, Count, check_report_path, csv
 from dualwrite.settings import Settings, mask_text
 
 SHOWN_TABLES = 10  # more tables than this: the clean ones share one line
