@@ -377,37 +377,3 @@ def serve(
 def listen_error(exc: Exception) -> str:
     """The one line for a ConfigError (exit 2) when `serve` could not listen where it was told."""
     return f"--metrics-host/--metrics-port: {exc}"
-
-
-def histogram_quantiles(name: str, by: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, dict[str, float]]:
-    """Quantiles (in seconds) of a histogram in the default registry, summed over every label but `by`,
-    interpolated within buckets the way Prometheus' histogram_quantile does."""
-    buckets: dict[str, dict[float, float]] = {}
-    for metric in REGISTRY.collect():
-        if metric.name != name:
-            continue
-        for s in metric.samples:
-            if s.name == f"{name}_bucket":
-                le = float(s.labels["le"])
-                group = buckets.setdefault(s.labels.get(by, ""), {})
-                group[le] = group.get(le, 0.0) + s.value
-    out: dict[str, dict[str, float]] = {}
-    for key, cum in buckets.items():
-        bounds = sorted(cum)
-        total = cum[bounds[-1]] if bounds else 0.0
-        if not total:
-            continue
-        res: dict[str, float] = {"count": total}
-        for q in qs:
-            rank, prev_b, prev_c = q * total, 0.0, 0.0
-            for b in bounds:
-                if cum[b] >= rank:
-                    if b == float("inf"):
-                        res[f"p{int(q * 100)}"] = prev_b
-                    else:
-                        frac = (rank - prev_c) / (cum[b] - prev_c) if cum[b] > prev_c else 1.0
-                        res[f"p{int(q * 100)}"] = prev_b + (b - prev_b) * frac
-                    break
-                prev_b, prev_c = b, cum[b]
-        out[key] = res
-    return out
