@@ -139,6 +139,18 @@ SIMPLE: dict[str, Callable[[], Cast]] = {
     "uuid": lambda: Cast("uuid", Uuid(as_uuid=False), _uuid, "uuid"),
     "numeric": numeric,
 }
+# SQLite declared type names that stand for one Postgres type (cast_for's table, before the affinity rules).
+_DECLARED = {
+    "BOOL": "boolean",
+    "BOOLEAN": "boolean",
+    "DATETIME": "timestamptz",
+    "DATE": "date",
+    "TIME": "time",
+    "JSON": "jsonb",
+    "JSONB": "jsonb",
+    "UUID": "uuid",
+    "BLOB": "bytea",
+}
 _PARAMS = re.compile(r"^\s*([A-Za-z_ ]+?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
 
 
@@ -167,20 +179,10 @@ def cast_for(declared: str | None) -> Cast:
     base = m.group(1).strip() if m else decl
     a = int(m.group(2)) if m and m.group(2) else None
     b = int(m.group(3)) if m and m.group(3) else None
-    if base in ("BOOL", "BOOLEAN"):
-        return SIMPLE["boolean"]()
-    if base in ("DATETIME", "TIMESTAMP", "TIMESTAMPTZ") or base.startswith("TIMESTAMP"):
+    if base.startswith("TIMESTAMP"):  # TIMESTAMP, TIMESTAMPTZ, TIMESTAMP WITH TIME ZONE, ...
         return SIMPLE["timestamptz"]()
-    if base == "DATE":
-        return SIMPLE["date"]()
-    if base == "TIME":
-        return SIMPLE["time"]()
-    if base in ("JSON", "JSONB"):
-        return SIMPLE["jsonb"]()
-    if base == "UUID":
-        return SIMPLE["uuid"]()
-    if base == "BLOB":
-        return SIMPLE["bytea"]()
+    if base in _DECLARED:
+        return SIMPLE[_DECLARED[base]]()
     if base in ("NUMERIC", "DECIMAL"):
         return numeric(a, b) if a else numeric()
     if "INT" in base:  # SQLite affinity rule 1
