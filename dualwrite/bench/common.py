@@ -206,23 +206,23 @@ class BenchEnv:
         return create_engine(url or self.postgres_url, isolation_level="AUTOCOMMIT")
 
     def new_schema(self, label: str) -> str:
-        name = f"bench_{self.run_id}_{label}"[:63]
-        eng = self.admin()
-        with eng.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-            conn.execute(text(f'CREATE SCHEMA "{name}"'))
-        eng.dispose()
+        name = self._create("SCHEMA", label, drop_suffix=" CASCADE")
         self.schemas.append(name)
         return name
 
     def new_database(self, label: str) -> str:
+        name = self._create("DATABASE", label)
+        self.databases.append(name)
+        return name
+
+    def _create(self, kind: str, label: str, drop_suffix: str = "") -> str:
+        """A fresh bench_<run>_<label> schema or database (a left-over one of this run is dropped first)."""
         name = f"bench_{self.run_id}_{label}"[:63]
         eng = self.admin()
         with eng.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'DROP {kind} IF EXISTS "{name}"{drop_suffix}'))
+            conn.execute(text(f'CREATE {kind} "{name}"'))
         eng.dispose()
-        self.databases.append(name)
         return name
 
     def database_url(self, db: str) -> str:

@@ -195,53 +195,32 @@ def summarize(n_rows: int, size_mib: float, bytes_per_row: int, per_run: list[di
         return statistics.median(got) if got else None
 
     note = f"rows/s over each process's wall time, {n_rows} rows; Copier chunk {COPIER_CHUNK} rows"
+    baselines = {"copy": "raw COPY FROM STDIN rows/s", "pgloader": "pgloader rows/s"}
+
+    def rows_goal(name: str, target: float, method: str, baseline: str, note: str = note) -> dict[str, Any]:
+        """A higher-is-better rows/s goal: `method` against `baseline`, per round and as medians."""
+        return goal(
+            name,
+            section="copy",
+            target=target,
+            higher_is_better=True,
+            baseline=baselines[baseline],
+            ratios=ratios(method, baseline),
+            value=med(method),
+            baseline_value=med(baseline),
+            unit="rows/s",
+            note=note,
+        )
+
     goals = [
-        goal(
-            "history copy: backfill Copier vs raw COPY",
-            section="copy",
-            target=GOAL_VS_COPY,
-            higher_is_better=True,
-            baseline="raw COPY FROM STDIN rows/s",
-            ratios=ratios("copier", "copy"),
-            value=med("copier"),
-            baseline_value=med("copy"),
-            unit="rows/s",
-            note=note,
-        ),
-        goal(
-            "history copy: idempotent re-run over the full target vs raw COPY",
-            section="copy",
-            target=GOAL_RERUN,
-            higher_is_better=True,
-            baseline="raw COPY FROM STDIN rows/s",
-            ratios=ratios("rerun", "copy"),
-            value=med("rerun"),
-            baseline_value=med("copy"),
-            unit="rows/s",
-            note=note,
-        ),
-        goal(
-            "history copy: backfill Copier vs pgloader",
-            section="copy",
-            target=GOAL,
-            higher_is_better=True,
-            baseline="pgloader rows/s",
-            ratios=ratios("copier", "pgloader"),
-            value=med("copier"),
-            baseline_value=med("pgloader"),
-            unit="rows/s",
-            note=note,
-        ),
-        goal(
+        rows_goal("history copy: backfill Copier vs raw COPY", GOAL_VS_COPY, "copier", "copy"),
+        rows_goal("history copy: idempotent re-run over the full target vs raw COPY", GOAL_RERUN, "rerun", "copy"),
+        rows_goal("history copy: backfill Copier vs pgloader", GOAL, "copier", "pgloader"),
+        rows_goal(
             "dualwrite migrate end to end (verification included) vs pgloader (verifies nothing)",
-            section="copy",
-            target=GOAL_MIGRATE,
-            higher_is_better=True,
-            baseline="pgloader rows/s",
-            ratios=ratios("migrate", "pgloader"),
-            value=med("migrate"),
-            baseline_value=med("pgloader"),
-            unit="rows/s",
+            GOAL_MIGRATE,
+            "migrate",
+            "pgloader",
             note=f"rows/s over each process's wall time, {n_rows} rows, the same file",
         ),
     ]
