@@ -256,6 +256,24 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+class Children:
+    """The labelled children of metrics, each looked up once: `metric.labels()` takes a lock on every call,
+    which a read path counting every request need not pay. `children(metric, *labels)` is the child."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Any, ...], Any] = {}
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        return key in self._known
+
+    def __call__(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._known.get(key)
+        if child is None:
+            child = self._known[key] = metric.labels(*labels)
+        return child
+
+
 # -- exposition -------------------------------------------------------------------------------------
 DEFAULT_PORT = 9464  # the port Prometheus' own list reserves for nothing else; docker-compose.yml scrapes it
 HOST_ENV, PORT_ENV, MULTIPROC_ENV = "DUALWRITE_METRICS_HOST", "DUALWRITE_METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR"

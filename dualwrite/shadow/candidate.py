@@ -28,14 +28,7 @@ class CandidateReads:
         self.timeout, self.pool_size = timeout, pool_size
         self._engines: dict[int, tuple[Any, Engine]] = {}  # Postgres candidate engine per writer
         self._lock = threading.Lock()
-        self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (labels() takes a lock)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self._child = metrics.Children()
 
     def read(self, backends: Backends, backend: str, store: str, query: str, fn: Callable[[Any], Any]) -> Any:
         """fn on `backend` in one transaction, as backends.timed_read does; Postgres through the reader's engine.

@@ -131,7 +131,7 @@ class ShadowReader:
         self._flushed_at = 0.0
         self._max_workers = max_workers
         self._experiments: dict[tuple[Any, ...], Experiment] = {}
-        self._children: dict[tuple[Any, ...], Any] = {}  # labelled metric children (labels() takes a lock)
+        self._child = metrics.Children()
         self.candidates = CandidateReads(candidate_timeout, max_workers)
 
     def install(self, writer: _Writer) -> ShadowReader:
@@ -163,13 +163,6 @@ class ShadowReader:
             )
             self._experiments[key] = exp
         return exp
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     # -- the request path -------------------------------------------------------------------------
     def read(
@@ -236,9 +229,7 @@ class ShadowReader:
 
     def _counted(self, store: str, label: str, outcome: str) -> None:
         """An outcome of the comparator process: into this process' metrics and stats (it sent Redis its own)."""
-        if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
-            metrics.prime(queries=[(store, label)])
-        self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
+        self._inc_comparisons(store, label, outcome)
         with self._stats_lock:
             self.stats[outcome] += 1
 
@@ -351,10 +342,13 @@ class ShadowReader:
                 return waited
         return None
 
-    def _count(self, backends: Backends, store: str, label: str, outcome: str) -> None:
-        if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._children:
+    def _inc_comparisons(self, store: str, label: str, outcome: str) -> None:
+        if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._child:
             metrics.prime(queries=[(store, label)])  # every result at 0: a mismatch rate of 0, not "No data"
         self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
+
+    def _count(self, backends: Backends, store: str, label: str, outcome: str) -> None:
+        self._inc_comparisons(store, label, outcome)
         field = f"aa:{outcome}" if label.startswith("aa:") else outcome
         with self._stats_lock:
             self.stats[field] += 1
