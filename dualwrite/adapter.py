@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Delete, Insert, Update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError
 
 from dualwrite import metrics
 from dualwrite.apply.rule import apply_events, plan_events, run_plan_direct
@@ -44,7 +45,7 @@ from dualwrite.errors import PrimaryMovedError, SecondaryApplyError, first_line
 from dualwrite.events import ChangeEvent
 from dualwrite.fence import FenceMember
 from dualwrite.phase import Phase
-from dualwrite.retry import SECONDARY_APPLY, primary_switch
+from dualwrite.retry import SECONDARY_APPLY, SECONDARY_APPLY_AGAIN, primary_switch
 from dualwrite.settings import Settings
 from dualwrite.stream.relay import Relay, Wakeup
 from dualwrite.tables import Tables
@@ -220,7 +221,9 @@ class DualWriter:
             last[0] = phase.primary
             return None
 
-        opened = _SWITCH_WAIT(attempt)
+        opened = attempt()  # the common case, without tenacity's per-call bookkeeping
+        if opened is None:
+            opened = _SWITCH_WAIT(attempt)
         if opened is None:
             raise PrimaryMovedError(
                 f"{last[0]} is not the primary and no switch completed in {SWITCH_WAIT_SECONDS:.0f}s"
@@ -230,8 +233,11 @@ class DualWriter:
     def _apply_secondary(self, backend: str, events: list[ChangeEvent], store: str, op: str) -> None:
         start = time.perf_counter()
         try:
-            # a brief retry for a dropped connection or a deadlock (retry.SECONDARY_APPLY, built once)
-            SECONDARY_APPLY(self.apply, backend, events)
+            # a brief retry for a dropped connection or a deadlock (retry.SECONDARY_APPLY's three tries)
+            try:
+                self.apply(backend, events)
+            except DBAPIError:
+                SECONDARY_APPLY_AGAIN(self.apply, backend, events)
         except Exception as exc:
             _secondary_behind("secondary apply", backend, events, store, exc)
         finally:

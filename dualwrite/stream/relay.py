@@ -148,6 +148,7 @@ class Relay:
         wakeup: Wakeup | None = None,
         interval: float = 0.2,
         coalesce: float = 0.005,
+        batch_every: float = 0.025,
     ) -> None:
         self.client, self.key = client, stream_key(namespace)
         self.sources = sources  # (backend name, engine) in publishing order
@@ -155,6 +156,7 @@ class Relay:
         self.wakeup = wakeup or Wakeup()
         self.interval = interval
         self.coalesce = coalesce  # after a wake-up, let a burst of commits gather into one batch
+        self.batch_every = batch_every  # rounds woken by commits begin at most this often (seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen_stream = False
@@ -328,11 +330,20 @@ class Relay:
     def _loop(self) -> None:
         flag = self.wakeup.subscribe()
 
+        started = [float("-inf")]  # when the last round began
+
         def wait_for_commits(seconds: float) -> None:
-            """Until a commit wakes this relay (then a moment more, to batch a burst) or `seconds` pass."""
+            """Until a commit wakes this relay (then a moment more, to batch a burst; and no sooner than
+            `batch_every` after the last round began, so steady writes are published in batches of that
+            many milliseconds, not a round per write competing with the writers for the GIL) or
+            `seconds` pass."""
             if flag.wait(timeout=seconds):
                 flag.clear()
-                self._stop.wait(self.coalesce)
+                self._stop.wait(max(self.coalesce, started[0] + self.batch_every - time.monotonic()))
+
+        def round_() -> int:
+            started[0] = time.monotonic()
+            return self.run_once()
 
         def on_failure(exc: BaseException, wait: float) -> None:
             if isinstance(exc, redis.RedisError):
@@ -346,7 +357,7 @@ class Relay:
         try:
             while not self._stop.is_set():
                 try:
-                    rounds(self.run_once)
+                    rounds(round_)
                 except Exception:  # noqa: BLE001 - stopped while waiting out a failure
                     break
                 wait_for_commits(self.interval)
