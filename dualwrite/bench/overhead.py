@@ -4,7 +4,9 @@ the writers of the process queue on a lock rather than in SQLite's sleeping busy
 do) and then on Postgres (psycopg2 in autocommit: one round trip), one connection of each per writer thread,
 no SQLAlchemy and no dualwrite: the tightest two writes an application could make. With 1 and 5 concurrent
 writers; the write-behind mode (settings.write_behind: Postgres applied by a replay worker process from the
-stream, off the request path) is measured beside the synchronous one.
+stream, off the request path) is measured beside the synchronous one, and so is the design floor (DesignFloor:
+the statements the design needs, outbox and version claim included, through the same raw drivers), which
+says how much of the gap is the design's and how much the adapter's.
 
 Goals (issue 18): p99(dual) <= 1.25 x p99(raw) with 1 writer, <= 1.5 x with 5; throughput >= 0.5 x raw's.
 The variants run interleaved in RUNS rounds so that drift of the shared machine hits them alike; each goal is
@@ -30,6 +32,7 @@ from dualwrite.testing import prepared_writer
 P99_GOALS = {1: 1.25, 5: 1.5}
 THROUGHPUT_GOAL = 0.5
 RUNS = 3
+FLOOR = "design floor (raw drivers)"
 PARTS = {"sqlite": "primary SQLite tx (with outbox)", "postgres": "Postgres apply", "dual": "whole adapter write"}
 
 
@@ -117,9 +120,9 @@ class DesignFloor(RawDrivers):
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.cols[1:])
         params = ", ".join(f"${i + 1}" for i in range(n))
         self.pg_prepare = (
-            f'PREPARE dw_floor AS WITH claim AS (INSERT INTO _dw_versions (tbl, pk, seq) '
+            f"PREPARE dw_floor AS WITH claim AS (INSERT INTO _dw_versions (tbl, pk, seq) "
             f"VALUES (${n + 1}, ${n + 2}, ${n + 3}) ON CONFLICT (tbl, pk) DO UPDATE SET seq = EXCLUDED.seq "
-            f'WHERE _dw_versions.seq < EXCLUDED.seq RETURNING pk) '
+            f"WHERE _dw_versions.seq < EXCLUDED.seq RETURNING pk) "
             f'INSERT INTO "{settings.pg_schema}".{table.name} ({", ".join(self.cols)}) SELECT {params} FROM claim '
             f"ON CONFLICT ({pk}) DO UPDATE SET {sets}"
         )
@@ -174,7 +177,7 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
     floor = DesignFloor(sync.settings, table)
     variants: dict[str, Any] = {
         "raw drivers": raw,
-        "design floor (raw drivers)": floor,
+        FLOOR: floor,
         "dual (relay on)": lambda row: sync.execute(insert(table).values(row)),
     }
     variants["dual, write-behind"] = lambda row: behind.execute(insert(table).values(row))
@@ -207,8 +210,9 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
                 s = summarize(v, att[k])
                 s.update(variant=k, writers=w, writes_per_s=round(median([r[k]["per_s"] for r in rounds]), 1))
                 out["results"].append(s)
+            out.setdefault("floor", []).append(_floor(w, rounds))
             for name in variants:
-                if name == "raw drivers":
+                if name in ("raw drivers", FLOOR):  # the floor is a reference, not a goal's subject
                     continue
                 out["goals"] += _goals(name, w, rounds, parts if name == "dual (relay on)" else None, lat[name])
             log(
@@ -224,6 +228,20 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
         if replayer.poll() is None:
             replayer.kill()
     return out
+
+
+def _floor(w: int, rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The design floor's throughput and p99 as ratios to the raw drivers' (median over the rounds): what
+    the synchronous path could reach with no framework cost at all."""
+    thr = [ratio(r[FLOOR]["per_s"], r["raw drivers"]["per_s"]) for r in rounds]
+    p99 = [ratio(r[FLOOR]["p99_ms"], r["raw drivers"]["p99_ms"]) for r in rounds]
+    return {
+        "writers": w,
+        "throughput_ratio": median(thr),
+        "throughput_spread": [min(thr), max(thr)],
+        "p99_ratio": median(p99),
+        "p99_spread": [min(p99), max(p99)],
+    }
 
 
 def _goals(name: str, w: int, rounds: list[dict[str, dict[str, float]]], parts: Any, lat: list[float]) -> list[Any]:

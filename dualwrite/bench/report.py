@@ -112,6 +112,12 @@ def markdown(doc: dict[str, Any]) -> list[str]:
                 f"after the last one (rows: SQLite {wb['rows_sqlite']}, Postgres {wb['rows_postgres']}; "
                 f"{'converged' if wb['converged'] else 'NOT converged'}).",
             ]
+        for f in o.get("floor", []):
+            md.append(
+                f"- design floor (the design's statements through the raw drivers, no framework), {f['writers']} "
+                f"writer(s): throughput {f['throughput_ratio']} x raw ({f['throughput_spread'][0]}-"
+                f"{f['throughput_spread'][1]}), p99 {f['p99_ratio']} x raw ({f['p99_spread'][0]}-{f['p99_spread'][1]})"
+            )
         with_parts = [g for g in o["goals"] if "breakdown" in g]
         if with_parts:
             md += [
