@@ -68,12 +68,9 @@ def run(env: BenchEnv, counts: list[int], workers: list[int], log: Any = print) 
         dw = prepared_writer(env.settings(label), bench_tables(table), phase=phase, relay=False)
         reader = None
         if target.startswith("adapter:") and dw.phases.current().shadow:
-            try:
-                from dualwrite.shadow.reader import ShadowReader
+            from dualwrite.shadow.reader import ShadowReader
 
-                reader = ShadowReader(percentage=100).install(dw)
-            except ImportError:
-                reader = None
+            reader = ShadowReader(percentage=100).install(dw)
         ops = _ops_for(target, dw, table)
         next_id = 1
         try:

@@ -290,7 +290,7 @@ def _converged(dw: Any, proc: Any, table: Any, timeout: float = 120) -> dict[str
     publishes, the worker applies), and whether Postgres then holds every row SQLite holds."""
     from sqlalchemy import func, select
 
-    from dualwrite.bench.replay_bench import _results
+    from dualwrite.bench.replay_bench import _stop
 
     def counts() -> dict[str, int]:
         out = {}
@@ -303,10 +303,7 @@ def _converged(dw: Any, proc: Any, table: Any, timeout: float = 120) -> dict[str
     while (got := counts())["sqlite"] != got["postgres"] and time.monotonic() - t0 < timeout:
         time.sleep(0.05)
     waited = time.monotonic() - t0
-    assert proc.stdin is not None
-    proc.stdin.write("stop\n")
-    proc.stdin.flush()
-    (report,) = _results([proc], timeout=60)
+    report = _stop(proc)
     counts_ = got
     return {
         "seconds_to_applied_after_last_write": round(waited, 3),

@@ -55,6 +55,15 @@ def _results(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[st
     return out
 
 
+def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Tell a daemon-mode worker to stop once caught up; its report."""
+    assert proc.stdin is not None
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    (report,) = _results([proc], timeout=60)
+    return report
+
+
 def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, label: str) -> dict[str, Any]:
     """Replay the whole stream into a fresh schema with n worker processes of one new group: events/s over
     the first start to the last end, events applied, rows that landed."""
@@ -142,10 +151,7 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
                 break
             time.sleep(0.01)
         drain_s = time.monotonic() - t_stop
-        assert proc.stdin is not None
-        proc.stdin.write("stop\n")
-        proc.stdin.flush()
-        (report,) = _results([proc], timeout=60)
+        report = _stop(proc)
         events = report["stats"]["applied"] + report["stats"]["stale"]
         return {
             "writes": sum(written),
@@ -163,10 +169,6 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
 
 
 def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[str, Any]:
-    try:
-        from dualwrite.stream.replay import Replayer  # noqa: F401 - the section needs it
-    except ImportError as exc:
-        return {"skipped": f"backfill.replay not importable: {exc}"}
     from dualwrite.stream.protocol import EVENT_FIELD, stream_key
     from dualwrite.stream.relay import Relay
     from dualwrite.testing import prepared_writer

@@ -35,10 +35,8 @@ MODES = ("sqlite", "in a comparator process", "threads, unpaced", "paced (defaul
 
 
 def run(env: BenchEnv, reads: int, records: int, log: Any = print) -> dict[str, Any]:
-    try:
-        from dualwrite.shadow.reader import ShadowReader
-    except ImportError as exc:
-        return {"skipped": f"shadow.reader not importable: {exc}"}
+    from dualwrite.shadow.reader import ShadowReader
+
     table = _TABLE
     dw = prepared_writer(env.settings("shadow"), bench_tables(table), phase="dual_write")
     per_block = max(1, reads // BLOCKS)

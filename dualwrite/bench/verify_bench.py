@@ -15,11 +15,8 @@ GOAL = 10.0
 
 
 def run(env: BenchEnv, records: int, log: Any = print) -> dict[str, Any]:
-    try:
-        from dualwrite.verify.verifier import verify_tables
-    except ImportError as exc:
-        return {"skipped": f"shadow.verify not importable: {exc}"}
     from dualwrite.testing import prepared_writer
+    from dualwrite.verify.verifier import verify_tables
 
     md, table = bench_metadata()
     dw = prepared_writer(env.settings("verify"), bench_tables(table), phase="dual_write")
