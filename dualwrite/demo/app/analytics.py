@@ -44,6 +44,7 @@ class AnalyticsRollup(TenantKeyed, Base):
     updated_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 analytics_events = cast(Table, AnalyticsEvent.__table__)
 analytics_rollups = cast(Table, AnalyticsRollup.__table__)
 

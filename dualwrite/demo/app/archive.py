@@ -34,6 +34,7 @@ class ArchivedRecord(TenantKeyed, Base):
     archived_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 archive_records = cast(Table, ArchivedRecord.__table__)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# helpers), so these import lists repeat by design: one store, one self-contained module.
 from sqlalchemy import (
     CheckConstraint,
     ForeignKeyConstraint,
@@ -76,6 +78,7 @@ class DebateTurn(TenantKeyed, Base):
     created_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 debates = cast(Table, Debate.__table__)
 debate_agents = cast(Table, DebateAgent.__table__)
 debate_turns = cast(Table, DebateTurn.__table__)

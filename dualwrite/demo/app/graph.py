@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# helpers), so these import lists repeat by design: one store, one self-contained module.
 from sqlalchemy import (
     CheckConstraint,
     Double,
@@ -76,6 +78,7 @@ class GraphEdge(TenantKeyed, Stamped, Base):
     observed_at: Mapped[datetime | None] = stamp_column(nullable=True)
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 graph_nodes = cast(Table, GraphNode.__table__)
 graph_edges = cast(Table, GraphEdge.__table__)
 

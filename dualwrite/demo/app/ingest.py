@@ -10,6 +10,8 @@ import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# helpers), so these import lists repeat by design: one store, one self-contained module.
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -80,6 +82,7 @@ class IngestDocument(TenantKeyed, Stamped, Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 ingest_jobs = cast(Table, IngestJob.__table__)
 ingest_documents = cast(Table, IngestDocument.__table__)
 

@@ -12,6 +12,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# helpers), so these import lists repeat by design: one store, one self-contained module.
 from sqlalchemy import (
     CheckConstraint,
     ForeignKeyConstraint,
@@ -78,6 +80,7 @@ class MarketplacePurchase(TenantKeyed, Base):
     purchased_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 marketplace_listings = cast(Table, MarketplaceListing.__table__)
 marketplace_purchases = cast(Table, MarketplacePurchase.__table__)
 

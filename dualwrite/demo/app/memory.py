@@ -43,6 +43,7 @@ class MemoryRetention(TenantKeyed, Base):
     updated_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 memory_items = cast(Table, MemoryItem.__table__)
 memory_retention = cast(Table, MemoryRetention.__table__)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# helpers), so these import lists repeat by design: one store, one self-contained module.
 from sqlalchemy import (
     CheckConstraint,
     ForeignKeyConstraint,
@@ -77,6 +79,7 @@ class ProfileLink(TenantKeyed, Base):
     created_at: Mapped[datetime] = stamp_column()
 
 
+# The Core tables the store's statements use (every store does this: declarative models, Core queries).
 profiles = cast(Table, Profile.__table__)
 profile_links = cast(Table, ProfileLink.__table__)
 
