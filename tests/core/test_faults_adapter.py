@@ -113,14 +113,6 @@ def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: 
 # -- (b) Redis unreachable: writes succeed, the outbox grows, the backlog drains when Redis is back -------
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_redis_down_writes_succeed_and_backlog_drains(settings: Settings, private_redis: PrivateRedis) -> None:
     s = settings.with_(redis_url=private_redis.url)
     dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)

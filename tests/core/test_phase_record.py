@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ from tests.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema", "state_schema")
-
-
-@pytest.fixture
-def rds(tmp_path: Path) -> Iterator[PrivateRedis]:
-    d = tmp_path / "redis"
-    d.mkdir()
-    server = PrivateRedis(d)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _records(dw: DualWriter) -> dict[str, tuple[str, int] | None]:
@@ -77,16 +66,16 @@ def test_every_change_is_recorded_on_both_sides(settings: Settings) -> None:
         dw.close()
 
 
-def test_a_redis_restart_loses_no_phase(settings: Settings, rds: PrivateRedis) -> None:
-    s = settings.with_(redis_url=rds.url)
+def test_a_redis_restart_loses_no_phase(settings: Settings, private_redis: PrivateRedis) -> None:
+    s = settings.with_(redis_url=private_redis.url)
     dw = prepared_writer(s, catalog(), phase="dual_write")
     running = DualWriter(s, catalog())  # an instance running through the restart
     try:
         _flip_to(dw, "postgres_primary")
         running.execute(insert(items).values(row(1, 1)))
         assert _outbox(dw, "postgres") != [] and running.phases.current().name == "postgres_primary"
-        rds.stop()
-        rds.start()  # empty: this Redis keeps nothing on disk
+        private_redis.stop()
+        private_redis.start()  # empty: this Redis keeps nothing on disk
         assert dw.backends.redis.get(dw.phases.key) is None
 
         # the CLI, without --force: the real phase, from the record
@@ -121,11 +110,11 @@ def test_a_redis_restart_loses_no_phase(settings: Settings, rds: PrivateRedis) -
         dw.close()
 
 
-def test_unknown_when_nothing_can_be_read(settings: Settings, rds: PrivateRedis, tmp_path: Path) -> None:
-    s = settings.with_(redis_url=rds.url)
+def test_unknown_when_nothing_can_be_read(settings: Settings, private_redis: PrivateRedis, tmp_path: Path) -> None:
+    s = settings.with_(redis_url=private_redis.url)
     dw = prepared_writer(s, catalog(), phase="dual_write")
     dw.close()
-    rds.stop()
+    private_redis.stop()
     # a SQLite file that exists (a missing one is refused before anything) but cannot be read
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
@@ -144,12 +133,12 @@ def test_unknown_when_nothing_can_be_read(settings: Settings, rds: PrivateRedis,
         writer.close()
 
 
-def test_without_redis_the_record_still_reaches_a_new_instance(settings: Settings, rds: PrivateRedis) -> None:
+def test_without_redis_the_record_still_reaches_a_new_instance(settings: Settings, private_redis: PrivateRedis) -> None:
     """Redis down from the start: a new instance reads the record from the databases and writes."""
-    s = settings.with_(redis_url=rds.url)
+    s = settings.with_(redis_url=private_redis.url)
     dw = prepared_writer(s, catalog(), phase="dual_write")
     dw.close()
-    rds.stop()
+    private_redis.stop()
     fresh = DualWriter(s, catalog())
     try:
         fresh.execute(insert(items).values(row(3, 3)))
@@ -190,13 +179,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_a_new_process_after_the_restart_writes_postgres_first(settings: Settings, rds: PrivateRedis, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    s = settings.with_(redis_url=rds.url)
+def test_a_new_process_after_the_restart_writes_postgres_first(
+    settings: Settings, private_redis: PrivateRedis, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    s = settings.with_(redis_url=private_redis.url)
     dw = prepared_writer(s, catalog(), phase="dual_write")
     try:
         _flip_to(dw, "postgres_primary")
-        rds.stop()
-        rds.start()
+        private_redis.stop()
+        private_redis.start()
         script = tmp_path / "child.py"
         script.write_text(CHILD.format(root=str(ROOT)))
         before = _outbox(dw, "sqlite")

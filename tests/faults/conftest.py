@@ -228,19 +228,9 @@ def _ensure_running(cluster: PrivatePostgres) -> None:
 
 
 @pytest.fixture
-def rds(tmp_path: Path) -> Iterator[PrivateRedis]:
-    d = tmp_path / "redis"
-    d.mkdir()
-    server = PrivateRedis(d)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fsettings(settings: Settings, pg: PrivatePostgres, rds: PrivateRedis) -> Settings:
+def fsettings(settings: Settings, pg: PrivatePostgres, private_redis: PrivateRedis) -> Settings:
     """Settings on the private servers (a fresh schema in the private cluster, a private Redis)."""
-    s = settings.with_(postgres_url=pg.url, redis_url=rds.url)
+    s = settings.with_(postgres_url=pg.url, redis_url=private_redis.url)
     admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{s.pg_schema}"'))

@@ -226,13 +226,13 @@ def test_an_old_image_never_resurrects_a_key_deleted_before_the_copy(settings: S
 
 # -- the phase survives Redis --------------------------------------------------------------------------
 def test_redis_restarted_empty_in_postgres_primary(
-    fsettings: Settings, rds: PrivateRedis, collector: Collector
+    fsettings: Settings, private_redis: PrivateRedis, collector: Collector
 ) -> None:
     dw = prepared_writer(fsettings, catalog(), phase="postgres_primary", relay=True)
     try:
         dw.execute(insert(items).values([row(i, i) for i in range(5)]))
-        rds.stop()
-        rds.start()  # empty
+        private_redis.stop()
+        private_redis.start()  # empty
         t0 = time.monotonic()
         res = CliRunner().invoke(main, ["status", *connection_args(fsettings)])
         assert "phase: postgres_primary" in res.output, res.output

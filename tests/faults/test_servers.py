@@ -116,7 +116,9 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
 
 # -- (4) Redis restarted: the stream is lost -------------------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
-def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, collector: Collector, seed: int) -> None:
+def test_redis_restarted_stream_lost(
+    fsettings: Settings, private_redis: PrivateRedis, collector: Collector, seed: int
+) -> None:
     """Redis here keeps nothing on disk, so a restart loses the stream, the consumer group and the phase.
 
     How it heals: the relay sees the stream key gone (XINFO top = none) and republishes every retained
@@ -132,10 +134,10 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
         rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
         rp.run(once=True)
         published = dw.backends.redis.xlen(key)
-        rds.stop()
+        private_redis.stop()
         during = wl.run(10)
         assert not wl.errors
-        rds.start()
+        private_redis.start()
         t0 = time.monotonic()
         dw.phases.set("dual_write", force=True, reason="test: Redis lost its state")
         # the relay republishes the whole retained outbox into a new stream
@@ -160,7 +162,7 @@ def test_redis_restarted_stream_lost(fsettings: Settings, rds: PrivateRedis, col
         dw.close()
 
 
-def test_replayer_survives_group_loss(fsettings: Settings, rds: PrivateRedis) -> None:
+def test_replayer_survives_group_loss(fsettings: Settings, private_redis: PrivateRedis) -> None:
     """A replayer loop running across a Redis restart must keep going (recreate its group), not die."""
     dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     try:
@@ -178,9 +180,9 @@ def test_replayer_survives_group_loss(fsettings: Settings, rds: PrivateRedis) ->
         th = threading.Thread(target=loop, daemon=True)
         th.start()
         time.sleep(0.5)
-        rds.stop()
+        private_redis.stop()
         time.sleep(0.5)
-        rds.start()
+        private_redis.start()
         time.sleep(2.0)
         stop.set()
         th.join(timeout=10)
@@ -190,9 +192,11 @@ def test_replayer_survives_group_loss(fsettings: Settings, rds: PrivateRedis) ->
 
 
 # -- (5) TCP fault proxy: cut and stalled connections -----------------------------------------------------
-def _proxied(fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis) -> tuple[Settings, FaultProxy, FaultProxy]:
+def _proxied(
+    fsettings: Settings, pg: PrivatePostgres, private_redis: PrivateRedis
+) -> tuple[Settings, FaultProxy, FaultProxy]:
     pgp = FaultProxy(pg.port).start()
-    rp = FaultProxy(rds.port).start()
+    rp = FaultProxy(private_redis.port).start()
     s = fsettings.with_(
         postgres_url=f"postgresql://postgres@127.0.0.1:{pgp.port}/postgres",
         redis_url=f"redis://127.0.0.1:{rp.port}/0",
@@ -203,9 +207,9 @@ def _proxied(fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis) -> tup
 @pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 @pytest.mark.parametrize("mode", ["cut", "stall"])
 def test_proxy_faults_during_dual_writes(
-    fsettings: Settings, pg: PrivatePostgres, rds: PrivateRedis, collector: Collector, seed: int, mode: str
+    fsettings: Settings, pg: PrivatePostgres, private_redis: PrivateRedis, collector: Collector, seed: int, mode: str
 ) -> None:
-    s, pgp, rp = _proxied(fsettings, pg, rds)
+    s, pgp, rp = _proxied(fsettings, pg, private_redis)
     dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
     try:
         wl = Workload(dw, seed)
