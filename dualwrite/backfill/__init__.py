@@ -7,6 +7,7 @@
 - copier.py      Copier: chunks read ahead, applied with the checkpoint in the same Postgres transaction;
                  refused chunks bisected into rejects; public hooks prepare_chunk/load_rows (migrate's)
 - steps.py       what the copy loops need of a copier (ChunkSteps: callables) and the TableReport they fill
+- spans.py       ranged tables (apply/ranges.py): a chunk applies its whole key span at one version
 - lanes.py       two chunk transactions in flight (two backends), committed strictly in key order
 - leases.py      workers sharing a table: disjoint key ranges claimed under the checkpoint row's lock and
                  completed in the chunk's transaction; a dead worker's range is taken over at once
