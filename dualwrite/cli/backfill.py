@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +35,7 @@ from dualwrite.cli.params import (
     csv,
 )
 from dualwrite.cli.params import priorities as prio
+from dualwrite.cli.signals import StopFlag
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_text
 
@@ -45,31 +44,6 @@ if TYPE_CHECKING:
     from dualwrite.tables import Tables
 
 log = logging.getLogger("dualwrite.cli.backfill")
-
-
-class StopFlag:
-    """SIGTERM/SIGINT: finish the current chunk or batch, then exit 0."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        def handler(signum: int, _frame: object) -> None:
-            if self.event.is_set():  # a second signal: stop now
-                raise SystemExit(130)
-            log.info("signal %d: finishing the current batch", signum)
-            self.event.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, handler)
-
-    def restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
 
 
 @click.group("backfill")
@@ -175,8 +149,7 @@ def run(
     tables = load_tables(settings, reflect)
     selected = _selected(tables, csv(table_names + table_lists), csv(priorities), csv(store_lists))
     tty = sys.stdout.isatty()
-    stop = StopFlag()
-    stop.install()
+    stop = StopFlag(lambda signum: log.info("signal %d: finishing the current batch", signum)).install()
     backends = open_backends(settings)
     started = time.time()
     report: dict[str, Any] = {"tables": [], "replay": None, "dry_run": dry_run}

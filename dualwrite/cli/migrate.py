@@ -139,7 +139,7 @@ def command(
         )
     except ValueError as exc:
         fail(str(exc))
-    opts.should_stop = many.stop_on_signal().is_set
+    opts.should_stop = many.stop_on_signal()
     try:
         outcome = run(opts)
     except MigrateError as exc:

@@ -9,8 +9,6 @@ JSON report. `--undo` drops, in reverse priority order, what each source's migra
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import click
 from sqlalchemy import inspect
 
 from dualwrite.cli.options import confirm_destructive, existing_sqlite, write_report
+from dualwrite.cli.signals import StopFlag
 from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings, mask_text
 
@@ -144,7 +143,7 @@ def migrate_sources(sources: list[Settings], said: str, *, report_path: str | No
             s.pg_schema,
             rejects_dir=str(Path(rejects_dir) / (s.source or "main")) if rejects_dir else None,
             state_schema=s.state_schema,
-            should_stop=stop.is_set,
+            should_stop=stop,
             **kw,
             **reflect_kw,
         )
@@ -206,20 +205,11 @@ def summary_table(results: list[tuple[Settings, Any]]) -> str:
     )
 
 
-def stop_on_signal() -> threading.Event:
+def stop_on_signal() -> StopFlag:
     """SIGTERM/SIGINT finish the current chunk (a second one exits 130); both migrate paths use it."""
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def handler(signum: int, _frame: object) -> None:
-            if stop.is_set():
-                raise SystemExit(130)
-            click.echo(f"signal {signum}: finishing the current chunk (run again with --resume)", err=True)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-    return stop
+    return StopFlag(
+        lambda signum: click.echo(f"signal {signum}: finishing the current chunk (run again with --resume)", err=True)
+    ).install()
 
 
 __all__ = ["migrate_sources", "plan_sources", "summary_table", "undo_sources"]
