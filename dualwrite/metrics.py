@@ -47,9 +47,14 @@ LATENCY_BUCKETS = (
 LATEST = "livemostrecent"  # multiprocess: the newest observation of shared state wins (see above)
 CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-PHASE = Gauge(
-    "dualwrite_phase", "1 for the current cutover phase, 0 for the others", ["phase"], multiprocess_mode=LATEST
-)
+
+def _shared_gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
+    """A gauge of state every process observes alike (the phase, a backlog, a lag, a limit): in
+    multiprocess mode the newest observation wins."""
+    return Gauge(name, documentation, labels, multiprocess_mode=LATEST)
+
+
+PHASE = _shared_gauge("dualwrite_phase", "1 for the current cutover phase, 0 for the others", ["phase"])
 PHASE_CHANGED = Gauge(
     "dualwrite_phase_changed_timestamp_seconds",
     "When the cutover last moved into each phase (Unix time): the dashboards' phase-flip annotations",
@@ -79,40 +84,32 @@ SECONDARY_FAILURES = Counter(
 EVENTS_WRITTEN = Counter("dualwrite_events_written_total", "Change events written to an outbox", ["backend"])
 EVENTS_PUBLISHED = Counter("dualwrite_events_published_total", "Change events published to the stream")
 PUBLISH_FAILURES = Counter("dualwrite_publish_failures_total", "Relay batches that failed to publish")
-OUTBOX_BACKLOG = Gauge(
-    "dualwrite_outbox_backlog", "Outbox events not yet published to the stream", multiprocess_mode=LATEST
-)
-RELAY_LAG = Gauge("dualwrite_relay_lag_seconds", "Age of the oldest unpublished outbox event", multiprocess_mode=LATEST)
+OUTBOX_BACKLOG = _shared_gauge("dualwrite_outbox_backlog", "Outbox events not yet published to the stream")
+RELAY_LAG = _shared_gauge("dualwrite_relay_lag_seconds", "Age of the oldest unpublished outbox event")
 STREAM_RESETS = Counter(
     "dualwrite_stream_resets_total", "Times the relay found the stream gone and republished the outbox"
 )
-STREAM_LENGTH = Gauge(
-    "dualwrite_stream_length", "Entries in the change stream (XLEN), after the last trim", multiprocess_mode=LATEST
-)
-STREAM_RETENTION = Gauge(
+STREAM_LENGTH = _shared_gauge("dualwrite_stream_length", "Entries in the change stream (XLEN), after the last trim")
+STREAM_RETENTION = _shared_gauge(
     "dualwrite_stream_retention_events",
     "Acknowledged entries the stream keeps below its trim point (the configured window)",
-    multiprocess_mode=LATEST,
 )
 STREAM_TRIMMED = Counter(
     "dualwrite_stream_trimmed_total", "Stream entries trimmed once every consumer group had acknowledged them"
 )
-OUTBOX_ROWS = Gauge(
+OUTBOX_ROWS = _shared_gauge(
     "dualwrite_outbox_rows",
     "Rows in an outbox: unpublished ones and published ones kept for the retention window",
     ["backend"],
-    multiprocess_mode=LATEST,
 )
-OUTBOX_OLDEST_AGE = Gauge(
+OUTBOX_OLDEST_AGE = _shared_gauge(
     "dualwrite_outbox_oldest_age_seconds",
     "Age of an outbox's oldest row (pruning keeps it near the retention window)",
     ["backend"],
-    multiprocess_mode=LATEST,
 )
-OUTBOX_RETENTION = Gauge(
+OUTBOX_RETENTION = _shared_gauge(
     "dualwrite_outbox_retention_seconds",
     "How long published outbox rows are kept (how far back a lost stream can be rebuilt)",
-    multiprocess_mode=LATEST,
 )
 OUTBOX_PRUNED = Counter("dualwrite_outbox_pruned_total", "Published outbox rows deleted past their retention")
 
@@ -124,9 +121,7 @@ BACKFILL_ROWS = Counter(
     "Rows copied by the backfill: every worker's, from the shared checkpoints (backfill/progress.export_shared)",
     ["table"],
 )
-BACKFILL_EXPECTED = Gauge(
-    "dualwrite_backfill_rows_expected", "Rows the backfill expects to copy", ["table"], multiprocess_mode=LATEST
-)
+BACKFILL_EXPECTED = _shared_gauge("dualwrite_backfill_rows_expected", "Rows the backfill expects to copy", ["table"])
 BACKFILL_CHUNK = Histogram(
     "dualwrite_backfill_chunk_duration_seconds",
     "Duration of one backfill chunk",
@@ -141,48 +136,29 @@ BACKFILL_PAUSED = Gauge(
     "1 while an operator holds the copy (dualwrite backfill set --pause): a pause, not a stall",
     multiprocess_mode="livemax",
 )
-REPLAY_LAG_EVENTS = Gauge(
-    "dualwrite_replay_lag_events", "Stream events not yet applied by the replay group", multiprocess_mode=LATEST
-)
-REPLAY_LAG_SECONDS = Gauge(
-    "dualwrite_replay_lag_seconds", "Age of the oldest stream event not yet applied", multiprocess_mode=LATEST
-)
+REPLAY_LAG_EVENTS = _shared_gauge("dualwrite_replay_lag_events", "Stream events not yet applied by the replay group")
+REPLAY_LAG_SECONDS = _shared_gauge("dualwrite_replay_lag_seconds", "Age of the oldest stream event not yet applied")
 REPLAY_APPLIED = Counter("dualwrite_replay_events_total", "Stream events processed by the replayer", ["result"])
-REPLAY_PENDING = Gauge(
-    "dualwrite_replay_pending",
-    "Events delivered to a consumer but not yet acknowledged",
-    multiprocess_mode=LATEST,
-)
+REPLAY_PENDING = _shared_gauge("dualwrite_replay_pending", "Events delivered to a consumer but not yet acknowledged")
 DEAD_LETTERS = Counter("dualwrite_dead_letters_total", "Events sent to the dead-letter stream", ["reason"])
 THROTTLE_ACTIVE = Gauge(
     "dualwrite_throttle_active", "1 while the backfill is throttled", ["reason"], multiprocess_mode="livemax"
 )
-BACKFILL_RATE_LIMIT = Gauge(
-    "dualwrite_backfill_rate_limit_rows_per_second",
-    "The copy's current rows-per-second limit (0: none)",
-    multiprocess_mode=LATEST,
+BACKFILL_RATE_LIMIT = _shared_gauge(
+    "dualwrite_backfill_rate_limit_rows_per_second", "The copy's current rows-per-second limit (0: none)"
 )
-BACKFILL_CHUNK_ROWS = Gauge(
-    "dualwrite_backfill_chunk_rows", "The copy's current chunk size in rows", multiprocess_mode=LATEST
+BACKFILL_CHUNK_ROWS = _shared_gauge("dualwrite_backfill_chunk_rows", "The copy's current chunk size in rows")
+BACKFILL_PG_LATENCY = _shared_gauge(
+    "dualwrite_backfill_pg_probe_latency_seconds", "Round trip of the throttle's probe query on Postgres"
 )
-BACKFILL_PG_LATENCY = Gauge(
-    "dualwrite_backfill_pg_probe_latency_seconds",
-    "Round trip of the throttle's probe query on Postgres",
-    multiprocess_mode=LATEST,
+BACKFILL_REPLICATION_LAG = _shared_gauge(
+    "dualwrite_backfill_replication_lag_seconds", "Largest replay lag of Postgres' replicas (pg_stat_replication)"
 )
-BACKFILL_REPLICATION_LAG = Gauge(
-    "dualwrite_backfill_replication_lag_seconds",
-    "Largest replay lag of Postgres' replicas (pg_stat_replication)",
-    multiprocess_mode=LATEST,
-)
-GATE_CONDITION = Gauge(
-    "dualwrite_gate_condition", "1 if a cutover gate condition holds", ["condition"], multiprocess_mode=LATEST
-)
-GATE_OPEN = Gauge(
+GATE_CONDITION = _shared_gauge("dualwrite_gate_condition", "1 if a cutover gate condition holds", ["condition"])
+GATE_OPEN = _shared_gauge(
     "dualwrite_gate_open",
     "1 if every gate condition the next phase (target) requires holds; only a process evaluating the gate has it",
     ["target"],
-    multiprocess_mode=LATEST,
 )
 SHADOW_CANDIDATE = Histogram(
     "dualwrite_shadow_candidate_duration_seconds",
