@@ -90,6 +90,11 @@ def _confirm_fix(plans: list[Any], yes: bool, progress: render.Progress) -> bool
     show_default=True,
     help="re-check differing keys after",
 )
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="only the keys the change log touched since the last clean verify (a full verify when it cannot tell)",
+)
 @render.json_option
 def verify(
     settings: Settings,
@@ -101,12 +106,14 @@ def verify(
     fix_unowned: bool,
     segment_rows: int,
     recheck_delay: float,
+    incremental: bool,
     as_json: bool,
 ) -> None:
     """Compare every row of SQLite and Postgres (checksums over key ranges, bisection); progress per table
     with its ETA on stderr. Exit 0 identical, 1 differences found, 2 error. --fix says what it would change
     and asks (--yes: not); it touches only rows dualwrite wrote (others are listed as unowned) unless
-    --fix-unowned."""
+    --fix-unowned. --incremental compares only what changed through dualwrite since the last clean verify
+    (writes that bypass it are seen by a full verify only)."""
     from dualwrite.engines import check_postgres
     from dualwrite.migrate.schema import ROWID_COLUMN
     from dualwrite.verify.verifier import verify_backends
@@ -131,6 +138,7 @@ def verify(
                 segment_rows=segment_rows,
                 recheck_delay=recheck_delay,
                 progress=progress.update,
+                incremental_from_last=incremental,
             )
     finally:
         backends.close()
@@ -148,6 +156,10 @@ def verify(
 
 def _print(report: Any, fix: bool, report_path: str | None) -> None:
     """One row per table (the clean ones on one line when there are many), what differs, the verdict."""
+    if report.mode == "incremental":
+        click.echo(f"incremental: {report.touched} key(s) the change log touched since the verify of {report.base}")
+    elif report.fallback:
+        click.echo(f"full verify: {report.fallback}")
     clean = [t.table for t in report.tables if t.clean and not t.error]
     shown = [t for t in report.tables if not (len(report.tables) > SHOWN_TABLES and t.table in clean)]
     columns = ["table", "state", "sqlite", "postgres", "missing", "extra", "differing", "queries", "seconds"]

@@ -151,6 +151,8 @@ def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Conditi
     detail = f"last verify {age:.0f}s ago: " + (
         "clean" if last.get("clean") else f"differences in {', '.join(sorted(bad)) or 'fixed rows (re-verify)'}"
     )
+    if last.get("mode") == "incremental":
+        detail += f" (incremental: {last.get('touched')} key(s) changed since the full verify of {last.get('base')})"
     ok = bool(last.get("clean"))
     if ok and cfg.verify_max_age_seconds is not None and age > cfg.verify_max_age_seconds:
         ok, detail = False, detail + f" (older than {cfg.verify_max_age_seconds:.0f}s)"

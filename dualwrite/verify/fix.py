@@ -13,7 +13,7 @@ is already >= S is left alone and reported as `stale` (a newer change owns it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,11 +21,12 @@ from sqlalchemy import Engine, select
 
 from dualwrite.apply.rule import apply_events, apply_snapshot_rows
 from dualwrite.bookkeeping import read_meta, versions
+from dualwrite.errors import first_line
 from dualwrite.events import ChangeEvent, key_text
 from dualwrite.verify.row_checksums import Key
 
 if TYPE_CHECKING:
-    from dualwrite.verify.verifier import TableReport, TableVerifier
+    from dualwrite.verify.verifier import TableReport, TableVerifier, VerifyReport
 
 KEYS_PER_QUERY = 1000
 UNOWNED_REPORTED = 1000  # keys listed in the report (all are counted in the plan)
@@ -90,3 +91,27 @@ def apply(tv: TableVerifier, rep: TableReport, fix: FixPlan, postgres_apply: Eng
             rep.fixed += dres.applied
             rep.stale += dres.stale
     return rep
+
+
+def fix_all(
+    verifiers: Sequence[TableVerifier],
+    report: VerifyReport,
+    fix_with: Engine,
+    fix_unowned: bool,
+    confirm: Callable[[list[FixPlan]], object] | None,
+) -> None:
+    """Plan the fix of every table that differs, let `confirm` see the plans, then apply them."""
+    plans: list[tuple[TableVerifier, TableReport, FixPlan]] = []
+    for tv, rep in zip(verifiers, report.tables, strict=True):
+        if rep.error is None and not rep.clean:
+            try:
+                plans.append((tv, rep, plan(tv, rep, unowned=fix_unowned)))
+            except Exception as exc:
+                rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
+    if confirm is not None and confirm([p for _tv, _rep, p in plans]) is False:
+        return
+    for tv, rep, planned in plans:
+        try:
+            apply(tv, rep, planned, fix_with)
+        except Exception as exc:
+            rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"

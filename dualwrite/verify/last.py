@@ -52,6 +52,10 @@ def store_last(
         "at": report.at,
         "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
         "fixed": fixed,
+        "mode": report.mode,
+        "watermark": report.watermark,  # what an incremental verify re-verifies from (verify.incremental)
+        "base": report.base or report.at,  # the full verify this result rests on
+        "touched": report.touched,
         "tables": {
             t.table: {
                 "clean": t.clean,

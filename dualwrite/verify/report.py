@@ -51,6 +51,11 @@ class TableReport:
 class VerifyReport:
     tables: list[TableReport]
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    mode: str = "full"  # or "incremental": only the keys the change log touched since `base`
+    watermark: int | None = None  # the seq high-water mark when this verify began
+    base: str | None = None  # the full verify an incremental one rests on (its `at`)
+    touched: int | None = None  # incremental: keys compared
+    fallback: str | None = None  # incremental asked, full done: why
 
     @property
     def clean(self) -> bool:
@@ -61,4 +66,13 @@ class VerifyReport:
         return any(t.error for t in self.tables)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "clean": self.clean, "tables": [t.to_dict() for t in self.tables]}
+        return {
+            "at": self.at,
+            "clean": self.clean,
+            "mode": self.mode,
+            "watermark": self.watermark,
+            "base": self.base,
+            "touched": self.touched,
+            "fallback": self.fallback,
+            "tables": [t.to_dict() for t in self.tables],
+        }

@@ -33,10 +33,10 @@ from typing import Any
 from sqlalchemy import Engine, Table
 
 from dualwrite.engines import Backends
-from dualwrite.errors import first_line
 from dualwrite.events import key_text
 from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
 from dualwrite.verify import fix as fix_rows
+from dualwrite.verify import incremental
 from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.last import (
     load_last,
@@ -98,6 +98,7 @@ class TableVerifier:
         self.method = "python"
         self._queries: list[sqlsum.ChunkQuery] = []
         self.columns: dict[Key, list[str]] = {}  # differing key -> the columns that differ (last diff)
+        self.fetched = (0, 0)  # rows recheck() found on each side
         self.progress = progress
 
     @property
@@ -229,6 +230,7 @@ class TableVerifier:
             srows, prows = self.s.fetch(sc, keys), self.p.fetch(pc, keys)
             sc.rollback()
             pc.rollback()
+        self.fetched = (len(srows), len(prows))  # an incremental verify's row counts
         return self._diff(srows, prows)
 
     def run(self) -> TableReport:
@@ -313,23 +315,23 @@ def verify_tables(
     if delay > 0 and any(found for _rep, found in scanned):
         time.sleep(delay)  # once for every table's suspects, not once per table
     reports = [tv.settle(rep, found) for tv, (rep, found) in zip(verifiers, scanned, strict=True)]
-    if fix_with is None:
-        return VerifyReport(reports)
-    plans: list[tuple[TableVerifier, TableReport, fix_rows.FixPlan]] = []
-    for tv, rep in zip(verifiers, reports, strict=True):
-        if rep.error is None and not rep.clean:
-            try:
-                plans.append((tv, rep, fix_rows.plan(tv, rep, unowned=fix_unowned)))
-            except Exception as exc:
-                rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
-    if confirm is not None and confirm([p for _tv, _rep, p in plans]) is False:
-        return VerifyReport(reports)
-    for tv, rep, plan in plans:
-        try:
-            fix_rows.apply(tv, rep, plan, fix_with)
-        except Exception as exc:
-            rep.error = f"fix failed: {type(exc).__name__}: {first_line(exc)}"
-    return VerifyReport(reports)
+    report = VerifyReport(reports)
+    if fix_with is not None:
+        fix_rows.fix_all(verifiers, report, fix_with, fix_unowned, confirm)
+    return report
+
+
+def verify_incremental(
+    backends: Backends, tables: Sequence[Table], sqlite: Engine, mark: int, top: int, **kw: Any
+) -> tuple[VerifyReport | None, str | None, list[TableVerifier]]:
+    """The keys the change log touched in (mark, top] (verify.incremental), or None and why not."""
+    touched = incremental.touched_since(backends, mark, top)
+    if isinstance(touched, str):
+        return None, touched, []
+    verifiers = [TableVerifier(table, sqlite, backends.postgres, **kw) for table in tables]
+    report = incremental.reverify(verifiers, touched, float(kw.get("recheck_delay", 0.0)))
+    report.mode, report.touched = "incremental", touched.count()
+    return report, None, verifiers
 
 
 def verify_backends(
@@ -341,21 +343,35 @@ def verify_backends(
     confirm: Callable[[list[fix_rows.FixPlan]], object] | None = None,
     store: bool = True,
     sqlite: Engine | None = None,
+    incremental_from_last: bool = False,
     **kw: Any,
 ) -> VerifyReport:
     """verify_tables on a process's engines (`sqlite`: another SQLite read engine, e.g. one showing rowids);
-    remember the result in Redis for the cutover gate."""
+    remember the result in Redis for the cutover gate. `incremental_from_last`: only the keys the change
+    log touched since the last clean verify (verify.incremental), or a full verify saying why not."""
     fix_with = backends.postgres_apply if fix else None
-    shadow_before = read_shadow_counts(backends.redis, backends.settings.namespace) if store else {}
-    report = verify_tables(
-        tables,
-        sqlite or backends.sqlite_read,
-        backends.postgres,
-        fix_with=fix_with,
-        fix_unowned=fix_unowned,
-        confirm=confirm,
-        **kw,
-    )
+    ns = backends.settings.namespace
+    shadow_before = read_shadow_counts(backends.redis, ns) if store else {}
+    sqlite = sqlite or backends.sqlite_read
+    top = incremental.high_water(backends)  # before any row is read: later writes are above it
+    report, fallback = None, None
+    if incremental_from_last:
+        last = load_last(backends.redis, ns)
+        mark = incremental.plan(last, tables) if top is not None else "no change log (no dualwrite bookkeeping here)"
+        if isinstance(mark, str):
+            fallback = mark
+        else:
+            report, fallback, verifiers = verify_incremental(backends, tables, sqlite, mark, top or 0, **kw)
+            if report is not None:
+                report.base = (last or {}).get("base") or (last or {}).get("at")
+                if fix_with is not None:
+                    fix_rows.fix_all(verifiers, report, fix_with, fix_unowned, confirm)
+    if report is None:
+        report = verify_tables(
+            tables, sqlite, backends.postgres, fix_with=fix_with, fix_unowned=fix_unowned, confirm=confirm, **kw
+        )
+        report.fallback = fallback
+    report.watermark = top
     if store:
         store_last(backends.redis, backends.settings.namespace, report, fixed=fix, shadow_counts=shadow_before)
     return report
