@@ -11,23 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from dualwrite.backfill.throttle import WORKER_TTL_S, live_workers
 from dualwrite.cli.main import main
-from dualwrite.testing import prepared_writer
-from tests.backfill.support import catalog, seed
+from tests.backfill.support import seed
 from tests.conftest import connection_args
 
 META = ["--metadata", "tests.backfill.support:md"]
-
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = prepared_writer(settings, catalog(), phase="sqlite")
-    yield w
-    w.close()
 
 
 def _status(settings, tmp_path: Path) -> tuple[str, dict]:  # type: ignore[no-untyped-def]

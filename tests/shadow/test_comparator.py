@@ -12,19 +12,11 @@ import pytest
 from sqlalchemy import select, update
 
 from dualwrite.shadow.reader import ShadowReader, read_counts, read_mismatches
-from tests.shadow.helpers import item_rows, items, seed, writer
+from tests.shadow.helpers import item_rows, items
 
 
 def first_rows(conn, n: int):  # type: ignore[no-untyped-def]  # module level: it pickles by reference
     return [dict(r) for r in conn.execute(select(items).where(items.c.id < n).order_by(items.c.id)).mappings()]
-
-
-@pytest.fixture
-def dw(settings):  # type: ignore[no-untyped-def]
-    w = writer(settings, phase="shadow")
-    seed(w, items, item_rows(50))
-    yield w
-    w.close()
 
 
 def _wait_for(pred, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]

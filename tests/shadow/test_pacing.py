@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
-import pytest
 from sqlalchemy import select
 
 from dualwrite import metrics
@@ -16,19 +15,11 @@ from dualwrite.normalize import DEFAULT, identical
 from dualwrite.shadow.experiment import CHUNK, Experiment, Observation
 from dualwrite.shadow.pacing import RequestGate
 from dualwrite.shadow.reader import ShadowReader, read_counts
-from tests.shadow.helpers import item_rows, items, seed, writer
+from tests.shadow.helpers import items
 
 
 def _count(query: str, result: str) -> float:
     return metrics.sample("dualwrite_shadow_comparisons_total", {"store": "shtest", "query": query, "result": result})
-
-
-@pytest.fixture
-def dw(settings):
-    w = writer(settings, phase="shadow")
-    seed(w, items, item_rows(50))
-    yield w
-    w.close()
 
 
 def test_gate_waits_for_idle_and_is_bounded():

@@ -19,14 +19,6 @@ def _first(conn, n=10):
     return [dict(r) for r in conn.execute(select(items).where(items.c.id < n).order_by(items.c.id)).mappings()]
 
 
-@pytest.fixture
-def dw(settings):
-    w = writer(settings, phase="shadow")
-    seed(w, items, item_rows(50))
-    yield w
-    w.close()
-
-
 def test_planted_difference_is_caught_and_sampled_with_masked_params(dw, uid):
     q = f"first-{uid}"
     reader = ShadowReader(synchronous=True).install(dw)
