@@ -7,8 +7,8 @@
 Steps: reflect the file (schema.py, opened read-only) → casting rules (dualwrite.casts, table in its docstring)
 → refuse before loading if two names collide after Postgres' 63-byte truncation (the message names the
 `--rename` that fixes it) → create the tables WITHOUT foreign keys → copy (load.py: the backfill Copier's
-chunks, checkpoints in the chunk's transaction, bisection of refused chunks, rejects) → indexes and
-unique constraints → foreign keys (added NOT VALID, and reported, when SQLite let orphans in) → views
+chunks, checkpoints in the chunk's transaction, bisection of refused chunks, rejects) → (post_load.py)
+indexes and unique constraints → foreign keys (added NOT VALID, and reported, when SQLite let orphans in) → views
 (created when their SQL is plain enough for Postgres, otherwise listed) → identity sequences set past
 max(key) (and past sqlite_sequence for AUTOINCREMENT) → verification (check.py: counts and an
 order-independent 64-bit row-hash sum per table on both sides, bounded memory).

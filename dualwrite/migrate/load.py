@@ -19,20 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, ForeignKeyConstraint, Index, Table, func, inspect, select
-from sqlalchemy.schema import AddConstraint, CreateSchema
+from sqlalchemy import Connection, Engine, Table, inspect
+from sqlalchemy.schema import CreateSchema
 
 from dualwrite.apply.rule import ApplyResult
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.backfill.copier import DB_ERRORS, Copier, TableReport
+from dualwrite.backfill.copier import Copier, TableReport
 from dualwrite.backfill.copy_format import copy_rows
 from dualwrite.backfill.cursor import Chunk
 from dualwrite.backfill.rejects import RejectWriter, shown
 from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
+from dualwrite.migrate import post_load, undo
 from dualwrite.migrate import state as migration_state
-from dualwrite.migrate import undo
 from dualwrite.migrate.check import TableCheck, safe_key, verify_table
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
@@ -245,12 +245,12 @@ def run(opts: Options) -> Outcome:
             out.tables = [_summary(p, reports.get(p.name), None) for p in plan.tables]
             return out
         with pg.begin() as conn:
-            out.indexes = _indexes(conn, plan)
-            out.foreign_keys = _foreign_keys(conn, plan)
-            out.views = _views(conn, plan)
+            out.indexes = post_load.indexes(conn, plan)
+            out.foreign_keys = post_load.foreign_keys(conn, plan)
+            out.views = post_load.views(conn, plan)
             made = [v["name"] for v in out.views if v.get("created") and not v.get("existing")]
             undo.mark(conn, opts.schema, made, opts.sqlite, "VIEW")
-            out.sequences = _sequences(conn, plan, opts.sqlite)
+            out.sequences = post_load.sequences(conn, plan, opts.sqlite)
         t1 = time.perf_counter()
         out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
         rej = rejected_keys(reject_path)
@@ -318,102 +318,6 @@ def _create(pg: Engine, plan: Plan, opts: Options) -> None:
     migration_state.create(pg, opts.schema, resume=opts.resume)  # in the state schema, not opts.schema
     if not opts.resume:
         ckpt.reset(pg, [p.name for p in plan.tables])
-
-
-def _savepoint(conn: Connection, fn: Callable[[], None]) -> str | None:
-    sp = conn.begin_nested()
-    try:
-        fn()
-    except DB_ERRORS as exc:
-        sp.rollback()
-        orig = getattr(exc, "orig", exc)
-        return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    sp.commit()
-    return None
-
-
-def _indexes(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
-    out = []
-    insp = inspect(conn)
-    for p in plan.tables:
-        have = {i["name"] for i in insp.get_indexes(p.name)}
-        for ix in p.indexes:
-            if ix.name in have:
-                out.append({"name": ix.name, "table": p.name, "created": True, "existing": True})
-                continue
-            index = Index(ix.name, *[p.ddl.c[c] for c in ix.columns], unique=ix.unique)  # type: ignore[union-attr]
-            err = _savepoint(conn, lambda index=index: index.create(conn))
-            out.append({"name": ix.name, "table": p.name, "unique": ix.unique, "created": err is None, "error": err})
-    return out
-
-
-def _foreign_keys(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
-    out = []
-    insp = inspect(conn)
-    ddl = {p.name: p.ddl for p in plan.tables}
-    for p in plan.tables:
-        have = {f["name"] for f in insp.get_foreign_keys(p.name)}
-        for fk in p.fks:
-            entry: dict[str, Any] = {"name": fk.name, "table": p.name, "parent": fk.parent}
-            out.append(entry)
-            if fk.name in have:
-                entry.update(created=True, existing=True)
-                continue
-            parent = ddl[fk.parent]
-            cons = ForeignKeyConstraint(
-                [p.ddl.c[c] for c in fk.columns],  # type: ignore[union-attr]
-                [parent.c[c] for c in fk.parent_columns],  # type: ignore[union-attr]
-                name=fk.name,
-                ondelete=fk.on_delete,
-                onupdate=fk.on_update,
-            )
-            p.ddl.append_constraint(cons)  # type: ignore[union-attr]
-            err = _savepoint(conn, lambda cons=cons: conn.execute(AddConstraint(cons)))
-            if err and "violates foreign key" in err:
-                # Orphans (SQLite does not enforce FKs by default): enforce for new rows, report the old.
-                sql = str(AddConstraint(cons).compile(dialect=conn.dialect)) + " NOT VALID"
-                err2 = _savepoint(conn, lambda sql=sql: conn.connection.driver_connection.cursor().execute(sql))
-                entry.update(created=err2 is None, not_valid=err2 is None, error=err)
-            else:
-                entry.update(created=err is None, error=err)
-    return out
-
-
-def _views(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
-    out = []
-    have = set(inspect(conn).get_view_names())
-    for name, sql in plan.views:
-        if name in have:
-            out.append({"name": name, "created": True, "existing": True})
-            continue
-        err = _savepoint(conn, lambda sql=sql: conn.connection.driver_connection.cursor().execute(sql))
-        out.append({"name": name, "created": err is None, "error": err, "sql": sql})
-    return out
-
-
-def _sequences(conn: Connection, plan: Plan, sqlite_path: str) -> list[dict[str, Any]]:
-    from dualwrite.migrate.schema import connect_source
-
-    floors: dict[str, int] = {}
-    con = connect_source(sqlite_path)
-    try:
-        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
-            floors = {n: int(s or 0) for n, s in con.execute("SELECT name, seq FROM sqlite_sequence")}
-    finally:
-        con.close()
-    prep = conn.dialect.identifier_preparer
-    out = []
-    for p in plan.tables:
-        for c in p.columns:
-            if not c.identity:
-                continue
-            col = p.ddl.c[c.name]  # type: ignore[union-attr]
-            floor = floors.get(p.source, 0) if p.autoincrement else 0
-            top = func.greatest(func.coalesce(select(func.max(col)).scalar_subquery(), 0), floor)
-            seq = func.pg_get_serial_sequence(prep.format_table(p.ddl), c.name)
-            value = conn.execute(select(func.setval(seq, top + 1, False))).scalar()
-            out.append({"table": p.name, "column": c.name, "next": value})
-    return out
 
 
 __all__ = ["ApplyResult", "MigrateError", "Options", "Outcome", "run"]
