@@ -74,6 +74,8 @@ def safe_key(values: list[Any]) -> str:
 def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys: set[str]) -> TableCheck:
     res = TableCheck(plan.name, rejected=len(rejected_keys))
     norms = [normalizer(c.cast.kind) for c in plan.columns]
+    # Postgres' driver hands jsonb back decoded (a JSON string is a Python str): not parsed a second time.
+    target_norms = [normalizer(c.cast.kind, decoded=True) for c in plan.columns]
     casts = [c.cast.convert for c in plan.columns]
     names = [c.name for c in plan.columns]
     pk_idx = [names.index(c) for c in plan.pk]
@@ -103,7 +105,7 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
         for part in result.partitions(BATCH):
             for row in part:
                 res.written += 1
-                res.target_hash = (res.target_hash + row_hash(norms, row)) & MASK
+                res.target_hash = (res.target_hash + row_hash(target_norms, row)) & MASK
         conn.rollback()
     return res
 
@@ -113,15 +115,17 @@ def _same(value: Any) -> Any:
     return value
 
 
-def normalizer(kind: str) -> Callable[[Any], Any]:
+def normalizer(kind: str, decoded: bool = False) -> Callable[[Any], Any]:
     """normal() for one kind, without the dispatch (None must be handled by the caller)."""
     if kind in ("int", "text"):
         return _same
-    return lambda v: normal(kind, v)
+    return lambda v: normal(kind, v, decoded)
 
 
-def normal(kind: str, value: Any) -> Any:
-    """A value as both sides must agree on it (the converted source value, or the one Postgres returns)."""
+def normal(kind: str, value: Any, decoded: bool = False) -> Any:
+    """A value as both sides must agree on it (the converted source value, or the one Postgres returns).
+
+    decoded: a json value is already the parsed document (as Postgres' driver returns jsonb), not its text."""
     if value is None:
         return None
     if kind == "ts":
@@ -136,7 +140,7 @@ def normal(kind: str, value: Any) -> Any:
     if kind == "bytes":
         return bytes(value).hex()
     if kind == "json":
-        if isinstance(value, str | bytes):
+        if not decoded and isinstance(value, str | bytes):
             value = json.loads(value)
         if value is None:  # the text 'null' (SQLAlchemy's JSON None) is jsonb null, which the driver reads as None
             return None
