@@ -205,6 +205,10 @@ def _reject_constant(name: str) -> Any:
     raise Dirty(f"invalid JSON ({name} is not JSON)")
 
 
+# Built once: json.loads with keyword arguments builds a new JSONDecoder per call (4% of a migrate profile).
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _json(value: Any) -> str:
     if isinstance(value, bytes):
         value = _as_text(value)
@@ -216,7 +220,7 @@ def _json(value: Any) -> str:
         raise Dirty(f"{_typename(value)} in JSON column")
     check_text(value)
     try:
-        parsed = json.loads(value, parse_constant=_reject_constant)
+        parsed = _JSON_DECODER.decode(value)
     except json.JSONDecodeError as exc:
         raise Dirty(f"invalid JSON ({exc.msg} at {exc.pos})") from None
     if "\\u0000" in value:
