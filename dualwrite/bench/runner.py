@@ -25,7 +25,7 @@ class BenchConfig:
     shadow_records: int = 5000
     copy_rows: int = 1_000_000
     replay_events: int = 100_000  # 20k measured mostly start-up (issue 18)
-    verify_records: int = 100_000
+    verify_records: int = 1_000_000
     fence_flips: int = 30
     sections: tuple[str, ...] = SECTIONS
     postgres_url: str | None = None

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dualwrite.bookkeeping import meta, outbox
 from dualwrite.engines import Backends
-from dualwrite.events import ChangeEvent, key_text
+from dualwrite.events import event_key, key_text
 from dualwrite.verify.report import TableReport, VerifyReport
 
 
@@ -48,9 +48,9 @@ def high_water(backends: Backends) -> int | None:
 
 @dataclass
 class Touched:
-    """The keys the change log holds above a watermark, per table name (key text -> key values)."""
+    """The keys the change log holds above a watermark, per table name (key identity -> key values)."""
 
-    keys: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    keys: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
     events: int = 0
 
     def count(self) -> int:
@@ -66,8 +66,13 @@ def touched_since(backends: Backends, mark: int, top: int) -> Touched | str:
                 select(outbox.c.payload).where(outbox.c.seq > mark, outbox.c.seq <= top).order_by(outbox.c.seq)
             )
             for (payload,) in rows:
-                ev = ChangeEvent.from_json(payload)
-                out.keys.setdefault(ev.table, {})[key_text(sorted(ev.key.items()))] = ev.key
+                table, key = event_key(payload)
+                try:
+                    ident: Any = tuple(sorted(key.items()))
+                    hash(ident)
+                except TypeError:  # a key value that is not hashable: its canonical text
+                    ident = key_text(sorted(key.items()))
+                out.keys.setdefault(table, {})[ident] = key
                 out.events += 1
             conn.rollback()
     if out.events < top - mark:

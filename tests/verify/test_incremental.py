@@ -122,3 +122,15 @@ def test_cli_incremental(settings) -> None:  # type: ignore[no-untyped-def]
         assert {t["table"]: t["differing"] for t in doc["tables"]}["sh_items"] == ["[1]"]
     finally:
         dw.close()
+
+
+def test_event_key_reads_the_key_without_the_image() -> None:
+    from datetime import UTC, datetime
+
+    from dualwrite.events import ChangeEvent, event_key
+
+    at = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+    for key in ({"id": 7}, {"tenant": "émile", "at": at}, {"id": 2**70}):
+        ev = ChangeEvent("t", "upsert", key, {"blob": b"\x00" * 10, **key}, seq=3)
+        assert event_key(ev.to_json()) == ("t", key)
+        assert type(event_key(ev.to_json())[1].get("id", 0)) is int
