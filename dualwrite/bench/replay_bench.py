@@ -37,7 +37,7 @@ def _spawn(settings: Any, group: str, consumer: str, mode: str) -> subprocess.Po
 
 
 def _workers(settings: Any, group: str, n: int, mode: str = "once") -> list[subprocess.Popen[str]]:
-    procs = [_spawn(settings, group, f"w{i}", mode) for i in range(n)]
+    procs = [_spawn(settings, group, f"w{i}", mode) for i in range(n)]  # direct mode: consumer w<i> = share i
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready", "replay worker did not start"
     for p in procs:
@@ -99,6 +99,21 @@ def direct_apply(env: BenchEnv, table: Any, payloads: list[bytes], label: str) -
         return time.perf_counter() - t0
     finally:
         dw.close()
+
+
+def direct_apply_procs(env: BenchEnv, ns: str, table: Any, n: int, label: str) -> float:
+    """The machine's ceiling for n workers: n processes each decode and directly apply (no Redis reads, no
+    acks) every n-th batch of the stream's payloads into one fresh schema. Returns events/s."""
+    from dualwrite.testing import prepared_writer
+
+    dw = prepared_writer(env.settings(label).with_(namespace=ns), bench_tables(table), phase="sqlite")
+    try:
+        reports = _results(_workers(dw.settings, "-", n, mode=f"direct:{n}"), timeout=1800)
+    finally:
+        dw.close()
+    applied = sum(r["stats"]["applied"] for r in reports)
+    seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    return applied / seconds if seconds else 0.0
 
 
 def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[str, Any]:
@@ -192,11 +207,13 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
             base_s = direct_apply(env, table, payloads, f"replay_base{i}")
             one = replay_with_workers(env, ns, md, table, 1, f"replay_r{i}_w1")
             two = replay_with_workers(env, ns, md, table, 2, f"replay_r{i}_w2")
+            ceil1 = direct_apply_procs(env, ns, table, 1, f"replay_c{i}_p1")
+            ceil2 = direct_apply_procs(env, ns, table, 2, f"replay_c{i}_p2")
             base_eps = len(payloads) / base_s if base_s else 0.0
-            per_run.append({"direct": base_eps, "w1": one, "w2": two})
+            per_run.append({"direct": base_eps, "w1": one, "w2": two, "ceiling": ratio(ceil2, ceil1) or 0.0})
             log(
                 f"  replay run {i + 1}/{runs}: direct {base_eps:.0f} events/s, 1 worker {one['events_per_s']:.0f}, "
-                f"2 workers {two['events_per_s']:.0f}"
+                f"2 workers {two['events_per_s']:.0f}; direct apply 2 processes vs 1: {ratio(ceil2, ceil1)}x"
             )
         direct = median([r["direct"] for r in per_run])
         w1 = median([r["w1"]["events_per_s"] for r in per_run])
@@ -223,7 +240,9 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
                 section="replay",
                 target=SCALING_GOAL,
                 higher_is_better=True,
-                baseline="one Replayer worker, same run",
+                baseline="one Replayer worker, same run; the machine's ceiling (direct apply, 2 processes vs 1, "
+                f"same runs): median {round(median([r['ceiling'] for r in per_run]), 3)}x, "
+                f"spread {min(r['ceiling'] for r in per_run)}-{max(r['ceiling'] for r in per_run)}x",
                 ratios=[ratio(r["w2"]["events_per_s"], r["w1"]["events_per_s"]) for r in per_run],
                 value=w2,
                 baseline_value=w1,
@@ -246,6 +265,7 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
                 {
                     "direct_events_per_s": round(r["direct"], 1),
                     **{f"{w}_events_per_s": round(r[w]["events_per_s"], 1) for w in ("w1", "w2")},
+                    "direct_2_vs_1_processes": r["ceiling"],
                 }
                 for r in per_run
             ],
@@ -267,6 +287,8 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
 
     _md, table = bench_metadata()
     dw = DualWriter(load_settings(env={}, **conf), bench_tables(table), relay=False)
+    if mode.startswith("direct:"):
+        return _direct_worker(dw, table, int(consumer[1:]), int(mode.split(":")[1]))
     rp = Replayer(dw.backends, dw.tables, group=group, consumer=consumer, batch=BATCH, block_ms=50)
     rp.ensure_group()
     statements.get(dw.backends.postgres_direct, table)
@@ -287,6 +309,26 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
                 break
         stats = rp.stats
     print(json.dumps({"start": start, "end": end, "stats": stats.as_dict()}), flush=True)
+    dw.close()
+
+
+def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
+    """One process of the ceiling: read the stream once before "go", then decode and apply every n-th
+    batch (starting at `share`) directly, as direct_apply does."""
+    from dualwrite.apply.statements import statements
+    from dualwrite.events import ChangeEvent
+    from dualwrite.stream.protocol import EVENT_FIELD, stream_key
+
+    payloads = [f[EVENT_FIELD] for _id, f in dw.backends.redis.xrange(stream_key(dw.settings.namespace))]
+    statements.get(dw.backends.postgres_direct, table)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start, applied = time.time(), 0
+    for i in range(share * BATCH, len(payloads), n * BATCH):
+        batch = [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]]
+        dw.apply("postgres", batch)
+        applied += len(batch)
+    print(json.dumps({"start": start, "end": time.time(), "stats": {"applied": applied}}), flush=True)
     dw.close()
 
 
