@@ -83,8 +83,10 @@ def touched_since(backends: Backends, mark: int, top: int) -> Touched | str:
     return out
 
 
-def plan(last: dict[str, Any] | None, tables: Sequence[Table]) -> int | str:
-    """The watermark to re-verify from, or why a full verify is needed."""
+def plan(last: dict[str, Any] | None, tables: Sequence[Table], top: int | None) -> int | str:
+    """The watermark to re-verify from, or why a full verify is needed (`top`: high_water() now)."""
+    if top is None:
+        return "no change log (no dualwrite bookkeeping here)"
     if last is None:
         return "no verify on record"
     if not last.get("clean"):
@@ -119,7 +121,4 @@ def reverify(verifiers: Sequence[Any], touched: Touched, recheck_delay: float) -
         found.append(diff if any(diff.values()) else {})
     if recheck_delay > 0 and any(found):
         time.sleep(recheck_delay)
-    settled = [tv.settle(rep, f) for tv, rep, f in zip(verifiers, reports, found, strict=True)]
-    for tv, rep in zip(verifiers, settled, strict=True):
-        rep.queries = tv.queries
-    return VerifyReport(settled)
+    return VerifyReport([tv.settle(rep, f) for tv, rep, f in zip(verifiers, reports, found, strict=True)])

@@ -370,11 +370,12 @@ def verify_backends(
     report, fallback = None, None
     if incremental_from_last:
         last = load_last(backends.redis, ns)
-        mark = incremental.plan(last, tables) if top is not None else "no change log (no dualwrite bookkeeping here)"
+        mark = incremental.plan(last, tables, top)
         if isinstance(mark, str):
             fallback = mark
         else:
-            report, fallback, verifiers = verify_incremental(backends, tables, sqlite, mark, top or 0, **kw)
+            assert top is not None  # plan() said why not otherwise
+            report, fallback, verifiers = verify_incremental(backends, tables, sqlite, mark, top, **kw)
             if report is not None:
                 report.base = (last or {}).get("base") or (last or {}).get("at")
                 if fix_with is not None:
@@ -386,5 +387,5 @@ def verify_backends(
         report.fallback = fallback
     report.watermark = top
     if store:
-        store_last(backends.redis, backends.settings.namespace, report, fixed=fix, shadow_counts=shadow_before)
+        store_last(backends.redis, ns, report, fixed=fix, shadow_counts=shadow_before)
     return report
