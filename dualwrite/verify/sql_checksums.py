@@ -152,6 +152,16 @@ PG_SETTINGS = (
 )
 
 
+Span = tuple[Key | None, Key | None]  # a key range [lo, hi); None: open
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Some keys, summed as one chunk (an incremental verify's touched keys)."""
+
+    keys: tuple[Key, ...]
+
+
 @dataclass
 class ChunkSum:
     count: int
@@ -179,6 +189,8 @@ class ChunkQuery:
             _q(k) + (' COLLATE "C"' if self.pg and pk_types.get(k) == "text" else "") for k in self.pk
         ]
         self.key = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
+        # equality needs no collation, and a COLLATE "C" unlike the index's would keep Postgres off it
+        self.plain_key = _q(self.pk[0]) if len(self.pk) == 1 else f"({', '.join(_q(k) for k in self.pk)})"
         self.order = ", ".join(keys)
         self.mark = "%s" if self.pg else "?"
         self.nullable = [i for i, c in enumerate(cols) if c.nullable]
@@ -196,15 +208,30 @@ class ChunkQuery:
             guard = " OR ".join(f"({g})" for _, g in renders)
             aggs = [f"max({guard})"] + [f"count({_q(cols[i].name)})" for i in self.nullable]
             aggs += [f"CAST(group_concat(ifnull({r}, char(3)), char(1)) AS BLOB)" for r, _ in renders]
-            if len(self.pk) == 1:  # a range scan of the key (rowid or its index) is in key order already
-                self.sql = f"SELECT count(*), {', '.join(aggs)} FROM {name} {{where}}"
-            else:
-                rows = f"SELECT * FROM {name} {{where}} ORDER BY {self.order}"
-                self.sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows})"
+            rows = f"SELECT * FROM {name} {{where}} ORDER BY {self.order}"
+            self.ordered_sql = f"SELECT count(*), {', '.join(aggs)} FROM ({rows})"
+            # a range scan of one key (rowid or its index) is in key order already: no sort
+            one = f"SELECT count(*), {', '.join(aggs)} FROM {name} {{where}}"
+            self.sql = one if len(self.pk) == 1 else self.ordered_sql
+        if self.pg:
+            self.ordered_sql = self.sql
 
     def statement(self, lo: Key | None, hi: Key | None) -> tuple[str, list[Any]]:
         where, params = self.where(lo, hi)
         return self.sql.format(where=where), params
+
+    def select(self, part: Span | KeySet) -> tuple[str, list[Any]]:
+        """The checksum query of a key range or of a set of keys (ordered by key: an IN list is not)."""
+        if not isinstance(part, KeySet):
+            return self.statement(*part)
+        keys = part.keys
+        if len(self.pk) == 1:
+            where = f"WHERE {self.plain_key} IN ({', '.join(self.mark for _ in keys)})"
+        else:
+            row = f"({', '.join(self.mark for _ in self.pk)})"
+            rows = ", ".join(row for _ in keys)
+            where = f"WHERE {self.plain_key} IN ({rows if self.pg else f'VALUES {rows}'})"
+        return self.ordered_sql.format(where=where), [v for k in keys for v in k]
 
     def split_statement(self, lo: Key | None, hi: Key | None, step: int) -> tuple[str, list[Any]]:
         """Every step-th existing key of the range (after its first): split points for a bisection."""
@@ -263,11 +290,11 @@ def split_keys(engine: Engine, query: ChunkQuery, lo: Key | None, hi: Key | None
 def chunk_sums(
     engine: Engine,
     query: ChunkQuery,
-    ranges: Sequence[tuple[Key | None, Key | None]],
+    ranges: Sequence[Span | KeySet],
     on_range: Callable[[], None] | None = None,
 ) -> list[ChunkSum]:
-    """Every range's ChunkSum in one read transaction (one snapshot, as a single scan would see);
-    `on_range()` after each range's query (verify's progress)."""
+    """Every range's (or key set's) ChunkSum in one read transaction (one snapshot, as a single scan would
+    see); `on_range()` after each query (verify's progress)."""
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -278,16 +305,16 @@ def chunk_sums(
             cur.execute("BEGIN")
         if query.pg:
             out = []
-            for lo, hi in ranges:
-                cur.execute(*query.statement(lo, hi))
+            for part in ranges:
+                cur.execute(*query.select(part))
                 out.append(query.parse(cur.fetchone()))
                 if on_range is not None:
                     on_range()
         else:  # hash chunk i here (hashlib drops the GIL) while SQLite aggregates chunk i+1
             with ThreadPoolExecutor(1, thread_name_prefix="verify-hash") as pool:
                 pending = []
-                for lo, hi in ranges:
-                    cur.execute(*query.statement(lo, hi))
+                for part in ranges:
+                    cur.execute(*query.select(part))
                     pending.append(pool.submit(query.parse, cur.fetchone()))
                     if on_range is not None:
                         on_range()

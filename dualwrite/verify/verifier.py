@@ -118,8 +118,7 @@ class TableVerifier:
         """Chunk checksums computed by both databases at once (two threads; each waits on its server)."""
         spans = sqlsum.ranges(self.s.engine, self.table, cols, self.segment_rows)
         self.s.queries += 1
-        self._queries = [sqlsum.ChunkQuery(self.table, cols, side.engine.dialect.name) for side in (self.s, self.p)]
-        s_sums, p_sums = self._sums(spans, first_pass=True)
+        s_sums, p_sums = self.sums_of(spans, first_pass=True)
         self.method = "in-database"
         return [() if lo is None else lo for lo, _hi in spans], s_sums, p_sums
 
@@ -179,16 +178,21 @@ class TableVerifier:
             return
         edges: list[Key | None] = [lo, *keys, hi]
         spans = list(zip(edges[:-1], edges[1:], strict=True))
-        s_sums, p_sums = self._sums(spans)
+        s_sums, p_sums = self.sums_of(spans)
         for (a, b), sa, pa in zip(spans, s_sums, p_sums, strict=True):
             self.bisect_sql(a, b, sa, pa, out)
 
-    def _sums(
-        self, spans: list[tuple[Key | None, Key | None]], first_pass: bool = False
+    def sums_of(
+        self, spans: Sequence[sqlsum.Span | sqlsum.KeySet], first_pass: bool = False
     ) -> tuple[list[Summary], list[Summary]]:
-        """Both sides' chunk checksums of `spans`, computed by the two databases at the same time (the
-        first pass reports its progress)."""
+        """Both sides' chunk checksums of `spans` (key ranges or key sets), computed by the two databases at
+        the same time (the first pass reports its progress)."""
         from concurrent.futures import ThreadPoolExecutor
+
+        assert self.sql_cols is not None
+        if not self._queries:
+            cols = self.sql_cols
+            self._queries = [sqlsum.ChunkQuery(self.table, cols, s.engine.dialect.name) for s in (self.s, self.p)]
 
         done = [0, 0]  # ranges summed by each side; progress is the slower side's
 

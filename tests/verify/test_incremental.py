@@ -50,10 +50,34 @@ def test_only_touched_keys_are_compared_and_a_difference_there_is_found(settings
         assert by["sh_items"].columns == {"[3]": ["note"]}
         assert (by["sh_items"].sqlite_rows, by["sh_items"].postgres_rows) == (5, 5)  # 6 touched, 9 deleted
         assert by["sh_pairs"].clean and by["sh_pairs"].sqlite_rows == 1
-        assert by["sh_items"].queries == 2 and by["sh_pairs"].queries == 2  # one IN query per side
+        # one checksum query per side over the touched keys; only the set that differs has its rows fetched
+        assert by["sh_items"].queries == 4 and by["sh_pairs"].queries == 2
         # the untouched direct write is only a full verify's to find
         again = verify_backends(dw.backends, TABLES)
         assert {t.table: t.differing for t in again.tables}["sh_items"] == ["[3]", "[400]"]
+    finally:
+        dw.close()
+
+
+def test_touched_keys_are_summed_in_sets_and_only_a_differing_set_is_fetched(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dualwrite.verify import incremental
+
+    monkeypatch.setattr(incremental, "KEYSET", 100)  # 500 touched keys: five sets
+    dw = _seeded(settings)
+    try:
+        assert verify_backends(dw.backends, TABLES).clean
+        dw.execute(update(items).values(name=items.c.name + "!"))  # every row, through dualwrite
+        _pg(dw, "UPDATE sh_items SET note = 'lost apply' WHERE id = 250")
+        _pg(dw, "DELETE FROM sh_items WHERE id = 499")
+        dw.execute(update(pairs).values(value=pairs.c.value + "!"))  # a composite text + integer key
+        _pg(dw, "UPDATE sh_pairs SET value = 'lost' WHERE tenant = 'émile' AND n = 7")
+        inc = verify_backends(dw.backends, TABLES, incremental_from_last=True)
+        rep = inc.tables[[t.name for t in TABLES].index("sh_items")]
+        assert inc.mode == "incremental" and inc.touched == 540, inc.fallback
+        assert {t.table: t.differing for t in inc.tables}["sh_pairs"] == ['["émile",7]']
+        assert rep.differing == ["[250]"] and rep.missing == ["[499]"] and not rep.extra
+        assert (rep.sqlite_rows, rep.postgres_rows) == (500, 499)
+        assert rep.queries == 5 * 2 + 2  # five sums a side, then the two differing sets, one fetch
     finally:
         dw.close()
 
