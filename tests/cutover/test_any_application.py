@@ -1,6 +1,7 @@
 """The whole cutover of an application dualwrite did not write (tests.userapp), as its users run it: three
 writer processes, started separately, write through the adapter (ORM and Core, with shadow reads) while
 the operator's CLI, in processes of its own, moves sqlite -> dual_write -> backfill -> shadow -> verify
+(a full verify, then `verify --incremental` of what the writers changed since, which the gate accepts)
 -> postgres_reads -> postgres_primary -> postgres. At the end the writers' logs, SQLite and Postgres agree
 row for row, and no write failed at any flip.
 
@@ -130,8 +131,18 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
         report = tmp_path / "verify.json"
         ok(dualwrite("verify", *conn, *METADATA, "--report", str(report)))
         step("verify")
-        assert json.loads(report.read_text())["clean"]
-        flip(conn, "postgres_reads")
+        full = json.loads(report.read_text())
+        assert full["clean"] and full["mode"] == "full"
+        # The writers go on; the operator re-verifies only what they changed since, and the gate takes it.
+        at = fleet.committed()
+        fleet.wait_committed(per_phase // 2, more_than=at, timeout=60 + per_phase / rate)
+        ok(dualwrite("verify", *conn, *METADATA, "--incremental", "--report", str(report)))
+        step("verify --incremental")
+        inc = json.loads(report.read_text())
+        assert inc["clean"] and inc["mode"] == "incremental" and inc["fallback"] is None, inc
+        assert inc["touched"] > 0 and inc["base"] == full["at"], inc
+        out = flip(conn, "postgres_reads")
+        assert "incremental:" in out and full["at"] in out, out  # the gate names the full verify it rests on
         at = fleet.committed()
         fleet.wait_committed(per_phase, more_than=at, timeout=60 + per_phase / rate)
 
