@@ -33,7 +33,7 @@ from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
 from dualwrite.migrate import post_load, undo
 from dualwrite.migrate import state as migration_state
-from dualwrite.migrate.check import TableCheck, safe_key, verify_table
+from dualwrite.migrate.check import TableCheck, safe_key, verify_tables
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
 log = logging.getLogger("dualwrite.migrate")
@@ -254,8 +254,8 @@ def run(opts: Options) -> Outcome:
         t1 = time.perf_counter()
         out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
         rej = rejected_keys(reject_path)
-        for p in plan.tables:
-            chk = verify_table(src, pg, p, rej.get(p.name, set()))
+        replan = {"path": opts.sqlite, "tables": opts.tables, "casts": opts.casts, "renames": opts.renames}
+        for p, chk in zip(plan.tables, verify_tables(src, pg, plan.tables, rej, replan), strict=True):
             out.tables.append(_summary(p, reports.get(p.name), chk))
         out.phases["verify"] = time.perf_counter() - t1
         out.status = "done"
