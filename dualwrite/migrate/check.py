@@ -18,7 +18,6 @@ import hashlib
 import json
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
@@ -87,29 +86,56 @@ def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys:
 
 
 def verify_tables(
-    source: Engine,
-    target: Engine,
-    plans: list[TablePlan],
-    rejected: dict[str, set[str]],
-    replan: dict[str, Any],
+    source: Engine, target: Engine, plans: list[TablePlan], rejected: dict[str, set[str]], sides: SourceSides
 ) -> list[TableCheck]:
-    """verify_table for every plan, the SQLite sides in a child process while this one reads Postgres.
-
-    replan: reflect()'s arguments (path, tables, casts, renames), with which the child plans the same tables."""
-    if _source_rows(source, plans) < PARALLEL_ROWS:
+    """verify_table for every plan; the SQLite sides come from `sides` (started before the load) when it
+    has a child, while this process reads the Postgres sides."""
+    if sides.proc is None:
         return [verify_table(source, target, p, rejected.get(p.name, set())) for p in plans]
-    ctx = multiprocessing.get_context("spawn")  # not fork: this process holds Postgres connections
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        names = [p.name for p in plans]
-        pending = pool.submit(_source_sides, replan, names, {n: rejected.get(n, set()) for n in names})
-        out = []
-        for p in plans:
-            res = TableCheck(p.name, rejected=len(rejected.get(p.name, set())))
-            res.written, res.target_hash = target_side(target, p)
-            out.append(res)
-        for res, (read, matching, digest) in zip(out, pending.result(), strict=True):
-            res.read, res.matching_rows, res.source_hash = read, matching, digest
+    out = []
+    for p in plans:
+        res = TableCheck(p.name, rejected=len(rejected.get(p.name, set())))
+        res.written, res.target_hash = target_side(target, p)
+        out.append(res)
+    for p, res, (read, matching, digest, dirty) in zip(plans, out, sides.collect(), strict=True):
+        keys = rejected.get(p.name, set())
+        if keys - dirty:  # rows Postgres refused (not a cast): the child counted them, so hash again without
+            read, matching, digest = source_side(source, p, keys)
+        res.read, res.matching_rows, res.source_hash = read, matching, digest
     return out
+
+
+class SourceSides:
+    """Every table's SQLite side hashed in a spawned process, started before the load so that it runs beside
+    it (the file does not change during a migration). The child leaves out the rows a cast rejects and
+    returns their keys; a rejected key outside those (Postgres refused the row) makes verify_tables hash
+    that table here again, leaving the reject file's keys out. Small files get no child (a spawn costs ~1 s)."""
+
+    def __init__(self, source: Engine, plans: list[TablePlan], replan: dict[str, Any]) -> None:
+        self.proc: Any = None
+        if _source_rows(source, plans) < PARALLEL_ROWS:
+            return
+        ctx = multiprocessing.get_context("spawn")  # not fork: this process holds Postgres connections
+        self.recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_child, args=(send, replan, [p.name for p in plans]), daemon=True)
+        self.proc.start()
+        send.close()
+
+    def collect(self) -> list[tuple[int, int, int, set[str]]]:
+        try:
+            kind, value = self.recv.recv()
+        except EOFError:
+            raise RuntimeError("migrate verification: the SQLite side's process died") from None
+        self.proc.join()
+        if kind != "ok":
+            raise RuntimeError(f"migrate verification, SQLite side: {value}")
+        return value
+
+    def stop(self) -> None:
+        """End the child if it still runs (a stopped or failed migration verifies nothing)."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
 
 
 def _source_rows(source: Engine, plans: list[TablePlan]) -> int:
@@ -118,20 +144,32 @@ def _source_rows(source: Engine, plans: list[TablePlan]) -> int:
         return sum(raw.execute(f"SELECT count(*) FROM {sq(p.name)}").fetchone()[0] for p in plans)
 
 
-def _source_sides(replan: dict[str, Any], names: list[str], rejected: dict[str, set[str]]) -> list[tuple]:
+def _child(send: Any, replan: dict[str, Any], names: list[str]) -> None:
     """The child's work: plan the file as the parent did and hash each table's SQLite side."""
-    path = replan["path"]
-    plan = reflect(path, tables=replan.get("tables"), casts=replan.get("casts"), renames=replan.get("renames"))
-    by_name = {p.name: p for p in plan.tables}
-    engine = source_engine(path, plan.tables)
     try:
-        return [source_side(engine, by_name[n], rejected[n]) for n in names]
+        path = replan["path"]
+        plan = reflect(path, tables=replan.get("tables"), casts=replan.get("casts"), renames=replan.get("renames"))
+        by_name = {p.name: p for p in plan.tables}
+        engine = source_engine(path, plan.tables)
+        try:
+            out = []
+            for n in names:
+                dirty: set[str] = set()
+                out.append((*source_side(engine, by_name[n], set(), dirty), dirty))
+        finally:
+            engine.dispose()
+        send.send(("ok", out))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
-        engine.dispose()
+        send.close()
 
 
-def source_side(source: Engine, plan: TablePlan, rejected_keys: set[str]) -> tuple[int, int, int]:
-    """(rows read, rows expected on Postgres, their hash sum) of one table's SQLite side."""
+def source_side(
+    source: Engine, plan: TablePlan, rejected_keys: set[str], dirty: set[str] | None = None
+) -> tuple[int, int, int]:
+    """(rows read, rows expected on Postgres, their hash sum) of one table's SQLite side; `dirty` gets the
+    keys (as the load writes them) of the rows a cast rejects."""
     read = matching = digest = 0
     norms = [normalizer(c.cast.kind) for c in plan.columns]
     casts = [c.cast.convert for c in plan.columns]
@@ -147,6 +185,8 @@ def source_side(source: Engine, plan: TablePlan, rejected_keys: set[str]) -> tup
                 try:
                     values = [None if v is None else f(v) for f, v in zip(casts, row, strict=True)]
                 except Dirty:
+                    if dirty is not None:
+                        dirty.add(safe_key([row[i] for i in pk_idx]))
                     continue
                 if rejected_keys and safe_key([values[i] for i in pk_idx]) in rejected_keys:
                     continue

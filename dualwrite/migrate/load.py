@@ -33,7 +33,7 @@ from dualwrite.engines import postgres_engine
 from dualwrite.errors import first_line
 from dualwrite.migrate import post_load, undo
 from dualwrite.migrate import state as migration_state
-from dualwrite.migrate.check import TableCheck, safe_key, verify_tables
+from dualwrite.migrate.check import SourceSides, TableCheck, safe_key, verify_tables
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
 
 log = logging.getLogger("dualwrite.migrate")
@@ -220,10 +220,14 @@ def run(opts: Options) -> Outcome:
         out.rejects_file = str(reject_path)
     pg = postgres_engine(opts.postgres, opts.schema, state_schema=opts.state_schema, pool_size=2)
     src = source_engine(opts.sqlite, plan.tables)
+    sides: SourceSides | None = None
     try:
         t0 = time.perf_counter()
         _create(pg, plan, opts)
         out.phases["create"] = time.perf_counter() - t0
+        # verification's SQLite side starts now, beside the load (it needs nothing from Postgres)
+        replan = {"path": opts.sqlite, "tables": opts.tables, "casts": opts.casts, "renames": opts.renames}
+        sides = SourceSides(src, plan.tables, replan)
         rejects = MigrateRejects(reject_path, stop=opts.on_error == "stop")
 
         def over() -> bool:
@@ -254,8 +258,7 @@ def run(opts: Options) -> Outcome:
         t1 = time.perf_counter()
         out.phases["constraints"] = t1 - t0 - out.phases["create"] - out.phases["copy"]
         rej = rejected_keys(reject_path)
-        replan = {"path": opts.sqlite, "tables": opts.tables, "casts": opts.casts, "renames": opts.renames}
-        for p, chk in zip(plan.tables, verify_tables(src, pg, plan.tables, rej, replan), strict=True):
+        for p, chk in zip(plan.tables, verify_tables(src, pg, plan.tables, rej, sides), strict=True):
             out.tables.append(_summary(p, reports.get(p.name), chk))
         out.phases["verify"] = time.perf_counter() - t1
         out.status = "done"
@@ -270,6 +273,8 @@ def run(opts: Options) -> Outcome:
             out.state = "dropped" + (f": {', '.join(dropped)}" if dropped else " (nothing of its own was left)")
         return out
     finally:
+        if sides is not None:
+            sides.stop()
         out.seconds = time.perf_counter() - started
         src.dispose()
         pg.dispose()

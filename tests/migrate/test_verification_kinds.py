@@ -5,6 +5,8 @@ Postgres after the load does not, and a rejected row is no difference. Both ways
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dualwrite.migrate import check
@@ -68,3 +70,18 @@ def test_changed_on_postgres_is_found(tmp_path, pg_schema, case) -> None:  # typ
     result, rep = migrate(db, pg_schema, "--resume")
     assert not rep["verified"] and "NOT verified" in result.output, result.output
     assert rep["tables"][0]["why_not_verified"] == "row hashes differ"
+
+
+def test_a_row_postgres_refused_is_no_difference(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
+    """A rejected key the casts accept (Postgres refused the row, e.g. a constraint): the child counted the row,
+    so the table is hashed again without it. Planted: the row is gone from Postgres and named in the rejects."""
+    db = first_run(tmp_path, pg_schema)
+    assert fetch(pg_schema, "DELETE FROM k WHERE org = 'B' RETURNING 1") == [(1,)]
+    path = tmp_path / f"rejects-{pg_schema}" / "rejects.jsonl"
+    record = {"table": "k", "key": '["B","a"]', "column": None, "value": None, "reason": "planted", "row": {}}
+    path.write_text(path.read_text() + json.dumps(record) + "\n")
+    result, rep = migrate(db, pg_schema, "--resume")
+    (summary,) = rep["tables"]
+    assert (summary["read"], summary["written"], summary["rejected"], summary["verified"]) == (5, 3, 2, True), (
+        result.output
+    )
