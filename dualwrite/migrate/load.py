@@ -135,23 +135,31 @@ class MigrateRejects(RejectWriter):
         self.record(table, json.dumps(record, ensure_ascii=True))
 
 
-def convert_rows(plan: TablePlan, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple]]:
-    """Cast every value; a row with a value that does not fit is returned in `dirty` (row, column, value, why)."""
-    good: list[dict[str, Any]] = []
+def convert_values(
+    plan: TablePlan, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], list[tuple]]:
+    """convert_rows on the chunk's tuples (in `columns` order): no dict per row, one is built only for a
+    dirty row (the reject line shows it)."""
+    conv_of = {c.name: c.cast.convert for c in plan.columns}
+    convs = [conv_of[c] for c in columns]
+    good: list[tuple[Any, ...]] = []
     dirty: list[tuple[dict[str, Any], str, Any, str]] = []
-    convs = [(c.name, c.cast.convert) for c in plan.columns]
     for row in rows:
-        out: dict[str, Any] = {}
-        name = ""
         try:
-            for name, conv in convs:
-                value = row[name]
-                out[name] = None if value is None else conv(value)
+            good.append(tuple([None if v is None else f(v) for f, v in zip(convs, row, strict=True)]))
         except Dirty as exc:
-            dirty.append((row, name, row[name], str(exc)))
-        else:
-            good.append(out)
+            named = dict(zip(columns, row, strict=True))
+            bad = next(c for c, f, v in zip(columns, convs, row, strict=True) if not _casts(f, v))
+            dirty.append((named, bad, named[bad], str(exc)))
     return good, dirty
+
+
+def _casts(conv: Callable[[Any], Any], value: Any) -> bool:
+    try:
+        _ = None if value is None else conv(value)
+        return True
+    except Dirty:
+        return False
 
 
 @dataclass
@@ -169,11 +177,12 @@ class MigrateCopier(Copier):
     def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
         plan = self.plans[table.name]
         chunk, unread = super().prepare_chunk(table, chunk)
-        good, dirty = convert_rows(plan, chunk.rows)
+        good, dirty = convert_values(plan, chunk.columns, chunk.values)
         writer: MigrateRejects = self.rejects  # type: ignore[assignment]
         for row, column, value, reason in dirty:
             writer.write(table.name, safe_key([row[c] for c in plan.pk]), column, value, reason, row)
-        return Chunk.from_dicts(chunk.columns, good, chunk.version), unread + len(dirty)
+        # as Chunk.from_dicts built it before: no last_key/span (the Copier keeps the read chunk's own)
+        return Chunk(chunk.columns, good, chunk.version, None, None), unread + len(dirty)
 
     def load_rows(
         self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int
