@@ -301,13 +301,20 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
         stats = rp.run(should_stop=stop.is_set)
         end = time.time()
     else:
-        end = start
-        while True:  # run(once=True), timing the end of the last batch rather than the final empty poll
-            if rp.step():
-                end = time.time()
-            elif rp.lag == (0, 0):
-                break
-        stats = rp.stats
+        # run(once=True) as `dualwrite backfill replay --once` runs (its read-ahead included), timing the end
+        # of the last batch rather than the final empty poll
+        last = [start]
+        step = rp.step
+
+        def timed_step(block_ms: int | None = None) -> int:
+            n = step(block_ms)
+            if n:
+                last[0] = time.time()
+            return n
+
+        rp.step = timed_step  # type: ignore[method-assign]
+        stats = rp.run(once=True)
+        end = last[0]
     print(json.dumps({"start": start, "end": end, "stats": stats.as_dict()}), flush=True)
     dw.close()
 
