@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from dualwrite.migrate import check
 from tests.migrate.support import fetch, make_db, migrate, rejects
+
+# every test both ways (tests/migrate/conftest.py)
+pytestmark = pytest.mark.usefixtures("source_side_where")
 
 FILE = """
 CREATE TABLE t (id INTEGER PRIMARY KEY, price NUMERIC(7,2), at DATETIME, doc JSON, name TEXT);
@@ -29,14 +31,6 @@ PLANTED = {
     "extra row": ("INSERT INTO t (id, name) VALUES (99, 'extra')", "read 5 != written 5 + rejected 1"),
     "rejected row resurrected": ("INSERT INTO t (id, name) VALUES (2, 'back')", "read 5 != written 5 + rejected 1"),
 }
-
-
-@pytest.fixture(autouse=True, params=["in-process", "child process"])
-def source_side_where(request, monkeypatch):  # type: ignore[no-untyped-def]
-    """Every case both ways: the SQLite sides here, or in the spawned process big files get."""
-    if request.param == "child process":
-        monkeypatch.setattr(check, "PARALLEL_ROWS", 0)
-    return request.param
 
 
 def first_run(tmp_path, pg_schema) -> str:  # type: ignore[no-untyped-def]

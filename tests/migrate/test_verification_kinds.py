@@ -9,8 +9,10 @@ import json
 
 import pytest
 
-from dualwrite.migrate import check
 from tests.migrate.support import fetch, make_db, migrate
+
+# every test both ways (tests/migrate/conftest.py)
+pytestmark = pytest.mark.usefixtures("source_side_where")
 
 FILE = """
 CREATE TABLE k (org TEXT, code TEXT, doc JSON, x REAL, blob BLOB, at TIMESTAMP, n INTEGER, u UUID,
@@ -34,13 +36,6 @@ PLANTED = {
     "timestamp": "UPDATE k SET at = at + interval '1 microsecond' WHERE code = 'é'",
     "key": "UPDATE k SET code = 'c' WHERE org = 'b' AND code = 'a'",
 }
-
-
-@pytest.fixture(autouse=True, params=["in-process", "child process"])
-def source_side_where(request, monkeypatch):  # type: ignore[no-untyped-def]
-    if request.param == "child process":
-        monkeypatch.setattr(check, "PARALLEL_ROWS", 0)
-    return request.param
 
 
 def first_run(tmp_path, pg_schema) -> str:  # type: ignore[no-untyped-def]
