@@ -14,29 +14,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from sqlalchemy import (
-    JSON,
-    Connection,
-    Double,
-    Executable,
-    Integer,
-    String,
-    Table,
-    delete,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import JSON, Connection, Double, Executable, Integer, String, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dualwrite.demo.app.base import STAMPS, TENANT_MAX
-from dualwrite.demo.app.errors import (
-    CrossTenantError,
-    NotFoundError,
-    StoreError,
-    ValidationError,
-    integrity_error,
-)
+from dualwrite.demo.app.errors import CrossTenantError, NotFoundError, StoreError, ValidationError, integrity_error
 from dualwrite.types import ExactDecimal, UTCDateTime, utcnow
 
 if TYPE_CHECKING:

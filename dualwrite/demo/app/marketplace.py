@@ -14,16 +14,7 @@ from typing import Any, cast
 
 # Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
 # helpers), so these import lists repeat by design: one store, one self-contained module.
-from sqlalchemy import (
-    CheckConstraint,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    String,
-    Table,
-    UniqueConstraint,
-    select,
-)
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, String, Table, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dualwrite.demo.app.base import (
