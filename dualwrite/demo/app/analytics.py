@@ -11,10 +11,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Date, Index, Table, UniqueConstraint, func, select
+from sqlalchemy import BigInteger, Date, Index, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import stamp_column
 from dualwrite.demo.app.common import TenantStore, check_aware, check_limit, check_text
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.types import ExactDecimal, JSONType, OrderedString
@@ -44,9 +45,7 @@ class AnalyticsRollup(TenantKeyed, Base):
     updated_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-analytics_events = cast(Table, AnalyticsEvent.__table__)
-analytics_rollups = cast(Table, AnalyticsRollup.__table__)
+analytics_events, analytics_rollups = core_tables(AnalyticsEvent, AnalyticsRollup)
 
 
 class AnalyticsEventRow(TenantKeyedRow):

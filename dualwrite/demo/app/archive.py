@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Index, Table, select
+from sqlalchemy import Index, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import stamp_column
 from dualwrite.demo.app.common import TenantStore, check_id, check_json, check_limit, check_text
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.errors import EventDecodeError
@@ -34,8 +35,7 @@ class ArchivedRecord(TenantKeyed, Base):
     archived_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-archive_records = cast(Table, ArchivedRecord.__table__)
+(archive_records,) = core_tables(ArchivedRecord)
 
 
 class ArchivedRecordRow(TenantKeyedRow):

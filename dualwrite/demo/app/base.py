@@ -1,5 +1,5 @@
-"""The example application's schema vocabulary: the declarative base and constraint naming, the columns
-every store table is made of (key, tenant, references, stamps; mixins for the shared ones) and the row
+"""The example application's schema vocabulary: the declarative base and constraint naming, the mixins of
+the columns every store table shares (key, tenant, stamps; built from `columns`) and the row
 TypedDicts' matching bases. Its column types are dualwrite's portable ones, `dualwrite.types`.
 
 Each store module then lists its own columns twice, as a model and as the row TypedDict its methods
@@ -9,12 +9,13 @@ their right form; what the tables share is said once, here."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TypedDict, cast
 
-from sqlalchemy import BigInteger, Integer, MetaData
-from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
+from sqlalchemy import MetaData, Table
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dualwrite.types import OrderedString, UTCDateTime, utcnow
+from dualwrite.demo.app.columns import ID, stamp_column
+from dualwrite.types import OrderedString
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -23,7 +24,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-ID = BigInteger().with_variant(Integer, "sqlite")
 TENANT_MAX = 64
 
 
@@ -31,12 +31,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def ref_column(nullable: bool = False) -> MappedColumn[Any]:
-    return mapped_column(ID, nullable=nullable)
-
-
-def stamp_column(nullable: bool = False) -> MappedColumn[Any]:
-    return mapped_column(UTCDateTime, nullable=nullable, default=None if nullable else utcnow)
+def core_tables(*models: type[Base]) -> tuple[Table, ...]:
+    """The Core tables of declarative models: every store declares models and runs Core statements."""
+    return tuple(cast(Table, m.__table__) for m in models)
 
 
 # The stamps TenantStore sets from its clock wherever a table has them (insert: both; update: updated_at).
@@ -69,8 +66,3 @@ class StampedRow(TypedDict):
     created_at: datetime
     updated_at: datetime
 
-
-def tenant_fk(column: str, parent: str, *extra: str) -> tuple[list[str], list[str]]:
-    """Columns of a composite foreign key (column, *extra, tenant_id) -> parent (id, *extra, tenant_id):
-    the database itself refuses a reference to another tenant's row."""
-    return [column, *extra, "tenant_id"], [f"{parent}.id", *(f"{parent}.{e}" for e in extra), f"{parent}.tenant_id"]

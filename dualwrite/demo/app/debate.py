@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, ref_column, stamp_column, tenant_fk
+from dualwrite.demo.app.base import Base, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import ref_column, stamp_column, tenant_fk
 from dualwrite.demo.app.common import TenantStore, check_id, check_text
 from dualwrite.demo.app.errors import StateError, ValidationError
 from dualwrite.types import OrderedString
@@ -78,10 +79,7 @@ class DebateTurn(TenantKeyed, Base):
     created_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-debates = cast(Table, Debate.__table__)
-debate_agents = cast(Table, DebateAgent.__table__)
-debate_turns = cast(Table, DebateTurn.__table__)
+debates, debate_agents, debate_turns = core_tables(Debate, DebateAgent, DebateTurn)
 
 
 class DebateRow(TenantKeyedRow):

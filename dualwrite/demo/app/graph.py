@@ -18,7 +18,6 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     String,
-    Table,
     UniqueConstraint,
     and_,
     or_,
@@ -26,16 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import (
-    Base,
-    Stamped,
-    StampedRow,
-    TenantKeyed,
-    TenantKeyedRow,
-    ref_column,
-    stamp_column,
-    tenant_fk,
-)
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import ref_column, stamp_column, tenant_fk
 from dualwrite.demo.app.common import DIRECTIONS, Direction, TenantStore, check_choice, check_id, check_text
 from dualwrite.types import JSONType, OrderedString
 
@@ -78,9 +69,7 @@ class GraphEdge(TenantKeyed, Stamped, Base):
     observed_at: Mapped[datetime | None] = stamp_column(nullable=True)
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-graph_nodes = cast(Table, GraphNode.__table__)
-graph_edges = cast(Table, GraphEdge.__table__)
+graph_nodes, graph_edges = core_tables(GraphNode, GraphEdge)
 
 
 class GraphNodeRow(TenantKeyedRow, StampedRow):

@@ -18,7 +18,6 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     String,
-    Table,
     Text,
     UniqueConstraint,
     func,
@@ -27,16 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import (
-    Base,
-    Stamped,
-    StampedRow,
-    TenantKeyed,
-    TenantKeyedRow,
-    ref_column,
-    stamp_column,
-    tenant_fk,
-)
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import ref_column, stamp_column, tenant_fk
 from dualwrite.demo.app.common import TenantStore, check_choice, check_id, check_limit, check_text
 from dualwrite.demo.app.errors import DuplicateError, StateError, ValidationError
 from dualwrite.types import JSONType, OrderedString
@@ -82,9 +73,7 @@ class IngestDocument(TenantKeyed, Stamped, Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-ingest_jobs = cast(Table, IngestJob.__table__)
-ingest_documents = cast(Table, IngestDocument.__table__)
+ingest_jobs, ingest_documents = core_tables(IngestJob, IngestDocument)
 
 
 class IngestJobRow(TenantKeyedRow):

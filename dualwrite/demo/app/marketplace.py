@@ -14,19 +14,11 @@ from typing import Any, cast
 
 # Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
 # helpers), so these import lists repeat by design: one store, one self-contained module.
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, String, Table, UniqueConstraint, select
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import (
-    Base,
-    Stamped,
-    StampedRow,
-    TenantKeyed,
-    TenantKeyedRow,
-    ref_column,
-    stamp_column,
-    tenant_fk,
-)
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import ref_column, stamp_column, tenant_fk
 from dualwrite.demo.app.common import TenantStore, check_choice, check_id, check_limit, check_text
 from dualwrite.demo.app.errors import StateError, ValidationError
 from dualwrite.types import ExactDecimal, JSONType, OrderedString
@@ -71,9 +63,7 @@ class MarketplacePurchase(TenantKeyed, Base):
     purchased_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-marketplace_listings = cast(Table, MarketplaceListing.__table__)
-marketplace_purchases = cast(Table, MarketplacePurchase.__table__)
+marketplace_listings, marketplace_purchases = core_tables(MarketplaceListing, MarketplacePurchase)
 
 
 class ListingRow(TenantKeyedRow, StampedRow):

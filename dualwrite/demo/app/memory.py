@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Index, Integer, Table, Text, UniqueConstraint, or_, select
+from sqlalchemy import Index, Integer, Text, UniqueConstraint, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, stamp_column
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import stamp_column
 from dualwrite.demo.app.common import Row, TenantStore, check_aware, check_id, check_limit, check_text, prefix_range
 from dualwrite.demo.app.errors import ValidationError
 from dualwrite.types import JSONType, OrderedString
@@ -43,9 +44,7 @@ class MemoryRetention(TenantKeyed, Base):
     updated_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-memory_items = cast(Table, MemoryItem.__table__)
-memory_retention = cast(Table, MemoryRetention.__table__)
+memory_items, memory_retention = core_tables(MemoryItem, MemoryRetention)
 
 
 class MemoryItemRow(TenantKeyedRow, StampedRow):

@@ -11,21 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins and column
+# Each store module declares its tables from the same pieces (SQLAlchemy's, base.py's mixins, columns.py's
 # helpers), so these import lists repeat by design: one store, one self-contained module.
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String, Table, Text, UniqueConstraint, or_, select
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String, Text, UniqueConstraint, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dualwrite.demo.app.base import (
-    Base,
-    Stamped,
-    StampedRow,
-    TenantKeyed,
-    TenantKeyedRow,
-    ref_column,
-    stamp_column,
-    tenant_fk,
-)
+from dualwrite.demo.app.base import Base, Stamped, StampedRow, TenantKeyed, TenantKeyedRow, core_tables
+from dualwrite.demo.app.columns import ref_column, stamp_column, tenant_fk
 from dualwrite.demo.app.common import (
     DIRECTIONS,
     UNSET,
@@ -69,9 +61,7 @@ class ProfileLink(TenantKeyed, Base):
     created_at: Mapped[datetime] = stamp_column()
 
 
-# The Core tables the store's statements use (every store does this: declarative models, Core queries).
-profiles = cast(Table, Profile.__table__)
-profile_links = cast(Table, ProfileLink.__table__)
+profiles, profile_links = core_tables(Profile, ProfileLink)
 
 
 class ProfileRow(TenantKeyedRow, StampedRow):
