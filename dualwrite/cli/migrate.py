@@ -120,23 +120,11 @@ def command(
     try:
         existing_sqlite(settings)
         opts = Options(
-            str(settings.sqlite_path),
-            settings.postgres_url,
-            settings.pg_schema,
-            tables=table_list,
-            casts=parse_pairs(casts, "--cast"),
-            renames=parse_pairs(renames, "--rename"),
-            dry_run=dry_run,
-            rejects_dir=rejects_dir,
-            on_error=on_error,
-            max_rejects=max_rejects,
-            resume=resume,
-            chunk_size=chunk_size,
-            versioned=versioned,
-            max_chunks=max_chunks,
-            state_schema=settings.state_schema,
-            keep_state=keep_state,
-        )
+            str(settings.sqlite_path), settings.postgres_url, settings.pg_schema, tables=table_list,
+            casts=parse_pairs(casts, "--cast"), renames=parse_pairs(renames, "--rename"), dry_run=dry_run,
+            rejects_dir=rejects_dir, on_error=on_error, max_rejects=max_rejects, resume=resume, chunk_size=chunk_size,
+            versioned=versioned, max_chunks=max_chunks, state_schema=settings.state_schema, keep_state=keep_state,
+        )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))
     opts.should_stop = many.stop_on_signal()

@@ -116,20 +116,11 @@ def connection_options(fn: Callable[..., Any] | None = None, *, sqlite: str = "e
             )
         wanted = csv(kw.get("priorities", ()) if own_priority else kw.pop("source_priorities", ()))
         runs = load_sources(
-            source=source,
-            priorities=priorities(wanted) or None,
-            config=config,
-            sqlite_url=sqlite_url[0] if sqlite_url else None,
-            postgres_url=postgres_url,
-            redis_url=redis_url,
-            namespace=namespace,
-            pg_schema=pg_schema,
-            state_schema=state_schema,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_pre_ping=pool_pre_ping,
-            metadata=kw.pop("metadata_spec", None),
-        )
+            source=source, priorities=priorities(wanted) or None, config=config,
+            sqlite_url=sqlite_url[0] if sqlite_url else None, postgres_url=postgres_url, redis_url=redis_url,
+            namespace=namespace, pg_schema=pg_schema, state_schema=state_schema, pool_size=pool_size,
+            max_overflow=max_overflow, pool_pre_ping=pool_pre_ping, metadata=kw.pop("metadata_spec", None),
+        )  # fmt: skip
         if wanted and runs[0].source is None and not own_priority:
             raise ConfigError("--priority selects sources of a project file; none is given (dualwrite.toml, --config)")
         if kw.get("daemon") and len(runs) > 1:  # it would serve the first source for ever, the others never

@@ -91,9 +91,36 @@ def fenced_move(
     config: GateConfig,
     timeout: float = DEFAULT_TIMEOUT,
     force: bool = False,
+    attempts: int = 1,
+    between: float = BETWEEN_ATTEMPTS,
 ) -> FencedMove:
-    """Settle (unfenced), raise the fence, wait for acknowledgements and catch-up, `move()`, lift; see the
-    module doc. The summary's `steps` say where the fenced time went (ack, catch-up, move)."""
+    """`move()` behind the write fence, tried again up to `attempts` times (as gh-ost retries its cut-over
+    lock) when the fence did not hold: the writes flow for `between` seconds in between, and no attempt
+    holds them longer than `timeout`. The result's summary counts the pauses of every attempt; `earlier`
+    says why the earlier ones gave up."""
+    earlier: list[str] = []
+    pauses: list[float] = []
+    while True:
+        done = _attempt(backends, tables, label, move, config=config, timeout=timeout, force=force)
+        assert done.summary is not None
+        pauses += done.summary.pauses
+        if done.ok or len(earlier) + 1 >= attempts:
+            done.summary.pauses = pauses
+            done.summary.attempts = len(earlier) + 1
+            done.earlier = earlier
+            if not done.ok and earlier:
+                done.blocked = f"{done.blocked} (attempt {attempts} of {attempts}; earlier: {'; '.join(earlier)})"
+            return done
+        earlier.append(done.blocked)
+        time.sleep(between)
+
+
+def _attempt(
+    backends: Backends, tables: Tables, label: str, move: Callable[[], None], *, config: GateConfig, timeout: float,
+    force: bool,
+) -> FencedMove:
+    """One attempt: settle (unfenced), raise the fence, wait for acknowledgements and catch-up, `move()`,
+    lift; see the module doc. The summary's `steps` say where the fenced time went (ack, catch-up, move)."""
     publish = Publisher(backends)
     settle(backends, tables, config, publish=publish)
     fence = Fence(backends.redis, backends.settings.namespace, timeout=timeout, label=label)
@@ -139,38 +166,6 @@ def fenced_move(
     finally:
         fence.lift()
         fence.collect(wait=1.0)
-
-
-def fenced_move_retried(
-    backends: Backends,
-    tables: Tables,
-    label: str,
-    move: Callable[[], None],
-    *,
-    config: GateConfig,
-    timeout: float = DEFAULT_TIMEOUT,
-    force: bool = False,
-    attempts: int = FENCE_ATTEMPTS,
-    between: float = BETWEEN_ATTEMPTS,
-) -> FencedMove:
-    """fenced_move, tried again (as gh-ost retries its cut-over lock) when the fence did not hold: the
-    writes flow for `between` seconds in between, and no attempt holds them longer than `timeout`. The
-    result's summary counts the pauses of every attempt; `earlier` says why the earlier ones gave up."""
-    earlier: list[str] = []
-    pauses: list[float] = []
-    while True:
-        done = fenced_move(backends, tables, label, move, config=config, timeout=timeout, force=force)
-        assert done.summary is not None
-        pauses += done.summary.pauses
-        if done.ok or len(earlier) + 1 >= attempts:
-            done.summary.pauses = pauses
-            done.summary.attempts = len(earlier) + 1
-            done.earlier = earlier
-            if not done.ok:
-                done.blocked = f"{done.blocked} (attempt {attempts} of {attempts}; earlier: {'; '.join(earlier)})"
-            return done
-        earlier.append(done.blocked)
-        time.sleep(between)
 
 
 def settle(

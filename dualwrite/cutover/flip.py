@@ -38,7 +38,7 @@ from dualwrite.cutover.fenced import (
     FENCE_ATTEMPTS,
     UNDER_FENCE,
     FencedMove,
-    fenced_move_retried,
+    fenced_move,
     needs_fence,
     next_step,
     plan,
@@ -167,7 +167,7 @@ def _fenced(
     if not needs_fence(src, dst):
         _move(backends, tables, src, dst, force=force, reason=reason, actor=actor)
         return None
-    return fenced_move_retried(
+    return fenced_move(
         backends,
         tables,
         f"{src} -> {dst}",
@@ -233,17 +233,9 @@ def flip(
         return FlipOutcome(False, current, target, gate, f"refusing {current} -> {target}: {names}")
     why = reason or "gate passed"
     done = _fenced(
-        backends,
-        tables,
-        current,
-        target,
-        force=force,
-        reason=why,
-        actor=actor,
-        config=config,
-        fence_timeout=fence_timeout,
-        fence_attempts=fence_attempts,
-    )
+        backends, tables, current, target, force=force, reason=why, actor=actor, config=config,
+        fence_timeout=fence_timeout, fence_attempts=fence_attempts,
+    )  # fmt: skip
     if done is not None:
         _judged_under_fence(gate, done)
         if not done.ok:
@@ -296,17 +288,9 @@ def rollback(
     if force and not reason:
         raise PhaseError("a forced rollback needs --reason")
     done = _fenced(
-        backends,
-        tables,
-        current,
-        target,
-        force=force,
-        reason=reason or "rollback",
-        actor=actor,
-        config=None,
-        fence_timeout=fence_timeout,
-        fence_attempts=fence_attempts,
-    )
+        backends, tables, current, target, force=force, reason=reason or "rollback", actor=actor, config=None,
+        fence_timeout=fence_timeout, fence_attempts=fence_attempts,
+    )  # fmt: skip
     if done is not None and not done.ok:
         msg = f"refusing rollback {current} -> {target}: fence: {done.blocked}; the phase is unchanged (or --force)"
         return FlipOutcome(False, current, target, None, msg, fence=done.summary)
