@@ -37,6 +37,14 @@ import redis
 
 from dualwrite import metrics
 from dualwrite.errors import PhaseError, first_line
+from dualwrite.redis_keys import (
+    fence_acks_key,
+    fence_channel,
+    fence_epoch_key,
+    fence_instances_key,
+    fence_key,
+    fence_reports_key,
+)
 
 log = logging.getLogger("dualwrite.fence")
 HEARTBEAT_SECONDS = 1.0
@@ -45,24 +53,9 @@ DEFAULT_TIMEOUT = 0.5  # the longest a write is held, by default
 _RECORDS_TTL = 600  # acks and reports outlive the fence for the flipper's summary, then go
 
 
-def fence_key(namespace: str) -> str:
-    return f"{namespace}:fence"
 
 
-def channel(namespace: str) -> str:
-    return f"{namespace}:fence:events"
 
-
-def instances_key(namespace: str) -> str:
-    return f"{namespace}:fence:instances"
-
-
-def acks_key(namespace: str, epoch: int) -> str:
-    return f"{namespace}:fence:acks:{epoch}"
-
-
-def reports_key(namespace: str, epoch: int) -> str:
-    return f"{namespace}:fence:reports:{epoch}"
 
 
 def _text(value: Any) -> str:
@@ -77,7 +70,7 @@ def read_fence(client: redis.Redis, namespace: str) -> dict[str, Any] | None:
 def live_members(client: redis.Redis, namespace: str) -> list[str]:
     """The members whose heartbeat is younger than EXPIRY_SECONDS (long-gone ones are pruned)."""
     now = time.time()
-    key = instances_key(namespace)
+    key = fence_instances_key(namespace)
     client.zremrangebyscore(key, "-inf", now - 3600)
     return sorted(_text(m) for m in client.zrangebyscore(key, now - EXPIRY_SECONDS, "+inf"))
 
@@ -134,19 +127,19 @@ class FenceMember:
     def close(self) -> None:
         self._stop.set()
         try:
-            self.client.publish(channel(self.namespace), f"bye:{self.id}")  # wakes the thread's listen
+            self.client.publish(fence_channel(self.namespace), f"bye:{self.id}")  # wakes the thread's listen
         except redis.RedisError:
             pass
         if self._thread is not None:
             self._thread.join(2)
         self._release(None)
         try:  # after the thread: no heartbeat can put it back
-            self.client.zrem(instances_key(self.namespace), self.id)
+            self.client.zrem(fence_instances_key(self.namespace), self.id)
         except redis.RedisError:
             pass  # it expires by itself
 
     def _heartbeat(self) -> None:
-        self.client.zadd(instances_key(self.namespace), {self.id: time.time()})
+        self.client.zadd(fence_instances_key(self.namespace), {self.id: time.time()})
 
     def _run(self) -> None:
         pubsub = None
@@ -156,7 +149,7 @@ class FenceMember:
             try:
                 if pubsub is None:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(channel(self.namespace))
+                    pubsub.subscribe(fence_channel(self.namespace))
                 if time.monotonic() - beat_at >= HEARTBEAT_SECONDS:
                     self._heartbeat()
                     beat_at = time.monotonic()
@@ -205,9 +198,9 @@ class FenceMember:
             drained = self._inflight == 0
             until = self._hold_until
         if drained:
-            self.client.hset(acks_key(self.namespace, epoch), self.id, json.dumps({"at": time.time()}))
-            self.client.expire(acks_key(self.namespace, epoch), _RECORDS_TTL)
-            self.client.publish(channel(self.namespace), f"ack:{epoch}")
+            self.client.hset(fence_acks_key(self.namespace, epoch), self.id, json.dumps({"at": time.time()}))
+            self.client.expire(fence_acks_key(self.namespace, epoch), _RECORDS_TTL)
+            self.client.publish(fence_channel(self.namespace), f"ack:{epoch}")
         while (left := until - time.monotonic()) > 0 and not self._stop.is_set():
             msg = pubsub.get_message(timeout=min(left, 0.05))
             if msg is not None and _text(msg.get("data", b"")) != f"lift:{epoch}":
@@ -222,9 +215,9 @@ class FenceMember:
                 log.warning("fence: re-reading the phase after the fence: %s", first_line(exc, 200))
         pauses = self._release(epoch)
         report = {"held": len(pauses), "pauses": [round(p, 6) for p in pauses], "drained": drained}
-        self.client.hset(reports_key(self.namespace, epoch), self.id, json.dumps(report))
-        self.client.expire(reports_key(self.namespace, epoch), _RECORDS_TTL)
-        self.client.publish(channel(self.namespace), f"released:{epoch}")
+        self.client.hset(fence_reports_key(self.namespace, epoch), self.id, json.dumps(report))
+        self.client.expire(fence_reports_key(self.namespace, epoch), _RECORDS_TTL)
+        self.client.publish(fence_channel(self.namespace), f"released:{epoch}")
 
     def _release(self, epoch: int | None) -> list[float]:
         with self._cond:
@@ -304,14 +297,14 @@ class Fence:
 
     def raise_(self) -> FenceSummary:
         """Raise the fence (refused while another stands) and return its summary-to-be with the members."""
-        epoch = int(self.client.incr(f"{self.namespace}:fence:epoch"))
+        epoch = int(self.client.incr(fence_epoch_key(self.namespace)))
         doc = {"epoch": epoch, "deadline": time.time() + self.timeout, "timeout": self.timeout, "flip": self.label}
         ttl_ms = int((self.timeout + 2.0) * 1000)
         if not self.client.set(fence_key(self.namespace), json.dumps(doc), nx=True, px=ttl_ms):
             other = read_fence(self.client, self.namespace) or {}
             raise FenceBusyError(f"another flip is fencing the writers ({other.get('flip', '?')}); try again")
         self._raised_at = time.monotonic()
-        self.client.publish(channel(self.namespace), f"raise:{epoch}")
+        self.client.publish(fence_channel(self.namespace), f"raise:{epoch}")
         self.summary = FenceSummary(epoch, self.timeout, live_members(self.client, self.namespace))
         return self.summary
 
@@ -324,7 +317,7 @@ class Fence:
         """Wait (until the monotonic `until`) for every member to acknowledge; the ones that did not."""
         assert self.summary is not None
         while True:
-            acked = {_text(k) for k in self.client.hkeys(acks_key(self.namespace, self.summary.epoch))}
+            acked = {_text(k) for k in self.client.hkeys(fence_acks_key(self.namespace, self.summary.epoch))}
             self.summary.acked = [m for m in self.summary.members if m in acked]
             if not self.summary.missing or time.monotonic() >= until:
                 return self.summary.missing
@@ -335,7 +328,7 @@ class Fence:
         if self.summary is None:
             return
         self.client.eval(_DELETE_IF_EPOCH, 1, fence_key(self.namespace), self.summary.epoch)
-        self.client.publish(channel(self.namespace), f"lift:{self.summary.epoch}")
+        self.client.publish(fence_channel(self.namespace), f"lift:{self.summary.epoch}")
         self.summary.held_seconds = time.monotonic() - self._raised_at
 
     def collect(self, wait: float = 2.0) -> FenceSummary:
@@ -343,7 +336,7 @@ class Fence:
         assert self.summary is not None
         end = time.monotonic() + wait
         while True:
-            raw = self.client.hgetall(reports_key(self.namespace, self.summary.epoch))
+            raw = self.client.hgetall(fence_reports_key(self.namespace, self.summary.epoch))
             if set(self.summary.acked) <= {_text(k) for k in raw} or time.monotonic() >= end:
                 break
             time.sleep(0.01)

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from dualwrite.errors import PhaseError, PhaseUnknownError, first_line
+from dualwrite.redis_keys import phase_epoch_key, phase_history_key, phase_key
 
 log = logging.getLogger("dualwrite.phase")
 
@@ -111,9 +112,9 @@ class PhaseStore:
         record: Any = None,
     ) -> None:
         self.client = client
-        self.key = f"{namespace}:phase"
-        self.epoch_key = f"{namespace}:phase:epoch"
-        self.history_key = f"{namespace}:phase:history"
+        self.key = phase_key(namespace)
+        self.epoch_key = phase_epoch_key(namespace)
+        self.history_key = phase_history_key(namespace)
         self.cache_seconds = cache_seconds
         self.record = record
         self._default = get_phase(default or os.environ.get("DUALWRITE_PHASE") or "sqlite").name

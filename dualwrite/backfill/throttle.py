@@ -31,6 +31,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from dualwrite import metrics
+from dualwrite.redis_keys import backfill_control_key, backfill_worker_key
 
 
 class TokenBucket:
@@ -66,12 +67,6 @@ WORKER_TTL_S = 30
 REPLICATION_LAG_SQL = "SELECT COALESCE(EXTRACT(EPOCH FROM MAX(replay_lag)), 0) FROM pg_stat_replication"
 
 
-def control_key(namespace: str) -> str:
-    return f"{namespace}:backfill:control"
-
-
-def worker_key(namespace: str, name: str) -> str:
-    return f"{namespace}:backfill:worker:{name}"
 
 
 @dataclass(frozen=True)
@@ -107,16 +102,16 @@ def set_limits(client: redis.Redis, namespace: str, **changes: Any) -> dict[str,
     """Write the given limits (None: leave as is) to the control hash; returns the whole hash."""
     values = {k: ("1" if v else "0") if isinstance(v, bool) else str(v) for k, v in changes.items() if v is not None}
     if values:
-        client.hset(control_key(namespace), mapping=values)
+        client.hset(backfill_control_key(namespace), mapping=values)
     return read_overrides(client, namespace)
 
 
 def clear_limits(client: redis.Redis, namespace: str) -> None:
-    client.delete(control_key(namespace))
+    client.delete(backfill_control_key(namespace))
 
 
 def read_overrides(client: redis.Redis, namespace: str) -> dict[str, str]:
-    raw = client.hgetall(control_key(namespace))
+    raw = client.hgetall(backfill_control_key(namespace))
     return {_s(k): _s(v) for k, v in raw.items()}
 
 
@@ -126,7 +121,7 @@ def live_workers(client: redis.Redis, namespace: str, postgres: Engine | None = 
     With `postgres`, a worker whose Postgres session is gone (its lease liveness lock is free: it was
     killed) is left out and its entry removed at once, instead of lingering until its heartbeat expires."""
     listed: list[tuple[Any, dict[str, Any]]] = []
-    for key in sorted(client.scan_iter(match=worker_key(namespace, "*"), count=100)):
+    for key in sorted(client.scan_iter(match=backfill_worker_key(namespace, "*"), count=100)):
         raw = client.get(key)
         if raw:
             listed.append((key, json.loads(raw)))
@@ -309,7 +304,7 @@ class Throttler(TokenBucket):
         if self.client is None:
             return
         try:
-            self.client.set(worker_key(self.namespace, self.name), json.dumps(self.state()), ex=WORKER_TTL_S)
+            self.client.set(backfill_worker_key(self.namespace, self.name), json.dumps(self.state()), ex=WORKER_TTL_S)
         except redis.RedisError:
             pass  # status is best effort; the copy goes on
 
@@ -317,7 +312,7 @@ class Throttler(TokenBucket):
         self._set_reason(None)
         if self.client is not None:
             try:
-                self.client.delete(worker_key(self.namespace, self.name))
+                self.client.delete(backfill_worker_key(self.namespace, self.name))
             except redis.RedisError:
                 pass
 

@@ -184,7 +184,8 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
 
 
 def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[str, Any]:
-    from dualwrite.stream.protocol import EVENT_FIELD, stream_key
+    from dualwrite.redis_keys import stream_key
+    from dualwrite.stream.protocol import EVENT_FIELD
     from dualwrite.stream.relay import Relay
     from dualwrite.testing import prepared_writer
 
@@ -324,7 +325,8 @@ def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
     batch (starting at `share`) directly, as direct_apply does."""
     from dualwrite.apply.statements import statements
     from dualwrite.events import ChangeEvent
-    from dualwrite.stream.protocol import EVENT_FIELD, stream_key
+    from dualwrite.redis_keys import stream_key
+    from dualwrite.stream.protocol import EVENT_FIELD
 
     payloads = [f[EVENT_FIELD] for _id, f in dw.backends.redis.xrange(stream_key(dw.settings.namespace))]
     statements.get(dw.backends.postgres_direct, table)

@@ -241,7 +241,7 @@ def _dry_run(
         click.echo(line)
     summary = [r.summary() for r in reps]
     print_summary(summary, tty, title="backfill dry run (nothing written)")
-    from dualwrite.stream.protocol import stream_key
+    from dualwrite.redis_keys import stream_key
 
     backlog = backends.redis.xlen(stream_key(backends.settings.namespace))
     if group:

@@ -40,7 +40,7 @@ STREAM_ID = re.compile(r"^\d+-\d+$")
 
 def _known_dead_letters(backends: Backends, ids: tuple[str, ...]) -> None:
     """Refuse an id that is not a stream id, or that names no dead letter (a typo would re-drive nothing)."""
-    from dualwrite.stream.protocol import dead_letter_key
+    from dualwrite.redis_keys import dead_letter_key
 
     bad = [i for i in ids if not STREAM_ID.match(i)]
     if bad:

@@ -243,9 +243,10 @@ def cutover_cancel(settings: Settings) -> None:
     """Cancel a waiting `flip --postpone`."""
     import redis
 
-    from dualwrite.cutover.flip import cancel_key
+    from dualwrite.redis_keys import cutover_cancel_key
 
-    redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).set(cancel_key(settings.namespace), 1, ex=3600)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client.set(cutover_cancel_key(settings.namespace), 1, ex=3600)
     click.echo("cancel requested")
 
 
@@ -351,7 +352,7 @@ def _bounded_state(backends: Any) -> list[str]:
     """The stream's length and trim point, each outbox's size and retention (stream/retention.py)."""
     from datetime import timedelta
 
-    from dualwrite.stream.protocol import stream_key
+    from dualwrite.redis_keys import stream_key
     from dualwrite.stream.retention import status_lines
 
     s = backends.settings

@@ -53,8 +53,8 @@ def shadow_reset(settings: Settings) -> None:
     """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
     import redis
 
-    from dualwrite.shadow.records import counts_key, mismatches_key
+    from dualwrite.redis_keys import shadow_counts_key, shadow_mismatches_key
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    client.delete(counts_key(settings.namespace), mismatches_key(settings.namespace))
+    client.delete(shadow_counts_key(settings.namespace), shadow_mismatches_key(settings.namespace))
     click.echo("shadow counts and samples cleared")

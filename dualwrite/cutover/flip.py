@@ -49,6 +49,7 @@ from dualwrite.engines import Backends
 from dualwrite.errors import PhaseError
 from dualwrite.fence import DEFAULT_TIMEOUT, FenceSummary
 from dualwrite.phase import ORDER, PHASES, check_transition, get_phase
+from dualwrite.redis_keys import cutover_armed_key, cutover_cancel_key
 from dualwrite.settings import mask_text
 from dualwrite.switch import switch_primary
 from dualwrite.tables import Tables
@@ -57,12 +58,6 @@ log = logging.getLogger("dualwrite.cutover.flip")
 HOOK_TIMEOUT = 30.0
 
 
-def cancel_key(namespace: str) -> str:
-    return f"{namespace}:cutover:cancel"
-
-
-def armed_key(namespace: str) -> str:
-    return f"{namespace}:cutover:armed"
 
 
 @dataclass
@@ -316,7 +311,7 @@ def flip_postponed(
     waits it is armed: `{ns}:cutover:armed` (shown by `dualwrite status`), refreshed at every poll. After a
     fence that did not hold, the next attempt waits at least a second (the writers were just paused)."""
     ns = backends.settings.namespace
-    key = cancel_key(ns)
+    key = cutover_cancel_key(ns)
     backends.redis.delete(key)
     start = time.monotonic()
     last_said, said_at = "", 0.0
@@ -362,13 +357,13 @@ def flip_postponed(
                 "waiting": waiting,
                 "deadline_in": None if deadline is None else round(deadline - (now - start), 1),
             }
-            backends.redis.set(armed_key(ns), json.dumps(doc), ex=int(max(10, 3 * poll)))
+            backends.redis.set(cutover_armed_key(ns), json.dumps(doc), ex=int(max(10, 3 * poll)))
             time.sleep(max(poll, 1.0) if out.fence is not None else poll)
     finally:
-        backends.redis.delete(armed_key(ns))
+        backends.redis.delete(cutover_armed_key(ns))
 
 
 def read_armed(client: Any, namespace: str) -> dict[str, Any] | None:
     """The waiting `flip --postpone`, if one is armed."""
-    raw = client.get(armed_key(namespace))
+    raw = client.get(cutover_armed_key(namespace))
     return None if raw is None else json.loads(raw)

@@ -36,8 +36,9 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
+from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.shadow.records import read_counts
-from dualwrite.stream.protocol import dead_letter_key, group_lag, stream_key, top_seq
+from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.tables import Tables
 from dualwrite.verify.verifier import load_last, load_shadow_window
 

@@ -31,15 +31,14 @@ import redis
 from dualwrite import metrics
 from dualwrite.engines import Backends
 from dualwrite.normalize import DEFAULT, Normalizer
+from dualwrite.redis_keys import shadow_counts_key
 from dualwrite.shadow.candidate import CandidateReads
 from dualwrite.shadow.comparator import ComparatorProcess
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
 from dualwrite.shadow.pacing import RequestGate
 from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the gate and the CLI found them
     MISMATCH_MAXLEN,
-    counts_key,
     mask_params,
-    mismatches_key,
     read_counts,
     read_mismatches,
     record_mismatch,
@@ -366,7 +365,7 @@ class ShadowReader:
         try:
             pipe = backends.redis.pipeline(transaction=False)
             for field, n in pending.items():
-                pipe.hincrby(counts_key(backends.settings.namespace), field, n)
+                pipe.hincrby(shadow_counts_key(backends.settings.namespace), field, n)
             pipe.execute()
         except redis.RedisError:
             with self._stats_lock:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from dualwrite.redis_keys import shadow_counts_key, shadow_mismatches_key
 from dualwrite.settings import mask_text
 from dualwrite.shadow.experiment import Observation, Result
 
@@ -23,12 +24,6 @@ MISMATCH_MAXLEN = 1000
 SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "credential")
 
 
-def mismatches_key(namespace: str) -> str:
-    return f"{namespace}:shadow:mismatches"
-
-
-def counts_key(namespace: str) -> str:
-    return f"{namespace}:shadow:counts"
 
 
 def mask_params(params: dict[str, Any] | None) -> str:
@@ -66,7 +61,7 @@ def record_mismatch(
     }
     try:
         backends.redis.xadd(
-            mismatches_key(backends.settings.namespace), fields, maxlen=MISMATCH_MAXLEN, approximate=True
+            shadow_mismatches_key(backends.settings.namespace), fields, maxlen=MISMATCH_MAXLEN, approximate=True
         )
     except redis.RedisError as exc:
         log.warning("could not record a shadow mismatch: %r", exc)
@@ -74,7 +69,7 @@ def record_mismatch(
 
 def read_mismatches(client: redis.Redis, namespace: str, count: int = 20) -> list[dict[str, str]]:
     out = []
-    for eid, fields in client.xrevrange(mismatches_key(namespace), count=count):
+    for eid, fields in client.xrevrange(shadow_mismatches_key(namespace), count=count):
         row = {k.decode(): v.decode() for k, v in fields.items()}
         row["id"] = eid.decode()
         out.append(row)
@@ -82,4 +77,4 @@ def read_mismatches(client: redis.Redis, namespace: str, count: int = 20) -> lis
 
 
 def read_counts(client: redis.Redis, namespace: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(counts_key(namespace)).items()}
+    return {k.decode(): int(v) for k, v in client.hgetall(shadow_counts_key(namespace)).items()}

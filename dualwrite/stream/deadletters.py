@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from dualwrite import metrics
 from dualwrite.errors import DualwriteError, first_line
 from dualwrite.events import ChangeEvent
-from dualwrite.stream.protocol import dead_letter_key
+from dualwrite.redis_keys import dead_letter_key
 
 if TYPE_CHECKING:
     from dualwrite.engines import Backends

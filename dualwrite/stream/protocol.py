@@ -14,12 +14,6 @@ import redis
 EVENT_FIELD = b"e"
 
 
-def stream_key(namespace: str) -> str:
-    return f"{namespace}:changes"
-
-
-def dead_letter_key(namespace: str) -> str:
-    return f"{namespace}:changes:dead"
 
 
 def entry_id(seq: int) -> str:

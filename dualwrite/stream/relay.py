@@ -30,8 +30,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
+from dualwrite.redis_keys import stream_key
 from dualwrite.retry import outage, poll_until
-from dualwrite.stream.protocol import entry_id, stream_key
+from dualwrite.stream.protocol import entry_id
 from dualwrite.stream.retention import StreamTrimmer, measure_outboxes, prune_outbox
 from dualwrite.types import utcnow
 

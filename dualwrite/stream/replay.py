@@ -34,9 +34,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from dualwrite import metrics
 from dualwrite.errors import DualwriteError, SchemaDriftError, UnknownTableError, first_line
 from dualwrite.events import ChangeEvent
+from dualwrite.redis_keys import stream_key
 from dualwrite.retry import OUTAGE_ERRORS, outage, poison_event
 from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
-from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim, stream_key
+from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim
 from dualwrite.stream.replay_lines import ReplayLines
 from dualwrite.stream.retention import StreamTrimmer
 

@@ -6,25 +6,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from dualwrite.redis_keys import shadow_counts_key, shadow_window_key, verify_key
+
 if TYPE_CHECKING:
     from dualwrite.verify.verifier import VerifyReport
 
 
-def verify_key(namespace: str) -> str:
-    return f"{namespace}:verify:last"
 
-
-# The shadow reader's Redis hash of comparison counts (shadow.reader.counts_key; the floors keep verify
-# from importing shadow). A clean verify snapshots it, taken when the verify began: the gate's mismatch
-# rate counts only the comparisons after that (the window since the last clean verify).
-def shadow_counts_key(namespace: str) -> str:
-    return f"{namespace}:shadow:counts"
-
-
-def shadow_window_key(namespace: str) -> str:
-    return f"{namespace}:shadow:window"
-
-
+# A clean verify snapshots the shadow reader's comparison counts as they were when the verify began: the
+# gate's mismatch rate counts only the comparisons after that (the window since the last clean verify).
 def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
     return {
         (k.decode() if isinstance(k, bytes) else k): int(v)

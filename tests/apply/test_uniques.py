@@ -14,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from dualwrite.adapter import DualWriter
 from dualwrite.apply.rule import apply_events
 from dualwrite.events import ChangeEvent
+from dualwrite.redis_keys import dead_letter_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import dead_letter_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.tables import Tables

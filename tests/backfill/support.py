@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 
 from dualwrite.adapter import DualWriter
-from dualwrite.stream.protocol import stream_key
+from dualwrite.redis_keys import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.tables import Tables
 from dualwrite.types import JSONType, UTCDateTime

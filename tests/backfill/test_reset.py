@@ -115,7 +115,7 @@ def run_on_terminal(settings, answer: str) -> tuple[str, int]:  # type: ignore[n
 def test_a_sigkilled_worker_does_not_block_reset(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Its heartbeat entry outlives it in Redis (30 s), but its Postgres session (the lease liveness lock)
     ends with the process: reset goes ahead at once, and status stops listing it."""
-    from dualwrite.backfill.throttle import worker_key
+    from dualwrite.redis_keys import backfill_worker_key
 
     seed(dw, 30)
     argv = [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings)]
@@ -126,7 +126,7 @@ def test_a_sigkilled_worker_does_not_block_reset(dw, settings, tmp_path) -> None
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "replaying" not in str(
-            dw.backends.redis.get(worker_key(settings.namespace, "doomed"))
+            dw.backends.redis.get(backfill_worker_key(settings.namespace, "doomed"))
         ):
             assert proc.poll() is None, proc.communicate()[0]
             time.sleep(0.1)
@@ -135,10 +135,10 @@ def test_a_sigkilled_worker_does_not_block_reset(dw, settings, tmp_path) -> None
     finally:
         proc.kill()  # SIGKILL: no chance to remove its entry
         proc.wait(timeout=10)
-    assert dw.backends.redis.exists(worker_key(settings.namespace, "doomed")) == 1  # the heartbeat lingers
+    assert dw.backends.redis.exists(backfill_worker_key(settings.namespace, "doomed")) == 1  # the heartbeat lingers
     t0 = time.monotonic()
     r = reset(settings, "--yes")
     assert r.exit_code == 0 and "reset 3 checkpoint(s)" in r.output, r.output
     assert time.monotonic() - t0 < 10
     assert pg_ids(dw) == set()
-    assert dw.backends.redis.exists(worker_key(settings.namespace, "doomed")) == 0
+    assert dw.backends.redis.exists(backfill_worker_key(settings.namespace, "doomed")) == 0

@@ -11,8 +11,8 @@ from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData
 
 from dualwrite.adapter import DualWriter
 from dualwrite.events import ChangeEvent
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import stream_key
 from dualwrite.tables import Tables
 from dualwrite.types import JSONType, UTCDateTime
 

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, inspect, select, text, update
 
 from dualwrite.adapter import DualWriter
 from dualwrite.alembic import filters, include_object
-from dualwrite.stream.protocol import dead_letter_key, stream_key
+from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args

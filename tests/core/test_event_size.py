@@ -12,8 +12,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import dualwrite.events as events_mod
 from dualwrite.bookkeeping import outbox
 from dualwrite.errors import EventTooLargeError
+from dualwrite.redis_keys import dead_letter_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import dead_letter_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.tables import Tables

@@ -24,8 +24,8 @@ from dualwrite.bookkeeping import outbox
 from dualwrite.errors import PhaseError
 from dualwrite.events import ChangeEvent
 from dualwrite.phase import PhaseStore
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.switch import switch_primary
 from dualwrite.testing import prepared_writer

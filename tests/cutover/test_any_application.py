@@ -24,8 +24,8 @@ import pytest
 from sqlalchemy import func, select
 
 from dualwrite.engines import Backends, sqlite_engine
+from dualwrite.redis_keys import stream_key
 from dualwrite.shadow.reader import read_counts
-from dualwrite.stream.protocol import stream_key
 from tests.conftest import connection_args
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env

@@ -9,9 +9,9 @@ from sqlalchemy import insert, select, text
 
 from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import meta
-from dualwrite.cutover.flip import cancel_key, flip, flip_postponed, rollback
+from dualwrite.cutover.flip import flip, flip_postponed, rollback
 from dualwrite.cutover.gate import GateConfig, check
-from dualwrite.stream.protocol import dead_letter_key
+from dualwrite.redis_keys import cutover_cancel_key, dead_letter_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.verify.verifier import verify_backends
@@ -141,7 +141,7 @@ def test_postponed_flip_says_why_it_waits_and_can_be_cancelled(settings):
         )
         th.start()
         time.sleep(0.3)
-        dw.backends.redis.set(cancel_key(settings.namespace), 1)
+        dw.backends.redis.set(cutover_cancel_key(settings.namespace), 1)
         th.join(5)
         assert not th.is_alive()
         assert result["out"].message == "cancelled" and not result["out"].moved

@@ -28,7 +28,8 @@ import pytest
 from dualwrite.cutover.flip import rollback
 from dualwrite.cutover.gate import GateConfig, backfill_complete, replay_lag, shadow_mismatch_rate
 from dualwrite.engines import Backends, sqlite_engine
-from dualwrite.fence import EXPIRY_SECONDS, fence_key, live_members
+from dualwrite.fence import EXPIRY_SECONDS, live_members
+from dualwrite.redis_keys import fence_key
 from dualwrite.testing import prepared_writer
 from tests.conftest import connection_args
 from tests.cutover.test_any_application import METADATA, dualwrite, wait

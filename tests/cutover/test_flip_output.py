@@ -90,7 +90,7 @@ def test_check_is_open_when_only_the_outbox_lags_which_the_fence_judges(settings
     that the flip would go to the fence (where no write races the outbox) rather than fail."""
     from sqlalchemy import insert
 
-    from dualwrite.shadow.reader import counts_key
+    from dualwrite.redis_keys import shadow_counts_key
     from dualwrite.stream.replay import Replayer
     from dualwrite.verify.verifier import verify_backends
     from tests.cutover.test_cutover import _mark_backfill
@@ -101,7 +101,7 @@ def test_check_is_open_when_only_the_outbox_lags_which_the_fence_judges(settings
         _mark_backfill(dw)
         Replayer(dw.backends, dw.tables).ensure_group()
         assert verify_backends(dw.backends, TABLES).clean
-        dw.backends.redis.hincrby(counts_key(settings.namespace), "match", 100)
+        dw.backends.redis.hincrby(shadow_counts_key(settings.namespace), "match", 100)
         dw.execute(insert(items).values(id=1, name="unpublished", amount=1.0))  # no relay runs here
         res = _run("cutover", "check", *connection_args(settings), *METADATA)
         assert res.exit_code == 0, res.output

@@ -16,10 +16,9 @@ from sqlalchemy import insert
 
 from dualwrite.cutover.gate import GateConfig, backfill_complete, check, replay_lag, shadow_mismatch_rate
 from dualwrite.errors import ConfigError
-from dualwrite.shadow.reader import counts_key
-from dualwrite.stream.protocol import stream_key
+from dualwrite.redis_keys import shadow_counts_key, stream_key
 from dualwrite.stream.replay import Replayer
-from dualwrite.verify.verifier import shadow_counts_key, verify_backends
+from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args
 from tests.cutover.test_cutover import _mark_backfill
 from tests.shadow.helpers import TABLES, catalog, items, writer
@@ -107,9 +106,9 @@ def test_shadow_rate_needs_comparisons_by_default(settings) -> None:  # type: ig
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
         assert not cond.ok and "0 mismatch(es) in 0 comparison(s)" in cond.detail, cond
         assert "need >= 100: 100 more to go" in cond.detail, cond.detail
-        dw.backends.redis.hincrby(counts_key(settings.namespace), "match", 99)
+        dw.backends.redis.hincrby(shadow_counts_key(settings.namespace), "match", 99)
         assert not shadow_mismatch_rate(dw.backends, dw.tables, GateConfig()).ok
-        dw.backends.redis.hincrby(counts_key(settings.namespace), "match", 1)
+        dw.backends.redis.hincrby(shadow_counts_key(settings.namespace), "match", 1)
         assert shadow_mismatch_rate(dw.backends, dw.tables, GateConfig()).ok
     finally:
         dw.close()
@@ -117,9 +116,9 @@ def test_shadow_rate_needs_comparisons_by_default(settings) -> None:  # type: ig
 
 def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ignore[no-untyped-def]
     """Mismatches before a clean verify (fixed since) no longer count; comparisons after it must."""
-    assert shadow_counts_key("ns") == counts_key("ns")  # verify snapshots the hash the shadow reader fills
+    assert shadow_counts_key("ns") == shadow_counts_key("ns")  # verify snapshots the hash the shadow reader fills
     dw = writer(settings, phase="shadow")
-    key = counts_key(settings.namespace)
+    key = shadow_counts_key(settings.namespace)
     try:
         dw.backends.redis.hset(key, mapping={"match": 400, "mismatch": 5})
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
@@ -143,7 +142,7 @@ def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ig
 
 def test_a_verify_with_differences_keeps_the_old_window(settings) -> None:  # type: ignore[no-untyped-def]
     dw = writer(settings, phase="shadow")
-    key = counts_key(settings.namespace)
+    key = shadow_counts_key(settings.namespace)
     try:
         dw.backends.redis.hset(key, mapping={"match": 400, "mismatch": 5})
         with dw.backends.sqlite.begin() as conn:  # a row only SQLite has: verify is not clean

@@ -26,8 +26,8 @@ import pytest
 from sqlalchemy import insert
 
 from dualwrite.engines import Backends, sqlite_engine
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings, load_settings
-from dualwrite.stream.protocol import stream_key
 from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL, fresh_schema, redis_namespace, state_schema_for
 from tests.dashboards.promserver import PROMETHEUS, panel_targets, running_prometheus, substitute
 from tests.deploy.processes import ROOT, backfill_daemon, cli, gunicorn_app, http, wait_until

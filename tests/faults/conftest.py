@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Table, create_engine, text
 
 from dualwrite.adapter import DualWriter
+from dualwrite.redis_keys import dead_letter_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import dead_letter_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.verify.verifier import verify_tables

@@ -12,8 +12,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 
 import dualwrite.events as events_mod
 from dualwrite.events import ChangeEvent
+from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import dead_letter_key, stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer, list_dead_letters
 from dualwrite.tables import Tables

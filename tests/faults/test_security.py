@@ -14,12 +14,12 @@ from sqlalchemy import create_engine, delete, insert, text
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.rejects import RejectWriter
 from dualwrite.engines import check_postgres
+from dualwrite.redis_keys import dead_letter_key, stream_key, verify_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import dead_letter_key, stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import Replayer
 from dualwrite.testing import prepared_writer
-from dualwrite.verify.verifier import verify_backends, verify_key
+from dualwrite.verify.verifier import verify_backends
 from tests.core.support import TABLES, catalog, items, row
 from tests.faults.conftest import Collector, PrivatePostgres, heal_and_verify
 from tests.faults.workload import Workload

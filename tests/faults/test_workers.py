@@ -17,8 +17,8 @@ from sqlalchemy import insert, text
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.testing import prepared_writer
 from tests.core.support import TABLES, catalog, items, pairs, row

@@ -11,8 +11,8 @@ from sqlalchemy import insert
 
 from dualwrite.adapter import DualWriter
 from dualwrite.events import ChangeEvent
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import stream_key
 from dualwrite.stream.relay import Relay, foreign_key
 from dualwrite.testing import prepared_writer
 from tests.core.support import catalog, items, row

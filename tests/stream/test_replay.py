@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 from dualwrite.events import ChangeEvent
-from dualwrite.stream.protocol import dead_letter_key, stream_key
+from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.stream.replay import Replayer, list_dead_letters, redrive
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import TABLES, accounts, assert_equal, catalog, drain_relay, notes, seed, tags

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from sqlalchemy import insert, update
 
 from dualwrite.cli.main import main
+from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import EXACT_LAG_UP_TO, dead_letter_key, group_lag, stream_key
+from dualwrite.stream.protocol import EXACT_LAG_UP_TO, group_lag
 from dualwrite.stream.replay import Replayer, list_dead_letters, redrive
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, assert_equal, catalog, drain_relay, notes

@@ -15,8 +15,9 @@ from sqlalchemy import func, insert, select
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
+from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
-from dualwrite.stream.protocol import group_lag, stream_key, top_seq
+from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.stream.relay import Relay
 from dualwrite.stream.replay import DEFAULT_GROUP, Replayer
 from dualwrite.stream.retention import StreamTrimmer, prune_outbox
