@@ -23,28 +23,17 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 
 # Fine enough for sub-millisecond SQLite writes, wide enough for a stalled server.
 LATENCY_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0025,
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 LATEST = "livemostrecent"  # multiprocess: the newest observation of shared state wins (see above)
+
+
+def _latency(name: str, doc: str, labels: list[str]) -> Histogram:
+    """A latency histogram on the shared buckets (the dashboards' quantiles assume the same boundaries)."""
+    return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS)
+
+
 CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -61,23 +50,17 @@ PHASE_CHANGED = Gauge(
     ["phase"],
     multiprocess_mode="livemax",
 )
-WRITE_DURATION = Histogram(
+WRITE_DURATION = _latency(
     "dualwrite_write_duration_seconds",
     "Write latency per backend (and the adapter's whole write as 'dual')",
     ["backend", "store", "op"],
-    buckets=LATENCY_BUCKETS,
 )
 FENCE_PAUSE = Histogram(
     "dualwrite_fence_pause_seconds",
     "How long a write was held by a flip's write fence (one observation per held write, in its process)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0),
 )
-READ_DURATION = Histogram(
-    "dualwrite_read_duration_seconds",
-    "Read latency per backend",
-    ["backend", "store", "query"],
-    buckets=LATENCY_BUCKETS,
-)
+READ_DURATION = _latency("dualwrite_read_duration_seconds", "Read latency per backend", ["backend", "store", "query"])
 SECONDARY_FAILURES = Counter(
     "dualwrite_secondary_failures_total", "Writes whose inline apply to the other backend failed", ["store"]
 )
@@ -160,11 +143,10 @@ GATE_OPEN = _shared_gauge(
     "1 if every gate condition the next phase (target) requires holds; only a process evaluating the gate has it",
     ["target"],
 )
-SHADOW_CANDIDATE = Histogram(
+SHADOW_CANDIDATE = _latency(
     "dualwrite_shadow_candidate_duration_seconds",
     "Latency of the shadow (candidate) read, off the request path, by the backend it ran on",
     ["backend", "store", "query"],
-    buckets=LATENCY_BUCKETS,
 )
 
 _PHASE_NAMES = ("sqlite", "dual_write", "shadow", "postgres_reads", "postgres_primary", "postgres")

@@ -279,16 +279,9 @@ class Copier:
             self.rejects.reject(table.name, key_text([values[i][p] for p in pos]), row, exc)
 
     def _bisect(
-        self,
-        conn: Connection,
-        table: Table,
-        columns: Sequence[str],
-        values: Sequence[Sequence[Any]],
-        version: int,
-        lo: int,
-        hi: int,
-        bad: list[Bad],
-    ) -> ApplyResult:
+        self, conn: Connection, table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]], version: int,
+        lo: int, hi: int, bad: list[Bad],
+    ) -> ApplyResult:  # fmt: skip
         """Load values[lo:hi] in a savepoint; on refusal split it until single rows are isolated."""
         if lo >= hi:
             return ApplyResult()

@@ -33,6 +33,7 @@ from dualwrite.cli.params import (
     check_listen,
     check_report_path,
     csv,
+    max_rejects_option,
 )
 from dualwrite.cli.params import priorities as prio
 from dualwrite.cli.signals import StopFlag
@@ -72,12 +73,7 @@ def _selected(tables: Tables, names: list[str], priorities: list[str], stores: l
 @click.option("--max-pg-latency-ms", type=MILLIS, default=None, help="back off above this probe time")
 @click.option("--max-replication-lag-s", type=SECONDS, default=None, help="back off above this lag")
 @click.option("--rejects", "rejects_path", default="backfill-rejects.jsonl", show_default=True, type=REPORT_PATH)
-@click.option(
-    "--max-rejects",
-    type=Count(0),
-    default=None,
-    help="stop the copy (after its current chunk, exit 1) once more rows than this were rejected",
-)
+@max_rejects_option("stop the copy (after its current chunk, exit 1)")
 @click.option("--slow", is_flag=True, help="apply chunks with INSERT instead of COPY")
 @click.option("--daemon", is_flag=True, help="keep replaying until SIGTERM/SIGINT (default: stop once caught up)")
 @click.option("--no-replay", is_flag=True, help="copy only")

@@ -17,7 +17,7 @@ import click
 
 from dualwrite.cli import migrate_sources as many
 from dualwrite.cli.options import connection_options, existing_sqlite, fail
-from dualwrite.cli.params import REPORT_PATH, Count
+from dualwrite.cli.params import REPORT_PATH, Count, max_rejects_option
 from dualwrite.cli.per_source import all_sources, selection
 from dualwrite.settings import Settings
 
@@ -51,12 +51,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the JSON report here")
 @click.option("--rejects", "rejects_dir", default="migrate-rejects", show_default=True, help="reject dir")
 @click.option("--on-error", type=click.Choice(["reject", "stop"]), default="reject", show_default=True)
-@click.option(
-    "--max-rejects",
-    type=Count(0),
-    default=None,
-    help="stop (after the current chunk, exit 1; then --resume) once more rows than this were rejected",
-)
+@max_rejects_option("stop (after the current chunk, exit 1; then --resume)")
 @click.option("--resume", is_flag=True, help="continue an interrupted migration from its checkpoints")
 @click.option("--chunk-size", default=25_000, show_default=True, type=Count(1, 10_000_000))
 @click.option("--versioned", is_flag=True, help="record per-row versions (_dw_versions) while copying")

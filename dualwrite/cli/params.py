@@ -1,5 +1,6 @@
 """How every command checks its flag values, before any work: the click parameter types (finite numbers in
-a range, counts, ports, writable report files), the --metrics-port probe, and the comma-separated lists.
+a range, counts, ports, writable report files), the --metrics-port probe, the comma-separated lists, and
+the options several commands share (--max-rejects).
 
 A bad value fails at parse time with a one-line usage error (exit 2) that names the flag.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,13 @@ def _num(x: float) -> str:
 def Count(min: int = 0, max: int | None = None) -> click.IntRange:  # noqa: A002, N802
     """A whole number within [min, max] (click.IntRange, named for what it holds)."""
     return click.IntRange(min=min, max=max)
+
+
+def max_rejects_option(stops: str) -> Callable[[Any], Any]:
+    """--max-rejects for a command that copies rows; `stops` says what it does once past the limit."""
+    return click.option(
+        "--max-rejects", type=Count(0), default=None, metavar="N", help=f"{stops} once more than N rows were rejected"
+    )
 
 
 PORT = click.IntRange(min=0, max=65535)

@@ -71,21 +71,23 @@ def _kind(col: Any) -> tuple[str, int] | None:
         pass
     if isinstance(t, sqltypes.TypeDecorator | sqltypes.JSON | sqltypes.Interval | sqltypes.Time):
         return None
-    if isinstance(t, sqltypes.Boolean):
-        return "bool", 0
-    if isinstance(t, sqltypes.Integer):
-        return "int", 0
-    if isinstance(t, sqltypes.Float):
-        return "float", 0
     if isinstance(t, sqltypes.DateTime):
-        return (None if t.timezone else ("datetime", 0))
-    if isinstance(t, sqltypes.Date):
-        return "date", 0
-    if isinstance(t, sqltypes.String):
-        return "text", 0
-    if isinstance(t, sqltypes.LargeBinary):
-        return "bytes", 0
+        return None if t.timezone else ("datetime", 0)
+    for base, kind in _RULES:
+        if isinstance(t, base):
+            return kind, 0
     return None
+
+
+# The first match wins (a DateTime was decided above, by its time zone).
+_RULES: tuple[tuple[type, str], ...] = (
+    (sqltypes.Boolean, "bool"),
+    (sqltypes.Integer, "int"),
+    (sqltypes.Float, "float"),
+    (sqltypes.Date, "date"),
+    (sqltypes.String, "text"),
+    (sqltypes.LargeBinary, "bytes"),
+)
 
 
 def plan(table: Table) -> list[Col] | None:
