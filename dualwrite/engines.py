@@ -115,6 +115,14 @@ def _end_held(conn: Connection, how: Literal["commit", "rollback"]) -> None:
             _release(conn.info)
 
 
+def read_rolled_back(engine: Engine, fn: Callable[[Connection], T]) -> T:
+    """`fn` in one transaction on `engine`, rolled back: a read never commits (nor holds a snapshot open)."""
+    with engine.connect() as conn:
+        result = fn(conn)
+        conn.rollback()
+        return result
+
+
 def sqlite_read_engine(url: str, busy_ms: int = SQLITE_BUSY_MS) -> Engine:
     """An engine whose transactions are deferred (readers never take the write lock)."""
     engine = create_engine(url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
@@ -269,10 +277,7 @@ class Backends:
         """Run `fn` in a read transaction on `backend` (rolled back), timed in the read-latency histogram."""
         start = time.perf_counter()
         try:
-            with self.read_engine(backend).connect() as conn:
-                result = fn(conn)
-                conn.rollback()
-                return result
+            return read_rolled_back(self.read_engine(backend), fn)
         finally:
             metrics.READ_DURATION.labels(backend, store, query).observe(time.perf_counter() - start)
 

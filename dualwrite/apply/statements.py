@@ -81,11 +81,7 @@ class TableSQL:
     """Everything needed to apply images and deletes to one table on one dialect."""
 
     def __init__(
-        self,
-        table: Table,
-        dialect: Dialect,
-        pg_types: Mapping[str, str] | None = None,
-        state_schema: str | None = None,
+        self, table: Table, dialect: Dialect, pg_types: Mapping[str, str] | None = None, state_schema: str | None = None
     ) -> None:
         """state_schema: on Postgres, where `_dw_ranges` is (None: it is not there, no range versions)."""
         self.table, self.name = table, table.name

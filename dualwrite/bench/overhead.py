@@ -247,34 +247,22 @@ def _floor(w: int, rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
 def _goals(name: str, w: int, rounds: list[dict[str, dict[str, float]]], parts: Any, lat: list[float]) -> list[Any]:
     base = "raw drivers"
     p99 = goal(
-        f"{name}: p99 with {w} writer(s)",
-        section="overhead",
-        target=P99_GOALS.get(w, 1.5),
-        higher_is_better=False,
+        f"{name}: p99 with {w} writer(s)", section="overhead", target=P99_GOALS.get(w, 1.5), higher_is_better=False,
         baseline="p99 of one SQLite insert + one Postgres insert through the raw drivers (sqlite3, psycopg2)",
         ratios=[ratio(r[name]["p99_ms"], r[base]["p99_ms"]) for r in rounds],
-        value=median([r[name]["p99_ms"] for r in rounds]),
-        baseline_value=median([r[base]["p99_ms"] for r in rounds]),
-        unit="ms",
-        writers=w,
-        variant=name,
+        value=median([r[name]["p99_ms"] for r in rounds]), baseline_value=median([r[base]["p99_ms"] for r in rounds]),
+        unit="ms", writers=w, variant=name,
         p50_ratio=ratio(median([r[name]["median_ms"] for r in rounds]), median([r[base]["median_ms"] for r in rounds])),
-    )
+    )  # fmt: skip
     if parts is not None:
         p99["breakdown"] = _breakdown(parts, 1000 * sum(lat) / len(lat) if lat else 0.0)
     thr = goal(
-        f"{name}: throughput with {w} writer(s)",
-        section="overhead",
-        target=THROUGHPUT_GOAL,
-        higher_is_better=True,
+        f"{name}: throughput with {w} writer(s)", section="overhead", target=THROUGHPUT_GOAL, higher_is_better=True,
         baseline="writes/s of the raw drivers (SQLite then Postgres), same writers",
         ratios=[ratio(r[name]["per_s"], r[base]["per_s"]) for r in rounds],
-        value=median([r[name]["per_s"] for r in rounds]),
-        baseline_value=median([r[base]["per_s"] for r in rounds]),
-        unit="writes/s",
-        writers=w,
-        variant=name,
-    )
+        value=median([r[name]["per_s"] for r in rounds]), baseline_value=median([r[base]["per_s"] for r in rounds]),
+        unit="writes/s", writers=w, variant=name,
+    )  # fmt: skip
     return [p99, thr]
 
 

@@ -44,11 +44,7 @@ def cell(value: Any) -> str:
 
 
 def table(
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    *,
-    title: str | None = None,
-    left: int = 1,
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None, left: int = 1,
     text_last: bool = False,
 ) -> None:
     """A table: rich on a terminal, aligned plain lines otherwise. The first `left` columns are
@@ -75,11 +71,7 @@ def _left(i: int, n: int, left: int, text_last: bool) -> bool:
 
 
 def plain_table(
-    columns: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    title: str | None = None,
-    left: int = 1,
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None, left: int = 1,
     text_last: bool = False,
 ) -> list[str]:
     """Aligned lines, each column as wide as its widest cell, two spaces apart."""

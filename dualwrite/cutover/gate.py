@@ -119,13 +119,8 @@ class GateResult:
         return not self.blocking
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "current": self.current,
-            "target": self.target,
-            "ok": self.ok,
-            "open": self.open,
-            "conditions": [c.__dict__ for c in self.conditions],
-        }
+        fields = ("current", "target", "ok", "open")
+        return {**{f: getattr(self, f) for f in fields}, "conditions": [c.__dict__ for c in self.conditions]}
 
 
 def outbox_drained(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:

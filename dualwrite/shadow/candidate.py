@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine
 
 from dualwrite import metrics
-from dualwrite.engines import session_options
+from dualwrite.engines import read_rolled_back, session_options
 
 if TYPE_CHECKING:
     from dualwrite.engines import Backends
@@ -38,10 +38,7 @@ class CandidateReads:
             if backend != "postgres":
                 return backends.timed_read(backend, store, query, fn)
             try:
-                with self.engine(backends).connect() as conn:
-                    result = fn(conn)
-                    conn.rollback()
-                    return result
+                return read_rolled_back(self.engine(backends), fn)
             finally:
                 self._child(metrics.READ_DURATION, backend, store, query).observe(time.perf_counter() - start)
         finally:

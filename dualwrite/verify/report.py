@@ -66,13 +66,5 @@ class VerifyReport:
         return any(t.error for t in self.tables)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "clean": self.clean,
-            "mode": self.mode,
-            "watermark": self.watermark,
-            "base": self.base,
-            "touched": self.touched,
-            "fallback": self.fallback,
-            "tables": [t.to_dict() for t in self.tables],
-        }
+        fields = ("at", "clean", "mode", "watermark", "base", "touched", "fallback")  # the JSON report's order
+        return {**{f: getattr(self, f) for f in fields}, "tables": [t.to_dict() for t in self.tables]}
