@@ -334,6 +334,7 @@ class DualWriter:
         self.stop_relay()
         self.backends.close()
 
+    # The context-manager protocol on close(), as Backends has it (both are closed by their owner or a `with`).
     def __enter__(self) -> DualWriter:
         return self
 

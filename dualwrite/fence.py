@@ -255,7 +255,11 @@ class FenceSummary:
         ordered = sorted(self.pauses)
         return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
 
+    def pause_quantiles(self) -> dict[str, float]:
+        return {"p50": self.percentile(0.5), "p99": self.percentile(0.99), "max": max(self.pauses, default=0.0)}
+
     def to_dict(self) -> dict[str, Any]:
+        # the flip report's "fence" object (operators' tooling reads it): its keys are spelled out
         return {
             "epoch": self.epoch,
             "timeout_seconds": self.timeout,
@@ -264,9 +268,7 @@ class FenceSummary:
             "missing": self.missing,
             "held_seconds": round(self.held_seconds, 4),
             "writes_held": len(self.pauses),
-            "pause_p50_seconds": round(self.percentile(0.5), 4),
-            "pause_p99_seconds": round(self.percentile(0.99), 4),
-            "pause_max_seconds": round(max(self.pauses, default=0.0), 4),
+            **{f"pause_{q}_seconds": round(v, 4) for q, v in self.pause_quantiles().items()},
             "steps_seconds": self.steps,
             "attempts": self.attempts,
         }
@@ -278,9 +280,8 @@ class FenceSummary:
             + ("fence: " if self.attempts == 1 else "")
             + f"{len(self.acked)}/{len(self.members)} instance(s) acknowledged, "
             f"held {self.held_seconds * ms:.0f} ms "
-            f"(timeout {self.timeout * ms:.0f} ms); {len(self.pauses)} write(s) paused: p50 "
-            f"{self.percentile(0.5) * ms:.1f} ms, p99 {self.percentile(0.99) * ms:.1f} ms, "
-            f"max {max(self.pauses, default=0.0) * ms:.1f} ms"
+            f"(timeout {self.timeout * ms:.0f} ms); {len(self.pauses)} write(s) paused: "
+            + ", ".join(f"{q} {v * ms:.1f} ms" for q, v in self.pause_quantiles().items())
             + (" [" + ", ".join(f"{k} {v * ms:.0f} ms" for k, v in self.steps.items()) + "]" if self.steps else "")
         )
 

@@ -4,6 +4,10 @@ SQLite and Postgres return the same data in different shapes: unordered result s
 JSON objects with keys in another order, datetimes in other time zones, 0.1 + 0.2 vs 0.3, Decimal vs
 float, CHAR padding. `normalize` maps a value to a canonical, hashable, JSON-dumpable form in which those
 all compare equal; `canonical_text` / `row_hash` build on it (verify uses them for its checksums).
+
+Its tagged forms ({"$d": ...}) look like the event codec's (events.encode_value) but are another thing:
+the codec keeps a value exactly (naive stays naive, bytes as base64) in a wire format that must never change;
+this form erases what the engines disagree on (UTC, hex) and may change with verify. They stay apart.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Every Redis key dualwrite writes, all under the settings' namespace: one place, so that an operator (or
 `backfill reset`) can see what is ours, and so that two roles reading one key (the shadow reader writes
 its counts, verify and the gate read them) name it once. The names are part of the operator's interface:
-dashboards, runbooks and `redis-cli` sessions use them, so they do not change."""
+dashboards, runbooks and `redis-cli` sessions use them, so they do not change.
+One two-line function per key: a list, alike line for line by design."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from sqlalchemy import Table, text
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Bad, Copier
 from dualwrite.backfill.cursor import read_chunk
+from dualwrite.backfill.progress import summary_row
 from dualwrite.backfill.rejects import RejectWriter, refused_column, shown
 from dualwrite.bookkeeping import has_state_table
 
@@ -67,16 +68,8 @@ class DryTable:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "read": self.rows,
-            "written": self.would_write,
-            "skipped": self.would_skip,
-            "rejected": self.rejected,
-            "seconds": round(self.seconds, 3),
-            "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
-            "status": "dry-run",
-        }
+        counts = (self.rows, self.would_write, self.would_skip, self.rejected)
+        return summary_row(self.table, *counts, self.seconds, "dry-run")
 
 
 def dry_run(

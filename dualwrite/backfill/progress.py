@@ -113,19 +113,16 @@ def summary_rows(reports: list[Any]) -> list[dict[str, Any]]:
     for r in reports:
         rejected = getattr(r, "rows_rejected_run", r.rows_rejected)
         read = getattr(r, "rows_read", r.rows_applied + r.rows_stale + rejected)
-        out.append(
-            {
-                "table": r.table,
-                "read": read,
-                "written": r.rows_applied,
-                "skipped": r.rows_stale,
-                "rejected": rejected,
-                "seconds": round(r.seconds, 3),
-                "rows_per_second": round(read / r.seconds, 1) if r.seconds else None,
-                "status": r.status,
-            }
-        )
+        out.append(summary_row(r.table, read, r.rows_applied, r.rows_stale, rejected, r.seconds, r.status))
     return out
+
+
+def summary_row(
+    table: str, read: int, written: int, skipped: int, rejected: int, seconds: float, status: str
+) -> dict[str, Any]:
+    """A table's line of the summary (COLUMNS), of a copy or of a dry run."""
+    rate = round(read / seconds, 1) if seconds else None
+    return dict(zip(COLUMNS, (table, read, written, skipped, rejected, round(seconds, 3), rate, status), strict=True))
 
 
 COLUMNS = ("table", "read", "written", "skipped", "rejected", "seconds", "rows_per_second", "status")

@@ -72,6 +72,7 @@ class FlipOutcome:
     steps: list[str] = field(default_factory=list)  # --dry-run: what it would do
 
     def to_dict(self) -> dict[str, Any]:
+        # the --report / --json format operators' tooling reads: its keys are spelled out, one per line
         return {
             "moved": self.moved,
             "phase": self.current,
