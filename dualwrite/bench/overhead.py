@@ -6,7 +6,8 @@ no SQLAlchemy and no dualwrite: the tightest two writes an application could mak
 writers; the write-behind mode (settings.write_behind: Postgres applied by a replay worker process from the
 stream, off the request path) is measured beside the synchronous one, and so is the design floor (DesignFloor:
 the statements the design needs, outbox and version claim included, through the same raw drivers), which
-says how much of the gap is the design's and how much the adapter's.
+says how much of the gap is the design's and how much the adapter's; write-behind's floor is its SQLite
+half alone (the request path write-behind leaves: the transaction with the outbox, no Postgres write).
 
 Goals (issue 18): p99(dual) <= 1.25 x p99(raw) with 1 writer, <= 1.5 x with 5; throughput >= 0.5 x raw's.
 The variants run interleaved in RUNS rounds so that drift of the shared machine hits them alike; each goal is
@@ -33,6 +34,8 @@ P99_GOALS = {1: 1.25, 5: 1.5}
 THROUGHPUT_GOAL = 0.5
 RUNS = 3
 FLOOR = "design floor (raw drivers)"
+BEHIND_FLOOR = "write-behind floor (raw drivers)"
+FLOORS = {FLOOR: "the design's statements", BEHIND_FLOOR: "write-behind's request path (the SQLite half)"}
 PARTS = {"sqlite": "primary SQLite tx (with outbox)", "postgres": "Postgres apply", "dual": "whole adapter write"}
 
 
@@ -112,9 +115,9 @@ class DesignFloor(RawDrivers):
     in one round trip). The gap between this and the raw drivers is the design's; the gap between the
     adapter and this is the adapter's (SQLAlchemy, metrics, the relay thread)."""
 
-    def __init__(self, settings: Any, table: Any) -> None:
+    def __init__(self, settings: Any, table: Any, *, postgres: bool = True) -> None:
         super().__init__(settings, table)
-        self.table = table
+        self.table, self.postgres = table, postgres  # postgres=False: write-behind's floor, the SQLite half
         pk = self.cols[0]
         n = len(self.cols)
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.cols[1:])
@@ -157,8 +160,9 @@ class DesignFloor(RawDrivers):
                 (seq, ev.id, ev.table, ev.op, ev.to_json(), ev.ts.isoformat(" ")),
             )
             lite.execute("COMMIT")
-        with pg.cursor() as cur:
-            cur.execute(self.pg_exec, [*values, self.table.name, f"[{key}]", seq])
+        if self.postgres:
+            with pg.cursor() as cur:
+                cur.execute(self.pg_exec, [*values, self.table.name, f"[{key}]", seq])
 
 
 def _writer(env: BenchEnv, label: str, table: Any, **settings: Any) -> Any:
@@ -175,9 +179,11 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
     out: dict[str, Any] = {"writes_per_variant": writes, "runs": RUNS, "goals": [], "results": [], "per_run": []}
     next_id = 1
     floor = DesignFloor(sync.settings, table)
+    behind_floor = DesignFloor(sync.settings, table, postgres=False)
     variants: dict[str, Any] = {
         "raw drivers": raw,
         FLOOR: floor,
+        BEHIND_FLOOR: behind_floor,
         "dual (relay on)": lambda row: sync.execute(insert(table).values(row)),
     }
     variants["dual, write-behind"] = lambda row: behind.execute(insert(table).values(row))
@@ -210,9 +216,9 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
                 s = summarize(v, att[k])
                 s.update(variant=k, writers=w, writes_per_s=round(median([r[k]["per_s"] for r in rounds]), 1))
                 out["results"].append(s)
-            out.setdefault("floor", []).append(_floor(w, rounds))
+            out.setdefault("floor", []).extend(_floor(w, rounds, name) for name in FLOORS)
             for name in variants:
-                if name in ("raw drivers", FLOOR):  # the floor is a reference, not a goal's subject
+                if name == "raw drivers" or name in FLOORS:  # a floor is a reference, not a goal's subject
                     continue
                 out["goals"] += _goals(name, w, rounds, parts if name == "dual (relay on)" else None, lat[name])
             log(
@@ -223,6 +229,7 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
     finally:
         raw.close()
         floor.close()
+        behind_floor.close()
         sync.close()
         behind.close()
         if replayer.poll() is None:
@@ -230,12 +237,14 @@ def run(env: BenchEnv, writes: int, writer_counts: tuple[int, ...] = (1, 5), log
     return out
 
 
-def _floor(w: int, rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """The design floor's throughput and p99 as ratios to the raw drivers' (median over the rounds): what
-    the synchronous path could reach with no framework cost at all."""
-    thr = [ratio(r[FLOOR]["per_s"], r["raw drivers"]["per_s"]) for r in rounds]
-    p99 = [ratio(r[FLOOR]["p99_ms"], r["raw drivers"]["p99_ms"]) for r in rounds]
+def _floor(w: int, rounds: list[dict[str, dict[str, float]]], name: str = FLOOR) -> dict[str, Any]:
+    """A floor's throughput and p99 as ratios to the raw drivers' (median over the rounds): what the path
+    it stands for could reach with no framework cost at all."""
+    thr = [ratio(r[name]["per_s"], r["raw drivers"]["per_s"]) for r in rounds]
+    p99 = [ratio(r[name]["p99_ms"], r["raw drivers"]["p99_ms"]) for r in rounds]
     return {
+        "floor": name,
+        "of": FLOORS[name],
         "writers": w,
         "throughput_ratio": median(thr),
         "throughput_spread": [min(thr), max(thr)],

@@ -11,6 +11,7 @@ from typing import Any
 from dualwrite.bench.common import machine_line
 from dualwrite.bench.figures import Figures, draw
 from dualwrite.bench.goals import spread_text
+from dualwrite.bench.overhead import FLOOR
 
 
 def _target_line(t: dict[str, Any] | None) -> list[str]:
@@ -114,7 +115,8 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             ]
         for f in o.get("floor", []):
             md.append(
-                f"- design floor (the design's statements through the raw drivers, no framework), {f['writers']} "
+                f"- {f.get('floor', FLOOR)}: {f.get('of', 'the design')} through the raw drivers, no framework, "
+                f"{f['writers']} "
                 f"writer(s): throughput {f['throughput_ratio']} x raw ({f['throughput_spread'][0]}-"
                 f"{f['throughput_spread'][1]}), p99 {f['p99_ratio']} x raw ({f['p99_spread'][0]}-{f['p99_spread'][1]})"
             )
