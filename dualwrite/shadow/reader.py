@@ -201,8 +201,8 @@ class ShadowReader:
                 jobs.append((phase.reads, f"aa:{query}"))
         for backend, label in jobs:
             if self.comparator == "process" and not self.synchronous and not label.startswith("aa:"):
-                record = (store, label, query, fn, params, ordered, backend, phase.reads)
-                sent = self._remote_for(backends).submit(record, query)
+                shape = (store, label, query, ordered, backend, phase.reads)
+                sent = self._remote_for(backends).submit(shape, fn, params, query)
                 if sent is None:
                     self._count(backends, store, label, "skipped")
                 if sent is not False:
@@ -226,11 +226,11 @@ class ShadowReader:
                     )
         return self._remote
 
-    def _counted(self, store: str, label: str, outcome: str) -> None:
-        """An outcome of the comparator process: into this process' metrics and stats (it sent Redis its own)."""
-        self._inc_comparisons(store, label, outcome)
+    def _counted(self, store: str, label: str, outcome: str, n: int = 1) -> None:
+        """Outcomes of the comparator process: into this process' metrics and stats (it sent Redis its own)."""
+        self._inc_comparisons(store, label, outcome, n)
         with self._stats_lock:
-            self.stats[outcome] += 1
+            self.stats[outcome] += n
 
     def _submit(self, job: tuple[Any, ...]) -> None:
         if not self._slots.acquire(blocking=False):
@@ -341,10 +341,10 @@ class ShadowReader:
                 return waited
         return None
 
-    def _inc_comparisons(self, store: str, label: str, outcome: str) -> None:
+    def _inc_comparisons(self, store: str, label: str, outcome: str, n: int = 1) -> None:
         if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._child:
             metrics.prime(queries=[(store, label)])  # every result at 0: a mismatch rate of 0, not "No data"
-        self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc()
+        self._child(metrics.SHADOW_COMPARISONS, store, label, outcome).inc(n)
 
     def _count(self, backends: Backends, store: str, label: str, outcome: str) -> None:
         self._inc_comparisons(store, label, outcome)

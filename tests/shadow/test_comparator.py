@@ -65,3 +65,19 @@ def test_a_read_that_does_not_pickle_is_compared_by_the_threads(dw, uid) -> None
 def test_comparator_must_be_thread_or_process() -> None:
     with pytest.raises(ValueError, match="comparator"):
         ShadowReader(comparator="fork")
+
+
+def test_records_over_the_bound_are_counted_skipped_never_lost(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    q = f"bound-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=1, recheck_delays=(0.0,)).install(dw)
+    try:  # the comparator is still starting while these are read: one record in flight, the rest over the bound
+        for _ in range(40):
+            dw.read("shtest", q, functools.partial(first_rows, n=3))
+        assert reader.wait_idle(120)
+        assert reader.stats["skipped"] >= 1
+        assert reader.stats["match"] + reader.stats["skipped"] == 40
+        assert _wait_for(
+            lambda: read_counts(dw.backends.redis, dw.settings.namespace).get("skipped") == reader.stats["skipped"]
+        )
+    finally:
+        reader.close()
