@@ -182,15 +182,9 @@ class ShadowReader:
             self.gate.leave()
 
     def _read(
-        self,
-        backends: Backends,
-        phase: Any,
-        store: str,
-        query: str,
-        fn: Callable[[Any], Any],
-        params: dict[str, Any] | None,
-        ordered: bool,
-    ) -> Any:
+        self, backends: Backends, phase: Any, store: str, query: str, fn: Callable[[Any], Any],
+        params: dict[str, Any] | None, ordered: bool,
+    ) -> Any:  # fmt: skip
         control = Observation.capture("control", lambda: backends.timed_read(phase.reads, store, query, fn))
         jobs: list[tuple[str, str]] = []
         if phase.shadow:
@@ -278,19 +272,10 @@ class ShadowReader:
 
     # -- the comparison (a worker thread, or the caller in synchronous mode) ---------------------
     def _compare(
-        self,
-        backends: Backends,
-        backend: str,
-        store: str,
-        label: str,
-        query: str,
-        fn: Callable[[Any], Any],
-        params: dict[str, Any] | None,
-        ordered: bool,
-        control: Observation,
-        control_backend: str,
+        self, backends: Backends, backend: str, store: str, label: str, query: str, fn: Callable[[Any], Any],
+        params: dict[str, Any] | None, ordered: bool, control: Observation, control_backend: str,
         pause: Callable[[], None] | None = None,
-    ) -> Result | None:
+    ) -> Result | None:  # fmt: skip
         try:
             exp = self.experiment(store, query, ordered)
             if pause is not None:

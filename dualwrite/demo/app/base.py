@@ -2,9 +2,9 @@
 the columns every store table shares (key, tenant, stamps; built from `columns`) and the row
 TypedDicts' matching bases. Its column types are dualwrite's portable ones, `dualwrite.types`.
 
-Each store module then lists its own columns twice, as a model and as the row TypedDict its methods
-return: declarative lists, alike in shape from store to store (a duplicates finder pairs them), which is
-their right form; what the tables share is said once, here."""
+Each store module then lists its own columns three times: as a model, as the row TypedDict its methods
+return and as the values dict its insert writes. Declarative lists, alike in shape from store to store (a
+duplicates finder pairs them), which is their right form; what the tables share is said once, here."""
 
 from __future__ import annotations
 
