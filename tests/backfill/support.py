@@ -1,12 +1,18 @@
-"""A small table set for the backfill tests: int pk, composite text+int pk, and a child with a FK."""
+"""A small table set for the backfill tests (int pk, composite text+int pk, and a child with a FK), the
+chunk tests' accounts helpers, and `Race`: two transactions on one key, the second blocked on the first."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Column,
+    Engine,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -14,13 +20,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     insert,
     select,
     text,
 )
+from sqlalchemy import delete as delete_rows
 
 from dualwrite.adapter import DualWriter
+from dualwrite.events import ChangeEvent
 from dualwrite.redis_keys import stream_key
 from dualwrite.stream.relay import Relay
 from dualwrite.tables import Tables
@@ -99,9 +106,104 @@ def clear(dw: DualWriter) -> None:
     hypothesis examples."""
     for engine in (dw.backends.sqlite, dw.backends.postgres):
         with engine.begin() as conn:
-            conn.execute(delete(accounts))
+            conn.execute(delete_rows(accounts))
             conn.execute(text("DELETE FROM _dw_versions"))
             conn.execute(text("DELETE FROM _dw_outbox"))
             if engine.dialect.name == "postgresql":
                 conn.execute(text("DELETE FROM _dw_ranges"))
     dw.backends.redis.delete(stream_key(dw.settings.namespace))
+
+
+# -- the chunk tests' accounts: SQLite seeded at a version S, events, what Postgres holds -------------------
+def seed_sqlite(dw: DualWriter, n: int, version: int = 100) -> None:
+    """n accounts in SQLite and last_seq = version (the chunk's S)."""
+    with dw.backends.sqlite.begin() as conn:
+        conn.execute(insert(accounts), [account_row(i) for i in range(1, n + 1)])
+        conn.execute(text("UPDATE _dw_meta SET value = :v WHERE name = 'last_seq'"), {"v": version})
+
+
+def upsert(i: int, seq: int, name: str) -> ChangeEvent:
+    return ChangeEvent("bf_accounts", "upsert", {"id": i}, account_row(i, name), seq=seq)
+
+
+def delete(i: int, seq: int) -> ChangeEvent:
+    return ChangeEvent("bf_accounts", "delete", {"id": i}, None, seq=seq)
+
+
+def versions(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT pk, seq FROM _dw_versions WHERE tbl = 'bf_accounts'")).all()
+        conn.rollback()
+    return {k: s for k, s in rows}
+
+
+def names(engine: Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(accounts.c.id, accounts.c.name)).all()
+        conn.rollback()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+# -- races: two transactions on one key, each order -----------------------------------------------------
+def pid(conn: Any) -> int:
+    return int(conn.connection.driver_connection.info.backend_pid)
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """`fn` started in a thread; the list gets its result, or the exception it raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            out.append(exc)
+
+    th = threading.Thread(target=run)
+    th.start()
+    return th, out
+
+
+@dataclass
+class Race:
+    """The first transaction calls `hold()` inside itself (it stays open, uncommitted); the second calls
+    `waiting(conn)` before its statement, which must then wait on the first's lock. `run` starts them in
+    that order and commits the first once Postgres shows the second waiting."""
+
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    pids: list[int] = field(default_factory=list)
+
+    def hold(self) -> None:
+        self.held.set()
+        self.release.wait(10)
+
+    def waiting(self, conn: Any) -> None:
+        self.pids.append(pid(conn))
+
+    def run(self, dw: DualWriter, first: Callable[[], Any], second: Callable[[], Any]) -> tuple[list[Any], list[Any]]:
+        """The outputs of `first` and `second` (each a one-item list: its result or its exception)."""
+        first_th, first_out = in_thread(first)
+        assert self.held.wait(10)
+        second_th, second_out = in_thread(second)
+        self.wait_until_blocked(dw)
+        self.release.set()
+        first_th.join(10)
+        second_th.join(10)
+        return first_out, second_out
+
+    def wait_until_blocked(self, dw: DualWriter, timeout: float = 10.0) -> None:
+        """Until the second session waits on a lock (the other transaction's unique-index entry)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pids:
+                with dw.backends.postgres.connect() as conn:
+                    waiting = conn.execute(
+                        text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                        {"p": self.pids[-1]},
+                    ).scalar()
+                    conn.rollback()
+                if waiting:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("the second transaction never waited on the first")

@@ -4,10 +4,7 @@ COPY in both orders (one transaction blocked on the other's unique-index entry).
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,59 +29,27 @@ from sqlalchemy import (
     Text,
     Uuid,
     insert,
-    select,
     text,
 )
-from sqlalchemy.engine import make_url
 
 from dualwrite.apply.rule import apply_events
 from dualwrite.backfill.copy_format import binary_oids
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.load import copy_apply, load_chunk
-from dualwrite.engines import postgres_engine
-from dualwrite.events import ChangeEvent, key_text, key_texts
+from dualwrite.events import key_text, key_texts
 from dualwrite.types import JSONType, UTCDateTime
-from tests.backfill.support import account_row, accounts, snapshot, tags
-
-
-@pytest.fixture(params=["psycopg2", "psycopg"])
-def copier_pg(settings, request):  # type: ignore[no-untyped-def]
-    """The chunk's engine, on each driver: psycopg2 (what Settings normalise to) encodes COPY text here,
-    psycopg 3 writes rows itself, in binary where binary.py allows."""
-    url = make_url(settings.postgres_url).set(drivername=f"postgresql+{request.param}")
-    dsn = url.render_as_string(hide_password=False)
-    engine = postgres_engine(dsn, settings.pg_schema, state_schema=settings.state_schema, replica=True)
-    yield engine
-    engine.dispose()
-
-
-def seed_sqlite(dw, n: int, version: int = 100) -> None:  # type: ignore[no-untyped-def]
-    """n accounts in SQLite and last_seq = version (the chunk's S)."""
-    with dw.backends.sqlite.begin() as conn:
-        conn.execute(insert(accounts), [account_row(i) for i in range(1, n + 1)])
-        conn.execute(text("UPDATE _dw_meta SET value = :v WHERE name = 'last_seq'"), {"v": version})
-
-
-def upsert(i: int, seq: int, name: str) -> ChangeEvent:
-    return ChangeEvent("bf_accounts", "upsert", {"id": i}, account_row(i, name), seq=seq)
-
-
-def delete(i: int, seq: int) -> ChangeEvent:
-    return ChangeEvent("bf_accounts", "delete", {"id": i}, None, seq=seq)
-
-
-def versions(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT pk, seq FROM _dw_versions WHERE tbl = 'bf_accounts'")).all()
-        conn.rollback()
-    return {k: s for k, s in rows}
-
-
-def names(engine: Engine) -> dict[int, str]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(accounts.c.id, accounts.c.name)).all()
-        conn.rollback()
-    return dict(rows)  # type: ignore[arg-type]
+from tests.backfill.support import (
+    Race,
+    account_row,
+    accounts,
+    delete,
+    names,
+    seed_sqlite,
+    snapshot,
+    tags,
+    upsert,
+    versions,
+)
 
 
 def load(engine: Engine, chunk) -> tuple[Any, bool]:  # type: ignore[no-untyped-def]
@@ -146,67 +111,25 @@ def test_key_texts_equal_key_text(values: list[Any]) -> None:
 
 
 # -- races: two transactions on one key, each order -----------------------------------------------
-def wait_until_blocked(dw, pids: list[int], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Until the session `pids[-1]` waits on a lock (the other transaction's unique-index entry)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pids:
-            with dw.backends.postgres.connect() as conn:
-                waiting = conn.execute(
-                    text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"), {"p": pids[-1]}
-                ).scalar()
-                conn.rollback()
-            if waiting:
-                return
-        time.sleep(0.02)
-    raise AssertionError("the second transaction never waited on the first")
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - checked by the test
-            out.append(exc)
-
-    th = threading.Thread(target=run)
-    th.start()
-    return th, out
-
-
-def pid(conn) -> int:  # type: ignore[no-untyped-def]
-    return conn.connection.driver_connection.info.backend_pid
-
-
 @pytest.mark.parametrize("live_seq, live_wins", [(101, True), (99, False)])
 def test_live_apply_uncommitted_during_copy(dw, copier_pg, live_seq, live_wins) -> None:  # type: ignore[no-untyped-def]
     """A live apply holds key 10 uncommitted; the chunk's COPY waits on it, then fails on the unique index
     and merges: the newer image stays, an older one is overwritten by the chunk (version S = 100)."""
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
-    claimed, release = threading.Event(), threading.Event()
-    pids: list[int] = []
+    race = Race()
 
     def live() -> None:
         with dw.backends.postgres_apply.begin() as conn:
             apply_events(conn, dw.tables.table, [upsert(10, live_seq, "live")])
-            claimed.set()
-            release.wait(10)
+            race.hold()
 
     def copy() -> Any:
         with copier_pg.begin() as conn:
-            pids.append(pid(conn))
+            race.waiting(conn)
             return load_chunk(conn, accounts, chunk.columns, chunk.values, chunk.version)
 
-    live_th, live_out = in_thread(live)
-    assert claimed.wait(10)
-    copy_th, copy_out = in_thread(copy)
-    wait_until_blocked(dw, pids)
-    release.set()
-    live_th.join(10)
-    copy_th.join(10)
+    live_out, copy_out = race.run(dw, live, copy)
     assert live_out == [None]
     result, fell_back = copy_out[0]
     assert fell_back and result.applied == (19 if live_wins else 20)
@@ -224,8 +147,7 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
     event = {"newer": upsert(10, 101, "live"), "older": upsert(10, 99, "old"), "delete": delete(10, 102)}[live]
-    copied, release = threading.Event(), threading.Event()
-    pids: list[int] = []
+    race = Race()
 
     def copy() -> Any:
         with copier_pg.begin() as conn:
@@ -234,22 +156,15 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
                 assert not fell_back
             else:
                 res = copy_apply(conn, accounts, chunk.rows, chunk.version)
-            copied.set()
-            release.wait(10)
+            race.hold()
         return res
 
     def live_apply() -> Any:
         with dw.backends.postgres_apply.begin() as conn:
-            pids.append(pid(conn))
+            race.waiting(conn)
             return apply_events(conn, dw.tables.table, [event])
 
-    copy_th, copy_out = in_thread(copy)
-    assert copied.wait(10)
-    live_th, live_out = in_thread(live_apply)
-    wait_until_blocked(dw, pids)
-    release.set()
-    copy_th.join(10)
-    live_th.join(10)
+    copy_out, live_out = race.run(dw, copy, live_apply)
     assert copy_out[0].applied == 20
     assert live_out[0].applied == (0 if live == "older" else 1)
     got = names(dw.backends.postgres)

@@ -15,20 +15,8 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.cursor import read_chunk
 from dualwrite.backfill.spans import load_span
-from tests.backfill.support import accounts
-from tests.backfill.test_fastpath import copier_pg as _copier_pg
-from tests.backfill.test_fastpath import delete as delete_event
-from tests.backfill.test_fastpath import (
-    in_thread,
-    names,
-    pid,
-    seed_sqlite,
-    upsert,
-    versions,
-    wait_until_blocked,
-)
-
-copier_pg = _copier_pg  # the fixture: a chunk (or live) engine on each driver
+from tests.backfill.support import Race, accounts, names, seed_sqlite, upsert, versions
+from tests.backfill.support import delete as delete_event
 
 
 def ranges(engine: Engine) -> list[tuple[str, int]]:
@@ -136,28 +124,20 @@ def test_a_live_apply_waits_for_an_uncommitted_chunk(dw, copier_pg, seq, applied
     then sees the range (an older image stale, a newer one applied)."""
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
-    copied, release = dw_events()
-    pids: list[int] = []
+    race = Race()
 
     def copy() -> Any:
         with dw.backends.postgres_apply.begin() as conn:
             res = load_span(conn, accounts, chunk.columns, chunk.values, chunk.version, chunk.span)
-            copied.set()
-            release.wait(10)
+            race.hold()
         return res
 
     def apply_live() -> Any:
         with copier_pg.begin() as conn:  # the live apply on each driver
-            pids.append(pid(conn))
+            race.waiting(conn)
             return apply_events(conn, dw.tables.table, [upsert(10, seq, "live")])
 
-    copy_th, copy_out = in_thread(copy)
-    assert copied.wait(10)
-    live_th, live_out = in_thread(apply_live)
-    wait_until_blocked(dw, pids)
-    release.set()
-    copy_th.join(10)
-    live_th.join(10)
+    copy_out, live_out = race.run(dw, copy, apply_live)
     assert copy_out[0].applied == 20 and live_out[0].applied == applied
     assert names(dw.backends.postgres)[10] == ("live" if applied else "acct-10 é")
 
@@ -167,27 +147,19 @@ def test_a_chunk_waits_for_an_uncommitted_live_apply(dw, copier_pg) -> None:  # 
     its row (the key's own version is newer)."""
     seed_sqlite(dw, 20)
     chunk = read_chunk(dw.backends.sqlite_read, accounts, None, 100)
-    claimed, release = dw_events()
-    pids: list[int] = []
+    race = Race()
 
     def apply_live() -> None:
         with dw.backends.postgres_apply.begin() as conn:
             apply_events(conn, dw.tables.table, [upsert(10, 101, "live")])
-            claimed.set()
-            release.wait(10)
+            race.hold()
 
     def copy() -> Any:
         with copier_pg.begin() as conn:
-            pids.append(pid(conn))
+            race.waiting(conn)
             return load_span(conn, accounts, chunk.columns, chunk.values, chunk.version, chunk.span)
 
-    live_th, live_out = in_thread(apply_live)
-    assert claimed.wait(10)
-    copy_th, copy_out = in_thread(copy)
-    wait_until_blocked(dw, pids)
-    release.set()
-    live_th.join(10)
-    copy_th.join(10)
+    live_out, copy_out = race.run(dw, apply_live, copy)
     assert live_out == [None] and (copy_out[0].applied, copy_out[0].stale) == (19, 1)
     assert names(dw.backends.postgres)[10] == "live"
 
@@ -206,8 +178,3 @@ def test_the_inline_dual_write_takes_the_lock_in_its_own_round_trip(dw) -> None:
     assert run_plan_direct(engine, plan).applied == 1
     assert names(dw.backends.postgres)[3] == "new"
 
-
-def dw_events():  # type: ignore[no-untyped-def]
-    import threading
-
-    return threading.Event(), threading.Event()
