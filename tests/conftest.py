@@ -140,19 +140,19 @@ def settings(tmp_path, pg_schema: str, redis_prefix: str) -> Settings:  # type: 
     )
 
 
+def server_args(
+    pg_schema: str, namespace: str, postgres: str = PG_ADMIN_URL, redis_url: str = REDIS_TEST_URL
+) -> list[str]:
+    """The server flags of a `dualwrite` command: the test's Postgres schema and Redis namespace."""
+    return ["--postgres", postgres, "--redis", redis_url, "--namespace", namespace, "--pg-schema", pg_schema]
+
+
 def connection_args(settings: Settings) -> list[str]:
     """The connection flags every `dualwrite` subcommand takes, for these settings."""
     return [
         "--sqlite",
         settings.sqlite_url,
-        "--postgres",
-        settings.postgres_url,
-        "--redis",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--pg-schema",
-        settings.pg_schema,
+        *server_args(settings.pg_schema, settings.namespace, settings.postgres_url, settings.redis_url),
         "--state-schema",
         settings.state_schema,
     ]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import dualwrite.demo.embedded as embedded
 from dualwrite.cli.demo import demo
-from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL
+from tests.conftest import server_args
 
 
 def test_demo_runs_a_clean_cutover_on_the_local_servers(tmp_path, pg_schema, redis_prefix) -> None:  # type: ignore[no-untyped-def]
@@ -23,14 +23,7 @@ def test_demo_runs_a_clean_cutover_on_the_local_servers(tmp_path, pg_schema, red
             "3000",
             "--duration",
             "8",
-            "--postgres",
-            PG_ADMIN_URL,
-            "--redis",
-            REDIS_TEST_URL,
-            "--namespace",
-            redis_prefix,
-            "--pg-schema",
-            pg_schema,
+            *server_args(pg_schema, redis_prefix),
             "--sqlite",
             str(tmp_path / "app.db"),
             "--report",

@@ -24,6 +24,20 @@ def schemas_like(prefix: str) -> list[str]:
         engine.dispose()
 
 
+def schema_snapshot(prefix: str) -> dict[str, list[tuple[str, str]]]:
+    """Every schema under `prefix` with its relations and their comments: what --undo must restore."""
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as conn:
+            sql = text(
+                "SELECT relname, relkind, coalesce(obj_description(oid, 'pg_class'), '') FROM pg_class "
+                "WHERE relnamespace = to_regnamespace(:s) ORDER BY relname"
+            )
+            return {s: [tuple(r) for r in conn.execute(sql, {"s": s})] for s in schemas_like(prefix)}
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def project(tmp_path: Path, pg_schema: str, redis_prefix: str) -> Iterator[ProjectFactory]:
     """project({"alpha": "P0", "beta": "P1"}, models=..., shared_schema=False) -> the file's path. Source

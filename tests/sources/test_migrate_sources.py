@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from dualwrite.cli.main import main
 from tests.conftest import PG_ADMIN_URL
-from tests.sources.conftest import ProjectFactory, schemas_like
+from tests.sources.conftest import ProjectFactory, schema_snapshot
 
 SCRIPT = """
 CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, at DATETIME);
@@ -33,20 +33,6 @@ def _store(path: Path, rows: int, extra: str = "") -> None:
     con.close()
 
 
-def _snapshot(prefix: str) -> dict[str, list[tuple[str, str]]]:
-    """Every schema under `prefix` with its relations and their comments: what --undo must restore."""
-    engine = create_engine(PG_ADMIN_URL)
-    try:
-        with engine.connect() as conn:
-            sql = text(
-                "SELECT relname, relkind, coalesce(obj_description(oid, 'pg_class'), '') FROM pg_class "
-                "WHERE relnamespace = to_regnamespace(:s) ORDER BY relname"
-            )
-            return {s: [tuple(r) for r in conn.execute(sql, {"s": s})] for s in schemas_like(prefix)}
-    finally:
-        engine.dispose()
-
-
 def cli(*args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(main, ["migrate", *args], catch_exceptions=False)
 
@@ -63,7 +49,7 @@ def test_many_files_in_priority_order_then_undo_leaves_the_target_as_found(
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{pg_schema}_beta"; CREATE TABLE "{pg_schema}_beta".keep (x int)'))
     admin.dispose()
-    before = _snapshot(pg_schema)
+    before = schema_snapshot(pg_schema)
     report = tmp_path / "plan.json"
 
     dry = cli("--config", config, "--dry-run", "--report", str(report))
@@ -72,7 +58,7 @@ def test_many_files_in_priority_order_then_undo_leaves_the_target_as_found(
         dry.output.splitlines()[0] == "dualwrite: all 3 source(s) in priority order: alpha (P0), beta (P1), gamma (P2)"
     )
     assert [s["source"] for s in json.loads(report.read_text())["sources"]] == ["alpha", "beta", "gamma"]
-    assert _snapshot(pg_schema) == before  # nothing written
+    assert schema_snapshot(pg_schema) == before  # nothing written
 
     real = cli("--config", config, "--report", str(report), "--rejects", str(tmp_path / "rejects"))
     assert real.exit_code == 0, real.output
@@ -97,12 +83,12 @@ def test_many_files_in_priority_order_then_undo_leaves_the_target_as_found(
     undo = cli("--config", config, "--undo", "--priority", "P1", "--yes")  # one source alone
     assert undo.exit_code == 0, undo.output
     assert "source beta (P1)" in undo.output and "dropped 2 table(s), 1 view(s)" in undo.output, undo.output
-    assert f"{pg_schema}_beta" in _snapshot(pg_schema)  # not ours: it stays, with its own table
-    assert _snapshot(pg_schema)[f"{pg_schema}_beta"] == before[f"{pg_schema}_beta"]
-    assert _snapshot(pg_schema)[f"{pg_schema}_alpha"]  # the others are untouched
+    assert f"{pg_schema}_beta" in schema_snapshot(pg_schema)  # not ours: it stays, with its own table
+    assert schema_snapshot(pg_schema)[f"{pg_schema}_beta"] == before[f"{pg_schema}_beta"]
+    assert schema_snapshot(pg_schema)[f"{pg_schema}_alpha"]  # the others are untouched
     undo = cli("--config", config, "--undo", "--yes")
     assert undo.exit_code == 0, undo.output
-    assert _snapshot(pg_schema) == before  # as it was found
+    assert schema_snapshot(pg_schema) == before  # as it was found
 
 
 def test_a_collision_in_a_shared_schema_is_refused_before_anything_is_written(
@@ -111,13 +97,13 @@ def test_a_collision_in_a_shared_schema_is_refused_before_anything_is_written(
     _store(tmp_path / "alpha.db", 3)
     _store(tmp_path / "beta.db", 3)
     config = str(project({"alpha": "P0", "beta": "P1"}, models=None, shared_schema=True))
-    before = _snapshot(pg_schema)
+    before = schema_snapshot(pg_schema)
     out = cli("--config", config)
     assert out.exit_code == 2, out.output
     (line,) = [x for x in out.output.splitlines() if x.startswith("error:")]
     assert "refused before writing anything" in line and out.output.count("\n") == 2, out.output
     assert f"schema {pg_schema} would get 'items' from both {tmp_path}/alpha.db and {tmp_path}/beta.db" in line
-    assert _snapshot(pg_schema) == before
+    assert schema_snapshot(pg_schema) == before
     # no collision: a file whose tables are named apart shares the schema fine
     (tmp_path / "beta.db").unlink()
     con = sqlite3.connect(tmp_path / "beta.db")
@@ -127,10 +113,10 @@ def test_a_collision_in_a_shared_schema_is_refused_before_anything_is_written(
     con.close()
     out = cli("--config", config, "--rejects", str(tmp_path / "rejects"))
     assert out.exit_code == 0, out.output
-    tables = {r[0] for r in _snapshot(pg_schema)[pg_schema] if r[1] == "r"}
+    tables = {r[0] for r in schema_snapshot(pg_schema)[pg_schema] if r[1] == "r"}
     assert tables == {"items", "tags", "beta_notes"}
     assert cli("--config", config, "--undo", "--yes").exit_code == 0
-    assert _snapshot(pg_schema) == before
+    assert schema_snapshot(pg_schema) == before
 
 
 def test_json_null_text_verifies(tmp_path: Path, pg_schema: str) -> None:
@@ -143,10 +129,10 @@ def test_json_null_text_verifies(tmp_path: Path, pg_schema: str) -> None:
         "CREATE TABLE d (id INTEGER PRIMARY KEY, j JSON);",
         {"d": [(1, "null"), (2, None), (3, '{"a": 1e-07}')]},
     )
-    before = _snapshot(pg_schema)
+    before = schema_snapshot(pg_schema)
     result, report = migrate(db, pg_schema)
     assert result.exit_code == 0 and report["verified"], result.output
     # --undo works on one file without a project file too: the schema was there before, it stays
     undone, _ = migrate(db, pg_schema, "--undo", "--yes")
     assert undone.exit_code == 0 and "dropped 1 table(s), 0 view(s)" in undone.output, undone.output
-    assert _snapshot(pg_schema) == before
+    assert schema_snapshot(pg_schema) == before

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from dualwrite.engines import Backends, sqlite_engine
 from dualwrite.settings import load_settings
-from tests.sources.conftest import ProjectFactory
-from tests.sources.test_migrate_sources import _snapshot
+from tests.sources.conftest import ProjectFactory, schema_snapshot
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env
 from tests.userapp.models import Base
@@ -149,9 +148,9 @@ def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory,
     # The same files, migrated one-shot into one database, then undone.
     target = str(project(SOURCES, name="migrate.toml", schema_prefix="m_", models=None))
     prefix = settings["alpha"].pg_schema.removesuffix("alpha") + "m_"
-    before = _snapshot(prefix)
+    before = schema_snapshot(prefix)
     out = ok(dualwrite("migrate", "--config", target, "--dry-run"))
-    assert out.startswith("dualwrite: all 3 source(s) in priority order") and _snapshot(prefix) == before, out
+    assert out.startswith("dualwrite: all 3 source(s) in priority order") and schema_snapshot(prefix) == before, out
     out = ok(dualwrite("migrate", "--config", target, "--rejects", str(tmp_path / "migrate-rejects")))
     assert [line.split(":")[0] for line in out.splitlines() if line.startswith("[")] == [
         "[1/3] source alpha (P0)",
@@ -160,5 +159,5 @@ def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory,
     ], out
     assert "every table of every source verified" in out, out
     ok(dualwrite("migrate", "--config", target, "--undo", "--yes"))
-    assert _snapshot(prefix) == before
+    assert schema_snapshot(prefix) == before
     step("migrate")
