@@ -83,6 +83,28 @@ class Collector:
         if note:
             rec.notes.add(note)
 
+    def healed(
+        self,
+        fault: str,
+        out: Outcome,
+        *,
+        rows_during_fault: int,
+        note: str,
+        recovery_seconds: float | None = None,
+        diverged_before: int | None = None,
+    ) -> None:
+        """A case that ended in `heal_and_verify`: rows lost and diverged are its outcome's; the recovery time
+        and the divergence before the heal are too unless given."""
+        self.case(
+            fault,
+            rows_during_fault=rows_during_fault,
+            rows_lost=out.missing,
+            rows_diverged=out.differing + out.extra,
+            diverged_before=out.diverged_before if diverged_before is None else diverged_before,
+            recovery_seconds=out.seconds if recovery_seconds is None else recovery_seconds,
+            note=note,
+        )
+
     def cli_section(self) -> list[str]:
         """The CLI's bad-input table (tests/faults/test_cli_bad_input.py), one row per case."""
         rows = self.cli_bad_input

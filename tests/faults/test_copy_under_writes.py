@@ -72,13 +72,10 @@ def test_killed_copy_under_five_writers_converges(
             assert all(ckpt.load(conn, t.name).status == "done" for t in TABLES)
 
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "backfill SIGKILLed mid-copy under 5 live writers",
+            out,
             rows_during_fault=written,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note=f"{killed_mid}/3 kills mid-copy, {written} rows written by {WRITERS} writers during the copy",
         )
     finally:

@@ -101,12 +101,11 @@ def test_a_70mb_row_is_refused_never_dead_lettered(settings: Settings, collector
         assert _rows(dw.backends.sqlite_read, blobs) == _rows(dw.backends.postgres, blobs) == [(1, b"small")]
         assert _outbox_len(dw) == 1  # nothing of the refused writes was committed
         out = heal_and_verify(dw, [blobs], since=time.monotonic())
-        collector.case(
+        collector.healed(
             "a 70 MB row (event over MAX_EVENT_BYTES)",
+            out,
             rows_during_fault=2,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            recovery_seconds=out.seconds,
+            diverged_before=0,
             note=f"insert and update refused on the primary in {refused_s:.1f} s (EventTooLargeError); "
             f"nothing committed; {out.dead_letters} dead letters",
         )
@@ -135,13 +134,11 @@ def test_unique_swaps_apply_inline(settings: Settings, collector: Collector, see
             behind += _rows(dw.backends.sqlite_read, users) != _rows(dw.backends.postgres, users)
         assert behind == 0 and _failures("dv") == failures  # every swap applied inline, before any replay
         out = heal_and_verify(dw, [users], since=t0)
-        collector.case(
+        collector.healed(
             "unique swap inside one transaction",
+            out,
             rows_during_fault=3 * swaps,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
             diverged_before=behind,
-            recovery_seconds=out.seconds,
             note=f"{swaps}/{swaps} swaps applied inline (0 secondary failures); {out.dead_letters} dead letters",
         )
     finally:
@@ -193,12 +190,11 @@ def test_old_images_of_keys_deleted_before_the_copy_converge(
         dw.phases.set("dual_write", force=True, reason="test")
         out = heal_and_verify(dw, [users], since=t0)
         assert out.dead_letters == 0
-        collector.case(
+        collector.healed(
             "old image of a key deleted before the copy (unique collision)",
+            out,
             rows_during_fault=written,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            recovery_seconds=out.seconds,
+            diverged_before=0,
             note=f"{collisions} old images collided with newer rows: stale, {out.dead_letters} dead letters",
         )
     finally:
@@ -244,13 +240,10 @@ def test_redis_restarted_empty_in_postgres_primary(
         finally:
             fresh.close()
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "Redis restarted empty in postgres_primary",
+            out,
             rows_during_fault=5,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="CLI and a new instance read postgres_primary from the record; the first write went to Postgres",
         )
     finally:
@@ -278,12 +271,11 @@ def test_strict_with_postgres_stopped_commits_nothing(
             dw.execute(insert(items).values(row(i, i)))
         out = heal_and_verify(dw, TABLES, since=t0)
         assert [r[0] for r in _rows(dw.backends.postgres, items)] == list(range(8))
-        collector.case(
+        collector.healed(
             "strict mode, Postgres stopped",
+            out,
             rows_during_fault=refused,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            recovery_seconds=out.seconds,
+            diverged_before=0,
             note=f"{refused}/{refused} writes raised SecondaryApplyError before the primary committed; "
             "retries wrote each row once",
         )
@@ -386,12 +378,11 @@ def test_random_orm_sessions_with_cascades(settings: Settings, collector: Collec
         lite, pg = sides(dw)
         assert lite == pg == log.tables()
         out = heal_and_verify(dw, ORM_TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "random ORM sessions (delete-orphan, passive_deletes, many-to-many, self-reference)",
+            out,
             rows_during_fault=ops,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            recovery_seconds=out.seconds,
+            diverged_before=0,
             note=f"30 sessions, {ops} operations; SQLite, Postgres and the log of intended changes agree",
         )
     finally:

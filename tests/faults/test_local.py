@@ -64,12 +64,10 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
         assert waited >= hold * 0.8
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "SQLite held by BEGIN EXCLUSIVE (< busy timeout)",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
             recovery_seconds=waited,
             note="writes wait for the lock, then succeed",
         )
@@ -105,13 +103,10 @@ def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
         t0 = time.monotonic()
         wl.run(3)  # the lock is gone: writes go on
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "SQLite held by BEGIN EXCLUSIVE (> busy timeout)",
+            out,
             rows_during_fault=1,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="write fails with 'database is locked'; nothing half-written",
         )
     finally:

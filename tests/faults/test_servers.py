@@ -49,13 +49,10 @@ def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Co
         out = heal_and_verify(dw, TABLES, since=t0)
         wl.run(steps // 2)
         heal_and_verify(dw, TABLES, since=time.monotonic())
-        collector.case(
+        collector.healed(
             "Postgres stopped during dual writes",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="writes succeed; replay heals",
         )
     finally:
@@ -101,13 +98,10 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
                 cp = ckpt.load(conn, t.name)
                 assert cp.rows_copied >= _count(dw.backends.sqlite_read, t)  # every row counted once per copy
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "Postgres stopped during backfill",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="copier resumes from its checkpoint",
         )
     finally:
@@ -149,13 +143,10 @@ def test_redis_restarted_stream_lost(
         # a long-running replayer whose group vanished: see the report (NOGROUP); restarting run() recreates it
         Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50).run(once=True)
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "Redis restarted (stream lost)",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="outbox republished; group recreated on worker restart",
         )
     finally:
@@ -233,13 +224,10 @@ def test_proxy_faults_during_dual_writes(
             assert time.monotonic() - t >= 0.5
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             f"TCP proxy: {mode} Postgres + Redis connections",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="writes succeed; relay + replay heal" if mode == "cut" else "writes wait, then succeed",
         )
     finally:

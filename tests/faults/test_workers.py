@@ -141,13 +141,10 @@ def _backfill_kills(
         )
         dw.phases.set("dual_write", force=True)
         out = heal_and_verify(dw, TABLES, since=t0)
-        collector.case(
+        collector.healed(
             "backfill worker SIGKILL mid-copy (repeated)",
+            out,
             rows_during_fault=n_rows + n_rows // 2,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note=f"{killed_mid}/{kills} kills mid-copy; checkpoint totals exact",
         )
     finally:
@@ -198,13 +195,10 @@ def _replay_kill(fsettings: Settings, collector: Collector, tmp_path: Path, seed
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)  # another consumer reclaims them (XAUTOCLAIM)
         assert dw.backends.redis.xpending(key, "backfill")["pending"] == 0
-        collector.case(
+        collector.healed(
             "replay worker SIGKILL mid-batch",
+            out,
             rows_during_fault=during,
-            rows_lost=out.missing,
-            rows_diverged=out.differing + out.extra,
-            diverged_before=out.diverged_before,
-            recovery_seconds=out.seconds,
             note="pending entries reclaimed by another consumer",
         )
     finally:
