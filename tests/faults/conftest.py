@@ -273,6 +273,11 @@ class Outcome:
     diverged_before: int = 0
 
 
+def count_rows(engine: Any, table: Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar())
+
+
 def dead_letter_count(dw: DualWriter) -> int:
     return int(dw.backends.redis.xlen(dead_letter_key(dw.settings.namespace)))
 

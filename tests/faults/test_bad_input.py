@@ -21,7 +21,7 @@ from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_tables
 from tests.core.support import TABLES, catalog, items, row
 from tests.faults.conftest import SEEDS, Collector, PrivatePostgres, heal_and_verify
-from tests.faults.workload import Workload
+from tests.faults.workload import running_workload
 
 HOSTILE = "'); DROP TABLE items;--"
 
@@ -54,11 +54,8 @@ def test_bad_entries_dead_lettered_and_replayer_survives(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr(events_mod, "MAX_EVENT_BYTES", 64 * 1024)  # the real limit is 64 MiB; same code path
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     key = stream_key(fsettings.namespace)
-    try:
-        wl = Workload(dw, seed)
-        wl.run(15)
+    with running_workload(fsettings, seed, 15) as (dw, wl):
         assert Relay.for_backends(dw.backends).drain(timeout=20)
         Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True)
         dw.stop_relay()  # foreign XADDs below use auto ids, above every outbox seq (see the relay test below)
@@ -96,8 +93,6 @@ def test_bad_entries_dead_lettered_and_replayer_survives(
         collector.bad_input["replayed event (same payload again)"] = "no-op: applied as stale (version check)"
         out = heal_and_verify(dw, TABLES, since=time.monotonic(), expected_dead=n_dead)
         assert out.dead_letters == n_dead
-    finally:
-        dw.close()
 
 
 def test_foreign_auto_id_entry_does_not_stall_the_relay(fsettings: Settings, pg: PrivatePostgres) -> None:

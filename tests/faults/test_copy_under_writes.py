@@ -3,21 +3,19 @@ the worker is SIGKILLed and restarted at random points; afterwards Postgres equa
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog, items, pairs, row
-from tests.faults.conftest import ROOT, SEEDS_AND_SOAK, Collector, heal_and_verify
-from tests.faults.test_workers import BACKFILL_CHILD, SETTING_KEYS, _spawn, kill_at_random
+from tests.core.support import TABLES, catalog
+from tests.faults.conftest import SEEDS_AND_SOAK, Collector, heal_and_verify
+from tests.faults.workers import BACKFILL_CHILD, child, killed_then_finished, write_history
 from tests.faults.workload import Workload
 
 WRITERS = 5
@@ -34,9 +32,7 @@ def test_killed_copy_under_five_writers_converges(
     workloads: list[Workload] = []
     try:
         # history written before dual writes were switched on: only the backfill can bring it over
-        for start in range(0, n_rows, 500):
-            dw.execute(insert(items).values([row(i, i) for i in range(start, min(n_rows, start + 500))]))
-        dw.execute(insert(pairs).values([{"a": i, "b": f"b{i % 7}", "v": i} for i in range(n_rows // 2)]))
+        write_history(dw, n_rows)
         dw.phases.set("dual_write", force=True)
 
         for w in range(WRITERS):
@@ -53,15 +49,9 @@ def test_killed_copy_under_five_writers_converges(
         for t in threads:
             t.start()
 
-        script = tmp_path / "backfill_child.py"
-        script.write_text(BACKFILL_CHILD.format(root=str(ROOT)))
-        args = json.dumps({k: getattr(settings, k) for k in SETTING_KEYS})
-        killed_mid = kill_at_random(script, args, "7", 3, rng, (0.05, 0.6))
-        assert killed_mid >= 1, "no worker was killed mid-copy: make the copy longer"
-        t0 = time.monotonic()
-        proc = _spawn(script, args, "7")  # the restart finishes the copy while the writers go on
-        out_text, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 0 and "DONE" in out_text
+        script, args = child(tmp_path, "backfill_child.py", BACKFILL_CHILD, settings)
+        # the last, unkilled run finishes the copy while the writers go on
+        killed_mid, t0 = killed_then_finished(script, args, "7", 3, rng, (0.05, 0.6), timeout=180)
         stop.set()
         for t in threads:
             t.join(timeout=30)

@@ -23,7 +23,7 @@ from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_tables
 from tests.core.support import TABLES, catalog, items, row, snapshot
 from tests.faults.conftest import SEEDS_AND_SOAK, Collector, PrivatePostgres, heal_and_verify
-from tests.faults.workload import Workload
+from tests.faults.workload import running_workload
 
 
 def _hold_exclusive(path: str, seconds: float, locked: threading.Event) -> threading.Thread:
@@ -51,10 +51,7 @@ def _outbox_len(engine) -> int:  # type: ignore[no-untyped-def]
 def test_sqlite_exclusive_lock_waits_then_succeeds(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
-    try:
-        wl = Workload(dw, seed)
-        wl.run(10)
+    with running_workload(fsettings, seed, 10) as (dw, wl):
         hold = 0.5 + seed * 0.25
         th = _hold_exclusive(str(fsettings.sqlite_path), hold, threading.Event())
         t = time.monotonic()
@@ -71,18 +68,13 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
             recovery_seconds=waited,
             note="writes wait for the lock, then succeed",
         )
-    finally:
-        dw.close()
 
 
 @pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int
 ) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
-    try:
-        wl = Workload(dw, seed)
-        wl.run(10)
+    with running_workload(fsettings, seed, 10) as (dw, wl):
         dw.backends.sqlite.dispose()
         dw.backends.sqlite = sqlite_engine(fsettings.sqlite_url, busy_ms=200)  # a short busy timeout for this test
         before = (
@@ -109,8 +101,6 @@ def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
             rows_during_fault=1,
             note="write fails with 'database is locked'; nothing half-written",
         )
-    finally:
-        dw.close()
 
 
 # -- (7) disk full under the reject file -------------------------------------------------------------------

@@ -7,15 +7,13 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier
 from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
 from dualwrite.stream.replay import Replayer
-from dualwrite.testing import prepared_writer
-from tests.core.support import TABLES, catalog
+from tests.core.support import TABLES
 from tests.faults.conftest import (
     SEEDS,
     SEEDS_AND_SOAK,
@@ -23,24 +21,17 @@ from tests.faults.conftest import (
     Collector,
     PrivatePostgres,
     PrivateRedis,
+    count_rows,
     heal_and_verify,
     wait_for,
 )
 from tests.faults.proxy import FaultProxy
-from tests.faults.workload import Workload
-
-
-def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
-    with engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar())
+from tests.faults.workload import running_workload
 
 
 # -- (3) Postgres stopped during dual writes -----------------------------------------------------------
 def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int, steps: int) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
-    try:
-        wl = Workload(dw, seed)
-        wl.run(steps)
+    with running_workload(fsettings, seed, steps) as (dw, wl):
         pg.stop()
         during = wl.run(steps)  # must all succeed: SQLite is the primary
         assert not wl.errors
@@ -55,8 +46,6 @@ def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Co
             rows_during_fault=during,
             note="writes succeed; replay heals",
         )
-    finally:
-        dw.close()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -77,10 +66,8 @@ def test_pg_stopped_during_dual_writes_soak(
 # -- (3b) Postgres stopped during backfill -------------------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS_AND_SOAK)
 def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, collector: Collector, seed: int) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
-    try:
-        wl = Workload(dw, seed)
-        wl.run(120)  # history on SQLite only: Postgres is empty
+    # history on SQLite only: Postgres is empty
+    with running_workload(fsettings, seed, 120, phase="sqlite", relay=False) as (dw, wl):
         dw.phases.set("dual_write", force=True, reason="test: backfill under live writes")
         copier = Copier.for_backends(dw.backends, chunk_size=7, max_retries=2)
         copier.copy_tables(list(TABLES), max_chunks=3)
@@ -96,7 +83,7 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
         with dw.backends.postgres.connect() as conn:
             for t in TABLES:
                 cp = ckpt.load(conn, t.name)
-                assert cp.rows_copied >= _count(dw.backends.sqlite_read, t)  # every row counted once per copy
+                assert cp.rows_copied >= count_rows(dw.backends.sqlite_read, t)  # every row counted once per copy
         out = heal_and_verify(dw, TABLES, since=t0)
         collector.healed(
             "Postgres stopped during backfill",
@@ -104,8 +91,6 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
             rows_during_fault=during,
             note="copier resumes from its checkpoint",
         )
-    finally:
-        dw.close()
 
 
 # -- (4) Redis restarted: the stream is lost -------------------------------------------------------------
@@ -120,11 +105,8 @@ def test_redis_restarted_stream_lost(
     (`ensure_group`, XGROUP CREATE ... MKSTREAM at 0) when the worker is restarted, and replays every
     event again; the apply is idempotent (versions in `_dw_versions`), so Postgres ends equal, not doubled.
     The phase is kept by each writer's cache (the last phase seen) and set again here."""
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
     key = stream_key(fsettings.namespace)
-    try:
-        wl = Workload(dw, seed)
-        wl.run(20)
+    with running_workload(fsettings, seed, 20) as (dw, wl):
         rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
         rp.run(once=True)
         published = dw.backends.redis.xlen(key)
@@ -149,15 +131,11 @@ def test_redis_restarted_stream_lost(
             rows_during_fault=during,
             note="outbox republished; group recreated on worker restart",
         )
-    finally:
-        dw.close()
 
 
 def test_replayer_survives_group_loss(fsettings: Settings, private_redis: PrivateRedis) -> None:
     """A replayer loop running across a Redis restart must keep going (recreate its group), not die."""
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write", relay=True)
-    try:
-        Workload(dw, 7).run(5)
+    with running_workload(fsettings, 7, 5) as (dw, _wl):
         rp = Replayer(dw.backends, dw.tables, consumer="w1", block_ms=50)
         stop = threading.Event()
         died: list[BaseException] = []
@@ -178,8 +156,6 @@ def test_replayer_survives_group_loss(fsettings: Settings, private_redis: Privat
         stop.set()
         th.join(timeout=10)
         assert not died, f"the replayer loop died: {died[0]!r}"
-    finally:
-        dw.close()
 
 
 # -- (5) TCP fault proxy: cut and stalled connections -----------------------------------------------------
@@ -201,36 +177,33 @@ def test_proxy_faults_during_dual_writes(
     fsettings: Settings, pg: PrivatePostgres, private_redis: PrivateRedis, collector: Collector, seed: int, mode: str
 ) -> None:
     s, pgp, rp = _proxied(fsettings, pg, private_redis)
-    dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
     try:
-        wl = Workload(dw, seed)
-        wl.run(15)
-        if mode == "cut":
-            pgp.cut()
-            rp.cut()
-            during = wl.run(10)
-            assert not wl.errors
-            pgp.passthrough()
-            rp.passthrough()
-        else:
-            pgp.stall()
-            rp.stall()
-            timer = threading.Timer(1.0, lambda: (pgp.passthrough(), rp.passthrough()))
-            timer.start()
-            t = time.monotonic()
-            during = wl.run(5)  # the writes wait for the stall to end, then succeed
-            timer.join()
-            assert not wl.errors
-            assert time.monotonic() - t >= 0.5
-        t0 = time.monotonic()
-        out = heal_and_verify(dw, TABLES, since=t0)
-        collector.healed(
-            f"TCP proxy: {mode} Postgres + Redis connections",
-            out,
-            rows_during_fault=during,
-            note="writes succeed; relay + replay heal" if mode == "cut" else "writes wait, then succeed",
-        )
+        with running_workload(s, seed, 15) as (dw, wl):
+            if mode == "cut":
+                pgp.cut()
+                rp.cut()
+                during = wl.run(10)
+                assert not wl.errors
+                pgp.passthrough()
+                rp.passthrough()
+            else:
+                pgp.stall()
+                rp.stall()
+                timer = threading.Timer(1.0, lambda: (pgp.passthrough(), rp.passthrough()))
+                timer.start()
+                t = time.monotonic()
+                during = wl.run(5)  # the writes wait for the stall to end, then succeed
+                timer.join()
+                assert not wl.errors
+                assert time.monotonic() - t >= 0.5
+            t0 = time.monotonic()
+            out = heal_and_verify(dw, TABLES, since=t0)
+            collector.healed(
+                f"TCP proxy: {mode} Postgres + Redis connections",
+                out,
+                rows_during_fault=during,
+                note="writes succeed; relay + replay heal" if mode == "cut" else "writes wait, then succeed",
+            )
     finally:
-        dw.close()
         pgp.close()
         rp.close()

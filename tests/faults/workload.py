@@ -1,13 +1,17 @@
-"""A seeded dual-write workload on the core tables (items, pairs)."""
+"""A seeded dual-write workload on the core tables (items, pairs), and a writer that has run it (`running_workload`)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import delete, insert, update
 
 from dualwrite.adapter import DualWriter
-from tests.core.support import items, pairs, row
+from dualwrite.settings import Settings
+from dualwrite.testing import prepared_writer
+from tests.core.support import catalog, items, pairs, row
 
 
 class Workload:
@@ -57,3 +61,17 @@ class Workload:
             except Exception as exc:  # noqa: BLE001
                 self.errors.append(exc)
         return self.rows_written - before
+
+
+@contextmanager
+def running_workload(
+    settings: Settings, seed: int, steps: int, *, phase: str = "dual_write", relay: bool = True
+) -> Iterator[tuple[DualWriter, Workload]]:
+    """A writer on the core tables in `phase` with `seed`'s workload run `steps` steps; closed afterwards."""
+    dw = prepared_writer(settings, catalog(), phase=phase, relay=relay)
+    try:
+        wl = Workload(dw, seed)
+        wl.run(steps)
+        yield dw, wl
+    finally:
+        dw.close()
