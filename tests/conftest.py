@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -127,17 +128,24 @@ def redis_prefix(uid: str) -> Iterator[str]:
         yield ns
 
 
-@pytest.fixture
-def settings(tmp_path, pg_schema: str, redis_prefix: str) -> Settings:  # type: ignore[no-untyped-def]
+def settings_for(sqlite_path: Path, pg_schema: str, namespace: str, **flags: Any) -> Settings:
+    """Settings on the shared servers for this SQLite file, Postgres schema (its state schema beside it) and
+    Redis namespace; `flags` as load_settings takes them."""
     return load_settings(
         env={},
-        sqlite_url=str(tmp_path / "app.db"),
+        sqlite_url=str(sqlite_path),
         postgres_url=PG_ADMIN_URL,
         redis_url=REDIS_TEST_URL,
-        namespace=redis_prefix,
+        namespace=namespace,
         pg_schema=pg_schema,
         state_schema=state_schema_for(pg_schema),
+        **flags,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_schema: str, redis_prefix: str) -> Settings:
+    return settings_for(tmp_path / "app.db", pg_schema, redis_prefix)
 
 
 def server_args(
@@ -156,6 +164,18 @@ def connection_args(settings: Settings) -> list[str]:
         "--state-schema",
         settings.state_schema,
     ]
+
+
+def connection_env(settings: Settings) -> dict[str, str]:
+    """The same connection as DUALWRITE_* variables, for a subprocess that reads its environment."""
+    return {
+        "DUALWRITE_SQLITE_URL": settings.sqlite_url,
+        "DUALWRITE_POSTGRES_URL": settings.postgres_url,
+        "DUALWRITE_REDIS_URL": settings.redis_url,
+        "DUALWRITE_NAMESPACE": settings.namespace,
+        "DUALWRITE_PG_SCHEMA": settings.pg_schema,
+        "DUALWRITE_STATE_SCHEMA": settings.state_schema,
+    }
 
 
 @pytest.fixture

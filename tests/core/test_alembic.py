@@ -22,7 +22,7 @@ from dualwrite.alembic import filters, include_object
 from dualwrite.redis_keys import dead_letter_key, stream_key
 from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_backends
-from tests.conftest import connection_args
+from tests.conftest import connection_args, connection_env
 from tests.core.alembic_app import ENV, REVISION, md1, md2, v1, v2
 
 alembic = pytest.importorskip("alembic", reason="alembic not installed (the dev extra installs it)")
@@ -41,15 +41,7 @@ def project(tmp: Path) -> Path:
 
 def run_alembic(settings, ini: Path, *args: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALWRITE_")}
-    env |= {
-        "PYTHONPATH": str(ROOT),
-        "DUALWRITE_SQLITE_URL": settings.sqlite_url,
-        "DUALWRITE_POSTGRES_URL": settings.postgres_url,
-        "DUALWRITE_REDIS_URL": settings.redis_url,
-        "DUALWRITE_NAMESPACE": settings.namespace,
-        "DUALWRITE_PG_SCHEMA": settings.pg_schema,
-        "DUALWRITE_STATE_SCHEMA": settings.state_schema,
-    }
+    env |= {"PYTHONPATH": str(ROOT), **connection_env(settings)}
     argv = [sys.executable, "-m", "alembic", "-c", str(ini), *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
 

@@ -11,7 +11,6 @@ queried with Grafana's macros substituted, and must return at least one series.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -19,18 +18,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 
 from dualwrite import metrics
-from dualwrite.settings import Settings, load_settings
+from dualwrite.settings import Settings
 from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.conftest import state_schema_for
+from tests.conftest import fresh_schema, redis_namespace, settings_for
 from tests.dashboards.promserver import PROMETHEUS, Prom, panel_targets, running_prometheus, substitute
-
-PG_ADMIN_URL = os.environ.get("DUALWRITE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_TEST_URL = os.environ.get("DUALWRITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 md = MetaData()
 items = Table(
@@ -67,30 +62,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prom,
 def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Like tests/conftest.py's `settings`, for the whole module: SQLite file, Postgres schema, Redis prefix."""
     uid = uuid.uuid4().hex[:10]
-    schema, ns = f"t_{uid}", f"dwtest:{uid}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield load_settings(
-            env={},
-            sqlite_url=str(tmp_path_factory.mktemp("dash") / "app.db"),
-            postgres_url=PG_ADMIN_URL,
-            redis_url=REDIS_TEST_URL,
-            namespace=ns,
-            pg_schema=schema,
-            state_schema=state_schema_for(schema),
-        )
-    finally:
-        with admin.connect() as conn:
-            for name in (schema, state_schema_for(schema)):
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        admin.dispose()
-        client = redis.Redis.from_url(REDIS_TEST_URL)
-        keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    with fresh_schema(uid) as schema, redis_namespace(uid) as ns:
+        yield settings_for(tmp_path_factory.mktemp("dash") / "app.db", schema, ns)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dualwrite.settings import Settings
+from tests.conftest import connection_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -36,12 +37,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DUALWRITE_", "PROMETHEUS_MULTIPROC"))}
     env |= {
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(DEPLOY)]),
-        "DUALWRITE_SQLITE_URL": settings.sqlite_url,
-        "DUALWRITE_POSTGRES_URL": settings.postgres_url,
-        "DUALWRITE_REDIS_URL": settings.redis_url,
-        "DUALWRITE_NAMESPACE": settings.namespace,
-        "DUALWRITE_PG_SCHEMA": settings.pg_schema,
-        "DUALWRITE_STATE_SCHEMA": settings.state_schema,
+        **connection_env(settings),
         "DUALWRITE_METADATA": METADATA,
         "DUALWRITE_POOL_SIZE": "2",
         "DUALWRITE_MAX_OVERFLOW": "2",

@@ -27,8 +27,8 @@ from sqlalchemy import insert
 
 from dualwrite.engines import Backends, sqlite_engine
 from dualwrite.redis_keys import stream_key
-from dualwrite.settings import Settings, load_settings
-from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL, fresh_schema, redis_namespace, state_schema_for
+from dualwrite.settings import Settings
+from tests.conftest import fresh_schema, redis_namespace, settings_for
 from tests.dashboards.promserver import PROMETHEUS, panel_targets, running_prometheus, substitute
 from tests.deploy.processes import ROOT, backfill_daemon, cli, gunicorn_app, http, wait_until
 from tests.servers import free_port
@@ -176,17 +176,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     tmp = tmp_path_factory.mktemp("topology")
     uid = uuid.uuid4().hex[:10]
     with fresh_schema(uid) as schema, redis_namespace(uid) as namespace:
-        settings = load_settings(
-            env={},
-            sqlite_url=str(tmp / "app.db"),
-            postgres_url=PG_ADMIN_URL,
-            redis_url=REDIS_TEST_URL,
-            namespace=namespace,
-            pg_schema=schema,
-            state_schema=state_schema_for(schema),
-            pool_size=2,
-            max_overflow=2,
-        )
+        settings = settings_for(tmp / "app.db", schema, namespace, pool_size=2, max_overflow=2)
         handles = seed_history(settings)
         r = cli(settings, "init", "--create-tables")
         assert r.returncode == 0, r.stdout + r.stderr

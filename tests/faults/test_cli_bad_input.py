@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from dualwrite.cli.main import main
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import catalog, seed
-from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL, fresh_schema, redis_namespace, state_schema_for
+from tests.conftest import PG_ADMIN_URL, REDIS_TEST_URL, fresh_schema, redis_namespace, settings_for, state_schema_for
 from tests.faults.conftest import Collector
 from tests.servers import free_port
 
@@ -289,17 +289,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("bad-input")
     with fresh_schema(f"bi{uid}") as schema, redis_namespace(f"bi{uid}") as ns:
         e = Env(root, root / "app.db", schema, state_schema_for(schema), ns)
-        from dualwrite.settings import load_settings
-
-        settings = load_settings(
-            env={},
-            sqlite_url=str(e.sqlite),
-            postgres_url=PG_ADMIN_URL,
-            redis_url=REDIS_TEST_URL,
-            namespace=ns,
-            pg_schema=schema,
-            state_schema=e.state,
-        )
+        settings = settings_for(e.sqlite, schema, ns)
         dw = prepared_writer(settings, catalog(), phase="dual_write")
         seed(dw, 5)
         dw.close()
