@@ -1,15 +1,22 @@
 """A small table set for the backfill tests (int pk, composite text+int pk, and a child with a FK), the
-chunk tests' accounts helpers, and `Race`: two transactions on one key, the second blocked on the first."""
+chunk tests' accounts helpers, `Race`: two transactions on one key, the second blocked on the first, and the
+`dualwrite backfill` command in-process (`invoke`) or as a child process (`spawn`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from click.testing import CliRunner, Result
 from sqlalchemy import (
     Column,
     Engine,
@@ -58,6 +65,7 @@ notes = Table(
     Column("body", Text),
 )
 TABLES = [accounts, tags, notes]  # parents first
+META = ["--metadata", "tests.backfill.support:md"]  # these tables, for the `dualwrite` commands
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -207,3 +215,32 @@ class Race:
                     return
             time.sleep(0.02)
         raise AssertionError("the second transaction never waited on the first")
+
+
+# -- the `dualwrite backfill` command ----------------------------------------------------------------------
+def invoke(*args: str) -> Result:
+    """`dualwrite ARGS` in this process (exceptions raised, not caught)."""
+    from dualwrite.cli.main import main  # here, not at the top: a `backfill run` child imports this module
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def spawn(settings: Any, *args: str, **kw: Any) -> subprocess.Popen:  # type: ignore[type-arg]
+    """`dualwrite backfill run` on these settings and tables as a child process (this checkout importable),
+    its output piped as text unless `kw` says otherwise."""
+    from tests.conftest import connection_args  # not at import: the child's own import must not run conftest
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.Popen(
+        [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings), *META, *args],
+        env=env, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} | kw),
+    )  # fmt: skip
+
+
+def get(url: str) -> tuple[int, str]:
+    """A worker's /metrics or /health: status and body."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -9,19 +9,12 @@ import subprocess
 import sys
 import time
 
-from click.testing import CliRunner
 from sqlalchemy import update
 
-from dualwrite.cli.main import main
 from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import accounts, assert_equal, md, seed
+from tests.backfill.support import META, accounts, assert_equal, invoke, md, seed
 from tests.conftest import connection_args
-
-
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result
 
 
 def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -32,15 +25,14 @@ def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[
     drain_relay(dw)
     report = tmp_path / "report.json"
     c = connection_args(settings)
-    meta = ["--metadata", "tests.backfill.support:md"]
-    r = invoke("backfill", "run", *c, *meta, "--chunk-size", "25", "--report", str(report),
+    r = invoke("backfill", "run", *c, *META, "--chunk-size", "25", "--report", str(report),
                "--rejects", str(tmp_path / "rej.jsonl"), "--max-rows-per-second", "100000")  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert [t["rows_copied"] for t in data["tables"]] == [120, 120, 120]
     assert data["replay"]["applied"] + data["replay"]["stale"] == 1
     assert_equal(dw)
-    r = invoke("backfill", "status", *c, *meta)
+    r = invoke("backfill", "status", *c, *META)
     assert r.exit_code == 0 and "bf_accounts" in r.output and "120/120" in r.output and "done" in r.output
     r = invoke("backfill", "reset", *c)  # not a terminal and no --yes: refused, a usage error
     assert r.exit_code == 2 and "refusing to reset without --yes" in r.output, r.output
@@ -49,7 +41,7 @@ def test_run_once_status_reset(dw, settings, tmp_path) -> None:  # type: ignore[
     assert r.exit_code == 0 and "reset 3" in r.output
     r = invoke("backfill", "deadletters", "list", *c)
     assert r.exit_code == 0 and r.output == ""
-    r = invoke("backfill", "deadletters", "redrive", *c, *meta)
+    r = invoke("backfill", "deadletters", "redrive", *c, *META)
     assert r.exit_code == 0 and "applied=0" in r.output
 
 

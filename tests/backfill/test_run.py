@@ -8,39 +8,16 @@ import os
 import pty
 import select as fdselect
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
-from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, text, update
 
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import versions
 from dualwrite.demo.app import tables as app_tables
-from tests.backfill.support import TABLES, accounts, assert_equal, notes, seed, tags
+from tests.backfill.support import META, TABLES, accounts, assert_equal, get, invoke, notes, seed, spawn, tags
 from tests.conftest import connection_args
 from tests.servers import free_port
-
-META = ["--metadata", "tests.backfill.support:md"]
-
-
-
-
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    from dualwrite.cli.main import main
-
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def spawn(settings, *args: str, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    return subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings), *META, *args],
-        env=env, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} | kw),
-    )  # fmt: skip
 
 
 def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -101,14 +78,6 @@ def test_dry_run_validates_everything_and_writes_nothing(dw, settings, tmp_path)
             assert conn.execute(select(func.count()).select_from(t)).scalar() == 0
     assert not (tmp_path / "backfill-rejects.jsonl").exists() and not os.path.exists("backfill-rejects.jsonl")
     assert dw.backends.redis.exists(f"{settings.namespace}:changes") == 0  # no consumer group created either
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

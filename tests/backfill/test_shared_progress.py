@@ -7,8 +7,7 @@ import re
 import signal
 import time
 
-from tests.backfill.support import seed
-from tests.backfill.test_run import META, get, invoke, spawn
+from tests.backfill.support import META, get, invoke, seed, spawn
 from tests.conftest import connection_args
 from tests.servers import free_port
 

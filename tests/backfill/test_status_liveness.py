@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,8 @@ from click.testing import CliRunner
 
 from dualwrite.backfill.throttle import WORKER_TTL_S, live_workers
 from dualwrite.cli.main import main
-from tests.backfill.support import seed
+from tests.backfill.support import META, seed, spawn
 from tests.conftest import connection_args
-
-META = ["--metadata", "tests.backfill.support:md"]
 
 
 def _status(settings, tmp_path: Path) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
@@ -30,11 +27,9 @@ def _status(settings, tmp_path: Path) -> tuple[str, dict]:  # type: ignore[no-un
 
 def test_a_sigkilled_worker_is_not_listed_as_copying(dw, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     seed(dw, 400)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings), *META, "--no-replay",
-         "--chunk-size", "10", "--max-rows-per-second", "40", "--consumer", "doomed",
-         "--rejects", str(tmp_path / "r.jsonl")],
-        env=dict(os.environ, PYTHONPATH=os.getcwd()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = spawn(
+        settings, "--no-replay", "--chunk-size", "10", "--max-rows-per-second", "40", "--consumer", "doomed",
+        "--rejects", str(tmp_path / "r.jsonl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

@@ -15,7 +15,7 @@ from dualwrite.backfill.copier import Copier
 from dualwrite.backfill.leases import LeaseBook
 from dualwrite.backfill.throttle import Limits, Throttler, live_workers, over_limits, probe_replication_lag_s
 from dualwrite.cli.main import main
-from tests.backfill.support import accounts, seed
+from tests.backfill.support import META, accounts, seed
 from tests.conftest import connection_args
 
 PHASE = "dual_write"  # the conftest's dw fixture
@@ -90,8 +90,7 @@ def test_backs_off_on_pg_latency_and_recovers(dw, settings) -> None:  # type: ig
     assert metrics.sample("dualwrite_throttle_active", {"reason": "pg_latency"}) == 1
     (state,) = live_workers(client, settings.namespace)
     assert state["throttle"] == "pg_latency" and state["limits"]["max_pg_latency_ms"] == 0
-    meta = ["--metadata", "tests.backfill.support:md"]
-    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *meta])
+    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *META])
     assert r.exit_code == 0 and "pg_latency" in r.output, r.output  # visible in status too
     cli_set(settings, "--max-pg-latency-ms", "10000")  # raise the threshold: it recovers
     t.join(timeout=30)
@@ -114,8 +113,7 @@ def test_pause_and_resume(dw, settings, tmp_path) -> None:  # type: ignore[no-un
     time.sleep(0.6)
     assert throttle.reason == "paused" and sum(sizes) == 20
     report = tmp_path / "status.json"
-    meta = ["--metadata", "tests.backfill.support:md"]
-    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *meta, "--report", str(report)])
+    r = CliRunner().invoke(main, ["backfill", "status", *connection_args(settings), *META, "--report", str(report)])
     assert "worker t1: starting, throttled: paused" in r.output, r.output
     (row,) = [t for t in json.loads(report.read_text())["tables"] if t["table"] == "bf_accounts"]
     assert (row["state"], row["done"], row["total"], row["percent"]) == ("copying", 20, 100, 20.0)
