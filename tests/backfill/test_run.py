@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select as fdselect
 import signal
 import time
 
@@ -18,6 +17,7 @@ from dualwrite.demo.app import tables as app_tables
 from tests.backfill.support import META, TABLES, accounts, assert_equal, get, invoke, notes, seed, spawn, tags
 from tests.conftest import connection_args
 from tests.servers import free_port
+from tests.terminal import pty_output
 
 
 def test_selection_summary_and_report(dw, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -141,23 +141,7 @@ def test_progress_bars_on_a_terminal(dw, settings, tmp_path) -> None:  # type: i
     proc = spawn(settings, "--chunk-size", "20", "--rejects", str(tmp_path / "rej.jsonl"),
                  stdout=slave, stderr=slave, text=False)  # fmt: skip
     os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = fdselect.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(master)
-    text_out = out.decode(errors="replace")
+    text_out = pty_output(master, proc, 60)
     assert proc.returncode == 0, text_out
     assert "━" in text_out and "60/60" in text_out  # rich bars
     assert "┏" in text_out and "backfill summary" in text_out  # the summary as a rich table
