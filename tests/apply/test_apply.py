@@ -292,8 +292,7 @@ def test_every_value_arrives_exactly(settings: Settings, backend: str, batch: bo
     """Values that JSON or a cast could bend (-0.0, NaN, infinities, the smallest float, 2**70 in a numeric,
     quotes and backslashes, bytes with NUL, JSON null vs SQL NULL, far dates, offsets) arrive unchanged, in
     one batch and one event at a time (the inline path)."""
-    w = prepared_writer(settings, Tables.of(odd, store="toy"), phase="sqlite")
-    try:
+    with prepared_writer(settings, Tables.of(odd, store="toy"), phase="sqlite") as w:
         events = [
             ChangeEvent.from_json(ChangeEvent(table="odd_values", op="upsert", key={"id": r["id"]}, image=r, seq=i + 1)
                                   .to_json())
@@ -314,5 +313,3 @@ def test_every_value_arrives_exactly(settings: Settings, backend: str, batch: bo
                 wrong.pop("f", None)
             assert not wrong, wrong
         assert json_nulls == []  # None in a JSON column is JSON null, as SQLAlchemy stores it
-    finally:
-        w.close()

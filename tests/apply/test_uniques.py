@@ -90,8 +90,7 @@ def test_unique_swap_in_one_transaction_applies_inline(dw: DualWriter) -> None:
 def test_an_image_colliding_with_a_newer_row_is_stale(settings: Settings, backend: str) -> None:
     """Key 1 held e@x at seq 5 and was deleted before a copy that brought key 2 holding e@x at version 9:
     the old image of key 1 has no tombstone to lose to, wins its claim and collides with key 2."""
-    dw = prepared_writer(settings, Tables.of(md, store="uq"), phase="sqlite")
-    try:
+    with prepared_writer(settings, Tables.of(md, store="uq"), phase="sqlite") as dw:
         engine = dw.backends.apply_engine(backend)
         with engine.begin() as conn:
             assert apply_events(conn, dw.tables.table, [_ev(2, "e@x", 9)]).applied == 1
@@ -106,8 +105,6 @@ def test_an_image_colliding_with_a_newer_row_is_stale(settings: Settings, backen
             apply_events(conn, dw.tables.table, [_ev(5, "f@x", 20)])
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM _dw_versions")).scalar() == 2  # keys 2 and 3
-    finally:
-        dw.close()
 
 
 def _ev(key: int, email: str, seq: int) -> ChangeEvent:

@@ -168,8 +168,7 @@ def test_autogenerate_never_proposes_dualwrites_tables(settings) -> None:  # typ
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    dw = prepared_writer(settings, v2, phase="dual_write")
-    try:
+    with prepared_writer(settings, v2, phase="dual_write") as dw:
         hooks = filters(settings.state_schema)
         for engine in (dw.backends.sqlite, dw.backends.postgres):
             with engine.connect() as conn:
@@ -188,5 +187,3 @@ def test_autogenerate_never_proposes_dualwrites_tables(settings) -> None:  # typ
         assert include_object(own, "_dw_outbox", "table", True, None) is False
         assert include_object(md2.tables["al_tags"], "al_tags", "table", False, None) is True
         assert hooks["include_name"](settings.state_schema, "schema", {}) is False
-    finally:
-        dw.close()

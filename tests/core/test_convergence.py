@@ -157,8 +157,7 @@ def test_concurrent_writers_converge_and_stream_is_exact(
 def test_primary_key_update_is_captured_as_delete_and_upsert(settings: Settings, phase: str) -> None:
     """RETURNING gives only the new image; the old key must still be deleted on the other side
     (bug found and fixed in adapter.py: the old row used to stay on the secondary forever)."""
-    dw = prepared_writer(settings, catalog(), phase=phase)
-    try:
+    with prepared_writer(settings, catalog(), phase=phase) as dw:
         dw.execute(insert(items).values([row(i, i) for i in (1, 2, 3)]))
         rows = dw.execute(update(items).where(items.c.id.in_([1, 2])).values(id=items.c.id + 10))
         assert sorted(r["id"] for r in rows) == [11, 12]  # the caller still gets the update's rows only
@@ -179,8 +178,6 @@ def test_primary_key_update_is_captured_as_delete_and_upsert(settings: Settings,
         dw.apply("sqlite", list(reversed(events)))
         dw.apply("postgres", events)
         assert both_sides(dw) == (sqlite_side, sqlite_side)
-    finally:
-        dw.close()
 
 
 cascade_md = MetaData()
@@ -194,12 +191,9 @@ child = Table(
 
 
 def test_on_delete_cascade_is_captured(settings: Settings) -> None:
-    dw = prepared_writer(settings, Tables.of([parent, child], store="toy"), phase="dual_write")
-    try:
+    with prepared_writer(settings, Tables.of([parent, child], store="toy"), phase="dual_write") as dw:
         dw.execute(insert(parent).values(id=1))
         dw.execute(insert(child).values(id=10, pid=1))
         dw.execute(delete(parent).where(parent.c.id == 1))
         assert snapshot(dw.backends.sqlite_read, child) == []
         assert snapshot(dw.backends.postgres, child) == snapshot(dw.backends.sqlite_read, child)
-    finally:
-        dw.close()

@@ -45,8 +45,7 @@ def test_search_path_is_the_quoted_schema(odd_schema: str, autocommit: bool) -> 
 
 def test_dual_write_lands_in_a_schema_needing_quotes(settings: Settings, odd_schema: str) -> None:
     odd = replace(settings, pg_schema=odd_schema)
-    dw = prepared_writer(odd, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(odd, catalog(), phase="dual_write") as dw:
         dw.execute(insert(items).values([row(1, 1), row(2, 2)]))
         assert snapshot(dw.backends.postgres) == snapshot(dw.backends.sqlite_read)
         with dw.backends.postgres.connect() as conn:
@@ -58,8 +57,6 @@ def test_dual_write_lands_in_a_schema_needing_quotes(settings: Settings, odd_sch
                 {"a": odd_schema, "b": settings.pg_schema},
             )
             assert where.scalars().all() == [odd_schema]  # not in the schema an unquoted name would fall back to
-    finally:
-        dw.close()
 
 
 def test_sqlite_writers_of_one_process_queue_and_always_release(tmp_path: Any) -> None:

@@ -55,8 +55,7 @@ def test_a_row_over_the_limit_is_refused_on_the_primary(
 ) -> None:
     monkeypatch.setattr(events_mod, "MAX_EVENT_BYTES", LIMIT)
     tables = Tables.of(md, store="size") + Tables.of(Base.metadata, store="size")
-    dw = prepared_writer(settings, tables, phase=phase)
-    try:
+    with prepared_writer(settings, tables, phase=phase) as dw:
         small = bytes(range(256)) * 100  # 25.6 kB: base64 in JSON, ~34 kB, under the limit
         dw.execute(insert(blobs).values(id=1, label="small", data=small))
         before = _state(dw, blobs)
@@ -84,5 +83,3 @@ def test_a_row_over_the_limit_is_refused_on_the_primary(
         Replayer(dw.backends, dw.tables, consumer="size", block_ms=50).run(once=True)
         assert _state(dw, blobs)[:2] == before[:2]
         assert dw.backends.redis.exists(dead_letter_key(settings.namespace)) == 0
-    finally:
-        dw.close()

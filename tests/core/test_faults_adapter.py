@@ -77,8 +77,7 @@ CHILD = textwrap.dedent(
 
 
 def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: Path) -> None:
-    dw = prepared_writer(settings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings, catalog(), phase="dual_write") as dw:
         script = tmp_path / "child.py"
         script.write_text(CHILD.format(root=str(ROOT)))
         args = {k: getattr(settings, k) for k in ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema")}
@@ -106,8 +105,6 @@ def test_writer_killed_after_commit_loses_nothing(settings: Settings, tmp_path: 
         assert replay_stream(dw) == 2
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side == sqlite_side
-    finally:
-        dw.close()
 
 
 # -- (b) Redis unreachable: writes succeed, the outbox grows, the backlog drains when Redis is back -------
@@ -162,8 +159,7 @@ def test_secondary_down_writes_succeed_and_replay_heals(settings: Settings, priv
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{s.pg_schema}"'))
     admin.dispose()
-    dw = prepared_writer(s, catalog(), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(s, catalog(), phase="dual_write", relay=True) as dw:
         dw.execute(insert(items).values([row(i, i) for i in range(4)]))
         sqlite_side, pg_side = both_sides(dw)
         assert pg_side == sqlite_side and len(sqlite_side["items"]) == 4
@@ -187,8 +183,6 @@ def test_secondary_down_writes_succeed_and_replay_heals(settings: Settings, priv
         assert pg_side == sqlite_side
         assert replay_stream(dw) == 12  # a second replay changes nothing
         assert both_sides(dw) == (sqlite_side, pg_side)
-    finally:
-        dw.close()
 
 
 # -- (d) phases ------------------------------------------------------------------------------------------
@@ -272,8 +266,7 @@ def test_primary_switch_continues_seq_above_sqlite(settings: Settings) -> None:
 
 
 def test_primary_failure_records_nothing(settings: Settings) -> None:
-    dw = prepared_writer(settings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings, catalog(), phase="dual_write") as dw:
         dw.execute(insert(items).values(row(1, 1)))
         before = (both_sides(dw), outbox_rows(dw))
         with pytest.raises(IntegrityError):
@@ -286,5 +279,3 @@ def test_primary_failure_records_nothing(settings: Settings) -> None:
         with pytest.raises(StatementError, match="RETURNING"):
             dw.execute(update(items).where(items.c.id == bindparam("k")).values(name="x"), [{"k": 1}, {"k": 2}])
         assert (both_sides(dw), outbox_rows(dw)) == before
-    finally:
-        dw.close()

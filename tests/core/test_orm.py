@@ -24,8 +24,7 @@ class Item(Base):
 
 
 def test_orm_session_changes_are_captured_and_applied(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write")
-    try:
+    with prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write") as dw:
         with dw.session() as session:
             session.add_all([Item(id=1, name="a"), Item(id=2, name="b"), Item(id=3, name="c")])
         with dw.session() as session:
@@ -40,13 +39,10 @@ def test_orm_session_changes_are_captured_and_applied(settings) -> None:  # type
         assert lite == pg == [(1, "changed", "from-server"), (3, "c", "from-server")]
         assert [op for _, op in events] == ["upsert"] * 3 + ["upsert", "delete"]
         assert [seq for seq, _ in events] == [1, 2, 3, 4, 5]
-    finally:
-        dw.close()
 
 
 def test_rolled_back_session_records_nothing(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write")
-    try:
+    with prepared_writer(settings, Tables.of(Item.__table__, store="orm"), phase="dual_write") as dw:
         try:
             with dw.session() as session:
                 session.add(Item(id=9, name="x"))
@@ -59,8 +55,6 @@ def test_rolled_back_session_records_nothing(settings) -> None:  # type: ignore[
             assert conn.execute(select(Item.__table__)).all() == []
         with dw.backends.postgres.connect() as conn:
             assert conn.execute(select(Item.__table__)).all() == []
-    finally:
-        dw.close()
 
 
 class Basket(Base):
@@ -77,8 +71,8 @@ class Egg(Base):
 
 def test_orphans_removed_by_a_delete_orphan_cascade_are_captured(settings) -> None:  # type: ignore[no-untyped-def]
     """The flush deletes an orphan without it ever being in session.deleted: its delete still reaches Postgres."""
-    dw = prepared_writer(settings, Tables.of(Base.metadata, only=["orm_baskets", "orm_eggs"]), phase="dual_write")
-    try:
+    tables = Tables.of(Base.metadata, only=["orm_baskets", "orm_eggs"])
+    with prepared_writer(settings, tables, phase="dual_write") as dw:
         with dw.session() as session:
             session.add(Basket(id=1, eggs=[Egg(n=1), Egg(n=2), Egg(n=3)]))
         with dw.session() as session:
@@ -88,8 +82,6 @@ def test_orphans_removed_by_a_delete_orphan_cascade_are_captured(settings) -> No
         for engine in (dw.backends.sqlite_read, dw.backends.postgres):
             with engine.connect() as conn:
                 assert conn.execute(select(eggs.c.n).order_by(eggs.c.n)).scalars().all() == [1, 3], engine.url
-    finally:
-        dw.close()
 
 
 class Mood(enum.Enum):
@@ -109,8 +101,7 @@ class Person(Base):
 def test_enum_columns_reach_the_other_side_as_stored(settings) -> None:  # type: ignore[no-untyped-def]
     """An Enum column's images carry the string the database stores (the member name, or its value with
     values_callable), so Core and ORM writes of Python enum members apply on the other side."""
-    dw = prepared_writer(settings, Tables.of(Person.__table__), phase="dual_write")
-    try:
+    with prepared_writer(settings, Tables.of(Person.__table__), phase="dual_write") as dw:
         with dw.session() as session:
             session.add(Person(id=1, mood=Mood.angry, shout=Mood.calm))
         dw.execute(insert(Person.__table__).values(id=2, mood=Mood.calm, shout=None))
@@ -123,5 +114,3 @@ def test_enum_columns_reach_the_other_side_as_stored(settings) -> None:  # type:
                 ], engine.url
                 raw = conn.execute(select(people.c.mood.cast(String), people.c.shout.cast(String))).all()
                 assert sorted(raw, key=str) == sorted([("angry", "c"), ("calm", None)], key=str)
-    finally:
-        dw.close()

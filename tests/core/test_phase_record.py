@@ -52,8 +52,7 @@ def _flip_to(dw: DualWriter, target: str) -> None:
 
 
 def test_every_change_is_recorded_on_both_sides(settings: Settings) -> None:
-    dw = prepared_writer(settings, catalog(), phase="sqlite")
-    try:
+    with prepared_writer(settings, catalog(), phase="sqlite") as dw:
         first = dw.phases.epoch
         assert _records(dw) == {"sqlite": ("sqlite", first), "postgres": ("sqlite", first)}
         _flip_to(dw, "postgres_primary")  # the last step moves the primary: recorded in the switch's commits
@@ -62,8 +61,6 @@ def test_every_change_is_recorded_on_both_sides(settings: Settings) -> None:
         Replayer(dw.backends, dw.tables, target="sqlite").ensure_group()  # the fenced rollback needs a replay
         assert rollback(dw.backends, dw.tables, reason="test").moved
         assert _records(dw)["postgres"] == ("shadow", first + 5) == _records(dw)["sqlite"]  # primary back: SQLite
-    finally:
-        dw.close()
 
 
 def test_a_redis_restart_loses_no_phase(settings: Settings, private_redis: PrivateRedis) -> None:
@@ -183,8 +180,7 @@ def test_a_new_process_after_the_restart_writes_postgres_first(
     settings: Settings, private_redis: PrivateRedis, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     s = settings.with_(redis_url=private_redis.url)
-    dw = prepared_writer(s, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(s, catalog(), phase="dual_write") as dw:
         _flip_to(dw, "postgres_primary")
         private_redis.stop()
         private_redis.start()
@@ -198,15 +194,12 @@ def test_a_new_process_after_the_restart_writes_postgres_first(
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == ["postgres_primary", "record"]
         assert _outbox(dw, "sqlite") == before and len(_outbox(dw, "postgres")) == 1
-    finally:
-        dw.close()
 
 
 def test_a_stale_redis_copy_is_overruled_at_the_first_fence(settings: Settings) -> None:
     """Redis holds an older epoch (a restored snapshot): a new instance that believes it is the old primary
     meets the retired side's fence, asks the record, and writes Postgres at once (no 15 s wait)."""
-    dw = prepared_writer(settings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings, catalog(), phase="dual_write") as dw:
         _flip_to(dw, "postgres_primary")
         epoch = dw.phases.epoch
         dw.backends.redis.mset({dw.phases.key: "shadow", dw.phases.epoch_key: epoch - 2})
@@ -220,5 +213,3 @@ def test_a_stale_redis_copy_is_overruled_at_the_first_fence(settings: Settings) 
             fresh.close()
         assert len(_outbox(dw, "postgres")) == 1
         assert dw.backends.redis.get(dw.phases.key) == b"postgres_primary"  # the copy repaired
-    finally:
-        dw.close()

@@ -51,21 +51,17 @@ def _drop_pg_trigger(dw) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_strict_writes_both_sides_before_returning(settings: Settings) -> None:
-    dw = prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write") as dw:
         for i in range(5):
             dw.execute(insert(items).values(row(i, i)))
             assert both_sides(dw)[0] == both_sides(dw)[1]  # applied and committed when execute returns
         dw.execute(update(items).where(items.c.id < 3).values(name="both"))
         lite, pg = both_sides(dw)
         assert lite == pg and len(lite["items"]) == 5
-    finally:
-        dw.close()
 
 
 def test_strict_failure_rolls_the_primary_back_and_a_retry_writes_once(settings: Settings) -> None:
-    dw = prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write") as dw:
         dw.execute(insert(items).values(row(1, 1)))
         _pg_trigger(dw, deferred=False)
         before, outbox_before, failures = both_sides(dw), _outbox(dw), _failures()
@@ -83,15 +79,12 @@ def test_strict_failure_rolls_the_primary_back_and_a_retry_writes_once(settings:
         lite, pg = both_sides(dw)
         assert lite == pg and [r[0] for r in lite["items"]] == [1, 2]
         assert len(_outbox(dw)) == len(outbox_before) + 1
-    finally:
-        dw.close()
 
 
 def test_strict_never_reports_a_committed_write_as_failed(settings: Settings) -> None:
     """The other side's COMMIT fails (a deferred trigger) after the primary committed: the write returns,
     the failure is counted, and the replayer heals Postgres once the cause is gone."""
-    dw = prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(settings.with_(strict=True), catalog(), phase="dual_write", relay=True) as dw:
         _pg_trigger(dw, deferred=True)
         failures = _failures()
         dw.execute(insert(items).values(row(7, 7) | {"name": "poison"}))  # no exception: it is committed
@@ -103,14 +96,11 @@ def test_strict_never_reports_a_committed_write_as_failed(settings: Settings) ->
         Replayer(dw.backends, dw.tables, consumer="strict", block_ms=50).run(once=True)
         lite, pg = both_sides(dw)
         assert lite == pg and [r[0] for r in pg["items"]] == [7]
-    finally:
-        dw.close()
 
 
 def test_strict_in_postgres_primary_rolls_postgres_back(settings: Settings) -> None:
     """The other way round: SQLite is the secondary and refuses; Postgres, the primary, commits nothing."""
-    dw = prepared_writer(settings.with_(strict=True), catalog(), phase="postgres_primary")
-    try:
+    with prepared_writer(settings.with_(strict=True), catalog(), phase="postgres_primary") as dw:
         dw.execute(insert(items).values(row(1, 1)))
         with sqlite3.connect(settings.sqlite_path) as conn:
             conn.execute(
@@ -123,5 +113,3 @@ def test_strict_in_postgres_primary_rolls_postgres_back(settings: Settings) -> N
         assert both_sides(dw) == before and _outbox(dw, "postgres") == outbox_before
         with dw.backends.postgres.connect() as conn:
             assert conn.execute(select(items.c.id).order_by(items.c.id)).scalars().all() == [1]
-    finally:
-        dw.close()

@@ -100,8 +100,7 @@ def _assert_exact(dw, url: str, schema: str, expected: dict[int, datetime]) -> N
 
 def test_timestamps_survive_a_new_york_postgres(ny_settings: Settings) -> None:
     s = ny_settings
-    dw = prepared_writer(s, Tables.of(md, store="tz"), phase="sqlite", relay=False)
-    try:
+    with prepared_writer(s, Tables.of(md, store="tz"), phase="sqlite", relay=False) as dw:
         expected: dict[int, datetime] = {}
         dw.execute(insert(stamps).values([written(i) for i in range(40)]))  # history: before capture
         expected.update({i: instant(i) for i in range(40)})
@@ -133,8 +132,6 @@ def test_timestamps_survive_a_new_york_postgres(ny_settings: Settings) -> None:
         dw.execute(update(stamps).where(stamps.c.id == 3).values(written(3, 300)))
         expected.update({i: instant(i) for i in range(60, 70)} | {3: instant(300)})
         _assert_exact(dw, s.postgres_url, s.pg_schema, expected)
-    finally:
-        dw.close()
 
 
 def test_doctor_reports_a_non_utc_server(ny_settings: Settings) -> None:

@@ -17,8 +17,7 @@ from tests.core.support import both_sides, catalog, items, row
 
 @pytest.mark.parametrize("phase", ["dual_write", "shadow"])
 def test_write_behind_leaves_the_other_side_to_the_replayer(settings: Settings, phase: str) -> None:
-    dw = prepared_writer(settings.with_(write_behind=True), catalog(), phase=phase)
-    try:
+    with prepared_writer(settings.with_(write_behind=True), catalog(), phase=phase) as dw:
         for i in range(6):
             dw.execute(insert(items).values(row(i, i)))
         dw.execute(update(items).where(items.c.id < 3).values(name="changed"))
@@ -30,18 +29,13 @@ def test_write_behind_leaves_the_other_side_to_the_replayer(settings: Settings, 
         Replayer(dw.backends, dw.tables, consumer="wb", block_ms=50).run(once=True)
         lite, pg = both_sides(dw)
         assert lite == pg and len(pg["items"]) == 5
-    finally:
-        dw.close()
 
 
 def test_write_behind_applies_inline_where_reads_come_from_the_other_side(settings: Settings) -> None:
-    dw = prepared_writer(settings.with_(write_behind=True), catalog(), phase="postgres_reads")
-    try:
+    with prepared_writer(settings.with_(write_behind=True), catalog(), phase="postgres_reads") as dw:
         dw.execute(insert(items).values(row(1, 1)))
         lite, pg = both_sides(dw)
         assert lite == pg and len(pg["items"]) == 1  # read-your-writes from Postgres
-    finally:
-        dw.close()
 
 
 def test_write_behind_and_strict_exclude_each_other() -> None:

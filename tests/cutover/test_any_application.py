@@ -227,8 +227,7 @@ def test_a_flip_from_another_process_moves_sequences_past_ids_still_in_flight(se
     from tests.userapp.workload import Workload
     from tests.userapp.writer import tables
 
-    dw = prepared_writer(settings, tables(), phase="postgres_reads")
-    try:
+    with prepared_writer(settings, tables(), phase="postgres_reads") as dw:
         work = Workload(dw, "t", 1, State(Schema.of(Base.metadata)))
         customers = Customer.__table__
         ids = [dw.execute(insert(customers).values(**work._customer_values()))[0]["id"] for _ in range(3)]
@@ -246,5 +245,3 @@ def test_a_flip_from_another_process_moves_sequences_past_ids_still_in_flight(se
         (row,) = dw.execute(insert(customers).values(**work._customer_values()))  # now on Postgres
         assert row["id"] == 6
         assert max_id(backends.sqlite_read, Customer) == 6 and max_id(backends.postgres, Customer) == 6
-    finally:
-        dw.close()

@@ -56,13 +56,10 @@ def step_args(step: str) -> list[str]:
 
 
 def test_a_cutover_led_by_next_steps(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(settings, catalog(), phase="dual_write") as dw:
         seed(dw, 60)  # rows that existed before capture: only a backfill brings them
         dw.execute(update(accounts).where(accounts.c.id == 3).values(name="live"))
         drain_relay(dw)
-    finally:
-        dw.close()
 
     doc = as_json(settings, "status", *META)
     assert doc["phase"]["name"] == "dual_write" and doc["phase"]["known"] is True
@@ -122,12 +119,9 @@ def test_a_cutover_led_by_next_steps(settings: Settings, tmp_path) -> None:  # t
         assert worker.wait(timeout=60) == 0, log.read_text()
 
     # a row changed behind dualwrite's back on Postgres: verify names it and the fix; the gate then fails
-    dw = prepared_writer(settings, catalog(), phase="shadow")
-    try:
+    with prepared_writer(settings, catalog(), phase="shadow") as dw:
         with dw.backends.postgres.begin() as conn:
             conn.execute(text("UPDATE bf_tags SET label = 'drift' WHERE n = 5"))
-    finally:
-        dw.close()
     doc = as_json(settings, "verify", *META, "--recheck-delay", "0", rc=1)
     (bad,) = [t for t in doc["tables"] if not t["clean"]]
     assert bad["table"] == "bf_tags" and bad["differing_count"] == 1

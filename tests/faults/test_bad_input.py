@@ -113,13 +113,10 @@ def test_foreign_auto_id_entry_does_not_stall_the_relay(fsettings: Settings, pg:
 
 
 def test_list_dead_letters_with_binary_payload(fsettings: Settings, pg: PrivatePostgres) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(fsettings, catalog(), phase="dual_write") as dw:
         dw.backends.redis.xadd(stream_key(fsettings.namespace), {"e": b"\xff\xfe garbage"})
         Replayer(dw.backends, dw.tables, consumer="w", block_ms=50).run(once=True)
         assert len(list_dead_letters(dw.backends.redis, fsettings.namespace)) == 1
-    finally:
-        dw.close()
 
 
 def test_hostile_names_and_sql_values_round_trip(
@@ -137,8 +134,7 @@ def test_hostile_names_and_sql_values_round_trip(
     for t in TABLES:
         t.to_metadata(hmd)
     cat = catalog() + Tables.of(hostile, store="toy")
-    dw = prepared_writer(fsettings, cat, phase="dual_write", relay=True)
-    try:
+    with prepared_writer(fsettings, cat, phase="dual_write", relay=True) as dw:
         values = [HOSTILE, "Robert'); DROP TABLE students;--", '"; DELETE FROM _dw_versions; --', "\\x00 %s %(x)s"]
         dw.execute(
             insert(hostile).values([{"id": i, "o'k": v, '"quoted" col': v, "select": v} for i, v in enumerate(values)])
@@ -154,5 +150,3 @@ def test_hostile_names_and_sql_values_round_trip(
         collector.bad_input["hostile table/column names, SQL in values"] = (
             f"round trip exact (5 rows, verify clean, {out.dead_letters} dead letters)"
         )
-    finally:
-        dw.close()

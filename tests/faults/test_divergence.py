@@ -87,8 +87,7 @@ def _outbox_len(dw: DualWriter, side: str = "sqlite") -> int:
 
 # -- a row over the size limit -----------------------------------------------------------------------
 def test_a_70mb_row_is_refused_never_dead_lettered(settings: Settings, collector: Collector) -> None:
-    dw = prepared_writer(settings, Tables.of(md, store="dv"), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(settings, Tables.of(md, store="dv"), phase="dual_write", relay=True) as dw:
         dw.execute(insert(blobs).values(id=1, data=b"small"))
         big = os.urandom(70 * 1024 * 1024)
         t0 = time.monotonic()
@@ -109,16 +108,13 @@ def test_a_70mb_row_is_refused_never_dead_lettered(settings: Settings, collector
             note=f"insert and update refused on the primary in {refused_s:.1f} s (EventTooLargeError); "
             f"nothing committed; {out.dead_letters} dead letters",
         )
-    finally:
-        dw.close()
 
 
 # -- unique constraints -------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS)
 def test_unique_swaps_apply_inline(settings: Settings, collector: Collector, seed: int) -> None:
     rng = random.Random(seed)
-    dw = prepared_writer(settings, Tables.of(md, store="dv"), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(settings, Tables.of(md, store="dv"), phase="dual_write", relay=True) as dw:
         n = 12
         dw.execute(insert(users).values([{"id": i, "email": f"u{i}@x", "name": f"n{i}"} for i in range(n)]))
         failures, swaps, behind = _failures("dv"), 0, 0
@@ -141,8 +137,6 @@ def test_unique_swaps_apply_inline(settings: Settings, collector: Collector, see
             diverged_before=behind,
             note=f"{swaps}/{swaps} swaps applied inline (0 secondary failures); {out.dead_letters} dead letters",
         )
-    finally:
-        dw.close()
 
 
 def _deleted_before_copy(dw: DualWriter, rng: random.Random, keys: int) -> tuple[int, int]:
@@ -182,8 +176,7 @@ def _deleted_before_copy(dw: DualWriter, rng: random.Random, keys: int) -> tuple
 def test_old_images_of_keys_deleted_before_the_copy_converge(
     settings: Settings, collector: Collector, seed: int
 ) -> None:
-    dw = prepared_writer(settings, Tables.of(md, store="dv"), phase="sqlite")
-    try:
+    with prepared_writer(settings, Tables.of(md, store="dv"), phase="sqlite") as dw:
         t0 = time.monotonic()
         written, collisions = _deleted_before_copy(dw, random.Random(seed), 10)
         assert collisions > 0, "no old image met a newer row: the case did not happen"
@@ -197,16 +190,13 @@ def test_old_images_of_keys_deleted_before_the_copy_converge(
             diverged_before=0,
             note=f"{collisions} old images collided with newer rows: stale, {out.dead_letters} dead letters",
         )
-    finally:
-        dw.close()
 
 
 def test_an_old_image_never_resurrects_a_key_deleted_before_the_copy(settings: Settings) -> None:
     """The chunk's version must cover the absence of a key too: an image older than the copy of a key the
     copy did not find is stale, even before the key's own delete event is replayed (today it comes back
     until then): the copy's range version covers the keys it did not find."""
-    dw = prepared_writer(settings, Tables.of(md, store="dv"), phase="sqlite")
-    try:
+    with prepared_writer(settings, Tables.of(md, store="dv"), phase="sqlite") as dw:
         dw.execute(insert(users).values(id=1, email="a", name="old"))
         dw.execute(delete(users).where(users.c.id == 1))
         dw.execute(insert(users).values(id=2, email="b", name="kept"))
@@ -216,16 +206,13 @@ def test_an_old_image_never_resurrects_a_key_deleted_before_the_copy(settings: S
         with dw.backends.postgres_apply.begin() as conn:
             apply_events(conn, dw.tables.table, [first])  # its delete (seq 2) not delivered yet
         assert [r[0] for r in _rows(dw.backends.postgres, users)] == [2]
-    finally:
-        dw.close()
 
 
 # -- the phase survives Redis --------------------------------------------------------------------------
 def test_redis_restarted_empty_in_postgres_primary(
     fsettings: Settings, private_redis: PrivateRedis, collector: Collector
 ) -> None:
-    dw = prepared_writer(fsettings, catalog(), phase="postgres_primary", relay=True)
-    try:
+    with prepared_writer(fsettings, catalog(), phase="postgres_primary", relay=True) as dw:
         dw.execute(insert(items).values([row(i, i) for i in range(5)]))
         private_redis.stop()
         private_redis.start()  # empty
@@ -246,16 +233,13 @@ def test_redis_restarted_empty_in_postgres_primary(
             rows_during_fault=5,
             note="CLI and a new instance read postgres_primary from the record; the first write went to Postgres",
         )
-    finally:
-        dw.close()
 
 
 # -- strict mode ----------------------------------------------------------------------------------------
 def test_strict_with_postgres_stopped_commits_nothing(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector
 ) -> None:
-    dw = prepared_writer(fsettings.with_(strict=True), catalog(), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(fsettings.with_(strict=True), catalog(), phase="dual_write", relay=True) as dw:
         dw.execute(insert(items).values([row(i, i) for i in range(3)]))
         before = (_rows(dw.backends.sqlite_read, items), _outbox_len(dw))
         pg.stop()
@@ -279,8 +263,6 @@ def test_strict_with_postgres_stopped_commits_nothing(
             note=f"{refused}/{refused} writes raised SecondaryApplyError before the primary committed; "
             "retries wrote each row once",
         )
-    finally:
-        dw.close()
 
 
 # -- time zones -----------------------------------------------------------------------------------------
@@ -291,8 +273,7 @@ def test_a_new_york_postgres_shifts_no_timestamp(settings: Settings, collector: 
             conn.execute(text(f'CREATE SCHEMA "{settings.pg_schema}"'))
         admin.dispose()
         s = settings.with_(postgres_url=url)
-        dw = prepared_writer(s, Tables.of(md, store="dv"), phase="sqlite", relay=True)
-        try:
+        with prepared_writer(s, Tables.of(md, store="dv"), phase="sqlite", relay=True) as dw:
             base = datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # New York's DST ends at 06:00 UTC that day
             at = {i: base + timedelta(minutes=7 * i, microseconds=i) for i in range(120)}
             dw.execute(insert(stamps).values([{"id": i, "at": at[i].replace(tzinfo=None)} for i in range(60)]))
@@ -311,14 +292,11 @@ def test_a_new_york_postgres_shifts_no_timestamp(settings: Settings, collector: 
                 recovery_seconds=out.seconds,
                 note=f"{shifted} timestamps shifted (equal to the microsecond); verify clean",
             )
-        finally:
-            dw.close()
 
 
 # -- backfill status after a SIGKILL ---------------------------------------------------------------------
 def test_backfill_status_after_a_sigkill(settings: Settings, collector: Collector, tmp_path: Path) -> None:
-    dw = prepared_writer(settings, catalog(), phase="sqlite")
-    try:
+    with prepared_writer(settings, catalog(), phase="sqlite") as dw:
         with dw.backends.sqlite.begin() as conn:
             conn.execute(insert(items), [row(i, i) for i in range(400)])
         proc = subprocess.Popen(
@@ -349,8 +327,6 @@ def test_backfill_status_after_a_sigkill(settings: Settings, collector: Collecto
             recovery_seconds=seen,
             note=f"listed as stopped {seen:.1f} s after the kill (its published state lives 30 s)",
         )
-    finally:
-        dw.close()
 
 
 def _meta(settings: Settings) -> list[str]:
@@ -366,8 +342,7 @@ def test_random_orm_sessions_with_cascades(settings: Settings, collector: Collec
     from tests.core.test_orm_convergence import OPS, Log, SeededDraws, step
 
     rng = random.Random(seed)
-    dw = prepared_writer(settings, orm_catalog(), phase="dual_write", relay=True)
-    try:
+    with prepared_writer(settings, orm_catalog(), phase="dual_write", relay=True) as dw:
         log, ops = Log(), 0
         t0 = time.monotonic()
         for _ in range(30):
@@ -385,5 +360,3 @@ def test_random_orm_sessions_with_cascades(settings: Settings, collector: Collec
             diverged_before=0,
             note=f"30 sessions, {ops} operations; SQLite, Postgres and the log of intended changes agree",
         )
-    finally:
-        dw.close()

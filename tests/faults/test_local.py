@@ -110,8 +110,7 @@ def test_reject_file_disk_full(
 ) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
-    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
-    try:
+    with prepared_writer(fsettings, catalog(), phase="sqlite") as dw:
         bad_id = 10 + seed
         rows = [row(i, i) for i in range(40)]
         rows[bad_id]["name"] = "nul\x00byte"  # Postgres refuses NUL in text: the row must be rejected
@@ -143,5 +142,3 @@ def test_reject_file_disk_full(
             recovery_seconds=time.monotonic() - t0,
             note="OSError ENOSPC raised, chunk rolled back; on rerun 1 row rejected to the file (explained)",
         )
-    finally:
-        dw.close()

@@ -25,8 +25,7 @@ def _backfill_kills(
     fsettings: Settings, collector: Collector, tmp_path: Path, seed: int, n_rows: int, kills: int
 ) -> None:
     rng = random.Random(seed)
-    dw = prepared_writer(fsettings, catalog(), phase="sqlite")
-    try:
+    with prepared_writer(fsettings, catalog(), phase="sqlite") as dw:
         write_history(dw, n_rows)
         script, args = child(tmp_path, "backfill_child.py", BACKFILL_CHILD, fsettings)
         killed_mid, t0 = killed_then_finished(script, args, "9", kills, rng, (0.02, 0.4), timeout=120)
@@ -49,8 +48,6 @@ def _backfill_kills(
             rows_during_fault=n_rows + n_rows // 2,
             note=f"{killed_mid}/{kills} kills mid-copy; checkpoint totals exact",
         )
-    finally:
-        dw.close()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -71,8 +68,7 @@ def test_backfill_worker_sigkill_soak(
 # -- (2) replay worker killed mid-batch ------------------------------------------------------------------
 def _replaykill(fsettings: Settings, collector: Collector, tmp_path: Path, seed: int, steps: int) -> None:
     rng = random.Random(seed)
-    dw = prepared_writer(fsettings, catalog(), phase="dual_write")
-    try:
+    with prepared_writer(fsettings, catalog(), phase="dual_write") as dw:
         dw._apply_secondary = lambda *_a, **_k: None  # type: ignore[method-assign]  # Postgres falls behind
         wl = Workload(dw, seed)
         during = wl.run(steps)
@@ -101,8 +97,6 @@ def _replaykill(fsettings: Settings, collector: Collector, tmp_path: Path, seed:
             rows_during_fault=during,
             note="pending entries reclaimed by another consumer",
         )
-    finally:
-        dw.close()
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -68,10 +68,7 @@ def running_workload(
     settings: Settings, seed: int, steps: int, *, phase: str = "dual_write", relay: bool = True
 ) -> Iterator[tuple[DualWriter, Workload]]:
     """A writer on the core tables in `phase` with `seed`'s workload run `steps` steps; closed afterwards."""
-    dw = prepared_writer(settings, catalog(), phase=phase, relay=relay)
-    try:
+    with prepared_writer(settings, catalog(), phase=phase, relay=relay) as dw:
         wl = Workload(dw, seed)
         wl.run(steps)
         yield dw, wl
-    finally:
-        dw.close()

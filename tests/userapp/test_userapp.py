@@ -82,8 +82,7 @@ def test_a_writer_process_agrees_with_both_databases_and_a_plant_is_named(settin
         stats = proc.read_stats()
         assert stats["committed"] == 80 and stats["errors"] == 0, stats
         assert stats["reads"] > 0 and stats["read_errors"] == 0 and stats["read_disagreements"] == 0, stats
-        dw = prepared_writer(settings, app.tables(), phase="dual_write")
-        try:
+        with prepared_writer(settings, app.tables(), phase="dual_write") as dw:
             engines = {"sqlite": dw.backends.sqlite_read, "postgres": dw.backends.postgres}
             state = fleet.assert_agree(engines)
             assert len(state.rows["ledger"]) == 80 and state.rows["customers"]
@@ -111,5 +110,3 @@ def test_a_writer_process_agrees_with_both_databases_and_a_plant_is_named(settin
             ], found
             with pytest.raises(AssertionError, match="4 difference"):
                 assert_agree(state, engines)
-        finally:
-            dw.close()

@@ -41,8 +41,7 @@ def _found(doc: dict) -> dict[str, dict[str, object]]:
 
 
 def test_verify_names_each_planted_difference_and_nothing_else(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, tables(), phase="dual_write")
-    try:
+    with prepared_writer(settings, tables(), phase="dual_write") as dw:
         w = Writer(dw, "v1", 1, tmp_path / "v1.jsonl", Stats(None, "v1"), rate=0, population=12, documents=2.0)
         w.run(max_tx=90)
         w.close()
@@ -89,8 +88,6 @@ def test_verify_names_each_planted_difference_and_nothing_else(settings, tmp_pat
             assert line in out, out
         with dw.backends.postgres.connect() as conn:  # the planted precision change is what Postgres holds
             assert conn.execute(select(orders.c.total).where(orders.c.id == oid)).scalar() != total
-    finally:
-        dw.close()
 
 
 def test_verify_of_exact_decimals_sees_the_fifteenth_digit(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -103,16 +100,13 @@ def test_verify_of_exact_decimals_sees_the_fifteenth_digit(settings, tmp_path) -
     from dualwrite import Tables
     from dualwrite.verify.verifier import verify_tables
 
-    dw = prepared_writer(settings, Tables.of(md), phase="dual_write")
-    try:
+    with prepared_writer(settings, Tables.of(md), phase="dual_write") as dw:
         dw.execute(insert(ledger).values(id=1, v=Decimal("12345678901.2345")))
         assert verify_tables([ledger], dw.backends.sqlite_read, dw.backends.postgres).clean
         with dw.backends.postgres.begin() as conn:
             conn.execute(update(ledger).values(v=Decimal("12345678901.2346")))
         (rep,) = verify_tables([ledger], dw.backends.sqlite_read, dw.backends.postgres).tables
         assert rep.differing == ["[1]"] and rep.columns == {"[1]": ["v"]}
-    finally:
-        dw.close()
 
 
 # A database as apps leave them: declared types SQLite does not enforce, values in several forms each.

@@ -114,13 +114,10 @@ def _dump(dw: DualWriter, backend: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_dual_write_lands_identical_rows_on_both_sides(settings, make_clock) -> None:  # type: ignore[no-untyped-def]
-    dw = prepared_writer(settings, tables(), phase="dual_write")
-    try:
+    with prepared_writer(settings, tables(), phase="dual_write") as dw:
         scenario(dw, make_clock())
         scenario(dw, make_clock(), tenant="other")
         lite, pg = _dump(dw, "sqlite"), _dump(dw, "postgres")
-    finally:
-        dw.close()
     assert sum(len(rows) for rows in lite.values()) > 40
     for name in lite:
         assert lite[name] == pg[name], name
