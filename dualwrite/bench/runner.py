@@ -20,7 +20,7 @@ class BenchConfig:
     quick: bool = False
     record_counts: list[int] = field(default_factory=lambda: [100, 500, 1000])
     workers: list[int] = field(default_factory=lambda: [1, 2, 5])
-    overhead_writes: int = 1500
+    overhead_writes: int = 6000  # 2000 a round: a p99 from 500 writes was their 5th-slowest
     shadow_reads: int = 12000  # 2000 a block: a p99 from 500 reads was their 5th-slowest (spread 0.82-2.23x)
     shadow_records: int = 5000
     copy_rows: int = 1_000_000
