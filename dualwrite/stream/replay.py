@@ -12,6 +12,10 @@
 - In `run()`, after a full batch the next one is read (non-blocking XREADGROUP, a helper thread) while
   this one is applied: the Redis round trip overlaps the Postgres one. A batch read ahead is pending for
   this consumer like any other; after an outage it is dropped and re-read with the own pending entries.
+  A committed batch's XACK is then not sent on its own: it rides in the next read's pipeline (XACK first,
+  one round trip, in the helper thread), or is sent at the end of a step that reads nothing ahead. Only
+  committed ids are ever acked; an ack lost with an outage or a crash re-delivers entries the apply rule
+  makes no-ops.
 - Every `trim_every_s` the stream is trimmed to what every group acknowledged, less the settings'
   `stream_retention` (retention.py; the relay does the same: either alone keeps the stream bounded).
 """
@@ -98,6 +102,7 @@ class Replayer:
         self.lag_seconds = 0.0  # behind the newest applied event's commit time, at the last update_lag()
         self._reader: ThreadPoolExecutor | None = None  # run() only: reads the next batch ahead
         self._ahead: Future[Entries] | None = None
+        self._acks: list[bytes] = []  # run() only: committed ids whose XACK waits for the next read
 
     def ensure_group(self) -> None:
         try:
@@ -123,8 +128,12 @@ class Replayer:
             return 0
         if entries:
             if self._reader is not None and len(entries) >= self.batch and self._own_pending_done:
-                self._ahead = self._reader.submit(self._read, ">", 0)  # more is likely waiting
+                acks, self._acks = self._acks, []  # the previous batch's, committed: acked by the read
+                self._ahead = self._reader.submit(self._read, ">", 0, acks)  # more is likely waiting
             self.process(entries)
+        if self._acks and self._ahead is None:  # no read ahead to carry them
+            self.client.xack(self.key, self.group, *self._acks)
+            self._acks = []  # kept if Redis failed: acked after the outage
         if not entries or time.monotonic() - self._lag_at >= self.lag_every_s:
             self.update_lag()
         if time.monotonic() - self._trim_at >= self.trim_every_s:
@@ -150,10 +159,19 @@ class Replayer:
             entries = self._read(">", block_ms)
         return entries
 
-    def _read(self, start: str, block_ms: int) -> Entries:
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.key: start}, count=self.batch, block=block_ms or None
-        )
+    def _read(self, start: str, block_ms: int, acks: list[bytes] | None = None) -> Entries:
+        streams, count, block = {self.key: start}, self.batch, block_ms or None
+        if acks:  # XACK, then XREADGROUP: one round trip
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xack(self.key, self.group, *acks)
+            pipe.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+            # unannotated errors (is_nogroup reads the message's start); the ack's first: it ran first
+            acked, reply = pipe.execute(raise_on_error=False)
+            for res in (acked, reply):
+                if isinstance(res, Exception):
+                    raise res
+        else:
+            reply = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
         out: Entries = []
         gone: list[bytes] = []
         for _stream, items in reply or []:
@@ -192,7 +210,11 @@ class Replayer:
         self.stats.batches += 1
         try:
             self._apply([ev for _, _, ev in good])
-            self.client.xack(self.key, self.group, *[eid for eid, _, _ in good])
+            ids = [eid for eid, _, _ in good]
+            if self._reader is not None:
+                self._acks += ids  # committed: step() has them acked (with the next read, or at its end)
+            else:
+                self.client.xack(self.key, self.group, *ids)
             self._last_ts = good[-1][2].ts
             return
         except OperationalError:
@@ -283,7 +305,7 @@ class Replayer:
         def on_outage(exc: BaseException, wait: float) -> None:
             # Postgres or Redis down, restarting or refusing: keep what is pending and retry.
             log.warning("replay: %s, retrying in %.1fs: %s", type(exc).__name__, wait, first_line(exc))
-            self._drop_ahead()
+            self._drop_ahead()  # committed ids not yet acked stay in self._acks: acked after the outage
             self._own_pending_done = False  # re-read what this consumer holds (a batch read ahead too)
 
         def one_step() -> int:
@@ -312,7 +334,18 @@ class Replayer:
             self._drop_ahead()  # what it read stays pending for this consumer: re-read at the next start
             self._reader.shutdown(wait=True)
             self._reader = None
+            self._flush_acks()
         return self.stats
+
+    def _flush_acks(self) -> None:
+        """Ack what committed and still waits for a read (run() is ending); if Redis is down they stay
+        pending and are re-delivered (no-ops)."""
+        acks, self._acks = self._acks, []
+        if acks:
+            try:
+                self.client.xack(self.key, self.group, *acks)
+            except redis.RedisError as exc:
+                log.warning("replay: %d committed entries not acknowledged: %s", len(acks), first_line(exc))
 
     def _drop_ahead(self) -> None:
         ahead, self._ahead = self._ahead, None

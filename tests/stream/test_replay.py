@@ -122,3 +122,46 @@ def test_copy_then_replay_end_to_end(dw) -> None:  # type: ignore[no-untyped-def
     drain_relay(dw)
     Replayer(dw.backends, dw.tables, consumer="c", block_ms=50).run(once=True)
     assert_equal(dw)
+
+
+def _acked_ids(dw, group: str) -> set[int]:  # type: ignore[no-untyped-def]
+    """Account ids of the entries the group delivered and had acknowledged."""
+    client, key = dw.backends.redis, stream_key(dw.settings.namespace)
+    (info,) = [g for g in client.xinfo_groups(key) if g["name"] == group.encode()]
+    pending = {p["message_id"] for p in client.xpending_range(key, group, "-", "+", 10_000)}
+    delivered = client.xrange(key, "-", info["last-delivered-id"])
+    return {ChangeEvent.from_json(f[b"e"]).key["id"] for eid, f in delivered if eid not in pending}
+
+
+def test_acks_follow_commits_and_ride_on_the_next_read(dw) -> None:  # type: ignore[no-untyped-def]
+    """run() acks a batch with the next read-ahead (one round trip): never before its commit, and at the
+    latest one batch later; a worker dying mid-run leaves the rest pending, re-delivered to its restart."""
+    for i in range(1, 121):
+        dw.execute(insert(accounts).values(id=i, name=f"a{i}"))
+    drain_relay(dw)
+    rp = Replayer(dw.backends, dw.tables, consumer="one", batch=10, block_ms=50)
+    rp.ensure_group()
+    apply, calls = rp._apply, []
+
+    def checked_apply(events: list[ChangeEvent]) -> None:
+        acked = _acked_ids(dw, rp.group)
+        with dw.backends.postgres.connect() as conn:
+            landed = set(conn.execute(select(accounts.c.id)).scalars())
+        assert acked <= landed  # acked only once committed
+        calls.append(len(acked))
+        assert len(acked) >= 10 * (len(calls) - 2)  # the batch before the previous one is acked by now
+        if len(calls) == 7:
+            raise RuntimeError("the worker dies")
+        apply(events)
+
+    rp._apply = checked_apply  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        rp.run()
+    acked = _acked_ids(dw, rp.group)
+    with dw.backends.postgres.connect() as conn:
+        assert acked <= set(conn.execute(select(accounts.c.id)).scalars())
+    assert len(acked) == 60  # the six committed batches, the last one acked as run() ended
+    restarted = Replayer(dw.backends, dw.tables, consumer="one", batch=10, block_ms=50)
+    stats = restarted.run(once=True)
+    assert stats.applied == 60 and restarted.lag == (0, 0)
+    assert_equal(dw)
