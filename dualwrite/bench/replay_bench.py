@@ -30,7 +30,7 @@ PER_WORKER_GOAL, SCALING_GOAL = 0.9, 1.7
 
 
 def _spawn(settings: Any, group: str, consumer: str, mode: str) -> subprocess.Popen[str]:
-    names = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema", "state_schema")
+    names = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema", "state_schema", "stream_retention")
     conf = {k: getattr(settings, k) for k in names}
     cmd = [sys.executable, "-m", "dualwrite.bench.replay_bench", json.dumps(conf), group, consumer, mode]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -64,12 +64,14 @@ def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return report
 
 
-def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, label: str) -> dict[str, Any]:
+def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, label: str, keep: int) -> dict[str, Any]:
     """Replay the whole stream into a fresh schema with n worker processes of one new group: events/s over
-    the first start to the last end, events applied, rows that landed."""
+    the first start to the last end, events applied, rows that landed. keep: the stream's length, the
+    workers' stream_retention (their trimmer, still run, must leave the stream whole for the next runs;
+    with the default 10,000 the first run cut a 100k stream and the later ones replayed a tenth of it)."""
     from dualwrite.testing import prepared_writer
 
-    dw = prepared_writer(env.settings(label).with_(namespace=ns), bench_tables(table))
+    dw = prepared_writer(env.settings(label).with_(namespace=ns, stream_retention=keep), bench_tables(table))
     try:
         reports = _results(_workers(dw.settings, f"bench-{label}", n), timeout=1800)
         with dw.backends.postgres.connect() as conn:
@@ -206,8 +208,8 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
         per_run: list[dict[str, Any]] = []
         for i in range(runs):  # interleaved, so drift of the shared machine hits each alike
             base_s = direct_apply(env, table, payloads, f"replay_base{i}")
-            one = replay_with_workers(env, ns, md, table, 1, f"replay_r{i}_w1")
-            two = replay_with_workers(env, ns, md, table, 2, f"replay_r{i}_w2")
+            one = replay_with_workers(env, ns, md, table, 1, f"replay_r{i}_w1", keep=len(payloads))
+            two = replay_with_workers(env, ns, md, table, 2, f"replay_r{i}_w2", keep=len(payloads))
             ceil1 = direct_apply_procs(env, ns, table, 1, f"replay_c{i}_p1")
             ceil2 = direct_apply_procs(env, ns, table, 2, f"replay_c{i}_p2")
             base_eps = len(payloads) / base_s if base_s else 0.0
