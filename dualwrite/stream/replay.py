@@ -9,9 +9,10 @@
 - A group lost with the stream (Redis restarted; the relay republishes from the outbox) is recreated at
   id 0, so everything still or again in the stream is read; the apply rule makes the re-reads no-ops.
 - `run()` never dies of a Redis or Postgres outage: one log line, back off, go on.
-- In `run()`, after a full batch the next one is read (non-blocking XREADGROUP, a helper thread) while
-  this one is applied: the Redis round trip overlaps the Postgres one. A batch read ahead is pending for
-  this consumer like any other; after an outage it is dropped and re-read with the own pending entries.
+- In `run()`, after a full batch the next one is read and decoded (non-blocking XREADGROUP, a helper
+  thread) while this one is applied: the Redis round trip and the decoding overlap the Postgres one (the
+  driver lets go of the GIL while it waits). A batch read ahead is pending for this consumer like any
+  other; after an outage it is dropped and re-read with the own pending entries.
   A committed batch's XACK is then not sent on its own: it rides in the next read's pipeline (XACK first,
   one round trip, in the helper thread), or is sent at the end of a step that reads nothing ahead. Only
   committed ids are ever acked; an ack lost with an outage or a crash re-delivers entries the apply rule
@@ -54,11 +55,27 @@ __all__ = ["DEFAULT_GROUP", "ReplayStats", "Replayer", "dead_letter", "list_dead
 log = logging.getLogger("dualwrite.stream.replay")
 DEFAULT_GROUP = "backfill"
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Decoded = list[tuple[bytes, Any, ChangeEvent | DualwriteError]]  # (id, payload, its event or why it has none)
 _EVENT_FIELD_STR = EVENT_FIELD.decode()
 
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _decode(entries: Entries) -> Decoded:
+    out: Decoded = []
+    for eid, fields in entries:
+        payload = fields.get(EVENT_FIELD)
+        if payload is None:
+            payload = fields.get(_EVENT_FIELD_STR)  # type: ignore[call-overload]  # decode_responses clients
+        try:
+            if payload is None:
+                raise DualwriteError("entry has no event field")
+            out.append((eid, payload, ChangeEvent.from_json(payload)))
+        except DualwriteError as exc:
+            out.append((eid, payload or b"", exc))
+    return out
 
 
 @dataclass
@@ -101,7 +118,7 @@ class Replayer:
         self._trim_at = float("-inf")
         self.lag_seconds = 0.0  # behind the newest applied event's commit time, at the last update_lag()
         self._reader: ThreadPoolExecutor | None = None  # run() only: reads the next batch ahead
-        self._ahead: Future[Entries] | None = None
+        self._ahead: Future[Decoded] | None = None
         self._acks: list[bytes] = []  # run() only: committed ids whose XACK waits for the next read
 
     def ensure_group(self) -> None:
@@ -129,8 +146,8 @@ class Replayer:
         if entries:
             if self._reader is not None and len(entries) >= self.batch and self._own_pending_done:
                 acks, self._acks = self._acks, []  # the previous batch's, committed: acked by the read
-                self._ahead = self._reader.submit(self._read, ">", 0, acks)  # more is likely waiting
-            self.process(entries)
+                self._ahead = self._reader.submit(self._read_ahead, acks)  # more is likely waiting
+            self._process(entries)
         if self._acks and self._ahead is None:  # no read ahead to carry them
             self.client.xack(self.key, self.group, *self._acks)
             self._acks = []  # kept if Redis failed: acked after the outage
@@ -141,7 +158,10 @@ class Replayer:
             self.trimmer.trim()
         return len(entries)
 
-    def _next_entries(self, block_ms: int) -> Entries:
+    def _read_ahead(self, acks: list[bytes]) -> Decoded:
+        return _decode(self._read(">", 0, acks))
+
+    def _next_entries(self, block_ms: int) -> Decoded:
         if self._ahead is not None:
             ahead, self._ahead = self._ahead, None
             got = ahead.result()  # a Redis error here is the step's, as if read now
@@ -157,7 +177,7 @@ class Replayer:
             entries = self.claim_stale()
         if not entries:
             entries = self._read(">", block_ms)
-        return entries
+        return _decode(entries)
 
     def _read(self, start: str, block_ms: int, acks: list[bytes] | None = None) -> Entries:
         streams, count, block = {self.key: start}, self.batch, block_ms or None
@@ -194,17 +214,15 @@ class Replayer:
         return entries
 
     def process(self, entries: Entries) -> None:
+        self._process(_decode(entries))
+
+    def _process(self, entries: Decoded) -> None:
         good: list[tuple[bytes, bytes, ChangeEvent]] = []
-        for eid, fields in entries:
-            payload = fields.get(EVENT_FIELD)
-            if payload is None:
-                payload = fields.get(_EVENT_FIELD_STR)  # type: ignore[call-overload]  # decode_responses clients
-            try:
-                if payload is None:
-                    raise DualwriteError("entry has no event field")
-                good.append((eid, payload, ChangeEvent.from_json(payload)))
-            except DualwriteError as exc:
-                self._dead(eid, payload or b"", str(exc), "decode")
+        for eid, payload, ev in entries:
+            if isinstance(ev, ChangeEvent):
+                good.append((eid, payload, ev))
+            else:
+                self._dead(eid, payload, str(ev), "decode")
         if not good:
             return
         self.stats.batches += 1

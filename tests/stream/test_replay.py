@@ -165,3 +165,18 @@ def test_acks_follow_commits_and_ride_on_the_next_read(dw) -> None:  # type: ign
     stats = restarted.run(once=True)
     assert stats.applied == 60 and restarted.lag == (0, 0)
     assert_equal(dw)
+
+
+def test_undecodable_entries_read_ahead_are_dead_lettered(dw) -> None:  # type: ignore[no-untyped-def]
+    """Small batches: the entries after the first batch are read and decoded ahead, in run()'s helper thread;
+    one that does not decode is still dead-lettered (and acked) by the replaying thread."""
+    total = write_history(dw, 10)
+    key = stream_key(dw.settings.namespace)
+    for body in (b"{not json", b"[]"):  # after `total` entries: in a batch read ahead when total >= 5
+        dw.backends.redis.xadd(key, {"e": body})
+    r = Replayer(dw.backends, dw.tables, consumer="one", batch=5, block_ms=50)
+    stats = r.run(once=True)
+    assert total >= 5 and stats.dead == 2 and stats.applied + stats.stale == total
+    assert {d["reason"] for d in list_dead_letters(dw.backends.redis, dw.settings.namespace)} == {"decode"}
+    assert r.lag == (0, 0)
+    assert_equal(dw)
