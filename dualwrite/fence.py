@@ -53,11 +53,6 @@ DEFAULT_TIMEOUT = 0.5  # the longest a write is held, by default
 _RECORDS_TTL = 600  # acks and reports outlive the fence for the flipper's summary, then go
 
 
-
-
-
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -67,8 +67,6 @@ WORKER_TTL_S = 30
 REPLICATION_LAG_SQL = "SELECT COALESCE(EXTRACT(EPOCH FROM MAX(replay_lag)), 0) FROM pg_stat_replication"
 
 
-
-
 @dataclass(frozen=True)
 class Limits:
     max_rows_per_second: float | None = None

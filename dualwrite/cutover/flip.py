@@ -58,8 +58,6 @@ log = logging.getLogger("dualwrite.cutover.flip")
 HOOK_TIMEOUT = 30.0
 
 
-
-
 @dataclass
 class FlipOutcome:
     moved: bool

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from dualwrite.shadow.experiment import Observation
+
 if TYPE_CHECKING:
     from dualwrite.engines import Backends
 
@@ -112,10 +114,10 @@ class ComparatorProcess:
             sid = self._names.get(shape)
             if sid is None:
                 sid = self._name("shape", shape)
-            fid = self._names.get(func) if isinstance(func, types.FunctionType) else None
-            if fid is None and isinstance(func, types.FunctionType):
-                fid = self._name("func", func)
-            payload = pickle.dumps((sid, func if fid is None else fid, args, keywords, params), protocol=5)
+            if isinstance(func, types.FunctionType):  # a plain function goes once, then by its number
+                fid = self._names.get(func)
+                func = self._name("func", func) if fid is None else fid
+            payload = pickle.dumps((sid, func, args, keywords, params), protocol=5)
         except _UNPICKLABLE:
             self._unpicklable.add(query)
             log.info("shadow query %s: its read function does not pickle; compared in this process", query)
@@ -259,8 +261,6 @@ def _serve(settings: Any, reader_kwargs: dict[str, Any], conn: Any) -> None:
 
 
 def _compare(reader: Any, backends: Backends, names: dict[int, Any], shape: tuple[Any, ...], record: Any) -> str:
-    from dualwrite.shadow.experiment import Observation
-
     store, label, query, ordered, backend, control_backend = shape
     _sid, func, args, keywords, params = record
     if isinstance(func, int):

@@ -24,8 +24,6 @@ MISMATCH_MAXLEN = 1000
 SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "credential")
 
 
-
-
 def mask_params(params: dict[str, Any] | None) -> str:
     """Params as JSON with secret-looking values and URL passwords masked."""
     if not params:

@@ -14,8 +14,6 @@ import redis
 EVENT_FIELD = b"e"
 
 
-
-
 def entry_id(seq: int) -> str:
     return f"{seq}-0"
 

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from dualwrite.verify.verifier import VerifyReport
 
 
-
 # A clean verify snapshots the shadow reader's comparison counts as they were when the verify began: the
 # gate's mismatch rate counts only the comparisons after that (the window since the last clean verify).
 def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:

@@ -328,7 +328,6 @@ def chunk_sums(
         raw.close()
 
 
-
 def ranges(
     sqlite: Engine, table: Table, cols: list[Col], segment_rows: int
 ) -> list[tuple[Key | None, Key | None]]:
