@@ -2,9 +2,13 @@
 `backfill reset`) can see what is ours, and so that two roles reading one key (the shadow reader writes
 its counts, verify and the gate read them) name it once. The names are part of the operator's interface:
 dashboards, runbooks and `redis-cli` sessions use them, so they do not change.
-One two-line function per key: a list, alike line for line by design."""
+One two-line function per key: a list, alike line for line by design; and the one reader of a key that
+several roles read (the shadow counts: the shadow reader fills them, verify snapshots them, the gate and
+the CLI report them)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 # The change stream (relay -> replayers) and its dead letters.
@@ -58,6 +62,15 @@ def fence_reports_key(namespace: str, epoch: int) -> str:
 # Shadow reads: comparison counts (a hash), recent mismatches, and the window a clean verify opens.
 def shadow_counts_key(namespace: str) -> str:
     return f"{namespace}:shadow:counts"
+
+
+def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
+    """The comparison counts per result ({"match": n, "mismatch": m, "skipped": s, ...}); `client` may
+    decode replies or not."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): int(v)
+        for k, v in client.hgetall(shadow_counts_key(namespace)).items()
+    }
 
 
 def shadow_mismatches_key(namespace: str) -> str:

@@ -262,7 +262,7 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, a
     what to run next (--json: the same as one document); with a project file's sources, one row per
     selected source (phase, gate, verification freshness). Exit 1 when a phase is unknown."""
     from dualwrite.cutover.gate import check
-    from dualwrite.shadow.records import read_counts
+    from dualwrite.redis_keys import read_shadow_counts
     from dualwrite.tables import Tables
 
     if settings.source is not None:
@@ -307,7 +307,7 @@ def cutover_status(settings: Settings, sources: list[Settings], reflect: bool, a
         gate = check(backends, tables if tables is not None else Tables([]), None, _config(**cfg))
         redis_error = None
         try:
-            counts = read_counts(backends.redis, settings.namespace)
+            counts = read_shadow_counts(backends.redis, settings.namespace)
             bounded = _bounded_state(backends)
         except redis.RedisError as exc:  # the phase came from its record; what only Redis holds is unknown
             counts, bounded, redis_error = {}, [], f"shadow, stream: unknown (redis: {exc})"

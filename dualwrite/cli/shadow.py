@@ -24,10 +24,11 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
     """Counts by result (and A/A noise) and the latest mismatch samples."""
     import redis
 
-    from dualwrite.shadow.records import read_counts, read_mismatches
+    from dualwrite.redis_keys import read_shadow_counts
+    from dualwrite.shadow.records import read_mismatches
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    counts = read_counts(client, settings.namespace)
+    counts = read_shadow_counts(client, settings.namespace)
     samples = read_mismatches(client, settings.namespace, limit)
     if as_json:
         click.echo(json.dumps({"counts": counts, "mismatches": samples}, indent=2))

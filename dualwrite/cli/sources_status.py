@@ -14,7 +14,7 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     from dualwrite.cli.options import load_tables, open_backends, sqlite_file
     from dualwrite.cutover.gate import check
     from dualwrite.errors import first_line
-    from dualwrite.shadow.records import read_counts
+    from dualwrite.redis_keys import read_shadow_counts
     from dualwrite.tables import Tables
     from dualwrite.verify.verifier import load_last
 
@@ -29,7 +29,7 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
             try:
                 gate = check(backends, tables if tables is not None else Tables([]), None, config)
                 last = load_last(backends.redis, s.namespace)
-                counts = read_counts(backends.redis, s.namespace)
+                counts = read_shadow_counts(backends.redis, s.namespace)
             finally:
                 backends.close()
         except Exception as exc:  # noqa: BLE001 - one source's trouble is its row, not the command's

@@ -36,8 +36,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
-from dualwrite.redis_keys import dead_letter_key, stream_key
-from dualwrite.shadow.records import read_counts
+from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
 from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.tables import Tables
 from dualwrite.verify.verifier import load_last, load_shadow_window
@@ -158,7 +157,7 @@ def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Conditi
 def shadow_window(client: redis.Redis, namespace: str) -> tuple[dict[str, int], str | None]:
     """The shadow counts since the last clean verify (the counts less the snapshot it took), and when
     that verify ran; all counts when there was none, or when they were reset below the snapshot."""
-    counts = read_counts(client, namespace)
+    counts = read_shadow_counts(client, namespace)
     window = load_shadow_window(client, namespace)
     if window is None:
         return counts, None

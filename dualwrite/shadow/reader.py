@@ -39,7 +39,6 @@ from dualwrite.shadow.pacing import RequestGate
 from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the gate and the CLI found them
     MISMATCH_MAXLEN,
     mask_params,
-    read_counts,
     read_mismatches,
     record_mismatch,
 )

@@ -1,5 +1,5 @@
-"""What shadow comparisons leave in Redis: the counts per result (`{ns}:shadow:counts`, which the cutover gate
-and `dualwrite shadow report` of any process read) and the last mismatches, params masked, in the capped
+"""What shadow comparisons leave in Redis: the counts per result (`{ns}:shadow:counts`, read by
+dualwrite.redis_keys.read_shadow_counts) and the last mismatches, params masked, in the capped
 stream `{ns}:shadow:mismatches`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from dualwrite.redis_keys import shadow_counts_key, shadow_mismatches_key
+from dualwrite.redis_keys import shadow_mismatches_key
 from dualwrite.settings import mask_text
 from dualwrite.shadow.experiment import Observation, Result
 
@@ -72,7 +72,3 @@ def read_mismatches(client: redis.Redis, namespace: str, count: int = 20) -> lis
         row["id"] = eid.decode()
         out.append(row)
     return out
-
-
-def read_counts(client: redis.Redis, namespace: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(shadow_counts_key(namespace)).items()}

@@ -6,19 +6,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dualwrite.redis_keys import shadow_counts_key, shadow_window_key, verify_key
+from dualwrite.redis_keys import shadow_window_key, verify_key
 
 if TYPE_CHECKING:
     from dualwrite.verify.verifier import VerifyReport
-
-
-# A clean verify snapshots the shadow reader's comparison counts as they were when the verify began: the
-# gate's mismatch rate counts only the comparisons after that (the window since the last clean verify).
-def read_shadow_counts(client: Any, namespace: str) -> dict[str, int]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): int(v)
-        for k, v in client.hgetall(shadow_counts_key(namespace)).items()
-    }
 
 
 def load_shadow_window(client: Any, namespace: str) -> dict[str, Any] | None:
@@ -36,7 +27,8 @@ def store_last(
     shadow_counts: dict[str, int] | None = None,
 ) -> None:
     """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified.
-    A clean one also opens a new shadow window (`shadow_counts`: the counts when it began)."""
+    A clean one also opens a new shadow window (`shadow_counts`: the shadow reader's counts as they were
+    when the verify began): the gate's mismatch rate counts only the comparisons after that."""
     doc = {
         "at": report.at,
         "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),

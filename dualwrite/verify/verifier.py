@@ -35,11 +35,11 @@ from sqlalchemy import Engine, Table
 from dualwrite.engines import Backends
 from dualwrite.events import key_text
 from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
-from dualwrite.redis_keys import shadow_counts_key, shadow_window_key, verify_key
+from dualwrite.redis_keys import read_shadow_counts
 from dualwrite.verify import fix as fix_rows
 from dualwrite.verify import incremental
 from dualwrite.verify import sql_checksums as sqlsum
-from dualwrite.verify.last import load_last, load_shadow_window, read_shadow_counts, store_last
+from dualwrite.verify.last import load_last, load_shadow_window, store_last
 from dualwrite.verify.report import MAX_KEYS_REPORTED, TableReport, VerifyReport
 from dualwrite.verify.row_checksums import Key, Side, Summary
 
@@ -50,12 +50,8 @@ __all__ = [
     "VerifyReport",
     "load_last",
     "load_shadow_window",
-    "read_shadow_counts",
-    "shadow_counts_key",
-    "shadow_window_key",
     "store_last",
     "verify_backends",
-    "verify_key",
 ]
 
 log = logging.getLogger("dualwrite.verify.verifier")

@@ -24,8 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from dualwrite.engines import Backends, sqlite_engine
-from dualwrite.redis_keys import stream_key
-from dualwrite.shadow.reader import read_counts
+from dualwrite.redis_keys import read_shadow_counts, stream_key
 from tests.conftest import connection_args
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env
@@ -125,7 +124,7 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
             per_phase, more_than=at, timeout=60 + per_phase / rate
         )  # shadow reads compare SQLite with Postgres meanwhile
         step("writes in shadow")
-        counts = read_counts(backends.redis, settings.namespace)
+        counts = read_shadow_counts(backends.redis, settings.namespace)
         assert counts.get("match", 0) > 0 and counts.get("mismatch", 0) == 0, counts
 
         report = tmp_path / "verify.json"

@@ -11,7 +11,8 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from dualwrite.shadow.reader import ShadowReader, read_counts, read_mismatches
+from dualwrite.redis_keys import read_shadow_counts
+from dualwrite.shadow.reader import ShadowReader, read_mismatches
 from tests.shadow.helpers import item_rows, items
 
 
@@ -37,7 +38,7 @@ def test_every_read_is_compared_in_another_process(dw, uid) -> None:  # type: ig
         assert reader.wait_idle(120)
         assert reader.stats["match"] == 40 and reader.stats["skipped"] == 0
         assert reader._remote is not None and reader._remote._proc.pid != os.getpid()
-        assert _wait_for(lambda: read_counts(dw.backends.redis, dw.settings.namespace).get("match") == 40)
+        assert _wait_for(lambda: read_shadow_counts(dw.backends.redis, dw.settings.namespace).get("match") == 40)
         with dw.backends.postgres.begin() as conn:
             conn.execute(update(items).where(items.c.id == 3).values(name="planted"))
         got = dw.read("shtest", q, functools.partial(first_rows, n=10), params={"password": "hunter2"})
@@ -77,7 +78,9 @@ def test_records_over_the_bound_are_counted_skipped_never_lost(dw, uid) -> None:
         assert reader.stats["skipped"] >= 1
         assert reader.stats["match"] + reader.stats["skipped"] == 40
         assert _wait_for(
-            lambda: read_counts(dw.backends.redis, dw.settings.namespace).get("skipped") == reader.stats["skipped"]
+            lambda: (
+                read_shadow_counts(dw.backends.redis, dw.settings.namespace).get("skipped") == reader.stats["skipped"]
+            )
         )
     finally:
         reader.close()

@@ -11,8 +11,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from dualwrite.normalize import DEFAULT, row_differences
+from dualwrite.redis_keys import read_shadow_counts
 from dualwrite.shadow.experiment import MismatchError
-from dualwrite.shadow.reader import ShadowReader, read_counts, read_mismatches
+from dualwrite.shadow.reader import ShadowReader, read_mismatches
 from dualwrite.testing import prepared_writer
 from tests.userapp.models import Customer, Order, Tier
 from tests.userapp.writer import tables
@@ -65,7 +66,7 @@ def test_shadow_compares_orm_objects_by_value_and_names_the_differing_rows(dw, u
     reader = ShadowReader(synchronous=True).install(dw)
     q = f"page-{uid}"
     assert [c.id for c in dw.read("shop", q, page, orm=True)] == [1, 2, 3, 4, 5]
-    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1}  # not a "$repr" mismatch
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1}  # not a "$repr" mismatch
     customers, orders = Customer.__table__, Order.__table__
     with dw.backends.postgres.begin() as conn:
         conn.execute(update(customers).where(customers.c.id == 3).values(balance=Decimal("3.26"), tier="free"))

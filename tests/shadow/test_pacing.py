@@ -12,9 +12,10 @@ from sqlalchemy import select
 
 from dualwrite import metrics
 from dualwrite.normalize import DEFAULT, identical
+from dualwrite.redis_keys import read_shadow_counts
 from dualwrite.shadow.experiment import CHUNK, Experiment, Observation
 from dualwrite.shadow.pacing import RequestGate
-from dualwrite.shadow.reader import ShadowReader, read_counts
+from dualwrite.shadow.reader import ShadowReader
 from tests.shadow.helpers import items
 
 
@@ -97,9 +98,9 @@ def test_counts_reach_redis_when_the_queue_drains(dw, uid):
     reader = ShadowReader().install(dw)
     dw.read("shtest", f"drain-{uid}", lambda c: 1)
     deadline = time.monotonic() + 5
-    while read_counts(dw.backends.redis, dw.settings.namespace) != {"match": 1} and time.monotonic() < deadline:
+    while read_shadow_counts(dw.backends.redis, dw.settings.namespace) != {"match": 1} and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1}  # without wait_idle or close
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1}  # without wait_idle or close
     reader.close()
 
 

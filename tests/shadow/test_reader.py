@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy import select, text, update
 
 from dualwrite import metrics
+from dualwrite.redis_keys import read_shadow_counts
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation
-from dualwrite.shadow.reader import ShadowReader, read_counts, read_mismatches
+from dualwrite.shadow.reader import ShadowReader, read_mismatches
 from tests.shadow.helpers import item_rows, items, seed, writer
 
 
@@ -33,7 +34,7 @@ def test_planted_difference_is_caught_and_sampled_with_masked_params(dw, uid):
     (sample,) = read_mismatches(dw.backends.redis, dw.settings.namespace)
     assert sample["query"] == q and "planted" in sample["diff"] and "item-3" in sample["diff"]
     assert "hunter2" not in sample["params"] and "s3cret" not in sample["params"] and "acme" in sample["params"]
-    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1, "mismatch": 1}
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 1, "mismatch": 1}
     reader.raise_on_mismatches = True
     with pytest.raises(MismatchError):
         dw.read("shtest", q, _first)
@@ -125,7 +126,7 @@ def test_full_pool_skips_instead_of_slowing_the_caller(dw, uid):
     assert _count(q, "skipped") >= 17
     assert reader.wait_idle(5)
     assert _count(q, "match") == 20 - _count(q, "skipped")
-    assert read_counts(dw.backends.redis, dw.settings.namespace) == {
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {
         "match": _count(q, "match"),
         "skipped": _count(q, "skipped"),
     }
@@ -144,7 +145,7 @@ def test_aa_mode_counts_noise_apart(dw, uid):
     dw.read("shtest", q, nondeterministic)
     assert _count(f"aa:{q}", "mismatch") == 1 and _count(q, "mismatch") == 0
     assert reader.stats["aa:mismatch"] == 1
-    assert read_counts(dw.backends.redis, dw.settings.namespace) == {"aa:mismatch": 1}
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"aa:mismatch": 1}
 
 
 def test_no_shadow_outside_shadow_phases(settings, uid):
@@ -153,7 +154,7 @@ def test_no_shadow_outside_shadow_phases(settings, uid):
         seed(w, items, item_rows(5))
         ShadowReader(synchronous=True).install(w)
         w.read("shtest", f"ds-{uid}", _first)
-        assert read_counts(w.backends.redis, w.settings.namespace) == {}
+        assert read_shadow_counts(w.backends.redis, w.settings.namespace) == {}
     finally:
         w.close()
 
