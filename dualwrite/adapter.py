@@ -85,19 +85,21 @@ def _secondary_behind(what: str, backend: str, events: list[ChangeEvent], store:
 
 def _in_read_session(fn: Callable[[Any], T], session_kw: dict[str, Any]) -> Callable[[Connection], T]:
     """`fn(session)` as a `fn(connection)`: a fresh read-only Session on the read connection per call (so
-    a shadow comparison's control and candidate never share objects)."""
+    a shadow comparison's control and candidate never share objects). A partial of a module-level
+    function, so it pickles whenever `fn` does (comparator="process" compares it in its own process)."""
+    return functools.partial(_run_in_session, fn, session_kw)
+
+
+def _run_in_session(fn: Callable[[Any], T], session_kw: dict[str, Any], conn: Connection) -> T:
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    def run(conn: Connection) -> T:
-        session = Session(bind=conn, autoflush=False, **session_kw)
-        event.listen(session, "before_flush", _refuse_flush)
-        try:
-            return fn(session)
-        finally:
-            session.close()  # the objects are detached with what they loaded (close() does not expire them)
-
-    return run
+    session = Session(bind=conn, autoflush=False, **session_kw)
+    event.listen(session, "before_flush", _refuse_flush)
+    try:
+        return fn(session)
+    finally:
+        session.close()  # the objects are detached with what they loaded (close() does not expire them)
 
 
 def _refuse_flush(_session: Any, _ctx: Any, _objs: Any) -> None:

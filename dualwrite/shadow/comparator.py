@@ -9,8 +9,9 @@ settings. The request pays a pickle of the read's arguments (~1 us) and a deque 
 writes the queue in batches, the comparator sends back counts per (store, query, result), not one outcome
 per read, and it runs below the application's scheduling priority (it uses idle CPU).
 
-- The read function must pickle (a module-level function, or functools.partial of one): a lambda or a
-  closure cannot reach another process, and such a read is compared by the reader's threads instead.
+- The read function must pickle (a module-level function, or functools.partial of one; an ORM read,
+  dw.read(..., orm=True), of such a function too): a lambda or a closure cannot reach another process,
+  and such a read is compared by the reader's threads instead (`reader.local_queries` names them).
 - The comparator reads both sides a moment after the request did (the re-reads of a mismatch already allow
   for writes in flight), with the same normalizer, compare/clean/ignores and re-checks.
 - Counts reach the Redis hash from the comparator (the gate's view) and come back over the pipe to the
@@ -94,6 +95,10 @@ class ComparatorProcess:
         self._receiver.start()
         self._sender = threading.Thread(target=self._send_batches, daemon=True, name="shadow-comparator-records")
         self._sender.start()
+
+    @property
+    def unpicklable(self) -> frozenset[str]:
+        return frozenset(self._unpicklable)
 
     @property
     def outstanding(self) -> int:

@@ -145,6 +145,12 @@ class ShadowReader:
             self._remote.close()
             self._remote = None
 
+    @property
+    def local_queries(self) -> set[str]:
+        """With comparator="process": the queries compared on this process' threads instead (their read
+        functions do not pickle)."""
+        return set() if self._remote is None else set(self._remote.unpicklable)
+
     def experiment(self, store: str, query: str, ordered: bool) -> Experiment:
         """The query's Experiment, built once per configuration (the request path asks for it every read)."""
         key = (store, query, ordered, self.percentage, self.raise_on_mismatches)

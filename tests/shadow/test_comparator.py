@@ -20,6 +20,10 @@ def first_rows(conn, n: int):  # type: ignore[no-untyped-def]  # module level: i
     return [dict(r) for r in conn.execute(select(items).where(items.c.id < n).order_by(items.c.id)).mappings()]
 
 
+def first_names(session, n: int):  # type: ignore[no-untyped-def]  # an ORM read: dw.read(..., orm=True)
+    return list(session.scalars(select(items.c.name).where(items.c.id < n).order_by(items.c.id)))
+
+
 def _wait_for(pred, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,6 +55,25 @@ def test_every_read_is_compared_in_another_process(dw, uid) -> None:  # type: ig
         reader.close()
 
 
+def test_an_orm_read_of_a_module_level_function_is_compared_in_the_process(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """dw.read(..., orm=True) runs the function in a read-only Session: that wrapping must pickle too, or
+    every ORM read (the way most applications read) would be compared on the application's threads."""
+    q = f"orm-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500, recheck_delays=(0.0,)).install(dw)
+    try:
+        for _ in range(10):
+            assert dw.read("shtest", q, functools.partial(first_names, n=4), orm=True) == [
+                "item-0",
+                "item-1",
+                "item-2",
+                "item-3",
+            ]
+        assert reader.wait_idle(120)
+        assert reader.stats["match"] == 10 and reader.local_queries == set()
+    finally:
+        reader.close()
+
+
 def test_a_read_that_does_not_pickle_is_compared_by_the_threads(dw, uid) -> None:  # type: ignore[no-untyped-def]
     q = f"lambda-{uid}"
     reader = ShadowReader(comparator="process").install(dw)
@@ -58,7 +81,7 @@ def test_a_read_that_does_not_pickle_is_compared_by_the_threads(dw, uid) -> None
         for _ in range(3):
             dw.read("shtest", q, lambda conn: first_rows(conn, 5))
         assert reader.wait_idle(60)
-        assert reader.stats["match"] == 3
+        assert reader.stats["match"] == 3 and reader.local_queries == {q}
     finally:
         reader.close()
 
