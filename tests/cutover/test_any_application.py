@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,26 +26,13 @@ from dualwrite.engines import Backends, sqlite_engine
 from dualwrite.redis_keys import read_shadow_counts, stream_key
 from tests.conftest import connection_args
 from tests.userapp.compare import differences
-from tests.userapp.fleet import ROOT, Fleet, env
+from tests.userapp.fleet import Fleet
 from tests.userapp.models import Base, Customer, Document
+from tests.userapp.operator import METADATA, dualwrite, ok, start_daemon, stop_daemon, wait
 from tests.userapp.state import Schema, State
 
-METADATA = ["--metadata", "tests.userapp.writer:tables"]
 # Per writer: a steady rate the gate's outbox_drained can pass under without the write fence (issue 15).
 RATE = 12
-
-
-def dualwrite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The operator's CLI, as its own process."""
-    return subprocess.run(
-        [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 STEPS: list[tuple[str, float]] = []
@@ -62,17 +48,6 @@ def flip(conn: list[str], to: str, deadline: float = 60) -> str:
     assert f"-> {to}" in out, out
     step(f"flip {to} ({out.count('waiting')} waits)")
     return out
-
-
-def wait(what: str, check, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def max_id(engine, model) -> int:  # type: ignore[no-untyped-def]
@@ -111,13 +86,7 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
         step("writers started")
 
         flip(conn, "dual_write")
-        err = (tmp_path / "backfill.stderr").open("wb")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *conn, *METADATA, "--chunk-size", "100",
-             "--rejects", str(tmp_path / "rejects.jsonl")],
-            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        err.close()
+        daemon = start_daemon(settings, tmp_path, "--chunk-size", "100", "--rejects", str(tmp_path / "rejects.jsonl"))
         flip(conn, "shadow")  # waits for every table's copy
         at = fleet.committed()
         fleet.wait_committed(
@@ -190,14 +159,8 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
         for m in read_mismatches(backends.redis, settings.namespace, 5):
             print("MISMATCH", m["query"], m["rows"], m["diff"][:3000])
         fleet.kill()
-        if daemon is not None:
-            daemon.terminate()
-            try:
-                rc = daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                rc = daemon.wait()
-            backfill_log = (tmp_path / "backfill.stderr").read_text()
+        rc = stop_daemon(daemon)
+        backfill_log = (tmp_path / "backfill.stderr").read_text() if daemon is not None else ""
         backends.close()
     assert rc == 0, backfill_log[-3000:]
 

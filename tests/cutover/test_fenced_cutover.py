@@ -32,10 +32,10 @@ from dualwrite.fence import EXPIRY_SECONDS, live_members
 from dualwrite.redis_keys import fence_key
 from dualwrite.testing import prepared_writer
 from tests.conftest import connection_args
-from tests.cutover.test_any_application import METADATA, dualwrite, wait
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env
 from tests.userapp.models import Base
+from tests.userapp.operator import METADATA, dualwrite, start_daemon, stop_daemon, wait
 from tests.userapp.writer import tables
 
 RATE = 80  # per writer: 240 transactions per second in total
@@ -56,28 +56,6 @@ def _flip(conn: list[str], tmp: Path, *args: str, name: str) -> dict[str, Any]:
     return json.loads(report.read_text())
 
 
-def _start_daemon(settings, tmp: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    err = (tmp / "backfill.stderr").open("wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite", "backfill", "run", "--daemon", *connection_args(settings), *METADATA,
-         "--chunk-size", "200"],
-        cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err,
-    )  # fmt: skip
-    err.close()
-    return daemon
-
-
-def _stop(daemon: subprocess.Popen[bytes] | None) -> None:
-    if daemon is None:
-        return
-    daemon.terminate()
-    try:
-        daemon.wait(30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
-
-
 def fenced_cutover(settings, tmp: Path) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The whole cutover and a rollback under three writer processes; each flip's fence summary."""
     conn = connection_args(settings)
@@ -96,7 +74,7 @@ def fenced_cutover(settings, tmp: Path) -> dict[str, dict[str, Any]]:  # type: i
         wait("three fence members", lambda: len(live_members(backends.redis, settings.namespace)) >= 3, 30)
 
         _flip(conn, tmp, name="dual_write")
-        daemon = _start_daemon(settings, tmp)
+        daemon = start_daemon(settings, tmp, "--chunk-size", "200")
         wait("every table copied", lambda: backfill_complete(backends, app, GateConfig()).ok, 120, 0.5)
         _flip(conn, tmp, name="shadow")
         verify = tmp / "verify.json"
@@ -138,7 +116,7 @@ def fenced_cutover(settings, tmp: Path) -> dict[str, dict[str, Any]]:  # type: i
         return fences
     finally:
         fleet.kill()
-        _stop(daemon)
+        stop_daemon(daemon)
         backends.close()
 
 
@@ -166,7 +144,7 @@ def test_a_writer_killed_while_fenced_holds_nobody_past_the_timeout(settings, tm
     try:
         procs = fleet.start(settings, count=3, rate=50, population=20, documents=0.0)
         fleet.wait_committed(20, timeout=120)
-        daemon = _start_daemon(settings, tmp_path)
+        daemon = start_daemon(settings, tmp_path, "--chunk-size", "200")
         members = lambda: live_members(backends.redis, settings.namespace)  # noqa: E731
         wait("three fence members", lambda: len(members()) >= 3, 30)
         app = tables()
@@ -220,5 +198,5 @@ def test_a_writer_killed_while_fenced_holds_nobody_past_the_timeout(settings, tm
         assert stats["max_ms"] < (timeout + 1.5) * 1000, stats
     finally:
         fleet.kill()
-        _stop(daemon)
+        stop_daemon(daemon)
         backends.close()
