@@ -9,13 +9,16 @@ cutover), and then prove that nothing was lost.
                per committed transaction
 - workload.py  its transactions (ORM and Core inserts, updates, deletes; reads through dw.read), each
                logged as the changes it intends
+- reads.py     its reads, module-level functions (they pickle: a comparator process can run them)
 - writer.py    a writer process: `python -m tests.userapp.writer --name w1 --index 1 --log w1.jsonl
-               --stats w1.json <connection flags> --rate 20 [--reads 0.3 --shadow 100 --apis orm,core
-               --population 60 --documents 1.0 --duration S --max-tx N]`, until SIGTERM
+               --stats w1.json <connection flags> --rate 20 [--reads 0.3 --shadow 100 --comparator process
+               --apis orm,core --population 60 --documents 1.0 --duration S --max-tx N]`, until SIGTERM
 - fleet.py     Fleet: start N writers (per source: several SQLite files each get their own), wait for
                progress, stop them, their errors, and the expected state of their logs
 - state.py     the expected rows, rebuilt from the logs alone (referential actions from the models; a
                transaction in doubt looked up by its ledger row)
+- operator.py  the operator's side: `dualwrite` commands in processes of their own, the backfill/replay
+               daemon (`dualwrite backfill run --daemon`)
 - compare.py   exact row-for-row comparison of a database with the expected rows (Decimal text,
                timestamps to the microsecond, JSON, bytes)
 

@@ -1,5 +1,5 @@
 """The application's transactions: ORM and Core inserts, updates and deletes through a DualWriter, and
-its reads through `dw.read` (ORM sessions and Core).
+its reads through `dw.read` (ORM sessions and Core; the read functions are in reads.py).
 
 Each operation changes only the writer's own rows (the `writer` column; a foreign key never crosses
 writers), logs its intended changes into a `Tx` (state.py) and adds its ledger row in the same
@@ -9,15 +9,17 @@ keeps each table near `population` rows (inserts favoured below it, deletes abov
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, inspect, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import delete, insert, inspect, update
+from sqlalchemy.orm import Session
 
+from tests.userapp import reads
 from tests.userapp.models import Category, Customer, Document, Ledger, Order, OrderLine, Product
 from tests.userapp.state import State, Tx
 from tests.userapp.values import DOC_BLOB_BYTES, DOC_TEXT_BYTES, Values
@@ -419,28 +421,14 @@ class Workload:
         """One read through dw.read (ORM or Core, alternately); True when it returned what the writer's
         own rows say it must (a read from either backend must agree with them)."""
         if self.v.r.random() < 0.5:
-            want = sorted(k[0] for k in self.rows("customers"))[:20]
-
-            def page(session: Session) -> list[Customer]:
-                stmt = (
-                    select(Customer)
-                    .where(Customer.writer == self.name)
-                    .order_by(Customer.id)
-                    .limit(20)
-                    .options(selectinload(Customer.orders))
-                )
-                return list(session.scalars(stmt))
-
+            want = sorted(k[0] for k in self.rows("customers"))[: reads.PAGE]
+            page = functools.partial(reads.customer_page, writer=self.name)
             got = self.dw.read("shop", "customer_page", page, orm=True)
             return [c.id for c in got] == want
-        stmt = (
-            select(orders.c.customer_id, func.count().label("n"))
-            .where(orders.c.writer == self.name)
-            .group_by(orders.c.customer_id)
-        )
         counts: dict[int, int] = {}
         for oid in self.rows("orders"):
             cid = self.rows("orders")[oid]["customer_id"]
             counts[cid] = counts.get(cid, 0) + 1
-        got = self.dw.read("shop", "orders_per_customer", lambda conn: conn.execute(stmt).all(), ordered=False)
+        per_customer = functools.partial(reads.orders_per_customer, writer=self.name)
+        got = self.dw.read("shop", "orders_per_customer", per_customer, ordered=False)
         return {r.customer_id: r.n for r in got} == counts

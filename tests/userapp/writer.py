@@ -4,13 +4,15 @@ until SIGTERM/SIGINT (or --duration / --max-tx), every transaction logged.
     python -m tests.userapp.writer --name w1 --index 1 --log DIR/w1.jsonl --stats DIR/w1.json \\
         --sqlite app.db --postgres URL --redis URL --namespace NS --pg-schema S --state-schema S_dw \\
         [--rate 20] [--apis orm,core] [--population 60] [--documents 1.0] [--reads 0.2] [--shadow 100]
+        [--comparator thread|process]
 
 Connection flags default to the DUALWRITE_* environment, as every dualwrite command does. The log gets,
 for each transaction, its intended changes (written inside the transaction, just before it commits,
 status "pending") and then its outcome ("committed" with its duration in ms, or "failed" with the error);
 state.py turns the logs back into the rows the databases must hold. The stats file (JSON, rewritten
 every half second and at exit) counts committed transactions, errors by kind with the first messages,
-reads and reads that disagreed with the writer's own rows, and the phases seen.
+reads (those in a phase with shadow reads) and reads that disagreed with the writer's own rows, the
+shadow reader's outcome counts, and the phases seen.
 
 A transaction that failed is in doubt until its ledger row is looked up (models.Ledger): the writer
 does that on both backends before going on, so its own view of its rows stays right.
@@ -58,6 +60,10 @@ class Stats:
             "error_samples": [],
             "in_doubt_committed": 0,
             "reads": 0,
+            "shadow_reads": 0,
+            "unsure_reads": 0,
+            "shadow": {},
+            "shadow_local_queries": [],
             "read_errors": 0,
             "read_disagreements": 0,
             "phases": [],
@@ -173,18 +179,35 @@ class Writer:
                 self.work.state.apply_tx(tx)
 
     def read_once(self) -> None:
+        before = self.dw.phases.current()
         try:
             agreed = self.work.read()
         except Exception as exc:  # noqa: BLE001
             self.stats.error("read_errors", exc, "read")
             return
+        after = self.dw.phases.current()
         self.stats.doc["reads"] += 1
+        # the phase the read saw, when the phase did not change around it: how many reads a shadow reader
+        # at 100% must have compared (or skipped)
+        if before.name != after.name:
+            self.stats.doc["unsure_reads"] += 1
+        elif before.shadow:
+            self.stats.doc["shadow_reads"] += 1
         if not agreed:
             self.stats.doc["read_disagreements"] += 1
         if self.dw.reader is not None:
             # The comparison runs off the request path; the writer lets it finish before its next write, so
             # it never races the writer's own next change to the same rows: any mismatch is then real.
             self.dw.reader.wait_idle(10)
+            self.shadow_stats()
+
+    def shadow_stats(self) -> None:
+        """The shadow reader's own outcome counts (the comparator process' sent back), into the stats."""
+        reader = self.dw.reader
+        if reader is not None:
+            self.stats.doc["shadow"] = dict(reader.stats)
+            seen = set(self.stats.doc["shadow_local_queries"]) | reader.local_queries  # a closed reader forgets
+            self.stats.doc["shadow_local_queries"] = sorted(seen)
 
     def run(self, *, duration: float | None = None, max_tx: int | None = None) -> None:
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
@@ -229,6 +252,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--documents", type=float, default=1.0, help="weight of the 1 MB documents (0: none)")
     p.add_argument("--reads", type=float, default=0.0, help="chance of a read after each transaction")
     p.add_argument("--shadow", type=float, default=0.0, help="percentage of reads shadow-compared (0: no reader)")
+    p.add_argument("--comparator", choices=("thread", "process"), default="thread", help="where shadow reads compare")
     p.add_argument("--seed", default="0")
     p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process")
     return p.parse_args(argv)
@@ -250,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shadow > 0:
         from dualwrite.shadow import ShadowReader
 
-        reader = ShadowReader(percentage=args.shadow).install(dw)
+        reader = ShadowReader(percentage=args.shadow, comparator=args.comparator).install(dw)
     stats = Stats(Path(args.stats) if args.stats else None, args.name)
     writer = Writer(
         dw,
@@ -275,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         writer.run(duration=args.duration, max_tx=args.max_tx)
     finally:
         if reader is not None:
-            reader.close()
+            reader.close()  # its last outcomes counted
+            writer.shadow_stats()
+            stats.write(force=True)
         writer.close()
         dw.close()  # stops the relay after a last round: the outbox is published
     return 0
