@@ -26,7 +26,7 @@ import base64
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -220,16 +220,25 @@ def key_texts(rows: Sequence[Sequence[Any]], positions: Sequence[int]) -> list[s
 
 
 def event_key(raw: str | bytes) -> tuple[str, dict[str, Any]]:
-    """The table and key of an encoded event without decoding its row image (an incremental verify reads
-    thousands of them for their keys alone)."""
-    try:
-        doc, by_orjson = _parse(raw)
-        if by_orjson and doc.__class__ is dict and doc.get("v") == FORMAT_VERSION and doc["table"].__class__ is str:
-            return doc["table"], _decode_parsed_row(doc["key"], True)
-    except (ValueError, UnicodeDecodeError, KeyError, _Inexact):
-        pass
-    ev = ChangeEvent.from_json(raw)  # the exact path, and its one-line errors
-    return ev.table, ev.key
+    """The table and key of an encoded event without decoding its row image."""
+    return next(event_keys((raw,)))
+
+
+def event_keys(raws: Iterable[str | bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """event_key of each event (an incremental verify reads thousands of them for their keys alone)."""
+    loads = orjson.loads
+    for raw in raws:
+        found = None
+        try:
+            doc = loads(raw)
+            if doc.__class__ is dict and doc.get("v") == FORMAT_VERSION and doc["table"].__class__ is str:
+                found = doc["table"], _decode_parsed_row(doc["key"], True)
+        except (ValueError, UnicodeDecodeError, KeyError, _Inexact):  # orjson.JSONDecodeError is a ValueError
+            pass
+        if found is None:
+            ev = ChangeEvent.from_json(raw)  # what orjson refuses: the exact path, and its one-line errors
+            found = ev.table, ev.key
+        yield found
 
 
 @dataclass
