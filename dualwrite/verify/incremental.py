@@ -151,7 +151,9 @@ def reverify(verifiers: Sequence[Any], touched: Touched, recheck_delay: float) -
     for tv in verifiers:
         start = time.perf_counter()
         rep = TableReport(tv.table.name)
-        keys = [tuple(k[c] for c in tv.s.pk) for k in touched.keys.get(tv.table.name, {}).values()]
+        pk, touched_keys = tv.s.pk, touched.keys.get(tv.table.name, {}).values()
+        one = pk[0] if len(pk) == 1 else None  # the usual one-column key: no generator per key
+        keys = [(k[one],) for k in touched_keys] if one is not None else [tuple(k[c] for c in pk) for k in touched_keys]
         try:
             summed = suspects(tv, keys) if keys else None
             if summed is None:
