@@ -100,6 +100,32 @@ def test_a_clean_incremental_moves_the_watermark_and_the_gate_names_its_base(set
         dw.close()
 
 
+def test_a_write_committed_after_the_watermark_was_read_is_the_next_incremental_verifys(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dualwrite.verify import incremental
+
+    dw = _seeded(settings)
+    try:
+        assert verify_backends(dw.backends, TABLES).clean
+        dw.execute(update(items).where(items.c.id == 1).values(name="one"))
+        dw.execute(update(items).where(items.c.id == 2).values(name="two"))
+        _pg(dw, "UPDATE sh_items SET note = 'lost apply' WHERE id = 2")
+        real, calls = incremental.high_water, []
+
+        def stale_first(backends):  # type: ignore[no-untyped-def]
+            calls.append(1)  # the verify read its watermark before key 2's write committed (during the verify)
+            return real(backends) - (1 if len(calls) == 1 else 0)
+
+        monkeypatch.setattr(incremental, "high_water", stale_first)
+        during = verify_backends(dw.backends, TABLES, incremental_from_last=True)
+        assert during.mode == "incremental" and during.touched == 1 and during.watermark == 1 and during.clean
+        monkeypatch.undo()
+        after = verify_backends(dw.backends, TABLES, incremental_from_last=True)
+        assert after.mode == "incremental" and after.touched == 1 and after.watermark == 2
+        assert {t.table: t.differing for t in after.tables}["sh_items"] == ["[2]"]
+    finally:
+        dw.close()
+
+
 def test_falls_back_to_a_full_verify_and_says_why(settings) -> None:  # type: ignore[no-untyped-def]
     dw = _seeded(settings)
     try:
