@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Delete, Enum, Insert, Table, Update, false, s
 from sqlalchemy.engine import Dialect, RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from dualwrite import cascade
+from dualwrite import cascade, fast_insert
 from dualwrite.apply.statements import pk_columns
 from dualwrite.bookkeeping import dialect_insert, outbox
 from dualwrite.events import ChangeEvent, check_size
@@ -45,12 +45,11 @@ class WriteTx:
         table = statement_table(stmt)
         self.tables.table(table.name)  # UnknownTableError: an uncaptured table would be lost
         before, watched, stmt = self._rows_before(stmt, table, params)
-        result = (
-            self.connection.execute(with_returning(stmt), params)
-            if params
-            else self.connection.execute(with_returning(stmt))
-        )
-        raw = result.all()
+        raw = fast_insert.run(self.connection, stmt, table, params, with_returning)  # type: ignore[arg-type]
+        if raw is None:
+            returning = with_returning(stmt)
+            result = self.connection.execute(returning, params) if params else self.connection.execute(returning)
+            raw = result.all()
         rows = [r._mapping for r in raw]  # what the caller gets
         if watched:  # rows changed by the database's referential actions, which RETURNING does not report
             for child, op, image in cascade.changes_after(self.connection, watched, rows):
