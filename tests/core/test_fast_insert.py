@@ -13,10 +13,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from dualwrite import fast_insert
+from dualwrite.bookkeeping import outbox
 from dualwrite.capture import with_returning
 from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
-from tests.core.support import both_sides, catalog, items, md, row
+from tests.core.support import both_sides, catalog, items, md, row, snapshot
 
 defaults = Table(
     "with_defaults",
@@ -120,3 +121,15 @@ def test_the_adapter_takes_it_and_captures_the_same_events(settings: Settings, m
     assert lite == pg and [r[0] for r in pg["items"]] == [1, 2, 3]
     (ev,) = events
     assert ev.op == "upsert" and ev.key == {"id": 2} and ev.image is not None and ev.image["at"] == row(2, 2)["at"]
+
+
+def test_a_failing_fast_insert_rolls_the_write_back_and_frees_the_lock(settings: Settings) -> None:
+    with prepared_writer(settings, catalog(), phase="dual_write") as dw:
+        dw.execute(insert(items).values(row(1, 1)))
+        before = (both_sides(dw), snapshot(dw.backends.sqlite_read, outbox))
+        with pytest.raises(IntegrityError):
+            dw.execute(insert(items).values(row(1, 2)))  # the same shape, a colliding key
+        assert (both_sides(dw), snapshot(dw.backends.sqlite_read, outbox)) == before
+        dw.execute(insert(items).values(row(2, 2)))  # the write lock was let go
+        lite, pg = both_sides(dw)
+        assert lite == pg and len(pg["items"]) == 2
