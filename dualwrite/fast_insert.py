@@ -22,20 +22,24 @@ from sqlalchemy.sql.elements import BindParameter
 # What a plain insert(table).values(...) holds; any other generative method adds an attribute.
 _PLAIN = frozenset(("table", "_values"))
 _BARE = frozenset(("table",))  # insert(table), its values given as parameters
-_MAX_SHAPES = 512  # distinct (table, columns) shapes kept; past it new shapes take Core's path
+_MAX_SHAPES = 512  # shapes kept (per dialect, table and columns); when full the cache starts afresh
 
 
 class _Shape:
     """One compiled statement: its SQL, per bound column its name and bind processor, per returned column
     its result processor, and the metadata the returned rows are made with."""
 
-    __slots__ = ("table", "sql", "binds", "results", "meta")
+    __slots__ = ("dialect", "table", "sql", "binds", "results", "meta")
 
-    def __init__(self, table: Table, sql: str, binds: list[tuple[str, Any]], results: list[Any], meta: Any):
-        self.table, self.sql, self.binds, self.results, self.meta = table, sql, binds, results, meta
+    def __init__(
+        self, dialect: Any, table: Table, sql: str, binds: list[tuple[str, Any]], results: list[Any], meta: Any
+    ):
+        # held, so that the ids keying the shape cannot be reused by another dialect or table while it is kept
+        self.dialect, self.table = dialect, table
+        self.sql, self.binds, self.results, self.meta = sql, binds, results, meta
 
 
-# (id(dialect), id(table), values given as parameters, column names in their order) -> shape, or None: not eligible
+# (id(dialect), id(table), values given as parameters, column names in their order) -> shape; None: not eligible
 _shapes: dict[tuple[int, int, bool, tuple[str, ...]], _Shape | None] = {}
 
 
@@ -70,8 +74,8 @@ def _compile(
     binds = [(name, procs.get(name)) for name in positions]
     cols = compiled._result_columns  # noqa: SLF001
     results = [c[3]._cached_result_processor(conn.dialect, None) for c in cols]
-    meta = SimpleResultMetaData([c[0] for c in cols], extra=[(table.c[c[0]], *c[2]) for c in cols])
-    return _Shape(table, compiled.string, binds, results, meta)
+    meta = SimpleResultMetaData([c[0] for c in cols], extra=[c[2] for c in cols])  # the columns, to look up by
+    return _Shape(conn.dialect, table, compiled.string, binds, results, meta)
 
 
 def _given(stmt: Insert, params: Any) -> dict[str, Any] | None:
@@ -88,7 +92,7 @@ def _given(stmt: Insert, params: Any) -> dict[str, Any] | None:
                 return None
             given[str(k)] = v.value
         return given
-    if attrs != _BARE or type(params) is not dict or not params:
+    if attrs != _BARE or type(params) is not dict or not params or not all(type(k) is str for k in params):
         return None
     return params
 
@@ -109,9 +113,10 @@ def run(
     shape = _shapes.get(key, False)
     if shape is False:
         shape = _compile(conn, returning(stmt), table, names, params is not None)
-        if len(_shapes) < _MAX_SHAPES:
-            _shapes[key] = shape
-    if shape is None or shape.table is not table:  # a table garbage-collected and its id reused
+        if len(_shapes) >= _MAX_SHAPES:  # engines or tables made over and over: start afresh
+            _shapes.clear()
+        _shapes[key] = shape
+    if shape is None:
         return None
     args = tuple(given[n] if p is None else p(given[n]) for n, p in shape.binds)
     try:

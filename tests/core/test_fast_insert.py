@@ -25,6 +25,13 @@ defaults = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("kind", String(10), default="python-side"),
 )
+keyed = Table(
+    "keyed",
+    defaults.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("db_name", String(10), key="attr"),  # a column whose key is not its name
+    Column("serial", Integer, server_default="7"),
+)
 
 
 @pytest.fixture
@@ -58,6 +65,14 @@ def test_rows_are_core_rows_value_for_value(conn: Connection) -> None:
     assert tuple(by_params[0])[1:] == tuple(core[0])[1:] and [type(v) for v in by_params[0]] == [
         type(v) for v in core[0]
     ]
+
+
+def test_keyed_columns_and_server_defaults_come_back_as_from_core(conn: Connection) -> None:
+    core = conn.execute(with_returning(insert(keyed).values(id=1, attr="x"))).all()[0]
+    fast = _fast(conn, insert(keyed).values(id=2, attr="y"), keyed)[0]
+    assert fast._mapping.keys() == core._mapping.keys() and tuple(fast) == (2, "y", 7)
+    assert fast._mapping[keyed.c.attr] == fast._mapping["db_name"] == "y"
+    assert _fast(conn, insert(keyed).values({keyed.c.id: 3}), keyed) is None  # Column objects as keys: Core
 
 
 def test_driver_errors_are_raised_as_core_raises_them(conn: Connection) -> None:
