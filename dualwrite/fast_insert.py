@@ -47,6 +47,7 @@ def _eligible_conn(conn: Connection) -> bool:
     d = conn.dispatch
     return (
         conn.dialect.name == "sqlite"
+        and conn.dialect.driver == "pysqlite"  # the stdlib sqlite3 driver, whose errors are caught below
         and not conn._execution_options  # noqa: SLF001 - options (schema_translate_map...) change compiling
         and not conn._echo  # noqa: SLF001 - echo logs each statement in Core's path
         and not conn.dialect._has_events  # noqa: SLF001 - do_execute/handle_error listeners
@@ -112,7 +113,11 @@ def run(
     key = (id(conn.dialect), id(table), params is not None, names)
     shape = _shapes.get(key, False)
     if shape is False:
-        shape = _compile(conn, returning(stmt), table, names, params is not None)
+        try:
+            shape = _compile(conn, returning(stmt), table, names, params is not None)
+        except (AttributeError, KeyError, TypeError, IndexError):
+            # the compiled object's private parts changed shape (another SQLAlchemy release): Core's path
+            shape = None
         if len(_shapes) >= _MAX_SHAPES:  # engines or tables made over and over: start afresh
             _shapes.clear()
         _shapes[key] = shape
