@@ -1,15 +1,17 @@
 """Verification after a migration: per table, counts and an order-independent hash of every row on both
-sides, computed on the client in bounded memory (both sides streamed in primary-key order).
+sides. Tables whose key SQL can range are summed in the databases (sums.py: per key range, each side sums the
+columns dualwrite.verify.sql_checksums renders identically); what SQL cannot render, and every range whose
+sums differ, is hashed here on the client in bounded memory (both sides streamed in primary-key order).
 
-Source rows go through the same casts as the load (dualwrite.casts), rows rejected (by a cast, or by Postgres
-and listed in the reject file) are left out, and every value is put in one normal form (types.normal)
-before hashing, so the engines' own sums/hashes never have to agree. The row hashes are summed mod 2**64
-(as data-diff does), so the result does not depend on the engines' collations.
+Client side: source rows go through the same casts as the load (dualwrite.casts), rows rejected (by a cast,
+or by Postgres and listed in the reject file) are left out, and every value is put in one normal form
+(types.normal) before hashing, so the engines' own sums/hashes never have to agree. The row hashes are
+summed mod 2**64 (as data-diff does), so the result does not depend on the engines' collations.
 
-The two sides are independent sums, so `verify_tables` computes them at the same time: every table's
-SQLite side in one spawned process (it re-plans the file itself: a plan holds closures, which do not
-pickle) while this process reads the Postgres sides; each side is Python-bound, so on two cores this
-roughly halves verification's wall time. Small files stay in this process (a spawn costs ~1 s).
+The two sides are independent sums, so they are computed at the same time: the SQLite sums in a thread
+started before the load (sums.SourceSums), and the SQLite side of a table hashed wholly on the client in one
+spawned process (it re-plans the file itself: a plan holds closures, which do not pickle) while this
+process reads the Postgres sides. Small files stay in this process (a spawn costs ~1 s).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy import Engine
 
 from dualwrite.convert import Dirty
 from dualwrite.events import key_text
+from dualwrite.migrate import sums
 from dualwrite.migrate.schema import TablePlan, reflect, source_engine, sq
 
 MASK = 2**64 - 1
@@ -90,19 +93,27 @@ def verify_tables(
 ) -> list[TableCheck]:
     """verify_table for every plan; the SQLite sides come from `sides` (started before the load) when it
     has a child, while this process reads the Postgres sides."""
+    done = {  # summed in the databases (sums.py), what SQL cannot render range by range here
+        p.name: sums.verify_table(source, target, p, rejected.get(p.name, set()), sides.sums.get(p.name))
+        for p in plans
+        if sums.in_sql(p)
+    }
+    rest = [p for p in plans if p.name not in done]
     if sides.proc is None:
-        return [verify_table(source, target, p, rejected.get(p.name, set())) for p in plans]
+        done |= {p.name: verify_table(source, target, p, rejected.get(p.name, set())) for p in rest}
+        return [done[p.name] for p in plans]
     out = []
-    for p in plans:
+    for p in rest:
         res = TableCheck(p.name, rejected=len(rejected.get(p.name, set())))
         res.written, res.target_hash = target_side(target, p)
         out.append(res)
-    for p, res, (read, matching, digest, dirty) in zip(plans, out, sides.collect(), strict=True):
+    for p, res, (read, matching, digest, dirty) in zip(rest, out, sides.collect(), strict=True):
         keys = rejected.get(p.name, set())
         if keys - dirty:  # rows Postgres refused (not a cast): the child counted them, so hash again without
             read, matching, digest = source_side(source, p, keys)
         res.read, res.matching_rows, res.source_hash = read, matching, digest
-    return out
+        done[p.name] = res
+    return [done[p.name] for p in plans]
 
 
 class SourceSides:
@@ -113,7 +124,9 @@ class SourceSides:
 
     def __init__(self, source: Engine, plans: list[TablePlan], replan: dict[str, Any]) -> None:
         self.proc: Any = None
-        if _source_rows(source, plans) < PARALLEL_ROWS:
+        self.sums = sums.SourceSums(source, plans)
+        plans = [p for p in plans if not sums.in_sql(p)]  # the others are summed in the databases
+        if not plans or _source_rows(source, plans) < PARALLEL_ROWS:
             return
         ctx = multiprocessing.get_context("spawn")  # not fork: this process holds Postgres connections
         self.recv, send = ctx.Pipe(duplex=False)
@@ -133,6 +146,7 @@ class SourceSides:
 
     def stop(self) -> None:
         """End the child if it still runs (a stopped or failed migration verifies nothing)."""
+        self.sums.stop()
         if self.proc is not None and self.proc.is_alive():
             self.proc.terminate()
             self.proc.join()
@@ -165,20 +179,31 @@ def _child(send: Any, replan: dict[str, Any], names: list[str]) -> None:
         send.close()
 
 
+Where = tuple[str, list[Any]]  # a WHERE clause (sql_checksums.ChunkQuery.where) and its parameters
+
+
 def source_side(
-    source: Engine, plan: TablePlan, rejected_keys: set[str], dirty: set[str] | None = None
+    source: Engine,
+    plan: TablePlan,
+    rejected_keys: set[str],
+    dirty: set[str] | None = None,
+    where: Where = ("", []),
+    only: list[int] | None = None,
 ) -> tuple[int, int, int]:
     """(rows read, rows expected on Postgres, their hash sum) of one table's SQLite side; `dirty` gets the
-    keys (as the load writes them) of the rows a cast rejects."""
+    keys (as the load writes them) of the rows a cast rejects. `where`: these rows only; `only`: these
+    columns only (positions in plan.columns, the key first: sums.py hashes the rest in SQL)."""
     read = matching = digest = 0
-    norms = [normalizer(c.cast.kind) for c in plan.columns]
-    casts = [c.cast.convert for c in plan.columns]
-    names = [c.name for c in plan.columns]
+    cols = plan.columns if only is None else [plan.columns[i] for i in only]
+    norms = [normalizer(c.cast.kind) for c in cols]
+    casts = [c.cast.convert for c in cols]
+    names = [c.name for c in cols]
     pk_idx = [names.index(c) for c in plan.pk]
     order = ", ".join(sq(c) for c in plan.pk)
     with source.connect() as sconn:
         raw = sconn.connection.driver_connection
-        cur = raw.execute(f"SELECT {', '.join(sq(n) for n in names)} FROM {sq(plan.name)} ORDER BY {order}")
+        sql = f"SELECT {', '.join(sq(n) for n in names)} FROM {sq(plan.name)} {where[0]} ORDER BY {order}"
+        cur = raw.execute(sql, where[1])
         while batch := cur.fetchmany(BATCH):
             for row in batch:
                 read += 1
@@ -196,22 +221,26 @@ def source_side(
     return read, matching, digest
 
 
-def target_side(target: Engine, plan: TablePlan) -> tuple[int, int]:
+def target_side(
+    target: Engine, plan: TablePlan, where: Where = ("", []), only: list[int] | None = None
+) -> tuple[int, int]:
     """(rows on Postgres, their hash sum), read through a server-side cursor of the raw driver (no Row
-    objects; psycopg2 decodes jsonb itself, so a JSON string arrives as a Python str)."""
+    objects; psycopg2 decodes jsonb itself, so a JSON string arrives as a Python str). `where`, `only`:
+    as source_side's."""
     written = digest = 0
-    target_norms = [normalizer(c.cast.kind, decoded=True) for c in plan.columns]
-    names = [c.name for c in plan.columns]
+    cols = plan.columns if only is None else [plan.columns[i] for i in only]
+    target_norms = [normalizer(c.cast.kind, decoded=True) for c in cols]
+    names = [c.name for c in cols]
     prep = target.dialect.identifier_preparer
     sql = (
-        f"SELECT {', '.join(prep.quote(n) for n in names)} FROM {prep.quote(plan.name)} "
+        f"SELECT {', '.join(prep.quote(n) for n in names)} FROM {prep.quote(plan.name)} {where[0]} "
         f"ORDER BY {', '.join(prep.quote(c) for c in plan.pk)}"
     )
     raw = target.raw_connection()
     try:
         cur = raw.cursor(name="dw_migrate_verify")
         cur.itersize = BATCH
-        cur.execute(sql)
+        cur.execute(sql, where[1])
         while batch := cur.fetchmany(BATCH):
             for row in batch:
                 written += 1

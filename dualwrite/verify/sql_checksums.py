@@ -45,6 +45,7 @@ from dualwrite.apply.rule import pk_columns
 
 Key = tuple[Any, ...]
 SEP, NUL = "\x01", "\x03"
+TEXT_KINDS = ("text", "text_exact")  # keys ordered byte-wise on both sides (COLLATE "C" on Postgres)
 UNKNOWN = -1  # the hash of a chunk whose SQLite string cannot be trusted: never equals a real hash
 _INT53 = "9007199254740992"
 
@@ -117,6 +118,12 @@ def sqlite_render(c: Col) -> tuple[str, str]:
             f"THEN CAST(CAST({x} AS INTEGER) AS TEXT) ELSE printf('%.12g', {x}) END"
         )
         return expr, f"{y} >= ''"
+    if c.kind == "float_exact":  # exact: integral below 2^53 as the integer, else mantissa p exponent
+        big_int = f"typeof({x}) = 'integer' AND abs({x}) >= {_INT53}"  # float() of it would round
+        guard = f"{y} >= '' OR {big_int} OR {x} <> 0 AND abs({x}) NOT BETWEEN {_TINY} AND {_HUGE}"
+        return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN '0' ELSE {_exact(x, 'sqlite')} END", guard
+    if c.kind == "text_exact":  # only stored text and integers (their digits are their str()): no REAL
+        return x, f"{y} >= X'' OR typeof({x}) = 'real'"
     if c.kind in ("datetime", "utc"):  # as stored; Postgres renders SQLAlchemy's storage format
         return x, f"{y} >= X''"
     if c.kind == "bytes":
@@ -135,6 +142,14 @@ def postgres_render(c: Col) -> str:
     if c.kind == "float":  # extra_float_digits = -3: %.12g (of a float8: a real would get 3 digits)
         v = f"{x}::float8"
         return f"CASE WHEN {v} = trunc({v}) AND abs({v}) < {_INT53} THEN {v}::int8::text ELSE {v}::text END"
+    if c.kind == "float_exact":
+        v = f"{x}::float8"
+        return (
+            f"CASE WHEN {v} = 0 THEN '0' WHEN {v} = 'NaN' OR abs({v}) < {_TINY} OR abs({v}) > {_HUGE} "
+            f"THEN {v}::text ELSE {_exact(v, 'postgresql')} END"
+        )
+    if c.kind == "text_exact":
+        return f"{x}::text"
     if c.kind == "bytes":
         return f"upper(encode({x}, 'hex'))"
     if c.kind == "datetime":  # SQLAlchemy's SQLite DATETIME storage format
@@ -142,6 +157,46 @@ def postgres_render(c: Col) -> str:
     if c.kind == "utc":  # dualwrite.types.UTCDateTime's SQLite text
         return f"""to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
     return f"{x}::text"  # text, date
+
+
+# float_exact: a float is m || 'p' || e with |x| = m * 2^(e-52) exactly (m the 53-bit mantissa, e its binary
+# exponent: floor(log2 |x|), corrected by exact powers of two for log2's last-bit error). Equal text is then
+# an equal double, unlike printf('%.17g'), which SQLite does not round exactly. Subnormals and infinities
+# are untrusted on SQLite (Postgres renders them as text, so they never match).
+_TINY, _HUGE = "1e-290", "1e308"
+
+
+# How each engine spells what the exact rendering needs (one template for both: they must agree).
+_SPELLING = {
+    "sqlite": {
+        "lg": "CAST(floor(log2(abs({v}))) AS INTEGER)",
+        "pow": "pow(2, {n})",
+        "integral": "{v} = CAST({v} AS INTEGER)",
+        "int": "CAST({n} AS INTEGER)",
+        "text": "CAST({n} AS TEXT)",
+        "bit": "({c})",
+    },
+    "postgresql": {
+        "lg": "floor(ln(abs({v})) / ln(2::float8))::int",
+        "pow": "power(2::float8, {n})",
+        "integral": "{v} = trunc({v})",
+        "int": "({n})::int8",
+        "text": "({n})::text",
+        "bit": "({c})::int",
+    },
+}
+
+
+def _exact(v: str, dialect: str) -> str:
+    sp = _SPELLING[dialect]
+    lg = sp["lg"].format(v=v)
+    power = sp["pow"].format(n=lg)
+    below, above = sp["bit"].format(c=f"{power} > abs({v})"), sp["bit"].format(c=f"{power} <= abs({v}) / 2")
+    e = f"({lg} - {below} + {above})"
+    mantissa = sp["text"].format(n=sp["int"].format(n=f"{v} / {sp['pow'].format(n=f'{e} - 52')}"))
+    integer = sp["text"].format(n=sp["int"].format(n=v))
+    integral = sp["integral"].format(v=v)
+    return f"CASE WHEN {integral} AND abs({v}) < {_INT53} THEN {integer} ELSE {mantissa} || 'p' || {e} END"
 
 
 # Postgres settings the renderings rely on (SET LOCAL: the pooled connection keeps its own).
@@ -188,7 +243,7 @@ class ChunkQuery:
         self.pk = pk_columns(table)
         pk_types = {c.name: c.kind for c in cols}
         keys = [
-            _q(k) + (' COLLATE "C"' if self.pg and pk_types.get(k) == "text" else "") for k in self.pk
+            _q(k) + (' COLLATE "C"' if self.pg and pk_types.get(k) in TEXT_KINDS else "") for k in self.pk
         ]
         self.key = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
         # equality needs no collation, and a COLLATE "C" unlike the index's would keep Postgres off it
@@ -373,4 +428,4 @@ def int_key(table: Table, cols: list[Col]) -> bool:
 def supported_keys(table: Table, cols: list[Col]) -> bool:
     """Integer and text keys only: their raw values bind the same on both DBAPIs (no type processing)."""
     kinds = {c.name: c.kind for c in cols}
-    return all(kinds[k] in ("int", "text") for k in pk_columns(table))
+    return all(kinds[k] == "int" or kinds[k] in TEXT_KINDS for k in pk_columns(table))

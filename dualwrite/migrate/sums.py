@@ -1,0 +1,132 @@
+"""Migrate's verification in the databases: per key range, SQLite and Postgres each sum the columns
+dualwrite.verify.sql_checksums renders identically (both sides at once, one thread each: the databases do
+the work), and only what they cannot render goes through check.py's client-side normal form.
+
+A column is summed in SQL when its cast's kind has a rendering in which equal text means the cast SQLite value
+equals the Postgres one (SQL_KINDS); the other columns (JSON, numeric, time) are hashed on the client with the
+key, range by range. A range whose sums differ (a changed value, a rejected row, a value stored in a form the
+rendering does not expect) is hashed again on the client, all columns, the reject file's keys left out: that
+decides, exactly as the whole-table path would. So per table: read == written + rejected and equal hashes,
+where a range the databases agree on adds the same number to both hashes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Engine
+
+from dualwrite.migrate.schema import TablePlan
+from dualwrite.verify import sql_checksums as sqlsum
+
+SEGMENT_ROWS = 50_000  # rows per range: one aggregate query per side; a differing range is re-hashed
+MASK = 2**64 - 1
+# cast kind -> sql_checksums kind: equal rendering means equal values (text of another form only differs)
+SQL_KINDS = {
+    "int": "int",
+    "bool": "bool",
+    "float": "float_exact",
+    "text": "text_exact",
+    "uuid": "text_exact",
+    "ts": "datetime",  # as SQLAlchemy stores it; Postgres renders the UTC time (PG_SETTINGS) that way
+    "date": "date",
+    "bytes": "bytes",
+}
+
+
+def split(plan: TablePlan) -> tuple[list[sqlsum.Col], list[str]] | None:
+    """(columns summed in SQL, columns hashed on the client), or None when the key cannot be ranged in SQL."""
+    cols, rest = [], []
+    for c in plan.columns:
+        kind = SQL_KINDS.get(c.cast.kind)
+        if kind is None:
+            rest.append(c.name)
+        else:
+            cols.append(sqlsum.Col(c.name, kind, not c.notnull and c.name not in plan.pk))
+    kinds = {c.name: c.kind for c in cols}
+    if any(kinds.get(k) not in ("int", "text_exact") for k in plan.pk):
+        return None
+    return cols, rest
+
+
+def in_sql(plan: TablePlan) -> bool:
+    return plan.ddl is not None and split(plan) is not None
+
+
+Sums = tuple[list[sqlsum.Span], list[sqlsum.ChunkSum]]
+
+
+class Stopped(Exception):
+    """The migration stopped or failed before verifying: the SQLite sums are not needed any more."""
+
+
+class SourceSums:
+    """Every SQL-summed table's SQLite side, computed in a thread started before the load, so that it runs
+    beside it (the file does not change during a migration; sqlite3 lets go of the GIL while it aggregates
+    and hashlib while it hashes)."""
+
+    def __init__(self, source: Engine, plans: list[TablePlan]) -> None:
+        self.stopped = False
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="migrate-verify-sqlite")
+        self.futures = {p.name: self.pool.submit(self._side, source, p) for p in plans if in_sql(p)}
+
+    def _side(self, source: Engine, plan: TablePlan) -> Sums:
+        cols, _ = split(plan)  # type: ignore[misc]
+        spans = sqlsum.ranges(source, plan.ddl, cols, SEGMENT_ROWS)  # type: ignore[arg-type]
+        query = sqlsum.ChunkQuery(plan.ddl, cols, "sqlite")  # type: ignore[arg-type]
+        return spans, sqlsum.chunk_sums(source, query, spans, on_range=self._check)
+
+    def _check(self) -> None:
+        if self.stopped:
+            raise Stopped
+
+    def get(self, name: str) -> Sums:
+        return self.futures[name].result()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def target_sums(target: Engine, plan: TablePlan, spans: list[sqlsum.Span]) -> list[sqlsum.ChunkSum]:
+    """The Postgres side over two connections at once (after the load both cores are free)."""
+    cols, _ = split(plan)  # type: ignore[misc]
+    query = sqlsum.ChunkQuery(plan.ddl, cols, "postgresql")  # type: ignore[arg-type]
+    halves = [spans[0::2], spans[1::2]]
+    with ThreadPoolExecutor(2, thread_name_prefix="migrate-verify-pg") as pool:
+        even, odd = pool.map(lambda part: sqlsum.chunk_sums(target, query, part) if part else [], halves)
+    out = [None] * len(spans)
+    out[0::2], out[1::2] = even, odd
+    return out  # type: ignore[return-value]
+
+
+def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys: set[str], mine: Sums) -> Any:
+    """check.TableCheck of one table from its SQLite sums (`mine`): Postgres' sums over the same ranges,
+    the client-side columns range by range, and every range whose sums differ hashed again on the client."""
+    from dualwrite.migrate.check import TableCheck, source_side, target_side
+
+    cols, rest = split(plan)  # type: ignore[misc]
+    res = TableCheck(plan.name, rejected=len(rejected_keys))
+    spans, source_sums = mine
+    queries = (sqlsum.ChunkQuery(plan.ddl, cols, "sqlite"), sqlsum.ChunkQuery(plan.ddl, cols, "postgresql"))  # type: ignore[arg-type]
+    names = [c.name for c in plan.columns]
+    client = [names.index(c) for c in dict.fromkeys([*plan.pk, *rest])]
+    for span, s, t in zip(spans, source_sums, target_sums(target, plan, spans), strict=True):
+        where = [q.where(*span) for q in queries]
+        if s.count == t.count and s.key() == t.key():
+            res.read += s.count
+            res.written += t.count
+            res.matching_rows += s.count
+            res.source_hash = (res.source_hash + s.key()) & MASK
+            res.target_hash = (res.target_hash + t.key()) & MASK
+            if rest:  # the columns SQL cannot render, with the key: client-side, this range only
+                _, _, sh = source_side(source, plan, set(), where=where[0], only=client)
+                _, th = target_side(target, plan, where=where[1], only=client)
+                res.source_hash, res.target_hash = (res.source_hash + sh) & MASK, (res.target_hash + th) & MASK
+            continue
+        read, matching, sh = source_side(source, plan, rejected_keys, where=where[0])
+        written, th = target_side(target, plan, where=where[1])
+        res.read, res.matching_rows, res.written = res.read + read, res.matching_rows + matching, res.written + written
+        res.source_hash, res.target_hash = (res.source_hash + sh) & MASK, (res.target_hash + th) & MASK
+    return res
