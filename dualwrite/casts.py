@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -70,6 +70,11 @@ from dualwrite.convert import (
     _timestamptz,
     _uuid,
     _varchar,
+    bools_column,
+    floats_column,
+    ints_column,
+    text_column,
+    timestamptz_column,
 )
 
 
@@ -81,6 +86,8 @@ class Cast:
     sa_type: TypeEngine[Any]
     convert: Callable[[Any], Any]
     kind: str  # normalisation family for verification: int bool float dec text bytes json ts date time uuid
+    # a chunk's whole column at once, or None where a value needs converting (convert.py's *_column)
+    column: Callable[[Sequence[Any]], Sequence[Any] | None] | None = None
 
     def __call__(self, value: Any) -> Any:
         if value is None:
@@ -90,25 +97,25 @@ class Cast:
 
 # -- constructors ---------------------------------------------------------------------------------
 def bigint() -> Cast:
-    return Cast("bigint", BigInteger(), _int(*INT64, "bigint"), "int")
+    return Cast("bigint", BigInteger(), _int(*INT64, "bigint"), "int", ints_column(*INT64))
 
 
 def smallint() -> Cast:
-    return Cast("smallint", SmallInteger(), _int(*INT16, "smallint"), "int")
+    return Cast("smallint", SmallInteger(), _int(*INT16, "smallint"), "int", ints_column(*INT16))
 
 
 def integer() -> Cast:
     from sqlalchemy import Integer
 
-    return Cast("integer", Integer(), _int(-(2**31), 2**31 - 1, "integer"), "int")
+    return Cast("integer", Integer(), _int(-(2**31), 2**31 - 1, "integer"), "int", ints_column(-(2**31), 2**31 - 1))
 
 
 def text() -> Cast:
-    return Cast("text", Text(), _text_fast, "text")
+    return Cast("text", Text(), _text_fast, "text", text_column())
 
 
 def varchar(n: int) -> Cast:
-    return Cast(f"varchar({n})", VARCHAR(n), _varchar(n), "text")
+    return Cast(f"varchar({n})", VARCHAR(n), _varchar(n), "text", text_column(n))
 
 
 def numeric(p: int | None = None, s: int | None = None) -> Cast:
@@ -126,13 +133,13 @@ SIMPLE: dict[str, Callable[[], Cast]] = {
     "smallint": smallint,
     "int2": smallint,
     "text": text,
-    "boolean": lambda: Cast("boolean", Boolean(create_constraint=False), _bool, "bool"),
+    "boolean": lambda: Cast("boolean", Boolean(create_constraint=False), _bool, "bool", bools_column),
     "bool": lambda: SIMPLE["boolean"](),
-    "timestamptz": lambda: Cast("timestamptz", TIMESTAMP(timezone=True), _timestamptz, "ts"),
-    "timestamp": lambda: Cast("timestamptz", TIMESTAMP(timezone=True), _timestamptz, "ts"),
+    "timestamptz": lambda: Cast("timestamptz", TIMESTAMP(timezone=True), _timestamptz, "ts", timestamptz_column),
+    "timestamp": lambda: SIMPLE["timestamptz"](),
     "date": lambda: Cast("date", Date(), _date, "date"),
     "time": lambda: Cast("time", Time(), _time, "time"),
-    "double precision": lambda: Cast("double precision", Double(), _float, "float"),
+    "double precision": lambda: Cast("double precision", Double(), _float, "float", floats_column),
     "float8": lambda: SIMPLE["double precision"](),
     "bytea": lambda: Cast("bytea", BYTEA(), _bytes, "bytes"),
     "jsonb": lambda: Cast("jsonb", JSONB(), _json, "json"),

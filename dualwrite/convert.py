@@ -11,9 +11,10 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter, methodcaller
 from typing import Any
 
 INT64 = (-(2**63), 2**63 - 1)
@@ -257,3 +258,69 @@ def _varchar(n: int) -> Callable[[Any], str]:
         return s
 
     return conv
+
+
+# -- whole columns ---------------------------------------------------------------------------------
+# A chunk's column converted at once where every value is already what its converter would return (checked
+# by C-level scans: types, range, one join for the text checks), else None: the caller converts value by value.
+Column = Sequence[Any]
+
+
+def _present(col: Column) -> Column:
+    return [v for v in col if v is not None] if None in col else col
+
+
+def ints_column(lo: int, hi: int) -> Callable[[Column], Column | None]:
+    def conv(col: Column) -> Column | None:
+        vals = _present(col)
+        if not vals or (set(map(type, vals)) == {int} and lo <= min(vals) and max(vals) <= hi):
+            return col
+        return None
+
+    return conv
+
+
+def text_column(limit: int | None = None) -> Callable[[Column], Column | None]:
+    def conv(col: Column) -> Column | None:
+        vals = _present(col)
+        if not vals:
+            return col
+        if set(map(type, vals)) != {str}:
+            return None
+        joined = "".join(vals)
+        if "\x00" in joined or (limit is not None and max(map(len, vals)) > limit):
+            return None
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+        return col
+
+    return conv
+
+
+def floats_column(col: Column) -> Column | None:
+    vals = _present(col)
+    return col if not vals or set(map(type, vals)) == {float} else None
+
+
+def bools_column(col: Column) -> Column | None:
+    if None in col or set(map(type, col)) != {int} or not set(col) <= {0, 1}:
+        return None
+    return list(map(bool, col))
+
+
+_AS_UTC = methodcaller("replace", tzinfo=UTC)
+
+
+def timestamptz_column(col: Column) -> Column | None:
+    if None in col or set(map(type, col)) != {str}:
+        return None
+    try:
+        parsed = list(map(datetime.fromisoformat, col))
+    except ValueError:
+        return None
+    if set(map(attrgetter("tzinfo"), parsed)) != {None}:
+        return None
+    return list(map(_AS_UTC, parsed))

@@ -138,10 +138,30 @@ class MigrateRejects(RejectWriter):
 def convert_values(
     plan: TablePlan, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> tuple[list[tuple[Any, ...]], list[tuple]]:
-    """convert_rows on the chunk's tuples (in `columns` order): no dict per row, one is built only for a
-    dirty row (the reject line shows it)."""
-    conv_of = {c.name: c.cast.convert for c in plan.columns}
-    convs = [conv_of[c] for c in columns]
+    """convert_rows on the chunk's tuples (in `columns` order), column by column: a column whose values are
+    already what its cast returns passes through (Cast.column), the others are converted value by value. A
+    Dirty value sends the chunk row by row instead, where a dict is built only for a dirty row (the reject
+    line shows it)."""
+    cast_of = {c.name: c.cast for c in plan.columns}
+    casts = [cast_of[c] for c in columns]
+    if not rows:
+        return [], []
+    out = []
+    for cast, col in zip(casts, zip(*rows, strict=True), strict=True):
+        got = cast.column(col) if cast.column is not None else None
+        if got is None:
+            f = cast.convert
+            try:
+                got = [None if v is None else f(v) for v in col]
+            except Dirty:
+                return _row_by_row(columns, [c.convert for c in casts], rows)
+        out.append(got)
+    return list(zip(*out, strict=True)), []
+
+
+def _row_by_row(
+    columns: Sequence[str], convs: list[Callable[[Any], Any]], rows: Sequence[Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], list[tuple]]:
     good: list[tuple[Any, ...]] = []
     dirty: list[tuple[dict[str, Any], str, Any, str]] = []
     for row in rows:
