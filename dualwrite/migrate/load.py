@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, inspect
+from sqlalchemy import Connection, Engine, Table, inspect, make_url
 from sqlalchemy.schema import CreateSchema
 
 from dualwrite.apply.rule import ApplyResult
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier, TableReport
-from dualwrite.backfill.copy_format import copy_rows
+from dualwrite.backfill.copy_format import binary_capable, binary_oids, column_types, copy_rows
 from dualwrite.backfill.cursor import Chunk
 from dualwrite.backfill.rejects import RejectWriter, shown
 from dualwrite.convert import Dirty
@@ -211,7 +211,9 @@ class MigrateCopier(Copier):
             return super().load_rows(conn, table, columns, values, version)
         prep = conn.dialect.identifier_preparer
         sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) FROM STDIN"
-        copy_rows(conn, sql, values)  # values already cast by types.py
+        # binary where every value's type is exactly its column's (the casts make it so for the common ones)
+        oids = binary_oids(values, column_types(conn, table, columns)) if binary_capable(conn) else None
+        copy_rows(conn, sql, values, oids)  # values already cast by dualwrite.casts
         return ApplyResult(applied=len(values))
 
 
@@ -247,7 +249,11 @@ def run(opts: Options) -> Outcome:
         if not opts.resume and reject_path.exists():
             reject_path.unlink()
         out.rejects_file = str(reject_path)
-    pg = postgres_engine(opts.postgres, opts.schema, state_schema=opts.state_schema, pool_size=2)
+    # psycopg 3 whatever the URL's driver: its binary COPY is what makes the Copier fast (backfill/load.py)
+    pg_url = make_url(opts.postgres).set(drivername="postgresql+psycopg")
+    pg = postgres_engine(
+        pg_url.render_as_string(hide_password=False), opts.schema, state_schema=opts.state_schema, pool_size=2
+    )
     src = source_engine(opts.sqlite, plan.tables)
     sides: SourceSides | None = None
     try:
