@@ -93,12 +93,13 @@ def verify_tables(
 ) -> list[TableCheck]:
     """verify_table for every plan; the SQLite sides come from `sides` (started before the load) when it
     has a child, while this process reads the Postgres sides."""
-    done = {  # summed in the databases (sums.py), what SQL cannot render range by range here
-        p.name: sums.verify_table(source, target, p, rejected.get(p.name, set()), sides.sums.get(p.name))
-        for p in plans
-        if sums.in_sql(p)
-    }
-    rest = [p for p in plans if p.name not in done]
+    done: dict[str, TableCheck] = {}
+    for p in (p for p in plans if sums.in_sql(p)):  # summed in the databases (sums.py)
+        keys, mine = rejected.get(p.name, set()), sides.sums.get(p.name)
+        done[p.name] = (
+            verify_table(source, target, p, keys) if mine is None else sums.verify_table(source, target, p, keys, mine)
+        )
+    rest = [p for p in plans if not sums.in_sql(p)]
     if sides.proc is None:
         done |= {p.name: verify_table(source, target, p, rejected.get(p.name, set())) for p in rest}
         return [done[p.name] for p in plans]

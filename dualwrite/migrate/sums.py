@@ -71,9 +71,11 @@ class SourceSums:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="migrate-verify-sqlite")
         self.futures = {p.name: self.pool.submit(self._side, source, p) for p in plans if in_sql(p)}
 
-    def _side(self, source: Engine, plan: TablePlan) -> Sums:
+    def _side(self, source: Engine, plan: TablePlan) -> Sums | None:
         cols, _ = split(plan)  # type: ignore[misc]
         spans = sqlsum.ranges(source, plan.ddl, cols, SEGMENT_ROWS)  # type: ignore[arg-type]
+        if not _bindable(plan, cols, spans):
+            return None
         query = sqlsum.ChunkQuery(plan.ddl, cols, "sqlite")  # type: ignore[arg-type]
         return spans, sqlsum.chunk_sums(source, query, spans, on_range=self._check)
 
@@ -81,12 +83,22 @@ class SourceSums:
         if self.stopped:
             raise Stopped
 
-    def get(self, name: str) -> Sums:
+    def get(self, name: str) -> Sums | None:
+        """The table's SQLite sums, or None: its keys cannot bound ranges on Postgres (check.py hashes it)."""
         return self.futures[name].result()
 
     def stop(self) -> None:
         self.stopped = True
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _bindable(plan: TablePlan, cols: list[sqlsum.Col], spans: list[sqlsum.Span]) -> bool:
+    """Whether every range bound binds as its key column's Postgres type: SQLite lets an untyped or INT key
+    hold text (or a number in a column cast to text), which Postgres would refuse to compare."""
+    kinds = {c.name: c.kind for c in cols}
+    want = [int if kinds[k] == "int" else str for k in plan.pk]
+    bounds = [b for span in spans for b in span if b is not None]
+    return all(type(v) is t for b in bounds for v, t in zip(b, want, strict=True))
 
 
 def target_sums(target: Engine, plan: TablePlan, spans: list[sqlsum.Span]) -> list[sqlsum.ChunkSum]:
