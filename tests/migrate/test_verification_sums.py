@@ -50,7 +50,9 @@ def test_exact_float_rendering_is_the_same_text_and_the_exact_double() -> None:
     finally:
         conn.close()
     trusted = [i for i, (_, odd) in mine.items() if not odd]
-    assert len(trusted) > 0.9 * len(values)  # only subnormals and the largest doubles are left to the client
+    # only subnormals and values from 2^53 on (where float() of a stored integer could round) go to the client
+    ordinary = [i for i, v in enumerate(values) if v == 0 or 1e-290 <= abs(v) < 2.0**53]
+    assert set(ordinary) <= set(trusted) and len(ordinary) > 2000
     for i in trusted:
         text = mine[i][0]
         assert text == theirs[i], (values[i], text, theirs[i])
