@@ -214,15 +214,19 @@ class Copier:
         and Postgres work overlap); at most two chunks are in memory. Reading one chunk too many when the
         copy stops is harmless: it is simply not applied."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backfill-read-{table.name}") as pool:
-            pending = pool.submit(read_chunk, self.sqlite_read, table, after, self.chunk_size)
+            pending = pool.submit(self.read_chunk, table, after)
             while True:
                 chunk = pending.result()
                 last = len(chunk.values) < self.chunk_size
                 if not last:
-                    pending = pool.submit(read_chunk, self.sqlite_read, table, chunk.last_key, self.chunk_size)
+                    pending = pool.submit(self.read_chunk, table, chunk.last_key)
                 yield chunk
                 if last:
                     return
+
+    def read_chunk(self, table: Table, after: tuple[Any, ...] | None) -> Chunk:
+        """The next chunk after `after` (a hook: migrate reads through a strict and a lenient engine)."""
+        return read_chunk(self.sqlite_read, table, after, self.chunk_size)
 
     # -- one chunk -------------------------------------------------------------------------------
     def apply_chunk(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, inspect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateSchema
 
 from dualwrite.apply.rule import ApplyResult
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.backfill.copier import Copier, TableReport
 from dualwrite.backfill.copy_format import binary_capable, binary_oids, column_types, copy_rows
-from dualwrite.backfill.cursor import Chunk
+from dualwrite.backfill.cursor import Chunk, read_chunk
 from dualwrite.backfill.rejects import RejectWriter, shown
 from dualwrite.convert import Dirty
 from dualwrite.engines import postgres_engine
@@ -193,6 +195,15 @@ class MigrateCopier(Copier):
 
     plans: dict[str, TablePlan] = field(default_factory=dict)
     versioned: bool = False
+    lenient: Engine | None = None  # reads a chunk again whose text sqlite_read (strict_text) cannot decode
+
+    def read_chunk(self, table: Table, after: tuple[Any, ...] | None) -> Chunk:
+        try:
+            return super().read_chunk(table, after)
+        except (sqlite3.Error, DBAPIError) as exc:
+            if self.lenient is None or not is_decode_error(exc):
+                raise
+        return read_chunk(self.lenient, table, after, self.chunk_size)
 
     def prepare_chunk(self, table: Table, chunk: Chunk) -> tuple[Chunk, int]:
         plan = self.plans[table.name]
@@ -215,6 +226,11 @@ class MigrateCopier(Copier):
         oids = binary_oids(values, column_types(conn, table, columns)) if binary_capable(conn) else None
         copy_rows(conn, sql, values, oids)  # values already cast by dualwrite.casts
         return ApplyResult(applied=len(values))
+
+
+def is_decode_error(exc: BaseException) -> bool:
+    """What a strict_text source engine raises on a stored text that is not valid UTF-8."""
+    return "Could not decode to UTF-8" in str(exc)
 
 
 def rejected_keys(path: Path | None) -> dict[str, set[str]]:
@@ -255,6 +271,7 @@ def run(opts: Options) -> Outcome:
         pg_url.render_as_string(hide_password=False), opts.schema, state_schema=opts.state_schema, pool_size=2
     )
     src = source_engine(opts.sqlite, plan.tables)
+    fast_src = source_engine(opts.sqlite, plan.tables, strict_text=True)  # the load's reads
     sides: SourceSides | None = None
     try:
         t0 = time.perf_counter()
@@ -269,13 +286,14 @@ def run(opts: Options) -> Outcome:
             return opts.max_rejects is not None and rejects.count > opts.max_rejects
 
         copier = MigrateCopier(
-            src,
+            fast_src,
             pg,
             chunk_size=opts.chunk_size,
             rejects=rejects,
             should_stop=lambda: opts.should_stop() or over(),
             plans={p.name: p for p in plan.tables},
             versioned=opts.versioned,
+            lenient=src,
         )
         reports = {r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)}
         out.phases["copy"] = time.perf_counter() - t0 - out.phases["create"]
@@ -312,6 +330,7 @@ def run(opts: Options) -> Outcome:
             sides.stop()
         out.seconds = time.perf_counter() - started
         src.dispose()
+        fast_src.dispose()
         pg.dispose()
 
 

@@ -364,10 +364,11 @@ def build_tables(p: TablePlan, md: MetaData) -> None:
         p.ddl.c[ROWID_COLUMN].type = BigInteger()
 
 
-def source_engine(path: str, plans: list[TablePlan], busy_ms: int = 10_000) -> Engine:
+def source_engine(path: str, plans: list[TablePlan], busy_ms: int = 10_000, *, strict_text: bool = False) -> Engine:
     """A read-only SQLite engine whose connections see each planned table under its Postgres name and
-    column names (TEMP VIEWs), decode text leniently (invalid UTF-8 becomes detectable, not fatal) and,
-    when the file is no dualwrite primary, a TEMP `_dw_meta` with last_seq = 0 (the copy's version)."""
+    column names (TEMP VIEWs), decode text leniently (invalid UTF-8 becomes detectable, not fatal; strict_text:
+    sqlite3's own C decoding, which raises on it) and, when the file is no dualwrite primary, a TEMP
+    `_dw_meta` with last_seq = 0 (the copy's version)."""
     engine = create_engine(
         f"sqlite:///file:{path}?mode=ro&uri=true",
         connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
@@ -376,7 +377,8 @@ def source_engine(path: str, plans: list[TablePlan], busy_ms: int = 10_000) -> E
     @event.listens_for(engine, "connect")
     def _setup(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         dbapi_conn.isolation_level = None
-        dbapi_conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+        if not strict_text:
+            dbapi_conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
         dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         has_meta = dbapi_conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = '_dw_meta'").fetchone()
         if not has_meta:
