@@ -64,9 +64,9 @@ def is_fatal(exc: BaseException) -> bool:
 
 @dataclass
 class Copier:
-    """Copies tables chunk by chunk. Subclasses may override the two public hooks: `prepare_chunk`
-    (transform or set aside rows before loading; backfill.migrate casts values there) and `load_rows`
-    (how rows reach Postgres inside the chunk's transaction)."""
+    """Copies tables chunk by chunk. Subclasses may override the public hooks: `read_chunk` (how a chunk is
+    read from SQLite), `prepare_chunk` (transform or set aside rows before loading; migrate casts values
+    there) and `load_rows` (how rows reach Postgres inside the chunk's transaction)."""
 
     sqlite_read: Engine
     postgres: Engine  # an apply engine (session_replication_role=replica: FK triggers off)

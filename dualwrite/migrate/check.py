@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine
@@ -95,10 +96,11 @@ def verify_tables(
     has a child, while this process reads the Postgres sides."""
     done: dict[str, TableCheck] = {}
     for p in (p for p in plans if sums.in_sql(p)):  # summed in the databases (sums.py)
-        keys, mine = rejected.get(p.name, set()), sides.sums.get(p.name)
-        done[p.name] = (
-            verify_table(source, target, p, keys) if mine is None else sums.verify_table(source, target, p, keys, mine)
-        )
+        keys, spans = rejected.get(p.name, set()), sides.sums.spans(p.name)
+        if spans is None:  # keys SQL cannot range: the client path
+            done[p.name] = verify_table(source, target, p, keys)
+        else:
+            done[p.name] = sums.verify_table(source, target, p, keys, spans, partial(sides.sums.get, p.name))
     rest = [p for p in plans if not sums.in_sql(p)]
     if sides.proc is None:
         done |= {p.name: verify_table(source, target, p, rejected.get(p.name, set())) for p in rest}

@@ -12,7 +12,8 @@ where a range the databases agree on adds the same number to both hashes.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
@@ -54,37 +55,39 @@ def in_sql(plan: TablePlan) -> bool:
     return plan.ddl is not None and split(plan) is not None
 
 
-Sums = tuple[list[sqlsum.Span], list[sqlsum.ChunkSum]]
-
-
 class Stopped(Exception):
     """The migration stopped or failed before verifying: the SQLite sums are not needed any more."""
 
 
 class SourceSums:
-    """Every SQL-summed table's SQLite side, computed in a thread started before the load, so that it runs
-    beside it (the file does not change during a migration; sqlite3 lets go of the GIL while it aggregates
-    and hashlib while it hashes)."""
+    """Every SQL-summed table's key ranges (at once) and SQLite side, computed in a thread started before
+    the load, so that it runs beside it (the file does not change during a migration; sqlite3 lets go of
+    the GIL while it aggregates, hashlib while it hashes)."""
 
     def __init__(self, source: Engine, plans: list[TablePlan]) -> None:
         self.stopped = False
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="migrate-verify-sqlite")
-        self.futures = {p.name: self.pool.submit(self._side, source, p) for p in plans if in_sql(p)}
-
-    def _side(self, source: Engine, plan: TablePlan) -> Sums | None:
-        cols, _ = split(plan)  # type: ignore[misc]
-        spans = sqlsum.ranges(source, plan.ddl, cols, SEGMENT_ROWS)  # type: ignore[arg-type]
-        if not _bindable(plan, cols, spans):
-            return None
-        query = sqlsum.ChunkQuery(plan.ddl, cols, "sqlite")  # type: ignore[arg-type]
-        return spans, sqlsum.chunk_sums(source, query, spans, on_range=self._check)
+        self.ranges: dict[str, list[sqlsum.Span]] = {}
+        self.futures: dict[str, Future[list[sqlsum.ChunkSum]]] = {}
+        for p in plans:
+            if not in_sql(p):
+                continue
+            cols, _ = split(p)  # type: ignore[misc]
+            spans = sqlsum.ranges(source, p.ddl, cols, SEGMENT_ROWS)  # type: ignore[arg-type]
+            if _bindable(p, cols, spans):  # now: Postgres' side needs them before SQLite's is done
+                self.ranges[p.name] = spans
+                query = sqlsum.ChunkQuery(p.ddl, cols, "sqlite")  # type: ignore[arg-type]
+                self.futures[p.name] = self.pool.submit(sqlsum.chunk_sums, source, query, spans, self._check)
 
     def _check(self) -> None:
         if self.stopped:
             raise Stopped
 
-    def get(self, name: str) -> Sums | None:
-        """The table's SQLite sums, or None: its keys cannot bound ranges on Postgres (check.py hashes it)."""
+    def spans(self, name: str) -> list[sqlsum.Span] | None:
+        """The table's key ranges, or None: its keys cannot bound ranges on Postgres (check.py hashes it)."""
+        return self.ranges.get(name)
+
+    def get(self, name: str) -> list[sqlsum.ChunkSum]:
         return self.futures[name].result()
 
     def stop(self) -> None:
@@ -113,18 +116,27 @@ def target_sums(target: Engine, plan: TablePlan, spans: list[sqlsum.Span]) -> li
     return out  # type: ignore[return-value]
 
 
-def verify_table(source: Engine, target: Engine, plan: TablePlan, rejected_keys: set[str], mine: Sums) -> Any:
-    """check.TableCheck of one table from its SQLite sums (`mine`): Postgres' sums over the same ranges,
-    the client-side columns range by range, and every range whose sums differ hashed again on the client."""
+def verify_table(
+    source: Engine,
+    target: Engine,
+    plan: TablePlan,
+    rejected_keys: set[str],
+    spans: list[sqlsum.Span],
+    mine: Callable[[], list[sqlsum.ChunkSum]],
+) -> Any:
+    """check.TableCheck of one table: Postgres' sums over `spans` (while SQLite's may still be computed),
+    then SQLite's (`mine()`), the client-side columns range by range, and every range whose sums differ
+    hashed again on the client."""
     from dualwrite.migrate.check import TableCheck, source_side, target_side
 
     cols, rest = split(plan)  # type: ignore[misc]
     res = TableCheck(plan.name, rejected=len(rejected_keys))
-    spans, source_sums = mine
+    target_sums_ = target_sums(target, plan, spans)
+    source_sums = mine()
     queries = (sqlsum.ChunkQuery(plan.ddl, cols, "sqlite"), sqlsum.ChunkQuery(plan.ddl, cols, "postgresql"))  # type: ignore[arg-type]
     names = [c.name for c in plan.columns]
     client = [names.index(c) for c in dict.fromkeys([*plan.pk, *rest])]
-    for span, s, t in zip(spans, source_sums, target_sums(target, plan, spans), strict=True):
+    for span, s, t in zip(spans, source_sums, target_sums_, strict=True):
         where = [q.where(*span) for q in queries]
         if s.count == t.count and s.key() == t.key():
             res.read += s.count
