@@ -1,6 +1,6 @@
 """Verification after a migration: per table, counts and an order-independent hash of every row on both
 sides. Tables whose key SQL can range are summed in the databases (sums.py: per key range, each side sums the
-columns dualwrite.verify.sql_checksums renders identically); what SQL cannot render, and every range whose
+columns dualwrite.verify.sql_render renders identically); what SQL cannot render, and every range whose
 sums differ, is hashed here on the client in bounded memory (both sides streamed in primary-key order).
 
 Client side: source rows go through the same casts as the load (dualwrite.casts), rows rejected (by a cast,

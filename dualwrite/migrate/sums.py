@@ -1,5 +1,5 @@
 """Migrate's verification in the databases: per key range, SQLite and Postgres each sum the columns
-dualwrite.verify.sql_checksums renders identically (both sides at once, one thread each: the databases do
+dualwrite.verify.sql_render renders identically (both sides at once, one thread each: the databases do
 the work), and only what they cannot render goes through check.py's client-side normal form.
 
 A column is summed in SQL when its cast's kind has a rendering in which equal text means the cast SQLite value
@@ -20,10 +20,11 @@ from sqlalchemy import Engine
 
 from dualwrite.migrate.schema import TablePlan
 from dualwrite.verify import sql_checksums as sqlsum
+from dualwrite.verify.sql_render import Col
 
 SEGMENT_ROWS = 50_000  # rows per range: one aggregate query per side; a differing range is re-hashed
 MASK = 2**64 - 1
-# cast kind -> sql_checksums kind: equal rendering means equal values (text of another form only differs)
+# cast kind -> sql_render kind: equal rendering means equal values (text of another form only differs)
 SQL_KINDS = {
     "int": "int",
     "bool": "bool",
@@ -36,7 +37,7 @@ SQL_KINDS = {
 }
 
 
-def split(plan: TablePlan) -> tuple[list[sqlsum.Col], list[str]] | None:
+def split(plan: TablePlan) -> tuple[list[Col], list[str]] | None:
     """(columns summed in SQL, columns hashed on the client), or None when the key cannot be ranged in SQL."""
     cols, rest = [], []
     for c in plan.columns:
@@ -44,7 +45,7 @@ def split(plan: TablePlan) -> tuple[list[sqlsum.Col], list[str]] | None:
         if kind is None:
             rest.append(c.name)
         else:
-            cols.append(sqlsum.Col(c.name, kind, not c.notnull and c.name not in plan.pk))
+            cols.append(Col(c.name, kind, not c.notnull and c.name not in plan.pk))
     kinds = {c.name: c.kind for c in cols}
     if any(kinds.get(k) not in ("int", "text_exact") for k in plan.pk):
         return None
@@ -95,7 +96,7 @@ class SourceSums:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _bindable(plan: TablePlan, cols: list[sqlsum.Col], spans: list[sqlsum.Span]) -> bool:
+def _bindable(plan: TablePlan, cols: list[Col], spans: list[sqlsum.Span]) -> bool:
     """Whether every range bound binds as its key column's Postgres type: SQLite lets an untyped or INT key
     hold text (or a number in a column cast to text), which Postgres would refuse to compare."""
     kinds = {c.name: c.kind for c in cols}

@@ -37,11 +37,12 @@ from dualwrite.events import key_text
 from dualwrite.normalize import DEFAULT, VERIFY, Normalizer, canonical_text
 from dualwrite.redis_keys import read_shadow_counts
 from dualwrite.verify import fix as fix_rows
-from dualwrite.verify import incremental
+from dualwrite.verify import incremental, sql_render
 from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.last import load_last, load_shadow_window, store_last
 from dualwrite.verify.report import MAX_KEYS_REPORTED, TableReport, VerifyReport
 from dualwrite.verify.row_checksums import Key, Side, Summary
+from dualwrite.verify.sql_render import Col
 
 __all__ = [
     "MAX_KEYS_REPORTED",
@@ -82,7 +83,7 @@ class TableVerifier:
         self.normalizer = normalizer
         # First pass in the databases (shadow.sqlsum) when every column type has a rendering there and
         # the normalizer is the one those renderings implement; otherwise rows are hashed here.
-        cols = sqlsum.plan(table) if in_database and normalizer in (DEFAULT, VERIFY) else None
+        cols = sql_render.plan(table) if in_database and normalizer in (DEFAULT, VERIFY) else None
         self.sql_cols = cols if cols is not None and sqlsum.supported_keys(table, cols) else None
         self.method = "python"
         self._queries: list[sqlsum.ChunkQuery] = []
@@ -103,7 +104,7 @@ class TableVerifier:
                 log.warning("verify %s: in-database checksums failed (%r); hashing rows here", self.table.name, exc)
         return self.python_segments()
 
-    def sql_segments(self, cols: list[sqlsum.Col]) -> tuple[list[Key], list[Summary], list[Summary]]:
+    def sql_segments(self, cols: list[Col]) -> tuple[list[Key], list[Summary], list[Summary]]:
         """Chunk checksums computed by both databases at once (two threads; each waits on its server)."""
         spans = sqlsum.ranges(self.s.engine, self.table, cols, self.segment_rows)
         self.s.queries += 1

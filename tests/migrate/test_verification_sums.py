@@ -13,7 +13,7 @@ import pytest
 
 from dualwrite.migrate import sums
 from dualwrite.migrate.schema import reflect
-from dualwrite.verify.sql_checksums import Col, postgres_render, sqlite_render
+from dualwrite.verify.sql_render import Col, postgres_render, sqlite_render
 from tests.conftest import PG_ADMIN_URL
 from tests.migrate.support import fetch, make_db, migrate
 

@@ -29,6 +29,7 @@ from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 from dualwrite.types import ExactDecimal, UTCDateTime
 from dualwrite.verify import sql_checksums as sqlsum
+from dualwrite.verify import sql_render
 from dualwrite.verify.verifier import TableVerifier
 
 md = MetaData()
@@ -107,7 +108,7 @@ def _sqlite(dw, sql: str) -> None:
 
 
 def test_every_supported_type_gives_equal_chunk_checksums(dw):
-    assert sqlsum.plan(typed) is not None and sqlsum.plan(docs) is None
+    assert sql_render.plan(typed) is not None and sql_render.plan(docs) is None
     tv, rep = _verify(dw, typed)
     assert tv.method == "in-database" and rep.clean, rep.to_dict()
     # No bisection at all: one query for the range bounds, one checksum query per chunk and side.
@@ -121,7 +122,7 @@ def test_sparse_integer_keys_are_cut_at_existing_keys(dw):
     for run in (_sqlite, _pg):  # keys 0, 1009, 2018, ...: by value, nearly every range would be empty
         run(dw, "UPDATE sq_typed SET id = -id")
         run(dw, "UPDATE sq_typed SET id = -id * 1009")
-    spans = sqlsum.ranges(dw.backends.sqlite_read, typed, sqlsum.plan(typed), 500)
+    spans = sqlsum.ranges(dw.backends.sqlite_read, typed, sql_render.plan(typed), 500)
     assert len(spans) == -(-N // 500) and spans[1][0] == (500 * 1009,)
     _pg(dw, "UPDATE sq_typed SET name = 'moved' WHERE id = 2999 * 1009")
     tv, rep = _verify(dw, typed)
