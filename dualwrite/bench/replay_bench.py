@@ -82,7 +82,8 @@ def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, lab
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     eps = applied / seconds if seconds else 0.0
     dead = sum(r["stats"]["dead"] for r in reports)
-    return {"events_per_s": eps, "applied": applied, "seconds": seconds, "landed": landed, "dead": dead}
+    out = {"events_per_s": eps, "applied": applied, "seconds": seconds, "landed": landed, "dead": dead}
+    return {**out, "cpu": cpu_per_event(reports)}
 
 
 def direct_apply(env: BenchEnv, table: Any, payloads: list[bytes], label: str) -> float:
@@ -103,9 +104,10 @@ def direct_apply(env: BenchEnv, table: Any, payloads: list[bytes], label: str) -
         dw.close()
 
 
-def direct_apply_procs(env: BenchEnv, ns: str, table: Any, n: int, label: str) -> float:
+def direct_apply_procs(env: BenchEnv, ns: str, table: Any, n: int, label: str) -> tuple[float, dict[str, float]]:
     """The machine's ceiling for n workers: n processes each decode and directly apply (no Redis reads, no
-    acks) every n-th batch of the stream's payloads into one fresh schema. Returns events/s."""
+    acks) every n-th batch of the stream's payloads into one fresh schema. Returns events/s and the CPU
+    per event (cpu_per_event)."""
     from dualwrite.testing import prepared_writer
 
     dw = prepared_writer(env.settings(label).with_(namespace=ns), bench_tables(table), phase="sqlite")
@@ -115,7 +117,7 @@ def direct_apply_procs(env: BenchEnv, ns: str, table: Any, n: int, label: str) -
         dw.close()
     applied = sum(r["stats"]["applied"] for r in reports)
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    return applied / seconds if seconds else 0.0
+    return (applied / seconds if seconds else 0.0), cpu_per_event(reports)
 
 
 def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[str, Any]:
@@ -210,13 +212,17 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
             base_s = direct_apply(env, table, payloads, f"replay_base{i}")
             one = replay_with_workers(env, ns, md, table, 1, f"replay_r{i}_w1", keep=len(payloads))
             two = replay_with_workers(env, ns, md, table, 2, f"replay_r{i}_w2", keep=len(payloads))
-            ceil1 = direct_apply_procs(env, ns, table, 1, f"replay_c{i}_p1")
-            ceil2 = direct_apply_procs(env, ns, table, 2, f"replay_c{i}_p2")
+            ceil1, cpu1 = direct_apply_procs(env, ns, table, 1, f"replay_c{i}_p1")
+            ceil2, cpu2 = direct_apply_procs(env, ns, table, 2, f"replay_c{i}_p2")
             base_eps = len(payloads) / base_s if base_s else 0.0
-            per_run.append({"direct": base_eps, "w1": one, "w2": two, "ceiling": ratio(ceil2, ceil1) or 0.0})
+            cpu = {"w1": one["cpu"], "w2": two["cpu"], "direct_p1": cpu1, "direct_p2": cpu2}
+            per_run.append(
+                {"direct": base_eps, "w1": one, "w2": two, "ceiling": ratio(ceil2, ceil1) or 0.0, "cpu": cpu}
+            )
             log(
                 f"  replay run {i + 1}/{runs}: direct {base_eps:.0f} events/s, 1 worker {one['events_per_s']:.0f}, "
-                f"2 workers {two['events_per_s']:.0f}; direct apply 2 processes vs 1: {ratio(ceil2, ceil1)}x"
+                f"2 workers {two['events_per_s']:.0f}; direct apply 2 processes vs 1: {ratio(ceil2, ceil1)}x; "
+                f"CPU us/event (process, its Postgres backend): {cpu}"
             )
         direct = median([r["direct"] for r in per_run])
         w1 = median([r["w1"]["events_per_s"] for r in per_run])
@@ -269,6 +275,7 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
                     "direct_events_per_s": round(r["direct"], 1),
                     **{f"{w}_events_per_s": round(r[w]["events_per_s"], 1) for w in ("w1", "w2")},
                     "direct_2_vs_1_processes": r["ceiling"],
+                    "cpu_us_per_event": r["cpu"],
                 }
                 for r in per_run
             ],
@@ -297,6 +304,7 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
     statements.get(dw.backends.postgres_direct, table)
     print("ready", flush=True)
     sys.stdin.readline()
+    c0 = _cpu(dw)
     start = time.time()
     if mode == "daemon":
         stop = threading.Event()
@@ -318,7 +326,7 @@ def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
         rp.step = timed_step  # type: ignore[method-assign]
         stats = rp.run(once=True)
         end = last[0]
-    print(json.dumps({"start": start, "end": end, "stats": stats.as_dict()}), flush=True)
+    print(json.dumps({"start": start, "end": end, "stats": stats.as_dict(), **_cpu(dw, c0)}), flush=True)
     dw.close()
 
 
@@ -334,13 +342,44 @@ def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
     statements.get(dw.backends.postgres_direct, table)
     print("ready", flush=True)
     sys.stdin.readline()
+    c0 = _cpu(dw)
     start, applied = time.time(), 0
     for i in range(share * BATCH, len(payloads), n * BATCH):
         batch = [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]]
         dw.apply("postgres", batch)
         applied += len(batch)
-    print(json.dumps({"start": start, "end": time.time(), "stats": {"applied": applied}}), flush=True)
+    print(json.dumps({"start": start, "end": time.time(), "stats": {"applied": applied}, **_cpu(dw, c0)}), flush=True)
     dw.close()
+
+
+def _cpu(dw: Any, since: dict[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds used so far by this process and by the Postgres backend of its apply connection (the
+    pool's one: only the main thread applies); with `since` (an earlier reading), used since then. Two
+    workers on two cores are bound by CPU per event, not latency. Empty where /proc cannot be read (not
+    Linux, or Postgres on another host)."""
+    import os
+
+    from sqlalchemy import text
+
+    try:
+        with dw.backends.postgres_direct.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    now = {"cpu_s": time.process_time(), "pg_cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")}
+    if since is None:
+        return now
+    return {k: v - since[k] for k, v in now.items()} if since else {}  # {}: the first reading failed
+
+
+def cpu_per_event(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """Microseconds of CPU per applied event: the worker processes', their Postgres backends'."""
+    applied = sum(r["stats"]["applied"] for r in reports) or 1
+    if not all("cpu_s" in r for r in reports):
+        return {}
+    return {f"{k[:-2]}_us": round(1e6 * sum(r[k] for r in reports) / applied, 1) for k in ("cpu_s", "pg_cpu_s")}
 
 
 if __name__ == "__main__":
