@@ -29,6 +29,9 @@ CASES: list[tuple[str, list[Any], bool]] = [  # (cast, column, passes whole)
     ("boolean", [0, "true"], False),
     ("timestamptz", ["2024-01-02 03:04:05.000006", "2024-01-02"], True),
     ("timestamptz", ["2024-01-02 03:04:05+02:00"], False),
+    ("timestamptz", ["2024-01-02 03:04:05", "2024-01-02T03:04", "20240102T030405"], True),  # the re-parse path
+    ("timestamptz", ["2024-01-02 03:04:05 "], False),  # with "+00:00" appended it would parse: the plain parse decides
+    ("timestamptz", ["2024-01-02T03:04:05Z"], False),
     ("timestamptz", ["2024-01-02", 1700000000], False),
     ("timestamptz", ["not a time"], False),
 ]
