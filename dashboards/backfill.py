@@ -7,6 +7,7 @@ from typing import Any
 from dashboards.panels import (
     bargauge,
     dashboard,
+    per,
     q,
     quantile,
     rate,
@@ -37,7 +38,7 @@ def backfill() -> dict[str, Any]:
             ),
             timeseries(
                 "Rows copied per second",
-                [(f"max by (table) ({rate('dualwrite_backfill_rows_total')})", "{{table}}")],
+                per("max", "table", rate("dualwrite_backfill_rows_total")),
                 "ops",
             ),
             timeseries(
@@ -61,12 +62,12 @@ def backfill() -> dict[str, Any]:
             ),
             timeseries(
                 "Rejected rows",
-                [(f"max by (table) ({q('dualwrite_backfill_rejected_rows_total')})", "{{table}}")],
+                per("max", "table", q("dualwrite_backfill_rejected_rows_total")),
                 "short",
             ),
             timeseries(
                 "Throttle active",
-                [(f"max by (reason) ({q('dualwrite_throttle_active')})", "{{reason}}")],
+                per("max", "reason", q("dualwrite_throttle_active")),
                 "bool",
                 defaults={
                     "min": 0,
@@ -76,7 +77,7 @@ def backfill() -> dict[str, Any]:
             ),
             timeseries(
                 "Paused by an operator",
-                [(f"max by (instance) ({q('dualwrite_backfill_paused')})", "{{instance}}")],
+                per("max", "instance", q("dualwrite_backfill_paused")),
                 "bool",
                 defaults={
                     "min": 0,
@@ -102,27 +103,27 @@ def backfill() -> dict[str, Any]:
             ),
             timeseries(
                 "Replay lag (events)",
-                [(f"max by (instance) ({q('dualwrite_replay_lag_events')})", "{{instance}}")],
+                per("max", "instance", q("dualwrite_replay_lag_events")),
                 "short",
             ),
             timeseries(
                 "Replay lag (seconds)",
-                [(f"max by (instance) ({q('dualwrite_replay_lag_seconds')})", "{{instance}}")],
+                per("max", "instance", q("dualwrite_replay_lag_seconds")),
                 "s",
             ),
             timeseries(
                 "Pending (delivered, not acknowledged)",
-                [(f"sum by (instance) ({q('dualwrite_replay_pending')})", "{{instance}}")],
+                per("sum", "instance", q("dualwrite_replay_pending")),
                 "short",
             ),
             timeseries(
                 "Replayed events by result",
-                [(f"sum by (result) ({rate('dualwrite_replay_events_total')})", "{{result}}")],
+                per("sum", "result", rate("dualwrite_replay_events_total")),
                 "ops",
             ),
             timeseries(
                 "Dead letters by reason",
-                [(f"sum by (reason) ({q('dualwrite_dead_letters_total')})", "{{reason}}")],
+                per("sum", "reason", q("dualwrite_dead_letters_total")),
                 "short",
             ),
             stat(

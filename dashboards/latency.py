@@ -10,6 +10,7 @@ from dashboards.panels import (
     SQ,
     Panel,
     dashboard,
+    per,
     quantile,
     rate,
     row,
@@ -48,7 +49,7 @@ def latency() -> dict[str, Any]:
         panels.append(
             timeseries(
                 f"{kind.capitalize()} rate by backend",
-                [(f"sum by (backend) ({rate(metric + '_count')})", "{{backend}}")],
+                per("sum", "backend", rate(metric + "_count")),
                 "ops",
                 w=12,
             )
@@ -103,7 +104,7 @@ def latency() -> dict[str, Any]:
         ),
         timeseries(
             "Shadow comparisons per second",
-            [(f"sum by (store) ({rate('dualwrite_shadow_comparisons_total')})", "{{store}}")],
+            per("sum", "store", rate("dualwrite_shadow_comparisons_total")),
             "ops",
         ),
         row("Write fence (flips under live traffic)"),
@@ -119,7 +120,7 @@ def latency() -> dict[str, Any]:
         ),
         timeseries(
             "Writes held by the fence",
-            [(f"sum by (instance) ({rate('dualwrite_fence_pause_seconds_count')})", "{{instance}}")],
+            per("sum", "instance", rate("dualwrite_fence_pause_seconds_count")),
             "ops",
         ),
     ]

@@ -11,6 +11,7 @@ from dashboards.panels import (
     MISMATCH,
     _panel,
     dashboard,
+    per,
     q,
     rate,
     row,
@@ -54,7 +55,7 @@ def overview() -> dict[str, Any]:
             ),
             stat(
                 "Cutover gate conditions",
-                [(f"min by (condition) ({q('dualwrite_gate_condition')})", "{{condition}}")],
+                per("min", "condition", q("dualwrite_gate_condition")),
                 "bool",
                 w=14,
                 thresholds=[("red", None), ("green", 1)],
@@ -65,7 +66,7 @@ def overview() -> dict[str, Any]:
             _panel(
                 "state-timeline",
                 "Phase over time",
-                [(f"max by (phase) ({q('dualwrite_phase')})", "{{phase}}")],
+                per("max", "phase", q("dualwrite_phase")),
                 "none",
                 24,
                 5,
@@ -107,9 +108,7 @@ def overview() -> dict[str, Any]:
                 "percentunit",
                 description="Mismatches / decided comparisons (ignored, skipped and errors excluded).",
             ),
-            timeseries(
-                "Shadow comparisons by result", [(f"sum by (result) ({rate(comparisons)})", "{{result}}")], "ops"
-            ),
+            timeseries("Shadow comparisons by result", per("sum", "result", rate(comparisons)), "ops"),
             timeseries(
                 "Writes and reads per backend",
                 [
@@ -121,7 +120,7 @@ def overview() -> dict[str, Any]:
             row("Outbox, relay and dead letters"),
             stat(
                 "Dead letters",
-                [(f"sum by (reason) ({q('dualwrite_dead_letters_total')})", "{{reason}}")],
+                per("sum", "reason", q("dualwrite_dead_letters_total")),
                 "short",
                 w=6,
                 thresholds=[("green", None), ("red", 1)],
@@ -147,10 +146,10 @@ def overview() -> dict[str, Any]:
                 [(f"sum by (instance) ({q('dualwrite_outbox_backlog')})", "backlog {{instance}}")],
                 "short",
             ),
-            timeseries("Relay lag", [(f"max by (instance) ({q('dualwrite_relay_lag_seconds')})", "{{instance}}")], "s"),
+            timeseries("Relay lag", per("max", "instance", q("dualwrite_relay_lag_seconds")), "s"),
             timeseries(
                 "Dead letters by reason",
-                [(f"sum by (reason) ({rate('dualwrite_dead_letters_total')})", "{{reason}}")],
+                per("sum", "reason", rate("dualwrite_dead_letters_total")),
                 "ops",
             ),
             timeseries(
@@ -184,7 +183,7 @@ def overview() -> dict[str, Any]:
             ),
             timeseries(
                 "Outbox rows by backend",
-                [(f"max by (backend) ({q('dualwrite_outbox_rows')})", "{{backend}}")],
+                per("max", "backend", q("dualwrite_outbox_rows")),
                 "short",
                 w=6,
                 description="Unpublished rows and published ones kept for the retention (to rebuild a lost stream).",

@@ -26,6 +26,11 @@ def rate(metric: str, extra: str = "", window: str = "$__rate_interval") -> str:
     return f"rate({q(metric, extra)}[{window}])"
 
 
+def per(agg: str, label: str, expr: str) -> list[tuple[str, str]]:
+    """One series per value of `label` (`agg by (label) (expr)`), each named by that value."""
+    return [(f"{agg} by ({label}) ({expr})", "{{" + label + "}}")]
+
+
 def quantile(quantile: float, metric: str, by: str = "backend", extra: str = "") -> str:
     """The `quantile` of histogram `metric` per `by` (and le), over the rate interval."""
     return f"histogram_quantile({quantile}, sum by (le, {by}) ({rate(metric + '_bucket', extra)}))"
