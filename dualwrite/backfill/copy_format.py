@@ -70,7 +70,12 @@ def copy_text(value: Any) -> str:
 
 def escape(text: str) -> str:
     """A str for COPY's text format (cheap when there is nothing to escape, the usual case)."""
-    return text.translate(_ESCAPES) if ("\\" in text or "\n" in text or "\r" in text or "\t" in text) else text
+    return text.translate(_ESCAPES) if needs_escape(text) else text
+
+
+def needs_escape(text: str) -> bool:
+    """Whether `text` holds a character COPY's text format escapes (four C-level searches)."""
+    return "\\" in text or "\n" in text or "\r" in text or "\t" in text
 
 
 def converters(conn: Connection, table: Table, columns: Sequence[str]) -> Converters:
@@ -142,17 +147,16 @@ def text_block(rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _encoded(col: tuple[Any, ...]) -> Sequence[str]:
-    """One column in COPY's text format. A str column with nothing to escape anywhere (one join and four
-    C-level searches tell) is its own encoding; a float column whose sum is finite has no NaN or infinity."""
+    """One column in COPY's text format, by one encoder chosen from its value types. A str column with
+    nothing to escape anywhere (one join, one needs_escape) is its own encoding; a float column whose sum
+    is finite holds no NaN or infinity."""
     kinds = set(map(type, col))
-    if kinds == {str}:
-        joined = "".join(col)
-        if "\\" in joined or "\n" in joined or "\r" in joined or "\t" in joined:
-            return [v.translate(_ESCAPES) for v in col]
-        return col
-    if kinds == {float} and math.isfinite(sum(col)):
-        return list(map(float.__repr__, col))
-    return list(map(_encoder(col), col))
+    kind = kinds.pop() if len(kinds) == 1 else None
+    if kind is str:
+        return list(map(escape, col)) if needs_escape("".join(col)) else col
+    if kind is float:
+        return list(map(float.__repr__ if math.isfinite(sum(col)) else _float, col))
+    return list(map(_ENCODERS.get(kind, copy_text), col))  # type: ignore[arg-type]
 
 
 _BOOL = {True: "t", False: "f"}.__getitem__
@@ -162,21 +166,13 @@ def _float(v: float) -> str:
     return repr(v) if math.isfinite(v) else copy_text(v)
 
 
-def _encoder(col: tuple[Any, ...]) -> Callable[[Any], str]:
-    kinds = set(map(type, col))
-    if len(kinds) == 1:
-        kind = kinds.pop()
-        if kind is str:
-            return escape
-        if kind is int:
-            return int.__repr__
-        if kind is float:
-            return _float
-        if kind is bool:
-            return _BOOL
-        if kind is datetime or kind is date:
-            return kind.isoformat
-    return copy_text
+# the encoder of a column whose values are all of one of these types (any other column: copy_text)
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    int: int.__repr__,
+    bool: _BOOL,
+    datetime: datetime.isoformat,
+    date: date.isoformat,
+}
 
 
 def copy_block(conn: Connection, sql: str, data: str) -> None:
