@@ -4,17 +4,15 @@ the work), and only what they cannot render goes through check.py's client-side 
 
 A column is summed in SQL when its cast's kind has a rendering in which equal text means the cast SQLite value
 equals the Postgres one (SQL_KINDS); the other columns (JSON, numeric, time) are hashed on the client with the
-key, range by range. A range whose sums differ (a changed value, a rejected row, a value stored in a form the
-rendering does not expect) is hashed again on the client, all columns, the reject file's keys left out: that
-decides, exactly as the whole-table path would. So per table: read == written + rejected and equal hashes,
-where a range the databases agree on adds the same number to both hashes.
+key, range by range. check.verify_ranges hashes a range whose sums differ (a changed value, a rejected row, a
+value stored in a form the rendering does not expect) again on the client, all columns, the reject file's keys
+left out: that decides, exactly as the whole-table path would. So per table: read == written + rejected and
+equal hashes, where a range the databases agree on adds the same number to both hashes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -23,7 +21,6 @@ from dualwrite.verify import sql_checksums as sqlsum
 from dualwrite.verify.sql_render import Col
 
 SEGMENT_ROWS = 50_000  # rows per range: one aggregate query per side; a differing range is re-hashed
-MASK = 2**64 - 1
 # cast kind -> sql_render kind: equal rendering means equal values (text of another form only differs)
 SQL_KINDS = {
     "int": "int",
@@ -115,43 +112,3 @@ def target_sums(target: Engine, plan: TablePlan, spans: list[sqlsum.Span]) -> li
     out = [None] * len(spans)
     out[0::2], out[1::2] = even, odd
     return out  # type: ignore[return-value]
-
-
-def verify_table(
-    source: Engine,
-    target: Engine,
-    plan: TablePlan,
-    rejected_keys: set[str],
-    spans: list[sqlsum.Span],
-    mine: Callable[[], list[sqlsum.ChunkSum]],
-) -> Any:
-    """check.TableCheck of one table: Postgres' sums over `spans` (while SQLite's may still be computed),
-    then SQLite's (`mine()`), the client-side columns range by range, and every range whose sums differ
-    hashed again on the client."""
-    from dualwrite.migrate.check import TableCheck, source_side, target_side
-
-    cols, rest = split(plan)  # type: ignore[misc]
-    res = TableCheck(plan.name, rejected=len(rejected_keys))
-    target_sums_ = target_sums(target, plan, spans)
-    source_sums = mine()
-    queries = (sqlsum.ChunkQuery(plan.ddl, cols, "sqlite"), sqlsum.ChunkQuery(plan.ddl, cols, "postgresql"))  # type: ignore[arg-type]
-    names = [c.name for c in plan.columns]
-    client = [names.index(c) for c in dict.fromkeys([*plan.pk, *rest])]
-    for span, s, t in zip(spans, source_sums, target_sums_, strict=True):
-        where = [q.where(*span) for q in queries]
-        if s.count == t.count and s.key() == t.key():
-            res.read += s.count
-            res.written += t.count
-            res.matching_rows += s.count
-            res.source_hash = (res.source_hash + s.key()) & MASK
-            res.target_hash = (res.target_hash + t.key()) & MASK
-            if rest:  # the columns SQL cannot render, with the key: client-side, this range only
-                _, _, sh = source_side(source, plan, set(), where=where[0], only=client)
-                _, th = target_side(target, plan, where=where[1], only=client)
-                res.source_hash, res.target_hash = (res.source_hash + sh) & MASK, (res.target_hash + th) & MASK
-            continue
-        read, matching, sh = source_side(source, plan, rejected_keys, where=where[0])
-        written, th = target_side(target, plan, where=where[1])
-        res.read, res.matching_rows, res.written = res.read + read, res.matching_rows + matching, res.written + written
-        res.source_hash, res.target_hash = (res.source_hash + sh) & MASK, (res.target_hash + th) & MASK
-    return res
