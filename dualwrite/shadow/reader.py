@@ -131,6 +131,7 @@ class ShadowReader:
         self._experiments: dict[tuple[Any, ...], Experiment] = {}
         self._child = metrics.Children()
         self.candidates = CandidateReads(candidate_timeout, max_workers)
+        self._closing = threading.Event()
 
     def install(self, writer: _Writer) -> ShadowReader:
         """Serve `writer.read` through this reader from now on."""
@@ -138,6 +139,7 @@ class ShadowReader:
         return self
 
     def close(self, wait: bool = True) -> None:
+        self._closing.set()  # open mismatches are read again once, at once: no re-read delays waited out
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.flush()
         self.candidates.close()
@@ -319,16 +321,20 @@ class ShadowReader:
         """Read both sides again after each delay; the delay after which they matched, or None."""
         waited = 0.0
         for delay in self.recheck_delays:
-            if delay > 0:
-                time.sleep(delay)  # a worker thread (off the request path), or a test in synchronous mode
-                waited += delay
+            if delay > 0 and not self._closing.is_set():
+                # a worker thread (off the request path), or a test in synchronous mode; close() ends the wait
+                start = time.monotonic()
+                self._closing.wait(delay)
+                waited += time.monotonic() - start
             again = exp.evaluate(
                 Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
                 Observation.capture("candidate", lambda: self.candidates.read(backends, backend, store, query, fn)),
                 pause,
             )
             if again.matched:
-                return waited
+                return round(waited, 3)
+            if self._closing.is_set():
+                return None  # closing: read once more at once, and it still differs
         return None
 
     def _inc_comparisons(self, store: str, label: str, outcome: str, n: int = 1) -> None:
