@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import Engine, Table, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from dualwrite.engines import SESSION_TIMEZONE, check_postgres, pg_engine, sqlite_engine
+from dualwrite.engines import SESSION_TIMEZONE, check_postgres, open_redis, pg_engine, sqlite_engine
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
@@ -74,7 +74,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
     if tables is not None:
         out.append(_schema_line(settings, tables.tables(), sqlite_ok=out[0][1], postgres_ok=out[1][1]))
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = open_redis(settings.redis_url)
     try:
         info = client.info("server")
         out.append(

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -210,6 +212,17 @@ def pg_engine(settings: Settings, **kw: Any) -> Engine:
     return postgres_engine(settings.postgres_url, settings.pg_schema, state_schema=settings.state_schema, **kw)
 
 
+def open_redis(url: str, *, timeout: float = 2.0) -> redis.Redis:
+    """Every Redis client we open. redis-py (6+) retries a failed command three times with backoff by
+    itself (4.6 s against a refused port, more when connecting times out), hidden under every retry
+    policy of ours (retry.py); here it gets one immediate retry (a pooled connection the server closed is
+    reopened at once), so an outage reaches our policies in milliseconds. `timeout` bounds connecting and
+    each reply (a blocking read adds its own block time to it)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
+    )
+
+
 def check_postgres(settings: Settings) -> str:
     """Connect once; return the server version or raise a one-line ConfigError."""
     engine = pg_engine(settings, pool_size=1)
@@ -246,9 +259,7 @@ class Backends:
         self, settings: Settings, *, redis_client: redis.Redis | None = None, phases: PhaseStore | None = None
     ) -> None:
         self.settings = settings
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
+        self.redis = redis_client or open_redis(settings.redis_url)
         self.sqlite = sqlite_engine(settings.sqlite_url)
         self.sqlite_apply = sqlite_engine(settings.sqlite_url, foreign_keys=False)
         self.sqlite_read = sqlite_read_engine(settings.sqlite_url)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, text
 
+from dualwrite.engines import open_redis
 from dualwrite.settings import Settings, load_settings
 from dualwrite.tables import Tables
 
@@ -136,7 +136,7 @@ def machine_info(postgres_url: str, redis_url: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         info["postgres"] = f"unavailable: {exc}"
     try:
-        client = redis.Redis.from_url(redis_url)
+        client = open_redis(redis_url)
         info["redis"] = client.info("server").get("redis_version")
         client.close()
     except Exception as exc:  # noqa: BLE001
@@ -257,7 +257,7 @@ class BenchEnv:
             for name in self.databases:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         eng.dispose()
-        client = redis.Redis.from_url(self.redis_url)
+        client = open_redis(self.redis_url)
         for ns in self.namespaces:
             keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
             if keys:

@@ -273,8 +273,6 @@ def reset(
     are kept. The one row per chunk whose live event has exactly the chunk's version cannot be told apart
     and goes too (SQLite holds the same image; the next copy brings it back). Deleting rows is refused
     from phase postgres_reads on (Postgres serves reads) and while a backfill worker runs."""
-    import redis
-
     from dualwrite.backfill import checkpoint as ckpt
     from dualwrite.backfill.reset import (
         ROWS_LOCKED_PHASES,
@@ -283,9 +281,9 @@ def reset(
         tables_with_progress,
     )
     from dualwrite.backfill.throttle import live_workers
-    from dualwrite.engines import pg_engine
+    from dualwrite.engines import open_redis, pg_engine
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     pg = pg_engine(settings, pool_size=1)
     try:
         # a SIGKILLed worker's Postgres session is gone at once: it does not block the reset until its
@@ -342,11 +340,10 @@ def reset(
 @click.option("--clear", is_flag=True, help="drop every live setting (workers use their own flags again)")
 def set_cmd(settings: Settings, clear: bool, **limits: Any) -> None:
     """Change the running workers' limits (they pick them up between chunks, within a second)."""
-    import redis
-
     from dualwrite.backfill.throttle import clear_limits, set_limits
+    from dualwrite.engines import open_redis
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     if clear:
         clear_limits(client, settings.namespace)
     now = set_limits(client, settings.namespace, **limits)

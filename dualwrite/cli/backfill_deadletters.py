@@ -26,11 +26,11 @@ def deadletters() -> None:
 @connection_options(sqlite="unused")
 @click.option("--count", default=100, show_default=True, type=Count(1, 100_000), help="at most this many")
 def list_cmd(settings: Settings, count: int) -> None:
-    import redis
 
+    from dualwrite.engines import open_redis
     from dualwrite.stream.replay import list_dead_letters
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     for row in list_dead_letters(client, settings.namespace, count):
         click.echo(f"{row['dead_id']} id={row.get('id')} reason={row.get('reason')} error={row.get('error', '')[:200]}")
 

@@ -21,16 +21,14 @@ from dualwrite.settings import Settings, mask_text
 def status(settings: Settings, reflect: bool, report_path: str | None, as_json: bool) -> None:
     """Per-table rows done/total, rate, ETA and state from the checkpoints; live workers and throttling;
     what to run next."""
-    import redis
-
     from dualwrite.backfill.progress import table_progress, worker_lines
-    from dualwrite.engines import pg_engine, sqlite_read_engine
+    from dualwrite.engines import open_redis, pg_engine, sqlite_read_engine
 
     check_report_path(report_path)
     tables = load_tables(settings, reflect)
     pg = pg_engine(settings, pool_size=1)
     sq = sqlite_read_engine(settings.sqlite_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     try:
         workers, limits, redis_error = worker_lines(client, settings.namespace, pg)
         rows = table_progress(pg, sq, tables.tables(), workers_alive=bool(workers) or redis_error is not None)

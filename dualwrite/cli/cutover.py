@@ -241,11 +241,10 @@ def cutover_rollback(
 @connection_options(sqlite="unused")
 def cutover_cancel(settings: Settings) -> None:
     """Cancel a waiting `flip --postpone`."""
-    import redis
-
+    from dualwrite.engines import open_redis
     from dualwrite.redis_keys import cutover_cancel_key
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     client.set(cutover_cancel_key(settings.namespace), 1, ex=3600)
     click.echo("cancel requested")
 

@@ -22,12 +22,11 @@ def shadow() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
     """Counts by result (and A/A noise) and the latest mismatch samples."""
-    import redis
-
+    from dualwrite.engines import open_redis
     from dualwrite.redis_keys import read_shadow_counts
     from dualwrite.shadow.records import read_mismatches
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     counts = read_shadow_counts(client, settings.namespace)
     samples = read_mismatches(client, settings.namespace, limit)
     if as_json:
@@ -52,10 +51,9 @@ def shadow_report(settings: Settings, limit: int, as_json: bool) -> None:
 @connection_options(sqlite="unused")
 def shadow_reset(settings: Settings) -> None:
     """Forget the comparison counts and mismatch samples (the gate's mismatch rate starts over)."""
-    import redis
-
+    from dualwrite.engines import open_redis
     from dualwrite.redis_keys import shadow_counts_key, shadow_mismatches_key
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = open_redis(settings.redis_url)
     client.delete(shadow_counts_key(settings.namespace), shadow_mismatches_key(settings.namespace))
     click.echo("shadow counts and samples cleared")

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import redis
 from sqlalchemy import create_engine, text
 
+from dualwrite.engines import open_redis
 from dualwrite.errors import ConfigError
 from dualwrite.settings import Settings
 
@@ -145,7 +145,7 @@ def claim_sqlite(path: Path, own_tables: set[str], *, act: bool = True) -> None:
 
 def claim_redis(settings: Settings, *, act: bool = True) -> None:
     """Make the Redis namespace the demo's: marked, or holding nothing yet."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = open_redis(settings.redis_url, timeout=5)
     owner = settings.key("demo", "owner")
     try:
         if client.get(owner) is not None:  # an earlier demo run's: start from nothing (a stale stream would

