@@ -60,6 +60,10 @@ class Proc:
     log: Path
     stats: Path
     stderr: Path
+    bounded: bool = False  # started with --max-tx or --duration: it ends by itself (exit 0), as the app's past
+
+    def ended(self) -> bool:
+        return self.bounded and self.popen.poll() == 0
 
     def read_stats(self) -> dict[str, Any]:
         try:
@@ -115,7 +119,8 @@ class Fleet:
             err = paths["stderr"].open("wb")
             popen = subprocess.Popen(argv, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=err)
             err.close()
-            proc = Proc(name, source, popen, paths["jsonl"], paths["json"], paths["stderr"])
+            bounded = any(options.get(k) is not None for k in ("max_tx", "duration"))
+            proc = Proc(name, source, popen, paths["jsonl"], paths["json"], paths["stderr"], bounded)
             self.procs.append(proc)
             started.append(proc)
         return started
@@ -127,8 +132,13 @@ class Fleet:
     def committed(self) -> dict[str, int]:
         return {name: s.get("committed", 0) for name, s in self.stats().items()}
 
+    def running(self) -> list[Proc]:
+        """The writers meant to run until stopped (not those that end by themselves)."""
+        return [p for p in self.procs if not p.bounded]
+
     def check_alive(self) -> None:
-        dead = [p for p in self.procs if p.popen.poll() is not None]
+        """Fail when a writer exited early (one that ends by itself may exit, with 0)."""
+        dead = [p for p in self.procs if p.popen.poll() is not None and not p.ended()]
         if dead:
             raise AssertionError(
                 "writer(s) exited early: "
@@ -136,16 +146,26 @@ class Fleet:
             )
 
     def wait_committed(self, n: int, *, more_than: dict[str, int] | None = None, timeout: float = 60.0) -> None:
-        """Until every writer has committed `n` transactions (beyond `more_than`, a committed() snapshot)."""
+        """Until every running writer has committed `n` transactions (beyond `more_than`, a committed()
+        snapshot)."""
         base = more_than or {}
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             counts = self.committed()
-            if all(counts.get(p.name, 0) - base.get(p.name, 0) >= n for p in self.procs):
+            if all(counts.get(p.name, 0) - base.get(p.name, 0) >= n for p in self.running()):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"writers did not commit {n} more transaction(s) in {timeout:.0f}s: {counts}")
+            time.sleep(0.1)
+
+    def wait_ended(self, procs: list[Proc], timeout: float = 60.0) -> None:
+        """Until the writers `procs` (bounded ones) have ended, each with exit 0; the others must live on."""
+        deadline = time.monotonic() + timeout
+        while not all(p.ended() for p in procs):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"writers did not end in {timeout:.0f}s: {self.committed()}")
             time.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> None:

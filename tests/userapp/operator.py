@@ -1,7 +1,9 @@
 """The operator's side of the application's cutover: `dualwrite` commands, each in a process of its own,
 and the backfill/replay daemon (`dualwrite backfill run --daemon`, as the README has operators run it).
 
-    ok(dualwrite("cutover", "flip", *connection_args(settings), *METADATA))
+    conn = prepare(settings)                                              # the app's schema, `dualwrite init`
+    move(conn, tmp_path, "dual_write", "cutover", "flip")                 # exit 0, moved, in a --report
+    doc = cli_json(conn, tmp_path, "verify-1", "verify")                  # its --report, with "exit"
     daemon = start_daemon(settings, tmp_path, "--chunk-size", "100")   # stderr in tmp_path/backfill.stderr
     wait("every table copied", lambda: backfill_complete(backends, app, GateConfig()).ok, 120, 0.5)
     assert stop_daemon(daemon) == 0                                       # SIGTERM: it exits 0
@@ -9,6 +11,7 @@ and the backfill/replay daemon (`dualwrite backfill run --daemon`, as the README
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dualwrite.engines import sqlite_engine
 from dualwrite.settings import Settings
 from tests.conftest import connection_args
 from tests.userapp.fleet import ROOT, env
+from tests.userapp.models import Base
 
 METADATA = ["--metadata", "tests.userapp.writer:tables"]
 
@@ -34,6 +39,35 @@ def dualwrite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def prepare(settings: Settings) -> list[str]:
+    """The application makes its own schema in its SQLite file, then the operator runs `dualwrite init`;
+    the connection flags of every later command."""
+    app_db = sqlite_engine(settings.sqlite_url)
+    Base.metadata.create_all(app_db)
+    app_db.dispose()
+    conn = connection_args(settings)
+    ok(dualwrite("init", *conn, *METADATA, "--create-tables"))
+    return conn
+
+
+def cli_json(conn: list[str], tmp: Path, name: str, *command: str) -> dict[str, Any]:
+    """A CLI command's --report (tmp/<name>.json), with its exit status as "exit" (the caller judges it);
+    every command's output goes to tmp/operator.log, for a run that failed."""
+    report = tmp / f"{name}.json"
+    proc = dualwrite(*command, *conn, *METADATA, "--report", str(report))
+    with (tmp / "operator.log").open("a") as log:
+        log.write(f"== {name}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
+    assert report.exists(), f"{name}: exit {proc.returncode}, no report\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(report.read_text()) | {"exit": proc.returncode}
+
+
+def move(conn: list[str], tmp: Path, to: str, *command: str) -> dict[str, Any]:
+    """A `cutover flip`/`rollback` that must move the phase to `to`; its report."""
+    doc = cli_json(conn, tmp, f"to-{to}", *command)
+    assert doc["exit"] == 0 and doc["moved"] and doc["phase"] == to, doc
+    return doc
 
 
 def wait(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:

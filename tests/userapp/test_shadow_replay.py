@@ -17,38 +17,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dualwrite.cutover.gate import GateConfig, backfill_complete, replay_lag, shadow_mismatch_rate
-from dualwrite.engines import Backends, sqlite_engine
+from dualwrite.engines import Backends
 from dualwrite.redis_keys import read_shadow_counts
-from tests.conftest import connection_args
 from tests.userapp.compare import differences
 from tests.userapp.fleet import Fleet
-from tests.userapp.models import Base
-from tests.userapp.operator import METADATA, dualwrite, ok, start_daemon, stop_daemon, wait
+from tests.userapp.operator import cli_json, dualwrite, move, ok, prepare, start_daemon, stop_daemon, wait
 from tests.userapp.writer import tables
 
 RATE = 20  # transactions per second per writer; a read after 60% of them, each shadow-compared
 PER_PHASE = 15  # transactions per writer in each phase after its flip
 OUTCOMES = ("match", "mismatch", "ignored", "error", "skipped")
-
-
-def _cli_json(conn: list[str], tmp: Path, name: str, *command: str) -> dict[str, Any]:
-    """A CLI command's --report; the exit status is the caller's to judge (it is returned as "exit")."""
-    report = tmp / f"{name}.json"
-    proc = dualwrite(*command, *conn, *METADATA, "--report", str(report))
-    with (tmp / "operator.log").open("a") as log:  # every command's output, for a run that failed
-        log.write(f"== {name}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
-    assert report.exists(), f"{name}: exit {proc.returncode}, no report\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(report.read_text()) | {"exit": proc.returncode}
-
-
-def _move(conn: list[str], tmp: Path, to: str, *command: str) -> None:
-    doc = _cli_json(conn, tmp, f"to-{to}", *command)
-    assert doc["exit"] == 0 and doc["moved"] and doc["phase"] == to, doc
 
 
 def _shadow_counts(conn: list[str]) -> dict[str, int]:
@@ -80,11 +62,7 @@ def _assert_no_mismatch(conn: list[str], phase: str) -> dict[str, int]:
 def test_shadow_reads_in_a_comparator_process_with_a_replay_daemon_through_flips_and_back(  # type: ignore[no-untyped-def]
     settings, tmp_path: Path
 ) -> None:
-    conn = connection_args(settings)
-    app_db = sqlite_engine(settings.sqlite_url)
-    Base.metadata.create_all(app_db)  # the application's own schema, made by the application
-    app_db.dispose()
-    ok(dualwrite("init", *conn, *METADATA, "--create-tables"))
+    conn = prepare(settings)
     backends = Backends(settings)
     app = tables()
     fleet = Fleet(tmp_path)
@@ -103,28 +81,28 @@ def test_shadow_reads_in_a_comparator_process_with_a_replay_daemon_through_flips
             total = lambda: sum(read_shadow_counts(backends.redis, settings.namespace).values())  # noqa: E731
             wait(f"{reads} more shadow comparisons", lambda: total() >= counted + reads, 60)
 
-        _move(conn, tmp_path, "dual_write", "cutover", "flip")
+        move(conn, tmp_path, "dual_write", "cutover", "flip")
         daemon = start_daemon(settings, tmp_path, "--chunk-size", "200")
         wait("every table copied", lambda: backfill_complete(backends, app, gate).ok, 60, 0.3)
-        _move(conn, tmp_path, "shadow", "cutover", "flip")
+        move(conn, tmp_path, "shadow", "cutover", "flip")
         wait("enough comparisons for the gate", lambda: shadow_mismatch_rate(backends, app, gate).ok, 60, 0.3)
         _assert_no_mismatch(conn, "shadow")
         for proc in fleet.procs:  # each writer compares in a process of its own, not on its threads
             assert len(_comparators(proc.popen.pid)) == 1, (proc.name, proc.stderr.read_text()[-2000:])
-        verify = _cli_json(conn, tmp_path, "verify-shadow", "verify")
+        verify = cli_json(conn, tmp_path, "verify-shadow", "verify")
         assert verify["exit"] == 0 and verify["clean"], verify
         # the gate counts comparisons since that verify: the writers' reads go on being compared
         wait("comparisons since the verify", lambda: shadow_mismatch_rate(backends, app, gate).ok, 60, 0.3)
-        check = _cli_json(conn, tmp_path, "gate-shadow", "cutover", "check")
+        check = cli_json(conn, tmp_path, "gate-shadow", "cutover", "check")
         (rate,) = [c for c in check["conditions"] if c["name"] == "shadow_mismatch_rate"]
         assert rate["ok"] and rate["value"] == 0 and rate["detail"].startswith("0 mismatch(es)"), check
-        _move(conn, tmp_path, "postgres_reads", "cutover", "flip", "--postpone", "--deadline", "60", "--poll", "0.2")
+        move(conn, tmp_path, "postgres_reads", "cutover", "flip", "--postpone", "--deadline", "60", "--poll", "0.2")
         phase_traffic(reads=20)  # reads from Postgres now, compared with SQLite
         _assert_no_mismatch(conn, "postgres_reads")
-        _move(conn, tmp_path, "shadow", "cutover", "rollback", "--to", "shadow", "--reason", "drill")
+        move(conn, tmp_path, "shadow", "cutover", "rollback", "--to", "shadow", "--reason", "drill")
         phase_traffic(reads=20)
         _assert_no_mismatch(conn, "shadow, rolled back")
-        _move(conn, tmp_path, "dual_write", "cutover", "rollback", "--to", "dual_write", "--reason", "drill")
+        move(conn, tmp_path, "dual_write", "cutover", "rollback", "--to", "dual_write", "--reason", "drill")
         phase_traffic()
         fleet.check_alive()
         fleet.stop()  # each exits 0 after SIGTERM: none died
@@ -139,11 +117,11 @@ def test_shadow_reads_in_a_comparator_process_with_a_replay_daemon_through_flips
 
         # The replay caught up: nothing undelivered, nothing delivered and unacknowledged (the gate's view).
         wait("the replay to catch up", lambda: replay_lag(backends, app, GateConfig(max_replay_lag=0)).ok, 60, 0.3)
-        check = _cli_json(conn, tmp_path, "gate-end", "cutover", "check")
+        check = cli_json(conn, tmp_path, "gate-end", "cutover", "check")
         assert check["current"] == "dual_write" and check["target"] == "shadow", check
         (lag,) = [c for c in check["conditions"] if c["name"] == "replay_lag"]
         assert lag["ok"] and lag["value"] == 0 and "0 undelivered + 0 pending" in lag["detail"], lag
-        verify = _cli_json(conn, tmp_path, "verify-end", "verify")
+        verify = cli_json(conn, tmp_path, "verify-end", "verify")
         assert verify["exit"] == 0 and verify["clean"], verify
         assert verify["mode"] == "full" and {t["table"] for t in verify["tables"]} == set(app.names()), verify
         for t in verify["tables"]:  # every key range's checksums agreed: no row missing, extra or differing
