@@ -51,10 +51,11 @@ def after_gate(gate: Any, flag: str = "") -> list[str]:
     if "dead_letters_empty" in failing:
         steps += ["dualwrite backfill deadletters list", f"dualwrite backfill deadletters redrive{flag}"]
     if "verify_clean" in failing:
-        bad = _differing(failing["verify_clean"].detail)
+        detail = failing["verify_clean"].detail
+        bad = _differing(detail)
         if bad:
             steps.append(f"dualwrite verify{flag}{_tables(bad)} --fix")
-        steps.append(f"dualwrite verify{flag}{_tables(bad)}")
+        steps.append(f"dualwrite verify{flag}{_tables(bad + _named(detail, 'never verified: '))}")
     if "shadow_mismatch_rate" in failing:
         steps.append("dualwrite shadow report")
     for name in failing:
@@ -74,10 +75,15 @@ def _not_done(detail: str) -> list[str]:
 
 def _differing(detail: str) -> list[str]:
     """The tables named by verify_clean's detail ('... differences in a, b')."""
-    marker = "differences in "
-    if marker not in detail or "fixed rows" in detail:
+    return [] if "fixed rows" in detail else _named(detail, "differences in ")
+
+
+def _named(detail: str, marker: str) -> list[str]:
+    """The tables verify_clean's detail lists after `marker` ('differences in a, b; never verified: c (...)')."""
+    if marker not in detail:
         return []
-    return [t.strip() for t in detail.split(marker, 1)[1].split(" (")[0].split(",") if t.strip()]
+    names = detail.split(marker, 1)[1].split(" (")[0].split(";")[0]
+    return [t.strip() for t in names.split(",") if t.strip()]
 
 
 def after_verify(report: Any, flag: str = "", fixed: bool = False) -> list[str]:

@@ -139,6 +139,7 @@ def verify(
                 recheck_delay=recheck_delay,
                 progress=progress.update,
                 incremental_from_last=incremental,
+                captured=tables.names(),
             )
     finally:
         backends.close()

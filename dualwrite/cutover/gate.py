@@ -4,7 +4,8 @@
 |---|---|
 | outbox_drained | no `_dw_outbox` row on the primary above the stream's top seq |
 | dead_letters_empty | the dead-letter stream holds no event |
-| verify_clean | the last `dualwrite verify` (kept in Redis `{ns}:verify:last`) found no difference |
+| verify_clean | every captured table's last `dualwrite verify` (kept in Redis `{ns}:verify:last`; a verify of some
+  tables keeps the others' results) found no difference, and none was never verified |
 | shadow_mismatch_rate | at least `min_comparisons` (default 100) comparisons, and mismatches / compared <= the
   threshold, both counted since the last clean verify (`{ns}:shadow:counts` less the snapshot that verify took) |
 | backfill_complete | every captured table (the application's Tables) has a finished copy (`_dw_backfill_checkpoints`
@@ -138,20 +139,28 @@ def dead_letters_empty(backends: Backends, tables: Tables, _cfg: GateConfig) -> 
 
 
 def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
+    """Every captured table's last verify (a verify of some tables keeps the others' results: verify.last)
+    found no difference; the age is the oldest of those results'."""
     last = load_last(backends.redis, backends.settings.namespace)
     if last is None:
         return Condition("verify_clean", False, None, "no verify recorded: run `dualwrite verify`")
-    age = (datetime.now(UTC) - datetime.fromisoformat(last["at"])).total_seconds()
-    bad = {t: v for t, v in last.get("tables", {}).items() if not v.get("clean")}
-    detail = f"last verify {age:.0f}s ago: " + (
-        "clean" if last.get("clean") else f"differences in {', '.join(sorted(bad)) or 'fixed rows (re-verify)'}"
+    results = last.get("tables", {})
+    wanted = tables.names() or list(results)
+    never = [t for t in wanted if t not in results]
+    bad = sorted(t for t in wanted if t in results and not results[t].get("clean"))
+    at = min((results[t].get("at") or last["at"] for t in wanted if t in results), default=last["at"])
+    age = (datetime.now(UTC) - datetime.fromisoformat(at)).total_seconds()
+    ok = not never and not bad  # a table with fixed rows is not clean until it is verified again
+    found = ([f"differences in {', '.join(bad)}"] if bad else []) + (
+        [f"never verified: {', '.join(never)}"] if never else []
     )
+    state = "; ".join(found) or "clean"
+    detail = f"last verify {age:.0f}s ago: {state}"
     if last.get("mode") == "incremental":
         detail += f" (incremental: {last.get('touched')} key(s) changed since the full verify of {last.get('base')})"
-    ok = bool(last.get("clean"))
     if ok and cfg.verify_max_age_seconds is not None and age > cfg.verify_max_age_seconds:
         ok, detail = False, detail + f" (older than {cfg.verify_max_age_seconds:.0f}s)"
-    return Condition("verify_clean", ok, last["at"], detail)
+    return Condition("verify_clean", ok, at, detail)
 
 
 def shadow_window(client: redis.Redis, namespace: str) -> tuple[dict[str, int], str | None]:

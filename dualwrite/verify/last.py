@@ -4,6 +4,7 @@ shadow window a clean verify opens."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.redis_keys import shadow_window_key, verify_key
@@ -25,28 +26,47 @@ def store_last(
     *,
     fixed: bool = False,
     shadow_counts: dict[str, int] | None = None,
+    captured: Collection[str] | None = None,
 ) -> None:
-    """Keep the last verify result for the gate. A run that fixed rows is not clean until re-verified.
-    A clean one also opens a new shadow window (`shadow_counts`: the shadow reader's counts as they were
-    when the verify began): the gate's mismatch rate counts only the comparisons after that."""
+    """Keep the last verify result for the gate, per table. A verify of some tables (`--tables`, as the next
+    steps have an operator re-verify the tables just fixed) replaces their results and keeps the other
+    tables' from the verifies before, each with its time and watermark: so the gate sees every table's
+    last result, and the record's watermark (what an incremental verify re-reads from) is the oldest one.
+    `captured`: the application's table names; a kept result of any other table is dropped.
+    A run that fixed rows is not clean until re-verified. A clean one also opens a new shadow window
+    (`shadow_counts`: the shadow reader's counts as they were when the verify began): the gate's
+    mismatch rate counts only the comparisons after that."""
+    base = report.base or report.at  # the full verify this result rests on
+    ran = {
+        t.table: {
+            "clean": t.clean,
+            "missing": len(t._keys.get("missing", [])),
+            "extra": len(t._keys.get("extra", [])),
+            "differing": len(t._keys.get("differing", [])),
+            "error": t.error,
+            "at": report.at,
+            "watermark": report.watermark,
+            "base": base,
+        }
+        for t in report.tables
+    }
+    before = load_last(client, namespace) or {}
+    kept = {
+        name: {"at": before.get("at"), "watermark": before.get("watermark"), "base": before.get("base"), **entry}
+        for name, entry in before.get("tables", {}).items()
+        if name not in ran and (captured is None or name in captured)
+    }
+    tables = {**kept, **ran}
+    marks = [t["watermark"] for t in tables.values()]
     doc = {
         "at": report.at,
-        "clean": report.clean and not (fixed and any(t.fixed for t in report.tables)),
+        "clean": all(t["clean"] for t in tables.values()) and not (fixed and any(t.fixed for t in report.tables)),
         "fixed": fixed,
         "mode": report.mode,
-        "watermark": report.watermark,  # what an incremental verify re-verifies from (verify.incremental)
-        "base": report.base or report.at,  # the full verify this result rests on
+        "watermark": None if None in marks else min(marks, default=report.watermark),
+        "base": min((t["base"] for t in tables.values() if t["base"]), default=base),
         "touched": report.touched,
-        "tables": {
-            t.table: {
-                "clean": t.clean,
-                "missing": len(t._keys.get("missing", [])),
-                "extra": len(t._keys.get("extra", [])),
-                "differing": len(t._keys.get("differing", [])),
-                "error": t.error,
-            }
-            for t in report.tables
-        },
+        "tables": tables,
     }
     client.set(verify_key(namespace), json.dumps(doc))
     if doc["clean"] and shadow_counts is not None:

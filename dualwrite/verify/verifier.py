@@ -351,11 +351,13 @@ def verify_backends(
     store: bool = True,
     sqlite: Engine | None = None,
     incremental_from_last: bool = False,
+    captured: Sequence[str] | None = None,
     **kw: Any,
 ) -> VerifyReport:
     """verify_tables on a process's engines (`sqlite`: another SQLite read engine, e.g. one showing rowids);
     remember the result in Redis for the cutover gate. `incremental_from_last`: only the keys the change
-    log touched since the last clean verify (verify.incremental), or a full verify saying why not."""
+    log touched since the last clean verify (verify.incremental), or a full verify saying why not.
+    `captured`: every table name of the application (the kept results of other tables are dropped)."""
     fix_with = backends.postgres_apply if fix else None
     ns = backends.settings.namespace
     shadow_before = read_shadow_counts(backends.redis, ns) if store else {}
@@ -381,5 +383,5 @@ def verify_backends(
         report.fallback = fallback
     report.watermark = top
     if store:
-        store_last(backends.redis, ns, report, fixed=fix, shadow_counts=shadow_before)
+        store_last(backends.redis, ns, report, fixed=fix, shadow_counts=shadow_before, captured=captured)
     return report

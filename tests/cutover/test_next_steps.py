@@ -28,6 +28,14 @@ def test_each_failing_condition_names_its_remedy() -> None:
         "dualwrite verify --tables orders,users",
         "dualwrite cutover check",
     ]
+    never = "last verify 3s ago: differences in orders; never verified: users (incremental: 4 key(s) ...)"
+    assert after_gate(gate("shadow", "postgres_reads", ("verify_clean", never))) == [
+        "dualwrite verify --tables orders --fix",
+        "dualwrite verify --tables orders,users",  # the tables never verified with them
+        "dualwrite cutover check",
+    ]
+    g = gate("shadow", "postgres_reads", ("verify_clean", "last verify 3s ago: never verified: users"))
+    assert after_gate(g) == ["dualwrite verify --tables users", "dualwrite cutover check"]
     g = gate("shadow", "postgres_reads", ("verify_clean", "no verify recorded: run `dualwrite verify`"))
     assert after_gate(g) == ["dualwrite verify", "dualwrite cutover check"]
     g = gate("dual_write", "shadow", ("backfill_complete", "check failed: OperationalError: connection refused"))
