@@ -42,7 +42,7 @@ from tests.userapp.operator import cli_json, move, prepare, start_daemon, stop_d
 from tests.userapp.writer import tables
 
 HISTORY = 500  # transactions per history writer, as fast as they go, before dual writes are switched on
-RATE = 15  # transactions per second per live writer, each followed by a shadow-compared read
+RATE = 10  # transactions per second per live writer, each followed by a shadow-compared read
 PER_STEP = 10  # transactions per live writer between two operator steps
 POSTPONED = ("--postpone", "--deadline", "60", "--poll", "0.2")  # until enough comparisons since the verify
 
