@@ -52,10 +52,14 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     return out
 
 
-def write(out: Path, doc: dict[str, Any]) -> None:
-    figs = Figures(out, doc["machine"])
-    draw(figs, doc["sections"])
-    doc["figures"] = figs.entries
+def write(out: Path, doc: dict[str, Any], *, figures: bool = True) -> None:
+    """report.json and report.md; with figures, the plots too (about 2 s of matplotlib: the partial report
+    written after each section goes without them)."""
+    if figures:
+        figs = Figures(out, doc["machine"])
+        draw(figs, doc["sections"])
+        doc["figures"] = figs.entries
+    doc.setdefault("figures", [])
     (out / "report.json").write_text(json.dumps(doc, indent=1, default=str))
     (out / "report.md").write_text("\n".join(markdown(doc)) + "\n")
 

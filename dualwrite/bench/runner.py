@@ -62,12 +62,13 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
     with bench_env(config.postgres_url, config.redis_url) as env:
         doc["machine"] = machine_info(env.postgres_url, env.redis_url)
         doc["run_id"] = env.run_id
+        one_run = {"runs": 1} if config.quick else {}  # a quick run proves the sections work, not their spread
         steps = {
             "ops": lambda: ops.run(env, config.record_counts, config.workers, log),
             "overhead": lambda: overhead.run(env, config.overhead_writes, log=log),
             "shadow": lambda: shadow_overhead.run(env, config.shadow_reads, config.shadow_records, log),
-            "copy": lambda: copy_bench.run(env, config.copy_rows, log, runs=1 if config.quick else 3),
-            "replay": lambda: replay_bench.run(env, config.replay_events, log),
+            "copy": lambda: copy_bench.run(env, config.copy_rows, log, **one_run),
+            "replay": lambda: replay_bench.run(env, config.replay_events, log, **one_run),
             "verify": lambda: verify_bench.run(env, config.verify_records, log),
             "fence": lambda: fence_bench.run(env, config.fence_flips, log),
         }
@@ -80,12 +81,12 @@ def run(config: BenchConfig, out: Path, log: Any = print) -> dict[str, Any]:
                 doc["errors"][name] = f"{type(exc).__name__}: {exc}"
                 log(traceback.format_exc())
             log(f"[bench] {name}: {time.perf_counter() - t0:.1f}s")
-            _write(doc, out, started)  # a partial report after every section
+            _write(doc, out, started, figures=False)  # a partial report after every section
     _write(doc, out, started)
     return doc
 
 
-def _write(doc: dict[str, Any], out: Path, started: float) -> None:
+def _write(doc: dict[str, Any], out: Path, started: float, *, figures: bool = True) -> None:
     machine = doc.get("machine", {})
     doc["goals"] = []
     for name, sec in doc["sections"].items():
@@ -94,4 +95,4 @@ def _write(doc: dict[str, Any], out: Path, started: float) -> None:
             g.update(machine=machine_line(machine), commit=machine.get("commit", "?"))
             doc["goals"].append(g)
     doc["seconds"] = round(time.perf_counter() - started, 1)
-    report.write(out, doc)
+    report.write(out, doc, figures=figures)
