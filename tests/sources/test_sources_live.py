@@ -96,7 +96,7 @@ def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory,
         out = ok(dualwrite("verify", *cfg, "--priority", "P1,P2"))
         assert out.startswith("dualwrite: priority P1,P2: 2 source(s) in priority order: beta (P1), gamma (P2)"), out
         flip(["--priority", "P1,P2", "--min-comparisons", "20"], "postgres_reads", 2)  # since the verify
-        flip(["--source", "gamma"], "postgres_primary")
+        flip(["--source", "gamma", "--min-comparisons", "20"], "postgres_primary")
         flip(["--source", "gamma"], "postgres")
         out = ok(dualwrite("cutover", "rollback", *cfg, "--source", "beta", "--reason", "drill"))
         assert "postgres_reads -> shadow" in out, out
