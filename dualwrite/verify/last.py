@@ -50,27 +50,38 @@ def store_last(
         }
         for t in report.tables
     }
-    before = load_last(client, namespace) or {}
-    kept = {
-        name: {"at": before.get("at"), "watermark": before.get("watermark"), "base": before.get("base"), **entry}
-        for name, entry in before.get("tables", {}).items()
-        if name not in ran and (captured is None or name in captured)
-    }
-    tables = {**kept, **ran}
-    marks = [t["watermark"] for t in tables.values()]
-    doc = {
-        "at": report.at,
-        "clean": all(t["clean"] for t in tables.values()) and not (fixed and any(t.fixed for t in report.tables)),
-        "fixed": fixed,
-        "mode": report.mode,
-        "watermark": None if None in marks else min(marks, default=report.watermark),
-        "base": min((t["base"] for t in tables.values() if t["base"]), default=base),
-        "touched": report.touched,
-        "tables": tables,
-    }
-    client.set(verify_key(namespace), json.dumps(doc))
-    if doc["clean"] and shadow_counts is not None:
-        client.set(shadow_window_key(namespace), json.dumps({"since": report.at, "counts": shadow_counts}))
+    key, window_key = verify_key(namespace), shadow_window_key(namespace)
+
+    def update(pipe: Any) -> None:  # WATCHed: another verify storing meanwhile makes this run again
+        raw = pipe.get(key)
+        before = json.loads(raw) if raw else {}
+        kept = {
+            name: {"at": before.get("at"), "watermark": before.get("watermark"), "base": before.get("base"), **entry}
+            for name, entry in before.get("tables", {}).items()
+            if captured is None or name in captured
+        }
+        # a verify that began earlier but stores later does not replace a newer result of the same table
+        tables = {**kept, **{n: e for n, e in ran.items() if n not in kept or (kept[n]["at"] or "") <= e["at"]}}
+        marks = [t["watermark"] for t in tables.values()]
+        doc = {
+            "at": max(report.at, before.get("at") or ""),
+            "clean": all(t["clean"] for t in tables.values())
+            and not (fixed and any(t.fixed for t in report.tables)),
+            "fixed": fixed,
+            "mode": report.mode,
+            "watermark": None if None in marks else min(marks, default=report.watermark),
+            "base": min((t["base"] for t in tables.values() if t["base"]), default=base),
+            "touched": report.touched,
+            "tables": tables,
+        }
+        window = pipe.get(window_key)
+        newer_window = window is not None and json.loads(window).get("since", "") > report.at
+        pipe.multi()
+        pipe.set(key, json.dumps(doc))
+        if doc["clean"] and shadow_counts is not None and not newer_window:
+            pipe.set(window_key, json.dumps({"since": report.at, "counts": shadow_counts}))
+
+    client.transaction(update, key, window_key)
 
 
 def load_last(client: Any, namespace: str) -> dict[str, Any] | None:

@@ -4,9 +4,14 @@ so it can neither hide another table's standing difference nor stand in for a ta
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import text, update
 
 from dualwrite.cutover.gate import GateConfig, verify_clean
+from dualwrite.engines import open_redis
+from dualwrite.verify.last import load_shadow_window, store_last
+from dualwrite.verify.report import TableReport, VerifyReport
 from dualwrite.verify.verifier import load_last, verify_backends
 from tests.shadow.helpers import TABLES, item_rows, items, pair_rows, pairs, seed, writer
 
@@ -62,3 +67,38 @@ def test_an_incremental_after_a_partial_verify_re_reads_from_the_oldest_table_re
         assert {t.table: t.differing for t in inc.tables} == {"sh_items": [], "sh_pairs": ['["Beta",1]']}
     finally:
         dw.close()
+
+
+def _report(table: str, at: str, *, clean: bool = True, watermark: int = 0) -> VerifyReport:
+    return VerifyReport([TableReport(table, differing=[] if clean else ["[1]"])], at=at, watermark=watermark)
+
+
+def test_concurrent_verifies_of_different_tables_keep_both_results(settings, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Two verify processes storing at the same moment (an operator's and the daemon's, say): each table's
+    result survives; a read-then-write without WATCH loses one of them in such a race."""
+    ns = settings.namespace
+    rounds = 150
+
+    def store(table: str) -> None:
+        client = open_redis(settings.redis_url)
+        for i in range(rounds):
+            store_last(client, ns, _report(table, f"2026-01-01T00:00:{i // 10:02d}.{i:06d}+00:00"))
+        client.close()
+
+    threads = [threading.Thread(target=store, args=(t,)) for t in ("t_one", "t_two", "t_three")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    last = load_last(rclient, ns)
+    assert set(last["tables"]) == {"t_one", "t_two", "t_three"}, last["tables"].keys()
+    assert all(e["at"].endswith(f".{rounds - 1:06d}+00:00") for e in last["tables"].values()), last["tables"]
+
+
+def test_a_verify_that_began_earlier_and_stores_later_does_not_replace_a_newer_result(settings, rclient) -> None:  # type: ignore[no-untyped-def]
+    ns = settings.namespace
+    store_last(rclient, ns, _report("t", "2026-01-01T00:00:02+00:00", clean=False), shadow_counts={"match": 9})
+    store_last(rclient, ns, _report("t", "2026-01-01T00:00:01+00:00"), shadow_counts={"match": 1})  # older
+    last = load_last(rclient, ns)
+    assert last["tables"]["t"]["at"] == "2026-01-01T00:00:02+00:00" and not last["clean"], last
+    assert load_shadow_window(rclient, ns) is None  # the older clean run opened no window either
