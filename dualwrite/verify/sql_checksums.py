@@ -165,14 +165,15 @@ def chunk_sums(
     query: ChunkQuery,
     ranges: Sequence[Span | KeySet],
     on_range: Callable[[], None] | None = None,
+    pg_settings: Sequence[str] = (),
 ) -> list[ChunkSum]:
     """Every range's (or key set's) ChunkSum in one read transaction (one snapshot, as a single scan would
-    see); `on_range()` after each query (verify's progress)."""
+    see); `on_range()` after each query (verify's progress); `pg_settings`: more SET LOCALs on Postgres."""
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
         if query.pg:
-            for stmt in PG_SETTINGS:
+            for stmt in (*PG_SETTINGS, *pg_settings):
                 cur.execute(stmt)
         else:
             cur.execute("BEGIN")

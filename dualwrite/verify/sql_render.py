@@ -36,6 +36,7 @@ from sqlalchemy import types as sqltypes
 SEP, NUL = "\x01", "\x03"
 TEXT_KINDS = ("text", "text_exact")  # keys ordered byte-wise on both sides (COLLATE "C" on Postgres)
 _INT53 = "9007199254740992"
+_INT52 = "4503599627370496"
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,6 @@ _SPELLING = {
         "integral": "{v} = CAST({v} AS INTEGER)",
         "int": "CAST({n} AS INTEGER)",
         "text": "CAST({n} AS TEXT)",
-        "bit": "({c})",
     },
     "postgresql": {
         "lg": "floor(ln(abs({v})) / ln(2::float8))::int",
@@ -170,21 +170,28 @@ _SPELLING = {
         "integral": "{v} = trunc({v})",
         "int": "({n})::int8",
         "text": "({n})::text",
-        "bit": "({c})::int",
     },
 }
 
 
 def _exact(v: str, dialect: str) -> str:
+    """The mantissa at the logarithm's exponent when it is 53 bits long (the logarithm was right), else the
+    exponent corrected by one: one logarithm per branch test and use, not six per value (SQLite has no
+    common subexpressions; the float was most of its sums' cost). The division by a power of two is exact."""
     sp = _SPELLING[dialect]
     lg = sp["lg"].format(v=v)
-    power = sp["pow"].format(n=lg)
-    below, above = sp["bit"].format(c=f"{power} > abs({v})"), sp["bit"].format(c=f"{power} <= abs({v}) / 2")
-    e = f"({lg} - {below} + {above})"
-    mantissa = sp["text"].format(n=sp["int"].format(n=f"{v} / {sp['pow'].format(n=f'{e} - 52')}"))
+
+    def rendered(e: str) -> str:
+        mantissa = sp["text"].format(n=sp["int"].format(n=f"{v} / {sp['pow'].format(n=f'{e} - 52')}"))
+        return f"{mantissa} || 'p' || {e}"
+
     integer = sp["text"].format(n=sp["int"].format(n=v))
     integral = sp["integral"].format(v=v)
-    return f"CASE WHEN {integral} AND abs({v}) < {_INT53} THEN {integer} ELSE {mantissa} || 'p' || {e} END"
+    return (
+        f"CASE WHEN {integral} AND abs({v}) < {_INT53} THEN {integer} "
+        f"WHEN abs({v}) / {sp['pow'].format(n=f'{lg} - 52')} BETWEEN {_INT52} AND {_INT53} - 1 THEN {rendered(lg)} "
+        f"WHEN {sp['pow'].format(n=lg)} > abs({v}) THEN {rendered(f'({lg} - 1)')} ELSE {rendered(f'({lg} + 1)')} END"
+    )
 
 
 # Postgres settings the renderings rely on (SET LOCAL: the pooled connection keeps its own).
