@@ -13,7 +13,10 @@ per read, and it runs below the application's scheduling priority (it uses idle 
   dw.read(..., orm=True), of such a function too): a lambda or a closure cannot reach another process,
   and such a read is compared by the reader's threads instead (`reader.local_queries` names them).
 - The comparator reads both sides a moment after the request did (the re-reads of a mismatch already allow
-  for writes in flight), with the same normalizer, compare/clean/ignores and re-checks.
+  for writes in flight), with the same normalizer, compare/clean/ignores and re-checks. A mismatch's re-reads
+  are scheduled (shadow.rereads), served between records: one that persists never holds up the comparisons
+  behind it, and its record settles (leaves the bound) when they end. On close, pending ones are read once
+  more at once and their counts sent before the process exits.
 - Counts reach the Redis hash from the comparator (the gate's view) and come back over the pipe to the
   application's Prometheus counters and `reader.stats`; mismatches are recorded by the comparator.
 - At most `max_queue` records are in flight; beyond that a comparison is counted "skipped", never queued
@@ -38,6 +41,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.shadow.experiment import Observation
+from dualwrite.shadow.rereads import Rereads, RereadSchedule
 
 if TYPE_CHECKING:
     from dualwrite.engines import Backends
@@ -215,57 +219,102 @@ class ComparatorProcess:
         self._receiver.join(5)
 
 
+class _Report:
+    """The outcomes settled since the last report: sent back in batches (each wakes a thread of the application:
+    at most ~20 a second), at once after REPORT_S without one; the counts go to Redis with them."""
+
+    def __init__(self, conn: Any, reader: Any) -> None:
+        self.conn, self.reader = conn, reader
+        self.settled, self.counts = 0, Counter[tuple[Any, ...]]()
+        self.sent_at = time.monotonic()
+
+    def add(self, shape: tuple[Any, ...], result: Any) -> None:
+        """One record settled: its comparison and any re-reads ended (`result` None: it failed)."""
+        self.settled += 1
+        self.counts[shape[0], shape[1], "error" if result is None else result.outcome] += 1
+
+    def wait(self) -> float | None:
+        return max(0.0, self.sent_at + REPORT_S - time.monotonic()) if self.settled else None
+
+    def send_if_due(self) -> None:
+        if self.settled and time.monotonic() - self.sent_at >= REPORT_S:
+            self.send()
+
+    def send(self) -> None:
+        if self.settled:
+            self.conn.send((self.settled, list(self.counts.items())))
+            self.settled, self.counts = 0, Counter()
+        self.reader.flush()
+        self.sent_at = time.monotonic()
+
+
 def _serve(settings: Any, reader_kwargs: dict[str, Any], conn: Any) -> None:
-    """The comparator process: compare every record on both sides, send the outcome counts back in batches."""
+    """The comparator process: compare every record on both sides, send the outcome counts back in batches.
+    A mismatch's re-reads are scheduled (RereadSchedule), served between records; its record settles when they
+    end. At the end every pending one is read once more at once (the reader's close() way), then reported."""
     from dualwrite.engines import Backends
     from dualwrite.shadow.reader import ShadowReader
 
     backends = Backends(settings)
     reader = ShadowReader(**reader_kwargs)
     names: dict[int, Any] = {}  # shapes and functions by number (an exception: the function would not load)
-    settled, counts = 0, Counter[tuple[Any, ...]]()
-    sent_at = time.monotonic()
+    report = _Report(conn, reader)
+    rereads = RereadSchedule(report.add)
     try:
         while True:
-            # outcomes go back in batches (each wakes a thread of the application: at most ~20 a second),
-            # at once when no record came for REPORT_S; the counts go to Redis with them
-            if settled and (time.monotonic() - sent_at >= REPORT_S or not conn.poll(REPORT_S)):
-                conn.send((settled, list(counts.items())))
-                settled, counts = 0, Counter()
-                reader.flush()
-                sent_at = time.monotonic()
+            rereads.run_due()
+            report.send_if_due()
+            waits = [w for w in (rereads.wait(), report.wait()) if w is not None]
+            if not conn.poll(min(waits) if waits else None):
+                continue  # a re-read or a report is due
             batch = conn.recv()
             if batch is None:
                 break
             for payload in batch:
-                settled += 1  # every item the application queued, definitions too, is settled once
-                try:
-                    item = pickle.loads(payload)
-                except Exception as exc:  # noqa: BLE001 - e.g. the read's module is not importable here
-                    log.warning("shadow comparator: a record could not be read: %r", exc)
-                    continue  # not counted: its store and query are in what failed to load
-                if len(item) == 3:  # a definition: (kind, number, the pickled shape or function)
-                    try:
-                        names[item[1]] = pickle.loads(item[2])
-                    except Exception as exc:  # noqa: BLE001 - its records are counted "error"
-                        names[item[1]] = exc
-                    continue
-                shape = names[item[0]]
-                counts[shape[0], shape[1], _compare(reader, backends, names, shape, item)] += 1
+                _take(reader, backends, names, payload, report, rereads)
+                rereads.run_due()  # between records: a long batch does not hold re-reads back
+                report.send_if_due()
     except (EOFError, OSError):
         pass
     finally:
-        if settled:
-            try:
-                conn.send((settled, list(counts.items())))
-            except OSError:
-                pass
-        reader.flush()
+        reader._closing.set()  # as ShadowReader.close(): open mismatches read once more, at once
+        rereads.run_all()
+        try:
+            report.send()
+        except OSError:
+            pass
         reader.close()
         backends.close()
 
 
-def _compare(reader: Any, backends: Backends, names: dict[int, Any], shape: tuple[Any, ...], record: Any) -> str:
+def _take(
+    reader: Any, backends: Any, names: dict[int, Any], payload: bytes, report: _Report, rereads: RereadSchedule
+) -> None:
+    """One item of a batch: a definition, or a record compared now and settled, or scheduled for re-reads.
+    Every item the application queued, definitions too, is settled once."""
+    try:
+        item = pickle.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - e.g. the read's module is not importable here
+        log.warning("shadow comparator: a record could not be read: %r", exc)
+        report.settled += 1  # not counted: its store and query are in what failed to load
+        return
+    if len(item) == 3:  # a definition: (kind, number, the pickled shape or function)
+        try:
+            names[item[1]] = pickle.loads(item[2])
+        except Exception as exc:  # noqa: BLE001 - its records are counted "error"
+            names[item[1]] = exc
+        report.settled += 1
+        return
+    shape = names[item[0]]
+    outcome = _compare(reader, backends, names, shape, item)
+    if isinstance(outcome, Rereads):
+        rereads.add(outcome, shape)
+    else:
+        report.add(shape, outcome)
+
+
+def _compare(reader: Any, backends: Backends, names: dict[int, Any], shape: tuple[Any, ...], record: Any) -> Any:
+    """The record's first comparison: its Result, None if it failed (counted "error"), or its Rereads."""
     store, label, query, ordered, backend, control_backend = shape
     _sid, func, args, keywords, params = record
     if isinstance(func, int):
@@ -273,11 +322,10 @@ def _compare(reader: Any, backends: Backends, names: dict[int, Any], shape: tupl
     if isinstance(func, BaseException):
         log.warning("shadow comparator: the read function of %s could not be loaded: %r", query, func)
         reader._count(backends, store, label, "error")
-        return "error"
+        return None
     fn = functools.partial(func, *args, **keywords) if args or keywords else func
     control = Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn))
-    result = reader._compare(backends, backend, store, label, query, fn, params, ordered, control, control_backend)
-    return "error" if result is None else result.outcome
+    return reader.begin(backends, backend, store, label, query, fn, params, ordered, control, control_backend)
 
 
 def _lower_priority() -> None:

@@ -10,7 +10,8 @@ to `dualwrite_shadow_comparisons_total{store,query,result}` and, in batches, to 
 reads; mismatch samples, params masked, to a capped stream (shadow.records).
 
 A mismatch is read again on both sides after each of `recheck_delays` (seconds): if a later pair matches,
-a write was in flight and the comparison counts as "ignored", not "mismatch". A candidate that times out
+a write was in flight and the comparison counts as "ignored", not "mismatch" (shadow.rereads; close() ends
+the waits: an open mismatch is read once more at once). A candidate that times out
 (`candidate_timeout`, shadow.candidate) counts as "error". A/A mode (`aa_percentage`) runs the control's
 backend a second time against itself (the noise of non-deterministic queries), counted apart as `aa:<query>`.
 """
@@ -42,6 +43,7 @@ from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the ga
     read_mismatches,
     record_mismatch,
 )
+from dualwrite.shadow.rereads import Rereads
 
 
 class _Writer(Protocol):
@@ -283,6 +285,23 @@ class ShadowReader:
         params: dict[str, Any] | None, ordered: bool, control: Observation, control_backend: str,
         pause: Callable[[], None] | None = None,
     ) -> Result | None:  # fmt: skip
+        """Compare, and read a mismatch again after each delay, waiting here (close() ends the waits)."""
+        outcome = self.begin(
+            backends, backend, store, label, query, fn, params, ordered, control, control_backend, pause
+        )
+        while isinstance(outcome, Rereads):
+            if outcome.delay > 0 and not self._closing.is_set():
+                self._closing.wait(outcome.delay)
+            outcome = outcome.step()
+        return outcome
+
+    def begin(
+        self, backends: Backends, backend: str, store: str, label: str, query: str, fn: Callable[[Any], Any],
+        params: dict[str, Any] | None, ordered: bool, control: Observation, control_backend: str,
+        pause: Callable[[], None] | None = None,
+    ) -> Result | Rereads | None:  # fmt: skip
+        """The first comparison: its settled Result (None: it failed, counted "error"), or, for a mismatch to
+        be read again, the Rereads that will settle it (its driver waits: this thread, or the comparator's heap)."""
         try:
             exp = self.experiment(store, query, ordered)
             if pause is not None:
@@ -294,48 +313,22 @@ class ShadowReader:
                 result = Result(query, "error", control, candidate, dict(exp.context), error="candidate timed out")
             else:  # right after the candidate's own burst: short results match in microseconds
                 result = exp.evaluate(control, candidate, pause)
-            if result.mismatched and self.recheck_mismatches and not label.startswith("aa:"):
-                again = self._recheck(exp, backends, backend, control_backend, store, query, fn, pause)
-                if again is not None:
-                    result.outcome, result.error = "ignored", f"in flight: matched when read again after {again:g}s"
         except Exception as exc:
             log.warning("shadow %s: %r", query, exc)
             self._count(backends, store, label, "error")
             return None
+        if result.mismatched and self.recheck_mismatches and self.recheck_delays and not label.startswith("aa:"):
+            job = (backend, store, label, query, fn, params, control_backend)
+            return Rereads(self, exp, result, backends, job, pause)
+        return self._settle(backends, backend, store, label, params, result)
+
+    def _settle(
+        self, backends: Backends, backend: str, store: str, label: str, params: dict[str, Any] | None, result: Result
+    ) -> Result:
         self._count(backends, store, label, result.outcome)
         if result.mismatched:
             record_mismatch(backends, store, label, params, result, backend)
         return result
-
-    def _recheck(
-        self,
-        exp: Experiment,
-        backends: Backends,
-        backend: str,
-        control_backend: str,
-        store: str,
-        query: str,
-        fn: Callable[[Any], Any],
-        pause: Callable[[], None] | None,
-    ) -> float | None:
-        """Read both sides again after each delay; the delay after which they matched, or None."""
-        waited = 0.0
-        for delay in self.recheck_delays:
-            if delay > 0 and not self._closing.is_set():
-                # a worker thread (off the request path), or a test in synchronous mode; close() ends the wait
-                start = time.monotonic()
-                self._closing.wait(delay)
-                waited += time.monotonic() - start
-            again = exp.evaluate(
-                Observation.capture("control", lambda: backends.timed_read(control_backend, store, query, fn)),
-                Observation.capture("candidate", lambda: self.candidates.read(backends, backend, store, query, fn)),
-                pause,
-            )
-            if again.matched:
-                return round(waited, 3)
-            if self._closing.is_set():
-                return None  # closing: read once more at once, and it still differs
-        return None
 
     def _inc_comparisons(self, store: str, label: str, outcome: str, n: int = 1) -> None:
         if (metrics.SHADOW_COMPARISONS, store, label, outcome) not in self._child:

@@ -107,3 +107,90 @@ def test_records_over_the_bound_are_counted_skipped_never_lost(dw, uid) -> None:
         )
     finally:
         reader.close()
+
+
+def dialect(conn):  # type: ignore[no-untyped-def]  # 'sqlite' vs 'postgresql': differs on every read, forever
+    return conn.dialect.name
+
+
+def lagging(conn, healed_at: float):  # type: ignore[no-untyped-def]  # Postgres catches up at `healed_at`
+    return "old" if conn.dialect.name == "postgresql" and time.time() < healed_at else "new"
+
+
+def _warm(dw, reader, q: str) -> None:  # type: ignore[no-untyped-def]
+    """The comparator process started and serving (it takes a second or two to import and connect)."""
+    dw.read("shtest", q, functools.partial(first_rows, n=3))
+    assert reader.wait_idle(120)
+
+
+def test_a_persistent_mismatch_does_not_hold_up_the_comparisons_behind_it(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """Its re-reads (the default delays: 0, 0.2, 1 and 3 s) are scheduled, not waited out in the comparator's
+    loop: the reads after it are compared within a second or two, none skipped, while it is still being read
+    again; it then ends as a mismatch with its sample."""
+    q, bad = f"burst-{uid}", f"differs-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500).install(dw)
+    try:
+        _warm(dw, reader, q)
+        dw.read("shtest", bad, dialect)
+        time.sleep(0.3)  # the comparator has seen it differ and is re-reading it
+        start = time.monotonic()
+        for _ in range(30):
+            dw.read("shtest", q, functools.partial(first_rows, n=10))
+        assert _wait_for(lambda: reader.stats["match"] == 31, timeout=2.0), dict(reader.stats)
+        took = time.monotonic() - start
+        assert reader.stats["mismatch"] == 0 and reader.stats["skipped"] == 0  # still pending its re-reads
+        assert reader.wait_idle(30)
+        assert reader.stats["mismatch"] == 1 and reader.stats["match"] == 31 and reader.stats["skipped"] == 0
+        assert reader._remote is not None and reader._remote.outstanding == 0
+        (sample,) = read_mismatches(dw.backends.redis, dw.settings.namespace)
+        assert sample["query"] == bad and "postgresql" in sample["diff"]
+        assert _wait_for(
+            lambda: read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 31, "mismatch": 1}
+        )
+    finally:
+        reader.close()
+    assert took < 2.0
+
+
+def test_a_difference_that_heals_within_the_rereads_is_ignored(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """Postgres catches up 2 s after the read (the last re-read, 4.2 s after it, matches): "ignored", not a
+    mismatch, and no sample; the reads meanwhile are compared without waiting for it."""
+    q, healing = f"meanwhile-{uid}", f"heals-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500).install(dw)
+    try:
+        _warm(dw, reader, q)
+        dw.read("shtest", healing, functools.partial(lagging, healed_at=time.time() + 2.0))
+        for _ in range(10):
+            dw.read("shtest", q, functools.partial(first_rows, n=10))
+        assert _wait_for(lambda: reader.stats["match"] == 11, timeout=2.0), dict(reader.stats)
+        assert reader.wait_idle(30)
+        assert reader.stats["ignored"] == 1 and reader.stats["mismatch"] == 0
+        assert read_mismatches(dw.backends.redis, dw.settings.namespace) == []
+    finally:
+        reader.close()
+
+
+def test_close_reads_pending_mismatches_once_at_once_and_counts_every_record(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """close() with re-reads pending: each is read once more at once (no delay waited out) and, still
+    differing, counts as a mismatch; every record reaches the application's counts and Redis before the
+    process exits, well within the close timeout (10 s), none killed with it."""
+    q, bad = f"closing-{uid}", f"differs-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500).install(dw)
+    closed = False
+    try:
+        _warm(dw, reader, q)
+        for _ in range(5):
+            dw.read("shtest", bad, dialect)
+            dw.read("shtest", q, functools.partial(first_rows, n=10))
+        time.sleep(0.5)  # sent, compared, the mismatches waiting for their re-reads
+        start = time.monotonic()
+        reader.close()
+        closed = True
+        took = time.monotonic() - start
+    finally:
+        if not closed:
+            reader.close()
+    assert took < 3.0, f"close() took {took:.1f}s"  # waiting out the re-reads in turn: 5 x 4.2 s, killed at 10 s
+    assert dict(reader.stats) == {"match": 6, "mismatch": 5}
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 6, "mismatch": 5}
+    assert len(read_mismatches(dw.backends.redis, dw.settings.namespace)) == 5
