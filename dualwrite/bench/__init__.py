@@ -6,5 +6,5 @@ shared and noisy), one report directory (report.md, report.json, one PNG per sec
 - common.py          the isolated environment (own schemas, databases, namespaces), the bench table,
                      statistics, machine info
 - ops.py (1), overhead.py (2), shadow_overhead.py (3), copy_bench.py (4) with copy_worker.py and
-  rss_launcher.py, replay_bench.py (5), verify_bench.py (6), fence_bench.py (7): the sections
+  rss_launcher.py, replay_bench.py (5) with replay_procs.py, verify_bench.py (6), fence_bench.py (7): the sections
 """

@@ -3,11 +3,13 @@
 baseline: `DualWriter.apply`, the inline path); and the replay lag under a steady write load like the demo's
 (3 writers, 10 ms between writes).
 
-Workers run in their own processes (as `dualwrite backfill run` does; threads would share one GIL). Each
-builds its writer, connects and reads the table's catalog (the baseline is as warm), says "ready", waits for
-"go", replays until the group has nothing left and reports its start and the end of its last batch (wall
-clock), so neither interpreter start-up nor the final empty poll is counted. Baseline and replays run
-interleaved, RUNS times; the goals are the medians of the per-run ratios, with their spread."""
+Workers run in their own processes (replay_procs.py), as `dualwrite backfill run` does (threads would share
+one GIL). Each builds its writer, connects and reads the table's catalog (the baseline is as warm), says
+"ready", waits for "go", replays until the group has nothing left and reports its start and the end of its
+last batch (wall clock), so neither interpreter start-up nor the final empty poll is counted. Baseline and replays run
+interleaved, in mirrored order (_one_run), RUNS times; the goals are the medians of the per-run ratios, with
+their spread. Beside each figure the CPU per event of the processes, their Postgres backends and the Redis
+server: on two shared cores, two workers scale only as far as the CPU the rest of the machine leaves them."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ PER_WORKER_GOAL, SCALING_GOAL = 0.9, 1.7
 def _spawn(settings: Any, group: str, consumer: str, mode: str) -> subprocess.Popen[str]:
     names = ("sqlite_url", "postgres_url", "redis_url", "namespace", "pg_schema", "state_schema", "stream_retention")
     conf = {k: getattr(settings, k) for k in names}
-    cmd = [sys.executable, "-m", "dualwrite.bench.replay_bench", json.dumps(conf), group, consumer, mode]
+    cmd = [sys.executable, "-m", "dualwrite.bench.replay_procs", json.dumps(conf), group, consumer, mode]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -73,7 +75,9 @@ def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, lab
 
     dw = prepared_writer(env.settings(label).with_(namespace=ns, stream_retention=keep), bench_tables(table))
     try:
+        redis0 = _redis_cpu(dw.backends.redis)
         reports = _results(_workers(dw.settings, f"bench-{label}", n), timeout=1800)
+        redis_s = _redis_cpu(dw.backends.redis) - redis0
         with dw.backends.postgres.connect() as conn:
             landed = len(conn.execute(select(table.c.id)).all())
     finally:
@@ -83,7 +87,14 @@ def replay_with_workers(env: BenchEnv, ns: str, md: Any, table: Any, n: int, lab
     eps = applied / seconds if seconds else 0.0
     dead = sum(r["stats"]["dead"] for r in reports)
     out = {"events_per_s": eps, "applied": applied, "seconds": seconds, "landed": landed, "dead": dead}
-    return {**out, "cpu": cpu_per_event(reports)}
+    cpu = cpu_per_event(reports)
+    return {**out, "cpu": {**cpu, "redis_us": round(1e6 * redis_s / (applied or 1), 1)} if cpu else {}}
+
+
+def _redis_cpu(client: Any) -> float:
+    """CPU seconds the Redis server has used (all its clients: the workers' share when nothing else is busy)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def direct_apply(env: BenchEnv, table: Any, payloads: list[bytes], label: str) -> float:
@@ -187,6 +198,43 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
         dw.close()
 
 
+def _one_run(env: BenchEnv, ns: str, md: Any, table: Any, payloads: list[bytes], i: int) -> dict[str, Any]:
+    """One run: direct, 1 worker, 2 workers, the ceiling's 1 and 2 processes, then the same in reverse order;
+    each figure the mean of its two measurements. The machine is shared and its load drifts within seconds:
+    in a fixed order (1 worker always just before 2) a drift counted against one side only; mirrored, a
+    linear drift cancels, and every comparison is between neighbours equally far apart."""
+    keep = len(payloads)
+    order = ["direct", "w1", "w2", "c1", "c2"]
+    got: dict[str, list[Any]] = {k: [] for k in order}
+    for half, names in enumerate((order, order[::-1])):
+        for name in names:
+            label = f"replay_{name}_{i}{'ab'[half]}"
+            if name == "direct":
+                got[name].append(len(payloads) / (direct_apply(env, table, payloads, label) or float("inf")))
+            elif name.startswith("w"):
+                got[name].append(replay_with_workers(env, ns, md, table, int(name[1]), label, keep=keep))
+            else:
+                got[name].append(direct_apply_procs(env, ns, table, int(name[1]), label))
+    w1, w2 = (_mean_run(got[k]) for k in ("w1", "w2"))
+    c1, c2 = (sum(eps for eps, _cpu in got[k]) / 2 for k in ("c1", "c2"))
+    cpu = {"w1": w1["cpu"], "w2": w2["cpu"], "direct_p1": _mean_cpu([c for _e, c in got["c1"]])}
+    cpu["direct_p2"] = _mean_cpu([c for _e, c in got["c2"]])
+    return {"direct": sum(got["direct"]) / 2, "w1": w1, "w2": w2, "ceiling": ratio(c2, c1) or 0.0, "cpu": cpu}
+
+
+def _mean_run(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two replay_with_workers results as one: mean events/s and CPU; the fewest rows landed, the most dead."""
+    eps = sum(r["events_per_s"] for r in reports) / len(reports)
+    landed, dead = min(r["landed"] for r in reports), max(r["dead"] for r in reports)
+    return {"events_per_s": eps, "landed": landed, "dead": dead, "cpu": _mean_cpu([r["cpu"] for r in reports])}
+
+
+def _mean_cpu(readings: list[dict[str, float]]) -> dict[str, float]:
+    if not readings or not all(readings):
+        return {}
+    return {k: round(sum(r[k] for r in readings) / len(readings), 1) for k in readings[0]}
+
+
 def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[str, Any]:
     from dualwrite.redis_keys import stream_key
     from dualwrite.stream.protocol import EVENT_FIELD
@@ -208,21 +256,13 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
         payloads = [f[EVENT_FIELD] for _id, f in entries]
         ns = dw.settings.namespace
         per_run: list[dict[str, Any]] = []
-        for i in range(runs):  # interleaved, so drift of the shared machine hits each alike
-            base_s = direct_apply(env, table, payloads, f"replay_base{i}")
-            one = replay_with_workers(env, ns, md, table, 1, f"replay_r{i}_w1", keep=len(payloads))
-            two = replay_with_workers(env, ns, md, table, 2, f"replay_r{i}_w2", keep=len(payloads))
-            ceil1, cpu1 = direct_apply_procs(env, ns, table, 1, f"replay_c{i}_p1")
-            ceil2, cpu2 = direct_apply_procs(env, ns, table, 2, f"replay_c{i}_p2")
-            base_eps = len(payloads) / base_s if base_s else 0.0
-            cpu = {"w1": one["cpu"], "w2": two["cpu"], "direct_p1": cpu1, "direct_p2": cpu2}
-            per_run.append(
-                {"direct": base_eps, "w1": one, "w2": two, "ceiling": ratio(ceil2, ceil1) or 0.0, "cpu": cpu}
-            )
+        for i in range(runs):
+            r = _one_run(env, ns, md, table, payloads, i)
+            per_run.append(r)
             log(
-                f"  replay run {i + 1}/{runs}: direct {base_eps:.0f} events/s, 1 worker {one['events_per_s']:.0f}, "
-                f"2 workers {two['events_per_s']:.0f}; direct apply 2 processes vs 1: {ratio(ceil2, ceil1)}x; "
-                f"CPU us/event (process, its Postgres backend): {cpu}"
+                f"  replay run {i + 1}/{runs}: direct {r['direct']:.0f} events/s, 1 worker "
+                f"{r['w1']['events_per_s']:.0f}, 2 workers {r['w2']['events_per_s']:.0f}; direct apply 2 processes "
+                f"vs 1: {r['ceiling']}x; CPU us/event (process, its Postgres backend; Redis): {r['cpu']}"
             )
         direct = median([r["direct"] for r in per_run])
         w1 = median([r["w1"]["events_per_s"] for r in per_run])
@@ -287,100 +327,9 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
         dw.close()
 
 
-def _worker(conf: dict[str, str], group: str, consumer: str, mode: str) -> None:
-    """One replay worker process: ready (connected, catalog read), go, replay (until caught up, or until
-    "stop" on stdin), report its start and the end of its last batch."""
-    from dualwrite.adapter import DualWriter
-    from dualwrite.apply.statements import statements
-    from dualwrite.settings import load_settings
-    from dualwrite.stream.replay import Replayer
-
-    _md, table = bench_metadata()
-    dw = DualWriter(load_settings(env={}, **conf), bench_tables(table), relay=False)
-    if mode.startswith("direct:"):
-        return _direct_worker(dw, table, int(consumer[1:]), int(mode.split(":")[1]))
-    rp = Replayer(dw.backends, dw.tables, group=group, consumer=consumer, batch=BATCH, block_ms=50)
-    rp.ensure_group()
-    statements.get(dw.backends.postgres_direct, table)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    c0 = _cpu(dw)
-    start = time.time()
-    if mode == "daemon":
-        stop = threading.Event()
-        threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-        stats = rp.run(should_stop=stop.is_set)
-        end = time.time()
-    else:
-        # run(once=True) as `dualwrite backfill replay --once` runs (its read-ahead included), timing the end
-        # of the last batch rather than the final empty poll
-        last = [start]
-        step = rp.step
-
-        def timed_step(block_ms: int | None = None) -> int:
-            n = step(block_ms)
-            if n:
-                last[0] = time.time()
-            return n
-
-        rp.step = timed_step  # type: ignore[method-assign]
-        stats = rp.run(once=True)
-        end = last[0]
-    print(json.dumps({"start": start, "end": end, "stats": stats.as_dict(), **_cpu(dw, c0)}), flush=True)
-    dw.close()
-
-
-def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
-    """One process of the ceiling: read the stream once before "go", then decode and apply every n-th
-    batch (starting at `share`) directly, as direct_apply does."""
-    from dualwrite.apply.statements import statements
-    from dualwrite.events import ChangeEvent
-    from dualwrite.redis_keys import stream_key
-    from dualwrite.stream.protocol import EVENT_FIELD
-
-    payloads = [f[EVENT_FIELD] for _id, f in dw.backends.redis.xrange(stream_key(dw.settings.namespace))]
-    statements.get(dw.backends.postgres_direct, table)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    c0 = _cpu(dw)
-    start, applied = time.time(), 0
-    for i in range(share * BATCH, len(payloads), n * BATCH):
-        batch = [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]]
-        dw.apply("postgres", batch)
-        applied += len(batch)
-    print(json.dumps({"start": start, "end": time.time(), "stats": {"applied": applied}, **_cpu(dw, c0)}), flush=True)
-    dw.close()
-
-
-def _cpu(dw: Any, since: dict[str, float] | None = None) -> dict[str, float]:
-    """CPU seconds used so far by this process and by the Postgres backend of its apply connection (the
-    pool's one: only the main thread applies); with `since` (an earlier reading), used since then. Two
-    workers on two cores are bound by CPU per event, not latency. Empty where /proc cannot be read (not
-    Linux, or Postgres on another host)."""
-    import os
-
-    from sqlalchemy import text
-
-    try:
-        with dw.backends.postgres_direct.connect() as conn:
-            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return {}
-    now = {"cpu_s": time.process_time(), "pg_cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")}
-    if since is None:
-        return now
-    return {k: v - since[k] for k, v in now.items()} if since else {}  # {}: the first reading failed
-
-
 def cpu_per_event(reports: list[dict[str, Any]]) -> dict[str, float]:
     """Microseconds of CPU per applied event: the worker processes', their Postgres backends'."""
     applied = sum(r["stats"]["applied"] for r in reports) or 1
     if not all("cpu_s" in r for r in reports):
         return {}
     return {f"{k[:-2]}_us": round(1e6 * sum(r[k] for r in reports) / applied, 1) for k in ("cpu_s", "pg_cpu_s")}
-
-
-if __name__ == "__main__":
-    _worker(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
