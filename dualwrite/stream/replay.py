@@ -17,6 +17,7 @@
   one round trip, in the helper thread), or is sent at the end of a step that reads nothing ahead. Only
   committed ids are ever acked; an ack lost with an outage or a crash re-delivers entries the apply rule
   makes no-ops.
+- While run() loops, the garbage collector's first threshold holds two batches (gc_batches.py).
 - Every `trim_every_s` the stream is trimmed to what every group acknowledged, less the settings'
   `stream_retention` (retention.py; the relay does the same: either alone keeps the stream bounded).
 """
@@ -42,6 +43,7 @@ from dualwrite.events import ChangeEvent
 from dualwrite.redis_keys import stream_key
 from dualwrite.retry import OUTAGE_ERRORS, outage, poison_event
 from dualwrite.stream.deadletters import dead_letter, list_dead_letters, redrive
+from dualwrite.stream.gc_batches import batch_gc
 from dualwrite.stream.protocol import EVENT_FIELD, group_lag, is_nogroup, parse_autoclaim
 from dualwrite.stream.replay_lines import ReplayLines
 from dualwrite.stream.retention import StreamTrimmer
@@ -339,15 +341,16 @@ class Replayer:
         lines = None if self.report_every_s is None else ReplayLines(self.report_every_s)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read-ahead")
         try:
-            while not should_stop():
-                try:
-                    n = through_outages(one_step)
-                except OUTAGE_ERRORS:
-                    break  # should_stop() while waiting out an outage
-                if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
-                    self._status_line(lines, force=True)
-                    break
-                self._status_line(lines)
+            with batch_gc(self.batch):  # a batch's objects are many and acyclic (gc_batches.py)
+                while not should_stop():
+                    try:
+                        n = through_outages(one_step)
+                    except OUTAGE_ERRORS:
+                        break  # should_stop() while waiting out an outage
+                    if once and n == 0 and self.lag == (0, 0):  # step() refreshed the lag when it found nothing
+                        self._status_line(lines, force=True)
+                        break
+                    self._status_line(lines)
         finally:
             self._drop_ahead()  # what it read stays pending for this consumer: re-read at the next start
             self._reader.shutdown(wait=True)
