@@ -14,6 +14,7 @@ server: on two shared cores, two workers scale only as far as the CPU the rest o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -219,7 +220,15 @@ def _one_run(env: BenchEnv, ns: str, md: Any, table: Any, payloads: list[bytes],
     c1, c2 = (sum(eps for eps, _cpu in got[k]) / 2 for k in ("c1", "c2"))
     cpu = {"w1": w1["cpu"], "w2": w2["cpu"], "direct_p1": _mean_cpu([c for _e, c in got["c1"]])}
     cpu["direct_p2"] = _mean_cpu([c for _e, c in got["c2"]])
-    return {"direct": sum(got["direct"]) / 2, "w1": w1, "w2": w2, "ceiling": ratio(c2, c1) or 0.0, "cpu": cpu}
+    # the cores one worker keeps busy (its process, its backend, Redis): two can scale only into what is left
+    w1_cores = round(w1["events_per_s"] * sum(w1["cpu"].values()) / 1e6, 2) if w1["cpu"] else None
+    out = {"direct": sum(got["direct"]) / 2, "w1": w1, "w2": w2, "ceiling": ratio(c2, c1) or 0.0, "cpu": cpu}
+    return {**out, "w1_cores": w1_cores, "load_1min": round(os.getloadavg()[0], 1)}
+
+
+def _spread(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{min(known)}-{max(known)}" if known else "?"
 
 
 def _mean_run(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -262,7 +271,8 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
             log(
                 f"  replay run {i + 1}/{runs}: direct {r['direct']:.0f} events/s, 1 worker "
                 f"{r['w1']['events_per_s']:.0f}, 2 workers {r['w2']['events_per_s']:.0f}; direct apply 2 processes "
-                f"vs 1: {r['ceiling']}x; CPU us/event (process, its Postgres backend; Redis): {r['cpu']}"
+                f"vs 1: {r['ceiling']}x; one worker kept {r['w1_cores']} cores busy (load {r['load_1min']}); "
+                f"CPU us/event (process, its Postgres backend; Redis): {r['cpu']}"
             )
         direct = median([r["direct"] for r in per_run])
         w1 = median([r["w1"]["events_per_s"] for r in per_run])
@@ -291,7 +301,9 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
                 higher_is_better=True,
                 baseline="one Replayer worker, same run; the machine's ceiling (direct apply, 2 processes vs 1, "
                 f"same runs): median {round(median([r['ceiling'] for r in per_run]), 3)}x, "
-                f"spread {min(r['ceiling'] for r in per_run)}-{max(r['ceiling'] for r in per_run)}x",
+                f"spread {min(r['ceiling'] for r in per_run)}-{max(r['ceiling'] for r in per_run)}x; one worker "
+                f"kept {_spread([r['w1_cores'] for r in per_run])} of the {os.cpu_count()} cores busy (process, "
+                f"backend, Redis), at load average {_spread([r['load_1min'] for r in per_run])}",
                 ratios=[ratio(r["w2"]["events_per_s"], r["w1"]["events_per_s"]) for r in per_run],
                 value=w2,
                 baseline_value=w1,
@@ -315,6 +327,8 @@ def run(env: BenchEnv, events: int, log: Any = print, runs: int = RUNS) -> dict[
                     "direct_events_per_s": round(r["direct"], 1),
                     **{f"{w}_events_per_s": round(r[w]["events_per_s"], 1) for w in ("w1", "w2")},
                     "direct_2_vs_1_processes": r["ceiling"],
+                    "w1_cores": r["w1_cores"],
+                    "load_1min": r["load_1min"],
                     "cpu_us_per_event": r["cpu"],
                 }
                 for r in per_run
