@@ -103,14 +103,16 @@ def direct_apply(env: BenchEnv, table: Any, payloads: list[bytes], label: str) -
     (the inline apply: autocommit, one statement per batch), into a fresh schema. Returns seconds."""
     from dualwrite.apply.statements import statements
     from dualwrite.events import ChangeEvent
+    from dualwrite.stream.gc_batches import batch_gc
     from dualwrite.testing import prepared_writer
 
     dw = prepared_writer(env.settings(label), bench_tables(table), phase="sqlite")
     try:
         statements.get(dw.backends.postgres_direct, table)  # connected, catalog read: as warm as a worker
         t0 = time.perf_counter()
-        for i in range(0, len(payloads), BATCH):
-            dw.apply("postgres", [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]])
+        with batch_gc(BATCH):  # the collector as the Replayer runs it (stream/gc_batches): only Redis differs
+            for i in range(0, len(payloads), BATCH):
+                dw.apply("postgres", [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]])
         return time.perf_counter() - t0
     finally:
         dw.close()

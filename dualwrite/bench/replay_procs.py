@@ -63,6 +63,7 @@ def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
     from dualwrite.apply.statements import statements
     from dualwrite.events import ChangeEvent
     from dualwrite.redis_keys import stream_key
+    from dualwrite.stream.gc_batches import batch_gc
     from dualwrite.stream.protocol import EVENT_FIELD
 
     payloads = [f[EVENT_FIELD] for _id, f in dw.backends.redis.xrange(stream_key(dw.settings.namespace))]
@@ -71,10 +72,11 @@ def _direct_worker(dw: Any, table: Any, share: int, n: int) -> None:
     sys.stdin.readline()
     c0 = _cpu(dw)
     start, applied = time.time(), 0
-    for i in range(share * BATCH, len(payloads), n * BATCH):
-        batch = [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]]
-        dw.apply("postgres", batch)
-        applied += len(batch)
+    with batch_gc(BATCH):  # as the Replayer's loop runs (stream/gc_batches): the ceiling differs by Redis only
+        for i in range(share * BATCH, len(payloads), n * BATCH):
+            batch = [ChangeEvent.from_json(p) for p in payloads[i : i + BATCH]]
+            dw.apply("postgres", batch)
+            applied += len(batch)
     print(json.dumps({"start": start, "end": time.time(), "stats": {"applied": applied}, **_cpu(dw, c0)}), flush=True)
     dw.close()
 
