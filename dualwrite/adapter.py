@@ -289,7 +289,7 @@ class DualWriter:
             return
         # autocommit: a single statement is atomic on its own; more get BEGIN/COMMIT on their first and last
         direct = self.backends.postgres_direct
-        run_plan_direct(direct, plan_events(direct, self.tables.table, events))
+        run_plan_direct(direct, plan_events(direct, self.tables.table, events), self.backends.direct_kept)
 
     # -- reads -----------------------------------------------------------------------------------
     def read(

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dualwrite import metrics
 from dualwrite.errors import ConfigError
+from dualwrite.kept_connections import KeptConnections
 from dualwrite.phase import PhaseStore
 from dualwrite.phase_record import PhaseRecord
 from dualwrite.settings import Settings, mask_text, mask_url
@@ -250,7 +251,8 @@ class Backends:
       keys off, for replicated images; `sqlite_read`: deferred transactions, never the write lock.
     - `postgres`: reads and primary writes; `postgres_apply`: session_replication_role = replica for
       replicated images; `postgres_direct`: the same in autocommit without pre-ping, for the one-statement
-      inline apply (a broken connection fails the attempt, and the caller retries on a fresh one).
+      inline apply (a broken connection fails the attempt, and the caller retries on a fresh one), whose
+      connections `direct_kept` keeps between writes.
     Each Postgres pool is Settings.pool_size + max_overflow (pre-ping: Settings.pool_pre_ping); connections
     open on first use, so a role that never touches an engine costs nothing.
     """
@@ -266,6 +268,8 @@ class Backends:
         self.postgres = pg_engine(settings)
         self.postgres_apply = pg_engine(settings, replica=True)
         self.postgres_direct = pg_engine(settings, replica=True, autocommit=True, pre_ping=False)
+        # the inline apply's connections, kept between writes (no pool checkout and checkin per write)
+        self.direct_kept = KeptConnections(self.postgres_direct, keep=settings.pool_size)
         # the phase of record in both databases, Redis its fast copy (phase.py, phase_record.py)
         record = PhaseRecord(
             readers={"sqlite": self.sqlite_read, "postgres": self.postgres},
@@ -293,6 +297,7 @@ class Backends:
             metrics.READ_DURATION.labels(backend, store, query).observe(time.perf_counter() - start)
 
     def close(self) -> None:
+        self.direct_kept.close()
         for engine in (self.sqlite, self.sqlite_apply, self.sqlite_read):
             engine.dispose()
         for engine in (self.postgres, self.postgres_apply, self.postgres_direct):

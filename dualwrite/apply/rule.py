@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import DBAPIError
@@ -37,6 +37,9 @@ from dualwrite.apply.statements import MAX_PARAMS, TableSQL, pk_columns, stateme
 from dualwrite.apply.uniques import is_unique_violation, superseded
 from dualwrite.errors import DualwriteError
 from dualwrite.events import ChangeEvent, key_text
+
+if TYPE_CHECKING:
+    from dualwrite.kept_connections import KeptConnections
 
 __all__ = [
     "ApplyResult",
@@ -131,17 +134,23 @@ def run_plan(conn: Connection, plan: Plan, *, own_transaction: bool = False) -> 
     return _run(_SAExec(conn), plan, own_transaction)
 
 
-def run_plan_direct(engine: Engine, plan: Plan) -> ApplyResult:
+def run_plan_direct(engine: Engine, plan: Plan, kept: KeptConnections | None = None) -> ApplyResult:
     """run_plan on a connection of an autocommit engine, straight through the driver: the inline apply of
-    one write is one statement, and SQLAlchemy's execution machinery would cost a fifth of its round trip."""
-    raw = engine.raw_connection()
+    one write is one statement, and SQLAlchemy's execution machinery would cost a fifth of its round trip.
+    kept: the engine's kept connections (kept_connections.py), to take the connection from and give it back to."""
+    if kept is not None and kept.engine is not engine:
+        kept = None
+    raw = engine.raw_connection() if kept is None else kept.take()
     # a ranged table's shared lock (ranges.py) must be held in the claim's transaction: psycopg2 sends it
     # in the claim's own string (one implicit transaction); other drivers need BEGIN .. COMMIT around both
     locks = engine.dialect.driver != "psycopg2" and any(sql.lock_sql for _op, sql, _i in plan.groups())
     try:
         return _run(_RawExec(engine, raw), plan, plan.statement_count() > 1 or locks)
     finally:
-        raw.close()
+        if kept is None:
+            raw.close()
+        else:
+            kept.give(raw)
 
 
 def _run(ex: _SAExec | _RawExec, plan: Plan, own: bool) -> ApplyResult:
