@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.sql.elements import quoted_name
 
 from dualwrite.errors import EventDecodeError
 from dualwrite.events import ChangeEvent, decode_value, encode_value
@@ -104,6 +105,67 @@ def test_event_roundtrip(image: dict[str, Any], seq: int, tenant: str | None, op
         assert (back.image is None) == (ev.image is None)
         if ev.image is not None:
             assert same(back.image, ev.image)
+
+
+def _reference_text(ev: ChangeEvent) -> str:
+    """Format 1's text as the standard library writes it (to_json may take orjson, never another text)."""
+    doc = {
+        "v": 1,
+        "id": ev.id,
+        "seq": ev.seq,
+        "table": ev.table,
+        "op": ev.op,
+        "key": {k: encode_value(v) for k, v in ev.key.items()},
+        "image": None if ev.image is None else {k: encode_value(v) for k, v in ev.image.items()},
+        "tenant": ev.tenant,
+        "ts": ev.ts.isoformat(),
+        **({"src": ev.origin} if ev.origin else {}),
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+small_floats = st.floats(min_value=-1e-3, max_value=1e-3) | st.sampled_from([1e-4, -1e-4, 9.99e-5, 1e-5, 1e-7, 5e-324])
+
+
+@settings(max_examples=400)
+@given(
+    image=st.dictionaries(
+        st.text(min_size=1, max_size=10).map(lambda k: quoted_name(k, None)) | st.text(min_size=1, max_size=10),
+        scalars | small_floats | st.floats(allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=8,
+    ),
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+    tenant=st.none() | st.text(max_size=10),
+    origin=st.none() | st.sampled_from(["sqlite", "postgres"]),
+)
+def test_event_text_is_the_standard_library_s_byte_for_byte(
+    image: dict[str, Any], seq: int, tenant: str | None, origin: str | None
+) -> None:
+    key_col = next(iter(image))
+    table = quoted_name("items", None)  # a Table's name, as capture passes it
+    ev = ChangeEvent(table=table, op="upsert", key={key_col: image[key_col]}, image=image, tenant=tenant, seq=seq)
+    ev.origin = origin
+    assert ev.to_json() == _reference_text(ev)
+
+
+def test_event_text_of_keys_and_values_json_writes_its_own_way() -> None:
+    class Sub(float):
+        pass
+
+    cases: list[tuple[Any, Any, str]] = [
+        (True, "bool key", '"true":"bool key"'),
+        (2, "int key", '"2":"int key"'),
+        ("f", Sub(1.5), '"f":1.5'),
+        ("big", 2**64, '"big":18446744073709551616'),
+        ("e", 1e-7, '"e":1e-07'),
+        ("doc", {"x": [1e-7, 2.5]}, '"doc":{"$json":{"x":[1e-07,2.5]}}'),  # a JSON column's value
+        ("s", "lone \udc80", '"s":"lone \udc80"'),
+    ]
+    for k, v, text in cases:
+        ev = ChangeEvent(table="t", op="upsert", key={"id": 1}, image={"id": 1, k: v}, seq=1)
+        assert ev.to_json() == _reference_text(ev)
+        assert text in ev.to_json(), (k, ev.to_json())
 
 
 def test_json_column_with_tag_like_keys_is_not_mistaken_for_a_tag() -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import func, insert, select
 
 from dualwrite import metrics
 from dualwrite.bookkeeping import outbox
+from dualwrite.events import ChangeEvent
 from dualwrite.redis_keys import stream_key
 from dualwrite.settings import Settings
 from dualwrite.stream.protocol import group_lag, top_seq
@@ -89,6 +90,22 @@ def test_prune_deletes_published_rows_past_retention_in_batches_never_unpublishe
         assert metrics.sample("dualwrite_outbox_rows", {"backend": "sqlite"}) >= 0
         relay.prune(top)
         assert metrics.sample("dualwrite_outbox_rows", {"backend": "sqlite"}) == 5
+    finally:
+        dw.close()
+
+
+def test_an_outbox_row_s_created_at_is_what_its_column_type_stores(settings: Settings) -> None:
+    """write_outbox writes the SQLite stamp itself (not through the type's processor): the same text, so
+    the prune's comparison of created_at with a cutoff (bound through the type) sees the same instant."""
+    dw = prepared_writer(settings, catalog(), phase="sqlite")
+    try:
+        dw.execute(insert(items).values(id=1, name="n"))
+        with dw.backends.sqlite.connect() as conn:
+            raw = conn.exec_driver_sql("SELECT created_at, payload FROM _dw_outbox").one()
+            typed = conn.execute(select(outbox.c.created_at)).scalar_one()
+        proc = outbox.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        assert proc is not None and raw[0] == proc(typed)
+        assert typed == ChangeEvent.from_json(raw[1]).ts  # the event's commit time, to the microsecond
     finally:
         dw.close()
 
