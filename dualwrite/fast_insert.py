@@ -93,7 +93,8 @@ def _given(stmt: Insert, params: Any) -> dict[str, Any] | None:
                 return None
             given[str(k)] = v.value
         return given
-    if attrs != _BARE or type(params) is not dict or not params or not all(type(k) is str for k in params):
+    # str keys: a column's key (a Table's names are quoted_name, a str subclass); a Column as key goes to Core
+    if attrs != _BARE or type(params) is not dict or not params or not all(isinstance(k, str) for k in params):
         return None
     return params
 

@@ -65,6 +65,12 @@ def test_rows_are_core_rows_value_for_value(conn: Connection) -> None:
     assert tuple(by_params[0])[1:] == tuple(core[0])[1:] and [type(v) for v in by_params[0]] == [
         type(v) for v in core[0]
     ]
+    named = {items.c[k].name: v for k, v in row(5, 5).items()}  # keys as a Table's names are typed (quoted_name)
+    assert {type(k) for k in named} != {str}
+    by_names = _fast(conn, insert(items), params=named)
+    assert by_names is not None and tuple(by_names[0]) == tuple(
+        conn.execute(items.select().where(items.c.id == 5)).one()
+    )
 
 
 def test_keyed_columns_and_server_defaults_come_back_as_from_core(conn: Connection) -> None:
