@@ -130,7 +130,10 @@ class Wakeup:
 
     def notify(self) -> None:
         for flag in self._flags:  # copy-on-write list: no lock on the request path
-            flag.set()
+            # already set: a round is due that starts after this commit (the relay clears the flag before
+            # its round reads the outbox), so setting it again (a lock and a notify_all) would add nothing
+            if not flag.is_set():
+                flag.set()
 
 
 class Relay:
