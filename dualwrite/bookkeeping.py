@@ -138,9 +138,14 @@ def has_state_table(conn: Connection, name: str) -> bool:
     return inspect(conn).has_table(name)
 
 
+def missing_bookkeeping(conn: Connection) -> list[str]:
+    """dualwrite's tables that are not where this connection looks for them (`dualwrite init` makes them)."""
+    return [t.name for t in internal_metadata.sorted_tables if not has_state_table(conn, t.name)]
+
+
 def create_bookkeeping(conn: Connection, *, primary: bool) -> list[str]:
     """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent); return the names created."""
-    missing = [t.name for t in internal_metadata.sorted_tables if not has_state_table(conn, t.name)]
+    missing = missing_bookkeeping(conn)
     internal_metadata.create_all(in_state_schema(conn), checkfirst=True)
     schema = state_schema_of(conn)
     if schema is not None:

@@ -37,6 +37,10 @@ def after_gate(gate: Any, flag: str = "") -> list[str]:
     if gate.ok or getattr(gate, "open", False):  # open: only the outbox lags, which the flip's fence drains
         return [f"dualwrite cutover flip{flag}  # to {gate.target}"]
     failing = {c.name: c for c in gate.failing}
+    if "bookkeeping" in failing:  # nothing else can be judged or done before dualwrite's tables exist
+        init = f"dualwrite init{flag} --create-tables  # ours on both sides, yours on Postgres where missing"
+        check = f"dualwrite cutover check{flag}"
+        return [init if flag else "dualwrite init  # dualwrite's own tables on both sides", check]
     steps: list[str] = []
     copy = "backfill_complete" in failing
     if copy:

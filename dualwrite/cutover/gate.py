@@ -2,6 +2,8 @@
 
 | condition | passes when |
 |---|---|
+| bookkeeping | dualwrite's own tables (`_dw_meta`, `_dw_outbox`, `_dw_versions`, ...) are on both sides (`dualwrite
+  init` creates them): checked before every forward move, so a flip never half-records a phase |
 | outbox_drained | no `_dw_outbox` row on the primary above the stream's top seq |
 | dead_letters_empty | the dead-letter stream holds no event |
 | verify_clean | every captured table's last `dualwrite verify` (kept in Redis `{ns}:verify:last`; a verify of some
@@ -34,7 +36,7 @@ from sqlalchemy import func, select
 
 from dualwrite import metrics
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.bookkeeping import outbox
+from dualwrite.bookkeeping import missing_bookkeeping, outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
@@ -42,12 +44,12 @@ from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.tables import Tables
 from dualwrite.verify.verifier import load_last, load_shadow_window
 
-_SAFETY = ["outbox_drained", "dead_letters_empty", "replay_lag"]
+_SAFETY = ["bookkeeping", "outbox_drained", "dead_letters_empty", "replay_lag"]
 _FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
 REQUIRED: dict[str, list[str]] = {
     "sqlite": [],
-    "dual_write": [],
-    "shadow": ["backfill_complete", "dead_letters_empty", "replay_lag"],
+    "dual_write": ["bookkeeping"],
+    "shadow": ["bookkeeping", "backfill_complete", "dead_letters_empty", "replay_lag"],
     "postgres_reads": _FULL,
     "postgres_primary": _FULL,
     "postgres": _SAFETY,
@@ -121,6 +123,21 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         fields = ("current", "target", "ok", "open")
         return {**{f: getattr(self, f) for f in fields}, "conditions": [c.__dict__ for c in self.conditions]}
+
+
+def bookkeeping(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
+    gaps = []
+    for side, engine in (("sqlite", backends.sqlite_read), ("postgres", backends.postgres)):
+        with engine.connect() as conn:
+            missing = missing_bookkeeping(conn)
+            conn.rollback()
+        if missing:
+            where = engine.url.database if side == "sqlite" else f"schema {backends.settings.state_schema}"
+            gaps.append(f"{side} ({where}): {', '.join(missing)}")
+    if not gaps:
+        return Condition("bookkeeping", True, 0, "dualwrite's tables are on both sides")
+    detail = f"dualwrite's tables are missing on {'; '.join(gaps)} (`dualwrite init` creates them)"
+    return Condition("bookkeeping", False, len(gaps), detail)
 
 
 def outbox_drained(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
@@ -244,6 +261,7 @@ def replay_lag(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition
 
 
 CHECKS = {
+    "bookkeeping": bookkeeping,
     "outbox_drained": outbox_drained,
     "dead_letters_empty": dead_letters_empty,
     "verify_clean": verify_clean,

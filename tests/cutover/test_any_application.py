@@ -115,8 +115,10 @@ def cutover_under_writers(settings, tmp_path: Path, *, rate: float, per_phase: i
         fleet.wait_committed(per_phase, more_than=at, timeout=60 + per_phase / rate)
 
         sqlite_top = {m.__name__: max_id(backends.sqlite_read, m) for m in (Customer, Document)}
-        flipped_at = time.time()
         flip(conn, "postgres_primary")
+        # only a transaction begun once the flip returned surely ran on Postgres: until the fence moved the
+        # primary, writes went on on SQLite (which hands a deleted top id out again)
+        flipped_at = time.time()
         at = fleet.committed()
         fleet.wait_committed(
             2 * per_phase, more_than=at, timeout=60 + 2 * per_phase / rate

@@ -47,3 +47,13 @@ def test_a_passing_or_open_gate_leads_to_the_flip_and_the_last_phase_to_nothing(
     only_outbox = gate("shadow", "postgres_reads", ("outbox_drained", "3 unpublished event(s)"))
     assert only_outbox.open and after_gate(only_outbox) == ["dualwrite cutover flip  # to postgres_reads"]
     assert after_gate(gate("postgres", "postgres")) == []
+
+
+def test_missing_bookkeeping_leads_to_init_before_anything_else() -> None:
+    missing = "dualwrite's tables are missing on sqlite (app.db): _dw_meta (`dualwrite init` creates them)"
+    g = gate("sqlite", "dual_write", ("bookkeeping", missing), ("replay_lag", "no replay group"))
+    assert after_gate(g, " --reflect") == [
+        "dualwrite init --reflect --create-tables  # ours on both sides, yours on Postgres where missing",
+        "dualwrite cutover check --reflect",
+    ]
+    assert after_gate(g)[0].startswith("dualwrite init  #")  # no tables named: init makes only dualwrite's

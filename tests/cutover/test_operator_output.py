@@ -176,3 +176,31 @@ def test_tables_on_a_terminal_are_rich(settings: Settings) -> None:
     assert proc.returncode == 1, out
     assert "┃" in out or "│" in out, out
     assert "backfill_complete" in out and "next:" in out and "dualwrite backfill run" in out
+
+
+def test_an_application_that_skipped_init_is_led_to_it_and_nothing_is_half_recorded(settings: Settings) -> None:
+    """The application's own SQLite file and no `dualwrite init` yet: `status` names init as the next step,
+    a flip is refused by the gate's bookkeeping condition (exit 1, naming init) before it records a phase
+    anywhere, and the steps as printed (init, check, flip) then move it."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine(settings.sqlite_url)
+    tables = catalog().tables()
+    tables[0].metadata.create_all(engine, tables=tables)  # the application made its tables; nothing of ours
+    engine.dispose()
+    doc = as_json(settings, "status", *META)
+    assert doc["next_steps"][0].startswith(f"dualwrite init {FLAG}"), doc["next_steps"]
+    refused = cli(settings, "cutover", "flip", *META)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "FAIL    bookkeeping" in refused.stdout and "`dualwrite init` creates them" in refused.stdout, refused.stdout
+    path = settings.sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        ours = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE '_dw_%'")]
+    assert ours == [], ours  # the refused flip created and recorded nothing
+    for step in doc["next_steps"]:  # init, then the check
+        ran = cli(settings, *step_args(step))
+        assert ran.returncode == 0, (step, ran.stdout, ran.stderr)
+    moved = cli(settings, "cutover", "flip", *META)
+    assert moved.returncode == 0 and "moved: sqlite -> dual_write" in moved.stdout, moved.stdout + moved.stderr
