@@ -143,6 +143,19 @@ def missing_bookkeeping(conn: Connection) -> list[str]:
     return [t.name for t in internal_metadata.sorted_tables if not has_state_table(conn, t.name)]
 
 
+def bookkeeping_gaps(sqlite: Engine, postgres: Engine, state_schema: str) -> list[str]:
+    """Where dualwrite's tables are missing, one entry a side ('sqlite (app.db): _dw_meta, _dw_outbox')."""
+    gaps = []
+    for side, engine in (("sqlite", sqlite), ("postgres", postgres)):
+        with engine.connect() as conn:
+            missing = missing_bookkeeping(conn)
+            conn.rollback()
+        if missing:
+            where = engine.url.database if side == "sqlite" else f"schema {state_schema}"
+            gaps.append(f"{side} ({where}): {', '.join(missing)}")
+    return gaps
+
+
 def create_bookkeeping(conn: Connection, *, primary: bool) -> list[str]:
     """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent); return the names created."""
     missing = missing_bookkeeping(conn)

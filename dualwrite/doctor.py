@@ -19,6 +19,7 @@ import redis
 from sqlalchemy import Engine, Table, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
+from dualwrite.bookkeeping import bookkeeping_gaps
 from dualwrite.engines import SESSION_TIMEZONE, check_postgres, open_redis, pg_engine, sqlite_engine
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
@@ -74,6 +75,8 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
     if tables is not None:
         out.append(_schema_line(settings, tables.tables(), sqlite_ok=out[0][1], postgres_ok=out[1][1]))
+    if out[0][1] and out[1][1]:
+        out.append(_bookkeeping_line(settings))
     client = open_redis(settings.redis_url)
     try:
         info = client.info("server")
@@ -89,6 +92,19 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     finally:
         client.close()
     return out
+
+
+def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:
+    """dualwrite's own tables on both sides (`dualwrite init` makes them)."""
+    lite, pg = sqlite_engine(settings.sqlite_url), pg_engine(settings, pool_size=1)
+    try:
+        gaps = bookkeeping_gaps(lite, pg, settings.state_schema)
+    finally:
+        lite.dispose()
+        pg.dispose()
+    if gaps:
+        return ("bookkeeping", False, f"dualwrite's tables are missing on {'; '.join(gaps)} (run `dualwrite init`)")
+    return ("bookkeeping", True, f"dualwrite's tables on SQLite and Postgres (schema {settings.state_schema})")
 
 
 def _timezone_line(settings: Settings) -> tuple[str, bool, str]:
@@ -163,7 +179,8 @@ def find_drift(engine: Engine, tables: Iterable[Table], *, backend: str, schema:
         existing = set(insp.get_table_names(schema=schema))
         for table in tables:
             if table.name not in existing:
-                out.append(Drift(backend, table.name, "does not exist (run `dualwrite init`)"))
+                hint = "run `dualwrite init --create-tables`" if backend == "postgres" else "the application makes it"
+                out.append(Drift(backend, table.name, f"does not exist ({hint})"))
                 continue
             live = {c["name"] for c in insp.get_columns(table.name, schema=schema)}
             model = {c.name for c in table.columns}

@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from dualwrite.cli.backfill_deadletters import deadletters
 from dualwrite.cli.backfill_status import status
+from dualwrite.cli.next_steps import tables_flag
 from dualwrite.cli.options import (
     confirm_destructive,
     connection_options,
@@ -145,8 +146,8 @@ def run(
     tables = load_tables(settings, reflect)
     selected = _selected(tables, csv(table_names + table_lists), csv(priorities), csv(store_lists))
     tty = sys.stdout.isatty()
+    backends = open_backends(settings, bookkeeping=tables_flag(reflect))
     stop = StopFlag(lambda signum: log.info("signal %d: finishing the current batch", signum)).install()
-    backends = open_backends(settings)
     started = time.time()
     report: dict[str, Any] = {"tables": [], "replay": None, "dry_run": dry_run}
     error: str | None = None

@@ -140,7 +140,7 @@ def doctor(settings: Settings, reflect: bool) -> None:
     tables = load_tables(settings, reflect, required=False)
     ok = True
     for name, passed, line in run_checks(settings, tables):
-        click.echo(f"{name:9} {'ok ' if passed else 'FAIL'} {mask_text(line)}")
+        click.echo(f"{name:11} {'ok ' if passed else 'FAIL'} {mask_text(line)}")
         ok = ok and passed
     sys.exit(0 if ok else 1)
 

@@ -25,6 +25,14 @@ def tables_flag(reflect: bool) -> str:
     return ""
 
 
+def init_step(flag: str) -> str:
+    """`dualwrite init` as the next step where dualwrite's tables are missing (with the application's tables
+    named: theirs on Postgres where missing too)."""
+    if not flag:
+        return "dualwrite init  # dualwrite's own tables on both sides"
+    return f"dualwrite init{flag} --create-tables  # ours on both sides, yours on Postgres where missing"
+
+
 def _tables(names: Sequence[str]) -> str:
     return f" --tables {','.join(names)}" if names else ""
 
@@ -38,9 +46,7 @@ def after_gate(gate: Any, flag: str = "") -> list[str]:
         return [f"dualwrite cutover flip{flag}  # to {gate.target}"]
     failing = {c.name: c for c in gate.failing}
     if "bookkeeping" in failing:  # nothing else can be judged or done before dualwrite's tables exist
-        init = f"dualwrite init{flag} --create-tables  # ours on both sides, yours on Postgres where missing"
-        check = f"dualwrite cutover check{flag}"
-        return [init if flag else "dualwrite init  # dualwrite's own tables on both sides", check]
+        return [init_step(flag), f"dualwrite cutover check{flag}"]
     steps: list[str] = []
     copy = "backfill_complete" in failing
     if copy:

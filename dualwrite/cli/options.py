@@ -281,10 +281,21 @@ def sqlite_answers(settings: Settings) -> None:
         raise ConfigError(f"sqlite {str(path)!r} does not answer: {exc}") from None
 
 
-def open_backends(settings: Settings) -> Any:
+def open_backends(settings: Settings, *, bookkeeping: str | None = None) -> Any:
+    """The process' Backends. bookkeeping: the tables flag of a command that cannot run before `dualwrite
+    init` (its own tables missing on either side): refused with one line naming init, exit 2."""
+    from dualwrite.bookkeeping import bookkeeping_gaps
+    from dualwrite.cli.next_steps import init_step
     from dualwrite.engines import Backends
 
-    return Backends(settings)
+    backends = Backends(settings)
+    if bookkeeping is not None:
+        gaps = bookkeeping_gaps(backends.sqlite_read, backends.postgres, settings.state_schema)
+        if gaps:
+            backends.close()
+            step = init_step(bookkeeping).split("  #")[0]
+            fail(f"dualwrite's tables are missing on {'; '.join(gaps)}: run `{step}` first")
+    return backends
 
 
 def phase_lines(backends: Any, *, history: int = 5) -> tuple[list[str], bool]:

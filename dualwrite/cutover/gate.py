@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from dualwrite import metrics
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.bookkeeping import missing_bookkeeping, outbox
+from dualwrite.bookkeeping import bookkeeping_gaps, outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
@@ -126,14 +126,7 @@ class GateResult:
 
 
 def bookkeeping(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
-    gaps = []
-    for side, engine in (("sqlite", backends.sqlite_read), ("postgres", backends.postgres)):
-        with engine.connect() as conn:
-            missing = missing_bookkeeping(conn)
-            conn.rollback()
-        if missing:
-            where = engine.url.database if side == "sqlite" else f"schema {backends.settings.state_schema}"
-            gaps.append(f"{side} ({where}): {', '.join(missing)}")
+    gaps = bookkeeping_gaps(backends.sqlite_read, backends.postgres, backends.settings.state_schema)
     if not gaps:
         return Condition("bookkeeping", True, 0, "dualwrite's tables are on both sides")
     detail = f"dualwrite's tables are missing on {'; '.join(gaps)} (`dualwrite init` creates them)"

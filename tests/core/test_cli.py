@@ -31,6 +31,10 @@ def _tables_in(schema: str) -> set[str]:
 
 def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None:  # type: ignore[no-untyped-def]
     runner = CliRunner()
+    sqlite3.connect(settings.sqlite_path).close()  # the application's file, before any init
+    before = runner.invoke(main, ["doctor", *connection_args(settings)])
+    line = next(x for x in before.output.splitlines() if x.startswith("bookkeeping"))
+    assert before.exit_code == 1 and "FAIL" in line and "_dw_meta" in line and "run `dualwrite init`" in line, line
     first = runner.invoke(main, ["init", *connection_args(settings)])
     assert first.exit_code == 0, first.output
     assert first.output.count("_dw_outbox") == 2 and "memory_items" not in first.output
@@ -49,6 +53,7 @@ def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None
         ["postgres", "ok"],
         ["timezone", "ok"],
         ["schema", "ok"],
+        ["bookkeeping", "ok"],
         ["redis", "ok"],
     ]
 

@@ -199,6 +199,9 @@ def test_an_application_that_skipped_init_is_led_to_it_and_nothing_is_half_recor
     with sqlite3.connect(path) as db:
         ours = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE '_dw_%'")]
     assert ours == [], ours  # the refused flip created and recorded nothing
+    copy = cli(settings, "backfill", "run", *META)  # nor does a copy start: one line naming init, exit 2
+    assert copy.returncode == 2 and f"run `dualwrite init {FLAG} --create-tables` first" in copy.stderr, copy.stderr
+    assert len(copy.stderr.strip().splitlines()) == 1, copy.stderr
     for step in doc["next_steps"]:  # init, then the check
         ran = cli(settings, *step_args(step))
         assert ran.returncode == 0, (step, ran.stdout, ran.stderr)
