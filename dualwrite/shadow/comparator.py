@@ -111,6 +111,20 @@ class ComparatorProcess:
     def submit(self, shape: tuple[Any, ...], fn: Callable, params: Any, query: str) -> bool | None:
         """Queue one record; True if queued, None if over the bound (skipped), False if it cannot be pickled.
         shape: (store, label, query, ordered, backend, control_backend)."""
+        try:
+            sid = self.shape_id(shape)
+        except _UNPICKLABLE:
+            self._unpicklable.add(query)
+            return False
+        return self.submit_named(sid, fn, params, query)
+
+    def shape_id(self, shape: tuple[Any, ...]) -> int:
+        """The number records of this shape are sent under (the shape itself sent once, first)."""
+        sid = self._names.get(shape)
+        return self._name("shape", shape) if sid is None else sid
+
+    def submit_named(self, sid: int, fn: Callable, params: Any, query: str) -> bool | None:
+        """submit() of a shape already named (shape_id): the request path's part."""
         if query in self._unpicklable:
             return False
         if self._gone or len(self._queue) + self._sent - self._settled >= self.max_queue:
@@ -120,9 +134,6 @@ class ComparatorProcess:
         else:
             func, args, keywords = fn, (), None
         try:
-            sid = self._names.get(shape)
-            if sid is None:
-                sid = self._name("shape", shape)
             if isinstance(func, types.FunctionType):  # a plain function goes once, then by its number
                 fid = self._names.get(func)
                 func = self._name("func", func) if fid is None else fid

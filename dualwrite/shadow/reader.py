@@ -27,18 +27,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import redis
-
 from dualwrite import metrics
 from dualwrite.engines import Backends
 from dualwrite.normalize import DEFAULT, Normalizer
-from dualwrite.redis_keys import shadow_counts_key
 from dualwrite.shadow.candidate import CandidateReads
 from dualwrite.shadow.comparator import ComparatorProcess
 from dualwrite.shadow.experiment import Experiment, MismatchError, Observation, Result
 from dualwrite.shadow.pacing import RequestGate
 from dualwrite.shadow.records import (  # noqa: F401 - re-exported: where the gate and the CLI found them
     MISMATCH_MAXLEN,
+    add_counts,
     mask_params,
     read_mismatches,
     record_mismatch,
@@ -88,13 +86,11 @@ class ShadowReader:
         if comparator not in ("thread", "process"):
             raise ValueError(f"comparator must be 'thread' or 'process', not {comparator!r}")
         self.comparator = comparator
+        compared = {"normalizer": normalizer, "compare": compare, "clean": clean, "ignores": ignores}
         # what the comparator process builds its own reader from (the percentage is decided here)
         self._process_kwargs: dict[str, Any] = {
+            **compared,
             "candidate_timeout": candidate_timeout,
-            "normalizer": normalizer,
-            "compare": compare,
-            "clean": clean,
-            "ignores": ignores,
             "per_query": per_query,
             "recheck_mismatches": recheck_mismatches,
             "recheck_delays": recheck_delays,
@@ -110,13 +106,7 @@ class ShadowReader:
         # Off the request path a difference may take seconds to heal; synchronously the caller would wait.
         default_delays = (0.0,) if synchronous else RECHECK_DELAYS
         self.recheck_delays = default_delays if recheck_delays is None else recheck_delays
-        self.defaults: dict[str, Any] = {
-            "normalizer": normalizer,
-            "compare": compare,
-            "clean": clean,
-            "ignores": ignores,
-            "run_if": run_if,
-        }
+        self.defaults: dict[str, Any] = {**compared, "run_if": run_if}
         self.per_query = dict(per_query or {})
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="shadow")
         self._slots = threading.BoundedSemaphore(max_workers + max_queue)
@@ -134,6 +124,10 @@ class ShadowReader:
         self._child = metrics.Children()
         self.candidates = CandidateReads(candidate_timeout, max_workers)
         self._closing = threading.Event()
+        # the request path's shortcut while every comparison goes to the comparator process (no A/A, no query
+        # compared on the threads yet): see _read_direct
+        self._direct = comparator == "process" and not synchronous and aa_percentage <= 0
+        self._routes: dict[tuple[Any, ...], tuple[Experiment, ComparatorProcess, int]] = {}
 
     def install(self, writer: _Writer) -> ShadowReader:
         """Serve `writer.read` through this reader from now on."""
@@ -145,6 +139,7 @@ class ShadowReader:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.flush()
         self.candidates.close()
+        self._routes.clear()
         if self._remote is not None:
             self._remote.close()
             self._remote = None
@@ -184,11 +179,48 @@ class ShadowReader:
         params: dict[str, Any] | None = None,
         ordered: bool = True,
     ) -> Any:
+        if self._direct:
+            return self._read_direct(backends, phase, store, query, fn, params, ordered)
         self.gate.enter()
         try:
             return self._read(backends, phase, store, query, fn, params, ordered)
         finally:
             self.gate.leave()
+
+    def _read_direct(
+        self, backends: Backends, phase: Any, store: str, query: str, fn: Callable[[Any], Any],
+        params: dict[str, Any] | None, ordered: bool,
+    ) -> Any:  # fmt: skip
+        """comparator="process" with no comparison on this process' threads: no gate (no worker here waits for
+        an idle moment) and no Observation; the read, then its record queued under the query's shape number."""
+        start = time.perf_counter()
+        try:
+            value, error = backends.timed_read(phase.reads, store, query, fn), None
+        except Exception as exc:  # compared like a value, then raised to the caller
+            value, error = None, exc
+        if phase.shadow:
+            key = (store, query, ordered, phase.shadow, phase.reads, self.percentage)
+            route = self._routes.get(key) or self._route(backends, key)
+            if route[0].should_run():
+                sent = route[1].submit_named(route[2], fn, params, query)
+                if sent is None:
+                    self._count(backends, store, query, "skipped")
+                elif sent is False:  # its function does not pickle: this read and the next ones on the threads
+                    control = Observation("control", value, error, time.perf_counter() - start)
+                    job = (backends, phase.shadow, store, query, query, fn, params, ordered, control, phase.reads)
+                    self._submit(job)
+        if error is not None:
+            raise error
+        return value
+
+    def _route(self, backends: Backends, key: tuple[Any, ...]) -> tuple[Experiment, ComparatorProcess, int]:
+        """A query's Experiment, the comparator and its shape number, looked up once per configuration."""
+        store, query, ordered, backend, control_backend, _percentage = key
+        remote = self._remote_for(backends)
+        shape = (store, query, query, ordered, backend, control_backend)  # label = query: A/A is not direct
+        route = (self.experiment(store, query, ordered), remote, remote.shape_id(shape))
+        self._routes[key] = route
+        return route
 
     def _read(
         self, backends: Backends, phase: Any, store: str, query: str, fn: Callable[[Any], Any],
@@ -236,6 +268,7 @@ class ShadowReader:
             self.stats[outcome] += n
 
     def _submit(self, job: tuple[Any, ...]) -> None:
+        self._direct = False  # a comparison on this process' threads: requests pass the gate from now on
         if not self._slots.acquire(blocking=False):
             self._count(job[0], job[2], job[3], "skipped")
             return
@@ -351,11 +384,6 @@ class ShadowReader:
             self._flushed_at = time.monotonic()
         if not pending or backends is None:
             return
-        try:
-            pipe = backends.redis.pipeline(transaction=False)
-            for field, n in pending.items():
-                pipe.hincrby(shadow_counts_key(backends.settings.namespace), field, n)
-            pipe.execute()
-        except redis.RedisError:
+        if not add_counts(backends, pending):
             with self._stats_lock:
                 self._pending.update(pending)  # keep them for the next flush

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from dualwrite.redis_keys import shadow_mismatches_key
+from dualwrite.redis_keys import shadow_counts_key, shadow_mismatches_key
 from dualwrite.settings import mask_text
 from dualwrite.shadow.experiment import Observation, Result
 
@@ -63,6 +63,18 @@ def record_mismatch(
         )
     except redis.RedisError as exc:
         log.warning("could not record a shadow mismatch: %r", exc)
+
+
+def add_counts(backends: Backends, counts: dict[str, int]) -> bool:
+    """Add counts per result to the Redis hash the gate reads; False if Redis failed (the caller keeps them)."""
+    try:
+        pipe = backends.redis.pipeline(transaction=False)
+        for field, n in counts.items():
+            pipe.hincrby(shadow_counts_key(backends.settings.namespace), field, n)
+        pipe.execute()
+    except redis.RedisError:
+        return False
+    return True
 
 
 def read_mismatches(client: redis.Redis, namespace: str, count: int = 20) -> list[dict[str, str]]:

@@ -86,6 +86,38 @@ def test_a_read_that_does_not_pickle_is_compared_by_the_threads(dw, uid) -> None
         reader.close()
 
 
+def failing(conn, n: int):  # type: ignore[no-untyped-def]  # raises the same error on both sides
+    raise ValueError(f"no item {n}")
+
+
+def test_a_read_that_raises_is_raised_to_the_caller_and_compared(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    q = f"raises-{uid}"
+    reader = ShadowReader(comparator="process", recheck_delays=(0.0,)).install(dw)
+    try:
+        for _ in range(5):
+            with pytest.raises(ValueError, match="no item 7"):
+                dw.read("shtest", q, functools.partial(failing, n=7))
+        assert reader.wait_idle(120)
+        assert reader.stats["match"] == 5 and not reader.local_queries  # same error both sides, in the process
+    finally:
+        reader.close()
+
+
+def test_a_changed_percentage_applies_to_the_next_reads(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """The request path looks a query's experiment up once per configuration: the percentage is part of it."""
+    q = f"pct-{uid}"
+    reader = ShadowReader(comparator="process", recheck_delays=(0.0,)).install(dw)
+    try:
+        for pct in (100, 0, 100):
+            reader.percentage = pct
+            for _ in range(4):
+                dw.read("shtest", q, functools.partial(first_rows, n=3))
+        assert reader.wait_idle(120)
+        assert reader.stats["match"] == 8 and reader.stats["skipped"] == 0
+    finally:
+        reader.close()
+
+
 def test_comparator_must_be_thread_or_process() -> None:
     with pytest.raises(ValueError, match="comparator"):
         ShadowReader(comparator="fork")
