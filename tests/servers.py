@@ -36,9 +36,11 @@ def wait_for(pred, timeout: float = 15.0, what: str = "condition") -> None:  # t
 
 
 class PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, binary: str = "redis-server") -> None:
+        """`binary`: which redis-server to run (tests/stream runs 6.2 and 7 side by side)."""
         self.port = free_port()
         self.workdir = workdir
+        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,22 +48,9 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [self.binary, *args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = redis.Redis.from_url(self.url)
 
@@ -71,7 +60,7 @@ class PrivateRedis:
             except redis.RedisError:
                 return False
 
-        wait_for(up, 10, "the private redis-server")
+        wait_for(up, 10, f"the private {self.binary}")
         client.close()
 
     def stop(self) -> None:

@@ -41,36 +41,12 @@ def redis_server(major: str) -> str | None:
     return None
 
 
-class VersionedRedis(PrivateRedis):
-    """A private redis-server of a given binary: 6.2 has no group lag in XINFO and a two-element XAUTOCLAIM."""
-
-    def __init__(self, workdir: Path, binary: str) -> None:
-        super().__init__(workdir)
-        self.binary = binary
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [self.binary, *args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = redis.Redis.from_url(self.url)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 10, f"the private {self.binary}")
-        client.close()
-
-
 @pytest.fixture(params=["6.2", "7"])
 def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivateRedis]:
     binary = redis_server(request.param)
     if binary is None:
         pytest.skip(f"no redis-server {request.param} installed")
-    server = VersionedRedis(tmp_path, binary)
+    server = PrivateRedis(tmp_path, binary)  # 6.2 has no group lag in XINFO and a two-element XAUTOCLAIM
     server.start()
     version = redis.Redis.from_url(server.url).info("server")["redis_version"]
     assert version.startswith(request.param), version
