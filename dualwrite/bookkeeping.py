@@ -57,6 +57,7 @@ internal_metadata = MetaData()
 
 Seq = BigInteger().with_variant(Integer, "sqlite")
 
+# dualwrite's own tables, each declared once: shaped like checkpoint.py's and the tests' tables, nothing shared
 outbox = Table(
     "_dw_outbox",
     internal_metadata,

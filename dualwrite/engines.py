@@ -304,6 +304,7 @@ class Backends:
             engine.dispose()
         self.redis.close()
 
+    # the context-manager protocol, as DualWriter has it: two owners, each closes its own
     def __enter__(self) -> Backends:
         return self
 

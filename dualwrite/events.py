@@ -44,6 +44,7 @@ OPS = ("upsert", "delete")
 MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
+# shaped like normalize.Normalizer.normalize: this is the wire format ($b64), that one a comparison form ($hex)
 def encode_value(value: Any) -> Any:
     if value is None or isinstance(value, bool | str):
         return value

@@ -253,6 +253,7 @@ class FenceSummary:
     def pause_quantiles(self) -> dict[str, float]:
         return {"p50": self.percentile(0.5), "p99": self.percentile(0.99), "max": max(self.pauses, default=0.0)}
 
+    # a report object spelled out key by key, like cutover.flip's: different reports, nothing shared
     def to_dict(self) -> dict[str, Any]:
         # the flip report's "fence" object (operators' tooling reads it): its keys are spelled out
         return {

@@ -56,6 +56,7 @@ class Normalizer:
     def __call__(self, value: Any) -> Any:
         return self.normalize(value)
 
+    # shaped like events.encode_value: a comparison form, not the stream's wire format (bytes as $hex, timedelta)
     def normalize(self, value: Any) -> Any:
         if value is None or isinstance(value, bool):
             return value

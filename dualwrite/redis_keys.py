@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 
+# One function per key, the same shape on purpose: every Redis name operators see is spelled here once.
 # The change stream (relay -> replayers) and its dead letters.
 def stream_key(namespace: str) -> str:
     return f"{namespace}:changes"

@@ -52,6 +52,7 @@ checkpoints = Table(
     Column("claims", BigInteger, nullable=False, server_default="0"),  # leases handed out so far
     Column("claimed_all", Boolean, nullable=False, server_default="false"),  # the open-ended last lease is out
 )
+# shaped like bookkeeping.py's tables: the backfill's own, nothing shared
 chunk_versions = Table(
     "_dw_backfill_versions",
     checkpoint_metadata,

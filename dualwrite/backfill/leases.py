@@ -198,6 +198,7 @@ class LeaseBook:
             upto = nth_key_after(sqlite, table, decode_key(after_text), max(1, chunk_size))
             lease = Lease(table.name, head.claims + 1, after_text, encode_key(upto) if upto else None)
             conn.execute(
+                # a keyword list shaped like tests/userapp/writer.py's load_settings call: nothing shared
                 leases.insert().values(
                     tbl=table.name,
                     n=lease.n,

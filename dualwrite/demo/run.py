@@ -53,6 +53,7 @@ class DemoResult:
 
 
 class Demo:
+    # a keyword list like tests/faults' Collector.case: nothing shared
     def __init__(
         self,
         settings: Settings,

@@ -249,6 +249,7 @@ def test_newer_change_waiting_on_an_older_apply_sees_its_commit(dw: DualWriter, 
 
 
 odd_md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 odd = Table(
     "odd_values",
     odd_md,

@@ -22,6 +22,7 @@ from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 users = Table(
     "uq_users",
     md,

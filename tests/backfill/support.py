@@ -41,6 +41,7 @@ from dualwrite.tables import Tables
 from dualwrite.types import JSONType, UTCDateTime
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 accounts = Table(
     "bf_accounts",
     md,

@@ -21,6 +21,7 @@ from dualwrite.testing import prepared_writer
 from tests.conftest import PG_ADMIN_URL, connection_args, fresh_schema, state_schema_for
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 items = Table(
     "bv_items",
     md,

@@ -174,6 +174,7 @@ def test_live_apply_waits_for_the_copy(dw, copier_pg, live, path) -> None:  # ty
 
 # -- binary COPY: the same rows as the text path, for every common type ---------------------------------
 types_md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 typed = Table(
     "bf_types",
     types_md,

@@ -17,6 +17,7 @@ from dualwrite.tables import Tables
 from dualwrite.types import JSONType, UTCDateTime
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 items = Table(
     "items",
     md,

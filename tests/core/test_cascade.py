@@ -32,6 +32,7 @@ from dualwrite.testing import prepared_writer
 from tests.core.support import snapshot
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 org = Table(
     "c_org",
     md,

@@ -21,6 +21,7 @@ from dualwrite.testing import prepared_writer
 
 LIMIT = 64 * 1024
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 blobs = Table(
     "size_blobs",
     md,

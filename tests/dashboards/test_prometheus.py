@@ -28,6 +28,7 @@ from tests.conftest import fresh_schema, redis_namespace, settings_for
 from tests.dashboards.promserver import PROMETHEUS, Prom, panel_targets, running_prometheus, substitute
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 items = Table(
     "dash_items",
     md,

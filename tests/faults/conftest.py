@@ -44,6 +44,7 @@ __all__ = [
 
 # -- the collector -----------------------------------------------------------------------------------
 @dataclass
+# a declarative field list (shaped like backfill.steps.TableReport's, nothing shared)
 class CaseRecord:
     fault: str
     runs: int = 0

@@ -123,6 +123,7 @@ def test_hostile_names_and_sql_values_round_trip(
     fsettings: Settings, pg: PrivatePostgres, collector: Collector
 ) -> None:
     hmd = MetaData()
+    # this test's own table: shaped like other suites' Table declarations; other names and types on purpose
     hostile = Table(
         'x"; DROP TABLE items;--',
         hmd,

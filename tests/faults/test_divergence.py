@@ -50,6 +50,7 @@ from tests.core.support import TABLES, catalog, items, row
 from tests.faults.conftest import SEEDS, Collector, PrivatePostgres, PrivateRedis, heal_and_verify
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 users = Table(
     "dv_users",
     md,

@@ -13,6 +13,7 @@ from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 items = Table(
     "sh_items",
     md,

@@ -109,6 +109,7 @@ class OrderLine(Base):
     order: Mapped[Order] = relationship(back_populates="lines")
 
 
+# the models are shaped alike (mapped columns): each its own table of the application
 class Category(Base):
     __tablename__ = "categories"
 

@@ -33,6 +33,7 @@ from dualwrite.verify import sql_render
 from dualwrite.verify.verifier import TableVerifier
 
 md = MetaData()
+# this module's own tables: shaped like other suites' Table declarations; other names and types on purpose
 typed = Table(
     "sq_typed",
     md,

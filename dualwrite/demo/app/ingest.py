@@ -133,6 +133,7 @@ class IngestStore(TenantStore):
         if digest is None:
             digest = content_hash(content)
         check_text(digest, "ingest_documents.content_hash", 128, empty=False)
+        # a values dict like graph.py's and marketplace.py's inserts: each store its own columns
         values = {
             "job_id": job_id,
             "content_hash": digest,

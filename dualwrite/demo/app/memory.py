@@ -44,6 +44,7 @@ class MemoryRetention(TenantKeyed, Base):
     updated_at: Mapped[datetime] = stamp_column()
 
 
+# shaped like marketplace.py's models and rows: each store its own columns (core_tables, TenantKeyedRow are shared)
 memory_items, memory_retention = core_tables(MemoryItem, MemoryRetention)
 
 
