@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dualwrite.engines import sqlite_engine
+from dualwrite.engines import Backends, sqlite_engine
 from dualwrite.settings import Settings
 from tests.conftest import connection_args
-from tests.userapp.fleet import ROOT, env
+from tests.userapp.fleet import ROOT, Fleet, env
 from tests.userapp.models import Base
 
 METADATA = ["--metadata", "tests.userapp.writer:tables"]
@@ -104,3 +104,12 @@ def stop_daemon(daemon: subprocess.Popen[bytes] | None, timeout: float = 30) -> 
     except subprocess.TimeoutExpired:
         daemon.kill()
         return daemon.wait()
+
+
+def stop_all(fleet: Fleet, daemon: subprocess.Popen[bytes] | None, backends: Backends) -> int | None:
+    """The end of a run: the writers first, then the daemon (stop_daemon), then the test's connections; the
+    daemon's exit status."""
+    fleet.kill()
+    rc = stop_daemon(daemon)
+    backends.close()
+    return rc

@@ -38,7 +38,7 @@ from dualwrite.cutover.gate import GateConfig, backfill_complete, replay_lag
 from dualwrite.engines import Backends
 from dualwrite.events import key_text
 from tests.userapp.fleet import Fleet
-from tests.userapp.operator import cli_json, move, prepare, start_daemon, stop_daemon, wait
+from tests.userapp.operator import cli_json, move, prepare, start_daemon, stop_all, wait
 from tests.userapp.writer import tables
 
 HISTORY = 500  # transactions per history writer, as fast as they go, before dual writes are switched on
@@ -170,7 +170,5 @@ def test_the_gate_on_incremental_verifies_refuses_a_planted_divergence_until_rep
         fleet.assert_agree({"postgres": backends.postgres, "sqlite": backends.sqlite_read}, truth=backends.postgres)
         print(f"\nrows: full {_rows(full)}, incremental {_rows(inc)}, {_rows(blind)} ({fleet.total('committed')} tx)")
     finally:
-        fleet.kill()
-        rc = stop_daemon(daemon)
-        backends.close()
+        rc = stop_all(fleet, daemon, backends)
     assert rc == 0, (tmp_path / "backfill.stderr").read_text()[-3000:]

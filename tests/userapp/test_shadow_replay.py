@@ -25,7 +25,7 @@ from dualwrite.engines import Backends
 from dualwrite.redis_keys import read_shadow_counts
 from tests.userapp.compare import differences
 from tests.userapp.fleet import Fleet
-from tests.userapp.operator import cli_json, dualwrite, move, ok, prepare, start_daemon, stop_daemon, wait
+from tests.userapp.operator import cli_json, dualwrite, move, ok, prepare, start_daemon, stop_all, wait
 from tests.userapp.writer import tables
 
 RATE = 20  # transactions per second per writer; a read after 60% of them, each shadow-compared
@@ -146,7 +146,5 @@ def test_shadow_reads_in_a_comparator_process_with_a_replay_daemon_through_flips
         assert differences(state, backends.sqlite_read, "sqlite") == []
         print(f"\nwriters: {fleet.total('committed')} transactions, {fleet.total('reads')} reads; shadow {counts}")
     finally:
-        fleet.kill()
-        rc = stop_daemon(daemon)
-        backends.close()
+        rc = stop_all(fleet, daemon, backends)
     assert rc == 0, (tmp_path / "backfill.stderr").read_text()[-3000:]
