@@ -101,6 +101,7 @@ def backfill() -> dict[str, Any]:
                 description="Where the changes wait: in the primary's outbox (the application's relay publishes "
                 "them) or in the stream (the backfill worker replays them); and how fast each moves.",
             ),
+            # one panel per metric (panels.py holds the shape): alike in shape, each its own metric and unit
             timeseries(
                 "Replay lag (events)",
                 per("max", "instance", q("dualwrite_replay_lag_events")),

@@ -118,6 +118,7 @@ def overview() -> dict[str, Any]:
                 "ops",
             ),
             row("Outbox, relay and dead letters"),
+            # shaped like the gate conditions stat above: one stat per metric, other thresholds
             stat(
                 "Dead letters",
                 per("sum", "reason", q("dualwrite_dead_letters_total")),
@@ -161,6 +162,7 @@ def overview() -> dict[str, Any]:
                 "ops",
             ),
             row("Stream and outbox size (trimming, pruning)"),
+            # shaped like backfill.py's change-pipeline panel: other metrics (stream length vs its window)
             timeseries(
                 "Stream length vs its retention window",
                 [
