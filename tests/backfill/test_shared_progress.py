@@ -51,6 +51,7 @@ def test_a_resumed_daemon_exports_every_workers_rows_and_a_pause_as_a_pause(dw, 
         _wait_metric(url, "dualwrite_backfill_paused", 1.0)  # while replaying, from the live limits
         assert invoke("backfill", "set", *c, "--resume").exit_code == 0
         _wait_metric(url, "dualwrite_backfill_paused", 0.0)
+        # the daemon's stop, like test_run.py's: each test its own daemon, timeout and checks after it
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -163,6 +163,7 @@ _orm.map_imperatively(Node, node)
 _orm.map_imperatively(Org, org)
 
 
+# the same checks as the Core test above, after the ORM's unit of work instead
 def test_orm_deletes_and_key_updates_cascade_are_captured(dw: DualWriter) -> None:
     seed(dw)
     with dw.session() as session:

@@ -70,6 +70,7 @@ def test_pool_settings_defaults_environment_and_flags() -> None:
     assert "pool_size=7" in repr(s)
 
 
+# a table of bad values shaped like the one above: the pool settings, read from the environment
 @pytest.mark.parametrize(
     ("env", "needle"),
     [

@@ -139,6 +139,7 @@ def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ig
         dw.close()
 
 
+# the same start as the test above (a shadow writer, 400 matches and 5 mismatches): the other verify outcome
 def test_a_verify_with_differences_keeps_the_old_window(settings) -> None:  # type: ignore[no-untyped-def]
     dw = writer(settings, phase="shadow")
     key = shadow_counts_key(settings.namespace)

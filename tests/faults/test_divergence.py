@@ -228,6 +228,7 @@ def test_redis_restarted_empty_in_postgres_primary(
         finally:
             fresh.close()
         out = heal_and_verify(dw, TABLES, since=t0)
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "Redis restarted empty in postgres_primary",
             out,

@@ -61,6 +61,7 @@ def test_sqlite_exclusive_lock_waits_then_succeeds(
         assert waited >= hold * 0.8
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "SQLite held by BEGIN EXCLUSIVE (< busy timeout)",
             out,
@@ -95,6 +96,7 @@ def test_sqlite_exclusive_lock_past_busy_timeout_fails_cleanly(
         t0 = time.monotonic()
         wl.run(3)  # the lock is gone: writes go on
         out = heal_and_verify(dw, TABLES, since=t0)
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "SQLite held by BEGIN EXCLUSIVE (> busy timeout)",
             out,

@@ -40,6 +40,7 @@ def _pg_down_dual_writes(fsettings: Settings, pg: PrivatePostgres, collector: Co
         out = heal_and_verify(dw, TABLES, since=t0)
         wl.run(steps // 2)
         heal_and_verify(dw, TABLES, since=time.monotonic())
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "Postgres stopped during dual writes",
             out,
@@ -85,6 +86,7 @@ def test_pg_stopped_during_backfill(fsettings: Settings, pg: PrivatePostgres, co
                 cp = ckpt.load(conn, t.name)
                 assert cp.rows_copied >= count_rows(dw.backends.sqlite_read, t)  # every row counted once per copy
         out = heal_and_verify(dw, TABLES, since=t0)
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "Postgres stopped during backfill",
             out,

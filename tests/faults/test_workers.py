@@ -91,6 +91,7 @@ def _replaykill(fsettings: Settings, collector: Collector, tmp_path: Path, seed:
         t0 = time.monotonic()
         out = heal_and_verify(dw, TABLES, since=t0)  # another consumer reclaims them (XAUTOCLAIM)
         assert dw.backends.redis.xpending(key, "backfill")["pending"] == 0
+        # each fault records its own row through the shared collector.healed: alike in shape, other facts
         collector.healed(
             "replay worker SIGKILL mid-batch",
             out,

@@ -172,6 +172,7 @@ def test_dirty_values_rejected_with_reason(tmp_path, pg_schema) -> None:  # type
     (summary,) = rep["tables"]
     assert (summary["read"], summary["written"], summary["rejected"], summary["verified"]) == (10, 2, 8, True)
     got = {r["key"]: (r["column"], r["reason"]) for r in rejects(db, pg_schema)}
+    # the expected rejects: a data table, shaped like test_verification.py's PLANTED
     assert got == {
         "[2]": ("name", "invalid UTF-8"),
         "[3]": ("name", "NUL byte in text"),
@@ -259,6 +260,7 @@ def test_orphan_foreign_key_added_not_valid(tmp_path, pg_schema) -> None:  # typ
     assert rep["foreign_keys"][0]["not_valid"] is True
 
 
+# each case its own SQLite file and checks, shaped like the one above (make_db, migrate are the shared part)
 def test_long_colliding_table_names_and_table_rename(tmp_path, pg_schema) -> None:  # type: ignore[no-untyped-def]
     db = make_db(
         tmp_path / "app.db",

@@ -287,6 +287,7 @@ class Transactions:
             tx.update("products", {"sku": sku}, changes)
             self._core_done(w, tx)
 
+    # shaped like the other ORM deletes: each its own table (pick, Tx and _orm_done are the shared part)
     def orm_delete_product(self, tx: Tx) -> None:
         (sku,) = self.pick("products")
         with self.dw.session() as s:
