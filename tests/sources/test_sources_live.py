@@ -18,16 +18,10 @@ from tests.sources.conftest import ProjectFactory, schema_snapshot
 from tests.userapp.compare import differences
 from tests.userapp.fleet import ROOT, Fleet, env
 from tests.userapp.models import Base
+from tests.userapp.operator import dualwrite, ok, wait
 
 SOURCES = {"alpha": "P0", "beta": "P1", "gamma": "P2"}
 RATE = 8  # transactions per second per writer: light, the machine is shared
-
-
-def dualwrite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
 
 
 T0 = [time.monotonic()]
@@ -35,20 +29,6 @@ T0 = [time.monotonic()]
 
 def step(what: str) -> None:
     print(f"{time.monotonic() - T0[0]:6.1f}s {what}")
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def wait(what: str, check, timeout: float = 90.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-    return value
 
 
 def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory, tmp_path: Path) -> None:
@@ -131,6 +111,8 @@ def test_three_stores_moved_one_at_a_time_under_writers(project: ProjectFactory,
                 lambda state=state, engines=engines: (
                     not [d for k, e in engines.items() for d in differences(state, e, k)]
                 ),
+                timeout=90.0,
+                every=0.3,
             )
         for name, daemon in daemons.items():
             daemon.terminate()
