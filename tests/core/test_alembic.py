@@ -24,6 +24,7 @@ from dualwrite.testing import prepared_writer
 from dualwrite.verify.verifier import verify_backends
 from tests.conftest import connection_args, connection_env
 from tests.core.alembic_app import ENV, REVISION, md1, md2, v1, v2
+from tests.servers import wait_for
 
 alembic = pytest.importorskip("alembic", reason="alembic not installed (the dev extra installs it)")
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,13 +102,6 @@ def _settled(dw: DualWriter) -> bool:
     return bool(groups) and all(g.get("lag") == 0 and g.get("pending") == 0 for g in groups)
 
 
-def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_a_column_and_a_table_added_mid_dual_write(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ini = project(tmp_path / "migrations")
     dw1 = prepared_writer(settings, v1, phase="dual_write", relay=True)
@@ -119,7 +113,7 @@ def test_a_column_and_a_table_added_mid_dual_write(settings, tmp_path) -> None: 
     dw2 = None
     try:
         writes.thread.start()
-        _wait(lambda: writes.n > 1050, 30, "the application is writing")
+        wait_for(lambda: writes.n > 1050, 30, "the application is writing")
         r = run_alembic(settings, ini, "upgrade", "head")  # expand: the DDL on both, under traffic
         assert r.returncode == 0, r.stdout + r.stderr
         for engine in (dw1.backends.sqlite, dw1.backends.postgres):
@@ -133,10 +127,10 @@ def test_a_column_and_a_table_added_mid_dual_write(settings, tmp_path) -> None: 
         try:
             dw2 = DualWriter(settings, v2, relay=True)  # ... then the application
             writes.deploy(dw2).close()
-            _wait(lambda: writes.errors or _tags(dw2) >= 50, 60, "v2 writes")
+            wait_for(lambda: writes.errors or _tags(dw2) >= 50, 60, "v2 writes")
             writes.stop.set()
             writes.thread.join(30)
-            _wait(lambda: _settled(dw2), 60, "the worker caught up")
+            wait_for(lambda: _settled(dw2), 60, "the worker caught up")
             report = verify_backends(dw2.backends, v2.tables())
         finally:
             new.send_signal(signal.SIGTERM)
