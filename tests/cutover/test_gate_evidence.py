@@ -25,8 +25,7 @@ from tests.shadow.helpers import TABLES, catalog, items, writer
 
 
 def test_backfill_complete_names_the_tables_never_copied(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = writer(settings, phase="dual_write")
-    try:
+    with writer(settings, phase="dual_write") as dw:
         _mark_backfill(dw)  # both tables done ...
         with dw.backends.postgres.begin() as conn:  # ... then one checkpoint gone: that table was never copied
             conn.exec_driver_sql("DELETE FROM _dw_backfill_checkpoints WHERE tbl = 'sh_pairs'")
@@ -35,13 +34,10 @@ def test_backfill_complete_names_the_tables_never_copied(settings) -> None:  # t
         assert cond.detail == "not done: sh_pairs (1 never copied)", cond.detail
         gate = check(dw.backends, dw.tables)
         assert gate.target == "shadow" and "FAIL backfill_complete" in "\n".join(c.line() for c in gate.conditions)
-    finally:
-        dw.close()
 
 
 def test_replay_lag_fails_without_a_replay_group(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = writer(settings, phase="dual_write")
-    try:
+    with writer(settings, phase="dual_write") as dw:
         cond = replay_lag(dw.backends, dw.tables, GateConfig())  # no stream at all
         assert not cond.ok and "no replay group" in cond.detail, cond
         dw.execute(insert(items).values(id=1, name="a", amount=1.0))
@@ -50,8 +46,6 @@ def test_replay_lag_fails_without_a_replay_group(settings) -> None:  # type: ign
         assert dw.backends.redis.xlen(stream_key(settings.namespace)) == 1
         cond = replay_lag(dw.backends, dw.tables, GateConfig())
         assert not cond.ok and "no replay group on the change stream" in cond.detail, cond
-    finally:
-        dw.close()
 
 
 def _delivered_not_acked(dw, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -68,22 +62,18 @@ def _delivered_not_acked(dw, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_replay_lag_counts_pending_entries(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = writer(settings, phase="dual_write")
-    try:
+    with writer(settings, phase="dual_write") as dw:
         _delivered_not_acked(dw, 5)
         # Redis 7 says lag 0 here (all delivered): the pending ones are not applied all the same.
         cond = replay_lag(dw.backends, dw.tables, GateConfig(max_replay_lag=2))
         assert not cond.ok and cond.value == 5, cond
         assert "0 undelivered + 5 pending" in cond.detail, cond.detail
-    finally:
-        dw.close()
 
 
 def test_replay_lag_without_a_lag_field_uses_the_ids_and_pending(settings) -> None:  # type: ignore[no-untyped-def]
     """Redis 6.2 has no `lag` in XINFO GROUPS; Redis 7 gives nil after an XDEL. Both take the same path:
     undelivered from last-delivered-id against the stream's top, plus XPENDING's count."""
-    dw = writer(settings, phase="dual_write")
-    try:
+    with writer(settings, phase="dual_write") as dw:
         _delivered_not_acked(dw, 3)
         key = stream_key(settings.namespace)
         for i in range(4):  # 4 more published, not delivered
@@ -96,13 +86,10 @@ def test_replay_lag_without_a_lag_field_uses_the_ids_and_pending(settings) -> No
         assert group.get("lag") is None, group
         cond = replay_lag(dw.backends, dw.tables, GateConfig(max_replay_lag=5))
         assert not cond.ok and cond.value == 6 and "3 undelivered + 3 pending" in cond.detail, cond
-    finally:
-        dw.close()
 
 
 def test_shadow_rate_needs_comparisons_by_default(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = writer(settings, phase="shadow")
-    try:
+    with writer(settings, phase="shadow") as dw:
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
         assert not cond.ok and "0 mismatch(es) in 0 comparison(s)" in cond.detail, cond
         assert "need >= 100: 100 more to go" in cond.detail, cond.detail
@@ -110,15 +97,12 @@ def test_shadow_rate_needs_comparisons_by_default(settings) -> None:  # type: ig
         assert not shadow_mismatch_rate(dw.backends, dw.tables, GateConfig()).ok
         dw.backends.redis.hincrby(shadow_counts_key(settings.namespace), "match", 1)
         assert shadow_mismatch_rate(dw.backends, dw.tables, GateConfig()).ok
-    finally:
-        dw.close()
 
 
 def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ignore[no-untyped-def]
     """Mismatches before a clean verify (fixed since) no longer count; comparisons after it must."""
-    dw = writer(settings, phase="shadow")
     key = shadow_counts_key(settings.namespace)
-    try:
+    with writer(settings, phase="shadow") as dw:
         dw.backends.redis.hset(key, mapping={"match": 400, "mismatch": 5})
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
         assert not cond.ok and "5 mismatch(es) in 405 comparison(s)" in cond.detail, cond
@@ -135,23 +119,18 @@ def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ig
         dw.backends.redis.hincrby(key, "match", 120)
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
         assert cond.ok and "0 mismatch(es) in 120 comparison(s)" in cond.detail, cond
-    finally:
-        dw.close()
 
 
 # the same start as the test above (a shadow writer, 400 matches and 5 mismatches): the other verify outcome
 def test_a_verify_with_differences_keeps_the_old_window(settings) -> None:  # type: ignore[no-untyped-def]
-    dw = writer(settings, phase="shadow")
     key = shadow_counts_key(settings.namespace)
-    try:
+    with writer(settings, phase="shadow") as dw:
         dw.backends.redis.hset(key, mapping={"match": 400, "mismatch": 5})
         with dw.backends.sqlite.begin() as conn:  # a row only SQLite has: verify is not clean
             conn.execute(insert(items).values(id=7, name="only here", amount=1.0))
         assert not verify_backends(dw.backends, TABLES).clean
         cond = shadow_mismatch_rate(dw.backends, dw.tables, GateConfig())
         assert not cond.ok and "5 mismatch(es) in 405" in cond.detail, cond
-    finally:
-        dw.close()
 
 
 @pytest.mark.parametrize(
