@@ -5,6 +5,7 @@ chunk tests' accounts helpers, `Race`: two transactions on one key, the second b
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -236,6 +237,14 @@ def spawn(settings: Any, *args: str, **kw: Any) -> subprocess.Popen:  # type: ig
         [sys.executable, "-m", "dualwrite", "backfill", "run", *connection_args(settings), *META, *args],
         env=env, **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} | kw),
     )  # fmt: skip
+
+
+def sigterm(proc: subprocess.Popen, timeout: float) -> Any:  # type: ignore[type-arg]
+    """Stop a worker process as an operator would (SIGTERM) and wait for it; its whole output (text or
+    bytes, as the process was opened)."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    return out
 
 
 def get(url: str) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from sqlalchemy import update
 
 from dualwrite.tables import Tables
 from dualwrite.testing import prepared_writer
-from tests.backfill.support import META, accounts, assert_equal, invoke, md, seed
+from tests.backfill.support import META, accounts, assert_equal, invoke, md, seed, sigterm
 from tests.conftest import connection_args
 
 
@@ -58,8 +57,7 @@ def test_sigterm_finishes_and_exits_zero(dw, settings, tmp_path) -> None:  # typ
     while time.monotonic() < deadline and not _copied(dw):
         time.sleep(0.1)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    out = sigterm(proc, 30)
     assert proc.returncode == 0, out.decode()
     assert json.loads(report.read_text())["stopped_by_signal"] is True
     assert_equal(dw)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import signal
 import time
 
 from sqlalchemy import func, inspect, select, text, update
@@ -14,7 +13,7 @@ from sqlalchemy import func, inspect, select, text, update
 from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import versions
 from dualwrite.demo.app import tables as app_tables
-from tests.backfill.support import META, TABLES, accounts, assert_equal, get, invoke, notes, seed, spawn, tags
+from tests.backfill.support import META, TABLES, accounts, assert_equal, get, invoke, notes, seed, sigterm, spawn, tags
 from tests.conftest import connection_args
 from tests.servers import free_port
 from tests.terminal import pty_output
@@ -123,8 +122,7 @@ def test_daemon_serves_metrics_and_health_and_stops_on_sigterm(dw, settings, tmp
         assert "worker w1: replaying (daemon), not throttled" in r.output and "150/150" in r.output, r.output
         time.sleep(0.5)
         assert proc.poll() is None  # a daemon: still replaying
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = sigterm(proc, 30)
     finally:
         if proc.poll() is None:
             proc.kill()

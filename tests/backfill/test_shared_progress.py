@@ -4,10 +4,9 @@ and an operator's pause has its own metric (the stall alert ignores a paused cop
 from __future__ import annotations
 
 import re
-import signal
 import time
 
-from tests.backfill.support import META, get, invoke, seed, spawn
+from tests.backfill.support import META, get, invoke, seed, sigterm, spawn
 from tests.conftest import connection_args
 from tests.servers import free_port
 
@@ -51,9 +50,7 @@ def test_a_resumed_daemon_exports_every_workers_rows_and_a_pause_as_a_pause(dw, 
         _wait_metric(url, "dualwrite_backfill_paused", 1.0)  # while replaying, from the live limits
         assert invoke("backfill", "set", *c, "--resume").exit_code == 0
         _wait_metric(url, "dualwrite_backfill_paused", 0.0)
-        # the daemon's stop, like test_run.py's: each test its own daemon, timeout and checks after it
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = sigterm(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
