@@ -3,16 +3,16 @@ selection (one, a priority, all in priority order), and one clear line naming th
 
 from __future__ import annotations
 
+import functools
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dualwrite.errors import ConfigError
 from dualwrite.settings import load_settings, load_sources
-from tests.userapp.fleet import ROOT, env
+from tests.userapp.fleet import ROOT
+from tests.userapp.operator import dualwrite
 
 TOML = """\
 [dualwrite]
@@ -106,10 +106,7 @@ def test_the_cli_says_what_it_works_on_and_refuses_an_unknown_source(tmp_path: P
     text = TOML.replace('namespace = "shop"', f'namespace = "{redis_prefix}"')
     config = _file(tmp_path, text.replace('namespace = "kg"', f'namespace = "{redis_prefix}:kg"'))
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60
-        )
+    cli = functools.partial(dualwrite, timeout=60)  # the operator's CLI as its own process, a minute at most
 
     out = cli("cutover", "cancel", "--config", config, "--redis", "redis://127.0.0.1:6379/0")
     assert out.returncode == 0, out.stderr
