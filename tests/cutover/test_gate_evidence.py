@@ -121,7 +121,6 @@ def test_a_clean_verify_opens_a_new_shadow_window(settings) -> None:  # type: ig
         assert cond.ok and "0 mismatch(es) in 120 comparison(s)" in cond.detail, cond
 
 
-# the same start as the test above (a shadow writer, 400 matches and 5 mismatches): the other verify outcome
 def test_a_verify_with_differences_keeps_the_old_window(settings) -> None:  # type: ignore[no-untyped-def]
     key = shadow_counts_key(settings.namespace)
     with writer(settings, phase="shadow") as dw:
