@@ -12,7 +12,7 @@ from dualwrite.settings import Settings
 def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     """Each source's phase, gate and verification, read from its own setup (an unreachable one says so)."""
     from dualwrite.cli.options import load_tables, open_backends, sqlite_file
-    from dualwrite.cutover.gate import check
+    from dualwrite.cutover.gate import check, verify_verdict
     from dualwrite.errors import first_line
     from dualwrite.redis_keys import read_shadow_counts
     from dualwrite.tables import Tables
@@ -42,9 +42,10 @@ def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
             row["gate"] = "final phase" if gate.ok else row["gate"]
         if last is None:
             row["verify"] = "never"
-        else:
-            age = (datetime.now(UTC) - datetime.fromisoformat(last["at"])).total_seconds()
-            state = "clean" if last.get("clean") else "differences"
+        else:  # judged as the gate judges it: the source's tables, the oldest of their results
+            at, bad, never = verify_verdict(last, tables.names() if tables is not None else [])
+            age = (datetime.now(UTC) - datetime.fromisoformat(at)).total_seconds()
+            state = "differences" if bad else f"never verified: {', '.join(never)}" if never else "clean"
             stale = config.verify_max_age_seconds is not None and age > config.verify_max_age_seconds
             row["verify"] = f"{state}, {age:.0f}s ago" + (" (stale)" if stale else "")
         row["shadow"] = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"

@@ -148,17 +148,24 @@ def dead_letters_empty(backends: Backends, tables: Tables, _cfg: GateConfig) -> 
     return Condition("dead_letters_empty", n == 0, n, f"{n} event(s) in the dead-letter stream")
 
 
+def verify_verdict(last: dict[str, Any], wanted: list[str]) -> tuple[str, list[str], list[str]]:
+    """From the last-verify record, for the tables `wanted` (all it holds if none): the oldest of their
+    results' times, the tables whose last result differed, and those never verified."""
+    results = last.get("tables", {})
+    wanted = wanted or list(results)
+    never = [t for t in wanted if t not in results]
+    bad = sorted(t for t in wanted if t in results and not results[t].get("clean"))
+    at = min((results[t].get("at") or last["at"] for t in wanted if t in results), default=last["at"])
+    return at, bad, never
+
+
 def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:
     """Every captured table's last verify (a verify of some tables keeps the others' results: verify.last)
     found no difference; the age is the oldest of those results'."""
     last = load_last(backends.redis, backends.settings.namespace)
     if last is None:
         return Condition("verify_clean", False, None, "no verify recorded: run `dualwrite verify`")
-    results = last.get("tables", {})
-    wanted = tables.names() or list(results)
-    never = [t for t in wanted if t not in results]
-    bad = sorted(t for t in wanted if t in results and not results[t].get("clean"))
-    at = min((results[t].get("at") or last["at"] for t in wanted if t in results), default=last["at"])
+    at, bad, never = verify_verdict(last, tables.names())
     age = (datetime.now(UTC) - datetime.fromisoformat(at)).total_seconds()
     ok = not never and not bad  # a table with fixed rows is not clean until it is verified again
     found = ([f"differences in {', '.join(bad)}"] if bad else []) + (

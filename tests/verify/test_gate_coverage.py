@@ -8,7 +8,7 @@ import threading
 
 from sqlalchemy import text, update
 
-from dualwrite.cutover.gate import GateConfig, verify_clean
+from dualwrite.cutover.gate import GateConfig, verify_clean, verify_verdict
 from dualwrite.engines import open_redis
 from dualwrite.verify.last import load_shadow_window, store_last
 from dualwrite.verify.report import TableReport, VerifyReport
@@ -102,3 +102,16 @@ def test_a_verify_that_began_earlier_and_stores_later_does_not_replace_a_newer_r
     last = load_last(rclient, ns)
     assert last["tables"]["t"]["at"] == "2026-01-01T00:00:02+00:00" and not last["clean"], last
     assert load_shadow_window(rclient, ns) is None  # the older clean run opened no window either
+
+
+def test_status_and_the_gate_judge_by_the_oldest_result_of_the_tables_asked() -> None:
+    last = {
+        "at": "2026-01-01T00:00:09+00:00",
+        "tables": {
+            "a": {"clean": True, "at": "2026-01-01T00:00:01+00:00"},
+            "b": {"clean": False, "at": "2026-01-01T00:00:09+00:00"},
+        },
+    }
+    assert verify_verdict(last, ["a", "b"]) == ("2026-01-01T00:00:01+00:00", ["b"], [])
+    assert verify_verdict(last, ["b", "c"]) == ("2026-01-01T00:00:09+00:00", ["b"], ["c"])
+    assert verify_verdict(last, []) == ("2026-01-01T00:00:01+00:00", ["b"], [])  # no tables named: all it holds
