@@ -91,7 +91,9 @@ class RejectWriter:
 
 
 def _append(path: Path, data: bytes) -> None:
-    """Write `data` at the end of the file or raise, leaving no half line behind if nobody else wrote since."""
+    """Write `data` at the end of the file or raise, leaving no half line behind if nobody else wrote since.
+    The file and its folder are made with the first line: a run that rejects nothing leaves neither."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab", buffering=0) as fh:
         end = fh.seek(0, os.SEEK_END)
         written = 0

@@ -259,8 +259,7 @@ def run(opts: Options) -> Outcome:
     if opts.dry_run:
         return out
     reject_path = None
-    if opts.rejects_dir:
-        Path(opts.rejects_dir).mkdir(parents=True, exist_ok=True)
+    if opts.rejects_dir:  # the folder is made with the first reject: a clean run leaves none behind
         reject_path = Path(opts.rejects_dir) / "rejects.jsonl"
         if not opts.resume and reject_path.exists():
             reject_path.unlink()

@@ -24,10 +24,16 @@ def rejected_metric(table: str) -> float:
 
 def test_count_only_after_the_line_is_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
     before = rejected_metric("rj_t")
-    missing = RejectWriter(tmp_path / "no-such-dir" / "r.jsonl")
-    with pytest.raises(FileNotFoundError):
-        missing.reject("rj_t", "[1]", {"id": 1}, ValueError("bad"))
-    assert missing.count == 0 and rejected_metric("rj_t") == before
+    (tmp_path / "a-file").write_text("")
+    impossible = RejectWriter(tmp_path / "a-file" / "r.jsonl")  # its folder cannot be made: a file is there
+    with pytest.raises(OSError):
+        impossible.reject("rj_t", "[1]", {"id": 1}, ValueError("bad"))
+    assert impossible.count == 0 and rejected_metric("rj_t") == before
+    assert not (tmp_path / "later").exists()  # the folder is made with the first line, not before
+    later = RejectWriter(tmp_path / "later" / "r.jsonl")
+    later.reject("rj_t", "[2]", {"id": 2}, ValueError("bad"))
+    assert later.count == 1 and len((tmp_path / "later" / "r.jsonl").read_text().splitlines()) == 1
+    before = rejected_metric("rj_t")
     if FULL.exists():
         full = RejectWriter(FULL)
         with pytest.raises(OSError):

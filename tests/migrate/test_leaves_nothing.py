@@ -41,6 +41,7 @@ def test_a_successful_migration_leaves_only_the_source_tables(tmp_path, pg_schem
     db = make_db(tmp_path / "app.db", SCRIPT, ROWS)
     result, report = migrate(db, pg_schema)
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / f"rejects-{pg_schema}").exists()  # nothing rejected: no reject folder made
     tables = {n for n, kind in _relations(pg_schema).items() if kind == "r"}
     assert tables == SOURCE_TABLES
     assert {n for n, kind in _relations(pg_schema).items() if kind == "v"} == {"customer_names"}
