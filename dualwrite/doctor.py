@@ -20,7 +20,13 @@ from sqlalchemy import Engine, Table, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from dualwrite.bookkeeping import bookkeeping_gaps
-from dualwrite.engines import SESSION_TIMEZONE, check_postgres, open_redis, pg_engine, sqlite_engine
+from dualwrite.engines import (
+    SESSION_TIMEZONE,
+    check_postgres,
+    open_redis,
+    pg_engine,
+    sqlite_read_engine,
+)
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
@@ -55,7 +61,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     if not path.exists():
         out.append(("sqlite", False, f"{path} does not exist (run `dualwrite init` or point --sqlite at it)"))
     else:
-        engine = sqlite_engine(settings.sqlite_url)
+        engine = sqlite_read_engine(settings.sqlite_url)  # as the file is: no WAL switch, no write lock
         try:
             with engine.connect() as conn:
                 version = conn.execute(text("select sqlite_version()")).scalar()
@@ -96,7 +102,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
 
 def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:
     """dualwrite's own tables on both sides (`dualwrite init` makes them)."""
-    lite, pg = sqlite_engine(settings.sqlite_url), pg_engine(settings, pool_size=1)
+    lite, pg = sqlite_read_engine(settings.sqlite_url), pg_engine(settings, pool_size=1)
     try:
         gaps = bookkeeping_gaps(lite, pg, settings.state_schema)
     finally:
@@ -139,7 +145,7 @@ def _schema_line(
     problems = []
     checked = []
     if sqlite_ok:
-        engine = sqlite_engine(settings.sqlite_url)
+        engine = sqlite_read_engine(settings.sqlite_url)  # deferred: looking never takes the write lock
         try:
             problems += find_drift(engine, tables, backend="sqlite")
             checked.append("SQLite")

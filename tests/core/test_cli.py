@@ -58,6 +58,23 @@ def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None
     ]
 
 
+def test_doctor_answers_while_the_application_holds_the_write_lock(settings) -> None:  # type: ignore[no-untyped-def]
+    """The operator runs doctor beside a live application: looking at the tables must not queue for
+    SQLite's write lock (a writer's open transaction held it for the whole busy timeout before)."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", *connection_args(settings), *APP, "--create-tables"]).exit_code == 0
+    create_schema(sqlite_engine(settings.sqlite_url), app_tables().tables(), primary=True)
+    writer = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # an application transaction, open while doctor runs
+    try:
+        doctor = runner.invoke(main, ["doctor", *connection_args(settings), *APP])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    lines = {line.split()[0]: line for line in doctor.output.splitlines()}
+    assert " ok " in lines["schema"] and " ok " in lines["bookkeeping"], doctor.output
+
+
 def test_doctor_finds_schema_drift_on_either_side(settings) -> None:  # type: ignore[no-untyped-def]
     """A column an app migration added on SQLite that the model lacks would never be captured: say so."""
     runner = CliRunner()
