@@ -12,11 +12,11 @@ from dualwrite.settings import Settings
 def source_rows(sources: list[Settings], config: Any) -> list[dict[str, Any]]:
     """Each source's phase, gate and verification, read from its own setup (an unreachable one says so)."""
     from dualwrite.cli.options import load_tables, open_backends, sqlite_file
-    from dualwrite.cutover.gate import check, verify_verdict
+    from dualwrite.cutover.gate import check
     from dualwrite.errors import first_line
     from dualwrite.redis_keys import read_shadow_counts
     from dualwrite.tables import Tables
-    from dualwrite.verify.verifier import load_last
+    from dualwrite.verify.last import load_last, verify_verdict
 
     rows = []
     for s in sources:

@@ -42,7 +42,7 @@ from dualwrite.errors import ConfigError, first_line
 from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
 from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.tables import Tables
-from dualwrite.verify.verifier import load_last, load_shadow_window
+from dualwrite.verify.last import load_last, load_shadow_window, verify_verdict
 
 _SAFETY = ["bookkeeping", "outbox_drained", "dead_letters_empty", "replay_lag"]
 _FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
@@ -146,17 +146,6 @@ def outbox_drained(backends: Backends, tables: Tables, _cfg: GateConfig) -> Cond
 def dead_letters_empty(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
     n = int(backends.redis.xlen(dead_letter_key(backends.settings.namespace)))
     return Condition("dead_letters_empty", n == 0, n, f"{n} event(s) in the dead-letter stream")
-
-
-def verify_verdict(last: dict[str, Any], wanted: list[str]) -> tuple[str, list[str], list[str]]:
-    """From the last-verify record, for the tables `wanted` (all it holds if none): the oldest of their
-    results' times, the tables whose last result differed, and those never verified."""
-    results = last.get("tables", {})
-    wanted = wanted or list(results)
-    never = [t for t in wanted if t not in results]
-    bad = sorted(t for t in wanted if t in results and not results[t].get("clean"))
-    at = min((results[t].get("at") or last["at"] for t in wanted if t in results), default=last["at"])
-    return at, bad, never
 
 
 def verify_clean(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition:

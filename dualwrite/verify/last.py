@@ -84,6 +84,17 @@ def store_last(
     client.transaction(update, key, window_key)
 
 
+def verify_verdict(last: dict[str, Any], wanted: list[str]) -> tuple[str, list[str], list[str]]:
+    """From the last-verify record, for the tables `wanted` (all it holds if none): the oldest of their
+    results' times, the tables whose last result differed, and those never verified."""
+    results = last.get("tables", {})
+    wanted = wanted or list(results)
+    never = [t for t in wanted if t not in results]
+    bad = sorted(t for t in wanted if t in results and not results[t].get("clean"))
+    at = min((results[t].get("at") or last["at"] for t in wanted if t in results), default=last["at"])
+    return at, bad, never
+
+
 def load_last(client: Any, namespace: str) -> dict[str, Any] | None:
     raw = client.get(verify_key(namespace))
     return None if raw is None else json.loads(raw)

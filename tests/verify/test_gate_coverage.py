@@ -8,9 +8,9 @@ import threading
 
 from sqlalchemy import text, update
 
-from dualwrite.cutover.gate import GateConfig, verify_clean, verify_verdict
+from dualwrite.cutover.gate import GateConfig, verify_clean
 from dualwrite.engines import open_redis
-from dualwrite.verify.last import load_shadow_window, store_last
+from dualwrite.verify.last import load_shadow_window, store_last, verify_verdict
 from dualwrite.verify.report import TableReport, VerifyReport
 from dualwrite.verify.verifier import load_last, verify_backends
 from tests.shadow.helpers import TABLES, item_rows, items, pair_rows, pairs, seed, writer
