@@ -157,6 +157,11 @@ def bookkeeping_gaps(sqlite: Engine, postgres: Engine, state_schema: str) -> lis
     return gaps
 
 
+def gaps_text(gaps: list[str]) -> str:
+    """bookkeeping_gaps as the one sentence the gate, doctor and the CLI print (each adds its remedy)."""
+    return f"dualwrite's tables are missing on {'; '.join(gaps)}"
+
+
 def create_bookkeeping(conn: Connection, *, primary: bool) -> list[str]:
     """Create the bookkeeping tables if missing and seed `_dw_meta` (idempotent); return the names created."""
     missing = missing_bookkeeping(conn)

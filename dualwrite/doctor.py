@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import Engine, Table, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from dualwrite.bookkeeping import bookkeeping_gaps
+from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text
 from dualwrite.engines import (
     SESSION_TIMEZONE,
     check_postgres,
@@ -109,7 +109,7 @@ def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:
         lite.dispose()
         pg.dispose()
     if gaps:
-        return ("bookkeeping", False, f"dualwrite's tables are missing on {'; '.join(gaps)} (run `dualwrite init`)")
+        return ("bookkeeping", False, f"{gaps_text(gaps)} (run `dualwrite init`)")
     return ("bookkeeping", True, f"dualwrite's tables on SQLite and Postgres (schema {settings.state_schema})")
 
 

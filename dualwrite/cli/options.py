@@ -284,7 +284,7 @@ def sqlite_answers(settings: Settings) -> None:
 def open_backends(settings: Settings, *, bookkeeping: str | None = None) -> Any:
     """The process' Backends. bookkeeping: the tables flag of a command that cannot run before `dualwrite
     init` (its own tables missing on either side): refused with one line naming init, exit 2."""
-    from dualwrite.bookkeeping import bookkeeping_gaps
+    from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text
     from dualwrite.cli.next_steps import init_step
     from dualwrite.engines import Backends
 
@@ -294,7 +294,7 @@ def open_backends(settings: Settings, *, bookkeeping: str | None = None) -> Any:
         if gaps:
             backends.close()
             step = init_step(bookkeeping).split("  #")[0]
-            fail(f"dualwrite's tables are missing on {'; '.join(gaps)}: run `{step}` first")
+            fail(f"{gaps_text(gaps)}: run `{step}` first")
     return backends
 
 

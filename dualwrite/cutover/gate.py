@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from dualwrite import metrics
 from dualwrite.backfill import checkpoint as ckpt
-from dualwrite.bookkeeping import bookkeeping_gaps, outbox
+from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text, outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
@@ -129,7 +129,7 @@ def bookkeeping(backends: Backends, tables: Tables, _cfg: GateConfig) -> Conditi
     gaps = bookkeeping_gaps(backends.sqlite_read, backends.postgres, backends.settings.state_schema)
     if not gaps:
         return Condition("bookkeeping", True, 0, "dualwrite's tables are on both sides")
-    detail = f"dualwrite's tables are missing on {'; '.join(gaps)} (`dualwrite init` creates them)"
+    detail = f"{gaps_text(gaps)} (`dualwrite init` creates them)"
     return Condition("bookkeeping", False, len(gaps), detail)
 
 
