@@ -14,11 +14,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, text
 
@@ -80,6 +80,16 @@ def summarize(latencies_s: list[float], attempts: int) -> dict[str, float]:
 
 def ratio(value: float, baseline: float) -> float | None:
     return round(value / baseline, 3) if baseline else None
+
+
+N = TypeVar("N")
+
+
+def mirrored(names: Sequence[N]) -> list[tuple[int, N]]:
+    """(half, name): every name in order (half 0), then in reverse (half 1). The machine is shared and its load
+    drifts within seconds; in one fixed order a drift counts against whatever runs later. Mirrored, every
+    name sits on average at the middle, so a linear drift hits the baseline and each variant alike."""
+    return [(0, n) for n in names] + [(1, n) for n in reversed(names)]
 
 
 def run_workers(n_workers: int, items: list[Any], op: Callable[[Any], None]) -> tuple[list[float], int, float]:

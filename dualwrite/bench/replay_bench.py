@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from dualwrite.bench.common import BenchEnv, bench_metadata, bench_tables, ratio, rows
+from dualwrite.bench.common import BenchEnv, bench_metadata, bench_tables, mirrored, ratio, rows
 from dualwrite.bench.goals import goal, median
 
 BATCH = 500
@@ -202,22 +202,19 @@ def lag_under_load(env: BenchEnv, md: Any, table: Any, seconds: float) -> dict[s
 
 
 def _one_run(env: BenchEnv, ns: str, md: Any, table: Any, payloads: list[bytes], i: int) -> dict[str, Any]:
-    """One run: direct, 1 worker, 2 workers, the ceiling's 1 and 2 processes, then the same in reverse order;
-    each figure the mean of its two measurements. The machine is shared and its load drifts within seconds:
-    in a fixed order (1 worker always just before 2) a drift counted against one side only; mirrored, a
-    linear drift cancels, and every comparison is between neighbours equally far apart."""
+    """One run: direct, 1 worker, 2 workers, the ceiling's 1 and 2 processes, then the same in reverse order
+    (common.mirrored: in a fixed order 1 worker always ran just before 2); each figure the mean of its two."""
     keep = len(payloads)
     order = ["direct", "w1", "w2", "c1", "c2"]
     got: dict[str, list[Any]] = {k: [] for k in order}
-    for half, names in enumerate((order, order[::-1])):
-        for name in names:
-            label = f"replay_{name}_{i}{'ab'[half]}"
-            if name == "direct":
-                got[name].append(len(payloads) / (direct_apply(env, table, payloads, label) or float("inf")))
-            elif name.startswith("w"):
-                got[name].append(replay_with_workers(env, ns, md, table, int(name[1]), label, keep=keep))
-            else:
-                got[name].append(direct_apply_procs(env, ns, table, int(name[1]), label))
+    for half, name in mirrored(order):
+        label = f"replay_{name}_{i}{'ab'[half]}"
+        if name == "direct":
+            got[name].append(len(payloads) / (direct_apply(env, table, payloads, label) or float("inf")))
+        elif name.startswith("w"):
+            got[name].append(replay_with_workers(env, ns, md, table, int(name[1]), label, keep=keep))
+        else:
+            got[name].append(direct_apply_procs(env, ns, table, int(name[1]), label))
     w1, w2 = (_mean_run(got[k]) for k in ("w1", "w2"))
     c1, c2 = (sum(eps for eps, _cpu in got[k]) / 2 for k in ("c1", "c2"))
     cpu = {"w1": w1["cpu"], "w2": w2["cpu"], "direct_p1": _mean_cpu([c for _e, c in got["c1"]])}

@@ -26,7 +26,17 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from dualwrite.bench.common import STORE, BenchEnv, bench_metadata, bench_tables, ratio, rows, run_workers, summarize
+from dualwrite.bench.common import (
+    STORE,
+    BenchEnv,
+    bench_metadata,
+    bench_tables,
+    mirrored,
+    ratio,
+    rows,
+    run_workers,
+    summarize,
+)
 from dualwrite.bench.goals import goal, median
 from dualwrite.testing import prepared_writer
 
@@ -158,12 +168,10 @@ def get_row(conn: Any, key: int) -> Any:
 
 
 def _mirrored(rng: random.Random, per_block: int, records: int) -> list[tuple[str, list[int]]]:
-    """One block's runs: every mode on half its reads in MODES' order, then on the other half in reverse. The
-    machine is shared and its load drifts within seconds; in one fixed order the baseline always ran first and
-    a drift counted against the modes after it. Mirrored, every mode sits on average at the block's middle,
-    so a linear drift hits the baseline and each mode alike."""
+    """One block's runs: every mode on half its reads in MODES' order, then on the other half in reverse
+    (common.mirrored: in one fixed order the baseline always ran first)."""
     first = per_block // 2
-    halves = [(m, first) for m in MODES] + [(m, per_block - first) for m in reversed(MODES)]
+    halves = [(m, first if half == 0 else per_block - first) for half, m in mirrored(MODES)]
     return [(mode, [rng.randint(1, records) for _ in range(n)]) for mode, n in halves if n]
 
 
