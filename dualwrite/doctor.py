@@ -31,6 +31,15 @@ from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
 
+# Doctor only looks, so it waits out a commit's moment of exclusive lock but not a writer that holds the
+# file for longer (a large write transaction in a rollback journal keeps readers out until it ends): it
+# reports that at once instead of sleeping the writers' whole busy timeout (10 s) and saying "locked".
+LOOK_BUSY_MS = 1000
+LOCKED_HINT = (
+    "another connection holds the file exclusively (a large write transaction in a rollback-journal file "
+    "does, until it ends); run doctor again after it"
+)
+
 
 def replication_role_problem(settings: Settings) -> str | None:
     """Why this login cannot apply replicated rows (None: it can). The apply engine sets
@@ -61,14 +70,17 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     if not path.exists():
         out.append(("sqlite", False, f"{path} does not exist (run `dualwrite init` or point --sqlite at it)"))
     else:
-        engine = sqlite_read_engine(settings.sqlite_url)  # as the file is: no WAL switch, no write lock
+        engine = sqlite_read_engine(settings.sqlite_url, LOOK_BUSY_MS)  # as the file is: no WAL switch, no lock
         try:
             with engine.connect() as conn:
                 version = conn.execute(text("select sqlite_version()")).scalar()
                 mode = conn.execute(text("pragma journal_mode")).scalar()
             out.append(("sqlite", True, f"{path} (SQLite {version}, journal {mode})"))
         except Exception as exc:  # noqa: BLE001 - reported as a line
-            out.append(("sqlite", False, f"{path}: {first_line(exc)}"))
+            problem = first_line(exc)
+            if "database is locked" in problem:
+                problem = f"{problem} after {LOOK_BUSY_MS / 1000:g} s: {LOCKED_HINT}"
+            out.append(("sqlite", False, f"{path}: {problem}"))
         finally:
             engine.dispose()
     try:
@@ -102,7 +114,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
 
 def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:
     """dualwrite's own tables on both sides (`dualwrite init` makes them)."""
-    lite, pg = sqlite_read_engine(settings.sqlite_url), pg_engine(settings, pool_size=1)
+    lite, pg = sqlite_read_engine(settings.sqlite_url, LOOK_BUSY_MS), pg_engine(settings, pool_size=1)
     try:
         gaps = bookkeeping_gaps(lite, pg, settings.state_schema)
     finally:
@@ -145,7 +157,7 @@ def _schema_line(
     problems = []
     checked = []
     if sqlite_ok:
-        engine = sqlite_read_engine(settings.sqlite_url)  # deferred: looking never takes the write lock
+        engine = sqlite_read_engine(settings.sqlite_url, LOOK_BUSY_MS)  # deferred: never the write lock
         try:
             problems += find_drift(engine, tables, backend="sqlite")
             checked.append("SQLite")

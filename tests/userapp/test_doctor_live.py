@@ -21,6 +21,7 @@ What it proves, read from doctor's lines and exit codes and from the file itself
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -131,10 +132,11 @@ def _pg_tables(settings: Settings) -> dict[str, list[str]]:
 
 
 @contextmanager
-def _write_lock_held(path: Path, seconds: float | None = HOLD_S) -> Iterator[None]:
+def _write_lock_held(path: Path, seconds: float | None = HOLD_S, *, large: bool = False) -> Iterator[None]:
     """The application inside a long write transaction, in a thread: BEGIN IMMEDIATE and a change of its
     own, rolled back after `seconds` (writers queue behind it meanwhile) or, with None, when the block
-    ends (so a doctor that queued would wait its whole busy timeout)."""
+    ends (so a doctor that queued would wait its whole busy timeout). `large`: 8 MB written, more than
+    SQLite's page cache, so that in a rollback journal it spills and holds the file exclusively."""
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -142,6 +144,8 @@ def _write_lock_held(path: Path, seconds: float | None = HOLD_S) -> Iterator[Non
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute("CREATE TABLE app_scratch (x)")
+                if large:
+                    db.executemany("INSERT INTO app_scratch VALUES (?)", [(os.urandom(1 << 20),)] * 8)
                 taken.set()
                 release.wait(seconds)
             finally:
@@ -202,6 +206,11 @@ def test_doctor_answers_beside_live_writers_and_a_held_write_lock_at_each_phase(
             doc = _prompt(_doctor(conn))
             assert doc.returncode == 1 and doc.failing() == ["schema", "bookkeeping"], doc.output
             assert "journal delete)" in doc.lines["sqlite"][1], doc.output
+        with _write_lock_held(path, None, large=True):  # the file held exclusively: doctor says so, promptly
+            doc = _prompt(_doctor(conn))
+            assert doc.returncode == 1 and doc.failing() == ["sqlite", "schema"], doc.output
+            assert "database is locked" in doc.lines["sqlite"][1], doc.output
+            assert "run doctor again after it" in doc.lines["sqlite"][1], doc.output
         assert _shape(path) == shape and _pg_tables(settings) == pg
         bad = dualwrite("doctor", *conn, "--metadata", "tests.userapp.no_such_module:tables", timeout=60)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, (bad.stdout, bad.stderr)
