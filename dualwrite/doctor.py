@@ -1,6 +1,7 @@
 """`dualwrite doctor`: one line per backend, saying what is wrong and how to fix it, a `timezone` line (the
-server's TimeZone and what dualwrite does about one that is not UTC), and a `schema` line for drift
-between the application's tables and the live ones.
+server's TimeZone and what dualwrite does about one that is not UTC), a `schema` line for drift
+between the application's tables and the live ones, a `bookkeeping` line for dualwrite's own tables and a
+`phase` line for the phase of record (failing when the two databases' records differ).
 
 Capture copies exactly the model's columns (`RETURNING` of the Table's columns), so a column added on
 SQLite by an application migration that the model does not know is never carried to Postgres — a
@@ -28,6 +29,9 @@ from dualwrite.engines import (
     sqlite_read_engine,
 )
 from dualwrite.errors import ConfigError, first_line
+from dualwrite.phase import Record
+from dualwrite.phase_record import PhaseRecord
+from dualwrite.redis_keys import phase_epoch_key, phase_key
 from dualwrite.settings import Settings, mask_url
 from dualwrite.tables import Tables
 
@@ -95,6 +99,8 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
         out.append(_schema_line(settings, tables.tables(), sqlite_ok=out[0][1], postgres_ok=out[1][1]))
     if out[0][1] and out[1][1]:
         out.append(_bookkeeping_line(settings))
+        if out[-1][1]:
+            out.append(_phase_line(settings))
     client = open_redis(settings.redis_url)
     try:
         info = client.info("server")
@@ -123,6 +129,35 @@ def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:
     if gaps:
         return ("bookkeeping", False, f"{gaps_text(gaps)} (run `dualwrite init`)")
     return ("bookkeeping", True, f"dualwrite's tables on SQLite and Postgres (schema {settings.state_schema})")
+
+
+def _phase_line(settings: Settings) -> tuple[str, bool, str]:
+    """The phase of record (the newer of the two databases' records; sqlite before the first change) and
+    Redis' copy, only read (the processes correct a stale copy). Records that differ mean a phase change
+    was recorded on one side only: every process follows the newer, but the other must be brought level."""
+    lite, pg = sqlite_read_engine(settings.sqlite_url, LOOK_BUSY_MS), pg_engine(settings, pool_size=1)
+    try:
+        sides = PhaseRecord(readers={"sqlite": lite, "postgres": pg}, writers={}).read_sides()
+    finally:
+        lite.dispose()
+        pg.dispose()
+    if unread := {side: why for side, why in sides.items() if isinstance(why, str)}:
+        return ("phase", False, "cannot read the record on " + "; ".join(f"{s}: {w}" for s, w in unread.items()))
+    records = [r for r in sides.values() if isinstance(r, Record)]
+    newest = max(records, key=lambda r: r.epoch, default=Record("sqlite", 0))
+    client = open_redis(settings.redis_url)
+    try:
+        name, epoch = client.mget(phase_key(settings.namespace), phase_epoch_key(settings.namespace))
+        copy = f"{name.decode()}@{int(epoch)}" if name is not None and epoch is not None else "-"
+    except redis.RedisError:
+        copy = "unreachable"
+    finally:
+        client.close()
+    line = f"{newest.phase} (epoch {newest.epoch}{'' if records else ', none recorded yet'}; redis copy {copy})"
+    if not records or (len(records) == len(sides) and len(set(records)) == 1):
+        return ("phase", True, line)
+    held = ", ".join(f"{side} {f'{r.phase}@{r.epoch}' if r else 'none'}" for side, r in sides.items())
+    return ("phase", False, f"{line}: the records differ ({held}): run the same phase change again")
 
 
 def _timezone_line(settings: Settings) -> tuple[str, bool, str]:

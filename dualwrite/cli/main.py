@@ -133,8 +133,9 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
 @tables_options
 @connection_options(sqlite="unused")  # doctor reports a missing or foreign file on its own line
 def doctor(settings: Settings, reflect: bool) -> None:
-    """Check SQLite, Postgres and Redis: one line each; with --metadata/--reflect, schema drift of the
-    application's tables too."""
+    """Check SQLite, Postgres and Redis: one line each; dualwrite's tables and the phase of record (both
+    databases' records and Redis' copy); with --metadata/--reflect, schema drift of the application's
+    tables too. Only looks: never the write lock, nothing written."""
     from dualwrite.doctor import run_checks
 
     tables = load_tables(settings, reflect, required=False)

@@ -54,8 +54,10 @@ def test_init_creates_only_dualwrites_tables_and_doctor_passes(settings) -> None
         ["timezone", "ok"],
         ["schema", "ok"],
         ["bookkeeping", "ok"],
+        ["phase", "ok"],
         ["redis", "ok"],
     ]
+    assert "phase       ok  sqlite (epoch 0, none recorded yet; redis copy -)" in doctor.output, doctor.output
 
 
 def test_doctor_answers_while_the_application_holds_the_write_lock(settings) -> None:  # type: ignore[no-untyped-def]
@@ -73,6 +75,26 @@ def test_doctor_answers_while_the_application_holds_the_write_lock(settings) -> 
         writer.close()
     lines = {line.split()[0]: line for line in doctor.output.splitlines()}
     assert " ok " in lines["schema"] and " ok " in lines["bookkeeping"], doctor.output
+
+
+def test_doctor_reports_the_phase_and_records_that_differ(settings) -> None:  # type: ignore[no-untyped-def]
+    """The phase every process follows, and a phase change recorded on one database only (its write to
+    the other failed): the processes follow the newer record, the operator must bring the other level."""
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", *connection_args(settings)]).exit_code == 0
+    assert runner.invoke(main, ["phase", "dual_write", *connection_args(settings)]).exit_code == 0
+    doctor = runner.invoke(main, ["doctor", *connection_args(settings)])
+    assert doctor.exit_code == 0, doctor.output
+    assert "phase       ok  dual_write (epoch 1; redis copy dual_write@1)" in doctor.output, doctor.output
+    engine = create_engine(PG_ADMIN_URL)
+    with engine.begin() as conn:  # as if the change had reached SQLite only
+        conn.execute(text(f"DELETE FROM \"{settings.state_schema}\"._dw_meta WHERE name IN ('phase', 'phase_epoch')"))
+    engine.dispose()
+    doctor = runner.invoke(main, ["doctor", *connection_args(settings)])
+    assert doctor.exit_code == 1, doctor.output
+    line = next(x for x in doctor.output.splitlines() if x.startswith("phase"))
+    assert "FAIL dual_write (epoch 1; redis copy dual_write@1): the records differ" in line, line
+    assert "(sqlite dual_write@1, postgres none): run the same phase change again" in line, line
 
 
 def test_doctor_finds_schema_drift_on_either_side(settings) -> None:  # type: ignore[no-untyped-def]

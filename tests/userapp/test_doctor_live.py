@@ -12,6 +12,9 @@ What it proves, read from doctor's lines and exit codes and from the file itself
 - exit 1 with exactly the failing lines (schema, bookkeeping) before init, exit 0 with every line ok
   after; exit 2 on a configuration error; the sqlite line gives the file's own journal mode (delete as
   the application made it, wal once dualwrite writes it);
+- a file held exclusively (a large write transaction in the rollback journal before init): the sqlite
+  line says so at once, exit 1;
+- the phase line names the phase of record and its epoch, with Redis' copy agreeing;
 - doctor leaves the user's file as it was: the same schema and journal mode (before init, the same bytes)
   and nothing created on Postgres;
 - the writers commit while doctor runs, none of their writes fails, and at the end every write they
@@ -51,7 +54,7 @@ BUSY_S = SQLITE_BUSY_MS / 1000  # what a writer (and a doctor that queued for th
 # 2-17, while doctor slept under 0.1 s of it).
 BOUND_S = BUSY_S / 5
 HOLD_S = BUSY_S * 0.6  # the application's long write transaction: the writers queue behind it
-LINES = ["sqlite", "postgres", "timezone", "schema", "bookkeeping", "redis"]
+LINES = ["sqlite", "postgres", "timezone", "schema", "bookkeeping", "phase", "redis"]
 
 
 @dataclass
@@ -97,10 +100,14 @@ def _prompt(doc: Doctor) -> Doctor:
     return doc
 
 
-def _healthy(conn: list[str], journal: str) -> Doctor:
+def _healthy(conn: list[str], journal: str, phase: str) -> Doctor:
+    """A doctor run with every line ok, the file's journal mode and the phase (`name@epoch`) as they are."""
     doc = _prompt(_doctor(conn))
     assert doc.returncode == 0 and list(doc.lines) == LINES and not doc.failing(), doc.output
     assert f"journal {journal})" in doc.lines["sqlite"][1], doc.lines["sqlite"]
+    name, epoch = phase.split("@")
+    want = f"{name} (epoch {epoch}; redis copy {phase})" if epoch != "0" else "sqlite (epoch 0, none recorded yet"
+    assert doc.lines["phase"][1].startswith(want), doc.lines["phase"]
     return doc
 
 
@@ -161,21 +168,21 @@ def _write_lock_held(path: Path, seconds: float | None = HOLD_S, *, large: bool 
         holder.join()
 
 
-def _doctor_under_lock(conn: list[str], path: Path, journal: str, fleet: Fleet) -> None:
+def _doctor_under_lock(conn: list[str], path: Path, journal: str, phase: str, fleet: Fleet) -> None:
     """Doctor while the write lock is held and the writers queue behind it: it answers, healthy, without
     waiting for the lock; the writers go on after the transaction."""
     before = _shape(path)
     with _write_lock_held(path):
-        _healthy(conn, journal)
+        _healthy(conn, journal, phase)
         queued = fleet.committed()
     fleet.wait_committed(1, more_than=queued, timeout=30)
     assert _shape(path) == before
 
 
-def _doctor_beside_writers(conn: list[str], path: Path, journal: str) -> None:
+def _doctor_beside_writers(conn: list[str], path: Path, journal: str, phase: str) -> None:
     """Doctor while the writers commit: healthy, the file unchanged in shape, and commits went on meanwhile."""
     before, seq = _shape(path), _last_seq(path)
-    _healthy(conn, journal)
+    _healthy(conn, journal, phase)
     assert _shape(path) == before and _last_seq(path) > seq
 
 
@@ -196,7 +203,7 @@ def test_doctor_answers_beside_live_writers_and_a_held_write_lock_at_each_phase(
         digest, shape, pg = hashlib.sha256(path.read_bytes()).hexdigest(), _shape(path), _pg_tables(settings)
         assert shape[0] == "delete", shape
         doc = _prompt(_doctor(conn))
-        assert doc.returncode == 1 and list(doc.lines) == LINES, doc.output
+        assert doc.returncode == 1 and list(doc.lines) == [n for n in LINES if n != "phase"], doc.output
         assert doc.failing() == ["schema", "bookkeeping"], doc.output
         assert "journal delete)" in doc.lines["sqlite"][1], doc.output
         assert "run `dualwrite init`" in doc.lines["bookkeeping"][1], doc.output
@@ -219,21 +226,21 @@ def test_doctor_answers_beside_live_writers_and_a_held_write_lock_at_each_phase(
         fleet.start(settings, count=2, rate=10, population=20, documents=0)  # light: doctor is timed beside them
         fleet.wait_committed(5)
         assert _shape(path)[0] == "wal"  # the writers' engines write it in WAL
-        _doctor_beside_writers(conn, path, "wal")
-        _doctor_under_lock(conn, path, "wal", fleet)
+        _doctor_beside_writers(conn, path, "wal", "sqlite@0")
+        _doctor_under_lock(conn, path, "wal", "sqlite@0", fleet)
 
         move(conn, tmp_path, "dual_write", "cutover", "flip")
         daemon = start_daemon(settings, tmp_path, "--chunk-size", "50")
         app = tables()
         wait("every table copied", lambda: backfill_complete(backends, app, GateConfig()).ok, 60, 0.3)
-        _doctor_beside_writers(conn, path, "wal")  # the daemon replays the writers' changes meanwhile
-        _doctor_under_lock(conn, path, "wal", fleet)
+        _doctor_beside_writers(conn, path, "wal", "dual_write@1")  # the daemon replays the writers' changes meanwhile
+        _doctor_under_lock(conn, path, "wal", "dual_write@1", fleet)
 
         for phase in ("shadow", "postgres_reads"):  # the gate's own checks are other tests' subject
             ok(dualwrite("phase", phase, *conn, "--reason", "doctor drill"))
         fleet.wait_committed(5, more_than=fleet.committed())
-        _doctor_beside_writers(conn, path, "wal")
-        _doctor_under_lock(conn, path, "wal", fleet)
+        _doctor_beside_writers(conn, path, "wal", "postgres_reads@3")
+        _doctor_under_lock(conn, path, "wal", "postgres_reads@3", fleet)
         fleet.check_alive()
         fleet.stop()
 
