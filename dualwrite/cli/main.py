@@ -15,7 +15,15 @@ from typing import Any
 import click
 
 from dualwrite import __version__
-from dualwrite.cli.options import connection_options, fail, load_tables, one_line_errors, tables_options
+from dualwrite.cli.options import (
+    connection_options,
+    fail,
+    load_tables,
+    one_line_errors,
+    tables_options,
+    write_report,
+)
+from dualwrite.cli.params import REPORT_PATH, check_report_path
 from dualwrite.errors import ConfigError, first_line
 from dualwrite.settings import Settings, mask_text
 
@@ -132,17 +140,22 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
 @main.command()
 @tables_options
 @connection_options(sqlite="unused")  # doctor reports a missing or foreign file on its own line
-def doctor(settings: Settings, reflect: bool) -> None:
+@click.option("--report", "report_path", default=None, type=REPORT_PATH, help="write the checks as JSON here")
+def doctor(settings: Settings, reflect: bool, report_path: str | None) -> None:
     """Check SQLite, Postgres and Redis: one line each; dualwrite's tables and the phase of record (both
     databases' records and Redis' copy); with --metadata/--reflect, schema drift of the application's
-    tables too. Only looks: never the write lock, nothing written."""
+    tables too. Only looks: never the write lock, nothing written to a database."""
     from dualwrite.doctor import run_checks
 
+    check_report_path(report_path)
     tables = load_tables(settings, reflect, required=False)
-    ok = True
-    for name, passed, line in run_checks(settings, tables):
-        click.echo(f"{name:11} {'ok ' if passed else 'FAIL'} {mask_text(line)}")
-        ok = ok and passed
+    checks = [
+        {"name": name, "ok": passed, "line": mask_text(line)} for name, passed, line in run_checks(settings, tables)
+    ]
+    for check in checks:
+        click.echo(f"{check['name']:11} {'ok ' if check['ok'] else 'FAIL'} {check['line']}")
+    ok = all(check["ok"] for check in checks)
+    write_report(report_path, {"ok": ok, "checks": checks})
     sys.exit(0 if ok else 1)
 
 

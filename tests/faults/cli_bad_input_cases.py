@@ -190,6 +190,7 @@ CASES = [
         2,
         "--report",
     ),
+    C("--report into a missing folder (doctor)", ["doctor", CONN, "--report", MISSING], 2, "does not exist"),
     C("--rejects into a missing folder", ["backfill", "run", CONN, *META, "--rejects", MISSING], 2, "--rejects"),
     # -- wrong results fixed at their cause ---------------------------------------------------------------
     C(

@@ -17,6 +17,7 @@ What it proves, read from doctor's lines and exit codes and from the file itself
 - the phase line names the phase of record and its epoch, with Redis' copy agreeing;
 - doctor leaves the user's file as it was: the same schema and journal mode (before init, the same bytes)
   and nothing created on Postgres;
+- `--report FILE` holds the same checks as the lines, as JSON;
 - the writers commit while doctor runs, none of their writes fails, and at the end every write they
   acknowledged is on both databases, exactly.
 """
@@ -24,6 +25,7 @@ What it proves, read from doctor's lines and exit codes and from the file itself
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -97,6 +99,14 @@ def _doctor(conn: list[str], *more: str) -> Doctor:
 
 def _prompt(doc: Doctor) -> Doctor:
     assert doc.slept < BOUND_S, f"doctor slept {doc.slept:.1f}s of {doc.wall:.1f}s\n{doc.output}"
+    return doc
+
+
+def _reported(conn: list[str], report: Path) -> Doctor:
+    """A doctor run with --report: the file holds what the lines said (ok is the exit code's)."""
+    doc = _prompt(_doctor(conn, "--report", str(report)))
+    checks = [{"name": name, "ok": passed, "line": text} for name, (passed, text) in doc.lines.items()]
+    assert json.loads(report.read_text()) == {"ok": doc.returncode == 0, "checks": checks}, doc.output
     return doc
 
 
@@ -202,7 +212,7 @@ def test_doctor_answers_beside_live_writers_and_a_held_write_lock_at_each_phase(
         # Before init: the application's file, untouched; dualwrite's tables missing on both sides.
         digest, shape, pg = hashlib.sha256(path.read_bytes()).hexdigest(), _shape(path), _pg_tables(settings)
         assert shape[0] == "delete", shape
-        doc = _prompt(_doctor(conn))
+        doc = _reported(conn, tmp_path / "doctor-before-init.json")
         assert doc.returncode == 1 and list(doc.lines) == [n for n in LINES if n != "phase"], doc.output
         assert doc.failing() == ["schema", "bookkeeping"], doc.output
         assert "journal delete)" in doc.lines["sqlite"][1], doc.output
@@ -241,6 +251,8 @@ def test_doctor_answers_beside_live_writers_and_a_held_write_lock_at_each_phase(
         fleet.wait_committed(5, more_than=fleet.committed())
         _doctor_beside_writers(conn, path, "wal", "postgres_reads@3")
         _doctor_under_lock(conn, path, "wal", "postgres_reads@3", fleet)
+        healthy = _reported(conn, tmp_path / "doctor.json")
+        assert healthy.returncode == 0 and list(healthy.lines) == LINES and not healthy.failing(), healthy.output
         fleet.check_alive()
         fleet.stop()
 
