@@ -55,7 +55,9 @@ BUSY_S = SQLITE_BUSY_MS / 1000  # what a writer (and a doctor that queued for th
 # Wall time is not asserted: on a shared 2-core box it is the box's load (1-12 s measured here at load
 # 2-17, while doctor slept under 0.1 s of it).
 BOUND_S = BUSY_S / 5
-HOLD_S = BUSY_S * 0.6  # the application's long write transaction: the writers queue behind it
+# The application's long write transaction, while writers queue behind it: at least HOLD_MIN_S, ended
+# when doctor answered, at most HOLD_S (the writers' BUSY_S must not run out).
+HOLD_MIN_S, HOLD_S = BUSY_S * 0.3, BUSY_S * 0.6
 LINES = ["sqlite", "postgres", "timezone", "schema", "bookkeeping", "phase", "redis"]
 
 
@@ -149,11 +151,12 @@ def _pg_tables(settings: Settings) -> dict[str, list[str]]:
 
 
 @contextmanager
-def _write_lock_held(path: Path, seconds: float | None = HOLD_S, *, large: bool = False) -> Iterator[None]:
+def _write_lock_held(path: Path, at_most: float | None = HOLD_S, *, large: bool = False) -> Iterator[None]:
     """The application inside a long write transaction, in a thread: BEGIN IMMEDIATE and a change of its
-    own, rolled back after `seconds` (writers queue behind it meanwhile) or, with None, when the block
-    ends (so a doctor that queued would wait its whole busy timeout). `large`: 8 MB written, more than
-    SQLite's page cache, so that in a rollback journal it spills and holds the file exclusively."""
+    own, rolled back when the block ends (HOLD_MIN_S after it began at the soonest) or after `at_most`
+    seconds, if sooner. A doctor that queued behind it would sleep until one of them (None: until the
+    block ends, its own busy timeout). `large`: 8 MB written, more than SQLite's page cache, so that in a
+    rollback journal it spills and holds the file exclusively."""
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -164,7 +167,7 @@ def _write_lock_held(path: Path, seconds: float | None = HOLD_S, *, large: bool 
                 if large:
                     db.executemany("INSERT INTO app_scratch VALUES (?)", [(os.urandom(1 << 20),)] * 8)
                 taken.set()
-                release.wait(seconds)
+                release.wait(at_most)
             finally:
                 db.execute("ROLLBACK")
 
@@ -172,7 +175,9 @@ def _write_lock_held(path: Path, seconds: float | None = HOLD_S, *, large: bool 
     holder.start()
     try:
         assert taken.wait(BUSY_S), "the test's write transaction did not begin"
+        began = time.monotonic()
         yield
+        time.sleep(max(0.0, HOLD_MIN_S - (time.monotonic() - began)))
     finally:
         release.set()
         holder.join()
