@@ -13,7 +13,7 @@ re-driven once it is updated. Until the model has the column, `find_drift` repor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -81,10 +81,7 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
                 mode = conn.execute(text("pragma journal_mode")).scalar()
             out.append(("sqlite", True, f"{path} (SQLite {version}, journal {mode})"))
         except Exception as exc:  # noqa: BLE001 - reported as a line
-            problem = first_line(exc)
-            if "database is locked" in problem:
-                problem = f"{problem} after {LOOK_BUSY_MS / 1000:g} s: {LOCKED_HINT}"
-            out.append(("sqlite", False, f"{path}: {problem}"))
+            out.append(("sqlite", False, f"{path}: {_problem(exc)}"))
         finally:
             engine.dispose()
     try:
@@ -96,11 +93,12 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     except ConfigError as exc:
         out.append(("postgres", False, f"{exc}; is the server running and the URL right?"))
     if tables is not None:
-        out.append(_schema_line(settings, tables.tables(), sqlite_ok=out[0][1], postgres_ok=out[1][1]))
+        ok = {"sqlite_ok": out[0][1], "postgres_ok": out[1][1]}
+        out.append(_looked("schema", lambda: _schema_line(settings, tables.tables(), **ok)))
     if out[0][1] and out[1][1]:
-        out.append(_bookkeeping_line(settings))
+        out.append(_looked("bookkeeping", lambda: _bookkeeping_line(settings)))
         if out[-1][1]:
-            out.append(_phase_line(settings))
+            out.append(_looked("phase", lambda: _phase_line(settings)))
     client = open_redis(settings.redis_url)
     try:
         info = client.info("server")
@@ -116,6 +114,22 @@ def run_checks(settings: Settings, tables: Tables | None = None) -> list[tuple[s
     finally:
         client.close()
     return out
+
+
+def _problem(exc: BaseException) -> str:
+    problem = first_line(exc)
+    if "database is locked" in problem:
+        return f"{problem} after {LOOK_BUSY_MS / 1000:g} s: {LOCKED_HINT}"
+    return problem
+
+
+def _looked(name: str, look: Callable[[], tuple[str, bool, str]]) -> tuple[str, bool, str]:
+    """A later look at a backend that the first lines found answering: one that fails now (a writer took the
+    file exclusively since, the server went away) is that check's FAIL line, and the other checks still run."""
+    try:
+        return look()
+    except Exception as exc:  # noqa: BLE001 - reported as a line
+        return (name, False, _problem(exc))
 
 
 def _bookkeeping_line(settings: Settings) -> tuple[str, bool, str]:

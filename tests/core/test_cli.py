@@ -5,14 +5,17 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from typing import Any
 
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
+from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, text
 
 from dualwrite.bookkeeping import create_schema
 from dualwrite.cli.main import main
 from dualwrite.demo.app import tables as app_tables
+from dualwrite.doctor import run_checks
 from dualwrite.engines import sqlite_engine
+from dualwrite.tables import Tables
 from tests.conftest import PG_ADMIN_URL, connection_args
 
 APP = ["--metadata", "dualwrite.demo.app:tables"]
@@ -75,6 +78,35 @@ def test_doctor_answers_while_the_application_holds_the_write_lock(settings) -> 
         writer.close()
     lines = {line.split()[0]: line for line in doctor.output.splitlines()}
     assert " ok " in lines["schema"] and " ok " in lines["bookkeeping"], doctor.output
+
+
+def test_doctor_reports_a_file_locked_after_its_first_look_as_failing_lines(settings) -> None:  # type: ignore[no-untyped-def]
+    """A writer may take the file exclusively between doctor's sqlite line and its later looks (a large write
+    transaction in a rollback-journal file keeps readers out): those lines fail, naming it, and the other
+    checks still run. The application's Tables here takes that lock when doctor asks for its tables."""
+    held: list[sqlite3.Connection] = []
+
+    class LockingTables(Tables):
+        def tables(self) -> list[Any]:
+            writer = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+            writer.execute("BEGIN EXCLUSIVE")  # the file is in rollback-journal mode: readers wait for it
+            held.append(writer)
+            return super().tables()
+
+    app = sqlite3.connect(settings.sqlite_path)
+    app.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    app.close()
+    md = MetaData()
+    Table("notes", md, Column("id", Integer, primary_key=True), Column("body", Text))
+    try:
+        lines = {name: (ok, line) for name, ok, line in run_checks(settings, LockingTables.of(md))}
+    finally:
+        for writer in held:
+            writer.close()
+    assert held and lines["sqlite"][0] and lines["postgres"][0] and lines["redis"][0], lines
+    for name in ("schema", "bookkeeping"):
+        ok, line = lines[name]
+        assert not ok and "database is locked" in line and "holds the file exclusively" in line, lines
 
 
 def test_doctor_reports_the_phase_and_records_that_differ(settings) -> None:  # type: ignore[no-untyped-def]
