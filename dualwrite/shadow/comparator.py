@@ -226,8 +226,10 @@ class ComparatorProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(5)
-        self._conn.close()
+        # The last reports are in the pipe: the receiver reads them up to the EOF the exit left. Closing the
+        # pipe first would end a receiver still busy with an earlier report, and lose them.
         self._receiver.join(5)
+        self._conn.close()
 
 
 class _Report:

@@ -226,3 +226,36 @@ def test_close_reads_pending_mismatches_once_at_once_and_counts_every_record(dw,
     assert dict(reader.stats) == {"match": 6, "mismatch": 5}
     assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 6, "mismatch": 5}
     assert len(read_mismatches(dw.backends.redis, dw.settings.namespace)) == 5
+
+
+def test_close_receives_every_report_even_from_a_receiver_behind(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """The comparator's last report (the re-reads close() cut short) is in the pipe when its process exits; a
+    receiving thread still busy with the report before it (its GIL share on a loaded machine) must get it too:
+    close() closed the pipe under it, and those mismatches never reached the application's counts (Redis had
+    them)."""
+    q, bad = f"behind-{uid}", f"differs-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500).install(dw)
+    closed = False
+    try:
+        _warm(dw, reader, q)
+        assert reader._remote is not None
+        counted = reader._remote.on_outcome
+
+        slow = [3.0]  # the first report's handling outlasts the comparator's own shutdown (about a second)
+
+        def behind(*outcome: object) -> None:  # the application's receiving thread, slow to get the GIL
+            time.sleep(slow.pop() if slow else 0.0)
+            counted(*outcome)
+
+        reader._remote.on_outcome = behind
+        for _ in range(3):
+            dw.read("shtest", bad, dialect)
+            dw.read("shtest", q, functools.partial(first_rows, n=10))
+        time.sleep(0.5)  # the matches reported (their receiver still busy), the mismatches re-read
+        reader.close()
+        closed = True
+    finally:
+        if not closed:
+            reader.close()
+    assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 4, "mismatch": 3}
+    assert dict(reader.stats) == {"match": 4, "mismatch": 3}
