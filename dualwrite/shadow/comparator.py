@@ -21,6 +21,8 @@ per read, and it runs below the application's scheduling priority (it uses idle 
   application's Prometheus counters and `reader.stats`; mismatches are recorded by the comparator.
 - At most `max_queue` records are in flight; beyond that a comparison is counted "skipped", never queued
   without bound, and the request never waits for the comparator (nor takes a lock or makes a syscall).
+  Records parked for their re-reads (a mismatch) leave that bound, up to `max_queue` of them: a persistent
+  mismatch read often would otherwise fill it for seconds and have every other read skipped.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import threading
 import time
 import types
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +91,7 @@ class ComparatorProcess:
         # by the receiver alone. In flight = queued + sent - settled.
         self._queue: deque[bytes] = deque()
         self._sent = self._settled = 0
+        self._parked = 0  # records the comparator holds for their re-reads, as it last reported (the receiver's)
         self._gone = False  # the comparator's pipe closed (the receiver saw EOF)
         self._unpicklable: set[str] = set()  # queries whose read functions cannot reach the process
         self._names: dict[Any, int] = {}  # shapes and functions already sent, by their number
@@ -123,11 +126,17 @@ class ComparatorProcess:
         sid = self._names.get(shape)
         return self._name("shape", shape) if sid is None else sid
 
+    @property
+    def parked(self) -> int:
+        """Records the comparator holds for their re-reads (mismatches not settled yet), as it last said."""
+        return self._parked
+
     def submit_named(self, sid: int, fn: Callable, params: Any, query: str) -> bool | None:
         """submit() of a shape already named (shape_id): the request path's part."""
         if query in self._unpicklable:
             return False
-        if self._gone or len(self._queue) + self._sent - self._settled >= self.max_queue:
+        exempt = min(self._parked, self.max_queue)  # parked for re-reads: out of the bound, up to max_queue
+        if self._gone or len(self._queue) + self._sent - self._settled - exempt >= self.max_queue:
             return None
         if type(fn) is functools.partial and not fn.__dict__:
             func, args, keywords = fn.func, fn.args, fn.keywords
@@ -187,13 +196,14 @@ class ComparatorProcess:
     def _receive(self) -> None:
         while True:
             try:
-                settled, counts = self._conn.recv()
+                settled, parked, counts = self._conn.recv()
             except (EOFError, OSError):
                 break
             for (store, label, outcome), n in counts:
                 self.on_outcome(store, label, outcome, n)
             with self._idle:
                 self._settled += settled
+                self._parked = parked
                 self._idle.notify_all()
         lost = len(self._queue) + self._sent - self._settled
         if lost > 0 and not self._closing:
@@ -233,13 +243,23 @@ class ComparatorProcess:
 
 
 class _Report:
-    """The outcomes settled since the last report: sent back in batches (each wakes a thread of the application:
-    at most ~20 a second), at once after REPORT_S without one; the counts go to Redis with them."""
+    """The outcomes settled since the last report, and how many records wait for their re-reads (`parked`): sent
+    back in batches (each wakes a thread of the application: at most ~20 a second), at once after REPORT_S
+    without one; the counts go to Redis with them."""
 
     def __init__(self, conn: Any, reader: Any) -> None:
         self.conn, self.reader = conn, reader
         self.settled, self.counts = 0, Counter[tuple[Any, ...]]()
+        self.rereads: Sized = ()  # the records parked for their re-reads (the RereadSchedule, once made)
+        self._parked_sent = 0
         self.sent_at = time.monotonic()
+
+    @property
+    def parked(self) -> int:
+        return len(self.rereads)
+
+    def _due(self) -> bool:
+        return bool(self.settled) or self.parked != self._parked_sent
 
     def add(self, shape: tuple[Any, ...], result: Any) -> None:
         """One record settled: its comparison and any re-reads ended (`result` None: it failed)."""
@@ -247,16 +267,16 @@ class _Report:
         self.counts[shape[0], shape[1], "error" if result is None else result.outcome] += 1
 
     def wait(self) -> float | None:
-        return max(0.0, self.sent_at + REPORT_S - time.monotonic()) if self.settled else None
+        return max(0.0, self.sent_at + REPORT_S - time.monotonic()) if self._due() else None
 
     def send_if_due(self) -> None:
-        if self.settled and time.monotonic() - self.sent_at >= REPORT_S:
+        if self._due() and time.monotonic() - self.sent_at >= REPORT_S:
             self.send()
 
     def send(self) -> None:
-        if self.settled:
-            self.conn.send((self.settled, list(self.counts.items())))
-            self.settled, self.counts = 0, Counter()
+        if self._due():
+            self.conn.send((self.settled, self.parked, list(self.counts.items())))
+            self.settled, self.counts, self._parked_sent = 0, Counter(), self.parked
         self.reader.flush()
         self.sent_at = time.monotonic()
 
@@ -272,7 +292,7 @@ def _serve(settings: Any, reader_kwargs: dict[str, Any], conn: Any) -> None:
     reader = ShadowReader(**reader_kwargs)
     names: dict[int, Any] = {}  # shapes and functions by number (an exception: the function would not load)
     report = _Report(conn, reader)
-    rereads = RereadSchedule(report.add)
+    rereads = report.rereads = RereadSchedule(report.add)
     try:
         while True:
             rereads.run_due()

@@ -259,3 +259,26 @@ def test_close_receives_every_report_even_from_a_receiver_behind(dw, uid) -> Non
             reader.close()
     assert read_shadow_counts(dw.backends.redis, dw.settings.namespace) == {"match": 4, "mismatch": 3}
     assert dict(reader.stats) == {"match": 4, "mismatch": 3}
+
+
+def test_mismatches_waiting_for_their_rereads_leave_the_bound_to_the_other_reads(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """A persistent mismatch read often (here: as many as the bound) parks each of its reads for 4.2 s of
+    re-reads; they held the bound meanwhile, so every other read was skipped, uncompared, until they ended.
+    Parked ones (up to `max_queue` of them) now leave the bound: the reads behind them are compared."""
+    q, bad = f"beside-{uid}", f"differs-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=4).install(dw)
+    try:
+        _warm(dw, reader, q)
+        dw.read("shtest", bad, dialect)
+        time.sleep(0.3)  # its query and function defined (they count in the bound until the comparator has them)
+        for _ in range(3):
+            dw.read("shtest", bad, dialect)
+        time.sleep(0.6)  # compared, seen differing, waiting for their re-reads (the last at 4.2 s)
+        for _ in range(4):
+            dw.read("shtest", q, functools.partial(first_rows, n=10))
+        assert _wait_for(lambda: reader.stats["match"] == 5, timeout=3.0), dict(reader.stats)
+        assert reader.stats["skipped"] == 0 and reader.stats["mismatch"] == 0  # the 4 still being re-read
+        assert reader.wait_idle(30)
+        assert dict(reader.stats) == {"match": 5, "mismatch": 4}
+    finally:
+        reader.close()
