@@ -205,8 +205,8 @@ class ComparatorProcess:
                 self._settled += settled
                 self._parked = parked
                 self._idle.notify_all()
-        lost = len(self._queue) + self._sent - self._settled
-        if lost > 0 and not self._closing:
+        lost = len(self._queue) + self._sent - self._settled  # none after a clean exit, close()'s included
+        if lost > 0:
             log.warning("shadow comparator process ended; %d comparisons in flight are lost", lost)
         with self._idle:  # the process is gone: nothing more will come back
             self._gone = True
@@ -234,6 +234,7 @@ class ComparatorProcess:
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            log.warning("shadow comparator process did not exit within %gs of close(); killed", timeout)
             self._proc.kill()
             self._proc.wait(5)
         # The last reports are in the pipe: the receiver reads them up to the EOF the exit left. Closing the

@@ -282,3 +282,27 @@ def test_mismatches_waiting_for_their_rereads_leave_the_bound_to_the_other_reads
         assert dict(reader.stats) == {"match": 5, "mismatch": 4}
     finally:
         reader.close()
+
+
+def stalled(conn, seconds: float):  # type: ignore[no-untyped-def]  # a candidate read that outlasts close()
+    if conn.dialect.name == "postgresql":
+        time.sleep(seconds)
+    return 1
+
+
+def test_a_comparator_killed_at_close_says_how_many_comparisons_it_lost(dw, uid, caplog) -> None:  # type: ignore[no-untyped-def]
+    """close() kills a comparator that does not exit within its timeout: the records it held are lost, and
+    that was silent (the warning is skipped while closing, when a clean exit leaves none in flight)."""
+    q = f"stalled-{uid}"
+    reader = ShadowReader(comparator="process", max_queue=500).install(dw)
+    try:
+        _warm(dw, reader, f"warm-{uid}")
+        for _ in range(3):
+            dw.read("shtest", q, functools.partial(stalled, seconds=5.0))
+        time.sleep(0.3)  # sent: the comparator is in the first one's candidate read
+        assert reader._remote is not None
+        with caplog.at_level("WARNING", logger="dualwrite.shadow.comparator"):
+            reader._remote.close(timeout=0.5)
+    finally:
+        reader.close()
+    assert "comparisons in flight are lost" in caplog.text, caplog.text
