@@ -20,10 +20,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from dualwrite.settings import Settings
@@ -61,9 +63,33 @@ class Proc:
     stats: Path
     stderr: Path
     bounded: bool = False  # started with --max-tx or --duration: it ends by itself (exit 0), as the app's past
+    stopped: bool = False  # stopped on its own by the test (Fleet.stop_one)
 
     def ended(self) -> bool:
-        return self.bounded and self.popen.poll() == 0
+        return (self.bounded or self.stopped) and self.popen.poll() == 0
+
+    def comparators(self) -> list[int]:
+        """The shadow comparator processes this writer started (its children, as `ps` shows them)."""
+        found = []
+        pid = self.popen.pid
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            try:
+                if b"dualwrite.shadow.comparator" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except FileNotFoundError:  # gone meanwhile
+                continue
+        return found
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """A GET of the writer's /metrics (started with metrics_port=0): sample (name, labels) -> value."""
+        url = self.read_stats()["metrics_url"]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
 
     def read_stats(self) -> dict[str, Any]:
         try:
@@ -134,7 +160,7 @@ class Fleet:
 
     def running(self) -> list[Proc]:
         """The writers meant to run until stopped (not those that end by themselves)."""
-        return [p for p in self.procs if not p.bounded]
+        return [p for p in self.procs if not p.bounded and not p.stopped]
 
     def check_alive(self) -> None:
         """Fail when a writer exited early (one that ends by itself may exit, with 0)."""
@@ -189,6 +215,15 @@ class Fleet:
             raise AssertionError(
                 "; ".join(f"{p.name} exited {p.popen.returncode}: {p.stderr.read_text()[-2000:]}" for p in bad)
             )
+
+    def stop_one(self, proc: Proc, timeout: float = 30.0) -> float:
+        """SIGTERM one writer while the others go on; the seconds until it exited (with 0, asserted)."""
+        start = time.monotonic()
+        proc.stopped = True
+        proc.popen.send_signal(signal.SIGTERM)
+        rc = proc.popen.wait(timeout)
+        assert rc == 0, (proc.name, rc, proc.stderr.read_text()[-3000:])
+        return time.monotonic() - start
 
     def kill(self) -> None:
         """SIGKILL what still runs (cleanup after a failure)."""

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from dualwrite.engines import Backends, sqlite_engine
+from dualwrite.events import key_text
 from dualwrite.settings import Settings
 from tests.conftest import connection_args
 from tests.userapp.fleet import ROOT, Fleet, env
@@ -104,6 +107,43 @@ def stop_daemon(daemon: subprocess.Popen[bytes] | None, timeout: float = 30) -> 
     except subprocess.TimeoutExpired:
         daemon.kill()
         return daemon.wait()
+
+
+def condition(report: dict[str, Any], name: str) -> dict[str, Any]:
+    """The gate condition `name` of a flip's or check's --report."""
+    (found,) = [c for c in report["gate"]["conditions"] if c["name"] == name]
+    return found
+
+
+def plant_ledger(backends: Backends, schema: str, writer: str, n: int) -> str:
+    """An out-of-band edit: a raw UPDATE of one ledger row on Postgres, past the adapter (no event, no
+    version); its key text. A ledger row is never written again, so nothing but a repair heals it."""
+    with backends.postgres.begin() as conn:
+        done = conn.execute(
+            text(f"UPDATE \"{schema}\".ledger SET op = 'planted' WHERE writer = :w AND n = :n"), {"w": writer, "n": n}
+        )
+        assert done.rowcount == 1, (writer, n)
+    return key_text([writer, n])
+
+
+def ledger_on_postgres(backends: Backends, schema: str, writer: str, n: int) -> bool:
+    with backends.postgres.connect() as conn:
+        sql = text(f'SELECT count(*) FROM "{schema}".ledger WHERE writer = :w AND n = :n')
+        return bool(conn.execute(sql, {"w": writer, "n": n}).scalar())
+
+
+def finish(fleet: Fleet, backends: Backends, app: Any) -> None:
+    """The end of a run that must have lost nothing: the writers stopped (each exits 0 after SIGTERM), none
+    saw a failed write or read, the replay caught up, and every write they acknowledged is on Postgres and
+    SQLite, exactly (planted rows repaired too)."""
+    from dualwrite.cutover.gate import GateConfig, replay_lag
+
+    fleet.check_alive()
+    fleet.stop()
+    assert fleet.errors() == {}, fleet.errors()
+    assert fleet.total("read_errors") == 0 and fleet.total("read_disagreements") == 0, fleet.stats()
+    wait("the replay to catch up", lambda: replay_lag(backends, app, GateConfig(max_replay_lag=0)).ok, 60, 0.3)
+    fleet.assert_agree({"postgres": backends.postgres, "sqlite": backends.sqlite_read}, truth=backends.postgres)
 
 
 def stop_all(fleet: Fleet, daemon: subprocess.Popen[bytes] | None, backends: Backends) -> int | None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from tests.userapp.models import Customer, Order
+from tests.userapp.models import Customer, Ledger, Order
 
 PAGE = 20
 
@@ -31,3 +31,9 @@ def orders_per_customer(conn: Connection, writer: str) -> list[Any]:
     orders = Order.__table__
     stmt = select(orders.c.customer_id, func.count().label("n")).where(orders.c.writer == writer)
     return list(conn.execute(stmt.group_by(orders.c.customer_id)).all())
+
+
+def ledger_page(session: Session, writer: str) -> list[Ledger]:
+    """ORM: the writer's first ledger rows, its oldest transactions: rows read on and never written again."""
+    stmt = select(Ledger).where(Ledger.writer == writer).order_by(Ledger.n).limit(PAGE)
+    return list(session.scalars(stmt))

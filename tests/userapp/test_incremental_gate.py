@@ -32,13 +32,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from dualwrite.cutover.gate import GateConfig, backfill_complete, replay_lag
+from dualwrite.cutover.gate import GateConfig, backfill_complete
 from dualwrite.engines import Backends
-from dualwrite.events import key_text
 from tests.userapp.fleet import Fleet
-from tests.userapp.operator import cli_json, move, prepare, start_daemon, stop_all, wait
+from tests.userapp.operator import (
+    cli_json,
+    condition,
+    finish,
+    ledger_on_postgres,
+    move,
+    plant_ledger,
+    prepare,
+    start_daemon,
+    stop_all,
+    wait,
+)
 from tests.userapp.writer import tables
 
 HISTORY = 500  # transactions per history writer, as fast as they go, before dual writes are switched on
@@ -55,27 +64,6 @@ def _rows(report: dict[str, Any]) -> int:
 def _table(report: dict[str, Any], name: str) -> dict[str, Any]:
     (found,) = [t for t in report["tables"] if t["table"] == name]
     return found
-
-
-def _condition(flip: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in flip["gate"]["conditions"] if c["name"] == name]
-    return found
-
-
-def _plant(backends: Backends, schema: str, writer: str, n: int) -> str:
-    """A raw UPDATE of one ledger row on Postgres, past the adapter (no event, no version); its key text."""
-    with backends.postgres.begin() as conn:
-        done = conn.execute(
-            text(f"UPDATE \"{schema}\".ledger SET op = 'planted' WHERE writer = :w AND n = :n"), {"w": writer, "n": n}
-        )
-        assert done.rowcount == 1, (writer, n)
-    return key_text([writer, n])
-
-
-def _on_postgres(backends: Backends, schema: str, writer: str, n: int) -> bool:
-    with backends.postgres.connect() as conn:
-        sql = text(f'SELECT count(*) FROM "{schema}".ledger WHERE writer = :w AND n = :n')
-        return bool(conn.execute(sql, {"w": writer, "n": n}).scalar())
 
 
 @pytest.mark.timeout(600)  # about 40 s on a quiet machine
@@ -118,11 +106,11 @@ def test_the_gate_on_incremental_verifies_refuses_a_planted_divergence_until_rep
 
         # The gate rests on the incremental verify, and says on which full verify.
         flip = move(conn, tmp_path, "postgres_reads", "cutover", "flip", *POSTPONED)
-        clean = _condition(flip, "verify_clean")
+        clean = condition(flip, "verify_clean")
         assert clean["ok"] and "incremental" in clean["detail"] and full["at"] in clean["detail"], clean
 
         # An out-of-band edit of a key the change log did not touch since: no incremental run sees it.
-        untouched = _plant(backends, schema, history[0].name, 1)
+        untouched = plant_ledger(backends, schema, history[0].name, 1)
         traffic()
         blind = cli_json(conn, tmp_path, "verify-inc-2", "verify", "--incremental")
         assert blind["exit"] == 0 and blind["clean"] and blind["mode"] == "incremental", blind
@@ -133,8 +121,8 @@ def test_the_gate_on_incremental_verifies_refuses_a_planted_divergence_until_rep
         # An out-of-band edit of a key the change log touched since the last clean verify: found.
         writer = live[0].name
         n = traffic()[writer] + PER_STEP  # counted after the rollback ended, itself after that verify
-        wait("the ledger row on Postgres", lambda: _on_postgres(backends, schema, writer, n), 30, 0.1)
-        touched = _plant(backends, schema, writer, n)
+        wait("the ledger row on Postgres", lambda: ledger_on_postgres(backends, schema, writer, n), 30, 0.1)
+        touched = plant_ledger(backends, schema, writer, n)
         found = cli_json(conn, tmp_path, "verify-inc-3", "verify", "--incremental")
         assert found["exit"] == 1 and not found["clean"] and found["mode"] == "incremental", found
         ledger = _table(found, "ledger")
@@ -145,7 +133,7 @@ def test_the_gate_on_incremental_verifies_refuses_a_planted_divergence_until_rep
         # The gate refuses while it stands.
         refused = cli_json(conn, tmp_path, "flip-refused", "cutover", "flip")
         assert refused["exit"] == 1 and not refused["moved"] and refused["phase"] == "shadow", refused
-        failing = _condition(refused, "verify_clean")
+        failing = condition(refused, "verify_clean")
         assert not failing["ok"] and "differences in ledger" in failing["detail"], failing
 
         # The repair the next steps print: `verify --tables ledger --fix`, a full verify of that table, finds
@@ -157,20 +145,13 @@ def test_the_gate_on_incremental_verifies_refuses_a_planted_divergence_until_rep
         again = cli_json(conn, tmp_path, "verify-after-fix", "verify", "--tables", "ledger")
         assert again["exit"] == 0 and again["clean"] and [t["table"] for t in again["tables"]] == ["ledger"], again
         flip = move(conn, tmp_path, "postgres_reads", "cutover", "flip", *POSTPONED)
-        assert _condition(flip, "verify_clean")["ok"], flip
+        assert condition(flip, "verify_clean")["ok"], flip
         # and the incremental runs go on from there (from the oldest table result: inc-3's, for all but ledger)
         after = cli_json(conn, tmp_path, "verify-inc-4", "verify", "--incremental")
         assert after["exit"] == 0 and after["clean"] and after["mode"] == "incremental", after
         assert after["base"] == full["at"] and 0 < after["touched"] and _rows(after) < _rows(full), after
         traffic()
-        fleet.check_alive()
-        fleet.stop()
-
-        assert fleet.errors() == {}, fleet.errors()
-        assert fleet.total("read_errors") == 0 and fleet.total("read_disagreements") == 0, fleet.stats()
-        wait("the replay to catch up", lambda: replay_lag(backends, app, GateConfig(max_replay_lag=0)).ok, 60, 0.3)
-        # Every write the writers acknowledged is on Postgres, and SQLite, exactly: the planted rows too.
-        fleet.assert_agree({"postgres": backends.postgres, "sqlite": backends.sqlite_read}, truth=backends.postgres)
+        finish(fleet, backends, app)  # every acknowledged write on both sides, exactly: the planted rows too
         print(f"\nrows: full {_rows(full)}, incremental {_rows(inc)}, {_rows(blind)} ({fleet.total('committed')} tx)")
     finally:
         rc = stop_all(fleet, daemon, backends)

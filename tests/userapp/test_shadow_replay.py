@@ -40,18 +40,6 @@ def _shadow_counts(conn: list[str]) -> dict[str, int]:
     return doc["counts"]
 
 
-def _comparators(pid: int) -> list[int]:
-    """The shadow comparator processes a writer process started (its children, as `ps` shows them)."""
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            if b"dualwrite.shadow.comparator" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
-        except FileNotFoundError:  # gone meanwhile
-            continue
-    return found
-
-
 def _assert_no_mismatch(conn: list[str], phase: str) -> dict[str, int]:
     counts = _shadow_counts(conn)
     assert counts.get("mismatch", 0) == 0, (phase, counts)
@@ -88,7 +76,7 @@ def test_shadow_reads_in_a_comparator_process_with_a_replay_daemon_through_flips
         wait("enough comparisons for the gate", lambda: shadow_mismatch_rate(backends, app, gate).ok, 60, 0.3)
         _assert_no_mismatch(conn, "shadow")
         for proc in fleet.procs:  # each writer compares in a process of its own, not on its threads
-            assert len(_comparators(proc.popen.pid)) == 1, (proc.name, proc.stderr.read_text()[-2000:])
+            assert len(proc.comparators()) == 1, (proc.name, proc.stderr.read_text()[-2000:])
         verify = cli_json(conn, tmp_path, "verify-shadow", "verify")
         assert verify["exit"] == 0 and verify["clean"], verify
         # the gate counts comparisons since that verify: the writers' reads go on being compared

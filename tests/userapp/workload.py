@@ -66,6 +66,7 @@ class Workload(Transactions):
         }
         self.n = 0
         self.counter = 0
+        self.last_query = ""  # the query of the last read()
 
     # -- choosing --------------------------------------------------------------------------------
     def feasible(self, op: str) -> bool:
@@ -111,11 +112,20 @@ class Workload(Transactions):
 
     # -- reads ----------------------------------------------------------------------------------------
     def read(self) -> bool:
-        """One read through dw.read (ORM or Core, alternately); True when it returned what the writer's
-        own rows say it must (a read from either backend must agree with them)."""
-        if self.v.r.random() < 0.5:
+        """One read through dw.read (ORM or Core: the writer's customers, their orders, its oldest ledger
+        rows); True when it returned what the writer's own rows say it must (a read from either backend must
+        agree with them)."""
+        pick = self.v.r.random()
+        if pick < 0.2:
+            want_n = sorted(n for _w, n in self.rows("ledger"))[: reads.PAGE]
+            history = functools.partial(reads.ledger_page, writer=self.name)
+            self.last_query = "ledger_page"
+            got_n = [row.n for row in self.dw.read("shop", "ledger_page", history, orm=True)]
+            return got_n == want_n
+        if pick < 0.6:
             want = sorted(k[0] for k in self.rows("customers"))[: reads.PAGE]
             page = functools.partial(reads.customer_page, writer=self.name)
+            self.last_query = "customer_page"
             got = self.dw.read("shop", "customer_page", page, orm=True)
             return [c.id for c in got] == want
         counts: dict[int, int] = {}
@@ -123,5 +133,6 @@ class Workload(Transactions):
             cid = self.rows("orders")[oid]["customer_id"]
             counts[cid] = counts.get(cid, 0) + 1
         per_customer = functools.partial(reads.orders_per_customer, writer=self.name)
+        self.last_query = "orders_per_customer"
         got = self.dw.read("shop", "orders_per_customer", per_customer, ordered=False)
         return {r.customer_id: r.n for r in got} == counts

@@ -4,7 +4,7 @@ until SIGTERM/SIGINT (or --duration / --max-tx), every transaction logged.
     python -m tests.userapp.writer --name w1 --index 1 --log DIR/w1.jsonl --stats DIR/w1.json \\
         --sqlite app.db --postgres URL --redis URL --namespace NS --pg-schema S --state-schema S_dw \\
         [--rate 20] [--apis orm,core] [--population 60] [--documents 1.0] [--reads 0.2] [--shadow 100]
-        [--comparator thread|process]
+        [--comparator thread|process] [--compare-wait 10] [--metrics-port 0]
 
 Connection flags default to the DUALWRITE_* environment, as every dualwrite command does. The log gets,
 for each transaction, its intended changes (written inside the transaction, just before it commits,
@@ -12,7 +12,9 @@ status "pending") and then its outcome ("committed" with its duration in ms, or 
 state.py turns the logs back into the rows the databases must hold. The stats file (JSON, rewritten
 every half second and at exit) counts committed transactions, errors by kind with the first messages,
 reads (those in a phase with shadow reads) and reads that disagreed with the writer's own rows, the
-shadow reader's outcome counts, and the phases seen.
+shadow reader's outcome counts, the longest read (the request path: the read alone, not its comparison), and
+the phases seen; at exit also what its metrics registry holds of reads and comparisons, per query (`metrics`).
+With --metrics-port the process serves /metrics (dualwrite.metrics.serve), its address in the stats.
 
 A transaction that failed is in doubt until its ledger row is looked up (models.Ledger): the writer
 does that on both backends before going on, so its own view of its rows stays right.
@@ -61,6 +63,7 @@ class Stats:
             "in_doubt_committed": 0,
             "reads": 0,
             "shadow_reads": 0,
+            "shadow_reads_by_query": {},
             "unsure_reads": 0,
             "shadow": {},
             "shadow_local_queries": [],
@@ -71,6 +74,7 @@ class Stats:
             "updated_at": time.time(),
             "stopped": False,
             "max_ms": 0.0,
+            "read_max_ms": 0.0,
         }
         self._written = 0.0
 
@@ -109,9 +113,11 @@ class Writer:
         *,
         rate: float,
         reads: float = 0.0,
+        compare_wait: float = 10.0,
         **workload: Any,
     ) -> None:
         self.dw, self.name, self.rate, self.reads = dw, name, rate, reads
+        self.compare_wait = compare_wait
         self.stats = stats
         schema = Schema.of(Base.metadata)
         state = State(schema)
@@ -180,11 +186,14 @@ class Writer:
 
     def read_once(self) -> None:
         before = self.dw.phases.current()
+        start = time.perf_counter()
         try:
             agreed = self.work.read()
         except Exception as exc:  # noqa: BLE001
             self.stats.error("read_errors", exc, "read")
             return
+        ms = (time.perf_counter() - start) * 1000
+        self.stats.doc["read_max_ms"] = max(self.stats.doc["read_max_ms"], ms)
         after = self.dw.phases.current()
         self.stats.doc["reads"] += 1
         # the phase the read saw, when the phase did not change around it: how many reads a shadow reader
@@ -193,12 +202,16 @@ class Writer:
             self.stats.doc["unsure_reads"] += 1
         elif before.shadow:
             self.stats.doc["shadow_reads"] += 1
+            per_query = self.stats.doc["shadow_reads_by_query"]
+            per_query[self.work.last_query] = per_query.get(self.work.last_query, 0) + 1
         if not agreed:
             self.stats.doc["read_disagreements"] += 1
         if self.dw.reader is not None:
             # The comparison runs off the request path; the writer lets it finish before its next write, so
-            # it never races the writer's own next change to the same rows: any mismatch is then real.
-            self.dw.reader.wait_idle(10)
+            # it never races the writer's own next change to the same rows: any mismatch is then real. With
+            # compare_wait 0 it goes on at once, as an application does (a race then settles "ignored").
+            if self.compare_wait > 0:
+                self.dw.reader.wait_idle(self.compare_wait)
             self.shadow_stats()
 
     def shadow_stats(self) -> None:
@@ -236,6 +249,22 @@ class Writer:
         self.log.close()
 
 
+def metric_counts() -> dict[str, dict[str, Any]]:
+    """What this process' metrics registry holds of its reads (per query) and shadow comparisons (per query
+    and result): the numbers its /metrics shows, read from the registry itself at exit."""
+    from prometheus_client import REGISTRY
+
+    reads: dict[str, int] = {}
+    shadow: dict[str, dict[str, int]] = {}
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if s.name == "dualwrite_read_duration_seconds_count":
+                reads[s.labels["query"]] = reads.get(s.labels["query"], 0) + int(s.value)
+            elif s.name == "dualwrite_shadow_comparisons_total":
+                shadow.setdefault(s.labels["query"], {})[s.labels["result"]] = int(s.value)
+    return {"reads": reads, "shadow": shadow}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.userapp.writer", description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
@@ -253,6 +282,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reads", type=float, default=0.0, help="chance of a read after each transaction")
     p.add_argument("--shadow", type=float, default=0.0, help="percentage of reads shadow-compared (0: no reader)")
     p.add_argument("--comparator", choices=("thread", "process"), default="thread", help="where shadow reads compare")
+    p.add_argument(
+        "--compare-wait", type=float, default=10.0, help="seconds a read waits for its comparisons (0: not at all)"
+    )
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1 (0: any free port)")
     p.add_argument("--seed", default="0")
     p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process")
     return p.parse_args(argv)
@@ -276,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
 
         reader = ShadowReader(percentage=args.shadow, comparator=args.comparator).install(dw)
     stats = Stats(Path(args.stats) if args.stats else None, args.name)
+    endpoint = None
+    if args.metrics_port is not None:
+        from dualwrite import metrics
+
+        endpoint = metrics.serve(args.metrics_port)
+        stats.doc["metrics_url"] = endpoint.url + "/metrics"
     writer = Writer(
         dw,
         args.name,
@@ -284,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         stats,
         rate=args.rate,
         reads=args.reads,
+        compare_wait=args.compare_wait,
         seed=args.seed,
         apis=tuple(a.strip() for a in args.apis.split(",") if a.strip()),
         population=args.population,
@@ -299,9 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         writer.run(duration=args.duration, max_tx=args.max_tx)
     finally:
         if reader is not None:
+            closing = time.monotonic()
             reader.close()  # its last outcomes counted
+            stats.doc["shadow_close_s"] = round(time.monotonic() - closing, 3)
             writer.shadow_stats()
-            stats.write(force=True)
+        stats.doc["metrics"] = metric_counts()
+        stats.write(force=True)
+        if endpoint is not None:
+            endpoint.close()
         writer.close()
         dw.close()  # stops the relay after a last round: the outbox is published
     return 0
