@@ -23,6 +23,7 @@ from dualwrite.errors import ConfigError
 from dualwrite.kept_connections import KeptConnections
 from dualwrite.phase import PhaseStore
 from dualwrite.phase_record import PhaseRecord
+from dualwrite.retry import wal_switch
 from dualwrite.settings import Settings, mask_text, mask_url
 
 T = TypeVar("T")
@@ -48,7 +49,11 @@ def sqlite_engine(
         # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN IMMEDIATE works.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        # an application's file is usually in rollback-journal mode until our first connection: the switch
+        # waits out the application's write transactions (SQLite would refuse it at once)
+        for attempt in wal_switch(busy_ms / 1000):
+            with attempt:
+                cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cur.execute("PRAGMA synchronous=NORMAL")

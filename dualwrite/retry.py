@@ -15,6 +15,9 @@
 |                   | to complete (lock contention with the fence)             |                                      |
 | poll_until()      | waiting for a condition (the relay's drain), a server's  | until a deadline; fixed interval     |
 |                   | error counting as "not yet"                              |                                      |
+| wal_switch()      | a SQLite file in rollback-journal mode switched to WAL   | until the busy timeout; 5 ms rising  |
+|                   | while the application writes it (SQLite answers BUSY at  | to 50 ms                             |
+|                   | once there, without its busy handler)                    |                                      |
 
 A policy built once (SECONDARY_APPLY) is reused: a tenacity Retrying keeps its per-call state in a
 thread-local, so one object serves every thread, and a call costs microseconds, not a rebuild.
@@ -23,6 +26,7 @@ thread-local, so one object serves every thread, and a call costs microseconds, 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -54,6 +58,7 @@ __all__ = [
     "poll_until",
     "primary_switch",
     "transient_db",
+    "wal_switch",
 ]
 
 log = logging.getLogger("dualwrite.retry")
@@ -166,6 +171,19 @@ def primary_switch(seconds: float) -> Retrying:
         stop=stop_after_delay(seconds),
         wait=wait_fixed(0.02),
         retry_error_callback=lambda state: None,
+    )
+
+
+def wal_switch(seconds: float) -> Retrying:
+    """`PRAGMA journal_mode=WAL` on a file in rollback-journal mode needs it exclusively; with another
+    connection inside a write transaction SQLite returns "database is locked" at once (waiting could
+    deadlock, so its busy handler is not called). Try again until that transaction ends, within `seconds`
+    (the busy timeout a write would wait), then raise it."""
+    return Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e)),
+        stop=stop_after_delay(seconds),
+        wait=wait_incrementing(start=0.005, increment=0.005, max=0.05),
+        reraise=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -90,3 +91,37 @@ def test_sqlite_writers_of_one_process_queue_and_always_release(tmp_path: Any) -
     write(1000)  # everything was released
     engine.dispose()
     other.dispose()
+
+
+def test_the_switch_to_wal_waits_for_the_applications_write_transaction(tmp_path: Any) -> None:
+    """The application's file is in rollback-journal mode until our first connection switches it to WAL, and
+    the application keeps writing meanwhile (`dualwrite init` under traffic): SQLite refuses the switch at
+    once while another connection is inside a write transaction, without its busy handler. Our connection
+    waits for that transaction to end, as a write would, and the file is in WAL after it."""
+    path = tmp_path / "app.db"
+    app = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    app.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    app.execute("BEGIN IMMEDIATE")
+    app.execute("INSERT INTO notes (body) VALUES ('the application writes')")
+    ended = threading.Timer(0.3, lambda: app.execute("COMMIT"))
+    ended.start()
+    engine = sqlite_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:  # before: OperationalError "database is locked", at once
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("SELECT body FROM notes").scalar() == "the application writes"
+    finally:
+        ended.join()
+        engine.dispose()
+        app.close()
+    held = sqlite3.connect(path, isolation_level=None)  # one that does not end: the busy timeout, then the error
+    assert held.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    held.execute("BEGIN IMMEDIATE")
+    held.execute("INSERT INTO notes (body) VALUES ('held')")
+    short = sqlite_engine(f"sqlite:///{path}", busy_ms=300)
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            short.connect().close()
+    finally:
+        short.dispose()
+        held.close()
