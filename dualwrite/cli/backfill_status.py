@@ -8,7 +8,14 @@ from typing import Any
 import click
 
 from dualwrite.cli import next_steps, render
-from dualwrite.cli.options import connection_options, load_tables, tables_options, write_report
+from dualwrite.cli.options import (
+    before_init,
+    connection_options,
+    fail,
+    load_tables,
+    tables_options,
+    write_report,
+)
 from dualwrite.cli.params import REPORT_PATH, check_report_path
 from dualwrite.settings import Settings, mask_text
 
@@ -28,6 +35,11 @@ def status(settings: Settings, reflect: bool, report_path: str | None, as_json: 
     tables = load_tables(settings, reflect)
     pg = pg_engine(settings, pool_size=1)
     sq = sqlite_read_engine(settings.sqlite_url)
+    refusal = before_init(sq, pg, settings, next_steps.tables_flag(reflect))
+    if refusal:  # reading the checkpoints would create the backfill's tables: name init instead
+        pg.dispose()
+        sq.dispose()
+        fail(refusal)
     client = open_redis(settings.redis_url)
     try:
         workers, limits, redis_error = worker_lines(client, settings.namespace, pg)

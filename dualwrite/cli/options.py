@@ -284,18 +284,26 @@ def sqlite_answers(settings: Settings) -> None:
 def open_backends(settings: Settings, *, bookkeeping: str | None = None) -> Any:
     """The process' Backends. bookkeeping: the tables flag of a command that cannot run before `dualwrite
     init` (its own tables missing on either side): refused with one line naming init, exit 2."""
-    from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text
-    from dualwrite.cli.next_steps import init_step
     from dualwrite.engines import Backends
 
     backends = Backends(settings)
-    if bookkeeping is not None:
-        gaps = bookkeeping_gaps(backends.sqlite_read, backends.postgres, settings.state_schema)
-        if gaps:
-            backends.close()
-            step = init_step(bookkeeping).split("  #")[0]
-            fail(f"{gaps_text(gaps)}: run `{step}` first")
+    refusal = bookkeeping is not None and before_init(backends.sqlite_read, backends.postgres, settings, bookkeeping)
+    if refusal:
+        backends.close()
+        fail(refusal)
     return backends
+
+
+def before_init(sqlite: Any, postgres: Any, settings: Settings, flag: str) -> str | None:
+    """The refusal of a command that cannot run before `dualwrite init` (dualwrite's tables missing on
+    either side), naming init with the tables flag `flag`; None when they are there."""
+    from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text
+    from dualwrite.cli.next_steps import init_step
+
+    gaps = bookkeeping_gaps(sqlite, postgres, settings.state_schema)
+    if not gaps:
+        return None
+    return f"{gaps_text(gaps)}: run `{init_step(flag).split('  #')[0]}` first"
 
 
 def phase_lines(backends: Any, *, history: int = 5) -> tuple[list[str], bool]:

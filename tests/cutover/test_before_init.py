@@ -1,0 +1,47 @@
+"""Commands an operator runs before `dualwrite init`, on the application's own SQLite file: each answers
+in its own way (a refusal, a failed check, a report) but names init as the next step, with the tables
+flag, and none of them creates anything of dualwrite's on either side."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, text
+
+from dualwrite.cli.main import main
+from dualwrite.engines import pg_engine
+from dualwrite.settings import Settings
+from tests.backfill.support import catalog
+from tests.conftest import connection_args
+
+META = ["--metadata", "tests.backfill.support:catalog"]
+INIT = f"dualwrite init {' '.join(META)} --create-tables"
+
+
+def app_only(settings: Settings) -> None:
+    """The application's tables in its SQLite file, nothing of ours anywhere."""
+    engine = create_engine(settings.sqlite_url)
+    tables = catalog().tables()
+    tables[0].metadata.create_all(engine, tables=tables)
+    engine.dispose()
+
+
+def run(settings: Settings, *args: str) -> Result:
+    return CliRunner().invoke(main, [*args, *connection_args(settings)])
+
+
+def state_tables(settings: Settings) -> list[str]:
+    """dualwrite's tables (and the application's) on Postgres, in the test's schemas."""
+    pg = pg_engine(settings, pool_size=1)
+    with pg.connect() as conn:
+        sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = ANY(:s)"
+        found = sorted(conn.execute(text(sql), {"s": [settings.pg_schema, settings.state_schema]}).scalars())
+    pg.dispose()
+    return found
+
+
+def test_backfill_status_before_init_names_init_and_creates_no_checkpoint_tables(settings: Settings) -> None:
+    app_only(settings)
+    out = run(settings, "backfill", "status", *META)
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [out.output.strip()] and f"run `{INIT}` first" in out.output, out.output
+    assert state_tables(settings) == []  # before: _dw_backfill_checkpoints, _versions, _leases half-created
