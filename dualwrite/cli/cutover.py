@@ -114,9 +114,14 @@ def _check_fence_timeout(seconds: float) -> float:
     return seconds
 
 
-def _print_outcome(out: Any, report_path: str | None = None) -> None:
-    """The gate, the fence, what happened, the routing now and the next step (and the --report JSON)."""
+def _print_outcome(out: Any, report_path: str | None = None, flag: str = "") -> None:
+    """The gate, the fence, what happened, the routing now and the next step (and the --report JSON). A
+    flip the gate refused is followed by what clears the gate (next_steps: init before anything), not by
+    the phase's usual next move, which is that same flip."""
     from dualwrite.cutover.fenced import next_step, routing
+
+    refused = not out.moved and out.gate is not None and not out.gate.ok and not out.gate.open
+    steps = next_steps.after_gate(out.gate, flag) if refused else []
 
     for step in out.steps:
         click.echo(step)
@@ -127,8 +132,11 @@ def _print_outcome(out: Any, report_path: str | None = None) -> None:
     prefix = "" if out.steps else ("moved: " if out.moved else "not moved: ")
     click.echo(prefix + mask_text(out.message))
     click.echo(routing(out.current))
-    click.echo(next_step(out.current))
-    write_report(report_path, out.to_dict())
+    if steps:
+        render.next_steps(steps)
+    else:
+        click.echo(next_step(out.current))
+    write_report(report_path, out.to_dict() | {"next_steps": steps})
 
 
 _HOOK_HELP = "after the change: a shell command (env DUALWRITE_FROM/_TO) or an http(s):// URL (JSON POST); repeatable"
@@ -192,7 +200,7 @@ def cutover_flip(
             )  # fmt: skip
     finally:
         backends.close()
-    _print_outcome(out, report_path)
+    _print_outcome(out, report_path, next_steps.tables_flag(reflect))
     if out.hook_rc not in (None, 0):
         click.echo(f"warning: hook exited {out.hook_rc}", err=True)
     sys.exit(0 if out.moved or dry_run else 1)

@@ -4,6 +4,8 @@ flag, and none of them creates anything of dualwrite's on either side."""
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
@@ -45,3 +47,15 @@ def test_backfill_status_before_init_names_init_and_creates_no_checkpoint_tables
     assert out.exit_code == 2, out.output
     assert out.output.strip().splitlines() == [out.output.strip()] and f"run `{INIT}` first" in out.output, out.output
     assert state_tables(settings) == []  # before: _dw_backfill_checkpoints, _versions, _leases half-created
+
+
+def test_a_flip_refused_before_init_names_init_not_the_flip_again(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app_only(settings)
+    report = tmp_path / "flip.json"
+    out = run(settings, "cutover", "flip", *META, "--report", str(report))
+    assert out.exit_code == 1 and "not moved: refusing sqlite -> dual_write: bookkeeping" in out.output, out.output
+    after = out.output.split("\nnext:\n", 1)[1].splitlines()  # before: "next: `dualwrite cutover flip` to ..."
+    assert [s.strip().split("  #")[0] for s in after] == [INIT, f"dualwrite cutover check {' '.join(META)}"], after
+    doc = json.loads(report.read_text())
+    assert doc["next_steps"][0].startswith(INIT) and not doc["moved"], doc
+    assert state_tables(settings) == []
