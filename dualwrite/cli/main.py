@@ -145,6 +145,7 @@ def doctor(settings: Settings, reflect: bool, report_path: str | None) -> None:
     """Check SQLite, Postgres and Redis: one line each; dualwrite's tables and the phase of record (both
     databases' records and Redis' copy); with --metadata/--reflect, schema drift of the application's
     tables too. Only looks: never the write lock, nothing written to a database."""
+    from dualwrite.cli import next_steps, render
     from dualwrite.doctor import run_checks
 
     check_report_path(report_path)
@@ -155,7 +156,14 @@ def doctor(settings: Settings, reflect: bool, report_path: str | None) -> None:
     for check in checks:
         click.echo(f"{check['name']:11} {'ok ' if check['ok'] else 'FAIL'} {check['line']}")
     ok = all(check["ok"] for check in checks)
-    write_report(report_path, {"ok": ok, "checks": checks})
+    # tables missing on either side: init as a command to run, the tables flag carried over (the line's own
+    # remedy cannot name it); then doctor again
+    steps: list[str] = []
+    if any(not c["ok"] and c["name"] in ("bookkeeping", "schema") and "`dualwrite init" in c["line"] for c in checks):
+        flag = next_steps.tables_flag(reflect)
+        steps = [next_steps.init_step(flag), f"dualwrite doctor{flag}"]
+        render.next_steps(steps)
+    write_report(report_path, {"ok": ok, "checks": checks, "next_steps": steps})
     sys.exit(0 if ok else 1)
 
 

@@ -59,3 +59,12 @@ def test_a_flip_refused_before_init_names_init_not_the_flip_again(settings: Sett
     doc = json.loads(report.read_text())
     assert doc["next_steps"][0].startswith(INIT) and not doc["moved"], doc
     assert state_tables(settings) == []
+
+
+def test_doctor_before_init_names_init_with_the_tables_flag(settings: Settings) -> None:
+    app_only(settings)
+    out = run(settings, "doctor", *META)
+    assert out.exit_code == 1 and "bookkeeping FAIL" in out.output, out.output
+    after = out.output.split("\nnext:\n", 1)[1].splitlines()  # before: no next step, only "run `dualwrite init`"
+    assert [s.strip().split("  #")[0] for s in after] == [INIT, f"dualwrite doctor {' '.join(META)}"], after
+    assert state_tables(settings) == []
