@@ -306,6 +306,23 @@ def before_init(sqlite: Any, postgres: Any, settings: Settings, flag: str) -> st
     return f"{gaps_text(gaps)}: run `{init_step(flag).split('  #')[0]}` first"
 
 
+def before_create_tables(postgres: Any, tables: list[Any], settings: Settings, flag: str) -> str | None:
+    """The refusal of a command that reads the application's tables on Postgres before they exist there
+    (`dualwrite init --create-tables` makes them): those missing, and init; None when all are there."""
+    from sqlalchemy import inspect
+
+    with postgres.connect() as conn:
+        existing = set(inspect(conn).get_table_names(schema=settings.pg_schema))
+        conn.rollback()
+    missing = [t.name for t in tables if t.name not in existing]
+    if not missing:
+        return None
+    return (
+        f"postgres (schema {settings.pg_schema}): your table(s) {', '.join(missing)} do not exist there: "
+        f"run `dualwrite init{flag} --create-tables` first"
+    )
+
+
 def phase_lines(backends: Any, *, history: int = 5) -> tuple[list[str], bool]:
     """The phase (or `unknown`: neither Redis nor a database answers), where it comes from, each copy
     (the record on both databases, Redis'), and the recent history; and whether the phase is known."""

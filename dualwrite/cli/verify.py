@@ -10,8 +10,10 @@ import click
 
 from dualwrite.cli import next_steps, render
 from dualwrite.cli.options import (
+    before_create_tables,
     confirm_destructive,
     connection_options,
+    fail,
     load_tables,
     open_backends,
     tables_options,
@@ -125,6 +127,10 @@ def verify(
     wanted = csv(table_lists)
     chosen = tables.select(names=wanted) if wanted else tables
     backends = open_backends(settings)
+    refusal = before_create_tables(backends.postgres, chosen.tables(), settings, next_steps.tables_flag(reflect))
+    if refusal:  # one line naming init, rather than an error per table that leads to doctor
+        backends.close()
+        fail(refusal)
     sqlite = _rowid_reader(settings, chosen.rowid_views())
     try:
         with render.Progress("verify") as progress:

@@ -68,3 +68,13 @@ def test_doctor_before_init_names_init_with_the_tables_flag(settings: Settings) 
     after = out.output.split("\nnext:\n", 1)[1].splitlines()  # before: no next step, only "run `dualwrite init`"
     assert [s.strip().split("  #")[0] for s in after] == [INIT, f"dualwrite doctor {' '.join(META)}"], after
     assert state_tables(settings) == []
+
+
+def test_verify_before_init_is_one_line_naming_init(settings: Settings) -> None:
+    app_only(settings)
+    out = run(settings, "verify", *META)
+    # before: an UndefinedTable error per table, then `dualwrite doctor` as the next step
+    assert out.exit_code == 2 and out.output.strip().count("\n") == 0, out.output
+    assert "your table(s) bf_accounts, bf_tags, bf_notes do not exist" in out.output, out.output
+    assert f"run `{INIT}` first" in out.output, out.output
+    assert state_tables(settings) == []
