@@ -135,6 +135,12 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
             f"{name}: "
             + (f"created {len(created)} table(s){where}: {', '.join(created)}" if created else "already complete")
         )
+    from dualwrite.cli import next_steps, render
+
+    # the gate to dual_write is only these tables; the flip is for once the application writes through
+    # DualWriter (a write made without it is captured by no one: only a later copy brings it)
+    flip = f"dualwrite cutover flip{next_steps.tables_flag(reflect)}  # to dual_write"
+    render.next_steps([f"{flip}, once every instance of your application writes through DualWriter"])
 
 
 @main.command()

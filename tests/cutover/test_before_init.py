@@ -78,3 +78,12 @@ def test_verify_before_init_is_one_line_naming_init(settings: Settings) -> None:
     assert "your table(s) bf_accounts, bf_tags, bf_notes do not exist" in out.output, out.output
     assert f"run `{INIT}` first" in out.output, out.output
     assert state_tables(settings) == []
+
+
+def test_init_names_the_flip_to_dual_write_as_what_comes_next(settings: Settings) -> None:
+    app_only(settings)
+    out = run(settings, "init", *META, "--create-tables")
+    assert out.exit_code == 0, out.output
+    after = out.output.split("\nnext:\n", 1)[1].splitlines()  # before: no next step at all
+    assert [s.strip().split("  #")[0] for s in after] == [f"dualwrite cutover flip {' '.join(META)}"], after
+    assert "once every instance of your application writes through DualWriter" in after[0], after
