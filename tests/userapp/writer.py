@@ -4,7 +4,10 @@ until SIGTERM/SIGINT (or --duration / --max-tx), every transaction logged.
     python -m tests.userapp.writer --name w1 --index 1 --log DIR/w1.jsonl --stats DIR/w1.json \\
         --sqlite app.db --postgres URL --redis URL --namespace NS --pg-schema S --state-schema S_dw \\
         [--rate 20] [--apis orm,core] [--population 60] [--documents 1.0] [--reads 0.2] [--shadow 100]
-        [--comparator thread|process] [--compare-wait 10] [--metrics-port 0]
+        [--comparator thread|process] [--compare-wait 10] [--metrics-port 0] [--plain]
+
+--plain: the application before dualwrite (tests/userapp/plain.py): its own engine on the SQLite file, no
+reads, the same transactions and log.
 
 Connection flags default to the DUALWRITE_* environment, as every dualwrite command does. The log gets,
 for each transaction, its intended changes (written inside the transaction, just before it commits,
@@ -38,6 +41,7 @@ from sqlalchemy import select
 from dualwrite import DualWriter, Tables, load_settings
 from dualwrite.errors import first_line
 from tests.userapp.models import Base, Ledger
+from tests.userapp.plain import PlainApp
 from tests.userapp.state import Schema, State, Tx, read_log
 from tests.userapp.workload import Workload
 
@@ -143,7 +147,8 @@ class Writer:
 
     def committed(self, n: int) -> bool:
         """Whether this writer's transaction n committed: its ledger row on either backend."""
-        for engine in (self.dw.backends.sqlite_read, self.dw.backends.postgres):
+        plain = getattr(self.dw, "ledger_engines", None)  # a PlainApp: its SQLite file alone
+        for engine in plain or (self.dw.backends.sqlite_read, self.dw.backends.postgres):
             try:
                 with engine.connect() as conn:
                     found = conn.execute(select(Ledger.n).where(Ledger.writer == self.name, Ledger.n == n)).first()
@@ -288,6 +293,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1 (0: any free port)")
     p.add_argument("--seed", default="0")
     p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process")
+    p.add_argument("--plain", action="store_true", help="the application before dualwrite: SQLAlchemy on --sqlite")
     return p.parse_args(argv)
 
 
@@ -302,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         pg_schema=args.pg_schema,
         state_schema=args.state_schema,
     )
-    dw = DualWriter(settings, tables(), relay=not args.no_relay)
+    dw: Any = PlainApp(settings.sqlite_url) if args.plain else DualWriter(settings, tables(), relay=not args.no_relay)
     reader = None
-    if args.shadow > 0:
+    if args.shadow > 0 and not args.plain:
         from dualwrite.shadow import ShadowReader
 
         reader = ShadowReader(percentage=args.shadow, comparator=args.comparator).install(dw)
