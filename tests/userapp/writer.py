@@ -132,6 +132,8 @@ class Writer:
                     state.apply_tx(tx)
                 start_n = tx.n
         self.log = log_path.open("a", encoding="utf-8")
+        if start_n:  # a stream of its own: the first run's would hand out its orders' UUIDs again
+            workload["seed"] = f"{workload.get('seed', 0)}:after-{start_n}"
         self.work = Workload(dw, name, index, state, pending=self._pending, **workload)
         self.work.n = start_n
         self.work.counter = start_n * 10  # keys chosen by the writer stay unique across restarts
