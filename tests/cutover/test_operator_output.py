@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from dualwrite.settings import Settings
 from dualwrite.testing import prepared_writer
 from tests.backfill.support import accounts, catalog, drain_relay, seed
 from tests.conftest import connection_args
+from tests.userapp.operator import step_args
 
 META = ["--metadata", "tests.backfill.support:catalog"]
 FLAG = " ".join(META)
@@ -46,13 +46,6 @@ def as_json(settings: Settings, *args: str, rc: int = 0) -> dict[str, Any]:
     doc = json.loads(out.stdout)  # stdout is the document alone: progress and logs are on stderr
     assert isinstance(doc["next_steps"], list)
     return doc
-
-
-def step_args(step: str) -> list[str]:
-    """A next step as printed, without the leading `dualwrite` (and its trailing comment)."""
-    words = shlex.split(step, comments=True)
-    assert words[0] == "dualwrite", step
-    return words[1:]
 
 
 def test_a_cutover_led_by_next_steps(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

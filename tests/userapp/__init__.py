@@ -13,12 +13,13 @@ cutover), and then prove that nothing was lost.
 - writer.py    a writer process: `python -m tests.userapp.writer --name w1 --index 1 --log w1.jsonl
                --stats w1.json <connection flags> --rate 20 [--reads 0.3 --shadow 100 --comparator process
                --apis orm,core --population 60 --documents 1.0 --duration S --max-tx N]`, until SIGTERM
+- plain.py     the application before dualwrite: its own engine on the SQLite file (`writer --plain`)
 - fleet.py     Fleet: start N writers (per source: several SQLite files each get their own), wait for
                progress, stop them, their errors, and the expected state of their logs
 - state.py     the expected rows, rebuilt from the logs alone (referential actions from the models; a
                transaction in doubt looked up by its ledger row)
 - operator.py  the operator's side: `dualwrite` commands in processes of their own, the backfill/replay
-               daemon (`dualwrite backfill run --daemon`)
+               daemon (`dualwrite backfill run --daemon`), the next steps an output names
 - compare.py   exact row-for-row comparison of a database with the expected rows (Decimal text,
                timestamps to the microsecond, JSON, bytes)
 

@@ -8,6 +8,9 @@
     assert fleet.errors() == {}                                 # no write failed in any writer
     fleet.assert_agree({"sqlite": sqlite_engine, "postgres": pg_engine}, truth=pg_engine)
 
+A writer stopped and started again under its name (`first_index=`: the application restarted, e.g. moved
+onto the adapter) goes on in its log: the stopped process no longer counts as running.
+
 For several SQLite files (one source each), start writers per source with their own settings and a
 `source` label; `state(source)` and `assert_agree(..., source=)` then take only that source's logs.
 """
@@ -63,7 +66,7 @@ class Proc:
     stats: Path
     stderr: Path
     bounded: bool = False  # started with --max-tx or --duration: it ends by itself (exit 0), as the app's past
-    stopped: bool = False  # stopped on its own by the test (Fleet.stop_one)
+    stopped: bool = False  # by Fleet.stop or stop_one: a writer started again under its name is a new Proc
 
     def ended(self) -> bool:
         return (self.bounded or self.stopped) and self.popen.poll() == 0
@@ -198,6 +201,7 @@ class Fleet:
         """SIGTERM each writer (it finishes its transaction, writes its stats, closes its relay); kill
         any that does not exit in `timeout`, and fail then."""
         for p in self.procs:
+            p.stopped = True
             if p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGTERM)
         stuck = []
@@ -245,7 +249,8 @@ class Fleet:
         return sum(int(s.get(field_name, 0)) for s in self.stats().values())
 
     def logs(self, source: str | None = None) -> list[Path]:
-        return [p.log for p in self.procs if source is None or p.source == source]
+        # a writer restarted under its name (the same application, moved onto the adapter) goes on in its log
+        return list(dict.fromkeys(p.log for p in self.procs if source is None or p.source == source))
 
     def state(self, truth: Engine | None = None, source: str | None = None) -> State:
         """The rows the databases must hold, from the logs; transactions in doubt are looked up in

@@ -7,11 +7,15 @@ and the backfill/replay daemon (`dualwrite backfill run --daemon`, as the README
     daemon = start_daemon(settings, tmp_path, "--chunk-size", "100")   # stderr in tmp_path/backfill.stderr
     wait("every table copied", lambda: backfill_complete(backends, app, GateConfig()).ok, 120, 0.5)
     assert stop_daemon(daemon) == 0                                       # SIGTERM: it exits 0
+    steps = printed_steps(proc.stdout + proc.stderr)                      # its `next:` block (or `dualwrite ...`)
+    dualwrite(*step_args(steps[0]), environ=connection_env(settings))     # run as printed, DUALWRITE_* set
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -31,11 +35,13 @@ from tests.userapp.models import Base
 METADATA = ["--metadata", "tests.userapp.writer:tables"]
 
 
-def dualwrite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The operator's CLI, as its own process."""
+def dualwrite(
+    *args: str, timeout: float = 120, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The operator's CLI, as its own process (`environ`: DUALWRITE_* variables it is given)."""
     return subprocess.run(
-        [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
-        timeout=timeout,
+        [sys.executable, "-m", "dualwrite", *args], cwd=ROOT, env=env() | (environ or {}), capture_output=True,
+        text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -153,3 +159,20 @@ def stop_all(fleet: Fleet, daemon: subprocess.Popen[bytes] | None, backends: Bac
     rc = stop_daemon(daemon)
     backends.close()
     return rc
+
+
+def step_args(step: str) -> list[str]:
+    """A next step as printed, without the leading `dualwrite` (and its trailing comment)."""
+    words = shlex.split(step, comments=True)
+    assert words[0] == "dualwrite", step
+    return words[1:]
+
+
+def printed_steps(out: str) -> list[str]:
+    """The commands an output tells the operator to run: its `next:` block, else the `dualwrite ...` a
+    refusal names between backquotes."""
+    lines = out.splitlines()
+    if "next:" in lines:
+        block = lines[lines.index("next:") + 1 :]
+        return [line.strip() for line in block if line.startswith("  dualwrite ")]
+    return re.findall(r"`(dualwrite [^`]+)`", out)
