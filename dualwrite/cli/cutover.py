@@ -132,11 +132,12 @@ def _print_outcome(out: Any, report_path: str | None = None, flag: str = "") -> 
     prefix = "" if out.steps else ("moved: " if out.moved else "not moved: ")
     click.echo(prefix + mask_text(out.message))
     click.echo(routing(out.current))
+    line = next_step(out.current, flag)
     if steps:
         render.next_steps(steps)
     else:
-        click.echo(next_step(out.current))
-    write_report(report_path, out.to_dict() | {"next_steps": steps})
+        click.echo(line)
+    write_report(report_path, out.to_dict() | {"next": line, "next_steps": steps})
 
 
 _HOOK_HELP = "after the change: a shell command (env DUALWRITE_FROM/_TO) or an http(s):// URL (JSON POST); repeatable"
@@ -241,7 +242,7 @@ def cutover_rollback(
         )  # fmt: skip
     finally:
         backends.close()
-    _print_outcome(out, report_path)
+    _print_outcome(out, report_path, next_steps.tables_flag(reflect))
     sys.exit(0 if out.moved else 1)
 
 

@@ -14,6 +14,7 @@ outbox drained (a check that live writes would otherwise race).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,12 +215,18 @@ _NEXT = {
 }
 
 
-def next_step(name: str) -> str:
+# the commands named in _NEXT that need the tables flag (which tables are captured) to run as printed
+_TAKES_TABLES = re.compile(r"`dualwrite (cutover flip|cutover rollback|backfill run|verify)")
+
+
+def next_step(name: str, flag: str = "") -> str:
+    """The phase's usual next move, in one line; `flag` (the tables flag, ' --metadata m:attr') goes into
+    each command it names."""
     idx = ORDER[get_phase(name).name]
     if idx + 1 >= len(PHASES):
         return "next: nothing: the cutover is complete (Postgres alone)"
     back = "; to go back: `dualwrite cutover rollback`" if idx >= ORDER["shadow"] else ""
-    return f"next: {_NEXT[name]}{back}"
+    return _TAKES_TABLES.sub(lambda m: m.group(0) + flag, f"next: {_NEXT[name]}{back}")
 
 
 def plan(backends: Backends, src: str, dst: str, timeout: float) -> list[str]:

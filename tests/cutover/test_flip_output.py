@@ -48,10 +48,14 @@ def test_a_flip_prints_the_routing_after_it_and_the_next_step(settings, tmp_path
     assert res.exit_code == 0, res.output
     assert "moved: sqlite -> dual_write" in res.output, res.output
     assert "routing: primary sqlite; postgres written too; reads from sqlite; shadow reads off" in res.output
-    assert "next: copy the history (`dualwrite backfill run --daemon`" in res.output, res.output
+    # each command it names runs as printed: the tables flag carried over
+    flag = " ".join(METADATA)
+    assert f"next: copy the history (`dualwrite backfill run {flag} --daemon`" in res.output, res.output
+    assert f"then `dualwrite cutover flip {flag}` to shadow" in res.output, res.output
     doc = json.loads(report.read_text())
     assert doc["moved"] and doc["phase"] == "dual_write" and doc["fence"] is None  # no fence for this move
     assert doc["routing"].startswith("routing: primary sqlite") and doc["next"].startswith("next:")
+    assert f"`dualwrite cutover flip {flag}`" in doc["next"] and doc["next_steps"] == [], doc
 
 
 def test_a_postponed_flip_is_armed_in_status_until_cancelled(settings) -> None:  # type: ignore[no-untyped-def]
