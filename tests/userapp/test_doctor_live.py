@@ -94,6 +94,8 @@ def _doctor(conn: list[str], *more: str) -> Doctor:
     output = proc.communicate()[0]
     lines = {}
     for line in output.splitlines():
+        if line == "next:":  # the commands to run next (operator.printed_steps), after the checks
+            break
         name, status, text = line.split(None, 2)
         lines[name] = (status == "ok", text)
     return Doctor(proc.returncode, output, lines, wall, wall - on_cpu - queued)
@@ -108,7 +110,9 @@ def _reported(conn: list[str], report: Path) -> Doctor:
     """A doctor run with --report: the file holds what the lines said (ok is the exit code's)."""
     doc = _prompt(_doctor(conn, "--report", str(report)))
     checks = [{"name": name, "ok": passed, "line": text} for name, (passed, text) in doc.lines.items()]
-    assert json.loads(report.read_text()) == {"ok": doc.returncode == 0, "checks": checks}, doc.output
+    out = doc.output.splitlines()
+    steps = [line.strip() for line in out[out.index("next:") + 1 :]] if "next:" in out else []
+    assert json.loads(report.read_text()) == {"ok": doc.returncode == 0, "checks": checks, "next_steps": steps}, doc
     return doc
 
 
