@@ -117,7 +117,13 @@ def fenced_move(
 
 
 def _attempt(
-    backends: Backends, tables: Tables, label: str, move: Callable[[], None], *, config: GateConfig, timeout: float,
+    backends: Backends,
+    tables: Tables,
+    label: str,
+    move: Callable[[], None],
+    *,
+    config: GateConfig,
+    timeout: float,
     force: bool,
 ) -> FencedMove:
     """One attempt: settle (unfenced), raise the fence, wait for acknowledgements and catch-up, `move()`,
