@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import create_schema
+from dualwrite.fence import live_members
 from dualwrite.settings import Settings
 from dualwrite.switch import switch_primary
 from dualwrite.tables import Tables
@@ -24,6 +26,19 @@ def prepared_writer(
         switch_primary(dw.backends, dw.tables, "postgres")
     if relay:
         dw.start_relay()
+    return dw
+
+
+def registered(dw: DualWriter, timeout: float = 10.0) -> DualWriter:
+    """Wait until the writer's fence member heartbeats (its thread registers just after the constructor
+    returns): from then on the gate counts it as a live application instance (writers_live)."""
+    if dw.fence is None:
+        return dw
+    deadline = time.monotonic() + timeout
+    while dw.fence.id not in live_members(dw.backends.redis, dw.settings.namespace):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"writer {dw.fence.id} not registered in the write fence after {timeout:g}s")
+        time.sleep(0.01)
     return dw
 
 

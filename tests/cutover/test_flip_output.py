@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from dualwrite.cli.main import main
 from dualwrite.cutover.flip import flip_postponed
+from dualwrite.testing import registered
 from tests.conftest import connection_args
 from tests.shadow.helpers import writer
 
@@ -42,9 +43,12 @@ def test_dry_run_prints_the_fenced_steps_and_changes_nothing(settings) -> None: 
 
 
 def test_a_flip_prints_the_routing_after_it_and_the_next_step(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    writer(settings, phase="sqlite").close()
+    app = registered(writer(settings, phase="sqlite"))  # the application on DualWriter: the gate wants one live
     report = tmp_path / "flip.json"
-    res = _run("cutover", "flip", *connection_args(settings), *METADATA, "--report", str(report))
+    try:
+        res = _run("cutover", "flip", *connection_args(settings), *METADATA, "--report", str(report))
+    finally:
+        app.close()
     assert res.exit_code == 0, res.output
     assert "moved: sqlite -> dual_write" in res.output, res.output
     assert "routing: primary sqlite; postgres written too; reads from sqlite; shadow reads off" in res.output

@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import text, update
 
+from dualwrite.adapter import DualWriter
 from dualwrite.cli.next_steps import DAEMON
 from dualwrite.settings import Settings
-from dualwrite.testing import prepared_writer
+from dualwrite.testing import prepared_writer, registered
 from tests.backfill.support import accounts, catalog, drain_relay, seed
 from tests.conftest import connection_args
 from tests.userapp.operator import step_args
@@ -195,8 +196,14 @@ def test_an_application_that_skipped_init_is_led_to_it_and_nothing_is_half_recor
     copy = cli(settings, "backfill", "run", *META)  # nor does a copy start: one line naming init, exit 2
     assert copy.returncode == 2 and f"run `dualwrite init {FLAG} --create-tables` first" in copy.stderr, copy.stderr
     assert len(copy.stderr.strip().splitlines()) == 1, copy.stderr
-    for step in doc["next_steps"]:  # init, then the check
-        ran = cli(settings, *step_args(step))
-        assert ran.returncode == 0, (step, ran.stdout, ran.stderr)
-    moved = cli(settings, "cutover", "flip", *META)
+    init, check = doc["next_steps"]
+    ran = cli(settings, *step_args(init))
+    assert ran.returncode == 0, (init, ran.stdout, ran.stderr)
+    app = registered(DualWriter(settings, catalog()))  # then the application is deployed on DualWriter
+    try:
+        ran = cli(settings, *step_args(check))
+        assert ran.returncode == 0, (check, ran.stdout, ran.stderr)
+        moved = cli(settings, "cutover", "flip", *META)
+    finally:
+        app.close()
     assert moved.returncode == 0 and "moved: sqlite -> dual_write" in moved.stdout, moved.stdout + moved.stderr
