@@ -61,7 +61,9 @@ def overview() -> dict[str, Any]:
                 thresholds=[("red", None), ("green", 1)],
                 defaults={"mappings": [{"type": "value", "options": {"0": {"text": "not met"}, "1": {"text": "met"}}}]},
                 description="Every gate condition, evaluated every 5 s by the backfill daemon while it serves "
-                "/metrics (and by `cutover check`/`flip` where they run): 1 while it holds (min over instances).",
+                "/metrics (and by `cutover check`/`flip` where they run): 1 while it holds (min over instances). "
+                "writers_live (a DualWriter instance heartbeats) is required only to enter dual_write: 0 later "
+                "means no application instance runs now, e.g. stopped for a maintenance window.",
             ),
             _panel(
                 "state-timeline",

@@ -137,8 +137,8 @@ def init(settings: Settings, reflect: bool, create_tables: bool) -> None:
         )
     from dualwrite.cli import next_steps, render
 
-    # the gate to dual_write is only these tables; the flip is for once the application writes through
-    # DualWriter (a write made without it is captured by no one: only a later copy brings it)
+    # the gate to dual_write wants these tables and a live DualWriter (writers_live): the flip is for once
+    # the application writes through it (a write made without it is captured by no one)
     flip = f"dualwrite cutover flip{next_steps.tables_flag(reflect)}  # to dual_write"
     render.next_steps([f"{flip}, once every instance of your application writes through DualWriter"])
 

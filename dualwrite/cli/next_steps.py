@@ -48,6 +48,8 @@ def after_gate(gate: Any, flag: str = "") -> list[str]:
     if "bookkeeping" in failing:  # nothing else can be judged or done before dualwrite's tables exist
         return [init_step(flag), f"dualwrite cutover check{flag}"]
     steps: list[str] = []
+    if "writers_live" in failing:  # no command clears it: the application's deploy on DualWriter does
+        steps.append("dualwrite status  # once the application runs on DualWriter: fence: N live writer instance(s)")
     copy = "backfill_complete" in failing
     if copy:
         detail = failing["backfill_complete"].detail

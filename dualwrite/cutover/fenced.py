@@ -209,7 +209,8 @@ def routing(name: str) -> str:
 
 
 _NEXT = {
-    "sqlite": "`dualwrite cutover flip` to dual_write (every write reaches Postgres too)",
+    "sqlite": "once the application writes through DualWriter, `dualwrite cutover flip` to dual_write "
+    "(every write reaches Postgres too)",
     "dual_write": "copy the history (`dualwrite backfill run --daemon`, which also replays the stream), "
     "then `dualwrite cutover flip` to shadow",
     "shadow": "let shadow reads compare, run `dualwrite verify`, then `dualwrite cutover flip` to postgres_reads "

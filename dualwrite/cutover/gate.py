@@ -4,6 +4,12 @@
 |---|---|
 | bookkeeping | dualwrite's own tables (`_dw_meta`, `_dw_outbox`, `_dw_versions`, ...) are on both sides (`dualwrite
   init` creates them): checked before every forward move, so a flip never half-records a phase |
+| writers_live | (-> dual_write only) at least one DualWriter heartbeats in the namespace's write fence
+  (`{ns}:fence:instances`, fence.live_members): an application still writing SQLite without DualWriter is
+  captured by no one, so its writes after a table's copy would be missing from Postgres. Only DualWriter
+  registers (the backfill daemon, replayer and CLI do not). Not required later: by then the application
+  has been seen on DualWriter, and a maintenance window with it stopped (no member) is a legitimate time to
+  flip. Blind spot: a partial deploy (some instances on DualWriter, some not) passes; only verify sees it |
 | outbox_drained | no `_dw_outbox` row on the primary above the stream's top seq |
 | dead_letters_empty | the dead-letter stream holds no event |
 | verify_clean | every captured table's last `dualwrite verify` (kept in Redis `{ns}:verify:last`; a verify of some
@@ -18,7 +24,8 @@
 Thresholds must be finite and in range (GateConfig refuses nan, inf and negatives with one line).
 
 Which conditions apply depends on the target phase (REQUIRED). Each check sets
-`dualwrite_gate_condition{condition}` to 1 or 0. `export` evaluates all of them (and the next flip's
+`dualwrite_gate_condition{condition}` to 1 or 0 (writers_live too, in every phase: 0 after dual_write
+says only that no DualWriter runs now). `export` evaluates all of them (and the next flip's
 verdict, `dualwrite_gate_open`, and the phase): the backfill daemon calls it every few seconds while it
 serves /metrics, so the dashboards show the gate from a process Prometheus scrapes (a CLI run is gone
 before the next scrape).
@@ -39,6 +46,7 @@ from dualwrite.backfill import checkpoint as ckpt
 from dualwrite.bookkeeping import bookkeeping_gaps, gaps_text, outbox
 from dualwrite.engines import Backends
 from dualwrite.errors import ConfigError, first_line
+from dualwrite.fence import EXPIRY_SECONDS, live_members
 from dualwrite.redis_keys import dead_letter_key, read_shadow_counts, stream_key
 from dualwrite.stream.protocol import group_lag, top_seq
 from dualwrite.tables import Tables
@@ -48,7 +56,7 @@ _SAFETY = ["bookkeeping", "outbox_drained", "dead_letters_empty", "replay_lag"]
 _FULL = [*_SAFETY, "backfill_complete", "verify_clean", "shadow_mismatch_rate"]
 REQUIRED: dict[str, list[str]] = {
     "sqlite": [],
-    "dual_write": ["bookkeeping"],
+    "dual_write": ["bookkeeping", "writers_live"],
     "shadow": ["bookkeeping", "backfill_complete", "dead_letters_empty", "replay_lag"],
     "postgres_reads": _FULL,
     "postgres_primary": _FULL,
@@ -131,6 +139,21 @@ def bookkeeping(backends: Backends, tables: Tables, _cfg: GateConfig) -> Conditi
         return Condition("bookkeeping", True, 0, "dualwrite's tables are on both sides")
     detail = f"{gaps_text(gaps)} (`dualwrite init` creates them)"
     return Condition("bookkeeping", False, len(gaps), detail)
+
+
+def writers_live(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
+    """Some application instance writes through DualWriter (a fence member heartbeats): the move to
+    dual_write must not start while the application writes SQLite without capture."""
+    namespace = backends.settings.namespace
+    n = len(live_members(backends.redis, namespace))
+    if n:
+        return Condition("writers_live", True, n, f"{n} live DualWriter instance(s) in namespace {namespace}")
+    detail = (
+        f"no live DualWriter instance in namespace {namespace} (none heartbeat in the write fence within"
+        f" {EXPIRY_SECONDS:g}s): deploy the application on DualWriter first (in phase sqlite it captures"
+        " every write), then flip: a write made without it after a table's copy never reaches Postgres"
+    )
+    return Condition("writers_live", False, 0, detail)
 
 
 def outbox_drained(backends: Backends, tables: Tables, _cfg: GateConfig) -> Condition:
@@ -251,6 +274,7 @@ def replay_lag(backends: Backends, tables: Tables, cfg: GateConfig) -> Condition
 
 CHECKS = {
     "bookkeeping": bookkeeping,
+    "writers_live": writers_live,
     "outbox_drained": outbox_drained,
     "dead_letters_empty": dead_letters_empty,
     "verify_clean": verify_clean,

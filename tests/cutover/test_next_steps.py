@@ -57,3 +57,17 @@ def test_missing_bookkeeping_leads_to_init_before_anything_else() -> None:
         "dualwrite cutover check --reflect",
     ]
     assert after_gate(g)[0].startswith("dualwrite init  #")  # no tables named: init makes only dualwrite's
+
+
+def test_no_live_dualwriter_leads_to_the_status_that_shows_one() -> None:
+    """No command deploys the application: the step is the status that shows its instances once it runs on
+    DualWriter, then the check; init still comes first when dualwrite's tables are missing too."""
+    none = "no live DualWriter instance in namespace dw (...): deploy the application on DualWriter first"
+    g = gate("sqlite", "dual_write", ("writers_live", none))
+    assert after_gate(g, " --reflect") == [
+        "dualwrite status  # once the application runs on DualWriter: fence: N live writer instance(s)",
+        "dualwrite cutover check --reflect",
+    ]
+    missing = "dualwrite's tables are missing on sqlite (app.db): _dw_meta (`dualwrite init` creates them)"
+    g = gate("sqlite", "dual_write", ("bookkeeping", missing), ("writers_live", none))
+    assert after_gate(g)[0].startswith("dualwrite init  #")
