@@ -37,7 +37,6 @@ from dualwrite.migrate import post_load, undo
 from dualwrite.migrate import state as migration_state
 from dualwrite.migrate.check import SourceSides, TableCheck, safe_key, verify_tables
 from dualwrite.migrate.schema import Plan, TablePlan, reflect, source_engine
-from dualwrite.stream.gc_batches import batch_gc
 
 log = logging.getLogger("dualwrite.migrate")
 
@@ -295,13 +294,8 @@ def run(opts: Options) -> Outcome:
             versioned=opts.versioned,
             lenient=src,
         )
-        # a chunk is many acyclic tuples (read, then cast): at the default first threshold the collector ran
-        # ~3500 times per 1M rows, 27 of them full passes over every live chunk (2.4 s of CPU, a sixth of the
-        # process'); with the threshold above two chunks' worth (stream/gc_batches.py) it runs as garbage grows
-        with batch_gc(opts.chunk_size):
-            reports = {
-                r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)
-            }
+        # each table's copy runs with the collector's first threshold above two chunks' worth (Copier.copy_table)
+        reports = {r.table: r for r in copier.copy_tables([p.copy for p in plan.tables], max_chunks=opts.max_chunks)}
         out.phases["copy"] = time.perf_counter() - t0 - out.phases["create"]
         if len(reports) < len(plan.tables) or any(r.status != "done" for r in reports.values()):
             out.status, out.over_max_rejects = "stopped", over()

@@ -1,4 +1,4 @@
-"""The garbage collector's first threshold while a replay loop runs.
+"""The garbage collector's first threshold while a replay loop or a table's copy runs.
 
 A decoded batch is thousands of container objects (per event: its entry, fields, document, key and image
 dicts, bound values, ChangeEvent) alive at once, and none of them in a cycle: they are freed by reference
@@ -7,6 +7,8 @@ started a collection every ~50 events, every tenth of those a second-generation 
 over every object of the process: 2.2-2.7 us of a worker's 12.6-13.5 us of CPU per event (a fifth).
 With the threshold above what two batches hold (the one applied, the one read ahead) a collection runs
 only when garbage really accumulates. Raised, never lowered, and put back when the last loop ends.
+A copy's chunk (backfill Copier.copy_table, which migrate's copy runs through) is alike: rows of acyclic
+tuples, read ahead, converted, COPYed; `batch` is then its chunk size.
 """
 
 from __future__ import annotations
