@@ -55,6 +55,20 @@ def test_every_read_is_compared_in_another_process(dw, uid) -> None:  # type: ig
         reader.close()
 
 
+def test_at_its_defaults_a_burst_of_reads_is_compared_whole(dw, uid) -> None:  # type: ignore[no-untyped-def]
+    """A record waits up to the sender's interval in the application before it leaves: the process' default
+    bound holds a burst of 200 reads (at the threads' 32, 170 of them were counted skipped, uncompared)."""
+    q = f"burst-{uid}"
+    reader = ShadowReader(comparator="process", recheck_delays=(0.0,)).install(dw)
+    try:
+        for _ in range(200):
+            dw.read("shtest", q, functools.partial(first_rows, n=3))
+        assert reader.wait_idle(120)
+        assert reader.stats["match"] == 200 and reader.stats["skipped"] == 0, reader.stats
+    finally:
+        reader.close()
+
+
 def test_an_orm_read_of_a_module_level_function_is_compared_in_the_process(dw, uid) -> None:  # type: ignore[no-untyped-def]
     """dw.read(..., orm=True) runs the function in a read-only Session: that wrapping must pickle too, or
     every ORM read (the way most applications read) would be compared on the application's threads."""
