@@ -151,11 +151,16 @@ def test_two_run_processes_share_the_copy(dw, settings, tmp_path) -> None:  # ty
     n = 600
     seed(dw, n)
     assert invoke("backfill", "set", *connection_args(settings), "--pause").exit_code == 0  # line both up first
+    # each worker notices the resume at its own next read of the control hash (up to ~1.5 s apart); unthrottled,
+    # the first copied a whole 600-row table in 0.4 s before the other was back (1 run in 2-5 failed): at 200
+    # rows/s a worker is still inside the first table when the other resumes, so both take part in every table
     procs = [
         spawn(
             settings,
             "--chunk-size",
             "20",
+            "--max-rows-per-second",
+            "200",
             "--consumer",
             f"w{i}",
             "--report",
