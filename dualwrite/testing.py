@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from dualwrite.adapter import DualWriter
 from dualwrite.bookkeeping import create_schema
 from dualwrite.fence import live_members
+from dualwrite.retry import poll_until
 from dualwrite.settings import Settings
 from dualwrite.switch import switch_primary
 from dualwrite.tables import Tables
@@ -32,13 +32,11 @@ def prepared_writer(
 def registered(dw: DualWriter, timeout: float = 10.0) -> DualWriter:
     """Wait until the writer's fence member heartbeats (its thread registers just after the constructor
     returns): from then on the gate counts it as a live application instance (writers_live)."""
-    if dw.fence is None:
+    fence = dw.fence
+    if fence is None:
         return dw
-    deadline = time.monotonic() + timeout
-    while dw.fence.id not in live_members(dw.backends.redis, dw.settings.namespace):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"writer {dw.fence.id} not registered in the write fence after {timeout:g}s")
-        time.sleep(0.01)
+    if not poll_until(timeout, 0.01, lambda: fence.id in live_members(dw.backends.redis, dw.settings.namespace)):
+        raise TimeoutError(f"writer {fence.id} not registered in the write fence after {timeout:g}s")
     return dw
 
 

@@ -120,7 +120,7 @@ def _print_outcome(out: Any, report_path: str | None = None, flag: str = "") -> 
     the phase's usual next move, which is that same flip."""
     from dualwrite.cutover.fenced import next_step, routing
 
-    refused = not out.moved and out.gate is not None and not out.gate.ok and not out.gate.open
+    refused = not out.moved and out.gate is not None and not out.gate.open  # not open: a blocking condition
     steps = next_steps.after_gate(out.gate, flag) if refused else []
 
     for step in out.steps:
